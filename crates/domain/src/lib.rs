@@ -1,0 +1,21 @@
+//! Stevedore's domain: the pure rules of the product, with no I/O and no async.
+//!
+//! - [`job`]: the job file (YAML) parsed and validated into a [`job::Job`], with errors that
+//!   name the file, the line and what is wrong.
+//! - [`schedule`]: cron schedules and the data intervals they produce, in a job's timezone.
+//! - [`retry`]: when the next try of a failed task instance starts (Airflow's formula).
+//! - [`state`]: run, task-instance and try states, and what an exit code means.
+//! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
+//! - [`template`]: `{{ variable }}` rendering of args, env and image.
+//! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages.
+//! - [`duration`] and [`image`]: small value parsers used by job files.
+
+pub mod duration;
+pub mod image;
+pub mod job;
+pub mod protocol;
+pub mod retry;
+pub mod schedule;
+pub mod state;
+pub mod template;
+pub mod trigger;

@@ -1,0 +1,213 @@
+//! The entrypoint contract, version 1: how a try's container is called and what its stdout
+//! lines mean. `docs/entrypoint-contract.md` is the same contract for integration authors.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+use crate::schedule::DataInterval;
+
+/// The contract version, passed as `STEVEDORE_CONTRACT_VERSION`.
+pub const CONTRACT_VERSION: &str = "1";
+
+/// Everything a try is told about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TryContext {
+    pub job_id: String,
+    pub task_id: String,
+    pub run_id: String,
+    /// Counts from 1.
+    pub try_number: u32,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval: DataInterval,
+    /// The run's params (job defaults merged with the trigger's overrides), a JSON object.
+    pub params: Value,
+}
+
+/// RFC 3339 in UTC with a `Z`, as every timestamp of the contract is written.
+pub fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl TryContext {
+    /// `run --job J --task T --run R --try N --logical-date D --interval-start S
+    /// --interval-end E --params JSON -- ARGS...`: the command after the entrypoint.
+    pub fn entrypoint_args(&self, args: &[String]) -> Vec<String> {
+        let mut argv = vec![
+            "run".to_owned(),
+            "--job".to_owned(),
+            self.job_id.clone(),
+            "--task".to_owned(),
+            self.task_id.clone(),
+            "--run".to_owned(),
+            self.run_id.clone(),
+            "--try".to_owned(),
+            self.try_number.to_string(),
+            "--logical-date".to_owned(),
+            rfc3339(self.logical_date),
+            "--interval-start".to_owned(),
+            rfc3339(self.data_interval.start),
+            "--interval-end".to_owned(),
+            rfc3339(self.data_interval.end),
+            "--params".to_owned(),
+            self.params.to_string(),
+            "--".to_owned(),
+        ];
+        argv.extend(args.iter().cloned());
+        argv
+    }
+
+    /// The `STEVEDORE_*` environment of the try. `state_file` is the path, as the container
+    /// sees it, of the file holding the task's last committed state.
+    pub fn environment(&self, state_file: Option<&str>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("STEVEDORE_CONTRACT_VERSION".to_owned(), CONTRACT_VERSION.to_owned()),
+            ("STEVEDORE_JOB_ID".to_owned(), self.job_id.clone()),
+            ("STEVEDORE_TASK_ID".to_owned(), self.task_id.clone()),
+            ("STEVEDORE_RUN_ID".to_owned(), self.run_id.clone()),
+            ("STEVEDORE_TRY_NUMBER".to_owned(), self.try_number.to_string()),
+            ("STEVEDORE_LOGICAL_DATE".to_owned(), rfc3339(self.logical_date)),
+            ("STEVEDORE_DATA_INTERVAL_START".to_owned(), rfc3339(self.data_interval.start)),
+            ("STEVEDORE_DATA_INTERVAL_END".to_owned(), rfc3339(self.data_interval.end)),
+            ("STEVEDORE_PARAMS".to_owned(), self.params.to_string()),
+        ];
+        if let Some(path) = state_file {
+            env.push(("STEVEDORE_STATE_FILE".to_owned(), path.to_owned()));
+        }
+        env
+    }
+}
+
+/// What one stdout line says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// `{"type":"log","level":"info","message":"..."}`
+    Log { level: String, message: String },
+    /// `{"type":"output","key":"rows_file","value":...}`: for downstream templates.
+    Output { key: String, value: Value },
+    /// `{"type":"state","value":{...}}`: committed only if the try succeeds.
+    State { value: Value },
+    /// `{"type":"progress","done":120,"total":1000}`
+    Progress { done: f64, total: Option<f64> },
+    /// `{"type":"metric","name":"records","value":1000}`
+    Metric { name: String, value: f64 },
+}
+
+/// Reads a stdout line: `Some` for a protocol message, `None` for a plain log line (any line
+/// that is not a JSON object with a known `type` and the fields that type needs).
+pub fn parse_line(line: &str) -> Option<Message> {
+    let trimmed = line.trim_start();
+    if !trimmed.starts_with('{') {
+        return None;
+    }
+    let Value::Object(mut object) = serde_json::from_str::<Value>(trimmed).ok()? else {
+        return None;
+    };
+    let kind = object.get("type")?.as_str()?.to_owned();
+    let text = |object: &serde_json::Map<String, Value>, field: &str| {
+        object.get(field).and_then(Value::as_str).map(str::to_owned)
+    };
+    match kind.as_str() {
+        "log" => Some(Message::Log {
+            level: text(&object, "level").unwrap_or_else(|| "info".to_owned()),
+            message: text(&object, "message")?,
+        }),
+        "output" => Some(Message::Output {
+            key: text(&object, "key")?,
+            value: object.remove("value")?,
+        }),
+        "state" => Some(Message::State { value: object.remove("value")? }),
+        "progress" => Some(Message::Progress {
+            done: object.get("done")?.as_f64()?,
+            total: object.get("total").and_then(Value::as_f64),
+        }),
+        "metric" => Some(Message::Metric {
+            name: text(&object, "name")?,
+            value: object.get("value")?.as_f64()?,
+        }),
+        _ => None,
+    }
+}
+
+/// An output value as a template sees it: strings bare, anything else as JSON text.
+pub fn output_as_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn context() -> TryContext {
+        TryContext {
+            job_id: "demo".into(),
+            task_id: "extract".into(),
+            run_id: "r1".into(),
+            try_number: 2,
+            logical_date: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+            data_interval: DataInterval {
+                start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+                end: Utc.with_ymd_and_hms(2024, 1, 2, 0, 0, 0).unwrap(),
+            },
+            params: json!({"lookback_days": 1}),
+        }
+    }
+
+    #[test]
+    fn entrypoint_arguments_follow_the_contract() {
+        let argv = context().entrypoint_args(&["--stream".into(), "charges".into()]);
+        assert_eq!(
+            argv.join(" "),
+            "run --job demo --task extract --run r1 --try 2 --logical-date 2024-01-01T00:00:00Z \
+             --interval-start 2024-01-01T00:00:00Z --interval-end 2024-01-02T00:00:00Z \
+             --params {\"lookback_days\":1} -- --stream charges"
+        );
+    }
+
+    #[test]
+    fn environment_carries_the_same_context() {
+        let env = context().environment(Some("/stevedore/state.json"));
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(get("STEVEDORE_TRY_NUMBER"), Some("2"));
+        assert_eq!(get("STEVEDORE_DATA_INTERVAL_END"), Some("2024-01-02T00:00:00Z"));
+        assert_eq!(get("STEVEDORE_PARAMS"), Some("{\"lookback_days\":1}"));
+        assert_eq!(get("STEVEDORE_STATE_FILE"), Some("/stevedore/state.json"));
+    }
+
+    #[test]
+    fn parses_protocol_messages() {
+        assert_eq!(
+            parse_line(r#"{"type":"output","key":"rows","value":12}"#),
+            Some(Message::Output { key: "rows".into(), value: json!(12) })
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"state","value":{"cursor":"abc"}}"#),
+            Some(Message::State { value: json!({"cursor": "abc"}) })
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"log","level":"warn","message":"slow"}"#),
+            Some(Message::Log { level: "warn".into(), message: "slow".into() })
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"progress","done":5,"total":10}"#),
+            Some(Message::Progress { done: 5.0, total: Some(10.0) })
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"metric","name":"records","value":3}"#),
+            Some(Message::Metric { name: "records".into(), value: 3.0 })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_a_plain_line() {
+        assert_eq!(parse_line("hello"), None);
+        assert_eq!(parse_line(r#"{"level":"info"}"#), None);
+        assert_eq!(parse_line(r#"{"type":"output","value":1}"#), None);
+        assert_eq!(parse_line(r#"{"type":"unknown"}"#), None);
+        assert_eq!(parse_line("{not json"), None);
+    }
+}

@@ -1,0 +1,237 @@
+//! States of runs, task instances and tries, and what a try's exit means.
+
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "`{other}` is not a {}; expected one of: {}",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// The state of a run.
+    RunState {
+        Queued => "queued",
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+    }
+}
+
+string_enum! {
+    /// The state of a task instance (Airflow's TaskInstance states).
+    TaskState {
+        None => "none",
+        Scheduled => "scheduled",
+        Queued => "queued",
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        UpForRetry => "up_for_retry",
+        UpForReschedule => "up_for_reschedule",
+        UpstreamFailed => "upstream_failed",
+        Skipped => "skipped",
+        Removed => "removed",
+    }
+}
+
+string_enum! {
+    /// How a run came to exist.
+    RunTrigger {
+        Scheduled => "scheduled",
+        Manual => "manual",
+        Backfill => "backfill",
+    }
+}
+
+string_enum! {
+    /// The state of one try (one container).
+    TryState {
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        Skipped => "skipped",
+        Reschedule => "up_for_reschedule",
+    }
+}
+
+impl RunState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Success | RunState::Failed)
+    }
+}
+
+impl TaskState {
+    /// Finished for good: nothing more will happen to this task instance in this run
+    /// unless an operator clears it.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskState::Success
+                | TaskState::Failed
+                | TaskState::UpstreamFailed
+                | TaskState::Skipped
+                | TaskState::Removed
+        )
+    }
+
+    /// Holds a container right now, or is about to.
+    pub fn is_active(self) -> bool {
+        matches!(self, TaskState::Queued | TaskState::Running)
+    }
+}
+
+/// Exit code that marks a try `skipped` (Airflow's default skip exit code).
+pub const EXIT_SKIPPED: i64 = 99;
+/// Exit code (EX_TEMPFAIL) of a sensor that is not ready yet.
+pub const EXIT_NOT_READY: i64 = 75;
+
+/// Why a try failed, when the exit code alone does not say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The container exited with a non-zero code.
+    ExitCode(i64),
+    /// Killed at the task's `timeout`.
+    Timeout,
+    /// The image could not be resolved or pulled; the text names the image.
+    Image(String),
+    /// The backend failed to create or run the container.
+    Backend(String),
+    /// Killed on an operator's request (run cancelled, task marked).
+    Killed(String),
+    /// The scheduler that ran the try went away and the container could not be adopted.
+    Lost(String),
+}
+
+impl FailureReason {
+    /// The short form stored on the try and shown in the CLI: `timeout`,
+    /// `exit_code: 3`, `image: ...`.
+    pub fn to_text(&self) -> String {
+        match self {
+            FailureReason::ExitCode(code) => format!("exit_code: {code}"),
+            FailureReason::Timeout => "timeout".to_owned(),
+            FailureReason::Image(text) => format!("image: {text}"),
+            FailureReason::Backend(text) => format!("backend: {text}"),
+            FailureReason::Killed(text) => format!("killed: {text}"),
+            FailureReason::Lost(text) => format!("lost: {text}"),
+        }
+    }
+}
+
+/// What one finished try means for its task instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TryOutcome {
+    Success,
+    Skipped,
+    NotReady,
+    Failed(FailureReason),
+}
+
+impl TryOutcome {
+    /// Interprets an exit code by the entrypoint contract.
+    pub fn from_exit_code(code: i64) -> TryOutcome {
+        match code {
+            0 => TryOutcome::Success,
+            EXIT_SKIPPED => TryOutcome::Skipped,
+            EXIT_NOT_READY => TryOutcome::NotReady,
+            other => TryOutcome::Failed(FailureReason::ExitCode(other)),
+        }
+    }
+
+    pub fn try_state(&self) -> TryState {
+        match self {
+            TryOutcome::Success => TryState::Success,
+            TryOutcome::Skipped => TryState::Skipped,
+            TryOutcome::NotReady => TryState::Reschedule,
+            TryOutcome::Failed(_) => TryState::Failed,
+        }
+    }
+}
+
+/// The task instance's next state after a try ends, given how many tries it may have.
+/// `try_number` counts from 1; `retries` is the job's `retries` (extra tries after the first).
+pub fn state_after_try(outcome: &TryOutcome, try_number: u32, retries: u32) -> TaskState {
+    match outcome {
+        TryOutcome::Success => TaskState::Success,
+        TryOutcome::Skipped => TaskState::Skipped,
+        TryOutcome::NotReady => TaskState::UpForReschedule,
+        TryOutcome::Failed(_) if try_number <= retries => TaskState::UpForRetry,
+        TryOutcome::Failed(_) => TaskState::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for state in TaskState::ALL {
+            assert_eq!(state.as_str().parse::<TaskState>(), Ok(*state));
+        }
+        for state in RunState::ALL {
+            assert_eq!(state.as_str().parse::<RunState>(), Ok(*state));
+        }
+        assert!("done".parse::<TaskState>().unwrap_err().contains("up_for_retry"));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        assert_eq!(TryOutcome::from_exit_code(0), TryOutcome::Success);
+        assert_eq!(TryOutcome::from_exit_code(99), TryOutcome::Skipped);
+        assert_eq!(TryOutcome::from_exit_code(75), TryOutcome::NotReady);
+        assert_eq!(
+            TryOutcome::from_exit_code(137),
+            TryOutcome::Failed(FailureReason::ExitCode(137))
+        );
+    }
+
+    #[test]
+    fn failed_tries_retry_until_the_budget_is_spent() {
+        let failed = TryOutcome::Failed(FailureReason::ExitCode(1));
+        assert_eq!(state_after_try(&failed, 1, 2), TaskState::UpForRetry);
+        assert_eq!(state_after_try(&failed, 2, 2), TaskState::UpForRetry);
+        assert_eq!(state_after_try(&failed, 3, 2), TaskState::Failed);
+        assert_eq!(state_after_try(&failed, 1, 0), TaskState::Failed);
+        assert_eq!(state_after_try(&TryOutcome::Success, 3, 2), TaskState::Success);
+        assert_eq!(state_after_try(&TryOutcome::NotReady, 1, 0), TaskState::UpForReschedule);
+    }
+
+    #[test]
+    fn finished_states_are_exactly_the_terminal_ones() {
+        let finished: Vec<_> = TaskState::ALL.iter().filter(|s| s.is_finished()).collect();
+        assert_eq!(finished.len(), 5);
+        assert!(!TaskState::UpForRetry.is_finished());
+    }
+}
