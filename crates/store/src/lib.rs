@@ -1,1 +1,228 @@
+//! The metadata store: jobs and their versions, runs, task instances, tries, log lines,
+//! outputs and committed state, behind one domain-level [`Store`] trait.
+//!
+//! - [`sqlite`]: the embedded default, a single file, created and migrated on open.
+//!
+//! Every implementation passes the same contract suite (`tests/contract.rs`).
 
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use stevedore_domain::schedule::DataInterval;
+use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub current_version: String,
+    pub file_path: String,
+    pub paused: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A run to create, with the ids of the tasks that get a task instance.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub job_id: String,
+    pub job_version: String,
+    pub trigger: RunTrigger,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval: DataInterval,
+    pub params: Value,
+    pub task_ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job_id: String,
+    pub job_version: String,
+    pub trigger: RunTrigger,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval: DataInterval,
+    pub params: Value,
+    pub state: RunState,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskInstanceRecord {
+    pub run_id: String,
+    pub task_id: String,
+    pub state: TaskState,
+    /// The latest try's number; 0 before the first try.
+    pub try_number: u32,
+    /// When a task instance in `up_for_retry` or `up_for_reschedule` may be tried again.
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Identifies a try.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TryKey {
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TryRecord {
+    /// Store-assigned id that log lines refer to.
+    pub try_id: i64,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    pub backend: String,
+    pub container_id: Option<String>,
+    pub image_ref: String,
+    /// The registry digest, or the image id of an image that was never pushed.
+    pub image_digest: Option<String>,
+    pub state: TryState,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// A `{"type":"log"}` protocol message; its text is `level: message`.
+    Protocol,
+}
+
+impl LogStream {
+    pub fn code(self) -> i64 {
+        match self {
+            LogStream::Stdout => 1,
+            LogStream::Stderr => 2,
+            LogStream::Protocol => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<LogStream> {
+        match code {
+            1 => Some(LogStream::Stdout),
+            2 => Some(LogStream::Stderr),
+            3 => Some(LogStream::Protocol),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Protocol => "log",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub try_id: i64,
+    /// Position in the try's log, from 0, in the order lines arrived.
+    pub seq: i64,
+    pub stream: LogStream,
+    pub timestamp: DateTime<Utc>,
+    pub text: String,
+}
+
+/// How a try ended, written in one transaction with its task instance's new state.
+#[derive(Clone, Debug)]
+pub struct TryFinish {
+    pub try_id: i64,
+    pub state: TryState,
+    pub ended_at: DateTime<Utc>,
+    pub exit_code: Option<i64>,
+    pub failure_reason: Option<String>,
+    pub task_state: TaskState,
+    pub next_try_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub job_id: Option<String>,
+    pub states: Vec<RunState>,
+    pub limit: Option<u32>,
+}
+
+/// The metadata store. Methods are small domain operations; each is atomic.
+#[async_trait]
+pub trait Store: Send + Sync {
+    // Jobs.
+    /// Records the job's current version (and its source the first time it is seen).
+    async fn upsert_job(&self, job_id: &str, version: &str, file_path: &str, source: &str) -> Result<()>;
+    async fn list_jobs(&self) -> Result<Vec<JobRecord>>;
+    async fn job_source(&self, job_id: &str, version: &str) -> Result<String>;
+    async fn set_paused(&self, job_id: &str, paused: bool) -> Result<()>;
+
+    // Runs.
+    /// Creates a queued run and a task instance in state `none` for each task. A second
+    /// scheduled run for the same job and logical date is a [`StoreError::Conflict`].
+    async fn create_run(&self, run: NewRun) -> Result<RunRecord>;
+    async fn get_run(&self, run_id: &str) -> Result<RunRecord>;
+    /// Finds a run by its id or a unique prefix of it.
+    async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord>;
+    /// Newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()>;
+    /// The data interval of the job's latest scheduled or backfill run.
+    async fn last_scheduled_interval(&self, job_id: &str) -> Result<Option<DataInterval>>;
+
+    // Task instances and tries.
+    async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>>;
+    async fn set_task_state(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        state: TaskState,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Starts try `try_number`: inserts the try, sets the task instance `running` and clears
+    /// the outputs of earlier tries.
+    async fn start_try(&self, key: &TryKey, backend: &str, image_ref: &str, at: DateTime<Utc>) -> Result<TryRecord>;
+    async fn set_try_container(&self, try_id: i64, container_id: &str, image_digest: Option<&str>) -> Result<()>;
+    /// Ends a try; on success the state the try published is committed for its job and task.
+    async fn finish_try(&self, finish: &TryFinish) -> Result<()>;
+    async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>>;
+    /// Tries still `running`, for a restarted scheduler to settle.
+    async fn running_tries(&self) -> Result<Vec<TryRecord>>;
+
+    // Logs.
+    async fn append_logs(&self, lines: &[LogLine]) -> Result<()>;
+    /// Lines of a try with `seq > after`, in order, at most `limit`.
+    async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
+
+    // Outputs and state.
+    async fn put_output(&self, run_id: &str, task_id: &str, key: &str, value: &Value) -> Result<()>;
+    /// `(task_id, key, value)` of every output published in the run.
+    async fn outputs(&self, run_id: &str) -> Result<Vec<(String, String, Value)>>;
+    /// Holds state published by a running try until the try ends.
+    async fn set_pending_state(&self, try_id: i64, value: &Value) -> Result<()>;
+    async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
+}

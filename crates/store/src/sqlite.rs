@@ -1,0 +1,675 @@
+//! The embedded SQLite store: one file, WAL mode so the CLI can read while a scheduler writes.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, FromRow, QueryBuilder, Sqlite, SqlitePool};
+use stevedore_domain::schedule::DataInterval;
+use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
+
+use crate::*;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+
+/// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
+const LOG_BATCH_ROWS: usize = 1000;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
+fn ts(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt(format!("timestamp `{text}`")))
+}
+
+fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref().map(parse_ts).transpose()
+}
+
+fn parse_enum<T: FromStr<Err = String>>(text: &str) -> Result<T> {
+    text.parse().map_err(StoreError::Corrupt)
+}
+
+fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("json: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(false);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // An IMMEDIATE-like write first, so two processes opening a fresh file serialize here.
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(ts(Utc::now()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[derive(FromRow)]
+struct JobRow {
+    job_id: String,
+    current_version: String,
+    file_path: String,
+    paused: bool,
+    updated_at: String,
+}
+
+impl JobRow {
+    fn into_record(self) -> Result<JobRecord> {
+        Ok(JobRecord {
+            job_id: self.job_id,
+            current_version: self.current_version,
+            file_path: self.file_path,
+            paused: self.paused,
+            updated_at: parse_ts(&self.updated_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct RunRow {
+    run_id: String,
+    job_id: String,
+    job_version: String,
+    run_trigger: String,
+    logical_date: String,
+    data_interval_start: String,
+    data_interval_end: String,
+    params: String,
+    state: String,
+    queued_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+}
+
+impl RunRow {
+    fn into_record(self) -> Result<RunRecord> {
+        Ok(RunRecord {
+            run_id: self.run_id,
+            job_id: self.job_id,
+            job_version: self.job_version,
+            trigger: parse_enum::<RunTrigger>(&self.run_trigger)?,
+            logical_date: parse_ts(&self.logical_date)?,
+            data_interval: DataInterval {
+                start: parse_ts(&self.data_interval_start)?,
+                end: parse_ts(&self.data_interval_end)?,
+            },
+            params: parse_json(&self.params)?,
+            state: parse_enum::<RunState>(&self.state)?,
+            queued_at: parse_ts(&self.queued_at)?,
+            started_at: parse_opt_ts(self.started_at)?,
+            ended_at: parse_opt_ts(self.ended_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct TaskInstanceRow {
+    run_id: String,
+    task_id: String,
+    state: String,
+    try_number: i64,
+    next_try_at: Option<String>,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+}
+
+impl TaskInstanceRow {
+    fn into_record(self) -> Result<TaskInstanceRecord> {
+        Ok(TaskInstanceRecord {
+            run_id: self.run_id,
+            task_id: self.task_id,
+            state: parse_enum::<TaskState>(&self.state)?,
+            try_number: self.try_number as u32,
+            next_try_at: parse_opt_ts(self.next_try_at)?,
+            started_at: parse_opt_ts(self.started_at)?,
+            ended_at: parse_opt_ts(self.ended_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct TryRow {
+    try_id: i64,
+    run_id: String,
+    task_id: String,
+    try_number: i64,
+    backend: String,
+    container_id: Option<String>,
+    image_ref: String,
+    image_digest: Option<String>,
+    state: String,
+    started_at: String,
+    ended_at: Option<String>,
+    exit_code: Option<i64>,
+    failure_reason: Option<String>,
+}
+
+impl TryRow {
+    fn into_record(self) -> Result<TryRecord> {
+        Ok(TryRecord {
+            try_id: self.try_id,
+            run_id: self.run_id,
+            task_id: self.task_id,
+            try_number: self.try_number as u32,
+            backend: self.backend,
+            container_id: self.container_id,
+            image_ref: self.image_ref,
+            image_digest: self.image_digest,
+            state: parse_enum::<TryState>(&self.state)?,
+            started_at: parse_ts(&self.started_at)?,
+            ended_at: parse_opt_ts(self.ended_at)?,
+            exit_code: self.exit_code,
+            failure_reason: self.failure_reason,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct LogRow {
+    try_id: i64,
+    seq: i64,
+    stream: i64,
+    ts: i64,
+    text: String,
+}
+
+const RUN_COLUMNS: &str = "run_id, job_id, job_version, run_trigger, logical_date, \
+    data_interval_start, data_interval_end, params, state, queued_at, started_at, ended_at";
+const TRY_COLUMNS: &str = "try_id, run_id, task_id, try_number, backend, container_id, \
+    image_ref, image_digest, state, started_at, ended_at, exit_code, failure_reason";
+
+fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_job(&self, job_id: &str, version: &str, file_path: &str, source: &str) -> Result<()> {
+        let now = ts(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO job_versions (job_id, version, source, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, version) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(version)
+        .bind(source)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO jobs (job_id, current_version, file_path, paused, updated_at) VALUES (?, ?, ?, 0, ?) \
+             ON CONFLICT (job_id) DO UPDATE SET current_version = excluded.current_version, \
+             file_path = excluded.file_path, updated_at = excluded.updated_at \
+             WHERE jobs.current_version <> excluded.current_version OR jobs.file_path <> excluded.file_path",
+        )
+        .bind(job_id)
+        .bind(version)
+        .bind(file_path)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        sqlx::query_as::<_, JobRow>(
+            "SELECT job_id, current_version, file_path, paused, updated_at FROM jobs ORDER BY job_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(JobRow::into_record)
+        .collect()
+    }
+
+    async fn job_source(&self, job_id: &str, version: &str) -> Result<String> {
+        sqlx::query_scalar("SELECT source FROM job_versions WHERE job_id = ? AND version = ?")
+            .bind(job_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job `{job_id}` version {version}")))
+    }
+
+    async fn set_paused(&self, job_id: &str, paused: bool) -> Result<()> {
+        let done = sqlx::query("UPDATE jobs SET paused = ? WHERE job_id = ?")
+            .bind(paused)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("job `{job_id}`")));
+        }
+        Ok(())
+    }
+
+    async fn create_run(&self, run: NewRun) -> Result<RunRecord> {
+        let record = RunRecord {
+            run_id: new_run_id(),
+            job_id: run.job_id,
+            job_version: run.job_version,
+            trigger: run.trigger,
+            logical_date: run.logical_date,
+            data_interval: run.data_interval,
+            params: run.params,
+            state: RunState::Queued,
+            queued_at: Utc::now(),
+            started_at: None,
+            ended_at: None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
+        )))
+        .bind(&record.run_id)
+        .bind(&record.job_id)
+        .bind(&record.job_version)
+        .bind(record.trigger.as_str())
+        .bind(ts(record.logical_date))
+        .bind(ts(record.data_interval.start))
+        .bind(ts(record.data_interval.end))
+        .bind(record.params.to_string())
+        .bind(record.state.as_str())
+        .bind(ts(record.queued_at))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "job `{}` already has a run for logical date {}",
+                    record.job_id,
+                    ts(record.logical_date)
+                )));
+            }
+            other => {
+                other?;
+            }
+        }
+        for task_id in &run.task_ids {
+            sqlx::query("INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'none')")
+                .bind(&record.run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<RunRecord> {
+        sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?")))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("run `{run_id}`")))?
+            .into_record()
+    }
+
+    async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
+        let pattern = format!("{}%", id_or_prefix.replace(['%', '_'], ""));
+        let rows = sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE run_id LIKE ? ORDER BY run_id LIMIT 2"
+        )))
+        .bind(pattern)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rows = rows.into_iter();
+        match (rows.next(), rows.next()) {
+            (Some(row), None) => row.into_record(),
+            (None, _) => Err(StoreError::NotFound(format!("run `{id_or_prefix}`"))),
+            (Some(_), Some(_)) => Err(StoreError::Ambiguous(format!(
+                "`{id_or_prefix}` matches several runs; give more of the run id"
+            ))),
+        }
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1"));
+        if let Some(job_id) = &filter.job_id {
+            query.push(" AND job_id = ").push_bind(job_id.clone());
+        }
+        if !filter.states.is_empty() {
+            query.push(" AND state IN (");
+            let mut separated = query.separated(", ");
+            for state in &filter.states {
+                separated.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
+        query.push(" ORDER BY queued_at DESC, run_id DESC");
+        if let Some(limit) = filter.limit {
+            query.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        query
+            .build_query_as::<RunRow>()
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(RunRow::into_record)
+            .collect()
+    }
+
+    async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()> {
+        let sql = match state {
+            RunState::Queued => "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL",
+            RunState::Running => "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3) WHERE run_id = ?2",
+            RunState::Success | RunState::Failed => "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2",
+        };
+        sqlx::query(sql).bind(state.as_str()).bind(run_id).bind(ts(at)).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn last_scheduled_interval(&self, job_id: &str) -> Result<Option<DataInterval>> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT data_interval_start, data_interval_end FROM runs \
+             WHERE job_id = ? AND run_trigger <> 'manual' ORDER BY logical_date DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(start, end)| Ok(DataInterval { start: parse_ts(&start)?, end: parse_ts(&end)? }))
+            .transpose()
+    }
+
+    async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
+        sqlx::query_as::<_, TaskInstanceRow>(
+            "SELECT run_id, task_id, state, try_number, next_try_at, started_at, ended_at \
+             FROM task_instances WHERE run_id = ? ORDER BY rowid",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TaskInstanceRow::into_record)
+        .collect()
+    }
+
+    async fn set_task_state(&self, run_id: &str, task_id: &str, state: TaskState, at: DateTime<Utc>) -> Result<()> {
+        let ended = state.is_finished().then(|| ts(at));
+        sqlx::query(
+            "UPDATE task_instances SET state = ?, ended_at = COALESCE(?, ended_at), \
+             next_try_at = CASE WHEN ? IN ('up_for_retry', 'up_for_reschedule') THEN next_try_at ELSE NULL END \
+             WHERE run_id = ? AND task_id = ?",
+        )
+        .bind(state.as_str())
+        .bind(ended)
+        .bind(state.as_str())
+        .bind(run_id)
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn start_try(&self, key: &TryKey, backend: &str, image_ref: &str, at: DateTime<Utc>) -> Result<TryRecord> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at) \
+             VALUES (?, ?, ?, ?, ?, 'running', ?)",
+        )
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.try_number))
+        .bind(backend)
+        .bind(image_ref)
+        .bind(ts(at))
+        .execute(&mut *tx)
+        .await;
+        let try_id = match inserted {
+            Ok(done) => done.last_insert_rowid(),
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "try {} of task `{}` in run {} already exists",
+                    key.try_number, key.task_id, key.run_id
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        sqlx::query(
+            "UPDATE task_instances SET state = 'running', try_number = ?, next_try_at = NULL, \
+             started_at = COALESCE(started_at, ?), ended_at = NULL WHERE run_id = ? AND task_id = ?",
+        )
+        .bind(i64::from(key.try_number))
+        .bind(ts(at))
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outputs WHERE run_id = ? AND task_id = ?")
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(TryRecord {
+            try_id,
+            run_id: key.run_id.clone(),
+            task_id: key.task_id.clone(),
+            try_number: key.try_number,
+            backend: backend.to_owned(),
+            container_id: None,
+            image_ref: image_ref.to_owned(),
+            image_digest: None,
+            state: TryState::Running,
+            started_at: parse_ts(&ts(at))?,
+            ended_at: None,
+            exit_code: None,
+            failure_reason: None,
+        })
+    }
+
+    async fn set_try_container(&self, try_id: i64, container_id: &str, image_digest: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE tries SET container_id = ?, image_digest = COALESCE(?, image_digest) WHERE try_id = ?")
+            .bind(container_id)
+            .bind(image_digest)
+            .bind(try_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_try(&self, finish: &TryFinish) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT run_id, task_id, pending_state FROM tries WHERE try_id = ?")
+                .bind(finish.try_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (run_id, task_id, pending_state) =
+            row.ok_or_else(|| StoreError::NotFound(format!("try {}", finish.try_id)))?;
+        sqlx::query(
+            "UPDATE tries SET state = ?, ended_at = ?, exit_code = ?, failure_reason = ?, pending_state = NULL \
+             WHERE try_id = ?",
+        )
+        .bind(finish.state.as_str())
+        .bind(ts(finish.ended_at))
+        .bind(finish.exit_code)
+        .bind(&finish.failure_reason)
+        .bind(finish.try_id)
+        .execute(&mut *tx)
+        .await?;
+        let ended = finish.task_state.is_finished().then(|| ts(finish.ended_at));
+        sqlx::query(
+            "UPDATE task_instances SET state = ?, next_try_at = ?, ended_at = ? WHERE run_id = ? AND task_id = ?",
+        )
+        .bind(finish.task_state.as_str())
+        .bind(finish.next_try_at.map(ts))
+        .bind(ended)
+        .bind(&run_id)
+        .bind(&task_id)
+        .execute(&mut *tx)
+        .await?;
+        if let (TryState::Success, Some(state)) = (finish.state, pending_state) {
+            sqlx::query(
+                "INSERT INTO task_state (job_id, task_id, value, run_id, updated_at) \
+                 SELECT job_id, ?, ?, run_id, ? FROM runs WHERE run_id = ? \
+                 ON CONFLICT (job_id, task_id) DO UPDATE SET value = excluded.value, \
+                 run_id = excluded.run_id, updated_at = excluded.updated_at",
+            )
+            .bind(&task_id)
+            .bind(state)
+            .bind(ts(finish.ended_at))
+            .bind(&run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>> {
+        sqlx::query_as::<_, TryRow>(AssertSqlSafe(format!(
+            "SELECT {TRY_COLUMNS} FROM tries WHERE run_id = ? AND task_id = ? ORDER BY try_number"
+        )))
+        .bind(run_id)
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TryRow::into_record)
+        .collect()
+    }
+
+    async fn running_tries(&self) -> Result<Vec<TryRecord>> {
+        sqlx::query_as::<_, TryRow>(AssertSqlSafe(format!("SELECT {TRY_COLUMNS} FROM tries WHERE state = 'running'")))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(TryRow::into_record)
+            .collect()
+    }
+
+    async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in lines.chunks(LOG_BATCH_ROWS) {
+            let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO log_lines (try_id, seq, stream, ts, text) ");
+            query.push_values(chunk, |mut row, line| {
+                row.push_bind(line.try_id)
+                    .push_bind(line.seq)
+                    .push_bind(line.stream.code())
+                    .push_bind(line.timestamp.timestamp_micros())
+                    .push_bind(line.text.as_str());
+            });
+            query.build().persistent(true).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>> {
+        sqlx::query_as::<_, LogRow>(
+            "SELECT try_id, seq, stream, ts, text FROM log_lines WHERE try_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(try_id)
+        .bind(after.unwrap_or(-1))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok(LogLine {
+                try_id: row.try_id,
+                seq: row.seq,
+                stream: LogStream::from_code(row.stream)
+                    .ok_or_else(|| StoreError::Corrupt(format!("log stream {}", row.stream)))?,
+                timestamp: DateTime::from_timestamp_micros(row.ts)
+                    .ok_or_else(|| StoreError::Corrupt(format!("log timestamp {}", row.ts)))?,
+                text: row.text,
+            })
+        })
+        .collect()
+    }
+
+    async fn put_output(&self, run_id: &str, task_id: &str, key: &str, value: &Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outputs (run_id, task_id, key, value) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (run_id, task_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(key)
+        .bind(value.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outputs(&self, run_id: &str) -> Result<Vec<(String, String, Value)>> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT task_id, key, value FROM outputs WHERE run_id = ? ORDER BY task_id, key")
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(task, key, value)| Ok((task, key, parse_json(&value)?)))
+            .collect()
+    }
+
+    async fn set_pending_state(&self, try_id: i64, value: &Value) -> Result<()> {
+        sqlx::query("UPDATE tries SET pending_state = ? WHERE try_id = ?")
+            .bind(value.to_string())
+            .bind(try_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>> {
+        let value: Option<String> =
+            sqlx::query_scalar("SELECT value FROM task_state WHERE job_id = ? AND task_id = ?")
+                .bind(job_id)
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        value.as_deref().map(parse_json).transpose()
+    }
+}
