@@ -1,1 +1,141 @@
+//! Backends: where tries execute. One [`Backend`] trait; the scheduler hands it a
+//! [`LaunchSpec`] and receives [`TryEvent`]s (container id, image digest, log lines as they
+//! arrive) and finally a [`TryExit`].
+//!
+//! - [`docker`]: a container per try on a Docker engine, through bollard.
+//! - [`lines`]: turns the engine's log chunks into whole, timestamped lines.
 
+pub mod docker;
+pub mod lines;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use stevedore_domain::job::{PullPolicy, Resources};
+use stevedore_domain::state::FailureReason;
+use tokio::sync::{mpsc, watch};
+
+pub use docker::DockerBackend;
+
+/// Container labels that identify a try, so a scheduler can find what it started.
+pub const LABEL_JOB: &str = "io.stevedore.job";
+pub const LABEL_RUN: &str = "io.stevedore.run";
+pub const LABEL_TASK: &str = "io.stevedore.task";
+pub const LABEL_TRY: &str = "io.stevedore.try";
+
+/// Everything a backend needs to run one try.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    /// The rendered image reference.
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    /// Replaces the image's entrypoint when set.
+    pub command: Option<Vec<String>>,
+    /// Arguments after the entrypoint: the contract's `run --job ... -- ARGS`.
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    /// The task's last committed state, written to the file `STEVEDORE_STATE_FILE` names.
+    pub state: Option<String>,
+}
+
+/// Where the state file sits inside a container.
+pub const STATE_DIR: &str = "/stevedore";
+pub const STATE_FILE: &str = "/stevedore/state.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Something that happened while a try ran, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TryEvent {
+    /// The container exists; `image_digest` is the registry digest, or the image id of an
+    /// image that was built locally and never pushed.
+    Launched { container_id: String, image_digest: Option<String> },
+    /// Pull progress, for the scheduler's log.
+    Pulling { image: String, status: String },
+    /// One complete line of output.
+    Line { stream: Stream, timestamp: DateTime<Utc>, text: String },
+}
+
+/// How a try ended. A non-zero exit is a result, not an error.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TryExit {
+    pub exit_code: Option<i64>,
+    /// Set when the try did not end by itself: killed at its timeout, image missing, ...
+    pub failure: Option<FailureReason>,
+}
+
+/// Why the scheduler wants a try stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KillReason {
+    Timeout,
+    Requested(String),
+}
+
+impl KillReason {
+    pub fn as_failure(&self) -> FailureReason {
+        match self {
+            KillReason::Timeout => FailureReason::Timeout,
+            KillReason::Requested(why) => FailureReason::Killed(why.clone()),
+        }
+    }
+}
+
+/// The scheduler's side of a kill switch: `kill(reason)` stops the try.
+pub type KillSender = watch::Sender<Option<KillReason>>;
+pub type KillReceiver = watch::Receiver<Option<KillReason>>;
+
+pub fn kill_switch() -> (KillSender, KillReceiver) {
+    watch::channel(None)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot be reached; nothing was started, so the try does not count.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A try the backend is running, found by its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningTry {
+    pub container_id: String,
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Checks that the backend can be reached, with a message saying where it looked.
+    async fn health(&self) -> Result<(), BackendError>;
+
+    /// Runs one try to its end: resolves the image, starts the container, sends events as
+    /// they happen, waits for the exit, drains the logs and cleans up. A kill through
+    /// `kill` stops it early. `Err` only when the backend was unreachable before anything
+    /// started; every other problem is a [`TryExit`] with a failure reason.
+    async fn execute(
+        &self,
+        spec: LaunchSpec,
+        events: mpsc::Sender<TryEvent>,
+        kill: KillReceiver,
+    ) -> Result<TryExit, BackendError>;
+
+    /// Tries this backend is running now, by their labels.
+    async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError>;
+
+    /// Stops and removes a try's container found by [`Backend::list_running`].
+    async fn remove(&self, container_id: &str) -> Result<(), BackendError>;
+}

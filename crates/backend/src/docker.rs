@@ -1,0 +1,450 @@
+//! The Docker backend: one container per try, through the engine's HTTP API (bollard).
+//!
+//! The API version is pinned to 1.41 (Docker 20.10), which every engine since accepts, so
+//! no negotiation round-trip is needed and an engine that is down at start-up does not
+//! leave the client on a wrong version.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::{ClientVersion, Docker};
+use chrono::Utc;
+use futures_util::StreamExt;
+use stevedore_domain::image::ImageRef;
+use stevedore_domain::job::PullPolicy;
+use stevedore_domain::state::FailureReason;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::lines::{split_timestamp, LineSplitter};
+use crate::*;
+
+const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
+pub struct DockerBackend {
+    docker: Docker,
+    endpoint: String,
+}
+
+/// Why an image could not be made ready.
+enum ImageProblem {
+    Unavailable(String),
+    Image(String),
+}
+
+fn is_connection_error(error: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    matches!(
+        error,
+        E::IOError { .. }
+            | E::HyperResponseError { .. }
+            | E::HttpClientError { .. }
+            | E::SocketNotFoundError(_)
+            | E::RequestTimeoutError
+    )
+}
+
+fn status_code(error: &bollard::errors::Error) -> Option<u16> {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn engine_message(error: &bollard::errors::Error) -> String {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        bollard::errors::Error::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl DockerBackend {
+    /// A client for `DOCKER_HOST` (`unix://` or `tcp://`), or the local socket. Connecting is
+    /// lazy: an unreachable engine shows up in [`Backend::health`], not here.
+    pub fn from_env() -> Result<DockerBackend, BackendError> {
+        let endpoint = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+        DockerBackend::connect(&endpoint)
+    }
+
+    pub fn connect(endpoint: &str) -> Result<DockerBackend, BackendError> {
+        let timeout = 120;
+        let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, timeout, &API_VERSION)
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
+            Docker::connect_with_http(endpoint, timeout, &API_VERSION)
+        } else {
+            return Err(BackendError::Unavailable(format!(
+                "DOCKER_HOST `{endpoint}` is not a unix:// or tcp:// address"
+            )));
+        }
+        .map_err(|e| BackendError::Unavailable(format!("docker engine at {endpoint}: {e}")))?;
+        Ok(DockerBackend { docker, endpoint: endpoint.to_owned() })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn unavailable(&self, error: &bollard::errors::Error) -> BackendError {
+        BackendError::Unavailable(format!(
+            "cannot reach the Docker engine at {}: {error}",
+            self.endpoint
+        ))
+    }
+
+    /// Makes the image present per the pull policy; returns its digest (registry digest
+    /// when it has one, else the local image id).
+    async fn resolve_image(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+        events: &mpsc::Sender<TryEvent>,
+    ) -> Result<String, ImageProblem> {
+        let reference = image.to_string();
+        let present = match self.docker.inspect_image(&reference).await {
+            Ok(inspect) => Some(inspect),
+            Err(error) if status_code(&error) == Some(404) => None,
+            Err(error) if is_connection_error(&error) => {
+                return Err(ImageProblem::Unavailable(self.unavailable(&error).to_string()))
+            }
+            Err(error) => {
+                return Err(ImageProblem::Image(format!(
+                    "cannot inspect image `{reference}`: {}",
+                    engine_message(&error)
+                )))
+            }
+        };
+        let must_pull = match policy {
+            PullPolicy::Always => true,
+            PullPolicy::IfNotPresent => present.is_none(),
+            PullPolicy::Never => false,
+        };
+        let inspect = if must_pull {
+            self.pull(image, events).await?;
+            self.docker.inspect_image(&reference).await.map_err(|error| {
+                ImageProblem::Image(format!(
+                    "image `{reference}` is missing after its pull: {}",
+                    engine_message(&error)
+                ))
+            })?
+        } else {
+            present.ok_or_else(|| {
+                ImageProblem::Image(format!(
+                    "image `{reference}` is not present and its pull_policy is never"
+                ))
+            })?
+        };
+        if let Some(digest) = &image.digest {
+            return Ok(digest.clone());
+        }
+        let name = image.name();
+        let repo_digest = inspect.repo_digests.unwrap_or_default().into_iter().find_map(|entry| {
+            let (repo, digest) = entry.split_once('@')?;
+            (repo == name).then(|| digest.to_owned())
+        });
+        Ok(repo_digest.or(inspect.id).unwrap_or_default())
+    }
+
+    async fn pull(&self, image: &ImageRef, events: &mpsc::Sender<TryEvent>) -> Result<(), ImageProblem> {
+        let reference = image.to_string();
+        let tag = image.digest.clone().unwrap_or_else(|| image.tag_or_latest().to_owned());
+        let options = CreateImageOptionsBuilder::default().from_image(&image.name()).tag(&tag).build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut last_status = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    let Some(mut status) = info.status else { continue };
+                    if let Some(detail) = info.progress_detail {
+                        if let (Some(current), Some(total)) = (detail.current, detail.total) {
+                            status = format!("{status} {current}/{total}");
+                        }
+                    }
+                    if status != last_status {
+                        last_status = status.clone();
+                        let _ = events.send(TryEvent::Pulling { image: reference.clone(), status }).await;
+                    }
+                }
+                Err(error) if is_connection_error(&error) => {
+                    return Err(ImageProblem::Unavailable(self.unavailable(&error).to_string()))
+                }
+                Err(error) => {
+                    return Err(ImageProblem::Image(format!(
+                        "cannot pull image `{reference}`: {}",
+                        engine_message(&error)
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn container_body(&self, spec: &LaunchSpec, image: &str) -> ContainerCreateBody {
+        let labels = HashMap::from([
+            (LABEL_JOB.to_owned(), spec.job_id.clone()),
+            (LABEL_RUN.to_owned(), spec.run_id.clone()),
+            (LABEL_TASK.to_owned(), spec.task_id.clone()),
+            (LABEL_TRY.to_owned(), spec.try_number.to_string()),
+        ]);
+        let host_config = HostConfig {
+            nano_cpus: spec.resources.cpu.map(|cpu| (cpu * 1e9) as i64),
+            memory: spec.resources.memory_bytes.map(|bytes| bytes as i64),
+            // Least privilege: no Linux capabilities, no privilege escalation.
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            auto_remove: Some(false),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(image.to_owned()),
+            entrypoint: spec.command.clone(),
+            cmd: Some(spec.args.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            tty: Some(false),
+            ..Default::default()
+        }
+    }
+
+    async fn upload_state(&self, container_id: &str, state: &str) -> Result<(), bollard::errors::Error> {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_path("stevedore/").map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        header.set_mode(0o777);
+        header.set_size(0);
+        header.set_cksum();
+        archive.append(&header, std::io::empty()).map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        let mut header = tar::Header::new_gnu();
+        header.set_path("stevedore/state.json").map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        header.set_mode(0o666);
+        header.set_size(state.len() as u64);
+        header.set_cksum();
+        archive.append(&header, state.as_bytes()).map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        let bytes = archive.into_inner().map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.docker
+            .upload_to_container(container_id, Some(options), bollard::body_full(bytes.into()))
+            .await
+    }
+
+    async fn remove_quietly(&self, container_id: &str) {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(error) = self.docker.remove_container(container_id, Some(options)).await {
+            if status_code(&error) != Some(404) {
+                warn!(container_id, error = %error, "could not remove container");
+            }
+        }
+    }
+
+    /// Streams the container's logs to `events` until the container stops.
+    async fn stream_logs(&self, container_id: &str, events: &mpsc::Sender<TryEvent>) {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .build();
+        let mut stream = self.docker.logs(container_id, Some(options));
+        let mut splitter = LineSplitter::default();
+        let mut pending: Vec<TryEvent> = Vec::new();
+        while let Some(item) = stream.next().await {
+            let (kind, message) = match item {
+                Ok(bollard::container::LogOutput::StdOut { message }) => (Stream::Stdout, message),
+                Ok(bollard::container::LogOutput::StdErr { message }) => (Stream::Stderr, message),
+                Ok(_) => continue,
+                Err(error) => {
+                    warn!(container_id, error = %error, "log stream ended early");
+                    break;
+                }
+            };
+            let (timestamp, text) = split_timestamp(&message);
+            splitter.push(kind, timestamp.unwrap_or_else(Utc::now), text, &mut |stream, timestamp, text| {
+                pending.push(TryEvent::Line { stream, timestamp, text })
+            });
+            for event in pending.drain(..) {
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+        splitter.finish(&mut |stream, timestamp, text| pending.push(TryEvent::Line { stream, timestamp, text }));
+        for event in pending.drain(..) {
+            let _ = events.send(event).await;
+        }
+    }
+
+    /// Waits for the container to stop, killing it if `kill` fires first.
+    async fn wait_exit(&self, container_id: &str, kill: &mut KillReceiver) -> (Option<i64>, Option<FailureReason>) {
+        let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        let mut wait = Box::pin(self.docker.wait_container(container_id, Some(options)));
+        let mut killed: Option<KillReason> = kill.borrow().clone();
+        if killed.is_some() {
+            self.kill_container(container_id).await;
+        }
+        loop {
+            tokio::select! {
+                result = wait.next() => {
+                    let code = match result {
+                        Some(Ok(response)) => Some(response.status_code),
+                        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+                        Some(Err(error)) => {
+                            warn!(container_id, error = %error, "waiting for container failed");
+                            return (None, Some(FailureReason::Backend(format!("lost track of container: {}", engine_message(&error)))));
+                        }
+                        None => None,
+                    };
+                    return (code, killed.map(|reason| reason.as_failure()));
+                }
+                changed = kill.changed(), if killed.is_none() => {
+                    if changed.is_err() {
+                        // The scheduler dropped its side: nobody will ask for a kill.
+                        killed = None;
+                        continue;
+                    }
+                    killed = kill.borrow().clone();
+                    if killed.is_some() {
+                        self.kill_container(container_id).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn kill_container(&self, container_id: &str) {
+        let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+        if let Err(error) = self.docker.kill_container(container_id, Some(options)).await {
+            debug!(container_id, error = %error, "kill failed (the container may have exited)");
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn health(&self) -> Result<(), BackendError> {
+        self.docker.ping().await.map(|_| ()).map_err(|error| self.unavailable(&error))
+    }
+
+    async fn execute(
+        &self,
+        spec: LaunchSpec,
+        events: mpsc::Sender<TryEvent>,
+        mut kill: KillReceiver,
+    ) -> Result<TryExit, BackendError> {
+        let failed = |reason| Ok(TryExit { exit_code: None, failure: Some(reason) });
+        let image = match ImageRef::parse(&spec.image) {
+            Ok(image) => image,
+            Err(message) => return failed(FailureReason::Image(message)),
+        };
+        let digest = match self.resolve_image(&image, spec.pull_policy, &events).await {
+            Ok(digest) => digest,
+            Err(ImageProblem::Unavailable(message)) => return Err(BackendError::Unavailable(message)),
+            Err(ImageProblem::Image(message)) => return failed(FailureReason::Image(message)),
+        };
+
+        let name = format!("stevedore-{}-{}-{}-{}", spec.job_id, spec.task_id, spec.run_id, spec.try_number);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = match self.docker.create_container(Some(options), self.container_body(&spec, &image.to_string())).await {
+            Ok(created) => created,
+            Err(error) if is_connection_error(&error) => return Err(self.unavailable(&error)),
+            Err(error) if status_code(&error) == Some(409) => {
+                // A container of this very try exists: a previous attempt to launch it died
+                // half-way. Remove it and report; the try is retried by policy.
+                self.remove_quietly(&name).await;
+                return failed(FailureReason::Backend(format!("container `{name}` already existed and was removed")));
+            }
+            Err(error) => return failed(FailureReason::Backend(format!("cannot create container: {}", engine_message(&error)))),
+        };
+        let container_id = created.id;
+        let _ = events
+            .send(TryEvent::Launched { container_id: container_id.clone(), image_digest: Some(digest) })
+            .await;
+
+        if let Some(state) = &spec.state {
+            if let Err(error) = self.upload_state(&container_id, state).await {
+                self.remove_quietly(&container_id).await;
+                return failed(FailureReason::Backend(format!("cannot write the state file: {}", engine_message(&error))));
+            }
+        }
+        if let Err(error) = self.docker.start_container(&container_id, None).await {
+            self.remove_quietly(&container_id).await;
+            return failed(FailureReason::Backend(format!("cannot start container: {}", engine_message(&error))));
+        }
+
+        let (_, (exit_code, failure)) =
+            tokio::join!(self.stream_logs(&container_id, &events), self.wait_exit(&container_id, &mut kill));
+
+        let mut failure = failure;
+        if failure.is_none() {
+            if let Ok(inspect) = self.docker.inspect_container(&container_id, None).await {
+                if inspect.state.and_then(|state| state.oom_killed) == Some(true) {
+                    failure = Some(FailureReason::Backend("killed by the kernel: out of memory".to_owned()));
+                }
+            }
+        }
+        self.remove_quietly(&container_id).await;
+        Ok(TryExit { exit_code, failure })
+    }
+
+    async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError> {
+        let filters = HashMap::from([("label", vec![LABEL_RUN])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await.map_err(|e| self.unavailable(&e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                let labels = container.labels?;
+                Some(RunningTry {
+                    container_id: container.id?,
+                    job_id: labels.get(LABEL_JOB)?.clone(),
+                    run_id: labels.get(LABEL_RUN)?.clone(),
+                    task_id: labels.get(LABEL_TASK)?.clone(),
+                    try_number: labels.get(LABEL_TRY)?.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
+        self.remove_quietly(container_id).await;
+        Ok(())
+    }
+}
+
+/// Waits until the engine answers, backing off from 1 s to 30 s; logs each failure.
+pub async fn wait_for_engine(backend: &dyn Backend) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match backend.health().await {
+            Ok(()) => return,
+            Err(error) => {
+                warn!(error = %error, retry_in_secs = delay.as_secs(), "backend unavailable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
