@@ -1,1 +1,162 @@
-fn main() {}
+//! `stevedore`: the command line. A thin layer over the library crates: it parses
+//! arguments, opens the store and the backend, and prints tables or JSON.
+
+mod commands;
+mod images;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Parser)]
+#[command(name = "stevedore", version, about = "Container-per-task workflow scheduler")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Metadata store: a SQLite file path or sqlite:// URL.
+    #[arg(long, global = true, env = "STEVEDORE_DB", default_value = "stevedore.db")]
+    pub db: String,
+    /// Folder of job files.
+    #[arg(long, global = true, env = "STEVEDORE_JOBS", default_value = "jobs")]
+    pub jobs: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scheduler with the embedded store, in one process, until Ctrl-C.
+    Standalone,
+    /// The scheduler alone.
+    Scheduler,
+    /// Job files: list, validate, trigger, pause.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Runs: list and show.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Task instances: logs.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Integration images under images/.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// The metadata store.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+pub enum JobsCommand {
+    /// Jobs in the jobs folder, with their state in the store.
+    List,
+    /// Checks job files (a file or a folder; default the jobs folder).
+    Validate { path: Option<PathBuf> },
+    /// Creates a manual run and prints its id.
+    Trigger {
+        job: String,
+        /// Overrides a param: key=value (value read as JSON when it parses, else as text).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Waits until the run ends; exits non-zero when it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stops creating scheduled runs for a job.
+    Pause { job: String },
+    /// Resumes a paused job.
+    Unpause { job: String },
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// Newest runs first.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A run and its task instances (a unique prefix of the run id is enough).
+    Show { run: String },
+}
+
+#[derive(Subcommand)]
+pub enum TasksCommand {
+    /// Log lines of a task instance's try (the latest by default).
+    Logs {
+        run: String,
+        task: String,
+        #[arg(long = "try")]
+        try_number: Option<u32>,
+        /// Keeps printing new lines until the try ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImagesCommand {
+    /// Builds and tags every image under images/ (or the named ones) from its VERSION.
+    Build {
+        names: Vec<String>,
+        /// Folder holding the images.
+        #[arg(long, default_value = "images")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Creates or upgrades the store's schema.
+    Migrate,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEVEDORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let long_running = matches!(cli.command, Command::Standalone | Command::Scheduler);
+    init_tracing(if long_running { "info,sqlx=warn" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let global = cli.global;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Standalone | Command::Scheduler => commands::scheduler(&global).await,
+            Command::Jobs(command) => commands::jobs(&global, command).await,
+            Command::Runs(command) => commands::runs(&global, command).await,
+            Command::Tasks(command) => commands::tasks(&global, command).await,
+            Command::Images(ImagesCommand::Build { names, dir }) => images::build(&dir, &names).await,
+            Command::Db(DbCommand::Migrate) => commands::migrate(&global).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

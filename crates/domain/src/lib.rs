@@ -5,6 +5,7 @@
 //! - [`schedule`]: cron schedules and the data intervals they produce, in a job's timezone.
 //! - [`retry`]: when the next try of a failed task instance starts (Airflow's formula).
 //! - [`state`]: run, task-instance and try states, and what an exit code means.
+//! - [`run`]: what a run does next and when it is over.
 //! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
 //! - [`template`]: `{{ variable }}` rendering of args, env and image.
 //! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages.
@@ -15,6 +16,7 @@ pub mod image;
 pub mod job;
 pub mod protocol;
 pub mod retry;
+pub mod run;
 pub mod schedule;
 pub mod state;
 pub mod template;

@@ -1,1 +1,363 @@
+//! The scheduler: syncs job files into the store, creates due runs, decides which task
+//! instances run, hands tries to the backend and reacts the moment a try ends.
+//!
+//! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
+//! - [`runs`]: creating scheduled and manual runs.
+//! - [`try_runner`]: one try from start to end, its logs, outputs and state.
+//!
+//! Everything the scheduler knows lives in the store; its memory holds only caches and
+//! the kill switches of the tries it runs, so a restart loses no decision.
 
+pub mod jobs_dir;
+pub mod runs;
+pub mod try_runner;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use stevedore_backend::{Backend, KillReason, KillSender};
+use stevedore_domain::job::{parse_job, Job, JobError};
+use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
+use stevedore_domain::state::{RunState, TaskState, TryState};
+use stevedore_store::{RunFilter, RunRecord, Store, TryFinish, TryKey};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::jobs_dir::load_jobs_dir;
+use crate::try_runner::{TryEnd, TryRunner};
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub jobs_dir: PathBuf,
+    /// How often the loop looks at the store when no try ends (new triggers, due runs).
+    pub tick: Duration,
+    /// How often job files are re-read.
+    pub sync_every: Duration,
+    /// How long a clean stop waits for running tries before killing them.
+    pub shutdown_grace: Duration,
+}
+
+impl SchedulerConfig {
+    pub fn new(jobs_dir: impl Into<PathBuf>) -> SchedulerConfig {
+        SchedulerConfig {
+            jobs_dir: jobs_dir.into(),
+            tick: Duration::from_millis(500),
+            sync_every: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(0),
+        }
+    }
+}
+
+/// Something that should wake the loop at once.
+#[derive(Debug)]
+enum Wake {
+    TryEnded,
+}
+
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    config: SchedulerConfig,
+    /// Parsed job versions by `(job_id, version)`.
+    versions: Mutex<HashMap<(String, String), Arc<Job>>>,
+    /// Kill switches of the tries this scheduler runs.
+    running: Mutex<HashMap<TryKey, KillSender>>,
+    backend_healthy: AtomicBool,
+    /// File errors already reported, so an unchanged bad file is logged once.
+    reported_errors: Mutex<Vec<JobError>>,
+    wake_tx: mpsc::UnboundedSender<Wake>,
+    wake_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Wake>>,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<dyn Store>, backend: Arc<dyn Backend>, config: SchedulerConfig) -> Arc<Scheduler> {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        Arc::new(Scheduler {
+            store,
+            backend,
+            config,
+            versions: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            backend_healthy: AtomicBool::new(false),
+            reported_errors: Mutex::new(Vec::new()),
+            wake_tx,
+            wake_rx: tokio::sync::Mutex::new(wake_rx),
+        })
+    }
+
+    /// Runs until `shutdown` resolves, then stops the tries it started and returns.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut wake_rx = self.wake_rx.lock().await;
+        self.sync_jobs().await;
+        let mut last_sync = tokio::time::Instant::now();
+        let mut health_delay = Duration::from_secs(1);
+        let mut next_health_check = tokio::time::Instant::now();
+        let mut settled = false;
+        loop {
+            if !self.backend_healthy.load(Ordering::SeqCst) && tokio::time::Instant::now() >= next_health_check {
+                match self.backend.health().await {
+                    Ok(()) => {
+                        info!(backend = self.backend.name(), "backend reachable");
+                        self.backend_healthy.store(true, Ordering::SeqCst);
+                        health_delay = Duration::from_secs(1);
+                    }
+                    Err(error) => {
+                        error!(backend = self.backend.name(), error = %error, retry_in_secs = health_delay.as_secs(), "backend unavailable; tries wait until it is back");
+                        next_health_check = tokio::time::Instant::now() + health_delay;
+                        health_delay = (health_delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+            if !settled && self.backend_healthy.load(Ordering::SeqCst) {
+                if let Err(error) = self.settle_orphans().await {
+                    warn!(error = %error, "could not settle tries left by a previous scheduler");
+                } else {
+                    settled = true;
+                }
+            }
+            if last_sync.elapsed() >= self.config.sync_every {
+                self.sync_jobs().await;
+                last_sync = tokio::time::Instant::now();
+            }
+            if let Err(error) = self.schedule_once(settled).await {
+                error!(error = %error, "scheduling pass failed");
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(self.config.tick) => {}
+                Some(_) = wake_rx.recv() => {
+                    // Drain bursts: one pass handles every try that ended meanwhile.
+                    while wake_rx.try_recv().is_ok() {}
+                }
+            }
+        }
+        self.stop_running_tries().await;
+        Ok(())
+    }
+
+    /// Reads the jobs folder and records each valid job's current version.
+    pub async fn sync_jobs(&self) -> Vec<Arc<Job>> {
+        let dir = self.config.jobs_dir.clone();
+        let found = tokio::task::spawn_blocking(move || load_jobs_dir(&dir)).await.unwrap_or_default();
+        {
+            let mut reported = self.reported_errors.lock().expect("poisoned");
+            for problem in &found.errors {
+                if !reported.contains(problem) {
+                    error!(file = %problem.file, line = ?problem.line, "invalid job file: {problem}");
+                }
+            }
+            *reported = found.errors.clone();
+        }
+        let mut jobs = Vec::new();
+        for loaded in found.jobs {
+            let path = loaded.path.display().to_string();
+            if let Err(error) = self.store.upsert_job(&loaded.job.id, &loaded.job.version, &path, &loaded.source).await {
+                error!(job_id = %loaded.job.id, error = %error, "cannot record job");
+                continue;
+            }
+            self.versions
+                .lock()
+                .expect("poisoned")
+                .insert((loaded.job.id.clone(), loaded.job.version.clone()), loaded.job.clone());
+            jobs.push(loaded.job);
+        }
+        jobs
+    }
+
+    /// The job version a run was created with.
+    async fn job_version(&self, job_id: &str, version: &str) -> anyhow::Result<Arc<Job>> {
+        let key = (job_id.to_owned(), version.to_owned());
+        if let Some(job) = self.versions.lock().expect("poisoned").get(&key) {
+            return Ok(job.clone());
+        }
+        let source = self.store.job_source(job_id, version).await?;
+        let job = parse_job(&format!("{job_id}@{}", &version[..12.min(version.len())]), &source)
+            .map_err(|errors| anyhow::anyhow!("stored job version no longer parses: {}", errors[0]))?;
+        let job = Arc::new(job);
+        self.versions.lock().expect("poisoned").insert(key, job.clone());
+        Ok(job)
+    }
+
+    /// One pass: due runs, queued runs started, task instances decided and launched,
+    /// finished runs closed.
+    async fn schedule_once(self: &Arc<Self>, can_launch: bool) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let records = self.store.list_jobs().await?;
+        let mut max_runs = HashMap::new();
+        for record in &records {
+            let Ok(job) = self.job_version(&record.job_id, &record.current_version).await else { continue };
+            max_runs.insert(job.id.clone(), job.max_active_runs);
+            if !record.paused {
+                runs::create_due_runs(self.store.as_ref(), &job, now, 100).await?;
+            }
+        }
+
+        let mut active = self
+            .store
+            .list_runs(&RunFilter { states: vec![RunState::Queued, RunState::Running], ..Default::default() })
+            .await?;
+        // Oldest first, so queued runs start in order.
+        active.reverse();
+        let mut running_per_job: HashMap<String, u32> = HashMap::new();
+        for run in active.iter().filter(|r| r.state == RunState::Running) {
+            *running_per_job.entry(run.job_id.clone()).or_default() += 1;
+        }
+        let mut active_tasks_per_job: HashMap<String, u32> = HashMap::new();
+        for run in &active {
+            if run.state == RunState::Running {
+                for ti in self.store.task_instances(&run.run_id).await? {
+                    if ti.state.is_active() {
+                        *active_tasks_per_job.entry(run.job_id.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        for mut run in active {
+            if run.state == RunState::Queued {
+                let limit = max_runs.get(&run.job_id).copied().unwrap_or(16);
+                let running = running_per_job.entry(run.job_id.clone()).or_default();
+                if *running >= limit {
+                    continue;
+                }
+                *running += 1;
+                self.store.set_run_state(&run.run_id, RunState::Running, now).await?;
+                info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
+                run.state = RunState::Running;
+            }
+            let active_tasks = active_tasks_per_job.entry(run.job_id.clone()).or_default();
+            if let Err(error) = self.advance_run(&run, can_launch, active_tasks).await {
+                error!(run_id = %run.run_id, error = %error, "cannot advance run");
+            }
+        }
+        Ok(())
+    }
+
+    async fn advance_run(self: &Arc<Self>, run: &RunRecord, can_launch: bool, active_tasks: &mut u32) -> anyhow::Result<()> {
+        let job = self.job_version(&run.job_id, &run.job_version).await?;
+        let now = Utc::now();
+        let instances = self.store.task_instances(&run.run_id).await?;
+        let mut states: HashMap<String, TaskState> = instances.iter().map(|ti| (ti.task_id.clone(), ti.state)).collect();
+
+        for ti in &instances {
+            let waiting = matches!(ti.state, TaskState::UpForRetry | TaskState::UpForReschedule);
+            if waiting && ti.next_try_at.is_none_or(|at| at <= now) {
+                self.store.set_task_state(&run.run_id, &ti.task_id, TaskState::Scheduled, now).await?;
+                states.insert(ti.task_id.clone(), TaskState::Scheduled);
+            }
+        }
+        for (task_id, state) in resolve_waiting(&job, &mut states) {
+            self.store.set_task_state(&run.run_id, &task_id, state, now).await?;
+        }
+
+        if can_launch && self.backend_healthy.load(Ordering::SeqCst) {
+            let weights = priority_weights(&job);
+            let mut ready: Vec<String> = states
+                .iter()
+                .filter(|(_, state)| **state == TaskState::Scheduled)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ready.sort_by_key(|id| (std::cmp::Reverse(weights.get(id).copied().unwrap_or(0)), id.clone()));
+            for task_id in &ready {
+                let task_id = task_id.as_str();
+                if *active_tasks >= job.max_active_tasks {
+                    break;
+                }
+                let Some(task) = job.task(task_id) else { continue };
+                let try_number = instances.iter().find(|ti| ti.task_id == task_id).map(|ti| ti.try_number).unwrap_or(0) + 1;
+                self.store.set_task_state(&run.run_id, task_id, TaskState::Queued, now).await?;
+                states.insert(task_id.to_owned(), TaskState::Queued);
+                *active_tasks += 1;
+                self.launch(job.clone(), run.clone(), task.clone(), try_number);
+            }
+        }
+
+        if let Some(outcome) = run_outcome(&job, &states) {
+            self.store.set_run_state(&run.run_id, outcome, Utc::now()).await?;
+            info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
+        }
+        Ok(())
+    }
+
+    fn launch(self: &Arc<Self>, job: Arc<Job>, run: RunRecord, task: stevedore_domain::job::Task, try_number: u32) {
+        let scheduler = self.clone();
+        tokio::spawn(async move {
+            let key = TryKey { run_id: run.run_id.clone(), task_id: task.id.clone(), try_number };
+            let runner = TryRunner { store: scheduler.store.clone(), backend: scheduler.backend.clone() };
+            let registry = scheduler.clone();
+            let registered_key = key.clone();
+            let result = runner
+                .run(job, run, task, try_number, move |kill| {
+                    registry.running.lock().expect("poisoned").insert(registered_key, kill);
+                })
+                .await;
+            scheduler.running.lock().expect("poisoned").remove(&key);
+            match result {
+                Ok(TryEnd::Finished(_)) => {}
+                Ok(TryEnd::BackendUnavailable(message)) => {
+                    warn!(error = %message, "backend became unavailable");
+                    scheduler.backend_healthy.store(false, Ordering::SeqCst);
+                }
+                Err(error) => {
+                    error!(run_id = %key.run_id, task_id = %key.task_id, error = %error, "try could not be recorded");
+                    scheduler.backend_healthy.store(false, Ordering::SeqCst);
+                }
+            }
+            let _ = scheduler.wake_tx.send(Wake::TryEnded);
+        });
+    }
+
+    /// Tries the store says are running but no scheduler runs (this one just started):
+    /// their containers are removed and their task instances tried again.
+    async fn settle_orphans(&self) -> anyhow::Result<()> {
+        let containers = self.backend.list_running().await?;
+        let tracked: Vec<TryKey> = self.running.lock().expect("poisoned").keys().cloned().collect();
+        for orphan in self.store.running_tries().await? {
+            let key = TryKey { run_id: orphan.run_id.clone(), task_id: orphan.task_id.clone(), try_number: orphan.try_number };
+            if tracked.contains(&key) {
+                continue;
+            }
+            for container in containers.iter().filter(|c| c.run_id == orphan.run_id && c.task_id == orphan.task_id && c.try_number == orphan.try_number) {
+                self.backend.remove(&container.container_id).await?;
+            }
+            warn!(run_id = %orphan.run_id, task_id = %orphan.task_id, try_number = orphan.try_number, "try was left running by a stopped scheduler; trying again");
+            self.store
+                .finish_try(&TryFinish {
+                    try_id: orphan.try_id,
+                    state: TryState::Failed,
+                    ended_at: Utc::now(),
+                    exit_code: None,
+                    failure_reason: Some("lost: the scheduler stopped while the try ran".to_owned()),
+                    task_state: TaskState::Scheduled,
+                    next_try_at: None,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// On a clean stop: give running tries the grace period, then kill them. Their task
+    /// instances are tried again when a scheduler starts (see [`Self::settle_orphans`]).
+    async fn stop_running_tries(&self) {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while tokio::time::Instant::now() < deadline && !self.running.lock().expect("poisoned").is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let switches: Vec<KillSender> = self.running.lock().expect("poisoned").values().cloned().collect();
+        if !switches.is_empty() {
+            info!(tries = switches.len(), "stopping running tries");
+        }
+        for kill in &switches {
+            let _ = kill.send(Some(KillReason::Requested(try_runner::SCHEDULER_STOPPED.to_owned())));
+        }
+        // Wait (bounded) for the killed tries to record their end and remove containers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline && !self.running.lock().expect("poisoned").is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,1 +1,263 @@
+//! The Rust SDK for Stevedore integrations: parse the entrypoint contract, publish protocol
+//! messages, exit with the right code. A whole integration:
+//!
+//! ```no_run
+//! use stevedore_sdk::{Integration, Outcome};
+//!
+//! fn main() {
+//!     Integration::new("hello", "0.1.0")
+//!         .run(|ctx| {
+//!             stevedore_sdk::log("info", &format!("hello for {}", ctx.interval_start));
+//!             stevedore_sdk::output("greeting", "hello");
+//!             Ok(Outcome::Success)
+//!         })
+//! }
+//! ```
+//!
+//! The protocol is plain JSON lines on stdout (see `docs/entrypoint-contract.md`), so an
+//! integration in another language needs no SDK.
 
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+/// What the `run` command reports, mapped to the contract's exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 99: the task instance becomes `skipped`.
+    Skip,
+    /// Exit 75: a sensor that is not ready yet; tried again after `reschedule_interval`.
+    NotReady,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Skip => 99,
+            Outcome::NotReady => 75,
+        }
+    }
+}
+
+/// The run's context as the contract passes it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Context {
+    pub job_id: String,
+    pub task_id: String,
+    pub run_id: String,
+    pub try_number: u32,
+    pub logical_date: String,
+    pub interval_start: String,
+    pub interval_end: String,
+    pub params: Value,
+    /// The task's `args`, after `--`.
+    pub args: Vec<String>,
+    /// The last state this task committed, `None` on its first successful run.
+    pub state: Option<Value>,
+}
+
+impl Context {
+    /// The value after `--name` in the task's args.
+    pub fn arg(&self, name: &str) -> Option<&str> {
+        let flag = format!("--{name}");
+        let position = self.args.iter().position(|arg| *arg == flag)?;
+        self.args.get(position + 1).map(String::as_str)
+    }
+
+    /// Whether `--name` appears in the task's args.
+    pub fn flag(&self, name: &str) -> bool {
+        let flag = format!("--{name}");
+        self.args.iter().any(|arg| *arg == flag)
+    }
+}
+
+/// Parses `run --job J --task T ... [--params JSON] -- ARGS...` (the arguments after the
+/// command name) and the state file named by `STEVEDORE_STATE_FILE`.
+pub fn parse_run_args(argv: &[String], state_file: Option<&str>) -> Result<Context, String> {
+    let mut context = Context { params: json!({}), ..Context::default() };
+    let mut index = 0;
+    while index < argv.len() {
+        let flag = argv[index].as_str();
+        if flag == "--" {
+            context.args = argv[index + 1..].to_vec();
+            break;
+        }
+        let value = argv
+            .get(index + 1)
+            .ok_or_else(|| format!("`{flag}` needs a value"))?
+            .clone();
+        match flag {
+            "--job" => context.job_id = value,
+            "--task" => context.task_id = value,
+            "--run" => context.run_id = value,
+            "--try" => {
+                context.try_number = value.parse().map_err(|_| format!("--try `{value}` is not a number"))?
+            }
+            "--logical-date" => context.logical_date = value,
+            "--interval-start" => context.interval_start = value,
+            "--interval-end" => context.interval_end = value,
+            "--params" => {
+                context.params =
+                    serde_json::from_str(&value).map_err(|e| format!("--params is not JSON: {e}"))?
+            }
+            other => return Err(format!("unknown option `{other}`")),
+        }
+        index += 2;
+    }
+    for (name, value) in [("--job", &context.job_id), ("--task", &context.task_id), ("--run", &context.run_id)] {
+        if value.is_empty() {
+            return Err(format!("`{name}` is required"));
+        }
+    }
+    if let Some(path) = state_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read state file {path}: {e}"))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| format!("state file {path} is not JSON: {e}"))?;
+        context.state = (!value.is_null()).then_some(value);
+    }
+    Ok(context)
+}
+
+fn emit(message: Value) {
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout means nobody reads the protocol any more; nothing useful to do.
+    let _ = writeln!(stdout, "{message}");
+    let _ = stdout.flush();
+}
+
+/// A `log` protocol message (levels: debug, info, warn, error).
+pub fn log(level: &str, message: &str) {
+    emit(json!({"type": "log", "level": level, "message": message}));
+}
+
+/// An output for downstream tasks' `{{ outputs.<task>.<key> }}`.
+pub fn output(key: &str, value: impl Into<Value>) {
+    emit(json!({"type": "output", "key": key, "value": value.into()}));
+}
+
+/// New incremental state, committed only if this try succeeds.
+pub fn state(value: impl Into<Value>) {
+    emit(json!({"type": "state", "value": value.into()}));
+}
+
+pub fn progress(done: u64, total: Option<u64>) {
+    emit(json!({"type": "progress", "done": done, "total": total}));
+}
+
+pub fn metric(name: &str, value: f64) {
+    emit(json!({"type": "metric", "name": name, "value": value}));
+}
+
+type RunFn = dyn FnOnce(&Context) -> Result<Outcome, String>;
+
+/// An integration: its name, version and the JSON Schema of its params (`spec`).
+pub struct Integration {
+    name: String,
+    version: String,
+    params_schema: Value,
+}
+
+impl Integration {
+    pub fn new(name: &str, version: &str) -> Integration {
+        Integration {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            params_schema: json!({"type": "object"}),
+        }
+    }
+
+    pub fn params_schema(mut self, schema: Value) -> Integration {
+        self.params_schema = schema;
+        self
+    }
+
+    /// Dispatches `spec`, `check` and `run` from the process arguments, and exits.
+    pub fn run(self, run: impl FnOnce(&Context) -> Result<Outcome, String> + 'static) -> ! {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let code = self.dispatch(&argv, Box::new(run));
+        std::process::exit(code)
+    }
+
+    fn dispatch(&self, argv: &[String], run: Box<RunFn>) -> i32 {
+        match argv.first().map(String::as_str) {
+            Some("spec") => {
+                emit(json!({
+                    "type": "spec",
+                    "name": self.name,
+                    "version": self.version,
+                    "params": self.params_schema,
+                }));
+                0
+            }
+            Some("check") => {
+                log("info", "no connection to check");
+                0
+            }
+            Some("run") => {
+                let state_file = std::env::var("STEVEDORE_STATE_FILE").ok();
+                match parse_run_args(&argv[1..], state_file.as_deref()) {
+                    Ok(context) => match run(&context) {
+                        Ok(outcome) => outcome.exit_code(),
+                        Err(message) => {
+                            log("error", &message);
+                            1
+                        }
+                    },
+                    Err(message) => {
+                        eprintln!("{}: {message}", self.name);
+                        2
+                    }
+                }
+            }
+            _ => {
+                eprintln!("usage: {} spec | check | run --job J --task T --run R --try N ... -- ARGS", self.name);
+                2
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(text: &str) -> Vec<String> {
+        text.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_the_contract_arguments() {
+        let context = parse_run_args(
+            &argv("--job j --task t --run r --try 2 --logical-date 2024-01-01T00:00:00Z --interval-start a --interval-end b --params {\"n\":3} -- --records 5 --fast"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(context.try_number, 2);
+        assert_eq!(context.params["n"], 3);
+        assert_eq!(context.arg("records"), Some("5"));
+        assert!(context.flag("fast"));
+        assert_eq!(context.state, None);
+    }
+
+    #[test]
+    fn reports_missing_and_unknown_options() {
+        assert!(parse_run_args(&argv("--job j --task t"), None).unwrap_err().contains("--run"));
+        assert!(parse_run_args(&argv("--job j --bogus x"), None).unwrap_err().contains("--bogus"));
+        assert!(parse_run_args(&argv("--job"), None).unwrap_err().contains("needs a value"));
+    }
+
+    #[test]
+    fn reads_the_state_file() {
+        let dir = std::env::temp_dir().join(format!("sdk-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        std::fs::write(&path, "{\"cursor\":\"x\"}").unwrap();
+        let context = parse_run_args(&argv("--job j --task t --run r"), path.to_str()).unwrap();
+        assert_eq!(context.state, Some(json!({"cursor": "x"})));
+        std::fs::write(&path, "null").unwrap();
+        assert_eq!(parse_run_args(&argv("--job j --task t --run r"), path.to_str()).unwrap().state, None);
+    }
+}

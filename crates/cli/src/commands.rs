@@ -1,0 +1,372 @@
+//! The store-facing commands: scheduler, jobs, runs, tasks, db.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use stevedore_backend::DockerBackend;
+use stevedore_domain::job::Job;
+use stevedore_domain::protocol::rfc3339;
+use stevedore_domain::state::{RunState, TryState};
+use stevedore_scheduler::jobs_dir::{load_job_file, load_jobs_dir};
+use stevedore_scheduler::runs::trigger_manual;
+use stevedore_scheduler::{Scheduler, SchedulerConfig};
+use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
+
+use crate::output::{duration, print_json, time, Format, Table};
+use crate::{Global, JobsCommand, RunsCommand, TasksCommand};
+
+/// Opens the store named by `--db`: a path or `sqlite://path`.
+pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        bail!("PostgreSQL stores are not supported yet; use a SQLite file path for --db");
+    }
+    let path = db.strip_prefix("sqlite://").unwrap_or(db);
+    let store = SqliteStore::open(path).await.with_context(|| format!("cannot open the store at {path}"))?;
+    Ok(Arc::new(store))
+}
+
+pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
+    open_store(&global.db).await?;
+    println!("store {} is up to date", global.db);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    let backend = Arc::new(DockerBackend::from_env()?);
+    tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
+    let scheduler = Scheduler::new(store, backend, SchedulerConfig::new(&global.jobs));
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stopping");
+    };
+    scheduler.run(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_param(text: &str) -> anyhow::Result<(String, Value)> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--param `{text}` must look like key=value"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+fn run_json(run: &RunRecord) -> Value {
+    json!({
+        "run_id": run.run_id,
+        "job_id": run.job_id,
+        "job_version": run.job_version,
+        "trigger": run.trigger.as_str(),
+        "state": run.state.as_str(),
+        "logical_date": rfc3339(run.logical_date),
+        "data_interval_start": rfc3339(run.data_interval.start),
+        "data_interval_end": rfc3339(run.data_interval.end),
+        "params": run.params,
+        "queued_at": rfc3339(run.queued_at),
+        "started_at": run.started_at.map(rfc3339),
+        "ended_at": run.ended_at.map(rfc3339),
+    })
+}
+
+fn try_json(attempt: &TryRecord) -> Value {
+    json!({
+        "try_number": attempt.try_number,
+        "state": attempt.state.as_str(),
+        "backend": attempt.backend,
+        "container_id": attempt.container_id,
+        "image": attempt.image_ref,
+        "image_digest": attempt.image_digest,
+        "started_at": rfc3339(attempt.started_at),
+        "ended_at": attempt.ended_at.map(rfc3339),
+        "exit_code": attempt.exit_code,
+        "failure_reason": attempt.failure_reason,
+    })
+}
+
+/// Loads one job by id from the jobs folder, with its file errors when it is invalid.
+fn load_job(jobs_dir: &Path, job_id: &str) -> anyhow::Result<(Arc<Job>, String, String)> {
+    let found = load_jobs_dir(jobs_dir);
+    if let Some(loaded) = found.get(job_id) {
+        return Ok((loaded.job.clone(), loaded.path.display().to_string(), loaded.source.clone()));
+    }
+    let mut message = format!("job `{job_id}` is not a valid job in {}", jobs_dir.display());
+    for problem in &found.errors {
+        message.push_str(&format!("\n  {problem}"));
+    }
+    bail!(message)
+}
+
+pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        JobsCommand::Validate { path } => {
+            let path = path.unwrap_or_else(|| global.jobs.clone());
+            let (jobs, errors) = if path.is_dir() {
+                let found = load_jobs_dir(&path);
+                (found.jobs.into_iter().map(|l| l.job).collect::<Vec<_>>(), found.errors)
+            } else {
+                match load_job_file(&path) {
+                    Ok(loaded) => (vec![loaded.job], Vec::new()),
+                    Err(errors) => (Vec::new(), errors),
+                }
+            };
+            if global.output == Format::Json {
+                print_json(&json!({
+                    "valid": jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+                    "errors": errors.iter().map(|e| json!({"file": e.file, "line": e.line, "message": e.message})).collect::<Vec<_>>(),
+                }));
+            } else {
+                for error in &errors {
+                    eprintln!("{error}");
+                }
+                println!("{} valid job(s), {} error(s)", jobs.len(), errors.len());
+            }
+            Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        JobsCommand::List => {
+            let store = open_store(&global.db).await?;
+            let found = load_jobs_dir(&global.jobs);
+            let records = store.list_jobs().await?;
+            let mut rows = Vec::new();
+            for loaded in &found.jobs {
+                let job = &loaded.job;
+                let paused = records.iter().find(|r| r.job_id == job.id).is_some_and(|r| r.paused);
+                let last = store.list_runs(&RunFilter { job_id: Some(job.id.clone()), limit: Some(1), ..Default::default() }).await?;
+                rows.push((job.clone(), loaded.path.display().to_string(), paused, last.into_iter().next()));
+            }
+            if global.output == Format::Json {
+                print_json(&Value::Array(
+                    rows.iter()
+                        .map(|(job, path, paused, last)| {
+                            json!({
+                                "job_id": job.id,
+                                "file": path,
+                                "schedule": job.timetable.schedule.expression(),
+                                "timezone": job.timetable.timezone.name(),
+                                "tasks": job.tasks.len(),
+                                "paused": paused,
+                                "version": job.version,
+                                "last_run": last.as_ref().map(run_json),
+                            })
+                        })
+                        .collect(),
+                ));
+            } else {
+                let mut table = Table::new(&["JOB", "SCHEDULE", "TIMEZONE", "TASKS", "PAUSED", "LAST RUN", "STATE"]);
+                for (job, _, paused, last) in &rows {
+                    table.row(vec![
+                        job.id.clone(),
+                        job.timetable.schedule.expression().unwrap_or("manual").to_owned(),
+                        job.timetable.timezone.name().to_owned(),
+                        job.tasks.len().to_string(),
+                        paused.to_string(),
+                        last.as_ref().map(|r| r.run_id.clone()).unwrap_or_else(|| "-".into()),
+                        last.as_ref().map(|r| r.state.to_string()).unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                table.print();
+            }
+            for problem in &found.errors {
+                eprintln!("invalid: {problem}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Trigger { job, params, wait } => {
+            let (job, path, source) = load_job(&global.jobs, &job)?;
+            let overrides: Map<String, Value> = params.iter().map(|p| parse_param(p)).collect::<anyhow::Result<_>>()?;
+            let store = open_store(&global.db).await?;
+            store.upsert_job(&job.id, &job.version, &path, &source).await?;
+            let mut run = trigger_manual(store.as_ref(), &job, &overrides, Utc::now()).await?;
+            if global.output == Format::Table {
+                println!("{}", run.run_id);
+            }
+            if wait {
+                while !run.state.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    run = store.get_run(&run.run_id).await?;
+                }
+                if global.output == Format::Table {
+                    println!("run {} {}", run.run_id, run.state);
+                }
+            }
+            if global.output == Format::Json {
+                print_json(&run_json(&run));
+            }
+            Ok(if run.state == RunState::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        JobsCommand::Pause { job } | JobsCommand::Unpause { job } if job.is_empty() => bail!("a job id is required"),
+        JobsCommand::Pause { job } => set_paused(global, &job, true).await,
+        JobsCommand::Unpause { job } => set_paused(global, &job, false).await,
+    }
+}
+
+async fn set_paused(global: &Global, job_id: &str, paused: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    if !store.list_jobs().await?.iter().any(|r| r.job_id == job_id) {
+        let (job, path, source) = load_job(&global.jobs, job_id)?;
+        store.upsert_job(&job.id, &job.version, &path, &source).await?;
+    }
+    store.set_paused(job_id, paused).await?;
+    println!("job {job_id} {}", if paused { "paused" } else { "unpaused" });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    match command {
+        RunsCommand::List { job, limit } => {
+            let runs = store.list_runs(&RunFilter { job_id: job, limit: Some(limit), ..Default::default() }).await?;
+            if global.output == Format::Json {
+                print_json(&Value::Array(runs.iter().map(run_json).collect()));
+            } else {
+                let mut table = Table::new(&["RUN", "JOB", "TRIGGER", "LOGICAL DATE", "STATE", "STARTED", "DURATION"]);
+                for run in &runs {
+                    table.row(vec![
+                        run.run_id.clone(),
+                        run.job_id.clone(),
+                        run.trigger.to_string(),
+                        rfc3339(run.logical_date),
+                        run.state.to_string(),
+                        time(run.started_at),
+                        duration(run.started_at, run.ended_at),
+                    ]);
+                }
+                table.print();
+            }
+        }
+        RunsCommand::Show { run } => {
+            let run = store.find_run(&run).await?;
+            let instances = store.task_instances(&run.run_id).await?;
+            let mut details = Vec::new();
+            for ti in &instances {
+                let tries = store.tries(&run.run_id, &ti.task_id).await?;
+                details.push((ti, tries));
+            }
+            if global.output == Format::Json {
+                let mut value = run_json(&run);
+                value["task_instances"] = Value::Array(
+                    details
+                        .iter()
+                        .map(|(ti, tries)| {
+                            let last = tries.last();
+                            json!({
+                                "task_id": ti.task_id,
+                                "state": ti.state.as_str(),
+                                "try_number": ti.try_number,
+                                "exit_code": last.and_then(|t| t.exit_code),
+                                "image_digest": last.and_then(|t| t.image_digest.clone()),
+                                "failure_reason": last.and_then(|t| t.failure_reason.clone()),
+                                "next_try_at": ti.next_try_at.map(rfc3339),
+                                "started_at": ti.started_at.map(rfc3339),
+                                "ended_at": ti.ended_at.map(rfc3339),
+                                "tries": tries.iter().map(try_json).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect(),
+                );
+                print_json(&value);
+            } else {
+                println!("run:           {}", run.run_id);
+                println!("job:           {} (version {})", run.job_id, &run.job_version[..12.min(run.job_version.len())]);
+                println!("trigger:       {}", run.trigger);
+                println!("state:         {}", run.state);
+                println!("logical date:  {}", rfc3339(run.logical_date));
+                println!("data interval: {} .. {}", rfc3339(run.data_interval.start), rfc3339(run.data_interval.end));
+                println!("params:        {}", run.params);
+                println!("duration:      {}", duration(run.started_at, run.ended_at));
+                println!();
+                let mut table = Table::new(&["TASK", "STATE", "TRY", "EXIT", "DURATION", "IMAGE DIGEST", "REASON"]);
+                for (ti, tries) in &details {
+                    let last = tries.last();
+                    table.row(vec![
+                        ti.task_id.clone(),
+                        ti.state.to_string(),
+                        ti.try_number.to_string(),
+                        last.and_then(|t| t.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                        duration(ti.started_at, ti.ended_at),
+                        last.and_then(|t| t.image_digest.clone()).map(|d| short_digest(&d)).unwrap_or_else(|| "-".into()),
+                        last.and_then(|t| t.failure_reason.clone()).unwrap_or_default(),
+                    ]);
+                }
+                table.print();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((algorithm, hex)) => format!("{algorithm}:{}", &hex[..12.min(hex.len())]),
+        None => digest.to_owned(),
+    }
+}
+
+pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    let TasksCommand::Logs { run, task, try_number, follow } = command;
+    let run = store.find_run(&run).await?;
+    let pick = |tries: &[TryRecord]| -> Option<TryRecord> {
+        match try_number {
+            Some(n) => tries.iter().find(|t| t.try_number == n).cloned(),
+            None => tries.last().cloned(),
+        }
+    };
+    let mut attempt = loop {
+        let tries = store.tries(&run.run_id, &task).await?;
+        if let Some(attempt) = pick(&tries) {
+            break attempt;
+        }
+        if !store.task_instances(&run.run_id).await?.iter().any(|ti| ti.task_id == task) {
+            bail!("run {} has no task `{task}`", run.run_id);
+        }
+        if !follow {
+            bail!(match try_number {
+                Some(n) => format!("task `{task}` of run {} has no try {n}", run.run_id),
+                None => format!("task `{task}` of run {} has not started yet", run.run_id),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let mut after = None;
+    loop {
+        let lines = store.logs(attempt.try_id, after, 10_000).await?;
+        for line in &lines {
+            if global.output == Format::Json {
+                println!("{}", json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text}));
+            } else {
+                println!("{} {:<6} {}", line.timestamp.format("%H:%M:%S%.3f"), line.stream.as_str(), line.text);
+            }
+        }
+        after = lines.last().map(|l| l.seq).or(after);
+        if !lines.is_empty() {
+            continue;
+        }
+        if !follow || attempt.state != TryState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let tries = store.tries(&run.run_id, &task).await?;
+        if let Some(latest) = tries.into_iter().find(|t| t.try_id == attempt.try_id) {
+            attempt = latest;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,230 @@
+//! `stevedore images build`: builds every integration image under `images/` and tags it
+//! `stevedore/<folder>:<VERSION>`.
+//!
+//! A folder may hold a `prepare` script, run first (it builds a static binary into the
+//! build context, or makes a base image from a Debian root filesystem itself). With a
+//! `Dockerfile`, the folder is then built by the engine. An image whose build context has
+//! not changed since it was built (same content hash, stored as a label) is not rebuilt.
+//! Images built `FROM` another image of the folder are built after it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use stevedore_backend::DockerBackend;
+
+const HASH_LABEL: &str = "io.stevedore.context-hash";
+const NAMESPACE: &str = "stevedore";
+
+struct ImageDir {
+    name: String,
+    version: String,
+    path: PathBuf,
+    /// Images of the same folder this one is built from.
+    bases: Vec<String>,
+}
+
+impl ImageDir {
+    fn tag(&self) -> String {
+        format!("{NAMESPACE}/{}:{}", self.name, self.version)
+    }
+}
+
+fn discover(dir: &Path) -> anyhow::Result<Vec<ImageDir>> {
+    let mut images = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries {
+        let path = std::fs::canonicalize(entry?.path())?;
+        let version_file = path.join("VERSION");
+        if !version_file.is_file() {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let version = std::fs::read_to_string(&version_file)?.trim().to_owned();
+        if version.is_empty() {
+            bail!("{} is empty", version_file.display());
+        }
+        let mut bases = Vec::new();
+        if let Ok(dockerfile) = std::fs::read_to_string(path.join("Dockerfile")) {
+            for line in dockerfile.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if words.len() >= 2 && words[0].eq_ignore_ascii_case("FROM") {
+                    if let Some(rest) = words[1].strip_prefix(&format!("{NAMESPACE}/")) {
+                        bases.push(rest.split(':').next().unwrap_or(rest).to_owned());
+                    }
+                }
+            }
+        }
+        images.push(ImageDir { name, version, path, bases });
+    }
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(images)
+}
+
+/// Orders images so each comes after the images it is built from.
+fn build_order(images: Vec<ImageDir>) -> anyhow::Result<Vec<ImageDir>> {
+    let names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+    let mut pending = images;
+    let mut ordered: Vec<ImageDir> = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending.iter().position(|image| {
+            image.bases.iter().all(|base| !names.contains(base) || ordered.iter().any(|o| &o.name == base))
+        });
+        match ready {
+            Some(index) => ordered.push(pending.remove(index)),
+            None => bail!("images are built from each other in a cycle: {}", pending.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+    Ok(ordered)
+}
+
+/// Every file of the build context, in path order (the `.build` output included).
+fn context_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let path = entry?.path();
+            let relative = path.strip_prefix(dir)?;
+            // Sources of a Rust image live beside its Dockerfile but are not its context.
+            if relative.starts_with("src") || relative == Path::new("Cargo.toml") || relative == Path::new("prepare") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn context_hash(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.strip_prefix(dir)?.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(std::fs::read(file)?);
+        hasher.update([0]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn context_tar(dir: &Path, files: &[PathBuf]) -> anyhow::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(true);
+    for file in files {
+        archive.append_path_with_name(file, file.strip_prefix(dir)?)?;
+    }
+    Ok(archive.into_inner()?)
+}
+
+async fn run_prepare(image: &ImageDir, bar: &ProgressBar) -> anyhow::Result<()> {
+    let script = image.path.join("prepare");
+    if !script.is_file() {
+        return Ok(());
+    }
+    bar.set_message("preparing");
+    let output = tokio::process::Command::new(&script)
+        .current_dir(&image.path)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Builds one image; returns what happened ("built", "up to date", "ready").
+async fn build_one(docker: &bollard::Docker, image: &ImageDir, bar: &ProgressBar) -> anyhow::Result<&'static str> {
+    run_prepare(image, bar).await?;
+    let tag = image.tag();
+    if !image.path.join("Dockerfile").is_file() {
+        docker
+            .inspect_image(&tag)
+            .await
+            .with_context(|| format!("{}/prepare did not make {tag}", image.path.display()))?;
+        return Ok("ready");
+    }
+    let files = context_files(&image.path)?;
+    let hash = context_hash(&image.path, &files)?;
+    if let Ok(existing) = docker.inspect_image(&tag).await {
+        let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get(HASH_LABEL) == Some(&hash) {
+            return Ok("up to date");
+        }
+    }
+    bar.set_message("building");
+    let labels = HashMap::from([
+        (HASH_LABEL.to_owned(), hash),
+        ("org.opencontainers.image.version".to_owned(), image.version.clone()),
+        ("org.opencontainers.image.title".to_owned(), image.name.clone()),
+    ]);
+    let options = BuildImageOptionsBuilder::default().t(&tag).rm(true).forcerm(true).labels(&labels).build();
+    let body = context_tar(&image.path, &files)?;
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
+    let mut transcript = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|error| anyhow::anyhow!("building {tag}: {error}\n{}", transcript.join("")))?;
+        if let Some(detail) = info.error_detail {
+            bail!("building {tag}: {}\n{}", detail.message.unwrap_or_default(), transcript.join(""));
+        }
+        if let Some(text) = info.stream {
+            if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
+                bar.set_message(line.chars().take(70).collect::<String>());
+            }
+            transcript.push(text);
+        }
+    }
+    docker.inspect_image(&tag).await.with_context(|| format!("the engine did not tag {tag}"))?;
+    Ok("built")
+}
+
+pub async fn build(dir: &Path, names: &[String]) -> anyhow::Result<ExitCode> {
+    let backend = DockerBackend::from_env()?;
+    let docker = backend.client();
+    docker.ping().await.with_context(|| format!("cannot reach the Docker engine at {}", backend.endpoint()))?;
+    let mut images = build_order(discover(dir)?)?;
+    if !names.is_empty() {
+        let known: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+        for name in names {
+            if !known.contains(name) {
+                bail!("no image `{name}` under {}; there are: {}", dir.display(), known.join(", "));
+            }
+        }
+        images.retain(|image| names.contains(&image.name));
+    }
+    let style = ProgressStyle::with_template("{spinner} {prefix:<32} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    for image in &images {
+        let bar = ProgressBar::new_spinner().with_style(style.clone()).with_prefix(image.tag());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let started = Instant::now();
+        match build_one(docker, image, &bar).await {
+            Ok(outcome) => {
+                bar.finish_and_clear();
+                println!("{:<34} {outcome} ({:.1}s)", image.tag(), started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                bar.finish_and_clear();
+                println!("{:<34} FAILED", image.tag());
+                return Err(error);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,162 @@
+//! Deciding a run's next steps from its task instances' states: which waiting task
+//! instances become `scheduled`, `skipped` or `upstream_failed` (cascading through the
+//! graph in one pass), and when the run is over and with what outcome.
+
+use std::collections::HashMap;
+
+use crate::job::Job;
+use crate::state::{RunState, TaskState};
+use crate::trigger::{evaluate, Decision, UpstreamCounts};
+
+/// Task instances in state `none` whose trigger rule can be decided now, with their new
+/// state. `states` is updated in place, so a skip cascades to its downstream tasks in the
+/// same call. Tasks are visited in dependency order.
+pub fn resolve_waiting(job: &Job, states: &mut HashMap<String, TaskState>) -> Vec<(String, TaskState)> {
+    let mut changes = Vec::new();
+    for task in topological_order(job) {
+        if states.get(&task.id) != Some(&TaskState::None) {
+            continue;
+        }
+        let upstream = task
+            .depends_on
+            .iter()
+            .map(|id| states.get(id).copied().unwrap_or(TaskState::Removed));
+        let next = match evaluate(task.trigger_rule, UpstreamCounts::from_states(upstream)) {
+            Decision::Wait => continue,
+            Decision::Run => TaskState::Scheduled,
+            Decision::Skip => TaskState::Skipped,
+            Decision::UpstreamFailed => TaskState::UpstreamFailed,
+        };
+        states.insert(task.id.clone(), next);
+        changes.push((task.id.clone(), next));
+    }
+    changes
+}
+
+/// The run's outcome once nothing more can happen, `None` while it can still progress.
+/// A run succeeds when every leaf is `success` or `skipped`. A run whose remaining task
+/// instances wait on nothing that can finish (a deadlock) fails.
+pub fn run_outcome(job: &Job, states: &HashMap<String, TaskState>) -> Option<RunState> {
+    let in_progress = states.values().any(|state| {
+        !state.is_finished() && *state != TaskState::None
+    });
+    if in_progress {
+        return None;
+    }
+    let leaves_ok = job.leaves().iter().all(|leaf| {
+        matches!(states.get(&leaf.id), Some(TaskState::Success | TaskState::Skipped | TaskState::Removed) | None)
+    });
+    let all_finished = states.values().all(|state| state.is_finished());
+    Some(if all_finished && leaves_ok { RunState::Success } else { RunState::Failed })
+}
+
+/// Tasks ordered so each comes after its upstreams (file order among independent ones).
+pub fn topological_order(job: &Job) -> Vec<&crate::job::Task> {
+    let mut placed: HashMap<&str, bool> = HashMap::new();
+    let mut order = Vec::with_capacity(job.tasks.len());
+    while order.len() < job.tasks.len() {
+        let before = order.len();
+        for task in &job.tasks {
+            if placed.contains_key(task.id.as_str()) {
+                continue;
+            }
+            if task.depends_on.iter().all(|d| placed.contains_key(d.as_str()) || job.task(d).is_none()) {
+                placed.insert(task.id.as_str(), true);
+                order.push(task);
+            }
+        }
+        if order.len() == before {
+            // A cycle; validated jobs have none, but never loop forever.
+            break;
+        }
+    }
+    order
+}
+
+/// Priority weight of each task: its own priority plus that of everything downstream
+/// (Airflow's default `downstream` weight rule).
+pub fn priority_weights(job: &Job) -> HashMap<String, i64> {
+    let downstream = job.downstream();
+    let mut weights = HashMap::new();
+    for task in &job.tasks {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![task.id.as_str()];
+        let mut weight = 0i64;
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            weight += job.task(id).map(|t| i64::from(t.priority)).unwrap_or(0);
+            stack.extend(downstream.get(id).into_iter().flatten().copied());
+        }
+        weights.insert(task.id.clone(), weight);
+    }
+    weights
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::parse_job;
+
+    fn job() -> Job {
+        parse_job(
+            "t.yaml",
+            "id: etl\ntasks:\n  - id: extract\n    image: i:1\n  - id: t1\n    image: i:1\n    depends_on: [extract]\n  - id: t2\n    image: i:1\n    depends_on: [extract]\n  - id: load\n    image: i:1\n    depends_on: [t1, t2]\n  - id: cleanup\n    image: i:1\n    depends_on: [load]\n    trigger_rule: all_done\n",
+        )
+        .unwrap()
+    }
+
+    fn states(pairs: &[(&str, TaskState)]) -> HashMap<String, TaskState> {
+        pairs.iter().map(|(id, state)| (id.to_string(), *state)).collect()
+    }
+
+    #[test]
+    fn roots_are_scheduled_first() {
+        let job = job();
+        let mut current = states(&[("extract", TaskState::None), ("t1", TaskState::None), ("t2", TaskState::None), ("load", TaskState::None), ("cleanup", TaskState::None)]);
+        let changes = resolve_waiting(&job, &mut current);
+        assert_eq!(changes, vec![("extract".to_string(), TaskState::Scheduled)]);
+        assert_eq!(run_outcome(&job, &current), None);
+    }
+
+    #[test]
+    fn a_failure_cascades_in_one_pass_and_all_done_still_runs() {
+        let job = job();
+        let mut current = states(&[("extract", TaskState::Failed), ("t1", TaskState::None), ("t2", TaskState::None), ("load", TaskState::None), ("cleanup", TaskState::None)]);
+        let changes = resolve_waiting(&job, &mut current);
+        assert_eq!(
+            changes,
+            vec![
+                ("t1".to_string(), TaskState::UpstreamFailed),
+                ("t2".to_string(), TaskState::UpstreamFailed),
+                ("load".to_string(), TaskState::UpstreamFailed),
+                ("cleanup".to_string(), TaskState::Scheduled),
+            ]
+        );
+        current.insert("cleanup".into(), TaskState::Success);
+        // Airflow judges a run by its leaves: cleanup is the only one, so the run succeeds
+        // although extract failed.
+        assert_eq!(run_outcome(&job, &current), Some(RunState::Success));
+    }
+
+    #[test]
+    fn a_failed_leaf_fails_the_run_and_retries_keep_it_going() {
+        let job = job();
+        let mut current = states(&[("extract", TaskState::Success), ("t1", TaskState::Success), ("t2", TaskState::UpForRetry), ("load", TaskState::None), ("cleanup", TaskState::None)]);
+        assert!(resolve_waiting(&job, &mut current).is_empty());
+        assert_eq!(run_outcome(&job, &current), None);
+        current.insert("t2".into(), TaskState::Success);
+        current.insert("load".into(), TaskState::Success);
+        current.insert("cleanup".into(), TaskState::Failed);
+        assert_eq!(run_outcome(&job, &current), Some(RunState::Failed));
+    }
+
+    #[test]
+    fn priority_weight_sums_downstream_priorities() {
+        let weights = priority_weights(&job());
+        assert_eq!(weights["extract"], 5);
+        assert_eq!(weights["t1"], 3);
+        assert_eq!(weights["cleanup"], 1);
+    }
+}

@@ -1,0 +1,110 @@
+//! Reads job files from a folder. Each file is parsed on its own: a bad file is reported
+//! with its errors and the good ones load anyway.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stevedore_domain::job::{parse_job, Job, JobError};
+
+/// A job file that parsed and validated.
+#[derive(Clone, Debug)]
+pub struct LoadedJob {
+    pub job: Arc<Job>,
+    pub path: PathBuf,
+    pub source: String,
+}
+
+/// What reading the folder found.
+#[derive(Debug, Default)]
+pub struct JobsDir {
+    pub jobs: Vec<LoadedJob>,
+    pub errors: Vec<JobError>,
+}
+
+impl JobsDir {
+    pub fn get(&self, job_id: &str) -> Option<&LoadedJob> {
+        self.jobs.iter().find(|loaded| loaded.job.id == job_id)
+    }
+}
+
+fn is_job_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Loads every `*.yaml`/`*.yml` file directly in `dir`, in name order.
+pub fn load_jobs_dir(dir: &Path) -> JobsDir {
+    let mut found = JobsDir::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            found.errors.push(JobError {
+                file: dir.display().to_string(),
+                line: None,
+                message: format!("cannot read the jobs folder: {error}"),
+            });
+            return found;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file() && is_job_file(path))
+        .collect();
+    paths.sort();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for path in paths {
+        match load_job_file(&path) {
+            Ok(loaded) => {
+                if let Some(first) = seen.get(&loaded.job.id) {
+                    found.errors.push(JobError {
+                        file: path.display().to_string(),
+                        line: Some(1),
+                        message: format!(
+                            "job id `{}` is already used by {}",
+                            loaded.job.id,
+                            first.display()
+                        ),
+                    });
+                    continue;
+                }
+                seen.insert(loaded.job.id.clone(), path.clone());
+                found.jobs.push(loaded);
+            }
+            Err(errors) => found.errors.extend(errors),
+        }
+    }
+    found
+}
+
+/// Loads one job file.
+pub fn load_job_file(path: &Path) -> Result<LoadedJob, Vec<JobError>> {
+    let name = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|error| {
+        vec![JobError { file: name.clone(), line: None, message: format!("cannot read the file: {error}") }]
+    })?;
+    let job = parse_job(&name, &source)?;
+    Ok(LoadedJob { job: Arc::new(job), path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_file_does_not_stop_the_good_ones() {
+        let dir = std::env::temp_dir().join(format!("jobs-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), "id: a\ntasks:\n  - id: t\n    image: i:1\n").unwrap();
+        std::fs::write(dir.join("b.yaml"), "id: b\ntasks:\n  - id: t\n    image: i:1\n    bogus: 1\n").unwrap();
+        std::fs::write(dir.join("c.yml"), "id: a\ntasks:\n  - id: t\n    image: i:1\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a job").unwrap();
+        let found = load_jobs_dir(&dir);
+        assert_eq!(found.jobs.len(), 1);
+        assert_eq!(found.jobs[0].job.id, "a");
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("b.yaml:5:") && errors[0].contains("bogus"), "{errors:?}");
+        assert!(errors[1].contains("c.yml:1: job id `a` is already used by"), "{errors:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

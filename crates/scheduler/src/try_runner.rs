@@ -1,0 +1,270 @@
+//! One try from start to end: render the task's templates, start the try in the store, hand
+//! it to the backend, turn its events into log lines, outputs and pending state, enforce the
+//! timeout, and record how it ended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use stevedore_backend::{kill_switch, Backend, BackendError, KillReason, KillSender, LaunchSpec, Stream, TryEvent, TryExit, STATE_FILE};
+use stevedore_domain::job::{Job, Task};
+use stevedore_domain::protocol::{output_as_text, parse_line, rfc3339, Message, TryContext};
+use stevedore_domain::retry::RetryKey;
+use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
+use stevedore_domain::template::{self, Variable};
+use stevedore_store::{LogLine, LogStream, RunRecord, Store, TryFinish, TryKey};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Log lines are written in batches of at most this many, or after [`FLUSH_INTERVAL`].
+const LOG_BATCH: usize = 4096;
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The kill reason of tries stopped because their scheduler stops: such a try does not
+/// count against the retries; its task instance is scheduled again.
+pub const SCHEDULER_STOPPED: &str = "scheduler stopped";
+
+/// How a try ended, as the scheduler loop needs to know.
+#[derive(Debug)]
+pub enum TryEnd {
+    Finished(TaskState),
+    /// The backend could not be reached; the task instance was put back to `scheduled`.
+    BackendUnavailable(String),
+}
+
+pub struct TryRunner {
+    pub store: Arc<dyn Store>,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Renders the task's templates for this try.
+fn render_task(task: &Task, context: &TryContext, outputs: &HashMap<(String, String), Value>) -> Result<(String, Vec<String>, BTreeMap<String, String>), String> {
+    let lookup = |variable: &Variable| -> Option<String> {
+        match variable {
+            Variable::Context(name) => Some(match name.as_str() {
+                "job_id" => context.job_id.clone(),
+                "run_id" => context.run_id.clone(),
+                "task_id" => context.task_id.clone(),
+                "try_number" => context.try_number.to_string(),
+                "logical_date" => rfc3339(context.logical_date),
+                "data_interval_start" => rfc3339(context.data_interval.start),
+                "data_interval_end" => rfc3339(context.data_interval.end),
+                _ => return None,
+            }),
+            Variable::Param(name) => context.params.get(name).map(output_as_text),
+            Variable::Output { task, key } => outputs.get(&(task.clone(), key.clone())).map(output_as_text),
+        }
+    };
+    let image = template::render(&task.image, &lookup).map_err(|e| format!("image: {e}"))?;
+    let args = task
+        .args
+        .iter()
+        .map(|arg| template::render(arg, &lookup))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("args: {e}"))?;
+    let env = task
+        .env
+        .iter()
+        .map(|(key, value)| Ok((key.clone(), template::render(value, &lookup)?)))
+        .collect::<Result<BTreeMap<_, _>, String>>()
+        .map_err(|e| format!("env: {e}"))?;
+    Ok((image, args, env))
+}
+
+impl TryRunner {
+    /// Runs try `try_number` of `task` in `run`. `on_started` receives the kill switch once
+    /// the try exists, so the scheduler can stop it.
+    pub async fn run(&self, job: Arc<Job>, run: RunRecord, task: Task, try_number: u32, on_started: impl FnOnce(KillSender)) -> anyhow::Result<TryEnd> {
+        let context = TryContext {
+            job_id: job.id.clone(),
+            task_id: task.id.clone(),
+            run_id: run.run_id.clone(),
+            try_number,
+            logical_date: run.logical_date,
+            data_interval: run.data_interval,
+            params: run.params.clone(),
+        };
+        let key = TryKey { run_id: run.run_id.clone(), task_id: task.id.clone(), try_number };
+        let outputs: HashMap<(String, String), Value> = self
+            .store
+            .outputs(&run.run_id)
+            .await?
+            .into_iter()
+            .map(|(task, key, value)| ((task, key), value))
+            .collect();
+        let rendered = render_task(&task, &context, &outputs);
+        let image_text = rendered.as_ref().map(|r| r.0.clone()).unwrap_or_else(|_| task.image.clone());
+        let started = self.store.start_try(&key, self.backend.name(), &image_text, Utc::now()).await?;
+        let (image, args, mut env) = match rendered {
+            Ok(rendered) => rendered,
+            Err(message) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, error = %message, "template failed");
+                let exit = TryExit { exit_code: None, failure: Some(FailureReason::Backend(format!("template {message}"))) };
+                return self.finish(&job, &task, &context, started.try_id, exit).await;
+            }
+        };
+        let state = self.store.committed_state(&job.id, &task.id).await?;
+        for (name, value) in context.environment(Some(STATE_FILE)) {
+            env.insert(name, value);
+        }
+        let spec = LaunchSpec {
+            job_id: job.id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number,
+            image,
+            pull_policy: task.pull_policy,
+            command: task.command.clone(),
+            args: context.entrypoint_args(&args),
+            env,
+            resources: task.resources.clone(),
+            state: Some(state.map(|v| v.to_string()).unwrap_or_else(|| "null".to_owned())),
+        };
+
+        let (kill_tx, kill_rx) = kill_switch();
+        let timeout_guard = task.timeout.map(|timeout| {
+            let kill_tx = kill_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let _ = kill_tx.send(Some(KillReason::Timeout));
+            })
+        });
+        on_started(kill_tx);
+
+        let (events_tx, events_rx) = mpsc::channel(8192);
+        let sink = tokio::spawn(consume_events(self.store.clone(), run.run_id.clone(), task.id.clone(), started.try_id, events_rx));
+        info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
+        let result = self.backend.execute(spec, events_tx, kill_rx).await;
+        if let Some(guard) = timeout_guard {
+            guard.abort();
+        }
+        match sink.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(error = %error, "storing the try's logs failed"),
+            Err(error) => warn!(error = %error, "log consumer panicked"),
+        }
+        match result {
+            Ok(exit) => self.finish(&job, &task, &context, started.try_id, exit).await,
+            Err(BackendError::Unavailable(message)) => {
+                // Nothing started: record the attempt and put the task instance back.
+                self.store
+                    .finish_try(&TryFinish {
+                        try_id: started.try_id,
+                        state: TryState::Failed,
+                        ended_at: Utc::now(),
+                        exit_code: None,
+                        failure_reason: Some(format!("backend: {message}")),
+                        task_state: TaskState::Scheduled,
+                        next_try_at: None,
+                    })
+                    .await?;
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+        }
+    }
+
+    async fn finish(&self, job: &Job, task: &Task, context: &TryContext, try_id: i64, exit: TryExit) -> anyhow::Result<TryEnd> {
+        let now = Utc::now();
+        let outcome = match (&exit.failure, exit.exit_code) {
+            (Some(reason), _) => TryOutcome::Failed(reason.clone()),
+            (None, Some(code)) => TryOutcome::from_exit_code(code),
+            (None, None) => TryOutcome::Failed(FailureReason::Backend("the container vanished without an exit code".to_owned())),
+        };
+        let mut task_state = state_after_try(&outcome, context.try_number, task.retry.retries);
+        let mut next_try_at = None;
+        if exit.failure == Some(FailureReason::Killed(SCHEDULER_STOPPED.to_owned())) {
+            task_state = TaskState::Scheduled;
+        }
+        match task_state {
+            TaskState::UpForRetry => {
+                let key = RetryKey { job_id: &job.id, task_id: &task.id, logical_date: context.logical_date, try_number: context.try_number };
+                next_try_at = Some(task.retry.next_try_at(now, &key));
+            }
+            TaskState::UpForReschedule => {
+                let first_try = self.store.tries(&context.run_id, &task.id).await?.first().map(|t| t.started_at).unwrap_or(now);
+                let sensor_deadline = first_try + chrono::TimeDelta::from_std(task.sensor_timeout).unwrap_or(chrono::TimeDelta::MAX);
+                if now >= sensor_deadline {
+                    task_state = TaskState::Failed;
+                } else {
+                    next_try_at = Some(now + chrono::TimeDelta::from_std(task.reschedule_interval).unwrap_or(chrono::TimeDelta::zero()));
+                }
+            }
+            _ => {}
+        }
+        let failure_reason = match &outcome {
+            TryOutcome::Failed(reason) => Some(reason.to_text()),
+            _ => None,
+        };
+        info!(
+            run_id = %context.run_id, task_id = %task.id, try_number = context.try_number,
+            exit_code = ?exit.exit_code, reason = ?failure_reason, state = %task_state, "try ended"
+        );
+        self.store
+            .finish_try(&TryFinish {
+                try_id,
+                state: outcome.try_state(),
+                ended_at: now,
+                exit_code: exit.exit_code,
+                failure_reason,
+                task_state,
+                next_try_at,
+            })
+            .await?;
+        Ok(TryEnd::Finished(task_state))
+    }
+}
+
+/// Stores the try's events: log lines in batches, outputs and state as they come.
+async fn consume_events(store: Arc<dyn Store>, run_id: String, task_id: String, try_id: i64, mut events: mpsc::Receiver<TryEvent>) -> anyhow::Result<()> {
+    let mut batch: Vec<LogLine> = Vec::with_capacity(LOG_BATCH);
+    let mut seq: i64 = 0;
+    let mut flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
+                store.append_logs(&batch).await?;
+                batch.clear();
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        if batch.is_empty() {
+            flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
+        }
+        match event {
+            TryEvent::Launched { container_id, image_digest } => {
+                store.set_try_container(try_id, &container_id, image_digest.as_deref()).await?;
+            }
+            TryEvent::Pulling { image, status } => debug!(image, status, "pulling"),
+            TryEvent::Line { stream, timestamp, text } => {
+                let mut log_stream = match stream {
+                    Stream::Stdout => LogStream::Stdout,
+                    Stream::Stderr => LogStream::Stderr,
+                };
+                let mut text = text;
+                if stream == Stream::Stdout {
+                    match parse_line(&text) {
+                        Some(Message::Log { level, message }) => {
+                            log_stream = LogStream::Protocol;
+                            text = format!("{level}: {message}");
+                        }
+                        Some(Message::Output { key, value }) => store.put_output(&run_id, &task_id, &key, &value).await?,
+                        Some(Message::State { value }) => store.set_pending_state(try_id, &value).await?,
+                        Some(Message::Progress { .. } | Message::Metric { .. }) | None => {}
+                    }
+                }
+                batch.push(LogLine { try_id, seq, stream: log_stream, timestamp, text });
+                seq += 1;
+                if batch.len() >= LOG_BATCH {
+                    store.append_logs(&batch).await?;
+                    batch.clear();
+                }
+            }
+        }
+    }
+    store.append_logs(&batch).await?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `synth`: a synthetic source integration. It makes deterministic records for the data
+//! interval it is given, so demos and tests behave like a real SaaS extract without a
+//! network. The first of the task's args picks what it does:
+//!
+//! - `extract [--records N] [--sleep SECS]`: "pulls" N records, reports progress, publishes
+//!   `records` and `checksum` outputs and commits `{"cursor": interval_end}` as state.
+//! - `load --inputs A,B,C`: sums upstream counts and logs the total it "loaded".
+//! - `flaky --fail-until-try K`: fails (exit 1, on stderr) while the try number is below K.
+//! - `sleep --seconds S`, `exit --code C`, `noop`.
+//! - `spew --lines N`: prints N plain lines as fast as it can (log throughput benchmark).
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::json;
+use stevedore_sdk::{log, metric, output, progress, state, Context, Integration, Outcome};
+
+fn number(ctx: &Context, name: &str, default: u64) -> Result<u64, String> {
+    match ctx.arg(name) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|_| format!("--{name} `{text}` is not a number")),
+    }
+}
+
+fn extract(ctx: &Context) -> Result<Outcome, String> {
+    let records = number(ctx, "records", 100)?;
+    let sleep = number(ctx, "sleep", 0)?;
+    let since = ctx.state.as_ref().and_then(|s| s["cursor"].as_str()).unwrap_or("the beginning");
+    log("info", &format!("extracting {records} records for [{}, {}), last cursor: {since}", ctx.interval_start, ctx.interval_end));
+    let mut checksum: u64 = 0;
+    for index in 0..records {
+        checksum = checksum.wrapping_mul(31).wrapping_add(index ^ ctx.interval_start.len() as u64);
+        if (index + 1) % (records / 4).max(1) == 0 {
+            progress(index + 1, Some(records));
+        }
+    }
+    if sleep > 0 {
+        std::thread::sleep(Duration::from_secs(sleep));
+    }
+    eprintln!("extract finished without warnings");
+    output("records", records);
+    output("checksum", format!("{checksum:016x}"));
+    metric("records", records as f64);
+    state(json!({"cursor": ctx.interval_end}));
+    Ok(Outcome::Success)
+}
+
+fn load(ctx: &Context) -> Result<Outcome, String> {
+    let inputs = ctx.arg("inputs").ok_or("load needs --inputs A,B,...")?;
+    let mut total = 0u64;
+    for part in inputs.split(',') {
+        total += part.trim().parse::<u64>().map_err(|_| format!("input `{part}` is not a count"))?;
+    }
+    println!("loading {total} rows into the warehouse");
+    output("loaded", total);
+    Ok(Outcome::Success)
+}
+
+fn spew(ctx: &Context) -> Result<Outcome, String> {
+    let lines = number(ctx, "lines", 1000)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    for index in 0..lines {
+        writeln!(out, "line {index}").map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(Outcome::Success)
+}
+
+fn main() {
+    Integration::new("synth", env!("CARGO_PKG_VERSION"))
+        .params_schema(json!({"type": "object", "additionalProperties": true}))
+        .run(|ctx| {
+            let mode = ctx.args.first().map(String::as_str).unwrap_or("noop");
+            match mode {
+                "extract" => extract(ctx),
+                "load" => load(ctx),
+                "spew" => spew(ctx),
+                "flaky" => {
+                    let until = number(ctx, "fail-until-try", 2)?;
+                    if u64::from(ctx.try_number) < until {
+                        eprintln!("try {} fails on purpose (succeeds from try {until})", ctx.try_number);
+                        return Err(format!("simulated failure on try {}", ctx.try_number));
+                    }
+                    println!("try {} succeeds", ctx.try_number);
+                    Ok(Outcome::Success)
+                }
+                "sleep" => {
+                    let seconds = number(ctx, "seconds", 1)?;
+                    println!("sleeping {seconds}s");
+                    std::thread::sleep(Duration::from_secs(seconds));
+                    println!("woke up");
+                    Ok(Outcome::Success)
+                }
+                "exit" => {
+                    let code = number(ctx, "code", 0)?;
+                    println!("exiting with {code}");
+                    std::process::exit(code as i32)
+                }
+                "noop" => Ok(Outcome::Success),
+                other => Err(format!("unknown mode `{other}`; use extract, load, flaky, sleep, exit, spew or noop")),
+            }
+        })
+}
