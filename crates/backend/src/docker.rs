@@ -5,7 +5,6 @@
 //! leave the client on a wrong version.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -30,8 +29,10 @@ const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_versi
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 
 pub struct DockerBackend {
-    docker: Docker,
     endpoint: String,
+    /// Made on first use: bollard refuses to build a client for a socket that does not
+    /// exist yet, and an engine that starts after the scheduler must still be picked up.
+    client: std::sync::Mutex<Option<Docker>>,
 }
 
 /// Why an image could not be made ready.
@@ -79,26 +80,32 @@ impl DockerBackend {
     }
 
     pub fn connect(endpoint: &str) -> Result<DockerBackend, BackendError> {
-        let timeout = 120;
-        let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, timeout, &API_VERSION)
-        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
-            Docker::connect_with_http(endpoint, timeout, &API_VERSION)
-        } else {
+        if !(endpoint.starts_with("unix://") || endpoint.starts_with("tcp://") || endpoint.starts_with("http://")) {
             return Err(BackendError::Unavailable(format!(
                 "DOCKER_HOST `{endpoint}` is not a unix:// or tcp:// address"
             )));
         }
-        .map_err(|e| BackendError::Unavailable(format!("docker engine at {endpoint}: {e}")))?;
-        Ok(DockerBackend { docker, endpoint: endpoint.to_owned() })
+        Ok(DockerBackend { endpoint: endpoint.to_owned(), client: std::sync::Mutex::new(None) })
+    }
+
+    /// The engine client, made now if it was not yet.
+    pub fn client(&self) -> Result<Docker, BackendError> {
+        let mut client = self.client.lock().expect("poisoned");
+        if let Some(docker) = client.as_ref() {
+            return Ok(docker.clone());
+        }
+        let timeout = 120;
+        let docker = match self.endpoint.strip_prefix("unix://") {
+            Some(path) => Docker::connect_with_unix(path, timeout, &API_VERSION),
+            None => Docker::connect_with_http(&self.endpoint, timeout, &API_VERSION),
+        }
+        .map_err(|error| self.unavailable(&error))?;
+        *client = Some(docker.clone());
+        Ok(docker)
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
-    }
-
-    pub fn client(&self) -> &Docker {
-        &self.docker
     }
 
     fn unavailable(&self, error: &bollard::errors::Error) -> BackendError {
@@ -110,14 +117,13 @@ impl DockerBackend {
 
     /// Makes the image present per the pull policy; returns its digest (registry digest
     /// when it has one, else the local image id).
-    async fn resolve_image(
-        &self,
+    async fn resolve_image(&self, docker: &Docker,
         image: &ImageRef,
         policy: PullPolicy,
         events: &mpsc::Sender<TryEvent>,
     ) -> Result<String, ImageProblem> {
         let reference = image.to_string();
-        let present = match self.docker.inspect_image(&reference).await {
+        let present = match docker.inspect_image(&reference).await {
             Ok(inspect) => Some(inspect),
             Err(error) if status_code(&error) == Some(404) => None,
             Err(error) if is_connection_error(&error) => {
@@ -136,8 +142,8 @@ impl DockerBackend {
             PullPolicy::Never => false,
         };
         let inspect = if must_pull {
-            self.pull(image, events).await?;
-            self.docker.inspect_image(&reference).await.map_err(|error| {
+            self.pull(docker, image, events).await?;
+            docker.inspect_image(&reference).await.map_err(|error| {
                 ImageProblem::Image(format!(
                     "image `{reference}` is missing after its pull: {}",
                     engine_message(&error)
@@ -161,11 +167,11 @@ impl DockerBackend {
         Ok(repo_digest.or(inspect.id).unwrap_or_default())
     }
 
-    async fn pull(&self, image: &ImageRef, events: &mpsc::Sender<TryEvent>) -> Result<(), ImageProblem> {
+    async fn pull(&self, docker: &Docker, image: &ImageRef, events: &mpsc::Sender<TryEvent>) -> Result<(), ImageProblem> {
         let reference = image.to_string();
         let tag = image.digest.clone().unwrap_or_else(|| image.tag_or_latest().to_owned());
         let options = CreateImageOptionsBuilder::default().from_image(&image.name()).tag(&tag).build();
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut stream = docker.create_image(Some(options), None, None);
         let mut last_status = String::new();
         while let Some(item) = stream.next().await {
             match item {
@@ -225,7 +231,7 @@ impl DockerBackend {
         }
     }
 
-    async fn upload_state(&self, container_id: &str, state: &str) -> Result<(), bollard::errors::Error> {
+    async fn upload_state(&self, docker: &Docker, container_id: &str, state: &str) -> Result<(), bollard::errors::Error> {
         let mut archive = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
@@ -242,14 +248,14 @@ impl DockerBackend {
         archive.append(&header, state.as_bytes()).map_err(|e| bollard::errors::Error::IOError { err: e })?;
         let bytes = archive.into_inner().map_err(|e| bollard::errors::Error::IOError { err: e })?;
         let options = UploadToContainerOptionsBuilder::default().path("/").build();
-        self.docker
+        docker
             .upload_to_container(container_id, Some(options), bollard::body_full(bytes.into()))
             .await
     }
 
-    async fn remove_quietly(&self, container_id: &str) {
+    async fn remove_quietly(&self, docker: &Docker, container_id: &str) {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        if let Err(error) = self.docker.remove_container(container_id, Some(options)).await {
+        if let Err(error) = docker.remove_container(container_id, Some(options)).await {
             if status_code(&error) != Some(404) {
                 warn!(container_id, error = %error, "could not remove container");
             }
@@ -257,14 +263,14 @@ impl DockerBackend {
     }
 
     /// Streams the container's logs to `events` until the container stops.
-    async fn stream_logs(&self, container_id: &str, events: &mpsc::Sender<TryEvent>) {
+    async fn stream_logs(&self, docker: &Docker, container_id: &str, events: &mpsc::Sender<TryEvent>) {
         let options = LogsOptionsBuilder::default()
             .follow(true)
             .stdout(true)
             .stderr(true)
             .timestamps(true)
             .build();
-        let mut stream = self.docker.logs(container_id, Some(options));
+        let mut stream = docker.logs(container_id, Some(options));
         let mut splitter = LineSplitter::default();
         let mut pending: Vec<TryEvent> = Vec::new();
         while let Some(item) = stream.next().await {
@@ -294,12 +300,12 @@ impl DockerBackend {
     }
 
     /// Waits for the container to stop, killing it if `kill` fires first.
-    async fn wait_exit(&self, container_id: &str, kill: &mut KillReceiver) -> (Option<i64>, Option<FailureReason>) {
+    async fn wait_exit(&self, docker: &Docker, container_id: &str, kill: &mut KillReceiver) -> (Option<i64>, Option<FailureReason>) {
         let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
-        let mut wait = Box::pin(self.docker.wait_container(container_id, Some(options)));
+        let mut wait = Box::pin(docker.wait_container(container_id, Some(options)));
         let mut killed: Option<KillReason> = kill.borrow().clone();
         if killed.is_some() {
-            self.kill_container(container_id).await;
+            self.kill_container(docker, container_id).await;
         }
         loop {
             tokio::select! {
@@ -323,16 +329,16 @@ impl DockerBackend {
                     }
                     killed = kill.borrow().clone();
                     if killed.is_some() {
-                        self.kill_container(container_id).await;
+                        self.kill_container(docker, container_id).await;
                     }
                 }
             }
         }
     }
 
-    async fn kill_container(&self, container_id: &str) {
+    async fn kill_container(&self, docker: &Docker, container_id: &str) {
         let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
-        if let Err(error) = self.docker.kill_container(container_id, Some(options)).await {
+        if let Err(error) = docker.kill_container(container_id, Some(options)).await {
             debug!(container_id, error = %error, "kill failed (the container may have exited)");
         }
     }
@@ -345,7 +351,8 @@ impl Backend for DockerBackend {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
-        self.docker.ping().await.map(|_| ()).map_err(|error| self.unavailable(&error))
+        let docker = self.client()?;
+        docker.ping().await.map(|_| ()).map_err(|error| self.unavailable(&error))
     }
 
     async fn execute(
@@ -354,12 +361,13 @@ impl Backend for DockerBackend {
         events: mpsc::Sender<TryEvent>,
         mut kill: KillReceiver,
     ) -> Result<TryExit, BackendError> {
+        let docker = &self.client()?;
         let failed = |reason| Ok(TryExit { exit_code: None, failure: Some(reason) });
         let image = match ImageRef::parse(&spec.image) {
             Ok(image) => image,
             Err(message) => return failed(FailureReason::Image(message)),
         };
-        let digest = match self.resolve_image(&image, spec.pull_policy, &events).await {
+        let digest = match self.resolve_image(docker, &image, spec.pull_policy, &events).await {
             Ok(digest) => digest,
             Err(ImageProblem::Unavailable(message)) => return Err(BackendError::Unavailable(message)),
             Err(ImageProblem::Image(message)) => return failed(FailureReason::Image(message)),
@@ -367,13 +375,13 @@ impl Backend for DockerBackend {
 
         let name = format!("stevedore-{}-{}-{}-{}", spec.job_id, spec.task_id, spec.run_id, spec.try_number);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match self.docker.create_container(Some(options), self.container_body(&spec, &image.to_string())).await {
+        let created = match docker.create_container(Some(options), self.container_body(&spec, &image.to_string())).await {
             Ok(created) => created,
             Err(error) if is_connection_error(&error) => return Err(self.unavailable(&error)),
             Err(error) if status_code(&error) == Some(409) => {
                 // A container of this very try exists: a previous attempt to launch it died
                 // half-way. Remove it and report; the try is retried by policy.
-                self.remove_quietly(&name).await;
+                self.remove_quietly(docker, &name).await;
                 return failed(FailureReason::Backend(format!("container `{name}` already existed and was removed")));
             }
             Err(error) => return failed(FailureReason::Backend(format!("cannot create container: {}", engine_message(&error)))),
@@ -384,35 +392,36 @@ impl Backend for DockerBackend {
             .await;
 
         if let Some(state) = &spec.state {
-            if let Err(error) = self.upload_state(&container_id, state).await {
-                self.remove_quietly(&container_id).await;
+            if let Err(error) = self.upload_state(docker, &container_id, state).await {
+                self.remove_quietly(docker, &container_id).await;
                 return failed(FailureReason::Backend(format!("cannot write the state file: {}", engine_message(&error))));
             }
         }
-        if let Err(error) = self.docker.start_container(&container_id, None).await {
-            self.remove_quietly(&container_id).await;
+        if let Err(error) = docker.start_container(&container_id, None).await {
+            self.remove_quietly(docker, &container_id).await;
             return failed(FailureReason::Backend(format!("cannot start container: {}", engine_message(&error))));
         }
 
         let (_, (exit_code, failure)) =
-            tokio::join!(self.stream_logs(&container_id, &events), self.wait_exit(&container_id, &mut kill));
+            tokio::join!(self.stream_logs(docker, &container_id, &events), self.wait_exit(docker, &container_id, &mut kill));
 
         let mut failure = failure;
         if failure.is_none() {
-            if let Ok(inspect) = self.docker.inspect_container(&container_id, None).await {
+            if let Ok(inspect) = docker.inspect_container(&container_id, None).await {
                 if inspect.state.and_then(|state| state.oom_killed) == Some(true) {
                     failure = Some(FailureReason::Backend("killed by the kernel: out of memory".to_owned()));
                 }
             }
         }
-        self.remove_quietly(&container_id).await;
+        self.remove_quietly(docker, &container_id).await;
         Ok(TryExit { exit_code, failure })
     }
 
     async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError> {
+        let docker = self.client()?;
         let filters = HashMap::from([("label", vec![LABEL_RUN])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let containers = self.docker.list_containers(Some(options)).await.map_err(|e| self.unavailable(&e))?;
+        let containers = docker.list_containers(Some(options)).await.map_err(|e| self.unavailable(&e))?;
         Ok(containers
             .into_iter()
             .filter_map(|container| {
@@ -429,22 +438,7 @@ impl Backend for DockerBackend {
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
-        self.remove_quietly(container_id).await;
+        self.remove_quietly(&self.client()?, container_id).await;
         Ok(())
-    }
-}
-
-/// Waits until the engine answers, backing off from 1 s to 30 s; logs each failure.
-pub async fn wait_for_engine(backend: &dyn Backend) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match backend.health().await {
-            Ok(()) => return,
-            Err(error) => {
-                warn!(error = %error, retry_in_secs = delay.as_secs(), "backend unavailable");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
     }
 }

@@ -197,7 +197,7 @@ async fn build_one(docker: &bollard::Docker, image: &ImageDir, bar: &ProgressBar
 
 pub async fn build(dir: &Path, names: &[String]) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::from_env()?;
-    let docker = backend.client();
+    let docker = &backend.client()?;
     docker.ping().await.with_context(|| format!("cannot reach the Docker engine at {}", backend.endpoint()))?;
     let mut images = build_order(discover(dir)?)?;
     if !names.is_empty() {

@@ -1,0 +1,166 @@
+//! Test harness for end-to-end tests: a scheduler on a fresh SQLite store and a jobs folder
+//! of the test's own, running against the real Docker engine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use chrono::Utc;
+use stevedore_backend::{Backend, DockerBackend, LABEL_RUN};
+use stevedore_scheduler::jobs_dir::load_jobs_dir;
+use stevedore_scheduler::runs::trigger_manual;
+use stevedore_scheduler::{Scheduler, SchedulerConfig};
+use stevedore_store::{RunRecord, SqliteStore, Store, TryRecord};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The images every end-to-end test uses, built by `stevedore images build`.
+pub const SYNTH: &str = "stevedore/synth:0.1.0";
+pub const SHELL: &str = "stevedore/shell-transform:0.1.0";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("STEVEDORE_LOG").unwrap_or_else(|_| "warn".into())))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Fails the test (never skips it) when the engine or the images are missing.
+pub async fn require_images() {
+    let docker = DockerBackend::from_env().expect("docker client");
+    docker.health().await.expect("these tests need a running Docker engine");
+    for image in [SYNTH, SHELL] {
+        docker
+            .client()
+            .expect("docker client")
+            .inspect_image(image)
+            .await
+            .unwrap_or_else(|_| panic!("image {image} is missing: run `stevedore images build` first (scripts/test.sh does)"));
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    /// A scheduler on the local engine with these job files.
+    pub async fn start(jobs: &[(&str, &str)]) -> Harness {
+        require_images().await;
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        Harness::start_with(jobs, backend).await
+    }
+
+    pub async fn start_with(jobs: &[(&str, &str)], backend: Arc<dyn Backend>) -> Harness {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
+        for (name, text) in jobs {
+            std::fs::write(jobs_dir.join(name), text).unwrap();
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("stevedore.db")).await.unwrap());
+        let mut config = SchedulerConfig::new(&jobs_dir);
+        config.tick = Duration::from_millis(200);
+        let scheduler = Scheduler::new(store.clone(), backend, config);
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            scheduler
+                .run(async move {
+                    let _ = stop.await;
+                })
+                .await
+                .expect("scheduler ended with an error");
+        });
+        Harness { dir, store, shutdown: Some(shutdown), handle: Some(handle) }
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    /// Triggers a manual run of `job_id` as `stevedore jobs trigger` does.
+    pub async fn trigger(&self, job_id: &str) -> RunRecord {
+        let found = load_jobs_dir(&self.jobs_dir());
+        let loaded = found.get(job_id).unwrap_or_else(|| panic!("job {job_id} not loadable: {:?}", found.errors));
+        self.store
+            .upsert_job(&loaded.job.id, &loaded.job.version, &loaded.path.display().to_string(), &loaded.source)
+            .await
+            .unwrap();
+        trigger_manual(self.store.as_ref(), &loaded.job, &serde_json::Map::new(), Utc::now()).await.unwrap()
+    }
+
+    /// Waits for the run to finish, failing the test after `limit`.
+    pub async fn wait_run(&self, run_id: &str, limit: Duration) -> RunRecord {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let run = self.store.get_run(run_id).await.unwrap();
+            if run.state.is_finished() {
+                return run;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let states = self.store.task_instances(run_id).await.unwrap();
+                panic!("run {run_id} did not finish within {limit:?}: {run:?}\n{states:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn tries(&self, run_id: &str, task_id: &str) -> Vec<TryRecord> {
+        self.store.tries(run_id, task_id).await.unwrap()
+    }
+
+    /// `(stream, text)` of every line of a try, in order.
+    pub async fn log_lines(&self, attempt: &TryRecord) -> Vec<(String, String)> {
+        self.store
+            .logs(attempt.try_id, None, 1_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|line| (line.stream.as_str().to_owned(), line.text))
+            .collect()
+    }
+
+    pub async fn outputs(&self, run_id: &str) -> HashMap<(String, String), serde_json::Value> {
+        self.store.outputs(run_id).await.unwrap().into_iter().map(|(t, k, v)| ((t, k), v)).collect()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("scheduler task panicked");
+        }
+    }
+}
+
+/// Containers (running or not) that carry the run's label.
+pub async fn containers_of_run(run_id: &str) -> Vec<String> {
+    let docker = DockerBackend::from_env().expect("docker client");
+    let label = format!("{LABEL_RUN}={run_id}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    docker
+        .client()
+        .expect("docker client")
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+pub fn read_repo_job(name: &str) -> String {
+    std::fs::read_to_string(repo_root().join("jobs").join(name)).expect("repo job file")
+}
