@@ -1,0 +1,181 @@
+//! The `stevedore` binary, run for real: standalone with the embedded store and the CLI
+//! commands working beside it on the same SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A folder with a copy of the repository's example jobs plus `extra` job files.
+    fn new(extra: &[(&str, &str)]) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs).unwrap();
+        for name in ["example_etl.yaml", "retry_demo.yaml"] {
+            std::fs::copy(repo_root().join("jobs").join(name), jobs.join(name)).unwrap();
+        }
+        for (name, text) in extra {
+            std::fs::write(jobs.join(name), text).unwrap();
+        }
+        Workspace { dir }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("STEVEDORE_DB", self.dir.path().join("stevedore.db"))
+            .env("STEVEDORE_JOBS", self.dir.path().join("jobs"))
+            .env_remove("STEVEDORE_LOG");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run stevedore")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let output = self.run(args);
+        assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+    }
+
+    fn standalone(&self, docker_host: Option<&str>) -> Standalone {
+        let mut command = self.command(&["standalone"]);
+        if let Some(host) = docker_host {
+            command.env("DOCKER_HOST", host);
+        }
+        let log = std::fs::File::create(self.dir.path().join("standalone.log")).unwrap();
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().expect("start standalone");
+        Standalone { child, log: self.dir.path().join("standalone.log") }
+    }
+}
+
+struct Standalone {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Standalone {
+    /// Ctrl-C, then the exit status and everything it logged.
+    fn interrupt(mut self) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("standalone did not stop on Ctrl-C: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn standalone_runs_the_example_job_while_the_cli_reads_the_same_store() {
+    let workspace = Workspace::new(&[]);
+    let standalone = workspace.standalone(None);
+
+    let run = workspace.json(&["jobs", "trigger", "example_etl", "--wait", "-o", "json"]);
+    assert_eq!(run["state"], "success", "{run}");
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+
+    let shown = workspace.json(&["runs", "show", &run_id[..20], "-o", "json"]);
+    assert_eq!(shown["run_id"], run_id.as_str());
+    let instances = shown["task_instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 5);
+    for ti in instances {
+        assert_eq!(ti["state"], "success", "{ti}");
+        assert_eq!(ti["try_number"], 1);
+        assert_eq!(ti["exit_code"], 0);
+        assert!(ti["image_digest"].as_str().unwrap().starts_with("sha256:"), "{ti}");
+    }
+
+    let logs = workspace.run(&["tasks", "logs", &run_id, "load"]);
+    assert!(logs.status.success());
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("stdout loading 1200 rows into the warehouse"), "{text}");
+
+    let listed = workspace.json(&["runs", "list", "--job", "example_etl", "-o", "json"]);
+    assert!(listed.as_array().unwrap().iter().any(|r| r["run_id"] == run_id.as_str()));
+    let table = workspace.run(&["jobs", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().any(|l| l.starts_with("example_etl") && l.contains("@daily")), "{table}");
+
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "standalone exited with {status}: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn trigger_wait_exits_non_zero_when_the_run_fails_and_logs_of_both_tries_stay() {
+    let failing = "id: always_fails\ntasks:\n  - id: boom\n    image: stevedore/synth:0.1.0\n    args: [exit, --code, 3]\n    retries: 1\n    retry_delay: 1s\n";
+    let workspace = Workspace::new(&[("always_fails.yaml", failing)]);
+    let standalone = workspace.standalone(None);
+    let output = workspace.run(&["jobs", "trigger", "always_fails", "--wait", "-o", "json"]);
+    assert!(!output.status.success());
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(run["state"], "failed");
+    let run_id = run["run_id"].as_str().unwrap();
+    for try_number in ["1", "2"] {
+        let logs = workspace.run(&["tasks", "logs", run_id, "boom", "--try", try_number]);
+        assert!(String::from_utf8_lossy(&logs.stdout).contains("stdout exiting with 3"), "try {try_number}");
+    }
+    let shown = workspace.json(&["runs", "show", run_id, "-o", "json"]);
+    assert_eq!(shown["task_instances"][0]["failure_reason"], "exit_code: 3");
+    assert_eq!(shown["task_instances"][0]["tries"].as_array().unwrap().len(), 2);
+    standalone.interrupt();
+}
+
+#[test]
+fn validate_names_the_file_and_line_of_each_problem() {
+    let bad = "id: bad\nschedule: \"0 0 * *\"\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    timeout: soon\n";
+    let workspace = Workspace::new(&[("bad.yaml", bad)]);
+    let output = workspace.run(&["jobs", "validate"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.yaml:2: schedule `0 0 * *` has 4 fields"), "{stderr}");
+    assert!(stderr.contains("bad.yaml:6: task `a`: timeout `soon` is not a duration"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2 valid job(s), 2 error(s)"));
+    let single = workspace.run(&["jobs", "validate", "jobs/example_etl.yaml"]);
+    assert!(single.status.success());
+    // A bad file does not hide the good jobs from the list.
+    let list = workspace.run(&["jobs", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("retry_demo"));
+    assert!(String::from_utf8_lossy(&list.stderr).contains("bad.yaml:2:"));
+}
+
+#[test]
+fn standalone_reports_an_unreachable_engine_and_stops_cleanly() {
+    let workspace = Workspace::new(&[]);
+    let socket = workspace.dir.path().join("no-engine.sock");
+    let host = format!("unix://{}", socket.display());
+    let standalone = workspace.standalone(Some(&host));
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains(&format!("cannot reach the Docker engine at {host}")), "{log}");
+    // It kept retrying with backoff instead of giving up.
+    assert!(log.matches("backend unavailable").count() >= 2, "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
