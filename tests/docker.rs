@@ -18,7 +18,16 @@ async fn example_job_succeeds_with_exit_codes_digests_and_ordered_logs() {
 
     let instances = harness.store.task_instances(&run.run_id).await.unwrap();
     let ids: Vec<&str> = instances.iter().map(|ti| ti.task_id.as_str()).collect();
-    assert_eq!(ids, ["extract", "transform_0", "transform_1", "transform_2", "load"]);
+    assert_eq!(
+        ids,
+        [
+            "extract",
+            "transform_0",
+            "transform_1",
+            "transform_2",
+            "load"
+        ]
+    );
     for ti in &instances {
         assert_eq!(ti.state, TaskState::Success, "{ti:?}");
         let tries = harness.tries(&run.run_id, &ti.task_id).await;
@@ -26,7 +35,10 @@ async fn example_job_succeeds_with_exit_codes_digests_and_ordered_logs() {
         assert_eq!(tries[0].exit_code, Some(0));
         assert_eq!(tries[0].backend, "docker");
         let digest = tries[0].image_digest.as_deref().unwrap_or_default();
-        assert!(digest.starts_with("sha256:") && digest.len() == 71, "digest {digest:?}");
+        assert!(
+            digest.starts_with("sha256:") && digest.len() == 71,
+            "digest {digest:?}"
+        );
         assert!(tries[0].container_id.is_some());
     }
 
@@ -34,22 +46,56 @@ async fn example_job_succeeds_with_exit_codes_digests_and_ordered_logs() {
     // and stderr); the streams are told apart; protocol `log` messages become `log` lines.
     let extract = &harness.tries(&run.run_id, "extract").await[0];
     let lines = harness.log_lines(extract).await;
-    let stdout: Vec<&str> = lines.iter().filter(|(s, _)| s != "stderr").map(|(_, t)| t.as_str()).collect();
+    let stdout: Vec<&str> = lines
+        .iter()
+        .filter(|(s, _)| s != "stderr")
+        .map(|(_, t)| t.as_str())
+        .collect();
     assert_eq!(stdout.len(), 9, "{lines:?}");
-    assert!(stdout[0].starts_with("info: extracting 1200 records for ["), "{lines:?}");
+    assert!(
+        stdout[0].starts_with("info: extracting 1200 records for ["),
+        "{lines:?}"
+    );
     for (index, done) in [300, 600, 900, 1200].iter().enumerate() {
-        assert_eq!(stdout[1 + index], format!("{{\"done\":{done},\"total\":1200,\"type\":\"progress\"}}"));
+        assert_eq!(
+            stdout[1 + index],
+            format!("{{\"done\":{done},\"total\":1200,\"type\":\"progress\"}}")
+        );
     }
-    assert_eq!(stdout[5], "{\"key\":\"records\",\"type\":\"output\",\"value\":1200}");
+    assert_eq!(
+        stdout[5],
+        "{\"key\":\"records\",\"type\":\"output\",\"value\":1200}"
+    );
     assert!(stdout[8].starts_with("{\"type\":\"state\""), "{lines:?}");
     let stderr: Vec<&(String, String)> = lines.iter().filter(|(s, _)| s == "stderr").collect();
-    assert_eq!(stderr, [&("stderr".to_owned(), "extract finished without warnings".to_owned())]);
-    assert_eq!(lines.iter().find(|(_, t)| t.starts_with("info: extracting")).unwrap().0, "log");
+    assert_eq!(
+        stderr,
+        [&(
+            "stderr".to_owned(),
+            "extract finished without warnings".to_owned()
+        )]
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .find(|(_, t)| t.starts_with("info: extracting"))
+            .unwrap()
+            .0,
+        "log"
+    );
 
     let transform = &harness.tries(&run.run_id, "transform_2").await[0];
     let lines = harness.log_lines(transform).await;
-    assert!(lines.contains(&("stderr".to_owned(), "partition 2: 400 rows".to_owned())), "{lines:?}");
-    assert!(lines.iter().any(|(s, t)| s == "stdout" && t.starts_with("interval: ")), "{lines:?}");
+    assert!(
+        lines.contains(&("stderr".to_owned(), "partition 2: 400 rows".to_owned())),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(s, t)| s == "stdout" && t.starts_with("interval: ")),
+        "{lines:?}"
+    );
 
     // Outputs flowed through templates from extract to the transforms to load.
     let outputs = harness.outputs(&run.run_id).await;
@@ -57,21 +103,44 @@ async fn example_job_succeeds_with_exit_codes_digests_and_ordered_logs() {
     assert_eq!(outputs[&("transform_0".into(), "rows".into())], 400);
     assert_eq!(outputs[&("load".into(), "loaded".into())], 1200);
     let load = &harness.tries(&run.run_id, "load").await[0];
-    assert!(harness.log_lines(load).await.contains(&("stdout".into(), "loading 1200 rows into the warehouse".into())));
+    assert!(harness.log_lines(load).await.contains(&(
+        "stdout".into(),
+        "loading 1200 rows into the warehouse".into()
+    )));
 
     // State committed by the successful extract is handed to the next run's extract.
-    let state = harness.store.committed_state("example_etl", "extract").await.unwrap().unwrap();
-    assert_eq!(state["cursor"], stevedore_domain::protocol::rfc3339(run.data_interval.end));
+    let state = harness
+        .store
+        .committed_state("example_etl", "extract")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state["cursor"],
+        stevedore_domain::protocol::rfc3339(run.data_interval.end)
+    );
     let second = harness.trigger("example_etl").await;
     let second = harness.wait_run(&second.run_id, 2 * MINUTE).await;
     assert_eq!(second.state, RunState::Success);
     let extract = &harness.tries(&second.run_id, "extract").await[0];
     let lines = harness.log_lines(extract).await;
     let first_line = &lines.iter().find(|(stream, _)| stream == "log").unwrap().1;
-    assert!(first_line.ends_with(&format!("last cursor: {}", state["cursor"].as_str().unwrap())), "{first_line}");
+    assert!(
+        first_line.ends_with(&format!(
+            "last cursor: {}",
+            state["cursor"].as_str().unwrap()
+        )),
+        "{first_line}"
+    );
 
-    assert!(containers_of_run(&run.run_id).await.is_empty(), "containers left behind");
-    assert!(containers_of_run(&second.run_id).await.is_empty(), "containers left behind");
+    assert!(
+        containers_of_run(&run.run_id).await.is_empty(),
+        "containers left behind"
+    );
+    assert!(
+        containers_of_run(&second.run_id).await.is_empty(),
+        "containers left behind"
+    );
     harness.stop().await;
 }
 
@@ -84,18 +153,39 @@ async fn a_failing_then_retried_task_keeps_both_tries_and_their_logs() {
 
     let tries = harness.tries(&run.run_id, "flaky").await;
     assert_eq!(tries.len(), 2, "{tries:?}");
-    assert_eq!((tries[0].state, tries[0].exit_code), (TryState::Failed, Some(1)));
+    assert_eq!(
+        (tries[0].state, tries[0].exit_code),
+        (TryState::Failed, Some(1))
+    );
     assert_eq!(tries[0].failure_reason.as_deref(), Some("exit_code: 1"));
-    assert_eq!((tries[1].state, tries[1].exit_code), (TryState::Success, Some(0)));
+    assert_eq!(
+        (tries[1].state, tries[1].exit_code),
+        (TryState::Success, Some(0))
+    );
     // The retry waited for retry_delay (1s) after the first try ended.
     let gap = tries[1].started_at - tries[0].ended_at.unwrap();
-    assert!(gap >= chrono::TimeDelta::milliseconds(990), "retry started after {gap}");
+    assert!(
+        gap >= chrono::TimeDelta::milliseconds(990),
+        "retry started after {gap}"
+    );
 
     let first = harness.log_lines(&tries[0]).await;
-    assert!(first.contains(&("stderr".into(), "try 1 fails on purpose (succeeds from try 2)".into())), "{first:?}");
-    assert!(first.contains(&("log".into(), "error: simulated failure on try 1".into())), "{first:?}");
+    assert!(
+        first.contains(&(
+            "stderr".into(),
+            "try 1 fails on purpose (succeeds from try 2)".into()
+        )),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&("log".into(), "error: simulated failure on try 1".into())),
+        "{first:?}"
+    );
     let second = harness.log_lines(&tries[1]).await;
-    assert_eq!(second, vec![("stdout".to_owned(), "try 2 succeeds".to_owned())]);
+    assert_eq!(
+        second,
+        vec![("stdout".to_owned(), "try 2 succeeds".to_owned())]
+    );
     assert_eq!(harness.tries(&run.run_id, "report").await.len(), 1);
     assert!(containers_of_run(&run.run_id).await.is_empty());
     harness.stop().await;
@@ -110,7 +200,11 @@ async fn a_try_that_exceeds_its_timeout_is_killed_and_recorded_as_timeout() {
     let started = std::time::Instant::now();
     let run = harness.trigger("slow").await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
-    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(run.state, RunState::Failed);
     let tries = harness.tries(&run.run_id, "sleeper").await;
     assert_eq!(tries.len(), 1);
@@ -118,7 +212,10 @@ async fn a_try_that_exceeds_its_timeout_is_killed_and_recorded_as_timeout() {
     assert_eq!(tries[0].failure_reason.as_deref(), Some("timeout"));
     assert_eq!(tries[0].exit_code, Some(137), "killed by SIGKILL");
     // The log written before the kill is kept.
-    assert_eq!(harness.log_lines(&tries[0]).await, vec![("stdout".to_owned(), "sleeping 120s".to_owned())]);
+    assert_eq!(
+        harness.log_lines(&tries[0]).await,
+        vec![("stdout".to_owned(), "sleeping 120s".to_owned())]
+    );
     let instances = harness.store.task_instances(&run.run_id).await.unwrap();
     assert_eq!(instances[0].state, TaskState::Failed);
     assert_eq!(instances[1].state, TaskState::UpstreamFailed);
@@ -129,7 +226,9 @@ async fn a_try_that_exceeds_its_timeout_is_killed_and_recorded_as_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_tag_fails_the_try_naming_the_image_and_other_jobs_keep_running() {
     let bad = "id: bad_image\ntasks:\n  - id: pull\n    image: stevedore/synth:9.9.9\n    retries: 1\n    retry_delay: 1s\n";
-    let good = format!("id: good\ntasks:\n  - id: ok\n    image: {SYNTH}\n    args: [extract, --records, 5]\n");
+    let good = format!(
+        "id: good\ntasks:\n  - id: ok\n    image: {SYNTH}\n    args: [extract, --records, 5]\n"
+    );
     let harness = Harness::start(&[("bad.yaml", bad), ("good.yaml", &good)]).await;
     let bad_run = harness.trigger("bad_image").await;
     let good_run = harness.trigger("good").await;
@@ -141,28 +240,46 @@ async fn a_missing_image_tag_fails_the_try_naming_the_image_and_other_jobs_keep_
     assert_eq!(tries.len(), 2, "retried once per policy: {tries:?}");
     for attempt in &tries {
         let reason = attempt.failure_reason.as_deref().unwrap_or_default();
-        assert!(reason.starts_with("image: ") && reason.contains("stevedore/synth:9.9.9"), "{reason}");
+        assert!(
+            reason.starts_with("image: ") && reason.contains("stevedore/synth:9.9.9"),
+            "{reason}"
+        );
         assert_eq!(attempt.container_id, None);
     }
     // And the scheduler still serves: a new run of the good job succeeds afterwards.
     let again = harness.trigger("good").await;
-    assert_eq!(harness.wait_run(&again.run_id, MINUTE).await.state, RunState::Success);
+    assert_eq!(
+        harness.wait_run(&again.run_id, MINUTE).await.state,
+        RunState::Success
+    );
     harness.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_job_file_is_rejected_and_the_valid_jobs_still_run() {
-    let invalid = "id: broken\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    depends_on: [nope]\n";
+    let invalid =
+        "id: broken\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    depends_on: [nope]\n";
     let good = format!("id: good\ntasks:\n  - id: ok\n    image: {SYNTH}\n");
     let harness = Harness::start(&[("broken.yaml", invalid), ("good.yaml", &good)]).await;
     let found = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
     assert_eq!(found.errors.len(), 1);
     let message = found.errors[0].to_string();
-    assert!(message.ends_with("broken.yaml:5: task `a` depends on `nope`, which is not a task of this job"), "{message}");
+    assert!(
+        message.ends_with(
+            "broken.yaml:5: task `a` depends on `nope`, which is not a task of this job"
+        ),
+        "{message}"
+    );
     let run = harness.trigger("good").await;
-    assert_eq!(harness.wait_run(&run.run_id, MINUTE).await.state, RunState::Success);
+    assert_eq!(
+        harness.wait_run(&run.run_id, MINUTE).await.state,
+        RunState::Success
+    );
     let jobs = harness.store.list_jobs().await.unwrap();
-    assert_eq!(jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), ["good"]);
+    assert_eq!(
+        jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
     harness.stop().await;
 }
 
@@ -170,7 +287,9 @@ async fn an_invalid_job_file_is_rejected_and_the_valid_jobs_still_run() {
 async fn proxy_docker_socket(path: std::path::PathBuf) {
     let listener = tokio::net::UnixListener::bind(&path).expect("bind proxy socket");
     loop {
-        let Ok((mut client, _)) = listener.accept().await else { return };
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
         tokio::spawn(async move {
             if let Ok(mut engine) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
@@ -186,15 +305,29 @@ async fn an_unreachable_engine_holds_tries_and_the_scheduler_reconnects_with_bac
     let socket = socket_dir.path().join("docker.sock");
     let backend = DockerBackend::connect(&format!("unix://{}", socket.display())).unwrap();
     let error = backend.health().await.unwrap_err().to_string();
-    assert!(error.starts_with(&format!("cannot reach the Docker engine at unix://{}", socket.display())), "{error}");
+    assert!(
+        error.starts_with(&format!(
+            "cannot reach the Docker engine at unix://{}",
+            socket.display()
+        )),
+        "{error}"
+    );
 
-    let job = format!("id: patient\ntasks:\n  - id: ok\n    image: {SYNTH}\n    args: [extract, --records, 3]\n");
+    let job = format!(
+        "id: patient\ntasks:\n  - id: ok\n    image: {SYNTH}\n    args: [extract, --records, 3]\n"
+    );
     let harness = Harness::start_with(&[("patient.yaml", &job)], Arc::new(backend)).await;
     let run = harness.trigger("patient").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Nothing ran and no try was spent while the engine was away.
     assert!(harness.tries(&run.run_id, "ok").await.is_empty());
-    assert!(!harness.store.get_run(&run.run_id).await.unwrap().state.is_finished());
+    assert!(!harness
+        .store
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .state
+        .is_finished());
 
     let proxy = tokio::spawn(proxy_docker_socket(socket.clone()));
     let run = harness.wait_run(&run.run_id, MINUTE).await;

@@ -21,12 +21,17 @@ pub const SYNTH: &str = "stevedore/synth:0.1.0";
 pub const SHELL: &str = "stevedore/shell-transform:0.1.0";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned()
 }
 
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("STEVEDORE_LOG").unwrap_or_else(|_| "warn".into())))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("STEVEDORE_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
         .with_test_writer()
         .try_init();
 }
@@ -34,7 +39,10 @@ pub fn init_logging() {
 /// Fails the test (never skips it) when the engine or the images are missing.
 pub async fn require_images() {
     let docker = DockerBackend::from_env().expect("docker client");
-    docker.health().await.expect("these tests need a running Docker engine");
+    docker
+        .health()
+        .await
+        .expect("these tests need a running Docker engine");
     for image in [SYNTH, SHELL] {
         docker
             .client()
@@ -68,7 +76,11 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("stevedore.db")).await.unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(dir.path().join("stevedore.db"))
+                .await
+                .unwrap(),
+        );
         let mut config = SchedulerConfig::new(&jobs_dir);
         config.tick = Duration::from_millis(200);
         let scheduler = Scheduler::new(store.clone(), backend, config);
@@ -81,7 +93,12 @@ impl Harness {
                 .await
                 .expect("scheduler ended with an error");
         });
-        Harness { dir, store, shutdown: Some(shutdown), handle: Some(handle) }
+        Harness {
+            dir,
+            store,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
     }
 
     pub fn jobs_dir(&self) -> PathBuf {
@@ -91,12 +108,26 @@ impl Harness {
     /// Triggers a manual run of `job_id` as `stevedore jobs trigger` does.
     pub async fn trigger(&self, job_id: &str) -> RunRecord {
         let found = load_jobs_dir(&self.jobs_dir());
-        let loaded = found.get(job_id).unwrap_or_else(|| panic!("job {job_id} not loadable: {:?}", found.errors));
+        let loaded = found
+            .get(job_id)
+            .unwrap_or_else(|| panic!("job {job_id} not loadable: {:?}", found.errors));
         self.store
-            .upsert_job(&loaded.job.id, &loaded.job.version, &loaded.path.display().to_string(), &loaded.source)
+            .upsert_job(
+                &loaded.job.id,
+                &loaded.job.version,
+                &loaded.path.display().to_string(),
+                &loaded.source,
+            )
             .await
             .unwrap();
-        trigger_manual(self.store.as_ref(), &loaded.job, &serde_json::Map::new(), Utc::now()).await.unwrap()
+        trigger_manual(
+            self.store.as_ref(),
+            &loaded.job,
+            &serde_json::Map::new(),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Waits for the run to finish, failing the test after `limit`.
@@ -131,7 +162,13 @@ impl Harness {
     }
 
     pub async fn outputs(&self, run_id: &str) -> HashMap<(String, String), serde_json::Value> {
-        self.store.outputs(run_id).await.unwrap().into_iter().map(|(t, k, v)| ((t, k), v)).collect()
+        self.store
+            .outputs(run_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, k, v)| ((t, k), v))
+            .collect()
     }
 
     pub async fn stop(mut self) {
@@ -149,7 +186,10 @@ pub async fn containers_of_run(run_id: &str) -> Vec<String> {
     let docker = DockerBackend::from_env().expect("docker client");
     let label = format!("{LABEL_RUN}={run_id}");
     let filters = HashMap::from([("label", vec![label.as_str()])]);
-    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
     docker
         .client()
         .expect("docker client")

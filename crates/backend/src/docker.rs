@@ -25,7 +25,10 @@ use tracing::{debug, warn};
 use crate::lines::{split_timestamp, LineSplitter};
 use crate::*;
 
-const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+const API_VERSION: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 
 pub struct DockerBackend {
@@ -80,12 +83,18 @@ impl DockerBackend {
     }
 
     pub fn connect(endpoint: &str) -> Result<DockerBackend, BackendError> {
-        if !(endpoint.starts_with("unix://") || endpoint.starts_with("tcp://") || endpoint.starts_with("http://")) {
+        if !(endpoint.starts_with("unix://")
+            || endpoint.starts_with("tcp://")
+            || endpoint.starts_with("http://"))
+        {
             return Err(BackendError::Unavailable(format!(
                 "DOCKER_HOST `{endpoint}` is not a unix:// or tcp:// address"
             )));
         }
-        Ok(DockerBackend { endpoint: endpoint.to_owned(), client: std::sync::Mutex::new(None) })
+        Ok(DockerBackend {
+            endpoint: endpoint.to_owned(),
+            client: std::sync::Mutex::new(None),
+        })
     }
 
     /// The engine client, made now if it was not yet.
@@ -117,7 +126,9 @@ impl DockerBackend {
 
     /// Makes the image present per the pull policy; returns its digest (registry digest
     /// when it has one, else the local image id).
-    async fn resolve_image(&self, docker: &Docker,
+    async fn resolve_image(
+        &self,
+        docker: &Docker,
         image: &ImageRef,
         policy: PullPolicy,
         events: &mpsc::Sender<TryEvent>,
@@ -127,7 +138,9 @@ impl DockerBackend {
             Ok(inspect) => Some(inspect),
             Err(error) if status_code(&error) == Some(404) => None,
             Err(error) if is_connection_error(&error) => {
-                return Err(ImageProblem::Unavailable(self.unavailable(&error).to_string()))
+                return Err(ImageProblem::Unavailable(
+                    self.unavailable(&error).to_string(),
+                ))
             }
             Err(error) => {
                 return Err(ImageProblem::Image(format!(
@@ -160,23 +173,40 @@ impl DockerBackend {
             return Ok(digest.clone());
         }
         let name = image.name();
-        let repo_digest = inspect.repo_digests.unwrap_or_default().into_iter().find_map(|entry| {
-            let (repo, digest) = entry.split_once('@')?;
-            (repo == name).then(|| digest.to_owned())
-        });
+        let repo_digest = inspect
+            .repo_digests
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|entry| {
+                let (repo, digest) = entry.split_once('@')?;
+                (repo == name).then(|| digest.to_owned())
+            });
         Ok(repo_digest.or(inspect.id).unwrap_or_default())
     }
 
-    async fn pull(&self, docker: &Docker, image: &ImageRef, events: &mpsc::Sender<TryEvent>) -> Result<(), ImageProblem> {
+    async fn pull(
+        &self,
+        docker: &Docker,
+        image: &ImageRef,
+        events: &mpsc::Sender<TryEvent>,
+    ) -> Result<(), ImageProblem> {
         let reference = image.to_string();
-        let tag = image.digest.clone().unwrap_or_else(|| image.tag_or_latest().to_owned());
-        let options = CreateImageOptionsBuilder::default().from_image(&image.name()).tag(&tag).build();
+        let tag = image
+            .digest
+            .clone()
+            .unwrap_or_else(|| image.tag_or_latest().to_owned());
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(&image.name())
+            .tag(&tag)
+            .build();
         let mut stream = docker.create_image(Some(options), None, None);
         let mut last_status = String::new();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
-                    let Some(mut status) = info.status else { continue };
+                    let Some(mut status) = info.status else {
+                        continue;
+                    };
                     if let Some(detail) = info.progress_detail {
                         if let (Some(current), Some(total)) = (detail.current, detail.total) {
                             status = format!("{status} {current}/{total}");
@@ -184,11 +214,18 @@ impl DockerBackend {
                     }
                     if status != last_status {
                         last_status = status.clone();
-                        let _ = events.send(TryEvent::Pulling { image: reference.clone(), status }).await;
+                        let _ = events
+                            .send(TryEvent::Pulling {
+                                image: reference.clone(),
+                                status,
+                            })
+                            .await;
                     }
                 }
                 Err(error) if is_connection_error(&error) => {
-                    return Err(ImageProblem::Unavailable(self.unavailable(&error).to_string()))
+                    return Err(ImageProblem::Unavailable(
+                        self.unavailable(&error).to_string(),
+                    ))
                 }
                 Err(error) => {
                     return Err(ImageProblem::Image(format!(
@@ -231,25 +268,44 @@ impl DockerBackend {
         }
     }
 
-    async fn upload_state(&self, docker: &Docker, container_id: &str, state: &str) -> Result<(), bollard::errors::Error> {
+    async fn upload_state(
+        &self,
+        docker: &Docker,
+        container_id: &str,
+        state: &str,
+    ) -> Result<(), bollard::errors::Error> {
         let mut archive = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
-        header.set_path("stevedore/").map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        header
+            .set_path("stevedore/")
+            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
         header.set_mode(0o777);
         header.set_size(0);
         header.set_cksum();
-        archive.append(&header, std::io::empty()).map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        archive
+            .append(&header, std::io::empty())
+            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
         let mut header = tar::Header::new_gnu();
-        header.set_path("stevedore/state.json").map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        header
+            .set_path("stevedore/state.json")
+            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
         header.set_mode(0o666);
         header.set_size(state.len() as u64);
         header.set_cksum();
-        archive.append(&header, state.as_bytes()).map_err(|e| bollard::errors::Error::IOError { err: e })?;
-        let bytes = archive.into_inner().map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        archive
+            .append(&header, state.as_bytes())
+            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        let bytes = archive
+            .into_inner()
+            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
         let options = UploadToContainerOptionsBuilder::default().path("/").build();
         docker
-            .upload_to_container(container_id, Some(options), bollard::body_full(bytes.into()))
+            .upload_to_container(
+                container_id,
+                Some(options),
+                bollard::body_full(bytes.into()),
+            )
             .await
     }
 
@@ -263,7 +319,12 @@ impl DockerBackend {
     }
 
     /// Streams the container's logs to `events` until the container stops.
-    async fn stream_logs(&self, docker: &Docker, container_id: &str, events: &mpsc::Sender<TryEvent>) {
+    async fn stream_logs(
+        &self,
+        docker: &Docker,
+        container_id: &str,
+        events: &mpsc::Sender<TryEvent>,
+    ) {
         let options = LogsOptionsBuilder::default()
             .follow(true)
             .stdout(true)
@@ -284,24 +345,46 @@ impl DockerBackend {
                 }
             };
             let (timestamp, text) = split_timestamp(&message);
-            splitter.push(kind, timestamp.unwrap_or_else(Utc::now), text, &mut |stream, timestamp, text| {
-                pending.push(TryEvent::Line { stream, timestamp, text })
-            });
+            splitter.push(
+                kind,
+                timestamp.unwrap_or_else(Utc::now),
+                text,
+                &mut |stream, timestamp, text| {
+                    pending.push(TryEvent::Line {
+                        stream,
+                        timestamp,
+                        text,
+                    })
+                },
+            );
             for event in pending.drain(..) {
                 if events.send(event).await.is_err() {
                     return;
                 }
             }
         }
-        splitter.finish(&mut |stream, timestamp, text| pending.push(TryEvent::Line { stream, timestamp, text }));
+        splitter.finish(&mut |stream, timestamp, text| {
+            pending.push(TryEvent::Line {
+                stream,
+                timestamp,
+                text,
+            })
+        });
         for event in pending.drain(..) {
             let _ = events.send(event).await;
         }
     }
 
     /// Waits for the container to stop, killing it if `kill` fires first.
-    async fn wait_exit(&self, docker: &Docker, container_id: &str, kill: &mut KillReceiver) -> (Option<i64>, Option<FailureReason>) {
-        let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
+    async fn wait_exit(
+        &self,
+        docker: &Docker,
+        container_id: &str,
+        kill: &mut KillReceiver,
+    ) -> (Option<i64>, Option<FailureReason>) {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
         let mut wait = Box::pin(docker.wait_container(container_id, Some(options)));
         let mut killed: Option<KillReason> = kill.borrow().clone();
         if killed.is_some() {
@@ -337,7 +420,9 @@ impl DockerBackend {
     }
 
     async fn kill_container(&self, docker: &Docker, container_id: &str) {
-        let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
         if let Err(error) = docker.kill_container(container_id, Some(options)).await {
             debug!(container_id, error = %error, "kill failed (the container may have exited)");
         }
@@ -352,7 +437,11 @@ impl Backend for DockerBackend {
 
     async fn health(&self) -> Result<(), BackendError> {
         let docker = self.client()?;
-        docker.ping().await.map(|_| ()).map_err(|error| self.unavailable(&error))
+        docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|error| self.unavailable(&error))
     }
 
     async fn execute(
@@ -362,54 +451,93 @@ impl Backend for DockerBackend {
         mut kill: KillReceiver,
     ) -> Result<TryExit, BackendError> {
         let docker = &self.client()?;
-        let failed = |reason| Ok(TryExit { exit_code: None, failure: Some(reason) });
+        let failed = |reason| {
+            Ok(TryExit {
+                exit_code: None,
+                failure: Some(reason),
+            })
+        };
         let image = match ImageRef::parse(&spec.image) {
             Ok(image) => image,
             Err(message) => return failed(FailureReason::Image(message)),
         };
-        let digest = match self.resolve_image(docker, &image, spec.pull_policy, &events).await {
+        let digest = match self
+            .resolve_image(docker, &image, spec.pull_policy, &events)
+            .await
+        {
             Ok(digest) => digest,
-            Err(ImageProblem::Unavailable(message)) => return Err(BackendError::Unavailable(message)),
+            Err(ImageProblem::Unavailable(message)) => {
+                return Err(BackendError::Unavailable(message))
+            }
             Err(ImageProblem::Image(message)) => return failed(FailureReason::Image(message)),
         };
 
-        let name = format!("stevedore-{}-{}-{}-{}", spec.job_id, spec.task_id, spec.run_id, spec.try_number);
+        let name = format!(
+            "stevedore-{}-{}-{}-{}",
+            spec.job_id, spec.task_id, spec.run_id, spec.try_number
+        );
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match docker.create_container(Some(options), self.container_body(&spec, &image.to_string())).await {
+        let created = match docker
+            .create_container(
+                Some(options),
+                self.container_body(&spec, &image.to_string()),
+            )
+            .await
+        {
             Ok(created) => created,
             Err(error) if is_connection_error(&error) => return Err(self.unavailable(&error)),
             Err(error) if status_code(&error) == Some(409) => {
                 // A container of this very try exists: a previous attempt to launch it died
                 // half-way. Remove it and report; the try is retried by policy.
                 self.remove_quietly(docker, &name).await;
-                return failed(FailureReason::Backend(format!("container `{name}` already existed and was removed")));
+                return failed(FailureReason::Backend(format!(
+                    "container `{name}` already existed and was removed"
+                )));
             }
-            Err(error) => return failed(FailureReason::Backend(format!("cannot create container: {}", engine_message(&error)))),
+            Err(error) => {
+                return failed(FailureReason::Backend(format!(
+                    "cannot create container: {}",
+                    engine_message(&error)
+                )))
+            }
         };
         let container_id = created.id;
         let _ = events
-            .send(TryEvent::Launched { container_id: container_id.clone(), image_digest: Some(digest) })
+            .send(TryEvent::Launched {
+                container_id: container_id.clone(),
+                image_digest: Some(digest),
+            })
             .await;
 
         if let Some(state) = &spec.state {
             if let Err(error) = self.upload_state(docker, &container_id, state).await {
                 self.remove_quietly(docker, &container_id).await;
-                return failed(FailureReason::Backend(format!("cannot write the state file: {}", engine_message(&error))));
+                return failed(FailureReason::Backend(format!(
+                    "cannot write the state file: {}",
+                    engine_message(&error)
+                )));
             }
         }
         if let Err(error) = docker.start_container(&container_id, None).await {
             self.remove_quietly(docker, &container_id).await;
-            return failed(FailureReason::Backend(format!("cannot start container: {}", engine_message(&error))));
+            return failed(FailureReason::Backend(format!(
+                "cannot start container: {}",
+                engine_message(&error)
+            )));
         }
 
-        let (_, (exit_code, failure)) =
-            tokio::join!(self.stream_logs(docker, &container_id, &events), self.wait_exit(docker, &container_id, &mut kill));
+        let (_, (exit_code, failure)) = tokio::join!(
+            self.stream_logs(docker, &container_id, &events),
+            self.wait_exit(docker, &container_id, &mut kill)
+        );
 
         let mut failure = failure;
         if failure.is_none() {
             if let Ok(inspect) = docker.inspect_container(&container_id, None).await {
                 if inspect.state.and_then(|state| state.oom_killed) == Some(true) {
-                    failure = Some(FailureReason::Backend("killed by the kernel: out of memory".to_owned()));
+                    failure = Some(FailureReason::Backend(
+                        "killed by the kernel: out of memory".to_owned(),
+                    ));
                 }
             }
         }
@@ -420,8 +548,14 @@ impl Backend for DockerBackend {
     async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError> {
         let docker = self.client()?;
         let filters = HashMap::from([("label", vec![LABEL_RUN])]);
-        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let containers = docker.list_containers(Some(options)).await.map_err(|e| self.unavailable(&e))?;
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.unavailable(&e))?;
         Ok(containers
             .into_iter()
             .filter_map(|container| {

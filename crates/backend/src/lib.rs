@@ -59,11 +59,18 @@ pub enum Stream {
 pub enum TryEvent {
     /// The container exists; `image_digest` is the registry digest, or the image id of an
     /// image that was built locally and never pushed.
-    Launched { container_id: String, image_digest: Option<String> },
+    Launched {
+        container_id: String,
+        image_digest: Option<String>,
+    },
     /// Pull progress, for the scheduler's log.
     Pulling { image: String, status: String },
     /// One complete line of output.
-    Line { stream: Stream, timestamp: DateTime<Utc>, text: String },
+    Line {
+        stream: Stream,
+        timestamp: DateTime<Utc>,
+        text: String,
+    },
 }
 
 /// How a try ended. A non-zero exit is a result, not an error.

@@ -61,7 +61,10 @@ impl LineSplitter {
 
     /// Emits what is left of each stream (output that did not end with a newline).
     pub fn finish(&mut self, emit: &mut dyn FnMut(Stream, DateTime<Utc>, String)) {
-        for (stream, partial) in [(Stream::Stdout, &mut self.stdout), (Stream::Stderr, &mut self.stderr)] {
+        for (stream, partial) in [
+            (Stream::Stdout, &mut self.stdout),
+            (Stream::Stderr, &mut self.stderr),
+        ] {
             if let Some(timestamp) = partial.timestamp.take() {
                 emit(stream, timestamp, take_line(&mut partial.text));
             }
@@ -88,7 +91,9 @@ mod tests {
         let mut lines = Vec::new();
         let now = Utc.timestamp_opt(0, 0).unwrap();
         for (stream, chunk) in chunks {
-            splitter.push(*stream, now, chunk.as_bytes(), &mut |s, _, text| lines.push((s, text)));
+            splitter.push(*stream, now, chunk.as_bytes(), &mut |s, _, text| {
+                lines.push((s, text))
+            });
         }
         splitter.finish(&mut |s, _, text| lines.push((s, text)));
         lines

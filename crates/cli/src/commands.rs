@@ -26,7 +26,9 @@ pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
         bail!("PostgreSQL stores are not supported yet; use a SQLite file path for --db");
     }
     let path = db.strip_prefix("sqlite://").unwrap_or(db);
-    let store = SqliteStore::open(path).await.with_context(|| format!("cannot open the store at {path}"))?;
+    let store = SqliteStore::open(path)
+        .await
+        .with_context(|| format!("cannot open the store at {path}"))?;
     Ok(Arc::new(store))
 }
 
@@ -45,8 +47,9 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = terminate.recv() => {}
@@ -105,9 +108,16 @@ fn try_json(attempt: &TryRecord) -> Value {
 fn load_job(jobs_dir: &Path, job_id: &str) -> anyhow::Result<(Arc<Job>, String, String)> {
     let found = load_jobs_dir(jobs_dir);
     if let Some(loaded) = found.get(job_id) {
-        return Ok((loaded.job.clone(), loaded.path.display().to_string(), loaded.source.clone()));
+        return Ok((
+            loaded.job.clone(),
+            loaded.path.display().to_string(),
+            loaded.source.clone(),
+        ));
     }
-    let mut message = format!("job `{job_id}` is not a valid job in {}", jobs_dir.display());
+    let mut message = format!(
+        "job `{job_id}` is not a valid job in {}",
+        jobs_dir.display()
+    );
     for problem in &found.errors {
         message.push_str(&format!("\n  {problem}"));
     }
@@ -120,7 +130,10 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
             let path = path.unwrap_or_else(|| global.jobs.clone());
             let (jobs, errors) = if path.is_dir() {
                 let found = load_jobs_dir(&path);
-                (found.jobs.into_iter().map(|l| l.job).collect::<Vec<_>>(), found.errors)
+                (
+                    found.jobs.into_iter().map(|l| l.job).collect::<Vec<_>>(),
+                    found.errors,
+                )
             } else {
                 match load_job_file(&path) {
                     Ok(loaded) => (vec![loaded.job], Vec::new()),
@@ -138,7 +151,11 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
                 }
                 println!("{} valid job(s), {} error(s)", jobs.len(), errors.len());
             }
-            Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         JobsCommand::List => {
             let store = open_store(&global.db).await?;
@@ -147,9 +164,23 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
             let mut rows = Vec::new();
             for loaded in &found.jobs {
                 let job = &loaded.job;
-                let paused = records.iter().find(|r| r.job_id == job.id).is_some_and(|r| r.paused);
-                let last = store.list_runs(&RunFilter { job_id: Some(job.id.clone()), limit: Some(1), ..Default::default() }).await?;
-                rows.push((job.clone(), loaded.path.display().to_string(), paused, last.into_iter().next()));
+                let paused = records
+                    .iter()
+                    .find(|r| r.job_id == job.id)
+                    .is_some_and(|r| r.paused);
+                let last = store
+                    .list_runs(&RunFilter {
+                        job_id: Some(job.id.clone()),
+                        limit: Some(1),
+                        ..Default::default()
+                    })
+                    .await?;
+                rows.push((
+                    job.clone(),
+                    loaded.path.display().to_string(),
+                    paused,
+                    last.into_iter().next(),
+                ));
             }
             if global.output == Format::Json {
                 print_json(&Value::Array(
@@ -169,16 +200,26 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
                         .collect(),
                 ));
             } else {
-                let mut table = Table::new(&["JOB", "SCHEDULE", "TIMEZONE", "TASKS", "PAUSED", "LAST RUN", "STATE"]);
+                let mut table = Table::new(&[
+                    "JOB", "SCHEDULE", "TIMEZONE", "TASKS", "PAUSED", "LAST RUN", "STATE",
+                ]);
                 for (job, _, paused, last) in &rows {
                     table.row(vec![
                         job.id.clone(),
-                        job.timetable.schedule.expression().unwrap_or("manual").to_owned(),
+                        job.timetable
+                            .schedule
+                            .expression()
+                            .unwrap_or("manual")
+                            .to_owned(),
                         job.timetable.timezone.name().to_owned(),
                         job.tasks.len().to_string(),
                         paused.to_string(),
-                        last.as_ref().map(|r| r.run_id.clone()).unwrap_or_else(|| "-".into()),
-                        last.as_ref().map(|r| r.state.to_string()).unwrap_or_else(|| "-".into()),
+                        last.as_ref()
+                            .map(|r| r.run_id.clone())
+                            .unwrap_or_else(|| "-".into()),
+                        last.as_ref()
+                            .map(|r| r.state.to_string())
+                            .unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 table.print();
@@ -190,9 +231,14 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
         }
         JobsCommand::Trigger { job, params, wait } => {
             let (job, path, source) = load_job(&global.jobs, &job)?;
-            let overrides: Map<String, Value> = params.iter().map(|p| parse_param(p)).collect::<anyhow::Result<_>>()?;
+            let overrides: Map<String, Value> = params
+                .iter()
+                .map(|p| parse_param(p))
+                .collect::<anyhow::Result<_>>()?;
             let store = open_store(&global.db).await?;
-            store.upsert_job(&job.id, &job.version, &path, &source).await?;
+            store
+                .upsert_job(&job.id, &job.version, &path, &source)
+                .await?;
             let mut run = trigger_manual(store.as_ref(), &job, &overrides, Utc::now()).await?;
             if global.output == Format::Table {
                 println!("{}", run.run_id);
@@ -209,9 +255,15 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
             if global.output == Format::Json {
                 print_json(&run_json(&run));
             }
-            Ok(if run.state == RunState::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if run.state == RunState::Failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        JobsCommand::Pause { job } | JobsCommand::Unpause { job } if job.is_empty() => bail!("a job id is required"),
+        JobsCommand::Pause { job } | JobsCommand::Unpause { job } if job.is_empty() => {
+            bail!("a job id is required")
+        }
         JobsCommand::Pause { job } => set_paused(global, &job, true).await,
         JobsCommand::Unpause { job } => set_paused(global, &job, false).await,
     }
@@ -221,10 +273,15 @@ async fn set_paused(global: &Global, job_id: &str, paused: bool) -> anyhow::Resu
     let store = open_store(&global.db).await?;
     if !store.list_jobs().await?.iter().any(|r| r.job_id == job_id) {
         let (job, path, source) = load_job(&global.jobs, job_id)?;
-        store.upsert_job(&job.id, &job.version, &path, &source).await?;
+        store
+            .upsert_job(&job.id, &job.version, &path, &source)
+            .await?;
     }
     store.set_paused(job_id, paused).await?;
-    println!("job {job_id} {}", if paused { "paused" } else { "unpaused" });
+    println!(
+        "job {job_id} {}",
+        if paused { "paused" } else { "unpaused" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -232,11 +289,25 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
     let store = open_store(&global.db).await?;
     match command {
         RunsCommand::List { job, limit } => {
-            let runs = store.list_runs(&RunFilter { job_id: job, limit: Some(limit), ..Default::default() }).await?;
+            let runs = store
+                .list_runs(&RunFilter {
+                    job_id: job,
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await?;
             if global.output == Format::Json {
                 print_json(&Value::Array(runs.iter().map(run_json).collect()));
             } else {
-                let mut table = Table::new(&["RUN", "JOB", "TRIGGER", "LOGICAL DATE", "STATE", "STARTED", "DURATION"]);
+                let mut table = Table::new(&[
+                    "RUN",
+                    "JOB",
+                    "TRIGGER",
+                    "LOGICAL DATE",
+                    "STATE",
+                    "STARTED",
+                    "DURATION",
+                ]);
                 for run in &runs {
                     table.row(vec![
                         run.run_id.clone(),
@@ -284,25 +355,46 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                 print_json(&value);
             } else {
                 println!("run:           {}", run.run_id);
-                println!("job:           {} (version {})", run.job_id, &run.job_version[..12.min(run.job_version.len())]);
+                println!(
+                    "job:           {} (version {})",
+                    run.job_id,
+                    &run.job_version[..12.min(run.job_version.len())]
+                );
                 println!("trigger:       {}", run.trigger);
                 println!("state:         {}", run.state);
                 println!("logical date:  {}", rfc3339(run.logical_date));
-                println!("data interval: {} .. {}", rfc3339(run.data_interval.start), rfc3339(run.data_interval.end));
+                println!(
+                    "data interval: {} .. {}",
+                    rfc3339(run.data_interval.start),
+                    rfc3339(run.data_interval.end)
+                );
                 println!("params:        {}", run.params);
                 println!("duration:      {}", duration(run.started_at, run.ended_at));
                 println!();
-                let mut table = Table::new(&["TASK", "STATE", "TRY", "EXIT", "DURATION", "IMAGE DIGEST", "REASON"]);
+                let mut table = Table::new(&[
+                    "TASK",
+                    "STATE",
+                    "TRY",
+                    "EXIT",
+                    "DURATION",
+                    "IMAGE DIGEST",
+                    "REASON",
+                ]);
                 for (ti, tries) in &details {
                     let last = tries.last();
                     table.row(vec![
                         ti.task_id.clone(),
                         ti.state.to_string(),
                         ti.try_number.to_string(),
-                        last.and_then(|t| t.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                        last.and_then(|t| t.exit_code)
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         duration(ti.started_at, ti.ended_at),
-                        last.and_then(|t| t.image_digest.clone()).map(|d| short_digest(&d)).unwrap_or_else(|| "-".into()),
-                        last.and_then(|t| t.failure_reason.clone()).unwrap_or_default(),
+                        last.and_then(|t| t.image_digest.clone())
+                            .map(|d| short_digest(&d))
+                            .unwrap_or_else(|| "-".into()),
+                        last.and_then(|t| t.failure_reason.clone())
+                            .unwrap_or_default(),
                     ]);
                 }
                 table.print();
@@ -321,7 +413,12 @@ fn short_digest(digest: &str) -> String {
 
 pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
-    let TasksCommand::Logs { run, task, try_number, follow } = command;
+    let TasksCommand::Logs {
+        run,
+        task,
+        try_number,
+        follow,
+    } = command;
     let run = store.find_run(&run).await?;
     let pick = |tries: &[TryRecord]| -> Option<TryRecord> {
         match try_number {
@@ -334,7 +431,12 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         if let Some(attempt) = pick(&tries) {
             break attempt;
         }
-        if !store.task_instances(&run.run_id).await?.iter().any(|ti| ti.task_id == task) {
+        if !store
+            .task_instances(&run.run_id)
+            .await?
+            .iter()
+            .any(|ti| ti.task_id == task)
+        {
             bail!("run {} has no task `{task}`", run.run_id);
         }
         if !follow {
@@ -350,9 +452,17 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         let lines = store.logs(attempt.try_id, after, 10_000).await?;
         for line in &lines {
             if global.output == Format::Json {
-                println!("{}", json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text}));
+                println!(
+                    "{}",
+                    json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text})
+                );
             } else {
-                println!("{} {:<6} {}", line.timestamp.format("%H:%M:%S%.3f"), line.stream.as_str(), line.text);
+                println!(
+                    "{} {:<6} {}",
+                    line.timestamp.format("%H:%M:%S%.3f"),
+                    line.stream.as_str(),
+                    line.text
+                );
             }
         }
         after = lines.last().map(|l| l.seq).or(after);

@@ -38,14 +38,19 @@ impl ImageDir {
 
 fn discover(dir: &Path) -> anyhow::Result<Vec<ImageDir>> {
     let mut images = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     for entry in entries {
         let path = std::fs::canonicalize(entry?.path())?;
         let version_file = path.join("VERSION");
         if !version_file.is_file() {
             continue;
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let version = std::fs::read_to_string(&version_file)?.trim().to_owned();
         if version.is_empty() {
             bail!("{} is empty", version_file.display());
@@ -61,7 +66,12 @@ fn discover(dir: &Path) -> anyhow::Result<Vec<ImageDir>> {
                 }
             }
         }
-        images.push(ImageDir { name, version, path, bases });
+        images.push(ImageDir {
+            name,
+            version,
+            path,
+            bases,
+        });
     }
     images.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(images)
@@ -74,11 +84,21 @@ fn build_order(images: Vec<ImageDir>) -> anyhow::Result<Vec<ImageDir>> {
     let mut ordered: Vec<ImageDir> = Vec::new();
     while !pending.is_empty() {
         let ready = pending.iter().position(|image| {
-            image.bases.iter().all(|base| !names.contains(base) || ordered.iter().any(|o| &o.name == base))
+            image
+                .bases
+                .iter()
+                .all(|base| !names.contains(base) || ordered.iter().any(|o| &o.name == base))
         });
         match ready {
             Some(index) => ordered.push(pending.remove(index)),
-            None => bail!("images are built from each other in a cycle: {}", pending.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")),
+            None => bail!(
+                "images are built from each other in a cycle: {}",
+                pending
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
     Ok(ordered)
@@ -93,7 +113,10 @@ fn context_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             let path = entry?.path();
             let relative = path.strip_prefix(dir)?;
             // Sources of a Rust image live beside its Dockerfile but are not its context.
-            if relative.starts_with("src") || relative == Path::new("Cargo.toml") || relative == Path::new("prepare") {
+            if relative.starts_with("src")
+                || relative == Path::new("Cargo.toml")
+                || relative == Path::new("prepare")
+            {
                 continue;
             }
             if path.is_dir() {
@@ -115,7 +138,11 @@ fn context_hash(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
         hasher.update(std::fs::read(file)?);
         hasher.update([0]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn context_tar(dir: &Path, files: &[PathBuf]) -> anyhow::Result<Vec<u8>> {
@@ -151,7 +178,11 @@ async fn run_prepare(image: &ImageDir, bar: &ProgressBar) -> anyhow::Result<()> 
 }
 
 /// Builds one image; returns what happened ("built", "up to date", "ready").
-async fn build_one(docker: &bollard::Docker, image: &ImageDir, bar: &ProgressBar) -> anyhow::Result<&'static str> {
+async fn build_one(
+    docker: &bollard::Docker,
+    image: &ImageDir,
+    bar: &ProgressBar,
+) -> anyhow::Result<&'static str> {
     run_prepare(image, bar).await?;
     let tag = image.tag();
     if !image.path.join("Dockerfile").is_file() {
@@ -172,17 +203,33 @@ async fn build_one(docker: &bollard::Docker, image: &ImageDir, bar: &ProgressBar
     bar.set_message("building");
     let labels = HashMap::from([
         (HASH_LABEL.to_owned(), hash),
-        ("org.opencontainers.image.version".to_owned(), image.version.clone()),
-        ("org.opencontainers.image.title".to_owned(), image.name.clone()),
+        (
+            "org.opencontainers.image.version".to_owned(),
+            image.version.clone(),
+        ),
+        (
+            "org.opencontainers.image.title".to_owned(),
+            image.name.clone(),
+        ),
     ]);
-    let options = BuildImageOptionsBuilder::default().t(&tag).rm(true).forcerm(true).labels(&labels).build();
+    let options = BuildImageOptionsBuilder::default()
+        .t(&tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(&labels)
+        .build();
     let body = context_tar(&image.path, &files)?;
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
     let mut transcript = Vec::new();
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|error| anyhow::anyhow!("building {tag}: {error}\n{}", transcript.join("")))?;
+        let info = item
+            .map_err(|error| anyhow::anyhow!("building {tag}: {error}\n{}", transcript.join("")))?;
         if let Some(detail) = info.error_detail {
-            bail!("building {tag}: {}\n{}", detail.message.unwrap_or_default(), transcript.join(""));
+            bail!(
+                "building {tag}: {}\n{}",
+                detail.message.unwrap_or_default(),
+                transcript.join("")
+            );
         }
         if let Some(text) = info.stream {
             if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
@@ -191,33 +238,50 @@ async fn build_one(docker: &bollard::Docker, image: &ImageDir, bar: &ProgressBar
             transcript.push(text);
         }
     }
-    docker.inspect_image(&tag).await.with_context(|| format!("the engine did not tag {tag}"))?;
+    docker
+        .inspect_image(&tag)
+        .await
+        .with_context(|| format!("the engine did not tag {tag}"))?;
     Ok("built")
 }
 
 pub async fn build(dir: &Path, names: &[String]) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::from_env()?;
     let docker = &backend.client()?;
-    docker.ping().await.with_context(|| format!("cannot reach the Docker engine at {}", backend.endpoint()))?;
+    docker
+        .ping()
+        .await
+        .with_context(|| format!("cannot reach the Docker engine at {}", backend.endpoint()))?;
     let mut images = build_order(discover(dir)?)?;
     if !names.is_empty() {
         let known: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
         for name in names {
             if !known.contains(name) {
-                bail!("no image `{name}` under {}; there are: {}", dir.display(), known.join(", "));
+                bail!(
+                    "no image `{name}` under {}; there are: {}",
+                    dir.display(),
+                    known.join(", ")
+                );
             }
         }
         images.retain(|image| names.contains(&image.name));
     }
-    let style = ProgressStyle::with_template("{spinner} {prefix:<32} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let style = ProgressStyle::with_template("{spinner} {prefix:<32} {msg} {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
     for image in &images {
-        let bar = ProgressBar::new_spinner().with_style(style.clone()).with_prefix(image.tag());
+        let bar = ProgressBar::new_spinner()
+            .with_style(style.clone())
+            .with_prefix(image.tag());
         bar.enable_steady_tick(Duration::from_millis(120));
         let started = Instant::now();
         match build_one(docker, image, &bar).await {
             Ok(outcome) => {
                 bar.finish_and_clear();
-                println!("{:<34} {outcome} ({:.1}s)", image.tag(), started.elapsed().as_secs_f64());
+                println!(
+                    "{:<34} {outcome} ({:.1}s)",
+                    image.tag(),
+                    started.elapsed().as_secs_f64()
+                );
             }
             Err(error) => {
                 bar.finish_and_clear();

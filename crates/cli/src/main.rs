@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Parser)]
-#[command(name = "stevedore", version, about = "Container-per-task workflow scheduler")]
+#[command(
+    name = "stevedore",
+    version,
+    about = "Container-per-task workflow scheduler"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -24,7 +28,12 @@ struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// Metadata store: a SQLite file path or sqlite:// URL.
-    #[arg(long, global = true, env = "STEVEDORE_DB", default_value = "stevedore.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "STEVEDORE_DB",
+        default_value = "stevedore.db"
+    )]
     pub db: String,
     /// Folder of job files.
     #[arg(long, global = true, env = "STEVEDORE_JOBS", default_value = "jobs")]
@@ -127,14 +136,25 @@ fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEVEDORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let long_running = matches!(cli.command, Command::Standalone | Command::Scheduler);
-    init_tracing(if long_running { "info,sqlx=warn" } else { "warn" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    init_tracing(if long_running {
+        "info,sqlx=warn"
+    } else {
+        "warn"
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -148,7 +168,9 @@ fn main() -> ExitCode {
             Command::Jobs(command) => commands::jobs(&global, command).await,
             Command::Runs(command) => commands::runs(&global, command).await,
             Command::Tasks(command) => commands::tasks(&global, command).await,
-            Command::Images(ImagesCommand::Build { names, dir }) => images::build(&dir, &names).await,
+            Command::Images(ImagesCommand::Build { names, dir }) => {
+                images::build(&dir, &names).await
+            }
             Command::Db(DbCommand::Migrate) => commands::migrate(&global).await,
         }
     });

@@ -17,7 +17,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Table {
-        Table { headers: headers.to_vec(), rows: Vec::new() }
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -47,17 +50,24 @@ impl Table {
 }
 
 pub fn time(value: Option<DateTime<Utc>>) -> String {
-    value.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".to_owned())
+    value
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 pub fn duration(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> String {
     match (start, end) {
-        (Some(start), Some(end)) => format!("{:.1}s", (end - start).num_milliseconds() as f64 / 1000.0),
+        (Some(start), Some(end)) => {
+            format!("{:.1}s", (end - start).num_milliseconds() as f64 / 1000.0)
+        }
         (Some(start), None) => format!("{:.0}s…", (Utc::now() - start).num_seconds()),
         _ => "-".to_owned(),
     }
 }
 
 pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 struct Workspace {
@@ -47,8 +50,17 @@ impl Workspace {
 
     fn json(&self, args: &[&str]) -> Value {
         let output = self.run(args);
-        assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+        assert!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 
     fn standalone(&self, docker_host: Option<&str>) -> Standalone {
@@ -57,8 +69,15 @@ impl Workspace {
             command.env("DOCKER_HOST", host);
         }
         let log = std::fs::File::create(self.dir.path().join("standalone.log")).unwrap();
-        let child = command.stdout(Stdio::null()).stderr(log).spawn().expect("start standalone");
-        Standalone { child, log: self.dir.path().join("standalone.log") }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start standalone");
+        Standalone {
+            child,
+            log: self.dir.path().join("standalone.log"),
+        }
     }
 }
 
@@ -70,15 +89,23 @@ struct Standalone {
 impl Standalone {
     /// Ctrl-C, then the exit status and everything it logged.
     fn interrupt(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, std::fs::read_to_string(&self.log).unwrap_or_default());
+                return (
+                    status,
+                    std::fs::read_to_string(&self.log).unwrap_or_default(),
+                );
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("standalone did not stop on Ctrl-C: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "standalone did not stop on Ctrl-C: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -108,19 +135,34 @@ fn standalone_runs_the_example_job_while_the_cli_reads_the_same_store() {
         assert_eq!(ti["state"], "success", "{ti}");
         assert_eq!(ti["try_number"], 1);
         assert_eq!(ti["exit_code"], 0);
-        assert!(ti["image_digest"].as_str().unwrap().starts_with("sha256:"), "{ti}");
+        assert!(
+            ti["image_digest"].as_str().unwrap().starts_with("sha256:"),
+            "{ti}"
+        );
     }
 
     let logs = workspace.run(&["tasks", "logs", &run_id, "load"]);
     assert!(logs.status.success());
     let text = String::from_utf8_lossy(&logs.stdout);
-    assert!(text.contains("stdout loading 1200 rows into the warehouse"), "{text}");
+    assert!(
+        text.contains("stdout loading 1200 rows into the warehouse"),
+        "{text}"
+    );
 
     let listed = workspace.json(&["runs", "list", "--job", "example_etl", "-o", "json"]);
-    assert!(listed.as_array().unwrap().iter().any(|r| r["run_id"] == run_id.as_str()));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["run_id"] == run_id.as_str()));
     let table = workspace.run(&["jobs", "list"]);
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.lines().any(|l| l.starts_with("example_etl") && l.contains("@daily")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("example_etl") && l.contains("@daily")),
+        "{table}"
+    );
 
     let (status, log) = standalone.interrupt();
     assert!(status.success(), "standalone exited with {status}: {log}");
@@ -139,11 +181,20 @@ fn trigger_wait_exits_non_zero_when_the_run_fails_and_logs_of_both_tries_stay() 
     let run_id = run["run_id"].as_str().unwrap();
     for try_number in ["1", "2"] {
         let logs = workspace.run(&["tasks", "logs", run_id, "boom", "--try", try_number]);
-        assert!(String::from_utf8_lossy(&logs.stdout).contains("stdout exiting with 3"), "try {try_number}");
+        assert!(
+            String::from_utf8_lossy(&logs.stdout).contains("stdout exiting with 3"),
+            "try {try_number}"
+        );
     }
     let shown = workspace.json(&["runs", "show", run_id, "-o", "json"]);
     assert_eq!(shown["task_instances"][0]["failure_reason"], "exit_code: 3");
-    assert_eq!(shown["task_instances"][0]["tries"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        shown["task_instances"][0]["tries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     standalone.interrupt();
 }
 
@@ -154,8 +205,14 @@ fn validate_names_the_file_and_line_of_each_problem() {
     let output = workspace.run(&["jobs", "validate"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("bad.yaml:2: schedule `0 0 * *` has 4 fields"), "{stderr}");
-    assert!(stderr.contains("bad.yaml:6: task `a`: timeout `soon` is not a duration"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:2: schedule `0 0 * *` has 4 fields"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:6: task `a`: timeout `soon` is not a duration"),
+        "{stderr}"
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("2 valid job(s), 2 error(s)"));
     let single = workspace.run(&["jobs", "validate", "jobs/example_etl.yaml"]);
     assert!(single.status.success());
@@ -174,7 +231,10 @@ fn standalone_reports_an_unreachable_engine_and_stops_cleanly() {
     std::thread::sleep(Duration::from_secs(4));
     let (status, log) = standalone.interrupt();
     assert!(status.success(), "exit {status}: {log}");
-    assert!(log.contains(&format!("cannot reach the Docker engine at {host}")), "{log}");
+    assert!(
+        log.contains(&format!("cannot reach the Docker engine at {host}")),
+        "{log}"
+    );
     // It kept retrying with backoff instead of giving up.
     assert!(log.matches("backend unavailable").count() >= 2, "{log}");
     assert!(!log.contains("panicked"), "{log}");

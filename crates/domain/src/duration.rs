@@ -12,15 +12,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{text}` is not a duration; write it like 30s, 10m or 1h30m"));
+            return Err(format!(
+                "`{text}` is not a duration; write it like 30s, 10m or 1h30m"
+            ));
         }
         let number: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{text}` has a number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -82,7 +88,9 @@ mod tests {
     #[test]
     fn rejects_bare_numbers_and_unknown_units() {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("3w").unwrap_err().contains("unknown unit `w`"));
+        assert!(parse_duration("3w")
+            .unwrap_err()
+            .contains("unknown unit `w`"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("m5").is_err());
         assert!(parse_duration("-5s").is_err());

@@ -40,7 +40,9 @@ impl ImageRef {
             validate_registry(text, registry)?;
         }
         if repository.is_empty() {
-            return Err(format!("the image reference `{text}` has no repository name"));
+            return Err(format!(
+                "the image reference `{text}` has no repository name"
+            ));
         }
         for component in repository.split('/') {
             validate_path_component(text, component)?;
@@ -108,7 +110,9 @@ fn validate_registry(text: &str, registry: &str) -> Result<(), String> {
             && !label.ends_with('-')
     };
     if host.is_empty() || !host.split('.').all(valid_label) {
-        return Err(format!("the registry host in `{text}` is not a valid host name"));
+        return Err(format!(
+            "the registry host in `{text}` is not a valid host name"
+        ));
     }
     Ok(())
 }
@@ -152,8 +156,13 @@ fn validate_path_component(text: &str, component: &str) -> Result<(), String> {
 fn parse_tag(text: &str, tag: &str) -> Result<String, String> {
     let valid = !tag.is_empty()
         && tag.len() <= 128
-        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if valid {
         Ok(tag.to_owned())
     } else {
@@ -165,9 +174,13 @@ fn parse_tag(text: &str, tag: &str) -> Result<String, String> {
 
 fn parse_digest(text: &str, digest: &str) -> Result<String, String> {
     let Some((algorithm, hex)) = digest.split_once(':') else {
-        return Err(format!("the digest in `{text}` must look like sha256:<64 hex digits>"));
+        return Err(format!(
+            "the digest in `{text}` must look like sha256:<64 hex digits>"
+        ));
     };
-    let hex_ok = hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    let hex_ok = hex
+        .chars()
+        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
     let valid = match algorithm {
         "sha256" => hex.len() == 64 && hex_ok,
         "sha512" => hex.len() == 128 && hex_ok,
@@ -176,7 +189,9 @@ fn parse_digest(text: &str, digest: &str) -> Result<String, String> {
     if valid {
         Ok(digest.to_owned())
     } else {
-        Err(format!("the digest in `{text}` must look like sha256:<64 hex digits>"))
+        Err(format!(
+            "the digest in `{text}` must look like sha256:<64 hex digits>"
+        ))
     }
 }
 
@@ -190,7 +205,10 @@ mod tests {
         assert_eq!(image.registry.as_deref(), Some("localhost:5000"));
         assert_eq!(image.repository, "integrations/http-extract");
         assert_eq!(image.tag.as_deref(), Some("1.4.2"));
-        assert_eq!(image.to_string(), "localhost:5000/integrations/http-extract:1.4.2");
+        assert_eq!(
+            image.to_string(),
+            "localhost:5000/integrations/http-extract:1.4.2"
+        );
     }
 
     #[test]
@@ -199,7 +217,10 @@ mod tests {
         let image = ImageRef::parse(&format!("stevedore/synth@{digest}")).unwrap();
         assert_eq!(image.digest.as_deref(), Some(digest.as_str()));
         assert_eq!(image.registry, None);
-        assert_eq!(ImageRef::parse("busybox").unwrap().tag_or_latest(), "latest");
+        assert_eq!(
+            ImageRef::parse("busybox").unwrap().tag_or_latest(),
+            "latest"
+        );
     }
 
     #[test]
@@ -211,10 +232,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_references_with_the_reason() {
-        assert!(ImageRef::parse("Stevedore/Synth:1").unwrap_err().contains("repository name"));
+        assert!(ImageRef::parse("Stevedore/Synth:1")
+            .unwrap_err()
+            .contains("repository name"));
         assert!(ImageRef::parse("synth:").unwrap_err().contains("tag"));
         assert!(ImageRef::parse("synth:1.0:2").is_err());
-        assert!(ImageRef::parse("synth@sha256:abc").unwrap_err().contains("digest"));
+        assert!(ImageRef::parse("synth@sha256:abc")
+            .unwrap_err()
+            .contains("digest"));
         assert!(ImageRef::parse("a//b").is_err());
         assert!(ImageRef::parse("").is_err());
         assert!(ImageRef::parse("my image").is_err());

@@ -102,9 +102,15 @@ impl Job {
 
     /// Tasks that no other task depends on: they decide the run's outcome.
     pub fn leaves(&self) -> Vec<&Task> {
-        let upstreams: BTreeSet<&str> =
-            self.tasks.iter().flat_map(|t| t.depends_on.iter().map(String::as_str)).collect();
-        self.tasks.iter().filter(|t| !upstreams.contains(t.id.as_str())).collect()
+        let upstreams: BTreeSet<&str> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.depends_on.iter().map(String::as_str))
+            .collect();
+        self.tasks
+            .iter()
+            .filter(|t| !upstreams.contains(t.id.as_str()))
+            .collect()
     }
 
     /// Direct downstream task ids of each task.
@@ -112,7 +118,9 @@ impl Job {
         let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
         for task in &self.tasks {
             for upstream in &task.depends_on {
-                map.entry(upstream.as_str()).or_default().push(task.id.as_str());
+                map.entry(upstream.as_str())
+                    .or_default()
+                    .push(task.id.as_str());
             }
         }
         map
@@ -245,7 +253,9 @@ fn line_of<T>(spanned: &Spanned<T>) -> u64 {
 
 fn is_identifier(text: &str) -> bool {
     !text.is_empty()
-        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Parses and validates one job file. `file` is only used in error messages.
@@ -264,7 +274,10 @@ pub fn parse_job(file: &str, text: &str) -> Result<Job, Vec<JobError>> {
             message: yaml_error_sentence(&error),
         }]
     })?;
-    let mut problems = Problems { file, errors: Vec::new() };
+    let mut problems = Problems {
+        file,
+        errors: Vec::new(),
+    };
     let job = build_job(raw, text, &mut problems);
     if problems.errors.is_empty() {
         Ok(job)
@@ -300,7 +313,10 @@ fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) -> Job {
         Some(spanned) => spanned.value.parse::<Tz>().unwrap_or_else(|_| {
             problems.at(
                 line_of(spanned),
-                format!("`{}` is not an IANA timezone such as Europe/Berlin", spanned.value),
+                format!(
+                    "`{}` is not an IANA timezone such as Europe/Berlin",
+                    spanned.value
+                ),
             );
             Tz::UTC
         }),
@@ -335,10 +351,17 @@ fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) -> Job {
     }
 
     let params = raw.params.unwrap_or_default();
-    let defaults = raw.defaults.as_ref().map(|d| d.value.clone()).unwrap_or_default();
+    let defaults = raw
+        .defaults
+        .as_ref()
+        .map(|d| d.value.clone())
+        .unwrap_or_default();
     if let Some(spanned) = &raw.defaults {
         if spanned.value.id.is_some() || spanned.value.depends_on.is_some() {
-            problems.at(line_of(spanned), "defaults may not set `id` or `depends_on`");
+            problems.at(
+                line_of(spanned),
+                "defaults may not set `id` or `depends_on`",
+            );
         }
     }
 
@@ -354,7 +377,10 @@ fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) -> Job {
             if task_lines.contains_key(&task.id) {
                 problems.at(
                     line,
-                    format!("task id `{}` is used twice (first on line {})", task.id, task_lines[&task.id]),
+                    format!(
+                        "task id `{}` is used twice (first on line {})",
+                        task.id, task_lines[&task.id]
+                    ),
                 );
                 continue;
             }
@@ -407,7 +433,8 @@ fn parse_date(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
     let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
         .or_else(|_| {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
         })
         .map_err(|_| {
             format!("`{text}` is not a date; write it like 2024-01-01 or 2024-01-01T00:00:00")
@@ -417,7 +444,9 @@ fn parse_date(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
 
 fn parse_memory(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let number: u64 = text[..digits]
         .parse()
         .map_err(|_| format!("`{text}` is not a memory size such as 256Mi or 1Gi"))?;
@@ -430,7 +459,9 @@ fn parse_memory(text: &str) -> Result<u64, String> {
         "M" => 1_000_000,
         "G" => 1_000_000_000,
         other => {
-            return Err(format!("`{text}` has an unknown unit `{other}`; use Ki, Mi, Gi, K, M or G"))
+            return Err(format!(
+                "`{text}` has an unknown unit `{other}`; use Ki, Mi, Gi, K, M or G"
+            ))
         }
     };
     Ok(number.saturating_mul(multiplier))
@@ -524,7 +555,10 @@ fn build_task(
     };
     let command = pick!(command).cloned();
     if backend == BackendKind::Process && command.is_none() {
-        problems.at(line, format!("task `{id}`: the process backend needs a `command`"));
+        problems.at(
+            line,
+            format!("task `{id}`: the process backend needs a `command`"),
+        );
     }
 
     let mut resources = Resources::default();
@@ -541,7 +575,9 @@ fn build_task(
         }
     }
 
-    let connections = pick!(connections).map(|c| c.value.clone()).unwrap_or_default();
+    let connections = pick!(connections)
+        .map(|c| c.value.clone())
+        .unwrap_or_default();
     for connection in &connections {
         if !is_identifier(connection) {
             let line = pick!(connections).map(line_of).unwrap_or(line);
@@ -551,7 +587,9 @@ fn build_task(
             );
         }
     }
-    let pool = pick!(pool).map(|p| p.value.clone()).unwrap_or_else(|| "default".to_owned());
+    let pool = pick!(pool)
+        .map(|p| p.value.clone())
+        .unwrap_or_else(|| "default".to_owned());
     let pool_slots = raw.pool_slots.or(defaults.pool_slots).unwrap_or(1);
     if pool_slots == 0 {
         problems.at(line, format!("task `{id}`: pool_slots must be at least 1"));
@@ -567,7 +605,13 @@ fn build_task(
     }
 
     let env = pick!(env)
-        .map(|spanned| spanned.value.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+        .map(|spanned| {
+            spanned
+                .value
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     let args = pick!(args)
         .map(|spanned| spanned.value.iter().map(|v| v.0.clone()).collect())
@@ -602,7 +646,10 @@ fn build_task(
         timeout,
         backend,
         pull_policy,
-        depends_on_past: raw.depends_on_past.or(defaults.depends_on_past).unwrap_or(false),
+        depends_on_past: raw
+            .depends_on_past
+            .or(defaults.depends_on_past)
+            .unwrap_or(false),
         reschedule_interval: reschedule_interval.unwrap_or(Duration::from_secs(60)),
         sensor_timeout: sensor_timeout.unwrap_or(Duration::from_secs(7 * 86_400)),
     })
@@ -611,10 +658,15 @@ fn build_task(
 fn check_dependencies(raw_tasks: &[Spanned<RawTask>], tasks: &[Task], problems: &mut Problems<'_>) {
     let ids: BTreeSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
     for raw in raw_tasks {
-        let Some(task_id) = raw.value.id.as_ref().map(|id| id.value.as_str()) else { continue };
+        let Some(task_id) = raw.value.id.as_ref().map(|id| id.value.as_str()) else {
+            continue;
+        };
         for upstream in raw.value.depends_on.iter().flatten() {
             if upstream.value == task_id {
-                problems.at(line_of(upstream), format!("task `{task_id}` depends on itself"));
+                problems.at(
+                    line_of(upstream),
+                    format!("task `{task_id}` depends on itself"),
+                );
             } else if !ids.contains(upstream.value.as_str()) {
                 problems.at(
                     line_of(upstream),
@@ -710,10 +762,18 @@ fn check_templates(
             task.image.as_str(),
         ))
         .chain(task.args.iter().map(|arg| {
-            ("args", line_for(raw.value.args.as_ref().map(line_of)), arg.as_str())
+            (
+                "args",
+                line_for(raw.value.args.as_ref().map(line_of)),
+                arg.as_str(),
+            )
         }))
         .chain(task.env.values().map(|value| {
-            ("env", line_for(raw.value.env.as_ref().map(line_of)), value.as_str())
+            (
+                "env",
+                line_for(raw.value.env.as_ref().map(line_of)),
+                value.as_str(),
+            )
         }))
         .collect();
         for (field, line, text) in fields {
@@ -734,7 +794,9 @@ fn check_templates(
                             task.id
                         ),
                     ),
-                    Variable::Output { task: source, .. } if !upstream.contains(source.as_str()) => {
+                    Variable::Output { task: source, .. }
+                        if !upstream.contains(source.as_str()) =>
+                    {
                         problems.at(
                             line,
                             format!(
@@ -791,7 +853,11 @@ tasks:
 "#;
 
     fn errors(text: &str) -> Vec<String> {
-        parse_job("jobs/bad.yaml", text).unwrap_err().iter().map(|e| e.to_string()).collect()
+        parse_job("jobs/bad.yaml", text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -800,11 +866,17 @@ tasks:
         assert_eq!(job.id, "stripe_to_warehouse");
         assert_eq!(job.timetable.timezone, Tz::Europe__Berlin);
         // Midnight in Berlin in winter is 23:00 UTC the day before.
-        assert_eq!(job.timetable.start_date.unwrap().to_rfc3339(), "2023-12-31T23:00:00+00:00");
+        assert_eq!(
+            job.timetable.start_date.unwrap().to_rfc3339(),
+            "2023-12-31T23:00:00+00:00"
+        );
         let extract = job.task("extract").unwrap();
         assert_eq!(extract.retry.retries, 3);
         assert_eq!(extract.retry.retry_delay, Duration::from_secs(30));
-        assert_eq!(extract.retry.max_retry_delay, Some(Duration::from_secs(600)));
+        assert_eq!(
+            extract.retry.max_retry_delay,
+            Some(Duration::from_secs(600))
+        );
         assert_eq!(extract.timeout, Some(Duration::from_secs(3600)));
         assert_eq!(extract.env["PAGE_SIZE"], "100");
         assert_eq!(extract.resources.memory_bytes, Some(256 << 20));
@@ -812,7 +884,13 @@ tasks:
         let load = job.task("load").unwrap();
         assert_eq!(load.retry.retries, 0);
         assert_eq!(load.depends_on, vec!["extract"]);
-        assert_eq!(job.leaves().iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["load"]);
+        assert_eq!(
+            job.leaves()
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["load"]
+        );
         assert_eq!(job.version.len(), 64);
     }
 
@@ -828,11 +906,17 @@ tasks:
     #[test]
     fn duplicate_ids_cycles_and_unknown_upstreams_are_rejected() {
         let duplicate = "id: a\ntasks:\n  - id: t\n    image: x:1\n  - id: t\n    image: x:1\n";
-        assert_eq!(errors(duplicate), vec!["jobs/bad.yaml:5: task id `t` is used twice (first on line 3)"]);
+        assert_eq!(
+            errors(duplicate),
+            vec!["jobs/bad.yaml:5: task id `t` is used twice (first on line 3)"]
+        );
 
         let cycle = "id: a\ntasks:\n  - id: x\n    image: i:1\n    depends_on: [y]\n  - id: y\n    image: i:1\n    depends_on: [x]\n";
         let cycle_errors = errors(cycle);
-        assert!(cycle_errors[0].contains("tasks form a cycle: x → y → x"), "{cycle_errors:?}");
+        assert!(
+            cycle_errors[0].contains("tasks form a cycle: x → y → x"),
+            "{cycle_errors:?}"
+        );
 
         let unknown = "id: a\ntasks:\n  - id: x\n    image: i:1\n    depends_on:\n      - nope\n";
         assert_eq!(
@@ -867,14 +951,24 @@ tasks:
         let errors = parse_job("f.yaml", "id: a\ntasks: [\n").unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].line.is_some(), "{errors:?}");
-        assert!(parse_job("f.yaml", "").unwrap_err()[0].message.contains("empty"));
+        assert!(parse_job("f.yaml", "").unwrap_err()[0]
+            .message
+            .contains("empty"));
     }
 
     #[test]
     fn defaults_cannot_carry_ids_and_process_needs_a_command() {
         let text = "id: a\ndefaults:\n  id: nope\ntasks:\n  - id: x\n    image: i:1\n    backend: process\n";
         let errors = errors(text);
-        assert!(errors.iter().any(|e| e.contains("defaults may not set")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("process backend needs a `command`")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("defaults may not set")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("process backend needs a `command`")),
+            "{errors:?}"
+        );
     }
 }

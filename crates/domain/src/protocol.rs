@@ -60,14 +60,29 @@ impl TryContext {
     /// sees it, of the file holding the task's last committed state.
     pub fn environment(&self, state_file: Option<&str>) -> Vec<(String, String)> {
         let mut env = vec![
-            ("STEVEDORE_CONTRACT_VERSION".to_owned(), CONTRACT_VERSION.to_owned()),
+            (
+                "STEVEDORE_CONTRACT_VERSION".to_owned(),
+                CONTRACT_VERSION.to_owned(),
+            ),
             ("STEVEDORE_JOB_ID".to_owned(), self.job_id.clone()),
             ("STEVEDORE_TASK_ID".to_owned(), self.task_id.clone()),
             ("STEVEDORE_RUN_ID".to_owned(), self.run_id.clone()),
-            ("STEVEDORE_TRY_NUMBER".to_owned(), self.try_number.to_string()),
-            ("STEVEDORE_LOGICAL_DATE".to_owned(), rfc3339(self.logical_date)),
-            ("STEVEDORE_DATA_INTERVAL_START".to_owned(), rfc3339(self.data_interval.start)),
-            ("STEVEDORE_DATA_INTERVAL_END".to_owned(), rfc3339(self.data_interval.end)),
+            (
+                "STEVEDORE_TRY_NUMBER".to_owned(),
+                self.try_number.to_string(),
+            ),
+            (
+                "STEVEDORE_LOGICAL_DATE".to_owned(),
+                rfc3339(self.logical_date),
+            ),
+            (
+                "STEVEDORE_DATA_INTERVAL_START".to_owned(),
+                rfc3339(self.data_interval.start),
+            ),
+            (
+                "STEVEDORE_DATA_INTERVAL_END".to_owned(),
+                rfc3339(self.data_interval.end),
+            ),
             ("STEVEDORE_PARAMS".to_owned(), self.params.to_string()),
         ];
         if let Some(path) = state_file {
@@ -115,7 +130,9 @@ pub fn parse_line(line: &str) -> Option<Message> {
             key: text(&object, "key")?,
             value: object.remove("value")?,
         }),
-        "state" => Some(Message::State { value: object.remove("value")? }),
+        "state" => Some(Message::State {
+            value: object.remove("value")?,
+        }),
         "progress" => Some(Message::Progress {
             done: object.get("done")?.as_f64()?,
             total: object.get("total").and_then(Value::as_f64),
@@ -173,7 +190,10 @@ mod tests {
         let env = context().environment(Some("/stevedore/state.json"));
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("STEVEDORE_TRY_NUMBER"), Some("2"));
-        assert_eq!(get("STEVEDORE_DATA_INTERVAL_END"), Some("2024-01-02T00:00:00Z"));
+        assert_eq!(
+            get("STEVEDORE_DATA_INTERVAL_END"),
+            Some("2024-01-02T00:00:00Z")
+        );
         assert_eq!(get("STEVEDORE_PARAMS"), Some("{\"lookback_days\":1}"));
         assert_eq!(get("STEVEDORE_STATE_FILE"), Some("/stevedore/state.json"));
     }
@@ -182,23 +202,37 @@ mod tests {
     fn parses_protocol_messages() {
         assert_eq!(
             parse_line(r#"{"type":"output","key":"rows","value":12}"#),
-            Some(Message::Output { key: "rows".into(), value: json!(12) })
+            Some(Message::Output {
+                key: "rows".into(),
+                value: json!(12)
+            })
         );
         assert_eq!(
             parse_line(r#"{"type":"state","value":{"cursor":"abc"}}"#),
-            Some(Message::State { value: json!({"cursor": "abc"}) })
+            Some(Message::State {
+                value: json!({"cursor": "abc"})
+            })
         );
         assert_eq!(
             parse_line(r#"{"type":"log","level":"warn","message":"slow"}"#),
-            Some(Message::Log { level: "warn".into(), message: "slow".into() })
+            Some(Message::Log {
+                level: "warn".into(),
+                message: "slow".into()
+            })
         );
         assert_eq!(
             parse_line(r#"{"type":"progress","done":5,"total":10}"#),
-            Some(Message::Progress { done: 5.0, total: Some(10.0) })
+            Some(Message::Progress {
+                done: 5.0,
+                total: Some(10.0)
+            })
         );
         assert_eq!(
             parse_line(r#"{"type":"metric","name":"records","value":3}"#),
-            Some(Message::Metric { name: "records".into(), value: 3.0 })
+            Some(Message::Metric {
+                name: "records".into(),
+                value: 3.0
+            })
         );
     }
 

@@ -58,9 +58,11 @@ impl RetryPolicy {
 
     /// The time the next try may start, given when the failed try ended.
     pub fn next_try_at(&self, failed_at: DateTime<Utc>, key: &RetryKey<'_>) -> DateTime<Utc> {
-        let delay = chrono::TimeDelta::from_std(self.delay_after(key))
-            .unwrap_or(chrono::TimeDelta::MAX);
-        failed_at.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC)
+        let delay =
+            chrono::TimeDelta::from_std(self.delay_after(key)).unwrap_or(chrono::TimeDelta::MAX);
+        failed_at
+            .checked_add_signed(delay)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -76,7 +78,10 @@ fn exponential_delay(base: Duration, key: &RetryKey<'_>) -> Duration {
 /// `"{dag_id}#{task_id}#{logical_date}#{try_number}"` with the logical date as Python
 /// prints an aware datetime, so the jitter matches Airflow's for the same inputs.
 fn jitter_input(key: &RetryKey<'_>) -> String {
-    let date = key.logical_date.format("%Y-%m-%d %H:%M:%S%.f+00:00").to_string();
+    let date = key
+        .logical_date
+        .format("%Y-%m-%d %H:%M:%S%.f+00:00")
+        .to_string();
     format!("{}#{}#{}#{}", key.job_id, key.task_id, date, key.try_number)
 }
 
@@ -116,7 +121,10 @@ mod tests {
 
     #[test]
     fn fixed_delay_ignores_the_try_number() {
-        let policy = RetryPolicy { retry_delay: Duration::from_secs(30), ..Default::default() };
+        let policy = RetryPolicy {
+            retry_delay: Duration::from_secs(30),
+            ..Default::default()
+        };
         assert_eq!(policy.delay_after(&key(1)), Duration::from_secs(30));
         assert_eq!(policy.delay_after(&key(5)), Duration::from_secs(30));
     }
@@ -151,7 +159,10 @@ mod tests {
 
     #[test]
     fn next_try_time_is_the_failure_time_plus_the_delay() {
-        let policy = RetryPolicy { retry_delay: Duration::from_secs(90), ..Default::default() };
+        let policy = RetryPolicy {
+            retry_delay: Duration::from_secs(90),
+            ..Default::default()
+        };
         let failed = Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0).unwrap();
         assert_eq!(
             policy.next_try_at(failed, &key(1)),

@@ -11,7 +11,10 @@ use crate::trigger::{evaluate, Decision, UpstreamCounts};
 /// Task instances in state `none` whose trigger rule can be decided now, with their new
 /// state. `states` is updated in place, so a skip cascades to its downstream tasks in the
 /// same call. Tasks are visited in dependency order.
-pub fn resolve_waiting(job: &Job, states: &mut HashMap<String, TaskState>) -> Vec<(String, TaskState)> {
+pub fn resolve_waiting(
+    job: &Job,
+    states: &mut HashMap<String, TaskState>,
+) -> Vec<(String, TaskState)> {
     let mut changes = Vec::new();
     for task in topological_order(job) {
         if states.get(&task.id) != Some(&TaskState::None) {
@@ -37,17 +40,24 @@ pub fn resolve_waiting(job: &Job, states: &mut HashMap<String, TaskState>) -> Ve
 /// A run succeeds when every leaf is `success` or `skipped`. A run whose remaining task
 /// instances wait on nothing that can finish (a deadlock) fails.
 pub fn run_outcome(job: &Job, states: &HashMap<String, TaskState>) -> Option<RunState> {
-    let in_progress = states.values().any(|state| {
-        !state.is_finished() && *state != TaskState::None
-    });
+    let in_progress = states
+        .values()
+        .any(|state| !state.is_finished() && *state != TaskState::None);
     if in_progress {
         return None;
     }
     let leaves_ok = job.leaves().iter().all(|leaf| {
-        matches!(states.get(&leaf.id), Some(TaskState::Success | TaskState::Skipped | TaskState::Removed) | None)
+        matches!(
+            states.get(&leaf.id),
+            Some(TaskState::Success | TaskState::Skipped | TaskState::Removed) | None
+        )
     });
     let all_finished = states.values().all(|state| state.is_finished());
-    Some(if all_finished && leaves_ok { RunState::Success } else { RunState::Failed })
+    Some(if all_finished && leaves_ok {
+        RunState::Success
+    } else {
+        RunState::Failed
+    })
 }
 
 /// Tasks ordered so each comes after its upstreams (file order among independent ones).
@@ -60,7 +70,11 @@ pub fn topological_order(job: &Job) -> Vec<&crate::job::Task> {
             if placed.contains_key(task.id.as_str()) {
                 continue;
             }
-            if task.depends_on.iter().all(|d| placed.contains_key(d.as_str()) || job.task(d).is_none()) {
+            if task
+                .depends_on
+                .iter()
+                .all(|d| placed.contains_key(d.as_str()) || job.task(d).is_none())
+            {
                 placed.insert(task.id.as_str(), true);
                 order.push(task);
             }
@@ -108,13 +122,22 @@ mod tests {
     }
 
     fn states(pairs: &[(&str, TaskState)]) -> HashMap<String, TaskState> {
-        pairs.iter().map(|(id, state)| (id.to_string(), *state)).collect()
+        pairs
+            .iter()
+            .map(|(id, state)| (id.to_string(), *state))
+            .collect()
     }
 
     #[test]
     fn roots_are_scheduled_first() {
         let job = job();
-        let mut current = states(&[("extract", TaskState::None), ("t1", TaskState::None), ("t2", TaskState::None), ("load", TaskState::None), ("cleanup", TaskState::None)]);
+        let mut current = states(&[
+            ("extract", TaskState::None),
+            ("t1", TaskState::None),
+            ("t2", TaskState::None),
+            ("load", TaskState::None),
+            ("cleanup", TaskState::None),
+        ]);
         let changes = resolve_waiting(&job, &mut current);
         assert_eq!(changes, vec![("extract".to_string(), TaskState::Scheduled)]);
         assert_eq!(run_outcome(&job, &current), None);
@@ -123,7 +146,13 @@ mod tests {
     #[test]
     fn a_failure_cascades_in_one_pass_and_all_done_still_runs() {
         let job = job();
-        let mut current = states(&[("extract", TaskState::Failed), ("t1", TaskState::None), ("t2", TaskState::None), ("load", TaskState::None), ("cleanup", TaskState::None)]);
+        let mut current = states(&[
+            ("extract", TaskState::Failed),
+            ("t1", TaskState::None),
+            ("t2", TaskState::None),
+            ("load", TaskState::None),
+            ("cleanup", TaskState::None),
+        ]);
         let changes = resolve_waiting(&job, &mut current);
         assert_eq!(
             changes,
@@ -143,7 +172,13 @@ mod tests {
     #[test]
     fn a_failed_leaf_fails_the_run_and_retries_keep_it_going() {
         let job = job();
-        let mut current = states(&[("extract", TaskState::Success), ("t1", TaskState::Success), ("t2", TaskState::UpForRetry), ("load", TaskState::None), ("cleanup", TaskState::None)]);
+        let mut current = states(&[
+            ("extract", TaskState::Success),
+            ("t1", TaskState::Success),
+            ("t2", TaskState::UpForRetry),
+            ("load", TaskState::None),
+            ("cleanup", TaskState::None),
+        ]);
         assert!(resolve_waiting(&job, &mut current).is_empty());
         assert_eq!(run_outcome(&job, &current), None);
         current.insert("t2".into(), TaskState::Success);

@@ -63,7 +63,10 @@ impl Schedule {
             .build()
             .parse(expression)
             .map_err(|error| format!("`{text}` is not a valid cron expression: {error}"))?;
-        Ok(Schedule::Cron { expression: text.to_owned(), cron: Box::new(cron) })
+        Ok(Schedule::Cron {
+            expression: text.to_owned(),
+            cron: Box::new(cron),
+        })
     }
 
     /// The text the schedule was written as, `None` for a manual-only job.
@@ -96,16 +99,24 @@ pub struct Timetable {
 impl Timetable {
     /// The first fire time strictly after (or, with `inclusive`, at or after) `time`.
     fn next_fire(&self, time: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
-        let Schedule::Cron { cron, .. } = &self.schedule else { return None };
+        let Schedule::Cron { cron, .. } = &self.schedule else {
+            return None;
+        };
         let local = time.with_timezone(&self.timezone);
-        cron.find_next_occurrence(&local, inclusive).ok().map(|t| t.with_timezone(&Utc))
+        cron.find_next_occurrence(&local, inclusive)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 
     /// The last fire time strictly before (or, with `inclusive`, at or before) `time`.
     fn previous_fire(&self, time: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
-        let Schedule::Cron { cron, .. } = &self.schedule else { return None };
+        let Schedule::Cron { cron, .. } = &self.schedule else {
+            return None;
+        };
         let local = time.with_timezone(&self.timezone);
-        cron.find_previous_occurrence(&local, inclusive).ok().map(|t| t.with_timezone(&Utc))
+        cron.find_previous_occurrence(&local, inclusive)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 
     /// The interval that starts at the first fire time at or after `time`.
@@ -166,7 +177,10 @@ impl Timetable {
     /// The interval of a manual trigger at `now`: the latest complete interval, as Airflow
     /// infers it; `[now, now]` for a job without a cron schedule.
     pub fn manual_interval(&self, now: DateTime<Utc>) -> DataInterval {
-        self.latest_complete(now).unwrap_or(DataInterval { start: now, end: now })
+        self.latest_complete(now).unwrap_or(DataInterval {
+            start: now,
+            end: now,
+        })
     }
 
     /// Up to `count` consecutive intervals, the first one starting at or after `from`.
@@ -174,7 +188,9 @@ impl Timetable {
         let mut intervals = Vec::with_capacity(count);
         let mut cursor = from;
         while intervals.len() < count {
-            let Some(interval) = self.interval_at_or_after(cursor) else { break };
+            let Some(interval) = self.interval_at_or_after(cursor) else {
+                break;
+            };
             if self.end_date.is_some_and(|end| interval.start > end) {
                 break;
             }
@@ -225,9 +241,15 @@ mod tests {
 
     #[test]
     fn rejects_six_fields_and_unknown_presets() {
-        assert!(Schedule::parse(Some("0 0 * * * *")).unwrap_err().contains("6 fields"));
-        assert!(Schedule::parse(Some("@fortnightly")).unwrap_err().contains("preset"));
-        assert!(Schedule::parse(Some("61 * * * *")).unwrap_err().contains("not a valid cron"));
+        assert!(Schedule::parse(Some("0 0 * * * *"))
+            .unwrap_err()
+            .contains("6 fields"));
+        assert!(Schedule::parse(Some("@fortnightly"))
+            .unwrap_err()
+            .contains("preset"));
+        assert!(Schedule::parse(Some("61 * * * *"))
+            .unwrap_err()
+            .contains("not a valid cron"));
         assert_eq!(Schedule::parse(None).unwrap(), Schedule::Manual);
     }
 
@@ -235,8 +257,16 @@ mod tests {
     fn hourly_intervals_start_at_the_start_date_with_catchup() {
         let table = timetable("@hourly", Tz::UTC, utc(2024, 1, 1, 0, 0), true);
         let first = table.next_interval(None, utc(2024, 1, 1, 5, 30)).unwrap();
-        assert_eq!(first, DataInterval { start: utc(2024, 1, 1, 0, 0), end: utc(2024, 1, 1, 1, 0) });
-        let second = table.next_interval(Some(first), utc(2024, 1, 1, 5, 30)).unwrap();
+        assert_eq!(
+            first,
+            DataInterval {
+                start: utc(2024, 1, 1, 0, 0),
+                end: utc(2024, 1, 1, 1, 0)
+            }
+        );
+        let second = table
+            .next_interval(Some(first), utc(2024, 1, 1, 5, 30))
+            .unwrap();
         assert_eq!(second.start, utc(2024, 1, 1, 1, 0));
     }
 
@@ -244,9 +274,17 @@ mod tests {
     fn without_catchup_the_first_run_is_the_latest_complete_interval() {
         let table = timetable("0 * * * *", Tz::UTC, utc(2024, 1, 1, 0, 0), false);
         let first = table.next_interval(None, utc(2024, 1, 1, 5, 30)).unwrap();
-        assert_eq!(first, DataInterval { start: utc(2024, 1, 1, 4, 0), end: utc(2024, 1, 1, 5, 0) });
+        assert_eq!(
+            first,
+            DataInterval {
+                start: utc(2024, 1, 1, 4, 0),
+                end: utc(2024, 1, 1, 5, 0)
+            }
+        );
         // The following one is not due yet: it ends in the future.
-        let next = table.next_interval(Some(first), utc(2024, 1, 1, 5, 30)).unwrap();
+        let next = table
+            .next_interval(Some(first), utc(2024, 1, 1, 5, 30))
+            .unwrap();
         assert_eq!(next.end, utc(2024, 1, 1, 6, 0));
     }
 
@@ -262,9 +300,14 @@ mod tests {
         let mut table = timetable("@daily", Tz::UTC, utc(2024, 1, 1, 0, 0), true);
         table.end_date = Some(utc(2024, 1, 2, 0, 0));
         let first = table.next_interval(None, utc(2024, 2, 1, 0, 0)).unwrap();
-        let second = table.next_interval(Some(first), utc(2024, 2, 1, 0, 0)).unwrap();
+        let second = table
+            .next_interval(Some(first), utc(2024, 2, 1, 0, 0))
+            .unwrap();
         assert_eq!(second.start, utc(2024, 1, 2, 0, 0));
-        assert_eq!(table.next_interval(Some(second), utc(2024, 2, 1, 0, 0)), None);
+        assert_eq!(
+            table.next_interval(Some(second), utc(2024, 2, 1, 0, 0)),
+            None
+        );
     }
 
     #[test]
@@ -279,7 +322,10 @@ mod tests {
     fn daily_in_berlin_follows_the_local_midnight_across_dst() {
         // Europe/Berlin leaves CET (+1) for CEST (+2) on 2024-03-31.
         let start = local_to_utc(
-            NaiveDate::from_ymd_opt(2024, 3, 29).unwrap().and_hms_opt(0, 0, 0).unwrap(),
+            NaiveDate::from_ymd_opt(2024, 3, 29)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap(),
             Tz::Europe__Berlin,
         );
         let table = timetable("@daily", Tz::Europe__Berlin, start, true);
@@ -287,7 +333,12 @@ mod tests {
         let starts: Vec<_> = intervals.iter().map(|i| i.start).collect();
         assert_eq!(
             starts,
-            vec![utc(2024, 3, 28, 23, 0), utc(2024, 3, 29, 23, 0), utc(2024, 3, 30, 23, 0), utc(2024, 3, 31, 22, 0)]
+            vec![
+                utc(2024, 3, 28, 23, 0),
+                utc(2024, 3, 29, 23, 0),
+                utc(2024, 3, 30, 23, 0),
+                utc(2024, 3, 31, 22, 0)
+            ]
         );
         // The interval that spans the change is 23 hours long.
         assert_eq!((intervals[2].end - intervals[2].start).num_hours(), 23);
@@ -296,8 +347,17 @@ mod tests {
     #[test]
     fn a_local_time_skipped_by_dst_runs_at_the_first_valid_time_after() {
         // 02:30 does not exist in Berlin on 2024-03-31 (clocks jump from 02:00 to 03:00).
-        let table = timetable("30 2 * * *", Tz::Europe__Berlin, utc(2024, 3, 29, 0, 0), true);
-        let starts: Vec<_> = table.intervals_from(utc(2024, 3, 30, 12, 0), 2).iter().map(|i| i.start).collect();
+        let table = timetable(
+            "30 2 * * *",
+            Tz::Europe__Berlin,
+            utc(2024, 3, 29, 0, 0),
+            true,
+        );
+        let starts: Vec<_> = table
+            .intervals_from(utc(2024, 3, 30, 12, 0), 2)
+            .iter()
+            .map(|i| i.start)
+            .collect();
         assert_eq!(starts[0], utc(2024, 3, 31, 1, 0)); // 03:00 CEST
         assert_eq!(starts[1], utc(2024, 4, 1, 0, 30)); // 02:30 CEST
     }
@@ -305,19 +365,46 @@ mod tests {
     #[test]
     fn a_local_time_repeated_by_dst_runs_once() {
         // 02:30 happens twice in Berlin on 2024-10-27 (clocks go back from 03:00 to 02:00).
-        let table = timetable("30 2 * * *", Tz::Europe__Berlin, utc(2024, 10, 25, 0, 0), true);
-        let starts: Vec<_> = table.intervals_from(utc(2024, 10, 26, 12, 0), 2).iter().map(|i| i.start).collect();
-        assert_eq!(starts, vec![utc(2024, 10, 27, 0, 30), utc(2024, 10, 28, 1, 30)]);
+        let table = timetable(
+            "30 2 * * *",
+            Tz::Europe__Berlin,
+            utc(2024, 10, 25, 0, 0),
+            true,
+        );
+        let starts: Vec<_> = table
+            .intervals_from(utc(2024, 10, 26, 12, 0), 2)
+            .iter()
+            .map(|i| i.start)
+            .collect();
+        assert_eq!(
+            starts,
+            vec![utc(2024, 10, 27, 0, 30), utc(2024, 10, 28, 1, 30)]
+        );
     }
 
     #[test]
     fn manual_trigger_covers_the_latest_complete_interval() {
         let table = timetable("@daily", Tz::UTC, utc(2024, 1, 1, 0, 0), false);
         let interval = table.manual_interval(utc(2024, 1, 5, 13, 0));
-        assert_eq!(interval, DataInterval { start: utc(2024, 1, 4, 0, 0), end: utc(2024, 1, 5, 0, 0) });
-        let manual_only = Timetable { schedule: Schedule::Manual, ..table };
+        assert_eq!(
+            interval,
+            DataInterval {
+                start: utc(2024, 1, 4, 0, 0),
+                end: utc(2024, 1, 5, 0, 0)
+            }
+        );
+        let manual_only = Timetable {
+            schedule: Schedule::Manual,
+            ..table
+        };
         let now = utc(2024, 1, 5, 13, 0);
-        assert_eq!(manual_only.manual_interval(now), DataInterval { start: now, end: now });
+        assert_eq!(
+            manual_only.manual_interval(now),
+            DataInterval {
+                start: now,
+                end: now
+            }
+        );
     }
 
     proptest! {

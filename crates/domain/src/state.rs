@@ -203,7 +203,10 @@ mod tests {
         for state in RunState::ALL {
             assert_eq!(state.as_str().parse::<RunState>(), Ok(*state));
         }
-        assert!("done".parse::<TaskState>().unwrap_err().contains("up_for_retry"));
+        assert!("done"
+            .parse::<TaskState>()
+            .unwrap_err()
+            .contains("up_for_retry"));
     }
 
     #[test]
@@ -224,8 +227,14 @@ mod tests {
         assert_eq!(state_after_try(&failed, 2, 2), TaskState::UpForRetry);
         assert_eq!(state_after_try(&failed, 3, 2), TaskState::Failed);
         assert_eq!(state_after_try(&failed, 1, 0), TaskState::Failed);
-        assert_eq!(state_after_try(&TryOutcome::Success, 3, 2), TaskState::Success);
-        assert_eq!(state_after_try(&TryOutcome::NotReady, 1, 0), TaskState::UpForReschedule);
+        assert_eq!(
+            state_after_try(&TryOutcome::Success, 3, 2),
+            TaskState::Success
+        );
+        assert_eq!(
+            state_after_try(&TryOutcome::NotReady, 1, 0),
+            TaskState::UpForReschedule
+        );
     }
 
     #[test]

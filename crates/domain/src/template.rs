@@ -56,14 +56,20 @@ fn parse(text: &str) -> Result<Vec<Segment<'_>>, String> {
 
 fn parse_variable(name: &str) -> Result<Variable, String> {
     let is_identifier = |part: &str| {
-        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         [single] if CONTEXT_VARIABLES.contains(single) => Ok(Variable::Context(single.to_string())),
         ["params", param] if is_identifier(param) => Ok(Variable::Param(param.to_string())),
         ["outputs", task, key] if is_identifier(task) && is_identifier(key) => {
-            Ok(Variable::Output { task: task.to_string(), key: key.to_string() })
+            Ok(Variable::Output {
+                task: task.to_string(),
+                key: key.to_string(),
+            })
         }
         _ => Err(format!(
             "`{{{{ {name} }}}}` is not a known variable; use one of {}, params.<name> or \
@@ -86,10 +92,7 @@ pub fn variables(text: &str) -> Result<Vec<Variable>, String> {
 
 /// Renders a template; `lookup` gives each variable's value, `None` when it has none (for
 /// instance an output the upstream try never published), which is an error naming it.
-pub fn render(
-    text: &str,
-    lookup: &dyn Fn(&Variable) -> Option<String>,
-) -> Result<String, String> {
+pub fn render(text: &str, lookup: &dyn Fn(&Variable) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     for segment in parse(text)? {
         match segment {
@@ -120,7 +123,9 @@ mod tests {
                 Some("2024-01-01T00:00:00Z".into())
             }
             Variable::Param(name) if name == "lookback" => Some("3".into()),
-            Variable::Output { task, key } if task == "extract" && key == "rows" => Some("42".into()),
+            Variable::Output { task, key } if task == "extract" && key == "rows" => {
+                Some("42".into())
+            }
             _ => None,
         }
     }
@@ -137,17 +142,26 @@ mod tests {
 
     #[test]
     fn unknown_variables_are_errors() {
-        assert!(variables("{{ data_interval_begin }}").unwrap_err().contains("not a known variable"));
+        assert!(variables("{{ data_interval_begin }}")
+            .unwrap_err()
+            .contains("not a known variable"));
         assert!(variables("{{ outputs.extract }}").is_err());
-        assert!(variables("{{ job_id").unwrap_err().contains("without closing"));
-        assert!(render("{{ outputs.extract.missing }}", &lookup).unwrap_err().contains("did not publish"));
+        assert!(variables("{{ job_id")
+            .unwrap_err()
+            .contains("without closing"));
+        assert!(render("{{ outputs.extract.missing }}", &lookup)
+            .unwrap_err()
+            .contains("did not publish"));
     }
 
     #[test]
     fn lists_variables() {
         assert_eq!(
             variables("{{ job_id }}-{{ params.a }}").unwrap(),
-            vec![Variable::Context("job_id".into()), Variable::Param("a".into())]
+            vec![
+                Variable::Context("job_id".into()),
+                Variable::Param("a".into())
+            ]
         );
     }
 }

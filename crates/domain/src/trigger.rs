@@ -67,10 +67,16 @@ impl fmt::Display for TriggerRule {
 impl FromStr for TriggerRule {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        TriggerRule::ALL.into_iter().find(|rule| rule.as_str() == text).ok_or_else(|| {
-            let names: Vec<_> = TriggerRule::ALL.iter().map(|rule| rule.as_str()).collect();
-            format!("`{text}` is not a trigger rule; use one of: {}", names.join(", "))
-        })
+        TriggerRule::ALL
+            .into_iter()
+            .find(|rule| rule.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = TriggerRule::ALL.iter().map(|rule| rule.as_str()).collect();
+                format!(
+                    "`{text}` is not a trigger rule; use one of: {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -254,31 +260,82 @@ mod tests {
 
     #[test]
     fn all_success_propagates_failures_and_skips() {
-        assert_eq!(decide(TriggerRule::AllSuccess, &[S::Success, S::Success]), Run);
-        assert_eq!(decide(TriggerRule::AllSuccess, &[S::Success, S::Running]), Wait);
-        assert_eq!(decide(TriggerRule::AllSuccess, &[S::Failed, S::Running]), UpstreamFailed);
-        assert_eq!(decide(TriggerRule::AllSuccess, &[S::UpstreamFailed]), UpstreamFailed);
-        assert_eq!(decide(TriggerRule::AllSuccess, &[S::Skipped, S::Success]), Skip);
+        assert_eq!(
+            decide(TriggerRule::AllSuccess, &[S::Success, S::Success]),
+            Run
+        );
+        assert_eq!(
+            decide(TriggerRule::AllSuccess, &[S::Success, S::Running]),
+            Wait
+        );
+        assert_eq!(
+            decide(TriggerRule::AllSuccess, &[S::Failed, S::Running]),
+            UpstreamFailed
+        );
+        assert_eq!(
+            decide(TriggerRule::AllSuccess, &[S::UpstreamFailed]),
+            UpstreamFailed
+        );
+        assert_eq!(
+            decide(TriggerRule::AllSuccess, &[S::Skipped, S::Success]),
+            Skip
+        );
     }
 
     #[test]
     fn rules_that_wait_for_every_upstream() {
-        assert_eq!(decide(TriggerRule::AllDone, &[S::Failed, S::UpForRetry]), Wait);
+        assert_eq!(
+            decide(TriggerRule::AllDone, &[S::Failed, S::UpForRetry]),
+            Wait
+        );
         assert_eq!(decide(TriggerRule::AllDone, &[S::Failed, S::Skipped]), Run);
-        assert_eq!(decide(TriggerRule::NoneFailed, &[S::Skipped, S::Success]), Run);
-        assert_eq!(decide(TriggerRule::NoneFailedMinOneSuccess, &[S::Skipped, S::Skipped]), Skip);
-        assert_eq!(decide(TriggerRule::NoneSkipped, &[S::Failed, S::Success]), Run);
-        assert_eq!(decide(TriggerRule::AllFailed, &[S::Failed, S::UpstreamFailed]), Run);
-        assert_eq!(decide(TriggerRule::AllFailed, &[S::Failed, S::Success]), Skip);
+        assert_eq!(
+            decide(TriggerRule::NoneFailed, &[S::Skipped, S::Success]),
+            Run
+        );
+        assert_eq!(
+            decide(
+                TriggerRule::NoneFailedMinOneSuccess,
+                &[S::Skipped, S::Skipped]
+            ),
+            Skip
+        );
+        assert_eq!(
+            decide(TriggerRule::NoneSkipped, &[S::Failed, S::Success]),
+            Run
+        );
+        assert_eq!(
+            decide(TriggerRule::AllFailed, &[S::Failed, S::UpstreamFailed]),
+            Run
+        );
+        assert_eq!(
+            decide(TriggerRule::AllFailed, &[S::Failed, S::Success]),
+            Skip
+        );
     }
 
     #[test]
     fn one_rules_fire_early() {
-        assert_eq!(decide(TriggerRule::OneSuccess, &[S::Success, S::Running]), Run);
-        assert_eq!(decide(TriggerRule::OneFailed, &[S::Failed, S::Running]), Run);
-        assert_eq!(decide(TriggerRule::OneFailed, &[S::Success, S::Skipped]), Skip);
-        assert_eq!(decide(TriggerRule::OneSuccess, &[S::Failed, S::Skipped]), UpstreamFailed);
-        assert_eq!(decide(TriggerRule::OneDone, &[S::Skipped, S::Running]), Wait);
+        assert_eq!(
+            decide(TriggerRule::OneSuccess, &[S::Success, S::Running]),
+            Run
+        );
+        assert_eq!(
+            decide(TriggerRule::OneFailed, &[S::Failed, S::Running]),
+            Run
+        );
+        assert_eq!(
+            decide(TriggerRule::OneFailed, &[S::Success, S::Skipped]),
+            Skip
+        );
+        assert_eq!(
+            decide(TriggerRule::OneSuccess, &[S::Failed, S::Skipped]),
+            UpstreamFailed
+        );
+        assert_eq!(
+            decide(TriggerRule::OneDone, &[S::Skipped, S::Running]),
+            Wait
+        );
     }
 
     #[test]
@@ -286,6 +343,9 @@ mod tests {
         for rule in TriggerRule::ALL {
             assert_eq!(rule.as_str().parse::<TriggerRule>(), Ok(rule));
         }
-        assert!("all_good".parse::<TriggerRule>().unwrap_err().contains("none_failed"));
+        assert!("all_good"
+            .parse::<TriggerRule>()
+            .unwrap_err()
+            .contains("none_failed"));
     }
 }

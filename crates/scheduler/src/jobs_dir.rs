@@ -29,7 +29,10 @@ impl JobsDir {
 }
 
 fn is_job_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 /// Loads every `*.yaml`/`*.yml` file directly in `dir`, in name order.
@@ -80,10 +83,18 @@ pub fn load_jobs_dir(dir: &Path) -> JobsDir {
 pub fn load_job_file(path: &Path) -> Result<LoadedJob, Vec<JobError>> {
     let name = path.display().to_string();
     let source = std::fs::read_to_string(path).map_err(|error| {
-        vec![JobError { file: name.clone(), line: None, message: format!("cannot read the file: {error}") }]
+        vec![JobError {
+            file: name.clone(),
+            line: None,
+            message: format!("cannot read the file: {error}"),
+        }]
     })?;
     let job = parse_job(&name, &source)?;
-    Ok(LoadedJob { job: Arc::new(job), path: path.to_owned(), source })
+    Ok(LoadedJob {
+        job: Arc::new(job),
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -94,17 +105,35 @@ mod tests {
     fn a_bad_file_does_not_stop_the_good_ones() {
         let dir = std::env::temp_dir().join(format!("jobs-dir-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.yaml"), "id: a\ntasks:\n  - id: t\n    image: i:1\n").unwrap();
-        std::fs::write(dir.join("b.yaml"), "id: b\ntasks:\n  - id: t\n    image: i:1\n    bogus: 1\n").unwrap();
-        std::fs::write(dir.join("c.yml"), "id: a\ntasks:\n  - id: t\n    image: i:1\n").unwrap();
+        std::fs::write(
+            dir.join("a.yaml"),
+            "id: a\ntasks:\n  - id: t\n    image: i:1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("b.yaml"),
+            "id: b\ntasks:\n  - id: t\n    image: i:1\n    bogus: 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("c.yml"),
+            "id: a\ntasks:\n  - id: t\n    image: i:1\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("notes.txt"), "not a job").unwrap();
         let found = load_jobs_dir(&dir);
         assert_eq!(found.jobs.len(), 1);
         assert_eq!(found.jobs[0].job.id, "a");
         let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("b.yaml:5:") && errors[0].contains("bogus"), "{errors:?}");
-        assert!(errors[1].contains("c.yml:1: job id `a` is already used by"), "{errors:?}");
+        assert!(
+            errors[0].contains("b.yaml:5:") && errors[0].contains("bogus"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("c.yml:1: job id `a` is already used by"),
+            "{errors:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -74,7 +74,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn Store>, backend: Arc<dyn Backend>, config: SchedulerConfig) -> Arc<Scheduler> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        config: SchedulerConfig,
+    ) -> Arc<Scheduler> {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Arc::new(Scheduler {
             store,
@@ -90,7 +94,10 @@ impl Scheduler {
     }
 
     /// Runs until `shutdown` resolves, then stops the tries it started and returns.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut wake_rx = self.wake_rx.lock().await;
         self.sync_jobs().await;
@@ -99,7 +106,9 @@ impl Scheduler {
         let mut next_health_check = tokio::time::Instant::now();
         let mut settled = false;
         loop {
-            if !self.backend_healthy.load(Ordering::SeqCst) && tokio::time::Instant::now() >= next_health_check {
+            if !self.backend_healthy.load(Ordering::SeqCst)
+                && tokio::time::Instant::now() >= next_health_check
+            {
                 match self.backend.health().await {
                     Ok(()) => {
                         info!(backend = self.backend.name(), "backend reachable");
@@ -143,7 +152,9 @@ impl Scheduler {
     /// Reads the jobs folder and records each valid job's current version.
     pub async fn sync_jobs(&self) -> Vec<Arc<Job>> {
         let dir = self.config.jobs_dir.clone();
-        let found = tokio::task::spawn_blocking(move || load_jobs_dir(&dir)).await.unwrap_or_default();
+        let found = tokio::task::spawn_blocking(move || load_jobs_dir(&dir))
+            .await
+            .unwrap_or_default();
         {
             let mut reported = self.reported_errors.lock().expect("poisoned");
             for problem in &found.errors {
@@ -156,14 +167,18 @@ impl Scheduler {
         let mut jobs = Vec::new();
         for loaded in found.jobs {
             let path = loaded.path.display().to_string();
-            if let Err(error) = self.store.upsert_job(&loaded.job.id, &loaded.job.version, &path, &loaded.source).await {
+            if let Err(error) = self
+                .store
+                .upsert_job(&loaded.job.id, &loaded.job.version, &path, &loaded.source)
+                .await
+            {
                 error!(job_id = %loaded.job.id, error = %error, "cannot record job");
                 continue;
             }
-            self.versions
-                .lock()
-                .expect("poisoned")
-                .insert((loaded.job.id.clone(), loaded.job.version.clone()), loaded.job.clone());
+            self.versions.lock().expect("poisoned").insert(
+                (loaded.job.id.clone(), loaded.job.version.clone()),
+                loaded.job.clone(),
+            );
             jobs.push(loaded.job);
         }
         jobs
@@ -176,10 +191,16 @@ impl Scheduler {
             return Ok(job.clone());
         }
         let source = self.store.job_source(job_id, version).await?;
-        let job = parse_job(&format!("{job_id}@{}", &version[..12.min(version.len())]), &source)
-            .map_err(|errors| anyhow::anyhow!("stored job version no longer parses: {}", errors[0]))?;
+        let job = parse_job(
+            &format!("{job_id}@{}", &version[..12.min(version.len())]),
+            &source,
+        )
+        .map_err(|errors| anyhow::anyhow!("stored job version no longer parses: {}", errors[0]))?;
         let job = Arc::new(job);
-        self.versions.lock().expect("poisoned").insert(key, job.clone());
+        self.versions
+            .lock()
+            .expect("poisoned")
+            .insert(key, job.clone());
         Ok(job)
     }
 
@@ -190,7 +211,12 @@ impl Scheduler {
         let records = self.store.list_jobs().await?;
         let mut max_runs = HashMap::new();
         for record in &records {
-            let Ok(job) = self.job_version(&record.job_id, &record.current_version).await else { continue };
+            let Ok(job) = self
+                .job_version(&record.job_id, &record.current_version)
+                .await
+            else {
+                continue;
+            };
             max_runs.insert(job.id.clone(), job.max_active_runs);
             if !record.paused {
                 runs::create_due_runs(self.store.as_ref(), &job, now, 100).await?;
@@ -199,7 +225,10 @@ impl Scheduler {
 
         let mut active = self
             .store
-            .list_runs(&RunFilter { states: vec![RunState::Queued, RunState::Running], ..Default::default() })
+            .list_runs(&RunFilter {
+                states: vec![RunState::Queued, RunState::Running],
+                ..Default::default()
+            })
             .await?;
         // Oldest first, so queued runs start in order.
         active.reverse();
@@ -225,7 +254,9 @@ impl Scheduler {
                     continue;
                 }
                 *running += 1;
-                self.store.set_run_state(&run.run_id, RunState::Running, now).await?;
+                self.store
+                    .set_run_state(&run.run_id, RunState::Running, now)
+                    .await?;
                 info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
                 run.state = RunState::Running;
             }
@@ -237,21 +268,33 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn advance_run(self: &Arc<Self>, run: &RunRecord, can_launch: bool, active_tasks: &mut u32) -> anyhow::Result<()> {
+    async fn advance_run(
+        self: &Arc<Self>,
+        run: &RunRecord,
+        can_launch: bool,
+        active_tasks: &mut u32,
+    ) -> anyhow::Result<()> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
         let now = Utc::now();
         let instances = self.store.task_instances(&run.run_id).await?;
-        let mut states: HashMap<String, TaskState> = instances.iter().map(|ti| (ti.task_id.clone(), ti.state)).collect();
+        let mut states: HashMap<String, TaskState> = instances
+            .iter()
+            .map(|ti| (ti.task_id.clone(), ti.state))
+            .collect();
 
         for ti in &instances {
             let waiting = matches!(ti.state, TaskState::UpForRetry | TaskState::UpForReschedule);
             if waiting && ti.next_try_at.is_none_or(|at| at <= now) {
-                self.store.set_task_state(&run.run_id, &ti.task_id, TaskState::Scheduled, now).await?;
+                self.store
+                    .set_task_state(&run.run_id, &ti.task_id, TaskState::Scheduled, now)
+                    .await?;
                 states.insert(ti.task_id.clone(), TaskState::Scheduled);
             }
         }
         for (task_id, state) in resolve_waiting(&job, &mut states) {
-            self.store.set_task_state(&run.run_id, &task_id, state, now).await?;
+            self.store
+                .set_task_state(&run.run_id, &task_id, state, now)
+                .await?;
         }
 
         if can_launch && self.backend_healthy.load(Ordering::SeqCst) {
@@ -261,15 +304,29 @@ impl Scheduler {
                 .filter(|(_, state)| **state == TaskState::Scheduled)
                 .map(|(id, _)| id.clone())
                 .collect();
-            ready.sort_by_key(|id| (std::cmp::Reverse(weights.get(id).copied().unwrap_or(0)), id.clone()));
+            ready.sort_by_key(|id| {
+                (
+                    std::cmp::Reverse(weights.get(id).copied().unwrap_or(0)),
+                    id.clone(),
+                )
+            });
             for task_id in &ready {
                 let task_id = task_id.as_str();
                 if *active_tasks >= job.max_active_tasks {
                     break;
                 }
-                let Some(task) = job.task(task_id) else { continue };
-                let try_number = instances.iter().find(|ti| ti.task_id == task_id).map(|ti| ti.try_number).unwrap_or(0) + 1;
-                self.store.set_task_state(&run.run_id, task_id, TaskState::Queued, now).await?;
+                let Some(task) = job.task(task_id) else {
+                    continue;
+                };
+                let try_number = instances
+                    .iter()
+                    .find(|ti| ti.task_id == task_id)
+                    .map(|ti| ti.try_number)
+                    .unwrap_or(0)
+                    + 1;
+                self.store
+                    .set_task_state(&run.run_id, task_id, TaskState::Queued, now)
+                    .await?;
                 states.insert(task_id.to_owned(), TaskState::Queued);
                 *active_tasks += 1;
                 self.launch(job.clone(), run.clone(), task.clone(), try_number);
@@ -277,22 +334,41 @@ impl Scheduler {
         }
 
         if let Some(outcome) = run_outcome(&job, &states) {
-            self.store.set_run_state(&run.run_id, outcome, Utc::now()).await?;
+            self.store
+                .set_run_state(&run.run_id, outcome, Utc::now())
+                .await?;
             info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
         }
         Ok(())
     }
 
-    fn launch(self: &Arc<Self>, job: Arc<Job>, run: RunRecord, task: stevedore_domain::job::Task, try_number: u32) {
+    fn launch(
+        self: &Arc<Self>,
+        job: Arc<Job>,
+        run: RunRecord,
+        task: stevedore_domain::job::Task,
+        try_number: u32,
+    ) {
         let scheduler = self.clone();
         tokio::spawn(async move {
-            let key = TryKey { run_id: run.run_id.clone(), task_id: task.id.clone(), try_number };
-            let runner = TryRunner { store: scheduler.store.clone(), backend: scheduler.backend.clone() };
+            let key = TryKey {
+                run_id: run.run_id.clone(),
+                task_id: task.id.clone(),
+                try_number,
+            };
+            let runner = TryRunner {
+                store: scheduler.store.clone(),
+                backend: scheduler.backend.clone(),
+            };
             let registry = scheduler.clone();
             let registered_key = key.clone();
             let result = runner
                 .run(job, run, task, try_number, move |kill| {
-                    registry.running.lock().expect("poisoned").insert(registered_key, kill);
+                    registry
+                        .running
+                        .lock()
+                        .expect("poisoned")
+                        .insert(registered_key, kill);
                 })
                 .await;
             scheduler.running.lock().expect("poisoned").remove(&key);
@@ -315,13 +391,27 @@ impl Scheduler {
     /// their containers are removed and their task instances tried again.
     async fn settle_orphans(&self) -> anyhow::Result<()> {
         let containers = self.backend.list_running().await?;
-        let tracked: Vec<TryKey> = self.running.lock().expect("poisoned").keys().cloned().collect();
+        let tracked: Vec<TryKey> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .keys()
+            .cloned()
+            .collect();
         for orphan in self.store.running_tries().await? {
-            let key = TryKey { run_id: orphan.run_id.clone(), task_id: orphan.task_id.clone(), try_number: orphan.try_number };
+            let key = TryKey {
+                run_id: orphan.run_id.clone(),
+                task_id: orphan.task_id.clone(),
+                try_number: orphan.try_number,
+            };
             if tracked.contains(&key) {
                 continue;
             }
-            for container in containers.iter().filter(|c| c.run_id == orphan.run_id && c.task_id == orphan.task_id && c.try_number == orphan.try_number) {
+            for container in containers.iter().filter(|c| {
+                c.run_id == orphan.run_id
+                    && c.task_id == orphan.task_id
+                    && c.try_number == orphan.try_number
+            }) {
                 self.backend.remove(&container.container_id).await?;
             }
             warn!(run_id = %orphan.run_id, task_id = %orphan.task_id, try_number = orphan.try_number, "try was left running by a stopped scheduler; trying again");
@@ -331,7 +421,9 @@ impl Scheduler {
                     state: TryState::Failed,
                     ended_at: Utc::now(),
                     exit_code: None,
-                    failure_reason: Some("lost: the scheduler stopped while the try ran".to_owned()),
+                    failure_reason: Some(
+                        "lost: the scheduler stopped while the try ran".to_owned(),
+                    ),
                     task_state: TaskState::Scheduled,
                     next_try_at: None,
                 })
@@ -344,19 +436,31 @@ impl Scheduler {
     /// instances are tried again when a scheduler starts (see [`Self::settle_orphans`]).
     async fn stop_running_tries(&self) {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
-        while tokio::time::Instant::now() < deadline && !self.running.lock().expect("poisoned").is_empty() {
+        while tokio::time::Instant::now() < deadline
+            && !self.running.lock().expect("poisoned").is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let switches: Vec<KillSender> = self.running.lock().expect("poisoned").values().cloned().collect();
+        let switches: Vec<KillSender> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
         if !switches.is_empty() {
             info!(tries = switches.len(), "stopping running tries");
         }
         for kill in &switches {
-            let _ = kill.send(Some(KillReason::Requested(try_runner::SCHEDULER_STOPPED.to_owned())));
+            let _ = kill.send(Some(KillReason::Requested(
+                try_runner::SCHEDULER_STOPPED.to_owned(),
+            )));
         }
         // Wait (bounded) for the killed tries to record their end and remove containers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::time::Instant::now() < deadline && !self.running.lock().expect("poisoned").is_empty() {
+        while tokio::time::Instant::now() < deadline
+            && !self.running.lock().expect("poisoned").is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

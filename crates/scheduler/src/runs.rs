@@ -8,7 +8,13 @@ use stevedore_domain::state::RunTrigger;
 use stevedore_store::{NewRun, RunRecord, Store, StoreError};
 
 /// The run of `job` (its current version) for one data interval.
-pub fn new_run(job: &Job, trigger: RunTrigger, logical_date: DateTime<Utc>, interval: DataInterval, params: Map<String, Value>) -> NewRun {
+pub fn new_run(
+    job: &Job,
+    trigger: RunTrigger,
+    logical_date: DateTime<Utc>,
+    interval: DataInterval,
+    params: Map<String, Value>,
+) -> NewRun {
     NewRun {
         job_id: job.id.clone(),
         job_version: job.version.clone(),
@@ -31,22 +37,48 @@ pub fn merge_params(job: &Job, overrides: &Map<String, Value>) -> Map<String, Va
 
 /// Creates a manual run now: logical date is the trigger time, the data interval the
 /// latest complete one of the schedule (Airflow's inference for manual runs).
-pub async fn trigger_manual(store: &dyn Store, job: &Job, overrides: &Map<String, Value>, now: DateTime<Utc>) -> Result<RunRecord, StoreError> {
+pub async fn trigger_manual(
+    store: &dyn Store,
+    job: &Job,
+    overrides: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<RunRecord, StoreError> {
     let interval = job.timetable.manual_interval(now);
-    store.create_run(new_run(job, RunTrigger::Manual, now, interval, merge_params(job, overrides))).await
+    store
+        .create_run(new_run(
+            job,
+            RunTrigger::Manual,
+            now,
+            interval,
+            merge_params(job, overrides),
+        ))
+        .await
 }
 
 /// Creates every scheduled run that is due at `now` (one without catchup, each missed
 /// interval in order with it, at most `limit` per call). Returns how many were created.
-pub async fn create_due_runs(store: &dyn Store, job: &Job, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+pub async fn create_due_runs(
+    store: &dyn Store,
+    job: &Job,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<usize, StoreError> {
     let mut created = 0;
     let mut last = store.last_scheduled_interval(&job.id).await?;
     while created < limit {
-        let Some(interval) = job.timetable.next_interval(last, now) else { break };
+        let Some(interval) = job.timetable.next_interval(last, now) else {
+            break;
+        };
         if interval.end > now {
             break;
         }
-        let run = new_run(job, RunTrigger::Scheduled, interval.start, interval, job.params.clone());
+        let run = new_run(
+            job,
+            RunTrigger::Scheduled,
+            interval.start,
+            interval,
+            job.params.clone(),
+        );
         match store.create_run(run).await {
             Ok(_) => created += 1,
             // Another scheduler made it first: fine, move on.

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
-use stevedore_backend::{kill_switch, Backend, BackendError, KillReason, KillSender, LaunchSpec, Stream, TryEvent, TryExit, STATE_FILE};
+use stevedore_backend::{
+    kill_switch, Backend, BackendError, KillReason, KillSender, LaunchSpec, Stream, TryEvent,
+    TryExit, STATE_FILE,
+};
 use stevedore_domain::job::{Job, Task};
 use stevedore_domain::protocol::{output_as_text, parse_line, rfc3339, Message, TryContext};
 use stevedore_domain::retry::RetryKey;
@@ -40,7 +43,11 @@ pub struct TryRunner {
 }
 
 /// Renders the task's templates for this try.
-fn render_task(task: &Task, context: &TryContext, outputs: &HashMap<(String, String), Value>) -> Result<(String, Vec<String>, BTreeMap<String, String>), String> {
+fn render_task(
+    task: &Task,
+    context: &TryContext,
+    outputs: &HashMap<(String, String), Value>,
+) -> Result<(String, Vec<String>, BTreeMap<String, String>), String> {
     let lookup = |variable: &Variable| -> Option<String> {
         match variable {
             Variable::Context(name) => Some(match name.as_str() {
@@ -54,7 +61,9 @@ fn render_task(task: &Task, context: &TryContext, outputs: &HashMap<(String, Str
                 _ => return None,
             }),
             Variable::Param(name) => context.params.get(name).map(output_as_text),
-            Variable::Output { task, key } => outputs.get(&(task.clone(), key.clone())).map(output_as_text),
+            Variable::Output { task, key } => outputs
+                .get(&(task.clone(), key.clone()))
+                .map(output_as_text),
         }
     };
     let image = template::render(&task.image, &lookup).map_err(|e| format!("image: {e}"))?;
@@ -76,7 +85,14 @@ fn render_task(task: &Task, context: &TryContext, outputs: &HashMap<(String, Str
 impl TryRunner {
     /// Runs try `try_number` of `task` in `run`. `on_started` receives the kill switch once
     /// the try exists, so the scheduler can stop it.
-    pub async fn run(&self, job: Arc<Job>, run: RunRecord, task: Task, try_number: u32, on_started: impl FnOnce(KillSender)) -> anyhow::Result<TryEnd> {
+    pub async fn run(
+        &self,
+        job: Arc<Job>,
+        run: RunRecord,
+        task: Task,
+        try_number: u32,
+        on_started: impl FnOnce(KillSender),
+    ) -> anyhow::Result<TryEnd> {
         let context = TryContext {
             job_id: job.id.clone(),
             task_id: task.id.clone(),
@@ -86,7 +102,11 @@ impl TryRunner {
             data_interval: run.data_interval,
             params: run.params.clone(),
         };
-        let key = TryKey { run_id: run.run_id.clone(), task_id: task.id.clone(), try_number };
+        let key = TryKey {
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number,
+        };
         let outputs: HashMap<(String, String), Value> = self
             .store
             .outputs(&run.run_id)
@@ -95,14 +115,25 @@ impl TryRunner {
             .map(|(task, key, value)| ((task, key), value))
             .collect();
         let rendered = render_task(&task, &context, &outputs);
-        let image_text = rendered.as_ref().map(|r| r.0.clone()).unwrap_or_else(|_| task.image.clone());
-        let started = self.store.start_try(&key, self.backend.name(), &image_text, Utc::now()).await?;
+        let image_text = rendered
+            .as_ref()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|_| task.image.clone());
+        let started = self
+            .store
+            .start_try(&key, self.backend.name(), &image_text, Utc::now())
+            .await?;
         let (image, args, mut env) = match rendered {
             Ok(rendered) => rendered,
             Err(message) => {
                 warn!(run_id = %run.run_id, task_id = %task.id, error = %message, "template failed");
-                let exit = TryExit { exit_code: None, failure: Some(FailureReason::Backend(format!("template {message}"))) };
-                return self.finish(&job, &task, &context, started.try_id, exit).await;
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(format!("template {message}"))),
+                };
+                return self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await;
             }
         };
         let state = self.store.committed_state(&job.id, &task.id).await?;
@@ -120,7 +151,11 @@ impl TryRunner {
             args: context.entrypoint_args(&args),
             env,
             resources: task.resources.clone(),
-            state: Some(state.map(|v| v.to_string()).unwrap_or_else(|| "null".to_owned())),
+            state: Some(
+                state
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "null".to_owned()),
+            ),
         };
 
         let (kill_tx, kill_rx) = kill_switch();
@@ -134,7 +169,13 @@ impl TryRunner {
         on_started(kill_tx);
 
         let (events_tx, events_rx) = mpsc::channel(8192);
-        let sink = tokio::spawn(consume_events(self.store.clone(), run.run_id.clone(), task.id.clone(), started.try_id, events_rx));
+        let sink = tokio::spawn(consume_events(
+            self.store.clone(),
+            run.run_id.clone(),
+            task.id.clone(),
+            started.try_id,
+            events_rx,
+        ));
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
         let result = self.backend.execute(spec, events_tx, kill_rx).await;
         if let Some(guard) = timeout_guard {
@@ -146,7 +187,10 @@ impl TryRunner {
             Err(error) => warn!(error = %error, "log consumer panicked"),
         }
         match result {
-            Ok(exit) => self.finish(&job, &task, &context, started.try_id, exit).await,
+            Ok(exit) => {
+                self.finish(&job, &task, &context, started.try_id, exit)
+                    .await
+            }
             Err(BackendError::Unavailable(message)) => {
                 // Nothing started: record the attempt and put the task instance back.
                 self.store
@@ -165,12 +209,21 @@ impl TryRunner {
         }
     }
 
-    async fn finish(&self, job: &Job, task: &Task, context: &TryContext, try_id: i64, exit: TryExit) -> anyhow::Result<TryEnd> {
+    async fn finish(
+        &self,
+        job: &Job,
+        task: &Task,
+        context: &TryContext,
+        try_id: i64,
+        exit: TryExit,
+    ) -> anyhow::Result<TryEnd> {
         let now = Utc::now();
         let outcome = match (&exit.failure, exit.exit_code) {
             (Some(reason), _) => TryOutcome::Failed(reason.clone()),
             (None, Some(code)) => TryOutcome::from_exit_code(code),
-            (None, None) => TryOutcome::Failed(FailureReason::Backend("the container vanished without an exit code".to_owned())),
+            (None, None) => TryOutcome::Failed(FailureReason::Backend(
+                "the container vanished without an exit code".to_owned(),
+            )),
         };
         let mut task_state = state_after_try(&outcome, context.try_number, task.retry.retries);
         let mut next_try_at = None;
@@ -179,16 +232,32 @@ impl TryRunner {
         }
         match task_state {
             TaskState::UpForRetry => {
-                let key = RetryKey { job_id: &job.id, task_id: &task.id, logical_date: context.logical_date, try_number: context.try_number };
+                let key = RetryKey {
+                    job_id: &job.id,
+                    task_id: &task.id,
+                    logical_date: context.logical_date,
+                    try_number: context.try_number,
+                };
                 next_try_at = Some(task.retry.next_try_at(now, &key));
             }
             TaskState::UpForReschedule => {
-                let first_try = self.store.tries(&context.run_id, &task.id).await?.first().map(|t| t.started_at).unwrap_or(now);
-                let sensor_deadline = first_try + chrono::TimeDelta::from_std(task.sensor_timeout).unwrap_or(chrono::TimeDelta::MAX);
+                let first_try = self
+                    .store
+                    .tries(&context.run_id, &task.id)
+                    .await?
+                    .first()
+                    .map(|t| t.started_at)
+                    .unwrap_or(now);
+                let sensor_deadline = first_try
+                    + chrono::TimeDelta::from_std(task.sensor_timeout)
+                        .unwrap_or(chrono::TimeDelta::MAX);
                 if now >= sensor_deadline {
                     task_state = TaskState::Failed;
                 } else {
-                    next_try_at = Some(now + chrono::TimeDelta::from_std(task.reschedule_interval).unwrap_or(chrono::TimeDelta::zero()));
+                    next_try_at = Some(
+                        now + chrono::TimeDelta::from_std(task.reschedule_interval)
+                            .unwrap_or(chrono::TimeDelta::zero()),
+                    );
                 }
             }
             _ => {}
@@ -217,7 +286,13 @@ impl TryRunner {
 }
 
 /// Stores the try's events: log lines in batches, outputs and state as they come.
-async fn consume_events(store: Arc<dyn Store>, run_id: String, task_id: String, try_id: i64, mut events: mpsc::Receiver<TryEvent>) -> anyhow::Result<()> {
+async fn consume_events(
+    store: Arc<dyn Store>,
+    run_id: String,
+    task_id: String,
+    try_id: i64,
+    mut events: mpsc::Receiver<TryEvent>,
+) -> anyhow::Result<()> {
     let mut batch: Vec<LogLine> = Vec::with_capacity(LOG_BATCH);
     let mut seq: i64 = 0;
     let mut flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
@@ -235,11 +310,20 @@ async fn consume_events(store: Arc<dyn Store>, run_id: String, task_id: String, 
             flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
         }
         match event {
-            TryEvent::Launched { container_id, image_digest } => {
-                store.set_try_container(try_id, &container_id, image_digest.as_deref()).await?;
+            TryEvent::Launched {
+                container_id,
+                image_digest,
+            } => {
+                store
+                    .set_try_container(try_id, &container_id, image_digest.as_deref())
+                    .await?;
             }
             TryEvent::Pulling { image, status } => debug!(image, status, "pulling"),
-            TryEvent::Line { stream, timestamp, text } => {
+            TryEvent::Line {
+                stream,
+                timestamp,
+                text,
+            } => {
                 let mut log_stream = match stream {
                     Stream::Stdout => LogStream::Stdout,
                     Stream::Stderr => LogStream::Stderr,
@@ -251,12 +335,22 @@ async fn consume_events(store: Arc<dyn Store>, run_id: String, task_id: String, 
                             log_stream = LogStream::Protocol;
                             text = format!("{level}: {message}");
                         }
-                        Some(Message::Output { key, value }) => store.put_output(&run_id, &task_id, &key, &value).await?,
-                        Some(Message::State { value }) => store.set_pending_state(try_id, &value).await?,
+                        Some(Message::Output { key, value }) => {
+                            store.put_output(&run_id, &task_id, &key, &value).await?
+                        }
+                        Some(Message::State { value }) => {
+                            store.set_pending_state(try_id, &value).await?
+                        }
                         Some(Message::Progress { .. } | Message::Metric { .. }) | None => {}
                     }
                 }
-                batch.push(LogLine { try_id, seq, stream: log_stream, timestamp, text });
+                batch.push(LogLine {
+                    try_id,
+                    seq,
+                    stream: log_stream,
+                    timestamp,
+                    text,
+                });
                 seq += 1;
                 if batch.len() >= LOG_BATCH {
                     store.append_logs(&batch).await?;

@@ -77,7 +77,10 @@ impl Context {
 /// Parses `run --job J --task T ... [--params JSON] -- ARGS...` (the arguments after the
 /// command name) and the state file named by `STEVEDORE_STATE_FILE`.
 pub fn parse_run_args(argv: &[String], state_file: Option<&str>) -> Result<Context, String> {
-    let mut context = Context { params: json!({}), ..Context::default() };
+    let mut context = Context {
+        params: json!({}),
+        ..Context::default()
+    };
     let mut index = 0;
     while index < argv.len() {
         let flag = argv[index].as_str();
@@ -94,28 +97,35 @@ pub fn parse_run_args(argv: &[String], state_file: Option<&str>) -> Result<Conte
             "--task" => context.task_id = value,
             "--run" => context.run_id = value,
             "--try" => {
-                context.try_number = value.parse().map_err(|_| format!("--try `{value}` is not a number"))?
+                context.try_number = value
+                    .parse()
+                    .map_err(|_| format!("--try `{value}` is not a number"))?
             }
             "--logical-date" => context.logical_date = value,
             "--interval-start" => context.interval_start = value,
             "--interval-end" => context.interval_end = value,
             "--params" => {
-                context.params =
-                    serde_json::from_str(&value).map_err(|e| format!("--params is not JSON: {e}"))?
+                context.params = serde_json::from_str(&value)
+                    .map_err(|e| format!("--params is not JSON: {e}"))?
             }
             other => return Err(format!("unknown option `{other}`")),
         }
         index += 2;
     }
-    for (name, value) in [("--job", &context.job_id), ("--task", &context.task_id), ("--run", &context.run_id)] {
+    for (name, value) in [
+        ("--job", &context.job_id),
+        ("--task", &context.task_id),
+        ("--run", &context.run_id),
+    ] {
         if value.is_empty() {
             return Err(format!("`{name}` is required"));
         }
     }
     if let Some(path) = state_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read state file {path}: {e}"))?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| format!("state file {path} is not JSON: {e}"))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read state file {path}: {e}"))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("state file {path} is not JSON: {e}"))?;
         context.state = (!value.is_null()).then_some(value);
     }
     Ok(context)
@@ -213,7 +223,10 @@ impl Integration {
                 }
             }
             _ => {
-                eprintln!("usage: {} spec | check | run --job J --task T --run R --try N ... -- ARGS", self.name);
+                eprintln!(
+                    "usage: {} spec | check | run --job J --task T --run R --try N ... -- ARGS",
+                    self.name
+                );
                 2
             }
         }
@@ -244,9 +257,15 @@ mod tests {
 
     #[test]
     fn reports_missing_and_unknown_options() {
-        assert!(parse_run_args(&argv("--job j --task t"), None).unwrap_err().contains("--run"));
-        assert!(parse_run_args(&argv("--job j --bogus x"), None).unwrap_err().contains("--bogus"));
-        assert!(parse_run_args(&argv("--job"), None).unwrap_err().contains("needs a value"));
+        assert!(parse_run_args(&argv("--job j --task t"), None)
+            .unwrap_err()
+            .contains("--run"));
+        assert!(parse_run_args(&argv("--job j --bogus x"), None)
+            .unwrap_err()
+            .contains("--bogus"));
+        assert!(parse_run_args(&argv("--job"), None)
+            .unwrap_err()
+            .contains("needs a value"));
     }
 
     #[test]
@@ -258,6 +277,11 @@ mod tests {
         let context = parse_run_args(&argv("--job j --task t --run r"), path.to_str()).unwrap();
         assert_eq!(context.state, Some(json!({"cursor": "x"})));
         std::fs::write(&path, "null").unwrap();
-        assert_eq!(parse_run_args(&argv("--job j --task t --run r"), path.to_str()).unwrap().state, None);
+        assert_eq!(
+            parse_run_args(&argv("--job j --task t --run r"), path.to_str())
+                .unwrap()
+                .state,
+            None
+        );
     }
 }

@@ -176,7 +176,13 @@ pub struct RunFilter {
 pub trait Store: Send + Sync {
     // Jobs.
     /// Records the job's current version (and its source the first time it is seen).
-    async fn upsert_job(&self, job_id: &str, version: &str, file_path: &str, source: &str) -> Result<()>;
+    async fn upsert_job(
+        &self,
+        job_id: &str,
+        version: &str,
+        file_path: &str,
+        source: &str,
+    ) -> Result<()>;
     async fn list_jobs(&self) -> Result<Vec<JobRecord>>;
     async fn job_source(&self, job_id: &str, version: &str) -> Result<String>;
     async fn set_paused(&self, job_id: &str, paused: bool) -> Result<()>;
@@ -205,8 +211,19 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Starts try `try_number`: inserts the try, sets the task instance `running` and clears
     /// the outputs of earlier tries.
-    async fn start_try(&self, key: &TryKey, backend: &str, image_ref: &str, at: DateTime<Utc>) -> Result<TryRecord>;
-    async fn set_try_container(&self, try_id: i64, container_id: &str, image_digest: Option<&str>) -> Result<()>;
+    async fn start_try(
+        &self,
+        key: &TryKey,
+        backend: &str,
+        image_ref: &str,
+        at: DateTime<Utc>,
+    ) -> Result<TryRecord>;
+    async fn set_try_container(
+        &self,
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+    ) -> Result<()>;
     /// Ends a try; on success the state the try published is committed for its job and task.
     async fn finish_try(&self, finish: &TryFinish) -> Result<()>;
     async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>>;
@@ -219,7 +236,8 @@ pub trait Store: Send + Sync {
     async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
 
     // Outputs and state.
-    async fn put_output(&self, run_id: &str, task_id: &str, key: &str, value: &Value) -> Result<()>;
+    async fn put_output(&self, run_id: &str, task_id: &str, key: &str, value: &Value)
+        -> Result<()>;
     /// `(task_id, key, value)` of every output published in the run.
     async fn outputs(&self, run_id: &str) -> Result<Vec<(String, String, Value)>>;
     /// Holds state published by a running try until the try ends.

@@ -57,7 +57,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         let store = SqliteStore { pool };
         store.migrate().await?;
         Ok(store)
@@ -228,7 +231,13 @@ fn new_run_id() -> String {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn upsert_job(&self, job_id: &str, version: &str, file_path: &str, source: &str) -> Result<()> {
+    async fn upsert_job(
+        &self,
+        job_id: &str,
+        version: &str,
+        file_path: &str,
+        source: &str,
+    ) -> Result<()> {
         let now = ts(Utc::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -332,23 +341,27 @@ impl Store for SqliteStore {
             }
         }
         for task_id in &run.task_ids {
-            sqlx::query("INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'none')")
-                .bind(&record.run_id)
-                .bind(task_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'none')",
+            )
+            .bind(&record.run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(record)
     }
 
     async fn get_run(&self, run_id: &str) -> Result<RunRecord> {
-        sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?")))
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("run `{run_id}`")))?
-            .into_record()
+        sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+        )))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run `{run_id}`")))?
+        .into_record()
     }
 
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
@@ -370,7 +383,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1"));
+        let mut query =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1"));
         if let Some(job_id) = &filter.job_id {
             query.push(" AND job_id = ").push_bind(job_id.clone());
         }
@@ -397,11 +411,22 @@ impl Store for SqliteStore {
 
     async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()> {
         let sql = match state {
-            RunState::Queued => "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL",
-            RunState::Running => "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3) WHERE run_id = ?2",
-            RunState::Success | RunState::Failed => "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2",
+            RunState::Queued => {
+                "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL"
+            }
+            RunState::Running => {
+                "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3) WHERE run_id = ?2"
+            }
+            RunState::Success | RunState::Failed => {
+                "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2"
+            }
         };
-        sqlx::query(sql).bind(state.as_str()).bind(run_id).bind(ts(at)).execute(&self.pool).await?;
+        sqlx::query(sql)
+            .bind(state.as_str())
+            .bind(run_id)
+            .bind(ts(at))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -413,8 +438,13 @@ impl Store for SqliteStore {
         .bind(job_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(start, end)| Ok(DataInterval { start: parse_ts(&start)?, end: parse_ts(&end)? }))
-            .transpose()
+        row.map(|(start, end)| {
+            Ok(DataInterval {
+                start: parse_ts(&start)?,
+                end: parse_ts(&end)?,
+            })
+        })
+        .transpose()
     }
 
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
@@ -430,7 +460,13 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn set_task_state(&self, run_id: &str, task_id: &str, state: TaskState, at: DateTime<Utc>) -> Result<()> {
+    async fn set_task_state(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        state: TaskState,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         let ended = state.is_finished().then(|| ts(at));
         sqlx::query(
             "UPDATE task_instances SET state = ?, ended_at = COALESCE(?, ended_at), \
@@ -447,7 +483,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn start_try(&self, key: &TryKey, backend: &str, image_ref: &str, at: DateTime<Utc>) -> Result<TryRecord> {
+    async fn start_try(
+        &self,
+        key: &TryKey,
+        backend: &str,
+        image_ref: &str,
+        at: DateTime<Utc>,
+    ) -> Result<TryRecord> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at) \
@@ -504,7 +546,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn set_try_container(&self, try_id: i64, container_id: &str, image_digest: Option<&str>) -> Result<()> {
+    async fn set_try_container(
+        &self,
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+    ) -> Result<()> {
         sqlx::query("UPDATE tries SET container_id = ?, image_digest = COALESCE(?, image_digest) WHERE try_id = ?")
             .bind(container_id)
             .bind(image_digest)
@@ -577,12 +624,14 @@ impl Store for SqliteStore {
     }
 
     async fn running_tries(&self) -> Result<Vec<TryRecord>> {
-        sqlx::query_as::<_, TryRow>(AssertSqlSafe(format!("SELECT {TRY_COLUMNS} FROM tries WHERE state = 'running'")))
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(TryRow::into_record)
-            .collect()
+        sqlx::query_as::<_, TryRow>(AssertSqlSafe(format!(
+            "SELECT {TRY_COLUMNS} FROM tries WHERE state = 'running'"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TryRow::into_record)
+        .collect()
     }
 
     async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
@@ -591,7 +640,9 @@ impl Store for SqliteStore {
         }
         let mut tx = self.pool.begin().await?;
         for chunk in lines.chunks(LOG_BATCH_ROWS) {
-            let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO log_lines (try_id, seq, stream, ts, text) ");
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO log_lines (try_id, seq, stream, ts, text) ",
+            );
             query.push_values(chunk, |mut row, line| {
                 row.push_bind(line.try_id)
                     .push_bind(line.seq)
@@ -629,7 +680,13 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn put_output(&self, run_id: &str, task_id: &str, key: &str, value: &Value) -> Result<()> {
+    async fn put_output(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        key: &str,
+        value: &Value,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO outputs (run_id, task_id, key, value) VALUES (?, ?, ?, ?) \
              ON CONFLICT (run_id, task_id, key) DO UPDATE SET value = excluded.value",
@@ -644,11 +701,12 @@ impl Store for SqliteStore {
     }
 
     async fn outputs(&self, run_id: &str) -> Result<Vec<(String, String, Value)>> {
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT task_id, key, value FROM outputs WHERE run_id = ? ORDER BY task_id, key")
-                .bind(run_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT task_id, key, value FROM outputs WHERE run_id = ? ORDER BY task_id, key",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|(task, key, value)| Ok((task, key, parse_json(&value)?)))
             .collect()

@@ -14,67 +14,157 @@ fn new_run(job_id: &str, day: u32, trigger: RunTrigger) -> NewRun {
         job_version: "v1".to_owned(),
         trigger,
         logical_date: start,
-        data_interval: DataInterval { start, end: start + chrono::TimeDelta::days(1) },
+        data_interval: DataInterval {
+            start,
+            end: start + chrono::TimeDelta::days(1),
+        },
         params: json!({"n": 1}),
         task_ids: vec!["extract".to_owned(), "load".to_owned()],
     }
 }
 
 pub async fn jobs_keep_every_version(store: &dyn Store) {
-    store.upsert_job("demo", "v1", "jobs/demo.yaml", "id: demo").await.unwrap();
-    store.upsert_job("demo", "v2", "jobs/demo.yaml", "id: demo # edited").await.unwrap();
+    store
+        .upsert_job("demo", "v1", "jobs/demo.yaml", "id: demo")
+        .await
+        .unwrap();
+    store
+        .upsert_job("demo", "v2", "jobs/demo.yaml", "id: demo # edited")
+        .await
+        .unwrap();
     let jobs = store.list_jobs().await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].current_version, "v2");
     assert_eq!(store.job_source("demo", "v1").await.unwrap(), "id: demo");
     store.set_paused("demo", true).await.unwrap();
     assert!(store.list_jobs().await.unwrap()[0].paused);
-    assert!(matches!(store.set_paused("nope", true).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.set_paused("nope", true).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn scheduled_runs_are_unique_per_logical_date(store: &dyn Store) {
-    let run = store.create_run(new_run("demo", 1, RunTrigger::Scheduled)).await.unwrap();
+    let run = store
+        .create_run(new_run("demo", 1, RunTrigger::Scheduled))
+        .await
+        .unwrap();
     assert_eq!(run.state, RunState::Queued);
-    let again = store.create_run(new_run("demo", 1, RunTrigger::Scheduled)).await;
+    let again = store
+        .create_run(new_run("demo", 1, RunTrigger::Scheduled))
+        .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     // Manual runs may share a logical date.
-    store.create_run(new_run("demo", 1, RunTrigger::Manual)).await.unwrap();
-    store.create_run(new_run("demo", 1, RunTrigger::Manual)).await.unwrap();
-    store.create_run(new_run("demo", 3, RunTrigger::Backfill)).await.unwrap();
-    let last = store.last_scheduled_interval("demo").await.unwrap().unwrap();
-    assert_eq!(last.start, Utc.with_ymd_and_hms(2024, 1, 3, 0, 0, 0).unwrap());
+    store
+        .create_run(new_run("demo", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    store
+        .create_run(new_run("demo", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    store
+        .create_run(new_run("demo", 3, RunTrigger::Backfill))
+        .await
+        .unwrap();
+    let last = store
+        .last_scheduled_interval("demo")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        last.start,
+        Utc.with_ymd_and_hms(2024, 1, 3, 0, 0, 0).unwrap()
+    );
     let instances = store.task_instances(&run.run_id).await.unwrap();
     let ids: Vec<_> = instances.iter().map(|ti| ti.task_id.as_str()).collect();
     assert_eq!(ids, vec!["extract", "load"]);
-    assert!(instances.iter().all(|ti| ti.state == TaskState::None && ti.try_number == 0));
+    assert!(instances
+        .iter()
+        .all(|ti| ti.state == TaskState::None && ti.try_number == 0));
 }
 
 pub async fn runs_are_found_by_prefix_and_listed_newest_first(store: &dyn Store) {
-    let first = store.create_run(new_run("a", 1, RunTrigger::Manual)).await.unwrap();
-    let second = store.create_run(new_run("b", 2, RunTrigger::Manual)).await.unwrap();
-    assert_eq!(store.find_run(&second.run_id).await.unwrap().run_id, second.run_id);
-    assert_eq!(store.find_run(&first.run_id[..30]).await.unwrap().run_id, first.run_id);
-    assert!(matches!(store.find_run("zzz").await, Err(StoreError::NotFound(_))));
+    let first = store
+        .create_run(new_run("a", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let second = store
+        .create_run(new_run("b", 2, RunTrigger::Manual))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_run(&second.run_id).await.unwrap().run_id,
+        second.run_id
+    );
+    assert_eq!(
+        store.find_run(&first.run_id[..30]).await.unwrap().run_id,
+        first.run_id
+    );
+    assert!(matches!(
+        store.find_run("zzz").await,
+        Err(StoreError::NotFound(_))
+    ));
     let all = store.list_runs(&RunFilter::default()).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(), vec![second.run_id.clone(), first.run_id.clone()]);
-    let only_a = store.list_runs(&RunFilter { job_id: Some("a".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(),
+        vec![second.run_id.clone(), first.run_id.clone()]
+    );
+    let only_a = store
+        .list_runs(&RunFilter {
+            job_id: Some("a".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(only_a.len(), 1);
-    store.set_run_state(&first.run_id, RunState::Running, Utc::now()).await.unwrap();
-    store.set_run_state(&first.run_id, RunState::Success, Utc::now()).await.unwrap();
+    store
+        .set_run_state(&first.run_id, RunState::Running, Utc::now())
+        .await
+        .unwrap();
+    store
+        .set_run_state(&first.run_id, RunState::Success, Utc::now())
+        .await
+        .unwrap();
     let done = store.get_run(&first.run_id).await.unwrap();
     assert_eq!(done.state, RunState::Success);
     assert!(done.started_at.is_some() && done.ended_at.is_some());
-    let running = store.list_runs(&RunFilter { states: vec![RunState::Queued], ..Default::default() }).await.unwrap();
+    let running = store
+        .list_runs(&RunFilter {
+            states: vec![RunState::Queued],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(running.len(), 1);
 }
 
 pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn Store) {
-    let run = store.create_run(new_run("demo", 1, RunTrigger::Manual)).await.unwrap();
-    let key = |n| TryKey { run_id: run.run_id.clone(), task_id: "extract".into(), try_number: n };
-    let first = store.start_try(&key(1), "docker", "synth:1", Utc::now()).await.unwrap();
-    store.set_try_container(first.try_id, "c1", Some("sha256:abc")).await.unwrap();
-    store.put_output(&run.run_id, "extract", "rows", &json!(5)).await.unwrap();
-    store.set_pending_state(first.try_id, &json!({"cursor": 1})).await.unwrap();
+    let run = store
+        .create_run(new_run("demo", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let key = |n| TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "extract".into(),
+        try_number: n,
+    };
+    let first = store
+        .start_try(&key(1), "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    store
+        .set_try_container(first.try_id, "c1", Some("sha256:abc"))
+        .await
+        .unwrap();
+    store
+        .put_output(&run.run_id, "extract", "rows", &json!(5))
+        .await
+        .unwrap();
+    store
+        .set_pending_state(first.try_id, &json!({"cursor": 1}))
+        .await
+        .unwrap();
     assert_eq!(store.running_tries().await.unwrap().len(), 1);
     store
         .finish_try(&TryFinish {
@@ -88,16 +178,36 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
         })
         .await
         .unwrap();
-    assert_eq!(store.committed_state("demo", "extract").await.unwrap(), None);
+    assert_eq!(
+        store.committed_state("demo", "extract").await.unwrap(),
+        None
+    );
     let ti = &store.task_instances(&run.run_id).await.unwrap()[0];
     assert_eq!((ti.state, ti.try_number), (TaskState::UpForRetry, 1));
     assert!(ti.next_try_at.is_some());
 
-    let second = store.start_try(&key(2), "docker", "synth:1", Utc::now()).await.unwrap();
-    assert!(store.outputs(&run.run_id).await.unwrap().is_empty(), "a new try starts without old outputs");
-    assert!(matches!(store.start_try(&key(2), "docker", "synth:1", Utc::now()).await, Err(StoreError::Conflict(_))));
-    store.put_output(&run.run_id, "extract", "rows", &json!(7)).await.unwrap();
-    store.set_pending_state(second.try_id, &json!({"cursor": 2})).await.unwrap();
+    let second = store
+        .start_try(&key(2), "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        store.outputs(&run.run_id).await.unwrap().is_empty(),
+        "a new try starts without old outputs"
+    );
+    assert!(matches!(
+        store
+            .start_try(&key(2), "docker", "synth:1", Utc::now())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .put_output(&run.run_id, "extract", "rows", &json!(7))
+        .await
+        .unwrap();
+    store
+        .set_pending_state(second.try_id, &json!({"cursor": 2}))
+        .await
+        .unwrap();
     store
         .finish_try(&TryFinish {
             try_id: second.try_id,
@@ -110,8 +220,14 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
         })
         .await
         .unwrap();
-    assert_eq!(store.committed_state("demo", "extract").await.unwrap(), Some(json!({"cursor": 2})));
-    assert_eq!(store.outputs(&run.run_id).await.unwrap(), vec![("extract".into(), "rows".into(), json!(7))]);
+    assert_eq!(
+        store.committed_state("demo", "extract").await.unwrap(),
+        Some(json!({"cursor": 2}))
+    );
+    assert_eq!(
+        store.outputs(&run.run_id).await.unwrap(),
+        vec![("extract".into(), "rows".into(), json!(7))]
+    );
     let tries = store.tries(&run.run_id, "extract").await.unwrap();
     assert_eq!(tries.len(), 2);
     assert_eq!(tries[0].exit_code, Some(3));
@@ -121,14 +237,28 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
 }
 
 pub async fn log_lines_keep_their_order_and_streams(store: &dyn Store) {
-    let run = store.create_run(new_run("demo", 1, RunTrigger::Manual)).await.unwrap();
-    let key = TryKey { run_id: run.run_id.clone(), task_id: "load".into(), try_number: 1 };
-    let attempt = store.start_try(&key, "docker", "synth:1", Utc::now()).await.unwrap();
+    let run = store
+        .create_run(new_run("demo", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let key = TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "load".into(),
+        try_number: 1,
+    };
+    let attempt = store
+        .start_try(&key, "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
     let lines: Vec<LogLine> = (0..2500)
         .map(|seq| LogLine {
             try_id: attempt.try_id,
             seq,
-            stream: if seq % 2 == 0 { LogStream::Stdout } else { LogStream::Stderr },
+            stream: if seq % 2 == 0 {
+                LogStream::Stdout
+            } else {
+                LogStream::Stderr
+            },
             timestamp: Utc.timestamp_micros(1_700_000_000_000_000 + seq).unwrap(),
             text: format!("line {seq}"),
         })
@@ -167,7 +297,9 @@ macro_rules! store_contract_suite {
 
 async fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("stevedore.db")).await.unwrap();
+    let store = SqliteStore::open(dir.path().join("stevedore.db"))
+        .await
+        .unwrap();
     (store, dir)
 }
 

@@ -18,18 +18,32 @@ use stevedore_sdk::{log, metric, output, progress, state, Context, Integration, 
 fn number(ctx: &Context, name: &str, default: u64) -> Result<u64, String> {
     match ctx.arg(name) {
         None => Ok(default),
-        Some(text) => text.parse().map_err(|_| format!("--{name} `{text}` is not a number")),
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("--{name} `{text}` is not a number")),
     }
 }
 
 fn extract(ctx: &Context) -> Result<Outcome, String> {
     let records = number(ctx, "records", 100)?;
     let sleep = number(ctx, "sleep", 0)?;
-    let since = ctx.state.as_ref().and_then(|s| s["cursor"].as_str()).unwrap_or("the beginning");
-    log("info", &format!("extracting {records} records for [{}, {}), last cursor: {since}", ctx.interval_start, ctx.interval_end));
+    let since = ctx
+        .state
+        .as_ref()
+        .and_then(|s| s["cursor"].as_str())
+        .unwrap_or("the beginning");
+    log(
+        "info",
+        &format!(
+            "extracting {records} records for [{}, {}), last cursor: {since}",
+            ctx.interval_start, ctx.interval_end
+        ),
+    );
     let mut checksum: u64 = 0;
     for index in 0..records {
-        checksum = checksum.wrapping_mul(31).wrapping_add(index ^ ctx.interval_start.len() as u64);
+        checksum = checksum
+            .wrapping_mul(31)
+            .wrapping_add(index ^ ctx.interval_start.len() as u64);
         if (index + 1) % (records / 4).max(1) == 0 {
             progress(index + 1, Some(records));
         }
@@ -49,7 +63,10 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
     let inputs = ctx.arg("inputs").ok_or("load needs --inputs A,B,...")?;
     let mut total = 0u64;
     for part in inputs.split(',') {
-        total += part.trim().parse::<u64>().map_err(|_| format!("input `{part}` is not a count"))?;
+        total += part
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("input `{part}` is not a count"))?;
     }
     println!("loading {total} rows into the warehouse");
     output("loaded", total);
@@ -79,7 +96,10 @@ fn main() {
                 "flaky" => {
                     let until = number(ctx, "fail-until-try", 2)?;
                     if u64::from(ctx.try_number) < until {
-                        eprintln!("try {} fails on purpose (succeeds from try {until})", ctx.try_number);
+                        eprintln!(
+                            "try {} fails on purpose (succeeds from try {until})",
+                            ctx.try_number
+                        );
                         return Err(format!("simulated failure on try {}", ctx.try_number));
                     }
                     println!("try {} succeeds", ctx.try_number);
@@ -98,7 +118,9 @@ fn main() {
                     std::process::exit(code as i32)
                 }
                 "noop" => Ok(Outcome::Success),
-                other => Err(format!("unknown mode `{other}`; use extract, load, flaky, sleep, exit, spew or noop")),
+                other => Err(format!(
+                    "unknown mode `{other}`; use extract, load, flaky, sleep, exit, spew or noop"
+                )),
             }
         })
 }

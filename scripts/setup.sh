@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian machine for Stevedore: Debian packages, the binaries and the
+# integration images (built offline from images/). Safe to run again: finished steps are
+# quick the second time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+packages=()
+command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+if [ ${#packages[@]} -gt 0 ]; then
+  say "installing Debian packages: ${packages[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "error: the Docker engine is not reachable (is dockerd running? is DOCKER_HOST right?)" >&2
+  exit 1
+fi
+
+say "building stevedore"
+cargo build --workspace --bins
+
+say "building integration images"
+target/debug/stevedore images build
