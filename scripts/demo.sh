@@ -16,7 +16,9 @@ standalone=$!
 trap 'kill -INT $standalone 2>/dev/null; wait $standalone 2>/dev/null || true' EXIT
 
 printf '\n==> stevedore jobs trigger example_etl --wait\n'
-run_id=$($stevedore jobs trigger example_etl --wait | head -n 1)
+status=0
+output=$($stevedore jobs trigger example_etl --wait) || status=$?
+run_id=$(printf '%s\n' "$output" | head -n 1)
 
 printf '\n==> stevedore runs show %s\n' "$run_id"
 $stevedore runs show "$run_id"
@@ -24,6 +26,5 @@ $stevedore runs show "$run_id"
 printf '\n==> stevedore tasks logs %s load\n' "$run_id"
 $stevedore tasks logs "$run_id" load
 
-state=$($stevedore runs show "$run_id" -o json | grep -m1 '"state"' | tr -d ' ",' | cut -d: -f2)
-printf '\nrun %s: %s\n' "$run_id" "$state"
-[ "$state" = success ]
+printf '\n%s\n' "$(printf '%s\n' "$output" | tail -n 1)"
+exit $status
