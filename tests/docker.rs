@@ -336,3 +336,26 @@ async fn an_unreachable_engine_holds_tries_and_the_scheduler_reconnects_with_bac
     harness.stop().await;
     proxy.abort();
 }
+
+/// The engine here rotates json-file logs at 10 MB: following the log driver lost most of
+/// a chatty container's lines. Attaching to the container keeps every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_container_loses_no_lines_even_when_the_engine_rotates_its_logs() {
+    // About 45 MB of json-file log: more than the 3 × 10 MB files the engine keeps.
+    const LINES: usize = 600_000;
+    let job = format!("id: chatty\ntasks:\n  - id: spew\n    image: {SYNTH}\n    args: [spew, --lines, {LINES}]\n");
+    let harness = Harness::start(&[("chatty.yaml", &job)]).await;
+    let run = harness.trigger("chatty").await;
+    let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let attempt = &harness.tries(&run.run_id, "spew").await[0];
+    let lines = harness.log_lines(attempt).await;
+    assert_eq!(lines.len(), LINES, "lines lost");
+    for (index, (stream, text)) in lines.iter().enumerate() {
+        assert_eq!(
+            (stream.as_str(), text.as_str()),
+            ("stdout", format!("line {index}").as_str())
+        );
+    }
+    harness.stop().await;
+}

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker};
@@ -22,7 +22,7 @@ use stevedore_domain::state::FailureReason;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::lines::{split_timestamp, LineSplitter};
+use crate::lines::LineSplitter;
 use crate::*;
 
 const API_VERSION: ClientVersion = ClientVersion {
@@ -261,8 +261,8 @@ impl DockerBackend {
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             host_config: Some(host_config),
-            attach_stdout: Some(false),
-            attach_stderr: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
             tty: Some(false),
             ..Default::default()
         }
@@ -318,37 +318,38 @@ impl DockerBackend {
         }
     }
 
-    /// Streams the container's logs to `events` until the container stops.
-    async fn stream_logs(
+    /// Forwards the attached output to `events` as lines until the container's streams
+    /// close. Lines are stamped when they arrive: attaching (rather than following the
+    /// log driver) is lossless whatever the engine's log rotation, and a slow reader slows
+    /// the container down instead of dropping its lines.
+    async fn forward_output(
         &self,
-        docker: &Docker,
         container_id: &str,
+        mut output: std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<
+                        Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                    > + Send,
+            >,
+        >,
         events: &mpsc::Sender<TryEvent>,
     ) {
-        let options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .build();
-        let mut stream = docker.logs(container_id, Some(options));
         let mut splitter = LineSplitter::default();
         let mut pending: Vec<TryEvent> = Vec::new();
-        while let Some(item) = stream.next().await {
+        while let Some(item) = output.next().await {
             let (kind, message) = match item {
                 Ok(bollard::container::LogOutput::StdOut { message }) => (Stream::Stdout, message),
                 Ok(bollard::container::LogOutput::StdErr { message }) => (Stream::Stderr, message),
                 Ok(_) => continue,
                 Err(error) => {
-                    warn!(container_id, error = %error, "log stream ended early");
+                    warn!(container_id, error = %error, "output stream ended early");
                     break;
                 }
             };
-            let (timestamp, text) = split_timestamp(&message);
             splitter.push(
                 kind,
-                timestamp.unwrap_or_else(Utc::now),
-                text,
+                Utc::now(),
+                &message,
                 &mut |stream, timestamp, text| {
                     pending.push(TryEvent::Line {
                         stream,
@@ -451,6 +452,7 @@ impl Backend for DockerBackend {
         mut kill: KillReceiver,
     ) -> Result<TryExit, BackendError> {
         let docker = &self.client()?;
+        let timer = std::time::Instant::now();
         let failed = |reason| {
             Ok(TryExit {
                 exit_code: None,
@@ -477,6 +479,8 @@ impl Backend for DockerBackend {
             spec.job_id, spec.task_id, spec.run_id, spec.try_number
         );
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let phase = |name: &str| debug!(container = %spec.task_id, phase = name, elapsed_ms = timer.elapsed().as_millis() as u64, "try phase");
+        phase("image resolved");
         let created = match docker
             .create_container(
                 Some(options),
@@ -518,6 +522,27 @@ impl Backend for DockerBackend {
                 )));
             }
         }
+        let attach = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(false)
+            .build();
+        phase("created");
+        let output = match docker.attach_container(&container_id, Some(attach)).await {
+            Ok(attached) => attached.output,
+            Err(error) => {
+                self.remove_quietly(docker, &container_id).await;
+                if is_connection_error(&error) {
+                    return Err(self.unavailable(&error));
+                }
+                return failed(FailureReason::Backend(format!(
+                    "cannot attach to container: {}",
+                    engine_message(&error)
+                )));
+            }
+        };
+        phase("attached");
         if let Err(error) = docker.start_container(&container_id, None).await {
             self.remove_quietly(docker, &container_id).await;
             return failed(FailureReason::Backend(format!(
@@ -526,13 +551,16 @@ impl Backend for DockerBackend {
             )));
         }
 
+        phase("started");
         let (_, (exit_code, failure)) = tokio::join!(
-            self.stream_logs(docker, &container_id, &events),
+            self.forward_output(&container_id, output, &events),
             self.wait_exit(docker, &container_id, &mut kill)
         );
 
+        phase("exited");
         let mut failure = failure;
-        if failure.is_none() {
+        // Only a killed container (137) can have been killed for memory.
+        if failure.is_none() && exit_code == Some(137) {
             if let Ok(inspect) = docker.inspect_container(&container_id, None).await {
                 if inspect.state.and_then(|state| state.oom_killed) == Some(true) {
                     failure = Some(FailureReason::Backend(
@@ -542,6 +570,7 @@ impl Backend for DockerBackend {
             }
         }
         self.remove_quietly(docker, &container_id).await;
+        phase("removed");
         Ok(TryExit { exit_code, failure })
     }
 

@@ -64,6 +64,11 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Event times in JSON keep milliseconds (logical dates and intervals stay whole seconds).
+fn precise(time: chrono::DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn parse_param(text: &str) -> anyhow::Result<(String, Value)> {
     let (key, value) = text
         .split_once('=')
@@ -83,9 +88,9 @@ fn run_json(run: &RunRecord) -> Value {
         "data_interval_start": rfc3339(run.data_interval.start),
         "data_interval_end": rfc3339(run.data_interval.end),
         "params": run.params,
-        "queued_at": rfc3339(run.queued_at),
-        "started_at": run.started_at.map(rfc3339),
-        "ended_at": run.ended_at.map(rfc3339),
+        "queued_at": precise(run.queued_at),
+        "started_at": run.started_at.map(precise),
+        "ended_at": run.ended_at.map(precise),
     })
 }
 
@@ -97,8 +102,8 @@ fn try_json(attempt: &TryRecord) -> Value {
         "container_id": attempt.container_id,
         "image": attempt.image_ref,
         "image_digest": attempt.image_digest,
-        "started_at": rfc3339(attempt.started_at),
-        "ended_at": attempt.ended_at.map(rfc3339),
+        "started_at": precise(attempt.started_at),
+        "ended_at": attempt.ended_at.map(precise),
         "exit_code": attempt.exit_code,
         "failure_reason": attempt.failure_reason,
     })
@@ -344,9 +349,9 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                                 "exit_code": last.and_then(|t| t.exit_code),
                                 "image_digest": last.and_then(|t| t.image_digest.clone()),
                                 "failure_reason": last.and_then(|t| t.failure_reason.clone()),
-                                "next_try_at": ti.next_try_at.map(rfc3339),
-                                "started_at": ti.started_at.map(rfc3339),
-                                "ended_at": ti.ended_at.map(rfc3339),
+                                "next_try_at": ti.next_try_at.map(precise),
+                                "started_at": ti.started_at.map(precise),
+                                "ended_at": ti.ended_at.map(precise),
                                 "tries": tries.iter().map(try_json).collect::<Vec<_>>(),
                             })
                         })

@@ -33,8 +33,11 @@ use crate::try_runner::{TryEnd, TryRunner};
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub jobs_dir: PathBuf,
-    /// How often the loop looks at the store when no try ends (new triggers, due runs).
+    /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
     pub tick: Duration,
+    /// How often the loop checks, with one cheap query, whether another process created a
+    /// run (`stevedore jobs trigger`); a new run starts a pass at once.
+    pub trigger_poll: Duration,
     /// How often job files are re-read.
     pub sync_every: Duration,
     /// How long a clean stop waits for running tries before killing them.
@@ -45,7 +48,8 @@ impl SchedulerConfig {
     pub fn new(jobs_dir: impl Into<PathBuf>) -> SchedulerConfig {
         SchedulerConfig {
             jobs_dir: jobs_dir.into(),
-            tick: Duration::from_millis(500),
+            tick: Duration::from_secs(1),
+            trigger_poll: Duration::from_millis(100),
             sync_every: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(0),
         }
@@ -105,7 +109,8 @@ impl Scheduler {
         let mut health_delay = Duration::from_secs(1);
         let mut next_health_check = tokio::time::Instant::now();
         let mut settled = false;
-        loop {
+        let mut runs_marker = self.store.runs_marker().await.ok().flatten();
+        'passes: loop {
             if !self.backend_healthy.load(Ordering::SeqCst)
                 && tokio::time::Instant::now() >= next_health_check
             {
@@ -136,12 +141,23 @@ impl Scheduler {
             if let Err(error) = self.schedule_once(settled).await {
                 error!(error = %error, "scheduling pass failed");
             }
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep(self.config.tick) => {}
-                Some(_) = wake_rx.recv() => {
-                    // Drain bursts: one pass handles every try that ended meanwhile.
-                    while wake_rx.try_recv().is_ok() {}
+            let next_pass = tokio::time::Instant::now() + self.config.tick;
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break 'passes,
+                    _ = tokio::time::sleep_until(next_pass) => break,
+                    Some(_) = wake_rx.recv() => {
+                        // Drain bursts: one pass handles every try that ended meanwhile.
+                        while wake_rx.try_recv().is_ok() {}
+                        break;
+                    }
+                    _ = tokio::time::sleep(self.config.trigger_poll) => {
+                        let marker = self.store.runs_marker().await.ok().flatten();
+                        if marker != runs_marker {
+                            runs_marker = marker;
+                            break;
+                        }
+                    }
                 }
             }
         }

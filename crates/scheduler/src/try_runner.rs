@@ -137,7 +137,8 @@ impl TryRunner {
             }
         };
         let state = self.store.committed_state(&job.id, &task.id).await?;
-        for (name, value) in context.environment(Some(STATE_FILE)) {
+        // The state file exists only once the task has committed state.
+        for (name, value) in context.environment(state.as_ref().map(|_| STATE_FILE)) {
             env.insert(name, value);
         }
         let spec = LaunchSpec {

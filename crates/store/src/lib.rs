@@ -197,6 +197,9 @@ pub trait Store: Send + Sync {
     /// Newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()>;
+    /// Changes whenever a run is created (the newest run id; ids are time-ordered), so a
+    /// scheduler can notice a trigger from another process with one cheap query.
+    async fn runs_marker(&self) -> Result<Option<String>>;
     /// The data interval of the job's latest scheduled or backfill run.
     async fn last_scheduled_interval(&self, job_id: &str) -> Result<Option<DataInterval>>;
 

@@ -430,6 +430,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn runs_marker(&self) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT MAX(run_id) FROM runs")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn last_scheduled_interval(&self, job_id: &str) -> Result<Option<DataInterval>> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT data_interval_start, data_interval_end FROM runs \
