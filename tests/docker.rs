@@ -359,3 +359,30 @@ async fn a_chatty_container_loses_no_lines_even_when_the_engine_rotates_its_logs
     }
     harness.stop().await;
 }
+
+/// The jobs under jobs/ are demos: every one must end in success when triggered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_under_jobs_succeeds_when_triggered() {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("jobs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            files.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    let borrowed: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let harness = Harness::start(&borrowed).await;
+    let found = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    let mut runs = Vec::new();
+    for loaded in &found.jobs {
+        runs.push((loaded.job.id.clone(), harness.trigger(&loaded.job.id).await));
+    }
+    for (job_id, run) in runs {
+        let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+        assert_eq!(run.state, RunState::Success, "job {job_id}");
+    }
+    harness.stop().await;
+}

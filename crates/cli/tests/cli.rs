@@ -239,3 +239,23 @@ fn standalone_reports_an_unreachable_engine_and_stops_cleanly() {
     assert!(log.matches("backend unavailable").count() >= 2, "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn tasks_logs_follow_prints_lines_as_they_come_until_the_try_ends() {
+    let slow = "id: slow_logs\ntasks:\n  - id: sleeper\n    image: stevedore/synth:0.1.0\n    args: [sleep, --seconds, 2]\n";
+    let workspace = Workspace::new(&[("slow_logs.yaml", slow)]);
+    let standalone = workspace.standalone(None);
+    let run = workspace.run(&["jobs", "trigger", "slow_logs"]);
+    assert!(run.status.success());
+    let run_id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    let started = Instant::now();
+    // Follows from before the try exists until after it ended.
+    let output = workspace.run(&["tasks", "logs", &run_id, "sleeper", "--follow"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].ends_with("stdout sleeping 2s") && lines[1].ends_with("stdout woke up"), "{text}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "returned before the try ended");
+    standalone.interrupt();
+}

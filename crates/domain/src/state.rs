@@ -237,6 +237,32 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the tries do, a task instance ends after at most `retries + 1` tries:
+        /// success as soon as one succeeds, failed once the budget is spent.
+        #[test]
+        fn retries_never_exceed_the_budget(retries in 0u32..6, fails in proptest::collection::vec(proptest::bool::ANY, 1..10)) {
+            let mut try_number = 0;
+            let final_state = loop {
+                try_number += 1;
+                let failed = fails.get(try_number as usize - 1).copied().unwrap_or(false);
+                let outcome = if failed { TryOutcome::Failed(FailureReason::ExitCode(1)) } else { TryOutcome::Success };
+                let state = state_after_try(&outcome, try_number, retries);
+                if state != TaskState::UpForRetry {
+                    break state;
+                }
+            };
+            proptest::prop_assert!(try_number <= retries + 1);
+            // Tries past the end of `fails` succeed.
+            let first_success = fails.iter().position(|f| !f).unwrap_or(fails.len()) as u32 + 1;
+            if first_success <= retries + 1 {
+                proptest::prop_assert_eq!((final_state, try_number), (TaskState::Success, first_success));
+            } else {
+                proptest::prop_assert_eq!((final_state, try_number), (TaskState::Failed, retries + 1));
+            }
+        }
+    }
+
     #[test]
     fn finished_states_are_exactly_the_terminal_ones() {
         let finished: Vec<_> = TaskState::ALL.iter().filter(|s| s.is_finished()).collect();
