@@ -9,6 +9,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 packages=()
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+command -v docker-registry >/dev/null || packages+=(docker-registry)
 if [ ${#packages[@]} -gt 0 ]; then
   say "installing Debian packages: ${packages[*]}"
   sudo=""

@@ -372,7 +372,10 @@ async fn every_job_under_jobs_succeeds_when_triggered() {
         }
     }
     assert!(files.len() >= 2, "{files:?}");
-    let borrowed: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
     let harness = Harness::start(&borrowed).await;
     let found = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
     assert!(found.errors.is_empty(), "{:?}", found.errors);

@@ -199,19 +199,21 @@ impl DockerBackend {
             .from_image(&image.name())
             .tag(&tag)
             .build();
-        let mut stream = docker.create_image(Some(options), None, None);
+        // Empty credentials rather than none: some engines refuse a missing auth header.
+        let credentials = Some(bollard::auth::DockerCredentials::default());
+        let mut stream = docker.create_image(Some(options), None, credentials);
         let mut last_status = String::new();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
-                    let Some(mut status) = info.status else {
+                    let Some(status) = info.status else {
                         continue;
                     };
-                    if let Some(detail) = info.progress_detail {
-                        if let (Some(current), Some(total)) = (detail.current, detail.total) {
-                            status = format!("{status} {current}/{total}");
-                        }
-                    }
+                    // One event per step of each layer, not per byte of progress.
+                    let status = match info.id {
+                        Some(layer) if !status.contains(&layer) => format!("{layer}: {status}"),
+                        _ => status,
+                    };
                     if status != last_status {
                         last_status = status.clone();
                         let _ = events

@@ -251,11 +251,21 @@ fn tasks_logs_follow_prints_lines_as_they_come_until_the_try_ends() {
     let started = Instant::now();
     // Follows from before the try exists until after it ended.
     let output = workspace.run(&["tasks", "logs", &run_id, "sleeper", "--follow"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].ends_with("stdout sleeping 2s") && lines[1].ends_with("stdout woke up"), "{text}");
-    assert!(started.elapsed() >= Duration::from_secs(2), "returned before the try ended");
+    assert!(
+        lines[0].ends_with("stdout sleeping 2s") && lines[1].ends_with("stdout woke up"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "returned before the try ended"
+    );
     standalone.interrupt();
 }

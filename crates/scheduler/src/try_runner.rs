@@ -319,7 +319,18 @@ async fn consume_events(
                     .set_try_container(try_id, &container_id, image_digest.as_deref())
                     .await?;
             }
-            TryEvent::Pulling { image, status } => debug!(image, status, "pulling"),
+            TryEvent::Pulling { image, status } => {
+                debug!(image, status, "pulling");
+                // The pull is part of the try: its steps go to the try's log.
+                batch.push(LogLine {
+                    try_id,
+                    seq,
+                    stream: LogStream::Protocol,
+                    timestamp: Utc::now(),
+                    text: format!("info: pulling {image}: {status}"),
+                });
+                seq += 1;
+            }
             TryEvent::Line {
                 stream,
                 timestamp,
