@@ -42,12 +42,19 @@ pub struct TryRunner {
     pub backend: Arc<dyn Backend>,
 }
 
+/// The task's image, args and env with templates rendered for one try.
+struct RenderedTask {
+    image: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
 /// Renders the task's templates for this try.
 fn render_task(
     task: &Task,
     context: &TryContext,
     outputs: &HashMap<(String, String), Value>,
-) -> Result<(String, Vec<String>, BTreeMap<String, String>), String> {
+) -> Result<RenderedTask, String> {
     let lookup = |variable: &Variable| -> Option<String> {
         match variable {
             Variable::Context(name) => Some(match name.as_str() {
@@ -79,7 +86,7 @@ fn render_task(
         .map(|(key, value)| Ok((key.clone(), template::render(value, &lookup)?)))
         .collect::<Result<BTreeMap<_, _>, String>>()
         .map_err(|e| format!("env: {e}"))?;
-    Ok((image, args, env))
+    Ok(RenderedTask { image, args, env })
 }
 
 impl TryRunner {
@@ -117,13 +124,17 @@ impl TryRunner {
         let rendered = render_task(&task, &context, &outputs);
         let image_text = rendered
             .as_ref()
-            .map(|r| r.0.clone())
+            .map(|r| r.image.clone())
             .unwrap_or_else(|_| task.image.clone());
         let started = self
             .store
             .start_try(&key, self.backend.name(), &image_text, Utc::now())
             .await?;
-        let (image, args, mut env) = match rendered {
+        let RenderedTask {
+            image,
+            args,
+            mut env,
+        } = match rendered {
             Ok(rendered) => rendered,
             Err(message) => {
                 warn!(run_id = %run.run_id, task_id = %task.id, error = %message, "template failed");

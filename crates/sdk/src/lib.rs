@@ -70,7 +70,7 @@ impl Context {
     /// Whether `--name` appears in the task's args.
     pub fn flag(&self, name: &str) -> bool {
         let flag = format!("--{name}");
-        self.args.iter().any(|arg| *arg == flag)
+        self.args.contains(&flag)
     }
 }
 
