@@ -389,3 +389,68 @@ async fn every_job_under_jobs_succeeds_when_triggered() {
     }
     harness.stop().await;
 }
+
+/// Cron schedules create runs by themselves: without catchup the latest complete interval
+/// only, with catchup every missed interval in order, in the job's timezone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedules_create_runs_for_their_data_intervals() {
+    use chrono::{Datelike, TimeZone};
+    let berlin = chrono_tz::Europe::Berlin;
+    let today = chrono::Utc::now().with_timezone(&berlin).date_naive();
+    let start = today - chrono::Days::new(3);
+    let latest = format!(
+        "id: latest_only\nschedule: \"@daily\"\ntimezone: Europe/Berlin\nstart_date: {start}\ncatchup: false\ntasks:\n  - id: t\n    image: {SYNTH}\n"
+    );
+    let catchup = format!(
+        "id: catching_up\nschedule: \"0 0 * * *\"\ntimezone: Europe/Berlin\nstart_date: {start}\ncatchup: true\nmax_active_runs: 1\ntasks:\n  - id: t\n    image: {SYNTH}\n"
+    );
+    let harness = Harness::start(&[("latest.yaml", &latest), ("catchup.yaml", &catchup)]).await;
+    let midnight = |days_ago: u64| {
+        let day = today - chrono::Days::new(days_ago);
+        berlin
+            .with_ymd_and_hms(day.year(), day.month(), day.day(), 0, 0, 0)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let deadline = tokio::time::Instant::now() + 2 * MINUTE;
+    loop {
+        let runs = harness.store.list_runs(&Default::default()).await.unwrap();
+        let finished = runs.iter().filter(|r| r.state.is_finished()).count();
+        if runs.len() == 4 && finished == 4 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let runs = harness.store.list_runs(&Default::default()).await.unwrap();
+    let of = |job: &str| {
+        let mut runs: Vec<_> = runs.iter().filter(|r| r.job_id == job).cloned().collect();
+        runs.sort_by_key(|r| r.logical_date);
+        runs
+    };
+    let latest_runs = of("latest_only");
+    assert_eq!(latest_runs.len(), 1);
+    assert_eq!(
+        latest_runs[0].trigger,
+        stevedore_domain::state::RunTrigger::Scheduled
+    );
+    assert_eq!(
+        (
+            latest_runs[0].data_interval.start,
+            latest_runs[0].data_interval.end
+        ),
+        (midnight(1), midnight(0))
+    );
+    let caught_up = of("catching_up");
+    let starts: Vec<_> = caught_up.iter().map(|r| r.logical_date).collect();
+    assert_eq!(starts, vec![midnight(3), midnight(2), midnight(1)]);
+    assert!(caught_up.iter().all(|r| r.state == RunState::Success));
+    // max_active_runs: 1 — each run started after the previous one ended.
+    for pair in caught_up.windows(2) {
+        assert!(
+            pair[1].started_at.unwrap() >= pair[0].ended_at.unwrap(),
+            "{pair:#?}"
+        );
+    }
+    harness.stop().await;
+}

@@ -149,6 +149,24 @@ fn standalone_runs_the_example_job_while_the_cli_reads_the_same_store() {
         "{text}"
     );
 
+    // A manual trigger may override the job's params.
+    let small = workspace.json(&[
+        "jobs",
+        "trigger",
+        "example_etl",
+        "--param",
+        "records=30",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        (small["state"].as_str(), &small["params"]),
+        (Some("success"), &serde_json::json!({"records": 30}))
+    );
+    let logs = workspace.run(&["tasks", "logs", small["run_id"].as_str().unwrap(), "load"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("loading 30 rows"));
+
     let listed = workspace.json(&["runs", "list", "--job", "example_etl", "-o", "json"]);
     assert!(listed
         .as_array()
@@ -268,4 +286,76 @@ fn tasks_logs_follow_prints_lines_as_they_come_until_the_try_ends() {
         "returned before the try ended"
     );
     standalone.interrupt();
+}
+
+/// A scheduler killed mid-try (SIGKILL) loses nothing and duplicates nothing: the next one
+/// removes the orphaned container, records the try as lost and runs the task again.
+#[test]
+fn a_killed_scheduler_loses_no_task_and_leaves_no_container() {
+    let slow = "id: slow\ntasks:\n  - id: sleeper\n    image: stevedore/synth:0.1.0\n    args: [sleep, --seconds, 3]\n  - id: after\n    image: stevedore/synth:0.1.0\n    depends_on: [sleeper]\n";
+    let workspace = Workspace::new(&[("slow.yaml", slow)]);
+    let mut first = workspace.standalone(None);
+    let run = workspace.run(&["jobs", "trigger", "slow"]);
+    let run_id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = workspace.json(&["runs", "show", &run_id, "-o", "json"]);
+        if shown["task_instances"][0]["state"] == "running"
+            && shown["task_instances"][0]["tries"][0]["container_id"].is_string()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the try never started: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let containers = |run_id: &str| {
+        let output = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.stevedore.run={run_id}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().count()
+    };
+    assert_eq!(
+        containers(&run_id),
+        1,
+        "the orphaned container is still there after the crash"
+    );
+
+    let second = workspace.standalone(None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let shown = workspace.json(&["runs", "show", &run_id, "-o", "json"]);
+        if shown["state"] == "success" || shown["state"] == "failed" {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish after the restart: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(shown["state"], "success", "{shown}");
+    let tries = shown["task_instances"][0]["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 2, "{shown}");
+    assert_eq!(
+        tries[0]["failure_reason"],
+        "lost: the scheduler stopped while the try ran"
+    );
+    assert_eq!(tries[1]["state"], "success");
+    assert_eq!(
+        shown["task_instances"][1]["tries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(containers(&run_id), 0, "containers left behind");
+    second.interrupt();
 }
