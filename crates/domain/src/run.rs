@@ -195,3 +195,140 @@ mod tests {
         assert_eq!(weights["cleanup"], 1);
     }
 }
+
+/// Every trigger rule against a set of upstream outcome mixes: the rule's own state and
+/// that of its `all_success` child, as Airflow's scheduler leaves them.
+#[cfg(test)]
+mod trigger_rule_table {
+    use std::collections::HashMap;
+
+    use super::resolve_waiting;
+    use crate::job::parse_job;
+    use crate::state::TaskState::{self, *};
+    use crate::trigger::TriggerRule;
+
+    const MIXES: [(&str, [TaskState; 2]); 11] = [
+        ("all success", [Success, Success]),
+        ("success+failed", [Success, Failed]),
+        ("success+skipped", [Success, Skipped]),
+        ("all skipped", [Skipped, Skipped]),
+        ("all failed", [Failed, Failed]),
+        ("failed+skipped", [Failed, Skipped]),
+        ("upstream_failed+success", [UpstreamFailed, Success]),
+        ("upstream_failed+skipped", [UpstreamFailed, Skipped]),
+        ("upstream_failed+failed", [UpstreamFailed, Failed]),
+        ("all upstream_failed", [UpstreamFailed, UpstreamFailed]),
+        ("success+running", [Success, Running]),
+    ];
+
+    // R: the task runs (and, in this table, then succeeds), K: skipped, U: upstream_failed,
+    // W: still waiting. One letter per mix, in the order of MIXES.
+    const TABLE: [(&str, &str); 12] = [
+        ("all_success", "RUKKUUUUUUW"),
+        ("all_failed", "KKKKRKKKRRK"),
+        ("all_done", "RRRRRRRRRRW"),
+        ("all_done_min_one_success", "RRKKUKRKUUW"),
+        ("all_skipped", "KKKRKKKKKKK"),
+        ("one_success", "RRRKUURUUUR"),
+        ("one_failed", "KRKKRRRRRRW"),
+        ("one_done", "RRRKRRRKRKR"),
+        ("none_failed", "RURRUUUUUUW"),
+        ("none_failed_min_one_success", "RURKUUUUUUW"),
+        ("none_skipped", "RRKKRKRKRRW"),
+        ("always", "RRRRRRRRRRR"),
+    ];
+
+    fn letter(state: TaskState) -> char {
+        match state {
+            Scheduled => 'R',
+            Skipped => 'K',
+            UpstreamFailed => 'U',
+            None => 'W',
+            other => panic!("unexpected state {other}"),
+        }
+    }
+
+    #[test]
+    fn every_rule_against_every_mix_with_its_all_success_child() {
+        assert_eq!(TABLE.len(), TriggerRule::ALL.len());
+        for (rule, expected) in TABLE {
+            let job = parse_job(
+                "table.yaml",
+                &format!(
+                    "id: table\ntasks:\n  - id: u1\n    image: i:1\n  - id: u2\n    image: i:1\n  - id: task\n    image: i:1\n    depends_on: [u1, u2]\n    trigger_rule: {rule}\n  - id: child\n    image: i:1\n    depends_on: [task]\n"
+                ),
+            )
+            .unwrap();
+            for ((mix, [first, second]), expected) in MIXES.iter().zip(expected.chars()) {
+                let mut states: HashMap<String, TaskState> = [
+                    ("u1".to_string(), *first),
+                    ("u2".to_string(), *second),
+                    ("task".to_string(), None),
+                    ("child".to_string(), None),
+                ]
+                .into();
+                resolve_waiting(&job, &mut states);
+                let task = states["task"];
+                assert_eq!(letter(task), expected, "{rule} with {mix}");
+                // The child, once the rule's task has run and succeeded (or at once when it
+                // was skipped or upstream_failed).
+                if task == Scheduled {
+                    assert_eq!(
+                        states["child"], None,
+                        "{rule} with {mix}: child waits for its upstream"
+                    );
+                    states.insert("task".into(), Success);
+                    resolve_waiting(&job, &mut states);
+                }
+                let child_expected = match expected {
+                    'R' => Scheduled,
+                    'K' => Skipped,
+                    'U' => UpstreamFailed,
+                    _ => None,
+                };
+                assert_eq!(
+                    states["child"], child_expected,
+                    "child of {rule} with {mix}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn skips_and_failures_cascade_through_chains_in_one_pass() {
+        let job = parse_job(
+            "chain.yaml",
+            "id: chain\ntasks:\n  - id: a\n    image: i:1\n  - id: b\n    image: i:1\n    depends_on: [a]\n  - id: c\n    image: i:1\n    depends_on: [b]\n  - id: d\n    image: i:1\n    depends_on: [c]\n    trigger_rule: all_done\n  - id: e\n    image: i:1\n    depends_on: [c]\n    trigger_rule: one_failed\n",
+        )
+        .unwrap();
+        for (outcome, chained, one_failed) in [
+            (Skipped, Skipped, Skipped),
+            (Failed, UpstreamFailed, Scheduled),
+        ] {
+            let mut states: HashMap<String, TaskState> = [
+                ("a", outcome),
+                ("b", None),
+                ("c", None),
+                ("d", None),
+                ("e", None),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+            resolve_waiting(&job, &mut states);
+            assert_eq!(
+                (states["b"], states["c"]),
+                (chained, chained),
+                "a {outcome}"
+            );
+            assert_eq!(
+                states["d"], Scheduled,
+                "all_done runs after a {outcome} chain"
+            );
+            assert_eq!(
+                states["e"], one_failed,
+                "one_failed after a {outcome} chain"
+            );
+        }
+    }
+}

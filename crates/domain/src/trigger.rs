@@ -167,13 +167,15 @@ pub fn evaluate(rule: TriggerRule, up: UpstreamCounts) -> Decision {
                 Wait
             }
         }
+        // Airflow 3.1: a skipped upstream skips it at once; otherwise it needs every upstream
+        // done and at least one success, else it is upstream_failed.
         TriggerRule::AllDoneMinOneSuccess => {
-            if !done {
+            if up.skipped > 0 {
+                Skip
+            } else if !done {
                 Wait
             } else if up.success > 0 {
                 Run
-            } else if up.skipped >= upstream {
-                Skip
             } else {
                 UpstreamFailed
             }
