@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use chrono::Utc;
-use stevedore_backend::{Backend, DockerBackend, LABEL_RUN};
+use stevedore_backend::{Backend, DockerBackend, ProcessBackend, LABEL_RUN};
 use stevedore_scheduler::jobs_dir::load_jobs_dir;
 use stevedore_scheduler::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
@@ -83,7 +83,8 @@ impl Harness {
         );
         let mut config = SchedulerConfig::new(&jobs_dir);
         config.tick = Duration::from_millis(200);
-        let scheduler = Scheduler::new(store.clone(), backend, config);
+        let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(dir.path().join("process")));
+        let scheduler = Scheduler::new(store.clone(), vec![backend, process], config);
         let (shutdown, stop) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             scheduler

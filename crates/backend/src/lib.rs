@@ -3,10 +3,12 @@
 //! arrive) and finally a [`TryExit`].
 //!
 //! - [`docker`]: a container per try on a Docker engine, through bollard.
+//! - [`process`]: a local subprocess per try, the same contract without an image.
 //! - [`lines`]: turns the engine's log chunks into whole, timestamped lines.
 
 pub mod docker;
 pub mod lines;
+pub mod process;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use stevedore_domain::state::FailureReason;
 use tokio::sync::{mpsc, watch};
 
 pub use docker::DockerBackend;
+pub use process::ProcessBackend;
 
 /// Container labels that identify a try, so a scheduler can find what it started.
 pub const LABEL_JOB: &str = "io.stevedore.job";

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use chrono::Utc;
 use serde_json::{json, Map, Value};
-use stevedore_backend::DockerBackend;
+use stevedore_backend::{DockerBackend, ProcessBackend};
 use stevedore_domain::job::Job;
 use stevedore_domain::protocol::rfc3339;
 use stevedore_domain::state::{RunState, TryState};
@@ -42,7 +42,12 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
     let backend = Arc::new(DockerBackend::from_env()?);
     tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
-    let scheduler = Scheduler::new(store, backend, SchedulerConfig::new(&global.jobs));
+    let process = Arc::new(ProcessBackend::from_env());
+    let scheduler = Scheduler::new(
+        store,
+        vec![backend, process],
+        SchedulerConfig::new(&global.jobs),
+    );
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]

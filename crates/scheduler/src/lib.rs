@@ -14,7 +14,6 @@ pub mod try_runner;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,13 +63,16 @@ enum Wake {
 
 pub struct Scheduler {
     store: Arc<dyn Store>,
-    backend: Arc<dyn Backend>,
+    /// By name (`docker`, `process`); a task's `backend` picks one.
+    backends: HashMap<&'static str, Arc<dyn Backend>>,
     config: SchedulerConfig,
     /// Parsed job versions by `(job_id, version)`.
     versions: Mutex<HashMap<(String, String), Arc<Job>>>,
     /// Kill switches of the tries this scheduler runs.
     running: Mutex<HashMap<TryKey, KillSender>>,
-    backend_healthy: AtomicBool,
+    /// Backends that answered their last health check and whose leftovers from an earlier
+    /// scheduler are settled; tries of the other backends wait.
+    ready: Mutex<std::collections::HashSet<&'static str>>,
     /// File errors already reported, so an unchanged bad file is logged once.
     reported_errors: Mutex<Vec<JobError>>,
     wake_tx: mpsc::UnboundedSender<Wake>,
@@ -80,17 +82,17 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(
         store: Arc<dyn Store>,
-        backend: Arc<dyn Backend>,
+        backends: Vec<Arc<dyn Backend>>,
         config: SchedulerConfig,
     ) -> Arc<Scheduler> {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Arc::new(Scheduler {
             store,
-            backend,
+            backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
             config,
             versions: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
-            backend_healthy: AtomicBool::new(false),
+            ready: Mutex::new(Default::default()),
             reported_errors: Mutex::new(Vec::new()),
             wake_tx,
             wake_rx: tokio::sync::Mutex::new(wake_rx),
@@ -106,39 +108,41 @@ impl Scheduler {
         let mut wake_rx = self.wake_rx.lock().await;
         self.sync_jobs().await;
         let mut last_sync = tokio::time::Instant::now();
-        let mut health_delay = Duration::from_secs(1);
-        let mut next_health_check = tokio::time::Instant::now();
-        let mut settled = false;
+        let mut health: HashMap<&'static str, (tokio::time::Instant, Duration)> = HashMap::new();
         let mut runs_marker = self.store.runs_marker().await.ok().flatten();
         'passes: loop {
-            if !self.backend_healthy.load(Ordering::SeqCst)
-                && tokio::time::Instant::now() >= next_health_check
-            {
-                match self.backend.health().await {
+            for (name, backend) in &self.backends {
+                if self.is_ready(name) {
+                    continue;
+                }
+                let (next_check, delay) = health
+                    .entry(name)
+                    .or_insert((tokio::time::Instant::now(), Duration::from_secs(1)));
+                if tokio::time::Instant::now() < *next_check {
+                    continue;
+                }
+                let checked = match backend.health().await {
+                    Ok(()) => self.settle_orphans(backend.as_ref()).await,
+                    Err(error) => Err(error.into()),
+                };
+                match checked {
                     Ok(()) => {
-                        info!(backend = self.backend.name(), "backend reachable");
-                        self.backend_healthy.store(true, Ordering::SeqCst);
-                        health_delay = Duration::from_secs(1);
+                        info!(backend = name, "backend ready");
+                        self.ready.lock().expect("poisoned").insert(name);
+                        health.remove(name);
                     }
                     Err(error) => {
-                        error!(backend = self.backend.name(), error = %error, retry_in_secs = health_delay.as_secs(), "backend unavailable; tries wait until it is back");
-                        next_health_check = tokio::time::Instant::now() + health_delay;
-                        health_delay = (health_delay * 2).min(Duration::from_secs(30));
+                        error!(backend = name, error = %error, retry_in_secs = delay.as_secs(), "backend unavailable; its tries wait until it is back");
+                        *next_check = tokio::time::Instant::now() + *delay;
+                        *delay = (*delay * 2).min(Duration::from_secs(30));
                     }
-                }
-            }
-            if !settled && self.backend_healthy.load(Ordering::SeqCst) {
-                if let Err(error) = self.settle_orphans().await {
-                    warn!(error = %error, "could not settle tries left by a previous scheduler");
-                } else {
-                    settled = true;
                 }
             }
             if last_sync.elapsed() >= self.config.sync_every {
                 self.sync_jobs().await;
                 last_sync = tokio::time::Instant::now();
             }
-            if let Err(error) = self.schedule_once(settled).await {
+            if let Err(error) = self.schedule_once().await {
                 error!(error = %error, "scheduling pass failed");
             }
             let next_pass = tokio::time::Instant::now() + self.config.tick;
@@ -222,7 +226,11 @@ impl Scheduler {
 
     /// One pass: due runs, queued runs started, task instances decided and launched,
     /// finished runs closed.
-    async fn schedule_once(self: &Arc<Self>, can_launch: bool) -> anyhow::Result<()> {
+    fn is_ready(&self, backend: &str) -> bool {
+        self.ready.lock().expect("poisoned").contains(backend)
+    }
+
+    async fn schedule_once(self: &Arc<Self>) -> anyhow::Result<()> {
         let now = Utc::now();
         let records = self.store.list_jobs().await?;
         let mut max_runs = HashMap::new();
@@ -277,7 +285,7 @@ impl Scheduler {
                 run.state = RunState::Running;
             }
             let active_tasks = active_tasks_per_job.entry(run.job_id.clone()).or_default();
-            if let Err(error) = self.advance_run(&run, can_launch, active_tasks).await {
+            if let Err(error) = self.advance_run(&run, active_tasks).await {
                 error!(run_id = %run.run_id, error = %error, "cannot advance run");
             }
         }
@@ -287,7 +295,6 @@ impl Scheduler {
     async fn advance_run(
         self: &Arc<Self>,
         run: &RunRecord,
-        can_launch: bool,
         active_tasks: &mut u32,
     ) -> anyhow::Result<()> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
@@ -313,7 +320,7 @@ impl Scheduler {
                 .await?;
         }
 
-        if can_launch && self.backend_healthy.load(Ordering::SeqCst) {
+        {
             let weights = priority_weights(&job);
             let mut ready: Vec<String> = states
                 .iter()
@@ -334,6 +341,12 @@ impl Scheduler {
                 let Some(task) = job.task(task_id) else {
                     continue;
                 };
+                // A configured backend that is not ready holds its tries; one that is not
+                // configured at all fails them (with a reason saying so) in the try runner.
+                let backend = task.backend.as_str();
+                if self.backends.contains_key(backend) && !self.is_ready(backend) {
+                    continue;
+                }
                 let try_number = instances
                     .iter()
                     .find(|ti| ti.task_id == task_id)
@@ -372,9 +385,11 @@ impl Scheduler {
                 task_id: task.id.clone(),
                 try_number,
             };
+            let backend_name = task.backend.as_str();
             let runner = TryRunner {
                 store: scheduler.store.clone(),
-                backend: scheduler.backend.clone(),
+                backend: scheduler.backends.get(backend_name).cloned(),
+                backend_name,
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();
@@ -391,22 +406,25 @@ impl Scheduler {
             match result {
                 Ok(TryEnd::Finished(_)) => {}
                 Ok(TryEnd::BackendUnavailable(message)) => {
-                    warn!(error = %message, "backend became unavailable");
-                    scheduler.backend_healthy.store(false, Ordering::SeqCst);
+                    warn!(backend = backend_name, error = %message, "backend became unavailable");
+                    scheduler
+                        .ready
+                        .lock()
+                        .expect("poisoned")
+                        .remove(backend_name);
                 }
                 Err(error) => {
                     error!(run_id = %key.run_id, task_id = %key.task_id, error = %error, "try could not be recorded");
-                    scheduler.backend_healthy.store(false, Ordering::SeqCst);
                 }
             }
             let _ = scheduler.wake_tx.send(Wake::TryEnded);
         });
     }
 
-    /// Tries the store says are running but no scheduler runs (this one just started):
-    /// their containers are removed and their task instances tried again.
-    async fn settle_orphans(&self) -> anyhow::Result<()> {
-        let containers = self.backend.list_running().await?;
+    /// Tries of `backend` the store says are running but no scheduler runs (this one just
+    /// started): their containers are removed and their task instances tried again.
+    async fn settle_orphans(&self, backend: &dyn Backend) -> anyhow::Result<()> {
+        let containers = backend.list_running().await?;
         let tracked: Vec<TryKey> = self
             .running
             .lock()
@@ -415,6 +433,9 @@ impl Scheduler {
             .cloned()
             .collect();
         for orphan in self.store.running_tries().await? {
+            if orphan.backend != backend.name() {
+                continue;
+            }
             let key = TryKey {
                 run_id: orphan.run_id.clone(),
                 task_id: orphan.task_id.clone(),
@@ -428,7 +449,7 @@ impl Scheduler {
                     && c.task_id == orphan.task_id
                     && c.try_number == orphan.try_number
             }) {
-                self.backend.remove(&container.container_id).await?;
+                backend.remove(&container.container_id).await?;
             }
             warn!(run_id = %orphan.run_id, task_id = %orphan.task_id, try_number = orphan.try_number, "try was left running by a stopped scheduler; trying again");
             self.store

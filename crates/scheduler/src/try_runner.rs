@@ -39,7 +39,9 @@ pub enum TryEnd {
 
 pub struct TryRunner {
     pub store: Arc<dyn Store>,
-    pub backend: Arc<dyn Backend>,
+    /// `None` when the task names a backend this scheduler does not have.
+    pub backend: Option<Arc<dyn Backend>>,
+    pub backend_name: &'static str,
 }
 
 /// The task's image, args and env with templates rendered for one try.
@@ -128,7 +130,7 @@ impl TryRunner {
             .unwrap_or_else(|_| task.image.clone());
         let started = self
             .store
-            .start_try(&key, self.backend.name(), &image_text, Utc::now())
+            .start_try(&key, self.backend_name, &image_text, Utc::now())
             .await?;
         let RenderedTask {
             image,
@@ -146,6 +148,18 @@ impl TryRunner {
                     .finish(&job, &task, &context, started.try_id, exit)
                     .await;
             }
+        };
+        let Some(backend) = self.backend.clone() else {
+            let exit = TryExit {
+                exit_code: None,
+                failure: Some(FailureReason::Backend(format!(
+                    "backend `{}` is not available in this scheduler",
+                    self.backend_name
+                ))),
+            };
+            return self
+                .finish(&job, &task, &context, started.try_id, exit)
+                .await;
         };
         let state = self.store.committed_state(&job.id, &task.id).await?;
         // The state file exists only once the task has committed state.
@@ -189,7 +203,7 @@ impl TryRunner {
             events_rx,
         ));
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
-        let result = self.backend.execute(spec, events_tx, kill_rx).await;
+        let result = backend.execute(spec, events_tx, kill_rx).await;
         if let Some(guard) = timeout_guard {
             guard.abort();
         }
