@@ -20,6 +20,18 @@ use tokio::task::JoinHandle;
 pub const SYNTH: &str = "stevedore/synth:0.1.0";
 pub const SHELL: &str = "stevedore/shell-transform:0.1.0";
 
+/// The synth integration as a local program, for the `process` backend: the very binary
+/// the image holds (built by `images/synth/prepare`).
+pub fn synth_command() -> String {
+    let path = repo_root().join("images/synth/.build/synth");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `stevedore images build` first",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -76,6 +88,11 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
+        Harness::run_in(dir, backend).await
+    }
+
+    async fn run_in(dir: tempfile::TempDir, backend: Arc<dyn Backend>) -> Harness {
+        let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(dir.path().join("stevedore.db"))
                 .await
@@ -100,6 +117,20 @@ impl Harness {
             shutdown: Some(shutdown),
             handle: Some(handle),
         }
+    }
+
+    /// Stops this scheduler and starts a new one on the same store and jobs folder, as a
+    /// restarted scheduler process would.
+    pub async fn restart(mut self) -> Harness {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("scheduler task panicked");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        Harness::run_in(dir, backend).await
     }
 
     pub fn jobs_dir(&self) -> PathBuf {

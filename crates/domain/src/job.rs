@@ -499,7 +499,10 @@ fn build_task(
             .ok()
     };
 
+    let runs_a_process = pick!(backend).is_some_and(|b| b.value == "process");
     let image = match pick!(image) {
+        // A local process needs no image: its `command` is what runs.
+        None if runs_a_process => String::new(),
         None => {
             problems.at(line, format!("task `{id}` needs an `image`"));
             String::new()

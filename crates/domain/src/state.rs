@@ -76,13 +76,16 @@ string_enum! {
 }
 
 string_enum! {
-    /// The state of one try (one container).
+    /// The state of one try (one container). `interrupted`: ended by something other
+    /// than the integration (its scheduler stopped or lost it, the engine was unreachable);
+    /// such a try does not count against the retries.
     TryState {
         Running => "running",
         Success => "success",
         Failed => "failed",
         Skipped => "skipped",
         Reschedule => "up_for_reschedule",
+        Interrupted => "interrupted",
     }
 }
 
@@ -179,14 +182,15 @@ impl TryOutcome {
     }
 }
 
-/// The task instance's next state after a try ends, given how many tries it may have.
-/// `try_number` counts from 1; `retries` is the job's `retries` (extra tries after the first).
-pub fn state_after_try(outcome: &TryOutcome, try_number: u32, retries: u32) -> TaskState {
+/// The task instance's next state after a try ends. `failures` counts the task instance's
+/// failed tries including this one; `retries` is the task's `retries` (how many failed
+/// tries are tried again).
+pub fn state_after_try(outcome: &TryOutcome, failures: u32, retries: u32) -> TaskState {
     match outcome {
         TryOutcome::Success => TaskState::Success,
         TryOutcome::Skipped => TaskState::Skipped,
         TryOutcome::NotReady => TaskState::UpForReschedule,
-        TryOutcome::Failed(_) if try_number <= retries => TaskState::UpForRetry,
+        TryOutcome::Failed(_) if failures <= retries => TaskState::UpForRetry,
         TryOutcome::Failed(_) => TaskState::Failed,
     }
 }

@@ -455,7 +455,7 @@ impl Scheduler {
             self.store
                 .finish_try(&TryFinish {
                     try_id: orphan.try_id,
-                    state: TryState::Failed,
+                    state: TryState::Interrupted,
                     ended_at: Utc::now(),
                     exit_code: None,
                     failure_reason: Some(

@@ -222,7 +222,7 @@ impl TryRunner {
                 self.store
                     .finish_try(&TryFinish {
                         try_id: started.try_id,
-                        state: TryState::Failed,
+                        state: TryState::Interrupted,
                         ended_at: Utc::now(),
                         exit_code: None,
                         failure_reason: Some(format!("backend: {message}")),
@@ -251,10 +251,25 @@ impl TryRunner {
                 "the container vanished without an exit code".to_owned(),
             )),
         };
-        let mut task_state = state_after_try(&outcome, context.try_number, task.retry.retries);
+        // Retries count failed tries only: sensor reschedules and interrupted tries do not
+        // spend the budget.
+        let earlier_tries = self.store.tries(&context.run_id, &task.id).await?;
+        let earlier_failures = earlier_tries
+            .iter()
+            .filter(|t| t.try_id != try_id && t.state == TryState::Failed)
+            .count() as u32;
+        let failures = earlier_failures + u32::from(matches!(outcome, TryOutcome::Failed(_)));
+        let mut task_state = state_after_try(&outcome, failures, task.retry.retries);
+        let mut try_state = outcome.try_state();
         let mut next_try_at = None;
-        if exit.failure == Some(FailureReason::Killed(SCHEDULER_STOPPED.to_owned())) {
-            task_state = TaskState::Scheduled;
+        match &exit.failure {
+            Some(FailureReason::Killed(why)) if why == SCHEDULER_STOPPED => {
+                try_state = TryState::Interrupted;
+                task_state = TaskState::Scheduled;
+            }
+            // Killed on an operator's request (run cancelled): failed, not retried.
+            Some(FailureReason::Killed(_)) => task_state = TaskState::Failed,
+            _ => {}
         }
         match task_state {
             TaskState::UpForRetry => {
@@ -262,18 +277,12 @@ impl TryRunner {
                     job_id: &job.id,
                     task_id: &task.id,
                     logical_date: context.logical_date,
-                    try_number: context.try_number,
+                    try_number: failures,
                 };
                 next_try_at = Some(task.retry.next_try_at(now, &key));
             }
             TaskState::UpForReschedule => {
-                let first_try = self
-                    .store
-                    .tries(&context.run_id, &task.id)
-                    .await?
-                    .first()
-                    .map(|t| t.started_at)
-                    .unwrap_or(now);
+                let first_try = earlier_tries.first().map(|t| t.started_at).unwrap_or(now);
                 let sensor_deadline = first_try
                     + chrono::TimeDelta::from_std(task.sensor_timeout)
                         .unwrap_or(chrono::TimeDelta::MAX);
@@ -299,7 +308,7 @@ impl TryRunner {
         self.store
             .finish_try(&TryFinish {
                 try_id,
-                state: outcome.try_state(),
+                state: try_state,
                 ended_at: now,
                 exit_code: exit.exit_code,
                 failure_reason,

@@ -6,6 +6,7 @@
 //!   `records` and `checksum` outputs and commits `{"cursor": interval_end}` as state.
 //! - `load --inputs A,B,C`: sums upstream counts and logs the total it "loaded".
 //! - `flaky --fail-until-try K`: fails (exit 1, on stderr) while the try number is below K.
+//! - `sensor --ready-on-try K`: not ready yet (exit 75) while the try number is below K.
 //! - `sleep --seconds S`, `exit --code C`, `noop`.
 //! - `spew --lines N`: prints N plain lines as fast as it can (log throughput benchmark).
 
@@ -105,6 +106,15 @@ fn main() {
                     println!("try {} succeeds", ctx.try_number);
                     Ok(Outcome::Success)
                 }
+                "sensor" => {
+                    let ready_on = number(ctx, "ready-on-try", 2)?;
+                    if u64::from(ctx.try_number) < ready_on {
+                        println!("not ready on try {} (ready on try {ready_on})", ctx.try_number);
+                        return Ok(Outcome::NotReady);
+                    }
+                    println!("ready on try {}", ctx.try_number);
+                    Ok(Outcome::Success)
+                }
                 "sleep" => {
                     let seconds = number(ctx, "seconds", 1)?;
                     println!("sleeping {seconds}s");
@@ -119,7 +129,7 @@ fn main() {
                 }
                 "noop" => Ok(Outcome::Success),
                 other => Err(format!(
-                    "unknown mode `{other}`; use extract, load, flaky, sleep, exit, spew or noop"
+                    "unknown mode `{other}`; use extract, load, flaky, sensor, sleep, exit, spew or noop"
                 )),
             }
         })
