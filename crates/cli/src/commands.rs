@@ -9,8 +9,9 @@ use anyhow::{anyhow, bail, Context as _};
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 use stevedore_backend::{DockerBackend, ProcessBackend};
-use stevedore_domain::job::Job;
+use stevedore_domain::job::{parse_date, Job};
 use stevedore_domain::protocol::rfc3339;
+use stevedore_domain::schedule::Schedule;
 use stevedore_domain::state::{RunState, TryState};
 use stevedore_scheduler::jobs_dir::{load_job_file, load_jobs_dir};
 use stevedore_scheduler::runs::trigger_manual;
@@ -271,8 +272,46 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
                 ExitCode::SUCCESS
             })
         }
-        JobsCommand::Pause { job } | JobsCommand::Unpause { job } if job.is_empty() => {
-            bail!("a job id is required")
+        JobsCommand::Next { job, count, from } => {
+            let (job, _, _) = load_job(&global.jobs, &job)?;
+            let timetable = &job.timetable;
+            if matches!(timetable.schedule, Schedule::Manual) {
+                bail!(
+                    "job `{}` has no schedule: it runs only when triggered",
+                    job.id
+                );
+            }
+            let from = match from {
+                Some(text) => {
+                    parse_date(&text, timetable.timezone).map_err(|e| anyhow!("--from {e}"))?
+                }
+                None => timetable.start_date.unwrap_or_else(Utc::now),
+            };
+            let intervals = timetable.intervals_from(from, count);
+            if global.output == Format::Json {
+                print_json(&Value::Array(
+                    intervals
+                        .iter()
+                        .map(|i| json!({"start": rfc3339(i.start), "end": rfc3339(i.end)}))
+                        .collect(),
+                ));
+            } else {
+                let mut table = Table::new(&["START (UTC)", "END (UTC)", "START (LOCAL)"]);
+                for interval in &intervals {
+                    let local = interval.start.with_timezone(&timetable.timezone);
+                    table.row(vec![
+                        rfc3339(interval.start),
+                        rfc3339(interval.end),
+                        format!(
+                            "{} {}",
+                            local.format("%Y-%m-%d %H:%M %Z"),
+                            timetable.timezone.name()
+                        ),
+                    ]);
+                }
+                table.print();
+            }
+            Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Pause { job } => set_paused(global, &job, true).await,
         JobsCommand::Unpause { job } => set_paused(global, &job, false).await,

@@ -82,6 +82,16 @@ pub enum JobsCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// The next data intervals the job's schedule produces.
+    Next {
+        job: String,
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// First interval at or after this date (job timezone unless it has an offset);
+        /// default the job's start_date, else now.
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Stops creating scheduled runs for a job.
     Pause { job: String },
     /// Resumes a paused job.

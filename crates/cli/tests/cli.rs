@@ -359,3 +359,35 @@ fn a_killed_scheduler_loses_no_task_and_leaves_no_container() {
     assert_eq!(containers(&run_id), 0, "containers left behind");
     second.interrupt();
 }
+
+#[test]
+fn jobs_next_lists_the_schedules_intervals_in_utc_across_a_dst_change() {
+    let dst = "id: dst\nschedule: \"30 2 * * *\"\ntimezone: Europe/Berlin\nstart_date: 2024-03-29\ntasks:\n  - id: t\n    image: stevedore/synth:0.1.0\n";
+    let workspace = Workspace::new(&[("dst.yaml", dst)]);
+    let intervals = workspace.json(&["jobs", "next", "dst", "--count", "3", "-o", "json"]);
+    assert_eq!(
+        intervals,
+        serde_json::json!([
+            {"start": "2024-03-29T01:30:00Z", "end": "2024-03-30T01:30:00Z"},
+            {"start": "2024-03-30T01:30:00Z", "end": "2024-03-31T01:00:00Z"},
+            {"start": "2024-03-31T01:00:00Z", "end": "2024-04-01T00:30:00Z"},
+        ])
+    );
+    // From a date in the job's timezone: the repeated 02:30 of October runs once.
+    let autumn = workspace.json(&[
+        "jobs",
+        "next",
+        "dst",
+        "--count",
+        "2",
+        "--from",
+        "2024-10-26T12:00:00",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(autumn[0]["start"], "2024-10-27T00:30:00Z");
+    assert_eq!(autumn[1]["start"], "2024-10-28T01:30:00Z");
+    let manual = workspace.run(&["jobs", "next", "retry_demo"]);
+    assert!(!manual.status.success());
+    assert!(String::from_utf8_lossy(&manual.stderr).contains("has no schedule"));
+}

@@ -426,7 +426,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A date or date-time in the job's timezone; an explicit offset or `Z` wins.
-fn parse_date(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
+pub fn parse_date(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
     }

@@ -121,7 +121,13 @@ impl Timetable {
 
     /// The interval that starts at the first fire time at or after `time`.
     pub fn interval_at_or_after(&self, time: DateTime<Utc>) -> Option<DataInterval> {
-        let start = self.next_fire(time, true)?;
+        self.interval_starting(self.next_fire(time, true)?)
+    }
+
+    /// The interval that starts at `start`, itself a fire time (or a previous interval's
+    /// end). Never searched again from `start`: a fire time moved by a DST gap (02:30 run at
+    /// 03:00) would not match the expression a second time.
+    fn interval_starting(&self, start: DateTime<Utc>) -> Option<DataInterval> {
         let end = self.next_fire(start, false)?;
         Some(DataInterval { start, end })
     }
@@ -144,21 +150,20 @@ impl Timetable {
                 DataInterval { start, end: start }
             }
             Schedule::Cron { .. } => {
-                let earliest = match (last, self.start_date) {
-                    (Some(last), _) => last.end,
-                    (None, Some(start)) => self.next_fire(start, true)?,
-                    (None, None) => self.latest_complete(now)?.start,
+                let following = match (last, self.start_date) {
+                    (Some(last), _) => self.interval_starting(last.end)?,
+                    (None, Some(start)) => self.interval_at_or_after(start)?,
+                    (None, None) => self.latest_complete(now)?,
                 };
-                let start = if self.catchup {
-                    earliest
+                if self.catchup {
+                    following
                 } else {
                     // Without catchup, skip to the latest complete interval; never go back.
                     match self.latest_complete(now) {
-                        Some(latest) if latest.start > earliest => latest.start,
-                        _ => earliest,
+                        Some(latest) if latest.start > following.start => latest,
+                        _ => following,
                     }
-                };
-                self.interval_at_or_after(start)?
+                }
             }
         };
         match self.end_date {
@@ -185,16 +190,24 @@ impl Timetable {
 
     /// Up to `count` consecutive intervals, the first one starting at or after `from`.
     pub fn intervals_from(&self, from: DateTime<Utc>, count: usize) -> Vec<DataInterval> {
-        let mut intervals = Vec::with_capacity(count);
-        let mut cursor = from;
-        while intervals.len() < count {
-            let Some(interval) = self.interval_at_or_after(cursor) else {
-                break;
+        if let Schedule::Once = self.schedule {
+            return match self.start_date {
+                Some(start) if start >= from && count > 0 => {
+                    vec![DataInterval { start, end: start }]
+                }
+                _ => Vec::new(),
             };
+        }
+        let mut intervals: Vec<DataInterval> = Vec::with_capacity(count);
+        while intervals.len() < count {
+            let next = match intervals.last() {
+                None => self.interval_at_or_after(from),
+                Some(previous) => self.interval_starting(previous.end),
+            };
+            let Some(interval) = next else { break };
             if self.end_date.is_some_and(|end| interval.start > end) {
                 break;
             }
-            cursor = interval.end;
             intervals.push(interval);
         }
         intervals
@@ -408,6 +421,22 @@ mod tests {
     }
 
     proptest! {
+        /// A daily schedule has exactly one interval starting on every local day, DST
+        /// changes included (gap days run at the first valid time, repeated hours once).
+        #[test]
+        fn daily_schedules_start_once_per_local_day(minute in 0u32..60, hour in 0u32..24, berlin in proptest::bool::ANY) {
+            let tz = if berlin { Tz::Europe__Berlin } else { Tz::America__New_York };
+            let table = timetable(&format!("{minute} {hour} * * *"), tz, utc(2024, 3, 1, 12, 0), true);
+            let intervals = table.intervals_from(utc(2024, 3, 1, 12, 0), 270);
+            let days: Vec<chrono::NaiveDate> = intervals.iter().map(|i| i.start.with_timezone(&tz).date_naive()).collect();
+            for pair in days.windows(2) {
+                prop_assert_eq!(pair[1], pair[0].succ_opt().unwrap(), "{:?}", pair);
+            }
+            for pair in intervals.windows(2) {
+                prop_assert_eq!(pair[0].end, pair[1].start);
+            }
+        }
+
         #[test]
         fn catchup_intervals_are_contiguous_and_ordered(minute in 0u32..60, hour in 0u32..24, steps in 1usize..40) {
             let table = timetable(&format!("{minute} {hour} * * *"), Tz::America__New_York, utc(2024, 1, 1, 0, 0), true);
