@@ -136,3 +136,121 @@ async fn the_retry_wait_survives_a_scheduler_restart() {
     );
     harness.stop().await;
 }
+
+/// The most tries that ran at the same moment.
+fn max_overlap(tries: &[stevedore_store::TryRecord]) -> usize {
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
+    for attempt in tries {
+        edges.push((attempt.started_at, 1));
+        edges.push((attempt.ended_at.expect("ended"), -1));
+    }
+    // Ends before starts at the same instant: touching is not overlapping.
+    edges.sort_by_key(|(time, delta)| (*time, *delta));
+    let (mut current, mut most) = (0, 0);
+    for (_, delta) in edges {
+        current += delta;
+        most = most.max(current);
+    }
+    most as usize
+}
+
+async fn all_tries(harness: &Harness, run_id: &str) -> Vec<stevedore_store::TryRecord> {
+    let mut tries = Vec::new();
+    for ti in harness.store.task_instances(run_id).await.unwrap() {
+        tries.extend(harness.tries(run_id, &ti.task_id).await);
+    }
+    tries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_two_slots_never_runs_three_and_priority_orders_the_queue() {
+    let mut tasks = String::new();
+    for (index, priority) in [1, 9, 5, 7, 3].iter().enumerate() {
+        tasks += &process_task(
+            &format!("t{index}"),
+            "[sleep, --seconds, 1]",
+            &format!("    pool: narrow\n    priority: {priority}\n"),
+        );
+    }
+    let job = format!("id: pooled\ntasks:\n{tasks}");
+    let harness = Harness::start(&[("pooled.yaml", &job)]).await;
+    harness
+        .store
+        .set_pool(&stevedore_store::PoolRecord {
+            name: "narrow".into(),
+            slots: 2,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let run = harness.trigger("pooled").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let mut tries = all_tries(&harness, &run.run_id).await;
+    assert_eq!(tries.len(), 5);
+    assert_eq!(max_overlap(&tries), 2);
+    tries.sort_by_key(|t| t.started_at);
+    let order: Vec<&str> = tries.iter().map(|t| t.task_id.as_str()).collect();
+    // Two start at once (t1 weight 9, t3 weight 7), then by weight as slots free up.
+    assert_eq!(&order[2..], ["t2", "t4", "t0"], "{order:?}");
+    assert_eq!(
+        order[..2]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["t1", "t3"].into()
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_active_tasks_caps_a_jobs_running_task_instances() {
+    let mut tasks = String::new();
+    for index in 0..4 {
+        tasks += &process_task(&format!("t{index}"), "[sleep, --seconds, 1]", "");
+    }
+    let job = format!("id: capped\nmax_active_tasks: 2\ntasks:\n{tasks}");
+    let harness = Harness::start(&[("capped.yaml", &job)]).await;
+    let run = harness.trigger("capped").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    assert_eq!(max_overlap(&all_tries(&harness, &run.run_id).await), 2);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_active_runs_keeps_extra_runs_queued_in_order() {
+    let job = format!(
+        "id: one_at_a_time\nmax_active_runs: 1\ntasks:\n{}",
+        process_task("t", "[sleep, --seconds, 1]", "")
+    );
+    let harness = Harness::start(&[("one.yaml", &job)]).await;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(harness.trigger("one_at_a_time").await);
+    }
+    // While the first runs, the others wait queued.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let states: Vec<RunState> =
+        futures_util::future::join_all(runs.iter().map(|r| harness.store.get_run(&r.run_id)))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().state)
+            .collect();
+    assert_eq!(
+        states,
+        [RunState::Running, RunState::Queued, RunState::Queued]
+    );
+    let mut finished = Vec::new();
+    for run in &runs {
+        finished.push(harness.wait_run(&run.run_id, MINUTE).await);
+    }
+    for pair in finished.windows(2) {
+        assert!(
+            pair[1].started_at.unwrap() >= pair[0].ended_at.unwrap(),
+            "runs overlapped: {pair:#?}"
+        );
+    }
+    assert!(finished.iter().all(|r| r.state == RunState::Success));
+    harness.stop().await;
+}

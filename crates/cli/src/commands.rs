@@ -19,7 +19,7 @@ use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
 
 use crate::output::{duration, print_json, time, Format, Table};
-use crate::{Global, JobsCommand, RunsCommand, TasksCommand};
+use crate::{Global, JobsCommand, PoolsCommand, RunsCommand, TasksCommand};
 
 /// Opens the store named by `--db`: a path or `sqlite://path`.
 pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -525,6 +525,59 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         let tries = store.tries(&run.run_id, &task).await?;
         if let Some(latest) = tries.into_iter().find(|t| t.try_id == attempt.try_id) {
             attempt = latest;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pools(global: &Global, command: PoolsCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    match command {
+        PoolsCommand::List => {
+            let pools = store.list_pools().await?;
+            if global.output == Format::Json {
+                print_json(&Value::Array(
+                    pools.iter().map(|p| json!({"name": p.name, "slots": p.slots, "description": p.description})).collect(),
+                ));
+            } else {
+                let mut table = Table::new(&["POOL", "SLOTS", "DESCRIPTION"]);
+                for pool in &pools {
+                    table.row(vec![
+                        pool.name.clone(),
+                        pool.slots.to_string(),
+                        pool.description.clone(),
+                    ]);
+                }
+                table.print();
+            }
+        }
+        PoolsCommand::Set {
+            name,
+            slots,
+            description,
+        } => {
+            let file = format!("--pools {name}");
+            let text = format!("{name}: {{slots: {slots}}}");
+            // The same checks as a pools file.
+            if let Err(errors) = stevedore_domain::limits::parse_pools(&file, &text) {
+                bail!(errors
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+            store
+                .set_pool(&stevedore_store::PoolRecord {
+                    name: name.clone(),
+                    slots,
+                    description,
+                })
+                .await?;
+            println!("pool {name}: {slots} slots");
+        }
+        PoolsCommand::Delete { name } => {
+            store.delete_pool(&name).await?;
+            println!("pool {name} deleted");
         }
     }
     Ok(ExitCode::SUCCESS)

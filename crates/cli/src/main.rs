@@ -38,6 +38,14 @@ pub struct Global {
     /// Folder of job files.
     #[arg(long, global = true, env = "STEVEDORE_JOBS", default_value = "jobs")]
     pub jobs: PathBuf,
+    /// Pools file (`name: slots`), read by the scheduler when it exists.
+    #[arg(
+        long,
+        global = true,
+        env = "STEVEDORE_POOLS",
+        default_value = "pools.yaml"
+    )]
+    pub pools: PathBuf,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -58,6 +66,9 @@ enum Command {
     /// Task instances: logs.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Pools: named slot counts shared across jobs.
+    #[command(subcommand)]
+    Pools(PoolsCommand),
     /// Integration images under images/.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -126,6 +137,21 @@ pub enum TasksCommand {
 }
 
 #[derive(Subcommand)]
+pub enum PoolsCommand {
+    List,
+    /// Creates or resizes a pool (a pools file, if it names the pool, wins at the next sync).
+    Set {
+        name: String,
+        slots: i64,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ImagesCommand {
     /// Builds and tags every image under images/ (or the named ones) from its VERSION.
     Build {
@@ -178,6 +204,7 @@ fn main() -> ExitCode {
             Command::Jobs(command) => commands::jobs(&global, command).await,
             Command::Runs(command) => commands::runs(&global, command).await,
             Command::Tasks(command) => commands::tasks(&global, command).await,
+            Command::Pools(command) => commands::pools(&global, command).await,
             Command::Images(ImagesCommand::Build { names, dir }) => {
                 images::build(&dir, &names).await
             }

@@ -7,6 +7,7 @@
 //! - [`state`]: run, task-instance and try states, and what an exit code means.
 //! - [`run`]: what a run does next and when it is over.
 //! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
+//! - [`limits`]: pools, `max_active_tasks` and priority: which ready task instances start.
 //! - [`template`]: `{{ variable }}` rendering of args, env and image.
 //! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages.
 //! - [`duration`] and [`image`]: small value parsers used by job files.
@@ -14,6 +15,7 @@
 pub mod duration;
 pub mod image;
 pub mod job;
+pub mod limits;
 pub mod protocol;
 pub mod retry;
 pub mod run;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use stevedore_backend::{Backend, KillReason, KillSender};
 use stevedore_domain::job::{parse_job, Job, JobError};
+use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
 use stevedore_domain::state::{RunState, TaskState, TryState};
 use stevedore_store::{RunFilter, RunRecord, Store, TryFinish, TryKey};
@@ -32,6 +33,8 @@ use crate::try_runner::{TryEnd, TryRunner};
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub jobs_dir: PathBuf,
+    /// A pools file (`name: slots`), read with the job files when it exists.
+    pub pools_file: Option<PathBuf>,
     /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
     pub tick: Duration,
     /// How often the loop checks, with one cheap query, whether another process created a
@@ -47,6 +50,7 @@ impl SchedulerConfig {
     pub fn new(jobs_dir: impl Into<PathBuf>) -> SchedulerConfig {
         SchedulerConfig {
             jobs_dir: jobs_dir.into(),
+            pools_file: None,
             tick: Duration::from_secs(1),
             trigger_poll: Duration::from_millis(100),
             sync_every: Duration::from_secs(5),
@@ -169,12 +173,40 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Reads the jobs folder and records each valid job's current version.
+    /// Reads the jobs folder (and the pools file) and records each valid job's current
+    /// version.
     pub async fn sync_jobs(&self) -> Vec<Arc<Job>> {
         let dir = self.config.jobs_dir.clone();
-        let found = tokio::task::spawn_blocking(move || load_jobs_dir(&dir))
+        let mut found = tokio::task::spawn_blocking(move || load_jobs_dir(&dir))
             .await
             .unwrap_or_default();
+        if let Some(path) = self.config.pools_file.as_ref().filter(|p| p.is_file()) {
+            let name = path.display().to_string();
+            match std::fs::read_to_string(path)
+                .map_err(|e| {
+                    vec![JobError {
+                        file: name.clone(),
+                        line: None,
+                        message: format!("cannot read the file: {e}"),
+                    }]
+                })
+                .and_then(|text| limits::parse_pools(&name, &text))
+            {
+                Ok(pools) => {
+                    for pool in pools {
+                        let record = stevedore_store::PoolRecord {
+                            name: pool.name,
+                            slots: pool.slots,
+                            description: pool.description,
+                        };
+                        if let Err(error) = self.store.set_pool(&record).await {
+                            error!(pool = %record.name, error = %error, "cannot record pool");
+                        }
+                    }
+                }
+                Err(errors) => found.errors.extend(errors),
+            }
+        }
         {
             let mut reported = self.reported_errors.lock().expect("poisoned");
             for problem in &found.errors {
@@ -260,16 +292,12 @@ impl Scheduler {
         for run in active.iter().filter(|r| r.state == RunState::Running) {
             *running_per_job.entry(run.job_id.clone()).or_default() += 1;
         }
-        let mut active_tasks_per_job: HashMap<String, u32> = HashMap::new();
-        for run in &active {
-            if run.state == RunState::Running {
-                for ti in self.store.task_instances(&run.run_id).await? {
-                    if ti.state.is_active() {
-                        *active_tasks_per_job.entry(run.job_id.clone()).or_default() += 1;
-                    }
-                }
-            }
+        let mut capacity = Capacity::default();
+        for pool in self.store.list_pools().await? {
+            capacity.pools.insert(pool.name, pool.slots);
         }
+        let mut candidates = Vec::new();
+        let mut jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)> = HashMap::new();
         for mut run in active {
             if run.state == RunState::Queued {
                 let limit = max_runs.get(&run.job_id).copied().unwrap_or(16);
@@ -284,19 +312,54 @@ impl Scheduler {
                 info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
                 run.state = RunState::Running;
             }
-            let active_tasks = active_tasks_per_job.entry(run.job_id.clone()).or_default();
-            if let Err(error) = self.advance_run(&run, active_tasks).await {
-                error!(run_id = %run.run_id, error = %error, "cannot advance run");
+            match self.advance_run(&run, &mut capacity).await {
+                Ok((job, ready)) => {
+                    candidates.extend(ready);
+                    jobs_of_runs.insert(run.run_id.clone(), (job, run));
+                }
+                Err(error) => error!(run_id = %run.run_id, error = %error, "cannot advance run"),
             }
+        }
+
+        let (picked, held) = limits::select(candidates, &mut capacity);
+        for (candidate, reason) in held {
+            if let Held::PoolMissing(pool) = reason {
+                warn!(run_id = %candidate.run_id, task_id = %candidate.task_id, pool, "task instance waits: its pool does not exist (`stevedore pools set`)");
+            }
+        }
+        for candidate in picked {
+            let Some((job, run)) = jobs_of_runs.get(&candidate.run_id) else {
+                continue;
+            };
+            let Some(task) = job.task(&candidate.task_id) else {
+                continue;
+            };
+            let try_number = self
+                .store
+                .task_instances(&run.run_id)
+                .await?
+                .into_iter()
+                .find(|ti| ti.task_id == candidate.task_id)
+                .map(|ti| ti.try_number)
+                .unwrap_or(0)
+                + 1;
+            self.store
+                .set_task_state(&run.run_id, &task.id, TaskState::Queued, now)
+                .await?;
+            self.launch(job.clone(), run.clone(), task.clone(), try_number);
         }
         Ok(())
     }
 
+    /// Moves one running run forward: due retries and reschedules back to `scheduled`,
+    /// waiting task instances decided by their trigger rules, the run closed when its
+    /// outcome is known. Returns the run's job version and its task instances ready to
+    /// start; counts the run's active task instances against `capacity`.
     async fn advance_run(
-        self: &Arc<Self>,
+        &self,
         run: &RunRecord,
-        active_tasks: &mut u32,
-    ) -> anyhow::Result<()> {
+        capacity: &mut Capacity,
+    ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>)> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
         let now = Utc::now();
         let instances = self.store.task_instances(&run.run_id).await?;
@@ -320,46 +383,39 @@ impl Scheduler {
                 .await?;
         }
 
-        {
-            let weights = priority_weights(&job);
-            let mut ready: Vec<String> = states
-                .iter()
-                .filter(|(_, state)| **state == TaskState::Scheduled)
-                .map(|(id, _)| id.clone())
-                .collect();
-            ready.sort_by_key(|id| {
-                (
-                    std::cmp::Reverse(weights.get(id).copied().unwrap_or(0)),
-                    id.clone(),
-                )
-            });
-            for task_id in &ready {
-                let task_id = task_id.as_str();
-                if *active_tasks >= job.max_active_tasks {
-                    break;
-                }
-                let Some(task) = job.task(task_id) else {
-                    continue;
-                };
-                // A configured backend that is not ready holds its tries; one that is not
-                // configured at all fails them (with a reason saying so) in the try runner.
-                let backend = task.backend.as_str();
-                if self.backends.contains_key(backend) && !self.is_ready(backend) {
-                    continue;
-                }
-                let try_number = instances
-                    .iter()
-                    .find(|ti| ti.task_id == task_id)
-                    .map(|ti| ti.try_number)
-                    .unwrap_or(0)
-                    + 1;
-                self.store
-                    .set_task_state(&run.run_id, task_id, TaskState::Queued, now)
-                    .await?;
-                states.insert(task_id.to_owned(), TaskState::Queued);
-                *active_tasks += 1;
-                self.launch(job.clone(), run.clone(), task.clone(), try_number);
+        let job_free = capacity
+            .jobs
+            .entry(job.id.clone())
+            .or_insert(i64::from(job.max_active_tasks));
+        let weights = priority_weights(&job);
+        let mut ready = Vec::new();
+        for (task_id, state) in &states {
+            let Some(task) = job.task(task_id) else {
+                continue;
+            };
+            if state.is_active() {
+                *job_free -= 1;
+                *capacity.pools.entry(task.pool.clone()).or_insert(0) -= i64::from(task.pool_slots);
+                continue;
             }
+            if *state != TaskState::Scheduled {
+                continue;
+            }
+            // A configured backend that is not ready holds its tries; one that is not
+            // configured at all fails them (with a reason saying so) in the try runner.
+            let backend = task.backend.as_str();
+            if self.backends.contains_key(backend) && !self.is_ready(backend) {
+                continue;
+            }
+            ready.push(Candidate {
+                run_id: run.run_id.clone(),
+                task_id: task_id.clone(),
+                job_id: job.id.clone(),
+                pool: task.pool.clone(),
+                pool_slots: i64::from(task.pool_slots),
+                weight: weights.get(task_id).copied().unwrap_or(0),
+                logical_date: run.logical_date,
+            });
         }
 
         if let Some(outcome) = run_outcome(&job, &states) {
@@ -368,7 +424,7 @@ impl Scheduler {
                 .await?;
             info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
         }
-        Ok(())
+        Ok((job, ready))
     }
 
     fn launch(
@@ -415,6 +471,24 @@ impl Scheduler {
                 }
                 Err(error) => {
                     error!(run_id = %key.run_id, task_id = %key.task_id, error = %error, "try could not be recorded");
+                    // If it failed before the try existed, the task instance is still
+                    // `queued`: put it back so a later pass tries again.
+                    let store = scheduler.store.clone();
+                    if let Ok(instances) = store.task_instances(&key.run_id).await {
+                        if instances
+                            .iter()
+                            .any(|ti| ti.task_id == key.task_id && ti.state == TaskState::Queued)
+                        {
+                            let _ = store
+                                .set_task_state(
+                                    &key.run_id,
+                                    &key.task_id,
+                                    TaskState::Scheduled,
+                                    Utc::now(),
+                                )
+                                .await;
+                        }
+                    }
                 }
             }
             let _ = scheduler.wake_tx.send(Wake::TryEnded);

@@ -219,8 +219,9 @@ impl TryRunner {
             }
             Err(BackendError::Unavailable(message)) => {
                 // Nothing started: record the attempt and put the task instance back.
-                self.store
-                    .finish_try(&TryFinish {
+                record_finish(
+                    self.store.as_ref(),
+                    &TryFinish {
                         try_id: started.try_id,
                         state: TryState::Interrupted,
                         ended_at: Utc::now(),
@@ -228,8 +229,9 @@ impl TryRunner {
                         failure_reason: Some(format!("backend: {message}")),
                         task_state: TaskState::Scheduled,
                         next_try_at: None,
-                    })
-                    .await?;
+                    },
+                )
+                .await?;
                 Ok(TryEnd::BackendUnavailable(message))
             }
         }
@@ -305,8 +307,9 @@ impl TryRunner {
             run_id = %context.run_id, task_id = %task.id, try_number = context.try_number,
             exit_code = ?exit.exit_code, reason = ?failure_reason, state = %task_state, "try ended"
         );
-        self.store
-            .finish_try(&TryFinish {
+        record_finish(
+            self.store.as_ref(),
+            &TryFinish {
                 try_id,
                 state: try_state,
                 ended_at: now,
@@ -314,9 +317,28 @@ impl TryRunner {
                 failure_reason,
                 task_state,
                 next_try_at,
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(TryEnd::Finished(task_state))
+    }
+}
+
+/// Records how a try ended, retrying for up to two minutes: the result of work already done
+/// must not be lost to a passing store error (a busy database, a dropped connection).
+pub async fn record_finish(store: &dyn Store, finish: &TryFinish) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match store.finish_try(finish).await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                warn!(try_id = finish.try_id, error = %error, retry_in_ms = delay.as_millis() as u64, "recording the try's end failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

@@ -164,6 +164,14 @@ pub struct TryFinish {
     pub next_try_at: Option<DateTime<Utc>>,
 }
 
+/// A pool: how many slots the task instances using it may hold at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub name: String,
+    pub slots: i64,
+    pub description: String,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub job_id: Option<String>,
@@ -237,6 +245,13 @@ pub trait Store: Send + Sync {
     async fn append_logs(&self, lines: &[LogLine]) -> Result<()>;
     /// Lines of a try with `seq > after`, in order, at most `limit`.
     async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
+
+    // Pools.
+    /// Every pool, `default` (128 slots unless changed) included.
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>>;
+    /// Creates or resizes a pool.
+    async fn set_pool(&self, pool: &PoolRecord) -> Result<()>;
+    async fn delete_pool(&self, name: &str) -> Result<()>;
 
     // Outputs and state.
     async fn put_output(&self, run_id: &str, task_id: &str, key: &str, value: &Value)

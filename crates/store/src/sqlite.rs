@@ -14,7 +14,10 @@ use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
 
 use crate::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_pools.sql")),
+];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
 const LOG_BATCH_ROWS: usize = 1000;
@@ -66,8 +69,16 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A deferred
+    /// transaction that reads first and writes later fails with `database is locked` when
+    /// another connection wrote in between, without waiting: SQLite cannot upgrade its
+    /// stale read snapshot.
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         // An IMMEDIATE-like write first, so two processes opening a fresh file serialize here.
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
             .execute(&mut *tx)
@@ -239,7 +250,7 @@ impl Store for SqliteStore {
         source: &str,
     ) -> Result<()> {
         let now = ts(Utc::now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "INSERT INTO job_versions (job_id, version, source, created_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (job_id, version) DO NOTHING",
@@ -312,7 +323,7 @@ impl Store for SqliteStore {
             started_at: None,
             ended_at: None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
         )))
@@ -496,7 +507,7 @@ impl Store for SqliteStore {
         image_ref: &str,
         at: DateTime<Utc>,
     ) -> Result<TryRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(
             "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at) \
              VALUES (?, ?, ?, ?, ?, 'running', ?)",
@@ -568,7 +579,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish_try(&self, finish: &TryFinish) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let row: Option<(String, String, Option<String>)> =
             sqlx::query_as("SELECT run_id, task_id, pending_state FROM tries WHERE try_id = ?")
                 .bind(finish.try_id)
@@ -644,7 +655,7 @@ impl Store for SqliteStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for chunk in lines.chunks(LOG_BATCH_ROWS) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO log_lines (try_id, seq, stream, ts, text) ",
@@ -724,6 +735,52 @@ impl Store for SqliteStore {
             .bind(try_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+        let rows: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT name, slots, description FROM pools ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, slots, description)| PoolRecord {
+                name,
+                slots,
+                description,
+            })
+            .collect())
+    }
+
+    async fn set_pool(&self, pool: &PoolRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pools (name, slots, description, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \
+             description = excluded.description, updated_at = excluded.updated_at",
+        )
+        .bind(&pool.name)
+        .bind(pool.slots)
+        .bind(&pool.description)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_pool(&self, name: &str) -> Result<()> {
+        if name == stevedore_domain::limits::DEFAULT_POOL {
+            return Err(StoreError::Conflict(
+                "the default pool cannot be deleted".to_owned(),
+            ));
+        }
+        let done = sqlx::query("DELETE FROM pools WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("pool `{name}`")));
+        }
         Ok(())
     }
 

@@ -272,6 +272,42 @@ pub async fn log_lines_keep_their_order_and_streams(store: &dyn Store) {
     assert_eq!(rest.last().unwrap(), lines.last().unwrap());
 }
 
+pub async fn pools_start_with_default_and_can_be_resized(store: &dyn Store) {
+    let pools = store.list_pools().await.unwrap();
+    assert_eq!(
+        pools,
+        vec![PoolRecord {
+            name: "default".into(),
+            slots: 128,
+            description: "The pool of tasks that name none".into()
+        }]
+    );
+    let api = PoolRecord {
+        name: "stripe_api".into(),
+        slots: 2,
+        description: "rate budget".into(),
+    };
+    store.set_pool(&api).await.unwrap();
+    store
+        .set_pool(&PoolRecord {
+            slots: 3,
+            ..api.clone()
+        })
+        .await
+        .unwrap();
+    let pools = store.list_pools().await.unwrap();
+    assert_eq!(pools[1].slots, 3);
+    store.delete_pool("stripe_api").await.unwrap();
+    assert!(matches!(
+        store.delete_pool("stripe_api").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_pool("default").await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -291,6 +327,7 @@ macro_rules! store_contract_suite {
             case!(runs_are_found_by_prefix_and_listed_newest_first);
             case!(tries_record_results_and_commit_state_only_on_success);
             case!(log_lines_keep_their_order_and_streams);
+            case!(pools_start_with_default_and_can_be_resized);
         }
     };
 }
