@@ -449,6 +449,14 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                 table.print();
             }
         }
+        RunsCommand::Cancel { run } => {
+            let run = store.find_run(&run).await?;
+            store.request_cancel(&run.run_id).await?;
+            println!(
+                "cancel of run {} requested; the scheduler stops it on its next pass",
+                run.run_id
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -460,14 +468,74 @@ fn short_digest(digest: &str) -> String {
     }
 }
 
+/// The job version a run was created with.
+async fn run_job(store: &dyn Store, run: &RunRecord) -> anyhow::Result<Job> {
+    let source = store.job_source(&run.job_id, &run.job_version).await?;
+    stevedore_domain::job::parse_job(&run.job_id, &source)
+        .map_err(|errors| anyhow!("the run's job version no longer parses: {}", errors[0]))
+}
+
 pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
-    let TasksCommand::Logs {
-        run,
-        task,
-        try_number,
-        follow,
-    } = command;
+    let (run, task, try_number, follow) = match command {
+        TasksCommand::Logs {
+            run,
+            task,
+            try_number,
+            follow,
+        } => (run, task, try_number, follow),
+        TasksCommand::Clear {
+            run,
+            task,
+            downstream,
+        } => {
+            let run = store.find_run(&run).await?;
+            let job = run_job(store.as_ref(), &run).await?;
+            if job.task(&task).is_none() {
+                bail!("run {} has no task `{task}`", run.run_id);
+            }
+            let mut cleared = vec![task.clone()];
+            if downstream {
+                let edges = job.downstream();
+                let mut stack = vec![task.as_str()];
+                while let Some(id) = stack.pop() {
+                    for next in edges.get(id).into_iter().flatten() {
+                        if !cleared.iter().any(|c| c == next) {
+                            cleared.push(next.to_string());
+                            stack.push(next);
+                        }
+                    }
+                }
+            }
+            store.clear_task_instances(&run.run_id, &cleared).await?;
+            println!("cleared {} in run {}", cleared.join(", "), run.run_id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        TasksCommand::Mark { run, task, state } => {
+            let run = store.find_run(&run).await?;
+            if !store
+                .task_instances(&run.run_id)
+                .await?
+                .iter()
+                .any(|ti| ti.task_id == task)
+            {
+                bail!("run {} has no task `{task}`", run.run_id);
+            }
+            let state: stevedore_domain::state::TaskState =
+                state.parse().map_err(|e: String| anyhow!(e))?;
+            store
+                .set_task_state(&run.run_id, &task, state, Utc::now())
+                .await?;
+            // The run's outcome is decided again with the mark.
+            if run.state.is_finished() {
+                store
+                    .set_run_state(&run.run_id, RunState::Running, Utc::now())
+                    .await?;
+            }
+            println!("task {task} of run {} marked {state}", run.run_id);
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let run = store.find_run(&run).await?;
     let pick = |tries: &[TryRecord]| -> Option<TryRecord> {
         match try_number {

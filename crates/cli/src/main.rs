@@ -120,6 +120,9 @@ pub enum RunsCommand {
     },
     /// A run and its task instances (a unique prefix of the run id is enough).
     Show { run: String },
+    /// Cancels a queued or running run: kills its running tries, skips what has not
+    /// started, fails the run.
+    Cancel { run: String },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +136,21 @@ pub enum TasksCommand {
         /// Keeps printing new lines until the try ends.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Runs a task instance again (a new try, with a fresh retry budget); the run runs again.
+    Clear {
+        run: String,
+        task: String,
+        /// Clears every task downstream of it too.
+        #[arg(long)]
+        downstream: bool,
+    },
+    /// Sets a task instance's state by hand (a running try is stopped).
+    Mark {
+        run: String,
+        task: String,
+        #[arg(value_parser = ["success", "failed"])]
+        state: String,
     },
 }
 

@@ -391,3 +391,86 @@ fn jobs_next_lists_the_schedules_intervals_in_utc_across_a_dst_change() {
     assert!(!manual.status.success());
     assert!(String::from_utf8_lossy(&manual.stderr).contains("has no schedule"));
 }
+
+fn synth() -> String {
+    repo_root()
+        .join("images/synth/.build/synth")
+        .display()
+        .to_string()
+}
+
+fn wait_for_state(workspace: &Workspace, run_id: &str, wanted: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = workspace.json(&["runs", "show", run_id, "-o", "json"]);
+        if shown["state"] == wanted {
+            return shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run never became {wanted}: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn clear_reruns_a_task_and_its_downstream_and_mark_sets_states_by_hand() {
+    let chain = format!(
+        "id: chain\ntasks:\n  - id: a\n    backend: process\n    command: [{0}]\n    args: [noop]\n  - id: b\n    backend: process\n    command: [{0}]\n    args: [noop]\n    depends_on: [a]\n  - id: c\n    backend: process\n    command: [{0}]\n    args: [noop]\n    depends_on: [b]\n",
+        synth()
+    );
+    let slow = format!("id: slow_mark\ntasks:\n  - id: sleeper\n    backend: process\n    command: [{}]\n    args: [sleep, --seconds, 60]\n", synth());
+    let workspace = Workspace::new(&[("chain.yaml", &chain), ("slow_mark.yaml", &slow)]);
+    let standalone = workspace.standalone(None);
+    let run = workspace.json(&["jobs", "trigger", "chain", "--wait", "-o", "json"]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+
+    let cleared = workspace.run(&["tasks", "clear", &run_id, "b", "--downstream"]);
+    assert!(
+        cleared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleared.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cleared.stdout).contains("cleared b, c"));
+    let shown = wait_for_state(&workspace, &run_id, "success");
+    let tries: Vec<i64> = shown["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ti| ti["try_number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(tries, [1, 2, 2], "{shown}");
+
+    let marked = workspace.run(&["tasks", "mark", &run_id, "c", "failed"]);
+    assert!(marked.status.success());
+    wait_for_state(&workspace, &run_id, "failed");
+    workspace.run(&["tasks", "mark", &run_id, "c", "success"]);
+    wait_for_state(&workspace, &run_id, "success");
+
+    // Marking a running task instance stops its try and the mark stands.
+    let slow_run = workspace.run(&["jobs", "trigger", "slow_mark"]);
+    let slow_id = String::from_utf8_lossy(&slow_run.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workspace.json(&["runs", "show", &slow_id, "-o", "json"])["task_instances"][0]["state"]
+        != "running"
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    workspace.run(&["tasks", "mark", &slow_id, "sleeper", "success"]);
+    let shown = wait_for_state(&workspace, &slow_id, "success");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let attempt = &shown["task_instances"][0]["tries"][0];
+    assert_eq!(
+        attempt["failure_reason"], "killed: task marked success",
+        "{shown}"
+    );
+    assert_eq!(shown["task_instances"][0]["state"], "success");
+
+    let refused = workspace.run(&["tasks", "clear", &run_id, "nope"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has no task `nope`"));
+    standalone.interrupt();
+}

@@ -299,6 +299,12 @@ impl Scheduler {
         let mut candidates = Vec::new();
         let mut jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)> = HashMap::new();
         for mut run in active {
+            if run.cancel_requested {
+                if let Err(error) = self.cancel_run(&run).await {
+                    error!(run_id = %run.run_id, error = %error, "cannot cancel run");
+                }
+                continue;
+            }
             if run.state == RunState::Queued {
                 let limit = max_runs.get(&run.job_id).copied().unwrap_or(16);
                 let running = running_per_job.entry(run.job_id.clone()).or_default();
@@ -351,6 +357,38 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Cancels a run: its running tries are killed (and end `failed`), its task instances
+    /// that had not started are `skipped`, and the run is `failed` — as Airflow's "mark run
+    /// failed" does.
+    async fn cancel_run(&self, run: &RunRecord) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let switches: Vec<KillSender> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .filter(|(key, _)| key.run_id == run.run_id)
+            .map(|(_, kill)| kill.clone())
+            .collect();
+        for kill in &switches {
+            let _ = kill.send(Some(KillReason::Requested(
+                try_runner::RUN_CANCELLED.to_owned(),
+            )));
+        }
+        for ti in self.store.task_instances(&run.run_id).await? {
+            if !ti.state.is_finished() && !ti.state.is_active() {
+                self.store
+                    .set_task_state(&run.run_id, &ti.task_id, TaskState::Skipped, now)
+                    .await?;
+            }
+        }
+        self.store
+            .set_run_state(&run.run_id, RunState::Failed, now)
+            .await?;
+        info!(run_id = %run.run_id, job_id = %run.job_id, killed = switches.len(), "run cancelled");
+        Ok(())
+    }
+
     /// Moves one running run forward: due retries and reschedules back to `scheduled`,
     /// waiting task instances decided by their trigger rules, the run closed when its
     /// outcome is known. Returns the run's job version and its task instances ready to
@@ -367,6 +405,27 @@ impl Scheduler {
             .iter()
             .map(|ti| (ti.task_id.clone(), ti.state))
             .collect();
+
+        // A task instance an operator marked while its try ran: stop the try.
+        let marked: Vec<(KillSender, TaskState)> = {
+            let running = self.running.lock().expect("poisoned");
+            instances
+                .iter()
+                .filter(|ti| ti.state.is_finished())
+                .filter_map(|ti| {
+                    running
+                        .iter()
+                        .find(|(key, _)| key.run_id == ti.run_id && key.task_id == ti.task_id)
+                        .map(|(_, kill)| (kill.clone(), ti.state))
+                })
+                .collect()
+        };
+        for (kill, state) in marked {
+            let _ = kill.send(Some(KillReason::Requested(format!(
+                "{}{state}",
+                try_runner::MARKED
+            ))));
+        }
 
         for ti in &instances {
             let waiting = matches!(ti.state, TaskState::UpForRetry | TaskState::UpForReschedule);

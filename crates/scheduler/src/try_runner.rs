@@ -29,6 +29,11 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// count against the retries; its task instance is scheduled again.
 pub const SCHEDULER_STOPPED: &str = "scheduler stopped";
 
+/// The kill reason of a try whose task instance an operator marked (`task marked success`).
+pub const MARKED: &str = "task marked ";
+/// The kill reason of the tries of a cancelled run.
+pub const RUN_CANCELLED: &str = "run cancelled";
+
 /// How a try ended, as the scheduler loop needs to know.
 #[derive(Debug)]
 pub enum TryEnd {
@@ -256,9 +261,19 @@ impl TryRunner {
         // Retries count failed tries only: sensor reschedules and interrupted tries do not
         // spend the budget.
         let earlier_tries = self.store.tries(&context.run_id, &task.id).await?;
+        let retry_base = self
+            .store
+            .task_instances(&context.run_id)
+            .await?
+            .into_iter()
+            .find(|ti| ti.task_id == task.id)
+            .map(|ti| ti.retry_base)
+            .unwrap_or(0);
         let earlier_failures = earlier_tries
             .iter()
-            .filter(|t| t.try_id != try_id && t.state == TryState::Failed)
+            .filter(|t| {
+                t.try_id != try_id && t.try_number > retry_base && t.state == TryState::Failed
+            })
             .count() as u32;
         let failures = earlier_failures + u32::from(matches!(outcome, TryOutcome::Failed(_)));
         let mut task_state = state_after_try(&outcome, failures, task.retry.retries);
@@ -270,6 +285,10 @@ impl TryRunner {
                 task_state = TaskState::Scheduled;
             }
             // Killed on an operator's request (run cancelled): failed, not retried.
+            // Marked by an operator while it ran: the mark stands.
+            Some(FailureReason::Killed(why)) if why.starts_with(MARKED) => {
+                task_state = why[MARKED.len()..].parse().unwrap_or(TaskState::Failed);
+            }
             Some(FailureReason::Killed(_)) => task_state = TaskState::Failed,
             _ => {}
         }

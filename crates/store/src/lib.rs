@@ -65,6 +65,8 @@ pub struct RunRecord {
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// An operator asked to cancel it (`stevedore runs cancel`).
+    pub cancel_requested: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +80,8 @@ pub struct TaskInstanceRecord {
     pub next_try_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Tries numbered up to this one came before the last clear; retries count after it.
+    pub retry_base: u32,
 }
 
 /// Identifies a try.
@@ -245,6 +249,13 @@ pub trait Store: Send + Sync {
     async fn append_logs(&self, lines: &[LogLine]) -> Result<()>;
     /// Lines of a try with `seq > after`, in order, at most `limit`.
     async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
+
+    // Operator actions.
+    /// Asks the scheduler to cancel a queued or running run.
+    async fn request_cancel(&self, run_id: &str) -> Result<()>;
+    /// Puts finished task instances back to `none` (a new try follows, with a fresh retry
+    /// budget) and a finished run back to `queued`. Refuses running task instances.
+    async fn clear_task_instances(&self, run_id: &str, task_ids: &[String]) -> Result<()>;
 
     // Pools.
     /// Every pool, `default` (128 slots unless changed) included.

@@ -17,6 +17,10 @@ use crate::*;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_pools.sql")),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_operator_actions.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -137,6 +141,7 @@ struct RunRow {
     queued_at: String,
     started_at: Option<String>,
     ended_at: Option<String>,
+    cancel_requested: bool,
 }
 
 impl RunRow {
@@ -156,6 +161,7 @@ impl RunRow {
             queued_at: parse_ts(&self.queued_at)?,
             started_at: parse_opt_ts(self.started_at)?,
             ended_at: parse_opt_ts(self.ended_at)?,
+            cancel_requested: self.cancel_requested,
         })
     }
 }
@@ -169,6 +175,7 @@ struct TaskInstanceRow {
     next_try_at: Option<String>,
     started_at: Option<String>,
     ended_at: Option<String>,
+    retry_base: i64,
 }
 
 impl TaskInstanceRow {
@@ -181,6 +188,7 @@ impl TaskInstanceRow {
             next_try_at: parse_opt_ts(self.next_try_at)?,
             started_at: parse_opt_ts(self.started_at)?,
             ended_at: parse_opt_ts(self.ended_at)?,
+            retry_base: self.retry_base as u32,
         })
     }
 }
@@ -232,7 +240,8 @@ struct LogRow {
 }
 
 const RUN_COLUMNS: &str = "run_id, job_id, job_version, run_trigger, logical_date, \
-    data_interval_start, data_interval_end, params, state, queued_at, started_at, ended_at";
+    data_interval_start, data_interval_end, params, state, queued_at, started_at, ended_at, \
+    cancel_requested";
 const TRY_COLUMNS: &str = "try_id, run_id, task_id, try_number, backend, container_id, \
     image_ref, image_digest, state, started_at, ended_at, exit_code, failure_reason";
 
@@ -322,10 +331,11 @@ impl Store for SqliteStore {
             queued_at: Utc::now(),
             started_at: None,
             ended_at: None,
+            cancel_requested: false,
         };
         let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0)"
         )))
         .bind(&record.run_id)
         .bind(&record.job_id)
@@ -426,7 +436,7 @@ impl Store for SqliteStore {
                 "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL"
             }
             RunState::Running => {
-                "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3) WHERE run_id = ?2"
+                "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3), ended_at = NULL WHERE run_id = ?2"
             }
             RunState::Success | RunState::Failed => {
                 "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2"
@@ -466,7 +476,7 @@ impl Store for SqliteStore {
 
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
         sqlx::query_as::<_, TaskInstanceRow>(
-            "SELECT run_id, task_id, state, try_number, next_try_at, started_at, ended_at \
+            "SELECT run_id, task_id, state, try_number, next_try_at, started_at, ended_at, retry_base \
              FROM task_instances WHERE run_id = ? ORDER BY rowid",
         )
         .bind(run_id)
@@ -735,6 +745,63 @@ impl Store for SqliteStore {
             .bind(try_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn request_cancel(&self, run_id: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE run_id = ? AND state IN ('queued', 'running')")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "run {run_id} has already finished"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn clear_task_instances(&self, run_id: &str, task_ids: &[String]) -> Result<()> {
+        let mut tx = self.write_transaction().await?;
+        for task_id in task_ids {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM task_instances WHERE run_id = ? AND task_id = ?",
+            )
+            .bind(run_id)
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match state.as_deref() {
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "task `{task_id}` in run {run_id}"
+                    )))
+                }
+                Some("queued" | "running") => {
+                    return Err(StoreError::Conflict(format!(
+                        "task `{task_id}` is running in run {run_id}; wait for it or cancel the run"
+                    )))
+                }
+                Some(_) => {}
+            }
+            sqlx::query(
+                "UPDATE task_instances SET state = 'none', next_try_at = NULL, ended_at = NULL, \
+                 retry_base = try_number WHERE run_id = ? AND task_id = ?",
+            )
+            .bind(run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A finished run runs again (Airflow puts it back to queued).
+        sqlx::query(
+            "UPDATE runs SET state = 'queued', ended_at = NULL, cancel_requested = 0 \
+             WHERE run_id = ? AND state IN ('success', 'failed')",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
