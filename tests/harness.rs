@@ -100,6 +100,7 @@ impl Harness {
         );
         let mut config = SchedulerConfig::new(&jobs_dir);
         config.tick = Duration::from_millis(200);
+        config.sync_every = Duration::from_secs(1);
         let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(dir.path().join("process")));
         let scheduler = Scheduler::new(store.clone(), vec![backend, process], config);
         let (shutdown, stop) = oneshot::channel::<()>();

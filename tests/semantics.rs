@@ -331,8 +331,8 @@ async fn a_paused_job_makes_no_scheduled_runs_until_unpaused() {
         .unwrap();
     harness.store.set_paused("pausable", true).await.unwrap();
     std::fs::write(&path, &job).unwrap();
-    // Two job-folder syncs (every 5 s) later: still nothing.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Several job-folder syncs later: still nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(harness
         .store
         .list_runs(&Default::default())
@@ -349,5 +349,125 @@ async fn a_paused_job_makes_no_scheduled_runs_until_unpaused() {
         assert!(tokio::time::Instant::now() < deadline, "{runs:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    harness.stop().await;
+}
+
+/// `depends_on_past`: a task waits while the same task failed in the job's previous run,
+/// and goes once that one is cleared and succeeds. (The scheduler also makes the job's
+/// latest scheduled run, which waits on these in turn: hence three active runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_past_waits_for_the_previous_runs_task() {
+    let flag = tempfile::tempdir().unwrap();
+    let ok = flag.path().join("ok");
+    let job = format!(
+        "id: past\nschedule: \"@daily\"\nstart_date: 2024-01-01\nmax_active_runs: 3\ntasks:\n  - id: check\n    backend: process\n    command: [/bin/sh, -c, \"test -e {}\"]\n    depends_on_past: true\n",
+        ok.display()
+    );
+    let harness = Harness::start(&[("past.yaml", &job)]).await;
+    let loaded = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
+    let job = loaded.get("past").unwrap().job.clone();
+    harness
+        .store
+        .upsert_job(
+            "past",
+            &job.version,
+            "past.yaml",
+            &loaded.get("past").unwrap().source,
+        )
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for interval in job
+        .timetable
+        .intervals_from(job.timetable.start_date.unwrap(), 2)
+    {
+        let new = stevedore_scheduler::runs::new_run(
+            &job,
+            stevedore_domain::state::RunTrigger::Backfill,
+            interval.start,
+            interval,
+            job.params.clone(),
+        );
+        runs.push(harness.store.create_run(new).await.unwrap());
+    }
+    let first = harness.wait_run(&runs[0].run_id, MINUTE).await;
+    assert_eq!(first.state, RunState::Failed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        harness.tries(&runs[1].run_id, "check").await.is_empty(),
+        "ran although the previous run's task failed"
+    );
+    assert_eq!(
+        harness.store.task_instances(&runs[1].run_id).await.unwrap()[0].state,
+        TaskState::Scheduled
+    );
+
+    std::fs::write(&ok, "").unwrap();
+    harness
+        .store
+        .clear_task_instances(&runs[0].run_id, &["check".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        harness.wait_run(&runs[0].run_id, MINUTE).await.state,
+        RunState::Success
+    );
+    assert_eq!(
+        harness.wait_run(&runs[1].run_id, MINUTE).await.state,
+        RunState::Success
+    );
+    let second = harness.tries(&runs[1].run_id, "check").await;
+    let first_retry = harness.tries(&runs[0].run_id, "check").await.pop().unwrap();
+    assert!(second[0].started_at >= first_retry.ended_at.unwrap());
+    harness.stop().await;
+}
+
+/// Editing a job file while runs exist: a running run keeps its version; a run that had
+/// not started follows the new file, where a removed task is `removed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_job_keeps_running_runs_on_their_version() {
+    let v1 = format!(
+        "id: evolving\nmax_active_runs: 1\ntasks:\n{}{}",
+        process_task("slow", "[sleep, --seconds, 3]", ""),
+        process_task("old_step", "[noop]", "    depends_on: [slow]\n")
+    );
+    let v2 = format!(
+        "id: evolving\nmax_active_runs: 1\ntasks:\n{}{}",
+        process_task("slow", "[sleep, --seconds, 1]", ""),
+        process_task("new_step", "[noop]", "    depends_on: [slow]\n")
+    );
+    let harness = Harness::start(&[("evolving.yaml", &v1)]).await;
+    let running = harness.trigger("evolving").await;
+    let waiting = harness.trigger("evolving").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(harness.jobs_dir().join("evolving.yaml"), &v2).unwrap();
+    let running = harness.wait_run(&running.run_id, MINUTE).await;
+    let waiting = harness.wait_run(&waiting.run_id, MINUTE).await;
+    assert_eq!(
+        (running.state, waiting.state),
+        (RunState::Success, RunState::Success)
+    );
+    assert_ne!(running.job_version, waiting.job_version);
+    let states = |instances: Vec<stevedore_store::TaskInstanceRecord>| -> Vec<(String, TaskState)> {
+        instances
+            .into_iter()
+            .map(|ti| (ti.task_id, ti.state))
+            .collect()
+    };
+    assert_eq!(
+        states(harness.store.task_instances(&running.run_id).await.unwrap()),
+        [
+            ("slow".to_owned(), TaskState::Success),
+            ("old_step".to_owned(), TaskState::Success)
+        ]
+    );
+    assert_eq!(
+        states(harness.store.task_instances(&waiting.run_id).await.unwrap()),
+        [
+            ("slow".to_owned(), TaskState::Success),
+            ("old_step".to_owned(), TaskState::Removed),
+            ("new_step".to_owned(), TaskState::Success)
+        ]
+    );
     harness.stop().await;
 }

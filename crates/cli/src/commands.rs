@@ -272,6 +272,13 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
                 ExitCode::SUCCESS
             })
         }
+        JobsCommand::Backfill {
+            job,
+            from,
+            to,
+            rerun_failed,
+            wait,
+        } => backfill(global, &job, &from, &to, rerun_failed, wait).await,
         JobsCommand::Next { job, count, from } => {
             let (job, _, _) = load_job(&global.jobs, &job)?;
             let timetable = &job.timetable;
@@ -649,4 +656,138 @@ pub async fn pools(global: &Global, command: PoolsCommand) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The most intervals one backfill may create.
+const BACKFILL_LIMIT: usize = 10_000;
+
+async fn backfill(
+    global: &Global,
+    job_id: &str,
+    from: &str,
+    to: &str,
+    rerun_failed: bool,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let (job, path, source) = load_job(&global.jobs, job_id)?;
+    let timetable = &job.timetable;
+    if matches!(timetable.schedule, Schedule::Manual) {
+        bail!(
+            "job `{}` has no schedule, so it has no intervals to backfill",
+            job.id
+        );
+    }
+    let from = parse_date(from, timetable.timezone).map_err(|e| anyhow!("--from {e}"))?;
+    let to = parse_date(to, timetable.timezone).map_err(|e| anyhow!("--to {e}"))?;
+    if to < from {
+        bail!("--to is before --from");
+    }
+    let intervals: Vec<_> = timetable
+        .intervals_from(from, BACKFILL_LIMIT + 1)
+        .into_iter()
+        .take_while(|i| i.start <= to)
+        .collect();
+    if intervals.len() > BACKFILL_LIMIT {
+        bail!("the range holds more than {BACKFILL_LIMIT} intervals; backfill it in parts");
+    }
+    let store = open_store(&global.db).await?;
+    store
+        .upsert_job(&job.id, &job.version, &path, &source)
+        .await?;
+    let existing = store
+        .list_runs(&RunFilter {
+            job_id: Some(job.id.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let bar = indicatif::ProgressBar::new(intervals.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg:<16} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("creating runs");
+    let (mut created, mut rerun, mut kept) = (Vec::new(), Vec::new(), 0usize);
+    for interval in &intervals {
+        let new = stevedore_scheduler::runs::new_run(
+            &job,
+            stevedore_domain::state::RunTrigger::Backfill,
+            interval.start,
+            *interval,
+            job.params.clone(),
+        );
+        match store.create_run(new).await {
+            Ok(run) => created.push(run.run_id),
+            Err(stevedore_store::StoreError::Conflict(_)) => {
+                let Some(run) = existing.iter().find(|r| {
+                    r.logical_date == interval.start
+                        && r.trigger != stevedore_domain::state::RunTrigger::Manual
+                }) else {
+                    kept += 1;
+                    continue;
+                };
+                if rerun_failed && run.state == RunState::Failed {
+                    let failed: Vec<String> = store
+                        .task_instances(&run.run_id)
+                        .await?
+                        .into_iter()
+                        .filter(|ti| {
+                            matches!(
+                                ti.state,
+                                stevedore_domain::state::TaskState::Failed
+                                    | stevedore_domain::state::TaskState::UpstreamFailed
+                            )
+                        })
+                        .map(|ti| ti.task_id)
+                        .collect();
+                    store.clear_task_instances(&run.run_id, &failed).await?;
+                    rerun.push(run.run_id.clone());
+                } else {
+                    kept += 1;
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "{} interval(s) from {} to {}: {} run(s) created, {} rerun, {} already there",
+        intervals.len(),
+        rfc3339(from),
+        rfc3339(to),
+        created.len(),
+        rerun.len(),
+        kept
+    );
+    let watched: Vec<String> = created.into_iter().chain(rerun).collect();
+    if !wait || watched.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = indicatif::ProgressBar::new(watched.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg:<16} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("runs finished");
+    let failed = loop {
+        let mut finished = 0;
+        let mut failed = 0;
+        for run_id in &watched {
+            let run = store.get_run(run_id).await?;
+            if run.state.is_finished() {
+                finished += 1;
+                failed += usize::from(run.state == RunState::Failed);
+            }
+        }
+        bar.set_position(finished as u64);
+        if finished == watched.len() {
+            break failed;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    bar.finish_and_clear();
+    println!("{} run(s) finished, {failed} failed", watched.len());
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -93,6 +93,22 @@ pub enum JobsCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Creates the runs of every data interval whose start lies in [--from, --to].
+    Backfill {
+        job: String,
+        /// First logical date (job timezone unless it has an offset).
+        #[arg(long)]
+        from: String,
+        /// Last logical date, included.
+        #[arg(long)]
+        to: String,
+        /// Runs of the range that failed run again (their failed task instances cleared).
+        #[arg(long)]
+        rerun_failed: bool,
+        /// Waits for the runs to end, with a progress bar; exits non-zero if one failed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// The next data intervals the job's schedule produces.
     Next {
         job: String,

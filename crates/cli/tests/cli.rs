@@ -474,3 +474,79 @@ fn clear_reruns_a_task_and_its_downstream_and_mark_sets_states_by_hand() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("has no task `nope`"));
     standalone.interrupt();
 }
+
+#[test]
+fn backfill_creates_the_runs_of_a_range_in_order_and_reruns_failed_ones() {
+    let flag = tempfile::tempdir().unwrap();
+    let ok = flag.path().join("ok");
+    let job = format!(
+        "id: daily_load\nschedule: \"@daily\"\ntimezone: Europe/Berlin\nstart_date: 2024-01-01\nmax_active_runs: 1\ntasks:\n  - id: load\n    backend: process\n    command: [/bin/sh, -c, \"test -e {}\"]\n",
+        ok.display()
+    );
+    let workspace = Workspace::new(&[("daily_load.yaml", &job)]);
+    let standalone = workspace.standalone(None);
+    let first = workspace.run(&[
+        "jobs",
+        "backfill",
+        "daily_load",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--wait",
+    ]);
+    assert!(
+        !first.status.success(),
+        "the runs fail until the flag exists"
+    );
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        text.contains("3 interval(s)") && text.contains("3 run(s) created"),
+        "{text}"
+    );
+    assert!(text.contains("3 run(s) finished, 3 failed"), "{text}");
+
+    std::fs::write(&ok, "").unwrap();
+    let again = workspace.run(&[
+        "jobs",
+        "backfill",
+        "daily_load",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--rerun-failed",
+        "--wait",
+    ]);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(text.contains("0 run(s) created, 3 rerun"), "{text}");
+
+    let runs = workspace.json(&["runs", "list", "--job", "daily_load", "-o", "json"]);
+    let mut backfilled: Vec<&Value> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "backfill")
+        .collect();
+    backfilled.sort_by_key(|r| r["logical_date"].as_str().unwrap().to_owned());
+    let dates: Vec<&str> = backfilled
+        .iter()
+        .map(|r| r["logical_date"].as_str().unwrap())
+        .collect();
+    // Midnight in Berlin is 23:00 UTC the day before in winter.
+    assert_eq!(
+        dates,
+        [
+            "2023-12-31T23:00:00Z",
+            "2024-01-01T23:00:00Z",
+            "2024-01-02T23:00:00Z"
+        ]
+    );
+    assert!(backfilled.iter().all(|r| r["state"] == "success"));
+    standalone.interrupt();
+}

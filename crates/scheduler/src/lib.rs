@@ -266,6 +266,10 @@ impl Scheduler {
         let now = Utc::now();
         let records = self.store.list_jobs().await?;
         let mut max_runs = HashMap::new();
+        let current_versions: HashMap<&str, &str> = records
+            .iter()
+            .map(|r| (r.job_id.as_str(), r.current_version.as_str()))
+            .collect();
         for record in &records {
             let Ok(job) = self
                 .job_version(&record.job_id, &record.current_version)
@@ -312,6 +316,14 @@ impl Scheduler {
                     continue;
                 }
                 *running += 1;
+                // A run that had not started yet follows the job file as it is now.
+                if let Some(current) = current_versions.get(run.job_id.as_str()) {
+                    if *current != run.job_version {
+                        if let Err(error) = self.adopt_current_version(&mut run, current).await {
+                            warn!(run_id = %run.run_id, error = %error, "cannot move the run to the job's current version");
+                        }
+                    }
+                }
                 self.store
                     .set_run_state(&run.run_id, RunState::Running, now)
                     .await?;
@@ -354,6 +366,50 @@ impl Scheduler {
                 .await?;
             self.launch(job.clone(), run.clone(), task.clone(), try_number);
         }
+        Ok(())
+    }
+
+    /// `depends_on_past`: the same task in the job's previous run (by logical date) must
+    /// have succeeded or been skipped; the first run, or a task new in it, may run.
+    async fn past_allows(&self, run: &RunRecord, task_id: &str) -> anyhow::Result<bool> {
+        let Some(previous) = self
+            .store
+            .previous_run(&run.job_id, run.logical_date)
+            .await?
+        else {
+            return Ok(true);
+        };
+        let instances = self.store.task_instances(&previous.run_id).await?;
+        Ok(match instances.iter().find(|ti| ti.task_id == task_id) {
+            None => true,
+            Some(ti) => matches!(ti.state, TaskState::Success | TaskState::Skipped),
+        })
+    }
+
+    async fn adopt_current_version(
+        &self,
+        run: &mut RunRecord,
+        current: &str,
+    ) -> anyhow::Result<()> {
+        let old = self.job_version(&run.job_id, &run.job_version).await?;
+        let new = self.job_version(&run.job_id, current).await?;
+        let removed: Vec<String> = old
+            .tasks
+            .iter()
+            .filter(|t| new.task(&t.id).is_none())
+            .map(|t| t.id.clone())
+            .collect();
+        let added: Vec<String> = new
+            .tasks
+            .iter()
+            .filter(|t| old.task(&t.id).is_none())
+            .map(|t| t.id.clone())
+            .collect();
+        self.store
+            .adopt_version(&run.run_id, current, &removed, &added)
+            .await?;
+        info!(run_id = %run.run_id, version = current, removed = ?removed, added = ?added, "run follows the job's current version");
+        run.job_version = current.to_owned();
         Ok(())
     }
 
@@ -458,6 +514,9 @@ impl Scheduler {
                 continue;
             }
             if *state != TaskState::Scheduled {
+                continue;
+            }
+            if task.depends_on_past && !self.past_allows(run, task_id).await? {
                 continue;
             }
             // A configured backend that is not ready holds its tries; one that is not

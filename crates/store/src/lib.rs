@@ -212,7 +212,23 @@ pub trait Store: Send + Sync {
     /// Changes whenever a run is created (the newest run id; ids are time-ordered), so a
     /// scheduler can notice a trigger from another process with one cheap query.
     async fn runs_marker(&self) -> Result<Option<String>>;
-    /// The data interval of the job's latest scheduled or backfill run.
+    /// The job's run with the latest logical date before `logical_date` (any trigger).
+    async fn previous_run(
+        &self,
+        job_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<RunRecord>>;
+    /// Moves a run that has not started to another version of its job: task instances of
+    /// removed tasks become `removed`, added tasks get task instances.
+    async fn adopt_version(
+        &self,
+        run_id: &str,
+        version: &str,
+        removed: &[String],
+        added: &[String],
+    ) -> Result<()>;
+    /// The data interval of the job's latest scheduled run (backfills and manual runs do
+    /// not move the schedule).
     async fn last_scheduled_interval(&self, job_id: &str) -> Result<Option<DataInterval>>;
 
     // Task instances and tries.

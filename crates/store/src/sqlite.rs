@@ -451,6 +451,54 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn previous_run(
+        &self,
+        job_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<RunRecord>> {
+        sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ? AND logical_date < ? \
+             ORDER BY logical_date DESC, queued_at DESC LIMIT 1"
+        )))
+        .bind(job_id)
+        .bind(ts(logical_date))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(RunRow::into_record)
+        .transpose()
+    }
+
+    async fn adopt_version(
+        &self,
+        run_id: &str,
+        version: &str,
+        removed: &[String],
+        added: &[String],
+    ) -> Result<()> {
+        let mut tx = self.write_transaction().await?;
+        sqlx::query("UPDATE runs SET job_version = ? WHERE run_id = ?")
+            .bind(version)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        for task_id in removed {
+            sqlx::query("UPDATE task_instances SET state = 'removed' WHERE run_id = ? AND task_id = ? AND state = 'none'")
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for task_id in added {
+            sqlx::query("INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'none') ON CONFLICT DO NOTHING")
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn runs_marker(&self) -> Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT MAX(run_id) FROM runs")
             .fetch_one(&self.pool)
@@ -460,7 +508,7 @@ impl Store for SqliteStore {
     async fn last_scheduled_interval(&self, job_id: &str) -> Result<Option<DataInterval>> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT data_interval_start, data_interval_end FROM runs \
-             WHERE job_id = ? AND run_trigger <> 'manual' ORDER BY logical_date DESC LIMIT 1",
+             WHERE job_id = ? AND run_trigger = 'scheduled' ORDER BY logical_date DESC LIMIT 1",
         )
         .bind(job_id)
         .fetch_optional(&self.pool)

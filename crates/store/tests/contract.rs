@@ -50,6 +50,12 @@ pub async fn scheduled_runs_are_unique_per_logical_date(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(run.state, RunState::Queued);
+    let instances = store.task_instances(&run.run_id).await.unwrap();
+    let ids: Vec<_> = instances.iter().map(|ti| ti.task_id.as_str()).collect();
+    assert_eq!(ids, vec!["extract", "load"]);
+    assert!(instances
+        .iter()
+        .all(|ti| ti.state == TaskState::None && ti.try_number == 0));
     let again = store
         .create_run(new_run("demo", 1, RunTrigger::Scheduled))
         .await;
@@ -67,6 +73,7 @@ pub async fn scheduled_runs_are_unique_per_logical_date(store: &dyn Store) {
         .create_run(new_run("demo", 3, RunTrigger::Backfill))
         .await
         .unwrap();
+    // A backfill does not move the schedule ...
     let last = store
         .last_scheduled_interval("demo")
         .await
@@ -74,14 +81,50 @@ pub async fn scheduled_runs_are_unique_per_logical_date(store: &dyn Store) {
         .unwrap();
     assert_eq!(
         last.start,
-        Utc.with_ymd_and_hms(2024, 1, 3, 0, 0, 0).unwrap()
+        Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
     );
-    let instances = store.task_instances(&run.run_id).await.unwrap();
-    let ids: Vec<_> = instances.iter().map(|ti| ti.task_id.as_str()).collect();
-    assert_eq!(ids, vec!["extract", "load"]);
-    assert!(instances
-        .iter()
-        .all(|ti| ti.state == TaskState::None && ti.try_number == 0));
+    // ... but holds its logical date like a scheduled run.
+    let taken = store
+        .create_run(new_run("demo", 3, RunTrigger::Scheduled))
+        .await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    let third = Utc.with_ymd_and_hms(2024, 1, 3, 0, 0, 0).unwrap();
+    let before_third = store.previous_run("demo", third).await.unwrap().unwrap();
+    assert_eq!(
+        before_third.logical_date,
+        Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
+    );
+    assert!(store
+        .previous_run("demo", before_third.logical_date)
+        .await
+        .unwrap()
+        .is_none());
+
+    store
+        .adopt_version(
+            &run.run_id,
+            "v2",
+            &["load".to_owned()],
+            &["publish".to_owned()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_run(&run.run_id).await.unwrap().job_version, "v2");
+    let states: Vec<(String, TaskState)> = store
+        .task_instances(&run.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ti| (ti.task_id, ti.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("extract".into(), TaskState::None),
+            ("load".into(), TaskState::Removed),
+            ("publish".into(), TaskState::None)
+        ]
+    );
 }
 
 pub async fn runs_are_found_by_prefix_and_listed_newest_first(store: &dyn Store) {
