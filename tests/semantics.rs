@@ -352,8 +352,8 @@ async fn a_paused_job_makes_no_scheduled_runs_until_unpaused() {
     harness.stop().await;
 }
 
-/// `depends_on_past`: a task waits while the same task failed in the job's previous run,
-/// and goes once that one is cleared and succeeds. (The scheduler also makes the job's
+/// `depends_on_past`: a task never runs while the same task failed in the job's previous
+/// run (the run fails as deadlocked, as in Airflow); cleared, both run in order. (The scheduler also makes the job's
 /// latest scheduled run, which waits on these in turn: hence three active runs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depends_on_past_waits_for_the_previous_runs_task() {
@@ -392,7 +392,9 @@ async fn depends_on_past_waits_for_the_previous_runs_task() {
     }
     let first = harness.wait_run(&runs[0].run_id, MINUTE).await;
     assert_eq!(first.state, RunState::Failed);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The second run can never go on: a deadlock, which fails it without a try.
+    let second = harness.wait_run(&runs[1].run_id, MINUTE).await;
+    assert_eq!(second.state, RunState::Failed);
     assert!(
         harness.tries(&runs[1].run_id, "check").await.is_empty(),
         "ran although the previous run's task failed"
@@ -406,6 +408,11 @@ async fn depends_on_past_waits_for_the_previous_runs_task() {
     harness
         .store
         .clear_task_instances(&runs[0].run_id, &["check".to_owned()])
+        .await
+        .unwrap();
+    harness
+        .store
+        .clear_task_instances(&runs[1].run_id, &["check".to_owned()])
         .await
         .unwrap();
     assert_eq!(

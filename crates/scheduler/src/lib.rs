@@ -59,6 +59,15 @@ impl SchedulerConfig {
     }
 }
 
+/// What `depends_on_past` says of a task instance.
+enum Past {
+    Allows,
+    /// The previous run's task instance has not finished yet.
+    NotYet,
+    /// It finished without success: only an operator can change that.
+    Never,
+}
+
 /// Something that should wake the loop at once.
 #[derive(Debug)]
 enum Wake {
@@ -371,18 +380,20 @@ impl Scheduler {
 
     /// `depends_on_past`: the same task in the job's previous run (by logical date) must
     /// have succeeded or been skipped; the first run, or a task new in it, may run.
-    async fn past_allows(&self, run: &RunRecord, task_id: &str) -> anyhow::Result<bool> {
+    async fn past_allows(&self, run: &RunRecord, task_id: &str) -> anyhow::Result<Past> {
         let Some(previous) = self
             .store
             .previous_run(&run.job_id, run.logical_date)
             .await?
         else {
-            return Ok(true);
+            return Ok(Past::Allows);
         };
         let instances = self.store.task_instances(&previous.run_id).await?;
         Ok(match instances.iter().find(|ti| ti.task_id == task_id) {
-            None => true,
-            Some(ti) => matches!(ti.state, TaskState::Success | TaskState::Skipped),
+            None => Past::Allows,
+            Some(ti) if matches!(ti.state, TaskState::Success | TaskState::Skipped) => Past::Allows,
+            Some(ti) if ti.state.is_finished() => Past::Never,
+            Some(_) => Past::NotYet,
         })
     }
 
@@ -504,6 +515,7 @@ impl Scheduler {
             .or_insert(i64::from(job.max_active_tasks));
         let weights = priority_weights(&job);
         let mut ready = Vec::new();
+        let mut blocked_for_good = 0;
         for (task_id, state) in &states {
             let Some(task) = job.task(task_id) else {
                 continue;
@@ -516,8 +528,15 @@ impl Scheduler {
             if *state != TaskState::Scheduled {
                 continue;
             }
-            if task.depends_on_past && !self.past_allows(run, task_id).await? {
-                continue;
+            if task.depends_on_past {
+                match self.past_allows(run, task_id).await? {
+                    Past::Allows => {}
+                    Past::NotYet => continue,
+                    Past::Never => {
+                        blocked_for_good += 1;
+                        continue;
+                    }
+                }
             }
             // A configured backend that is not ready holds its tries; one that is not
             // configured at all fails them (with a reason saying so) in the try runner.
@@ -536,7 +555,16 @@ impl Scheduler {
             });
         }
 
-        if let Some(outcome) = run_outcome(&job, &states) {
+        // A deadlock: everything left waits on a previous run's task that ended without
+        // success; nothing can change that but an operator. The run fails, as in Airflow.
+        let unfinished = states.values().filter(|s| !s.is_finished()).count();
+        let outcome = if blocked_for_good > 0 && blocked_for_good == unfinished {
+            warn!(run_id = %run.run_id, job_id = %run.job_id, "deadlock: depends_on_past can never be met; failing the run");
+            Some(RunState::Failed)
+        } else {
+            run_outcome(&job, &states)
+        };
+        if let Some(outcome) = outcome {
             self.store
                 .set_run_state(&run.run_id, outcome, Utc::now())
                 .await?;
