@@ -478,3 +478,58 @@ async fn an_edited_job_keeps_running_runs_on_their_version() {
     );
     harness.stop().await;
 }
+
+/// Exit 99 marks the try `skipped`; the skip flows on through `all_success` children and
+/// the run still succeeds (its leaves are all skipped or successful). Templates reach
+/// `env` and `image` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_99_skips_and_templates_reach_env_and_image() {
+    let job = format!(
+        "id: skipping\nparams: {{tag: \"0.1.0\", greeting: hello}}\ntasks:\n{}{}{}  - id: templated\n    image: \"stevedore/synth:{{{{ params.tag }}}}\"\n    args: [noop]\n  - id: env_check\n    backend: process\n    command: [/bin/sh, -c, 'echo \"$GREETING for $DAY\"']\n    env: {{GREETING: \"{{{{ params.greeting }}}}\", DAY: \"{{{{ data_interval_start }}}}\"}}\n",
+        process_task("gate", "[exit, --code, 99]", ""),
+        process_task("after_gate", "[noop]", "    depends_on: [gate]\n"),
+        process_task("cleanup", "[noop]", "    depends_on: [after_gate]\n    trigger_rule: all_done\n"),
+    );
+    let harness = Harness::start(&[("skipping.yaml", &job)]).await;
+    let run = harness.trigger("skipping").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let states: Vec<(String, TaskState)> = harness
+        .store
+        .task_instances(&run.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ti| (ti.task_id, ti.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("gate".to_owned(), TaskState::Skipped),
+            ("after_gate".to_owned(), TaskState::Skipped),
+            ("cleanup".to_owned(), TaskState::Success),
+            ("templated".to_owned(), TaskState::Success),
+            ("env_check".to_owned(), TaskState::Success),
+        ]
+    );
+    let gate = harness.tries(&run.run_id, "gate").await;
+    assert_eq!(
+        (gate[0].state, gate[0].exit_code),
+        (TryState::Skipped, Some(99))
+    );
+    assert!(harness.tries(&run.run_id, "after_gate").await.is_empty());
+    assert_eq!(
+        harness.tries(&run.run_id, "templated").await[0].image_ref,
+        "stevedore/synth:0.1.0"
+    );
+    let env_check = &harness.tries(&run.run_id, "env_check").await[0];
+    let expected = format!(
+        "hello for {}",
+        stevedore_domain::protocol::rfc3339(run.data_interval.start)
+    );
+    assert_eq!(
+        harness.log_lines(env_check).await,
+        vec![("stdout".to_owned(), expected)]
+    );
+    harness.stop().await;
+}
