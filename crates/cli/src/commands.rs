@@ -44,11 +44,9 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
     let backend = Arc::new(DockerBackend::from_env()?);
     tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
     let process = Arc::new(ProcessBackend::from_env());
-    let scheduler = Scheduler::new(
-        store,
-        vec![backend, process],
-        SchedulerConfig::new(&global.jobs),
-    );
+    let mut config = SchedulerConfig::new(&global.jobs);
+    config.pools_file = Some(global.pools.clone());
+    let scheduler = Scheduler::new(store, vec![backend, process], config);
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]

@@ -550,3 +550,47 @@ fn backfill_creates_the_runs_of_a_range_in_order_and_reruns_failed_ones() {
     assert!(backfilled.iter().all(|r| r["state"] == "success"));
     standalone.interrupt();
 }
+
+#[test]
+fn pools_come_from_the_pools_file_and_the_cli() {
+    let workspace = Workspace::new(&[]);
+    std::fs::write(
+        workspace.dir.path().join("pools.yaml"),
+        "stripe_api: {slots: 4, description: rate budget}\nwarehouse: 8\n",
+    )
+    .unwrap();
+    let standalone = workspace.standalone(None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pools = loop {
+        let pools = workspace.json(&["pools", "list", "-o", "json"]);
+        if pools.as_array().unwrap().len() == 3 {
+            break pools;
+        }
+        assert!(Instant::now() < deadline, "pools file not read: {pools}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        pools[0],
+        serde_json::json!({"name": "default", "slots": 128, "description": "The pool of tasks that name none"})
+    );
+    assert_eq!(
+        pools[1],
+        serde_json::json!({"name": "stripe_api", "slots": 4, "description": "rate budget"})
+    );
+    assert!(workspace
+        .run(&["pools", "set", "scratch", "2"])
+        .status
+        .success());
+    let bad = workspace.run(&["pools", "set", "Bad-Name", "2"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pool name `Bad-Name`"));
+    assert!(workspace
+        .run(&["pools", "delete", "scratch"])
+        .status
+        .success());
+    assert!(!workspace
+        .run(&["pools", "delete", "default"])
+        .status
+        .success());
+    standalone.interrupt();
+}

@@ -64,13 +64,31 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        let store = SqliteStore { pool };
-        store.migrate().await?;
-        Ok(store)
+        // Two processes opening a brand-new file at once (a scheduler and the CLI) race to
+        // switch it to WAL, which SQLite refuses without waiting: try again briefly.
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1.. {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options.clone())
+                    .await?;
+                let store = SqliteStore { pool };
+                store.migrate().await?;
+                Ok::<_, StoreError>(store)
+            }
+            .await;
+            match opened {
+                Err(StoreError::Database(sqlx::Error::Database(error)))
+                    if attempt < 20 && error.message().contains("database is locked") =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A deferred
