@@ -182,11 +182,7 @@ impl TryRunner {
             args: context.entrypoint_args(&args),
             env,
             resources: task.resources.clone(),
-            state: Some(
-                state
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "null".to_owned()),
-            ),
+            state: state.map(|value| value.to_string()),
         };
 
         let (kill_tx, kill_rx) = kill_switch();
