@@ -473,6 +473,19 @@ fn short_digest(digest: &str) -> String {
     }
 }
 
+/// Fails with a clear message when the run has no task instance of that task.
+async fn ensure_task(store: &dyn Store, run: &RunRecord, task: &str) -> anyhow::Result<()> {
+    if !store
+        .task_instances(&run.run_id)
+        .await?
+        .iter()
+        .any(|ti| ti.task_id == task)
+    {
+        bail!("run {} has no task `{task}`", run.run_id);
+    }
+    Ok(())
+}
+
 /// The job version a run was created with.
 async fn run_job(store: &dyn Store, run: &RunRecord) -> anyhow::Result<Job> {
     let source = store.job_source(&run.job_id, &run.job_version).await?;
@@ -518,14 +531,7 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         }
         TasksCommand::Mark { run, task, state } => {
             let run = store.find_run(&run).await?;
-            if !store
-                .task_instances(&run.run_id)
-                .await?
-                .iter()
-                .any(|ti| ti.task_id == task)
-            {
-                bail!("run {} has no task `{task}`", run.run_id);
-            }
+            ensure_task(store.as_ref(), &run, &task).await?;
             let state: stevedore_domain::state::TaskState =
                 state.parse().map_err(|e: String| anyhow!(e))?;
             store
@@ -553,14 +559,7 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         if let Some(attempt) = pick(&tries) {
             break attempt;
         }
-        if !store
-            .task_instances(&run.run_id)
-            .await?
-            .iter()
-            .any(|ti| ti.task_id == task)
-        {
-            bail!("run {} has no task `{task}`", run.run_id);
-        }
+        ensure_task(store.as_ref(), &run, &task).await?;
         if !follow {
             bail!(match try_number {
                 Some(n) => format!("task `{task}` of run {} has no try {n}", run.run_id),
