@@ -177,6 +177,82 @@ async fn run_prepare(image: &ImageDir, bar: &ProgressBar) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Where the image's source lives and at which revision: the repository's `origin` (or its
+/// folder) and commit, with `-dirty` when the image's folder has uncommitted changes.
+async fn provenance(dir: &Path) -> (String, String) {
+    let git = |args: &[&str]| {
+        let mut command = tokio::process::Command::new("git");
+        command.args(args).current_dir(dir);
+        async move {
+            let output = command.output().await.ok()?;
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        }
+    };
+    let root = git(&["rev-parse", "--show-toplevel"]).await;
+    let source = match git(&["config", "--get", "remote.origin.url"]).await {
+        Some(url) if !url.is_empty() => url,
+        _ => root
+            .map(|r| format!("file://{r}"))
+            .unwrap_or_else(|| format!("file://{}", dir.display())),
+    };
+    let mut revision = git(&["rev-parse", "HEAD"])
+        .await
+        .unwrap_or_else(|| "unknown".to_owned());
+    if git(&["status", "--porcelain", "--", "."])
+        .await
+        .is_some_and(|changes| !changes.is_empty())
+    {
+        revision.push_str("-dirty");
+    }
+    (source, revision)
+}
+
+/// Tags `image` as `registry/image` and pushes it; returns the pushed reference.
+async fn push(
+    docker: &bollard::Docker,
+    tag: &str,
+    registry: &str,
+    bar: &ProgressBar,
+) -> anyhow::Result<String> {
+    let (repository, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+    let target = format!("{registry}/{repository}");
+    docker
+        .tag_image(
+            tag,
+            Some(
+                bollard::query_parameters::TagImageOptionsBuilder::default()
+                    .repo(&target)
+                    .tag(version)
+                    .build(),
+            ),
+        )
+        .await
+        .with_context(|| format!("cannot tag {tag} as {target}:{version}"))?;
+    bar.set_message(format!("pushing to {registry}"));
+    let options = bollard::query_parameters::PushImageOptionsBuilder::default()
+        .tag(version)
+        .build();
+    // Empty credentials rather than none: some engines refuse a push without the header.
+    let mut stream = docker.push_image(
+        &target,
+        Some(options),
+        Some(bollard::auth::DockerCredentials::default()),
+    );
+    while let Some(step) = stream.next().await {
+        let step = step.with_context(|| format!("cannot push {target}:{version}"))?;
+        if let Some(detail) = step.error_detail {
+            bail!(
+                "cannot push {target}:{version}: {}",
+                detail.message.unwrap_or_default()
+            );
+        }
+    }
+    Ok(format!("{target}:{version}"))
+}
+
 /// Builds one image; returns what happened ("built", "up to date", "ready").
 async fn build_one(
     docker: &bollard::Docker,
@@ -196,13 +272,19 @@ async fn build_one(
     let hash = context_hash(&image.path, &files)?;
     if let Ok(existing) = docker.inspect_image(&tag).await {
         let labels = existing.config.and_then(|c| c.labels).unwrap_or_default();
-        if labels.get(HASH_LABEL) == Some(&hash) {
+        // Same context, and built by a version of this command that labels provenance.
+        if labels.get(HASH_LABEL) == Some(&hash)
+            && labels.contains_key("org.opencontainers.image.revision")
+        {
             return Ok("up to date");
         }
     }
     bar.set_message("building");
+    let (source, revision) = provenance(&image.path).await;
     let labels = HashMap::from([
         (HASH_LABEL.to_owned(), hash),
+        ("org.opencontainers.image.source".to_owned(), source),
+        ("org.opencontainers.image.revision".to_owned(), revision),
         (
             "org.opencontainers.image.version".to_owned(),
             image.version.clone(),
@@ -245,7 +327,13 @@ async fn build_one(
     Ok("built")
 }
 
-pub async fn build(dir: &Path, names: &[String]) -> anyhow::Result<ExitCode> {
+/// Builds the images; with `push`, pushes those built from a Dockerfile to `push` (a
+/// registry address such as `127.0.0.1:5000`). Base images made by `prepare` alone stay local.
+pub async fn build(
+    dir: &Path,
+    names: &[String],
+    push_to: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::from_env()?;
     let docker = &backend.client()?;
     docker
@@ -274,11 +362,24 @@ pub async fn build(dir: &Path, names: &[String]) -> anyhow::Result<ExitCode> {
             .with_prefix(image.tag());
         bar.enable_steady_tick(Duration::from_millis(120));
         let started = Instant::now();
-        match build_one(docker, image, &bar).await {
-            Ok(outcome) => {
+        let built = async {
+            let outcome = build_one(docker, image, &bar).await?;
+            let pushed = match push_to {
+                Some(registry) if image.path.join("Dockerfile").is_file() => {
+                    Some(push(docker, &image.tag(), registry, &bar).await?)
+                }
+                _ => None,
+            };
+            anyhow::Ok((outcome, pushed))
+        };
+        match built.await {
+            Ok((outcome, pushed)) => {
                 bar.finish_and_clear();
+                let pushed = pushed
+                    .map(|target| format!(", pushed {target}"))
+                    .unwrap_or_default();
                 println!(
-                    "{:<34} {outcome} ({:.1}s)",
+                    "{:<34} {outcome}{pushed} ({:.1}s)",
                     image.tag(),
                     started.elapsed().as_secs_f64()
                 );
@@ -291,4 +392,112 @@ pub async fn build(dir: &Path, names: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stevedore images inspect IMAGE`: identity, labels, and what the image's `spec` says.
+pub async fn inspect(reference: &str, json_output: bool) -> anyhow::Result<ExitCode> {
+    let backend = DockerBackend::from_env()?;
+    let docker = &backend.client()?;
+    let image = docker.inspect_image(reference).await.with_context(|| {
+        format!("no image `{reference}` on the engine (pull or build it first)")
+    })?;
+    let labels = image
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let spec = run_spec(docker, reference).await;
+    let value = serde_json::json!({
+        "image": reference,
+        "id": image.id,
+        "repo_tags": image.repo_tags,
+        "repo_digests": image.repo_digests,
+        "created": image.created,
+        "labels": labels,
+        "spec": spec.as_ref().ok(),
+        "spec_error": spec.as_ref().err().map(|e| format!("{e:#}")),
+    });
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("image:    {reference}");
+    println!("id:       {}", image.id.unwrap_or_default());
+    for digest in image.repo_digests.unwrap_or_default() {
+        println!("digest:   {digest}");
+    }
+    let mut labels: Vec<_> = labels.into_iter().collect();
+    labels.sort();
+    for (key, value) in labels {
+        println!("label:    {key}={value}");
+    }
+    match spec {
+        Ok(spec) => println!("spec:     {spec}"),
+        Err(error) => println!("spec:     unavailable ({error:#})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the image's `spec` command and returns the JSON line it printed.
+async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<serde_json::Value> {
+    use bollard::query_parameters::{
+        AttachContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    };
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(reference.to_owned()),
+        cmd: Some(vec!["spec".to_owned()]),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some("none".to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(None, body)
+        .await
+        .context("cannot create a container for `spec`")?;
+    let id = created.id;
+    let result = async {
+        let attach = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut output = docker.attach_container(&id, Some(attach)).await?.output;
+        docker.start_container(&id, None).await?;
+        let mut stdout = Vec::new();
+        while let Some(chunk) = output.next().await {
+            if let bollard::container::LogOutput::StdOut { message } = chunk? {
+                stdout.extend_from_slice(&message);
+            }
+        }
+        let mut wait = docker.wait_container(
+            &id,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        if let Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) =
+            wait.next().await
+        {
+            bail!("`spec` exited with {code}");
+        }
+        let text = String::from_utf8_lossy(&stdout);
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|value| value["type"] == "spec")
+            .ok_or_else(|| anyhow::anyhow!("`spec` printed no spec message"))
+    }
+    .await;
+    let _ = docker
+        .remove_container(
+            &id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+    result
 }

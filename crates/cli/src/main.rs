@@ -193,7 +193,15 @@ pub enum ImagesCommand {
         /// Folder holding the images.
         #[arg(long, default_value = "images")]
         dir: PathBuf,
+        /// Also pushes each image built from a Dockerfile to the registry.
+        #[arg(long)]
+        push: bool,
+        /// The registry `--push` pushes to.
+        #[arg(long, env = "STEVEDORE_REGISTRY", default_value = "127.0.0.1:5000")]
+        registry: String,
     },
+    /// An image's identity, labels and `spec`.
+    Inspect { image: String },
 }
 
 #[derive(Subcommand)]
@@ -239,8 +247,14 @@ fn main() -> ExitCode {
             Command::Runs(command) => commands::runs(&global, command).await,
             Command::Tasks(command) => commands::tasks(&global, command).await,
             Command::Pools(command) => commands::pools(&global, command).await,
-            Command::Images(ImagesCommand::Build { names, dir }) => {
-                images::build(&dir, &names).await
+            Command::Images(ImagesCommand::Build {
+                names,
+                dir,
+                push,
+                registry,
+            }) => images::build(&dir, &names, push.then_some(registry.as_str())).await,
+            Command::Images(ImagesCommand::Inspect { image }) => {
+                images::inspect(&image, global.output == Format::Json).await
             }
             Command::Db(DbCommand::Migrate) => commands::migrate(&global).await,
         }

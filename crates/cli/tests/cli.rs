@@ -594,3 +594,60 @@ fn pools_come_from_the_pools_file_and_the_cli() {
         .success());
     standalone.interrupt();
 }
+
+#[test]
+fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
+    let registry = stevedore_e2e::Registry::start();
+    let workspace = Workspace::new(&[]);
+    let images = repo_root().join("images");
+    let built = workspace.run(&[
+        "images",
+        "build",
+        "shell-transform",
+        "--dir",
+        images.to_str().unwrap(),
+        "--push",
+        "--registry",
+        &registry.address,
+    ]);
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let pushed = format!("{}/stevedore/shell-transform:0.1.0", registry.address);
+    assert!(stdout.contains(&format!("pushed {pushed}")), "{stdout}");
+
+    let inspected = workspace.json(&["images", "inspect", &pushed, "-o", "json"]);
+    let labels = &inspected["labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], "0.1.0");
+    assert_eq!(labels["org.opencontainers.image.title"], "shell-transform");
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap();
+    assert!(revision.len() >= 40, "revision {revision}");
+    assert!(!labels["org.opencontainers.image.source"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    let digests: Vec<&str> = inspected["repo_digests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str())
+        .collect();
+    assert!(
+        digests.iter().any(|d| d.starts_with(&format!(
+            "{}/stevedore/shell-transform@sha256:",
+            registry.address
+        ))),
+        "{digests:?}"
+    );
+    assert_eq!(inspected["spec"]["name"], "shell-transform");
+    assert_eq!(inspected["spec"]["version"], "0.1.0");
+
+    let missing = workspace.run(&["images", "inspect", "stevedore/absent:9"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no image `stevedore/absent:9`"));
+}
