@@ -16,10 +16,16 @@ use stevedore_domain::state::{RunState, TryState};
 use stevedore_scheduler::jobs_dir::{load_job_file, load_jobs_dir};
 use stevedore_scheduler::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
+use stevedore_store::secrets::SecretKey;
 use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
 
 use crate::output::{duration, print_json, time, Format, Table};
-use crate::{Global, JobsCommand, PoolsCommand, RunsCommand, TasksCommand};
+use crate::{ConnectionsCommand, Global, JobsCommand, PoolsCommand, RunsCommand, TasksCommand};
+
+/// The key file beside the store file: `stevedore.db` → `stevedore.key`.
+fn default_key_file(global: &Global) -> std::path::PathBuf {
+    Path::new(global.db.strip_prefix("sqlite://").unwrap_or(&global.db)).with_extension("key")
+}
 
 /// Opens the store named by `--db`: a path or `sqlite://path`.
 pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -46,6 +52,13 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
     let process = Arc::new(ProcessBackend::from_env());
     let mut config = SchedulerConfig::new(&global.jobs);
     config.pools_file = Some(global.pools.clone());
+    config.secret_key = match SecretKey::load(&default_key_file(global), false) {
+        Ok(key) => Some(key),
+        Err(message) => {
+            tracing::info!(reason = %message, "no secret key: tasks that use connections will fail");
+            None
+        }
+    };
     let scheduler = Scheduler::new(store, vec![backend, process], config);
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
@@ -787,4 +800,87 @@ async fn backfill(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    match command {
+        ConnectionsCommand::Add {
+            name,
+            env,
+            description,
+        } => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                bail!("connection name `{name}` may only hold lowercase letters, digits and _");
+            }
+            let mut values = std::collections::BTreeMap::new();
+            for pair in &env {
+                // `--env KEY` takes the value from this command's own environment, so the
+                // secret never shows in the process list.
+                let (key, value) = match pair.split_once('=') {
+                    Some((key, value)) => (key.to_owned(), value.to_owned()),
+                    None => match std::env::var(pair) {
+                        Ok(value) => (pair.clone(), value),
+                        Err(_) => {
+                            bail!("--env {pair}: give KEY=VALUE, or set {pair} in the environment")
+                        }
+                    },
+                };
+                let key = key.as_str();
+                if !is_env_name(key) {
+                    bail!("`{key}` is not an environment variable name (A-Z, 0-9, _)");
+                }
+                values.insert(key.to_owned(), value);
+            }
+            let key = SecretKey::load(&default_key_file(global), true).map_err(|e| anyhow!(e))?;
+            let sealed = key
+                .seal(&serde_json::to_vec(&values)?)
+                .map_err(|e| anyhow!(e))?;
+            let keys: Vec<String> = values.keys().cloned().collect();
+            store
+                .put_connection(&stevedore_store::ConnectionRecord {
+                    name: name.clone(),
+                    description,
+                    keys: keys.clone(),
+                    sealed,
+                })
+                .await?;
+            println!("connection {name}: {}", keys.join(", "));
+        }
+        ConnectionsCommand::List => {
+            let connections = store.list_connections().await?;
+            if global.output == Format::Json {
+                print_json(&Value::Array(
+                    connections.iter().map(|c| json!({"name": c.name, "keys": c.keys, "description": c.description})).collect(),
+                ));
+            } else {
+                let mut table = Table::new(&["CONNECTION", "VARIABLES", "DESCRIPTION"]);
+                for connection in &connections {
+                    table.row(vec![
+                        connection.name.clone(),
+                        connection.keys.join(", "),
+                        connection.description.clone(),
+                    ]);
+                }
+                table.print();
+            }
+        }
+        ConnectionsCommand::Delete { name } => {
+            store.delete_connection(&name).await?;
+            println!("connection {name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

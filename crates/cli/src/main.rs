@@ -69,6 +69,9 @@ enum Command {
     /// Pools: named slot counts shared across jobs.
     #[command(subcommand)]
     Pools(PoolsCommand),
+    /// Connections: named secret sets injected into the tasks that list them.
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
     /// Integration images under images/.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -171,6 +174,25 @@ pub enum TasksCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ConnectionsCommand {
+    /// Adds (or replaces) a connection; its values are stored encrypted and never shown.
+    Add {
+        name: String,
+        /// A variable of the connection: KEY=VALUE, or KEY alone to take the value from this
+        /// command's environment (so it never shows in the process list). Repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE", required = true)]
+        env: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Connections and the variable names they set (never their values).
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum PoolsCommand {
     List,
     /// Creates or resizes a pool (a pools file, if it names the pool, wins at the next sync).
@@ -247,6 +269,7 @@ fn main() -> ExitCode {
             Command::Runs(command) => commands::runs(&global, command).await,
             Command::Tasks(command) => commands::tasks(&global, command).await,
             Command::Pools(command) => commands::pools(&global, command).await,
+            Command::Connections(command) => commands::connections(&global, command).await,
             Command::Images(ImagesCommand::Build {
                 names,
                 dir,

@@ -651,3 +651,81 @@ fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no image `stevedore/absent:9`"));
 }
+
+#[test]
+fn connection_secrets_reach_the_task_and_nowhere_else() {
+    const SECRET: &str = "sk_live_9f8e7d6c5b4a";
+    let job = "id: uses_secret\ntasks:\n  - id: call_api\n    backend: process\n    command: [/bin/sh, -c, 'echo \"token=$STRIPE_TOKEN\"; echo \"len=${#STRIPE_TOKEN}\" >&2; sleep 2']\n    connections: [stripe]\n";
+    let workspace = Workspace::new(&[("uses_secret.yaml", job)]);
+    // The value comes from the environment, so it is not in this command's arguments either.
+    let added = workspace
+        .command(&[
+            "connections",
+            "add",
+            "stripe",
+            "--env",
+            "STRIPE_TOKEN",
+            "--description",
+            "Stripe API",
+        ])
+        .env("STRIPE_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let key_file = workspace.dir.path().join("stevedore.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let standalone = workspace.standalone(None);
+    let run = workspace.run(&["jobs", "trigger", "uses_secret"]);
+    let run_id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    // While the task runs, the host's process list does not show the secret.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workspace.json(&["runs", "show", &run_id, "-o", "json"])["task_instances"][0]["state"]
+        != "running"
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(SECRET),
+        "secret in ps"
+    );
+    let shown = wait_for_state(&workspace, &run_id, "success");
+
+    let logs = workspace.run(&["tasks", "logs", &run_id, "call_api"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("stdout token=***"), "{logs}");
+    assert!(
+        logs.contains(&format!("stderr len={}", SECRET.len())),
+        "the task got the value: {logs}"
+    );
+    assert!(!logs.contains(SECRET));
+    assert!(!shown.to_string().contains(SECRET));
+    let listed = workspace.json(&["connections", "list", "-o", "json"]);
+    assert_eq!(
+        listed,
+        serde_json::json!([{"name": "stripe", "keys": ["STRIPE_TOKEN"], "description": "Stripe API"}])
+    );
+    // Not in the store's files either (sealed with the key kept outside them).
+    for entry in std::fs::read_dir(workspace.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path != key_file {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "secret in {}",
+                path.display()
+            );
+        }
+    }
+    standalone.interrupt();
+}

@@ -35,6 +35,8 @@ pub struct SchedulerConfig {
     pub jobs_dir: PathBuf,
     /// A pools file (`name: slots`), read with the job files when it exists.
     pub pools_file: Option<PathBuf>,
+    /// Opens connections; tasks that use one fail without it.
+    pub secret_key: Option<stevedore_store::secrets::SecretKey>,
     /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
     pub tick: Duration,
     /// How often the loop checks, with one cheap query, whether another process created a
@@ -51,6 +53,7 @@ impl SchedulerConfig {
         SchedulerConfig {
             jobs_dir: jobs_dir.into(),
             pools_file: None,
+            secret_key: None,
             tick: Duration::from_secs(1),
             trigger_poll: Duration::from_millis(100),
             sync_every: Duration::from_secs(5),
@@ -592,6 +595,7 @@ impl Scheduler {
                 store: scheduler.store.clone(),
                 backend: scheduler.backends.get(backend_name).cloned(),
                 backend_name,
+                secret_key: scheduler.config.secret_key.clone(),
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();

@@ -17,6 +17,7 @@ use stevedore_domain::protocol::{output_as_text, parse_line, rfc3339, Message, T
 use stevedore_domain::retry::RetryKey;
 use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
 use stevedore_domain::template::{self, Variable};
+use stevedore_store::secrets::SecretKey;
 use stevedore_store::{LogLine, LogStream, RunRecord, Store, TryFinish, TryKey};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -47,6 +48,58 @@ pub struct TryRunner {
     /// `None` when the task names a backend this scheduler does not have.
     pub backend: Option<Arc<dyn Backend>>,
     pub backend_name: &'static str,
+    /// Opens connections; `None` when the scheduler has no secret key.
+    pub secret_key: Option<SecretKey>,
+}
+
+/// Secret values shorter than this are not redacted from logs: masking every `1` or `ab` in
+/// a log would hide more than it protects.
+const MIN_REDACTED_LEN: usize = 4;
+
+/// Replaces every secret value in `text` by `***`.
+fn redact(text: String, secrets: &[String]) -> String {
+    let mut text = text;
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
+}
+
+impl TryRunner {
+    /// The environment variables of the task's connections, and their values (to redact).
+    async fn connection_env(
+        &self,
+        task: &Task,
+    ) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+        let mut env = BTreeMap::new();
+        let mut secrets = Vec::new();
+        for name in &task.connections {
+            let record = self
+                .store
+                .get_connection(name)
+                .await
+                .map_err(|e| format!("connection `{name}`: {e}"))?;
+            let key = self.secret_key.as_ref().ok_or_else(|| {
+                format!("connection `{name}`: the scheduler has no secret key (STEVEDORE_SECRET_KEY or its key file)")
+            })?;
+            let plain = key
+                .open(&record.sealed)
+                .map_err(|e| format!("connection `{name}`: {e}"))?;
+            let values: BTreeMap<String, String> =
+                serde_json::from_slice(&plain).map_err(|e| format!("connection `{name}`: {e}"))?;
+            for (variable, value) in values {
+                if value.len() >= MIN_REDACTED_LEN {
+                    secrets.push(value.clone());
+                }
+                env.insert(variable, value);
+            }
+        }
+        // Longest first, so a secret that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Ok((env, secrets))
+    }
 }
 
 /// The task's image, args and env with templates rendered for one try.
@@ -166,6 +219,19 @@ impl TryRunner {
                 .finish(&job, &task, &context, started.try_id, exit)
                 .await;
         };
+        let (connection_env, secrets) = match self.connection_env(&task).await {
+            Ok(found) => found,
+            Err(message) => {
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(message)),
+                };
+                return self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await;
+            }
+        };
+        env.extend(connection_env);
         let state = self.store.committed_state(&job.id, &task.id).await?;
         // The state file exists only once the task has committed state.
         for (name, value) in context.environment(state.as_ref().map(|_| STATE_FILE)) {
@@ -202,6 +268,7 @@ impl TryRunner {
             task.id.clone(),
             started.try_id,
             events_rx,
+            secrets,
         ));
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
         let result = backend.execute(spec, events_tx, kill_rx).await;
@@ -364,6 +431,7 @@ async fn consume_events(
     task_id: String,
     try_id: i64,
     mut events: mpsc::Receiver<TryEvent>,
+    secrets: Vec<String>,
 ) -> anyhow::Result<()> {
     let mut batch: Vec<LogLine> = Vec::with_capacity(LOG_BATCH);
     let mut seq: i64 = 0;
@@ -411,7 +479,7 @@ async fn consume_events(
                     Stream::Stdout => LogStream::Stdout,
                     Stream::Stderr => LogStream::Stderr,
                 };
-                let mut text = text;
+                let mut text = redact(text, &secrets);
                 if stream == Stream::Stdout {
                     match parse_line(&text) {
                         Some(Message::Log { level, message }) => {
@@ -444,4 +512,22 @@ async fn consume_events(
     }
     store.append_logs(&batch).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_masks_every_occurrence_longest_first() {
+        let secrets = vec!["sk_live_abc123".to_owned(), "abc1".to_owned()];
+        assert_eq!(
+            redact(
+                "token sk_live_abc123 and abc1 and sk_live_abc123".into(),
+                &secrets
+            ),
+            "token *** and *** and ***"
+        );
+        assert_eq!(redact("nothing here".into(), &secrets), "nothing here");
+    }
 }

@@ -2,9 +2,11 @@
 //! outputs and committed state, behind one domain-level [`Store`] trait.
 //!
 //! - [`sqlite`]: the embedded default, a single file, created and migrated on open.
+//! - [`secrets`]: how connection values are sealed before they reach any store.
 //!
 //! Every implementation passes the same contract suite (`tests/contract.rs`).
 
+pub mod secrets;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -168,6 +170,17 @@ pub struct TryFinish {
     pub next_try_at: Option<DateTime<Utc>>,
 }
 
+/// A connection: named secret values injected as environment variables. Only `sealed`
+/// (encrypted with the [`secrets::SecretKey`]) holds the values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub name: String,
+    pub description: String,
+    /// The environment variable names it sets (not secret).
+    pub keys: Vec<String>,
+    pub sealed: Vec<u8>,
+}
+
 /// A pool: how many slots the task instances using it may hold at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolRecord {
@@ -272,6 +285,12 @@ pub trait Store: Send + Sync {
     /// Puts finished task instances back to `none` (a new try follows, with a fresh retry
     /// budget) and a finished run back to `queued`. Refuses running task instances.
     async fn clear_task_instances(&self, run_id: &str, task_ids: &[String]) -> Result<()>;
+
+    // Connections.
+    async fn put_connection(&self, connection: &ConnectionRecord) -> Result<()>;
+    async fn get_connection(&self, name: &str) -> Result<ConnectionRecord>;
+    async fn list_connections(&self) -> Result<Vec<ConnectionRecord>>;
+    async fn delete_connection(&self, name: &str) -> Result<()>;
 
     // Pools.
     /// Every pool, `default` (128 slots unless changed) included.

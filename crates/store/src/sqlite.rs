@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/sqlite/0003_operator_actions.sql"),
     ),
+    (4, include_str!("../migrations/sqlite/0004_connections.sql")),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -868,6 +869,62 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_connection(&self, connection: &ConnectionRecord) -> Result<()> {
+        let keys = serde_json::to_string(&connection.keys)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO connections (name, description, keys, sealed, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET description = excluded.description, keys = excluded.keys, \
+             sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(&connection.name)
+        .bind(&connection.description)
+        .bind(keys)
+        .bind(&connection.sealed)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_connection(&self, name: &str) -> Result<ConnectionRecord> {
+        self.list_connections()
+            .await?
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| StoreError::NotFound(format!("connection `{name}`")))
+    }
+
+    async fn list_connections(&self) -> Result<Vec<ConnectionRecord>> {
+        let rows: Vec<(String, String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT name, description, keys, sealed FROM connections ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(name, description, keys, sealed)| {
+                let keys = serde_json::from_str(&keys)
+                    .map_err(|e| StoreError::Corrupt(format!("connection keys: {e}")))?;
+                Ok(ConnectionRecord {
+                    name,
+                    description,
+                    keys,
+                    sealed,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_connection(&self, name: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM connections WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("connection `{name}`")));
+        }
         Ok(())
     }
 

@@ -351,6 +351,34 @@ pub async fn pools_start_with_default_and_can_be_resized(store: &dyn Store) {
     ));
 }
 
+pub async fn connections_keep_only_sealed_values(store: &dyn Store) {
+    let connection = ConnectionRecord {
+        name: "stripe".into(),
+        description: "Stripe API".into(),
+        keys: vec!["STRIPE_TOKEN".into()],
+        sealed: vec![1, 2, 3, 4],
+    };
+    store.put_connection(&connection).await.unwrap();
+    assert_eq!(store.get_connection("stripe").await.unwrap(), connection);
+    store
+        .put_connection(&ConnectionRecord {
+            sealed: vec![9],
+            ..connection.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.list_connections().await.unwrap()[0].sealed, vec![9]);
+    store.delete_connection("stripe").await.unwrap();
+    assert!(matches!(
+        store.get_connection("stripe").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_connection("stripe").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -371,6 +399,7 @@ macro_rules! store_contract_suite {
             case!(tries_record_results_and_commit_state_only_on_success);
             case!(log_lines_keep_their_order_and_streams);
             case!(pools_start_with_default_and_can_be_resized);
+            case!(connections_keep_only_sealed_values);
         }
     };
 }
