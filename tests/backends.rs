@@ -11,7 +11,8 @@ use stevedore_domain::state::FailureReason;
 use stevedore_e2e::*;
 use tokio::sync::mpsc;
 
-fn spec(backend: &str, task: &str, args: &[&str], state: Option<&str>) -> LaunchSpec {
+/// A try of `task`; tries given the same `run` share a run (and its workspace).
+fn spec(backend: &str, run: &str, task: &str, args: &[&str], state: Option<&str>) -> LaunchSpec {
     let contract: Vec<String> = [
         "run", "--job", "contract", "--task", task, "--run", "r1", "--try", "1", "--",
     ]
@@ -28,7 +29,7 @@ fn spec(backend: &str, task: &str, args: &[&str], state: Option<&str>) -> Launch
     }
     LaunchSpec {
         job_id: "contract".into(),
-        run_id: format!("r1-{backend}"),
+        run_id: format!("{run}-{backend}"),
         task_id: task.into(),
         try_number: 1,
         image: SYNTH.into(),
@@ -89,7 +90,13 @@ async fn execute(
 pub async fn a_successful_try_reports_exit_zero_and_its_lines(backend: &dyn Backend) {
     let (exit, lines, events) = execute(
         backend,
-        spec(backend.name(), "ok", &["extract", "--records", "4"], None),
+        spec(
+            backend.name(),
+            "ok",
+            "ok",
+            &["extract", "--records", "4"],
+            None,
+        ),
         None,
     )
     .await;
@@ -121,12 +128,22 @@ pub async fn a_successful_try_reports_exit_zero_and_its_lines(backend: &dyn Back
         )),
         "{lines:?}"
     );
+    backend
+        .remove_workspace(&format!("ok-{}", backend.name()))
+        .await
+        .unwrap();
 }
 
 pub async fn a_non_zero_exit_is_a_result(backend: &dyn Backend) {
     let (exit, lines, _) = execute(
         backend,
-        spec(backend.name(), "fails", &["exit", "--code", "3"], None),
+        spec(
+            backend.name(),
+            "fails",
+            "fails",
+            &["exit", "--code", "3"],
+            None,
+        ),
         None,
     )
     .await;
@@ -138,13 +155,23 @@ pub async fn a_non_zero_exit_is_a_result(backend: &dyn Backend) {
         }
     );
     assert_eq!(lines, vec![(Stream::Stdout, "exiting with 3".to_owned())]);
+    backend
+        .remove_workspace(&format!("fails-{}", backend.name()))
+        .await
+        .unwrap();
 }
 
 pub async fn a_kill_stops_the_try_with_its_reason(backend: &dyn Backend) {
     let started = std::time::Instant::now();
     let (exit, lines, _) = execute(
         backend,
-        spec(backend.name(), "slow", &["sleep", "--seconds", "60"], None),
+        spec(
+            backend.name(),
+            "slow",
+            "slow",
+            &["sleep", "--seconds", "60"],
+            None,
+        ),
         Some(Duration::from_millis(1500)),
     )
     .await;
@@ -157,6 +184,10 @@ pub async fn a_kill_stops_the_try_with_its_reason(backend: &dyn Backend) {
         }
     );
     assert_eq!(lines, vec![(Stream::Stdout, "sleeping 60s".to_owned())]);
+    backend
+        .remove_workspace(&format!("slow-{}", backend.name()))
+        .await
+        .unwrap();
 }
 
 pub async fn the_state_file_reaches_the_try(backend: &dyn Backend) {
@@ -164,6 +195,7 @@ pub async fn the_state_file_reaches_the_try(backend: &dyn Backend) {
         backend,
         spec(
             backend.name(),
+            "stateful",
             "stateful",
             &["extract", "--records", "1"],
             Some("{\"cursor\":\"c-42\"}"),
@@ -176,10 +208,20 @@ pub async fn the_state_file_reaches_the_try(backend: &dyn Backend) {
         lines.iter().any(|(_, l)| l.contains("last cursor: c-42")),
         "{lines:?}"
     );
+    backend
+        .remove_workspace(&format!("stateful-{}", backend.name()))
+        .await
+        .unwrap();
 }
 
 pub async fn running_tries_are_listed_by_their_labels(backend: &dyn Backend) {
-    let task = spec(backend.name(), "listed", &["sleep", "--seconds", "3"], None);
+    let task = spec(
+        backend.name(),
+        "listed",
+        "listed",
+        &["sleep", "--seconds", "3"],
+        None,
+    );
     let run_id = task.run_id.clone();
     let (events_tx, mut events_rx) = mpsc::channel(64);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
@@ -209,6 +251,47 @@ pub async fn running_tries_are_listed_by_their_labels(backend: &dyn Backend) {
         !after.iter().any(|r| r.run_id == run_id),
         "still listed after the end: {after:?}"
     );
+    backend
+        .remove_workspace(&format!("listed-{}", backend.name()))
+        .await
+        .unwrap();
+}
+
+pub async fn tries_of_a_run_share_its_workspace(backend: &dyn Backend) {
+    let (exit, lines, _) = execute(
+        backend,
+        spec(
+            backend.name(),
+            "shared",
+            "writer",
+            &["write", "--file", "rows.jsonl", "--text", "{\"id\":1}"],
+            None,
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0), "{lines:?}");
+    let (exit, lines, _) = execute(
+        backend,
+        spec(
+            backend.name(),
+            "shared",
+            "reader",
+            &["read", "--file", "rows.jsonl"],
+            None,
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0), "{lines:?}");
+    assert_eq!(
+        lines,
+        vec![(Stream::Stdout, "read rows.jsonl: {\"id\":1}".to_owned())]
+    );
+    let run_id = format!("shared-{}", backend.name());
+    assert!(backend.workspaces().await.unwrap().contains(&run_id));
+    backend.remove_workspace(&run_id).await.unwrap();
+    assert!(!backend.workspaces().await.unwrap().contains(&run_id));
 }
 
 macro_rules! backend_contract_suite {
@@ -230,6 +313,7 @@ macro_rules! backend_contract_suite {
             case!(a_kill_stops_the_try_with_its_reason);
             case!(the_state_file_reaches_the_try);
             case!(running_tries_are_listed_by_their_labels);
+            case!(tries_of_a_run_share_its_workspace);
         }
     };
 }

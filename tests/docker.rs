@@ -454,3 +454,42 @@ async fn cron_schedules_create_runs_for_their_data_intervals() {
     }
     harness.stop().await;
 }
+
+/// Tasks of one run share a workspace (a volume per run), so extract can hand a file to
+/// load; it is removed once the run is past its retention (zero in these tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_run_share_a_workspace_removed_after_retention() {
+    let job = format!(
+        "id: handoff\ntasks:\n  - id: extract\n    image: {SYNTH}\n    args: [write, --file, records.jsonl, --text, \"{{{{ run_id }}}}\"]\n  - id: load\n    image: {SYNTH}\n    depends_on: [extract]\n    args: [read, --file, records.jsonl]\n"
+    );
+    let harness = Harness::start(&[("handoff.yaml", &job)]).await;
+    let first = harness.trigger("handoff").await;
+    let second = harness.trigger("handoff").await;
+    for run in [&first, &second] {
+        let run = harness.wait_run(&run.run_id, MINUTE).await;
+        assert_eq!(run.state, RunState::Success);
+        let load = &harness.tries(&run.run_id, "load").await[0];
+        // Each run reads its own file: workspaces are per run.
+        assert_eq!(
+            harness.log_lines(load).await,
+            vec![(
+                "stdout".to_owned(),
+                format!("read records.jsonl: {}", run.run_id)
+            )]
+        );
+    }
+    let docker = DockerBackend::from_env().unwrap();
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let left = docker.workspaces().await.unwrap();
+        if !left.contains(&first.run_id) && !left.contains(&second.run_id) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workspaces not removed: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    harness.stop().await;
+}

@@ -101,6 +101,9 @@ impl Harness {
         let mut config = SchedulerConfig::new(&jobs_dir);
         config.tick = Duration::from_millis(200);
         config.sync_every = Duration::from_secs(1);
+        // Tests leave nothing behind: workspaces go as soon as their run has finished.
+        config.workspace_retention = Duration::ZERO;
+        config.workspace_sweep_every = Duration::from_millis(500);
         let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(dir.path().join("process")));
         let scheduler = Scheduler::new(store.clone(), vec![backend, process], config);
         let (shutdown, stop) = oneshot::channel::<()>();

@@ -240,6 +240,23 @@ impl DockerBackend {
         Ok(())
     }
 
+    /// Creates the run's workspace volume (a no-op when it exists).
+    async fn ensure_workspace(
+        &self,
+        docker: &Docker,
+        spec: &LaunchSpec,
+    ) -> Result<(), bollard::errors::Error> {
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(workspace_volume(&spec.run_id)),
+            labels: Some(HashMap::from([
+                (LABEL_JOB.to_owned(), spec.job_id.clone()),
+                (LABEL_RUN.to_owned(), spec.run_id.clone()),
+            ])),
+            ..Default::default()
+        };
+        docker.create_volume(request).await.map(|_| ())
+    }
+
     fn container_body(&self, spec: &LaunchSpec, image: &str) -> ContainerCreateBody {
         let labels = HashMap::from([
             (LABEL_JOB.to_owned(), spec.job_id.clone()),
@@ -253,6 +270,12 @@ impl DockerBackend {
             // Least privilege: no Linux capabilities, no privilege escalation.
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            mounts: Some(vec![bollard::models::Mount {
+                typ: Some(bollard::models::MountType::VOLUME),
+                source: Some(workspace_volume(&spec.run_id)),
+                target: Some(WORKSPACE_DIR.to_owned()),
+                ..Default::default()
+            }]),
             auto_remove: Some(false),
             ..Default::default()
         };
@@ -260,7 +283,15 @@ impl DockerBackend {
             image: Some(image.to_owned()),
             entrypoint: spec.command.clone(),
             cmd: Some(spec.args.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain(std::iter::once(format!(
+                        "STEVEDORE_WORKSPACE={WORKSPACE_DIR}"
+                    )))
+                    .collect(),
+            ),
             labels: Some(labels),
             host_config: Some(host_config),
             attach_stdout: Some(true),
@@ -476,6 +507,15 @@ impl Backend for DockerBackend {
             Err(ImageProblem::Image(message)) => return failed(FailureReason::Image(message)),
         };
 
+        if let Err(error) = self.ensure_workspace(docker, &spec).await {
+            if is_connection_error(&error) {
+                return Err(self.unavailable(&error));
+            }
+            return failed(FailureReason::Backend(format!(
+                "cannot create the run's workspace: {}",
+                engine_message(&error)
+            )));
+        }
         let name = format!(
             "stevedore-{}-{}-{}-{}",
             spec.job_id, spec.task_id, spec.run_id, spec.try_number
@@ -602,8 +642,51 @@ impl Backend for DockerBackend {
             .collect())
     }
 
+    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
+        let docker = self.client()?;
+        let filters = HashMap::from([("label", vec![LABEL_RUN])]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let listed = docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        Ok(listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.labels.get(LABEL_RUN).cloned())
+            .collect())
+    }
+
+    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError> {
+        let docker = self.client()?;
+        match docker
+            .remove_volume(
+                &workspace_volume(run_id),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if status_code(&error) == Some(404) => Ok(()),
+            Err(error) if is_connection_error(&error) => Err(self.unavailable(&error)),
+            // In use (a try still runs) or refused: try again at the next sweep.
+            Err(error) => {
+                debug!(run_id, error = %error, "workspace not removed yet");
+                Ok(())
+            }
+        }
+    }
+
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
         self.remove_quietly(&self.client()?, container_id).await;
         Ok(())
     }
+}
+
+/// The volume holding a run's workspace.
+fn workspace_volume(run_id: &str) -> String {
+    format!("stevedore-run-{run_id}")
 }

@@ -47,6 +47,9 @@ pub struct LaunchSpec {
     pub state: Option<String>,
 }
 
+/// Where every try of a run finds the run's shared workspace (also `STEVEDORE_WORKSPACE`).
+pub const WORKSPACE_DIR: &str = "/workspace";
+
 /// Where the state file sits inside a container.
 pub const STATE_DIR: &str = "/stevedore";
 pub const STATE_FILE: &str = "/stevedore/state.json";
@@ -148,4 +151,10 @@ pub trait Backend: Send + Sync {
 
     /// Stops and removes a try's container found by [`Backend::list_running`].
     async fn remove(&self, container_id: &str) -> Result<(), BackendError>;
+
+    /// Runs that have a workspace here (the folder all tries of a run share).
+    async fn workspaces(&self) -> Result<Vec<String>, BackendError>;
+
+    /// Removes a run's workspace (its retention is over).
+    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError>;
 }

@@ -40,6 +40,10 @@ impl ProcessBackend {
         ProcessBackend::new(dir)
     }
 
+    fn workspace(&self, run_id: &str) -> PathBuf {
+        self.runtime_dir.join("workspaces").join(run_id)
+    }
+
     fn marker(&self, id: &str) -> PathBuf {
         self.runtime_dir.join(format!("{id}.json"))
     }
@@ -144,6 +148,17 @@ impl Backend for ProcessBackend {
             )));
         }
         let mut env = spec.env.clone();
+        let workspace = self.workspace(&spec.run_id);
+        if let Err(error) = std::fs::create_dir_all(&workspace) {
+            return failed(FailureReason::Backend(format!(
+                "cannot create the run's workspace {}: {error}",
+                workspace.display()
+            )));
+        }
+        env.insert(
+            "STEVEDORE_WORKSPACE".to_owned(),
+            workspace.display().to_string(),
+        );
         if let Some(state) = &spec.state {
             let path = workdir.join("state.json");
             if let Err(error) = std::fs::write(&path, state) {
@@ -283,6 +298,21 @@ impl Backend for ProcessBackend {
             }
         }
         Ok(running)
+    }
+
+    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
+        let Ok(entries) = std::fs::read_dir(self.runtime_dir.join("workspaces")) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect())
+    }
+
+    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError> {
+        let _ = std::fs::remove_dir_all(self.workspace(run_id));
+        Ok(())
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {

@@ -52,6 +52,10 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
     let process = Arc::new(ProcessBackend::from_env());
     let mut config = SchedulerConfig::new(&global.jobs);
     config.pools_file = Some(global.pools.clone());
+    if let Ok(text) = std::env::var("STEVEDORE_WORKSPACE_RETENTION") {
+        config.workspace_retention = stevedore_domain::duration::parse_duration(&text)
+            .map_err(|e| anyhow!("STEVEDORE_WORKSPACE_RETENTION: {e}"))?;
+    }
     config.secret_key = match SecretKey::load(&default_key_file(global), false) {
         Ok(key) => Some(key),
         Err(message) => {

@@ -19,13 +19,21 @@ struct Workspace {
 }
 
 impl Workspace {
-    /// A folder with a copy of the repository's example jobs plus `extra` job files.
+        /// A folder with a copy of the manual-only example job plus `extra` job files.
     fn new(extra: &[(&str, &str)]) -> Workspace {
-        let dir = tempfile::tempdir().unwrap();
+        Workspace::with_jobs(&["retry_demo.yaml"], extra)
+    }
+
+    /// With every example job, the daily `example_etl` included (its scheduler makes a
+    /// scheduled run at once).
+    fn with_examples(extra: &[(&str, &str)]) -> Workspace {
+        Workspace::with_jobs(&["example_etl.yaml", "retry_demo.yaml"], extra)
+    }
+
+    fn with_jobs(examples: &[&str], extra: &[(&str, &str)]) -> Workspace {let dir = tempfile::tempdir().unwrap();
         let jobs = dir.path().join("jobs");
         std::fs::create_dir_all(&jobs).unwrap();
-        for name in ["example_etl.yaml", "retry_demo.yaml"] {
-            std::fs::copy(repo_root().join("jobs").join(name), jobs.join(name)).unwrap();
+                for name in examples {std::fs::copy(repo_root().join("jobs").join(name), jobs.join(name)).unwrap();
         }
         for (name, text) in extra {
             std::fs::write(jobs.join(name), text).unwrap();
@@ -40,6 +48,7 @@ impl Workspace {
             .current_dir(self.dir.path())
             .env("STEVEDORE_DB", self.dir.path().join("stevedore.db"))
             .env("STEVEDORE_JOBS", self.dir.path().join("jobs"))
+            .env("STEVEDORE_WORKSPACE_RETENTION", "0s")
             .env_remove("STEVEDORE_LOG");
         command
     }
@@ -113,14 +122,24 @@ impl Standalone {
 }
 
 impl Drop for Standalone {
+    /// Even when a test fails, stop the scheduler cleanly so it removes its containers.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(25);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+        }
     }
 }
 
 #[test]
 fn standalone_runs_the_example_job_while_the_cli_reads_the_same_store() {
-    let workspace = Workspace::new(&[]);
+    let workspace = Workspace::with_examples(&[]);
     let standalone = workspace.standalone(None);
 
     let run = workspace.json(&["jobs", "trigger", "example_etl", "--wait", "-o", "json"]);
@@ -219,7 +238,7 @@ fn trigger_wait_exits_non_zero_when_the_run_fails_and_logs_of_both_tries_stay() 
 #[test]
 fn validate_names_the_file_and_line_of_each_problem() {
     let bad = "id: bad\nschedule: \"0 0 * *\"\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    timeout: soon\n";
-    let workspace = Workspace::new(&[("bad.yaml", bad)]);
+        let workspace = Workspace::with_examples(&[("bad.yaml", bad)]);
     let output = workspace.run(&["jobs", "validate"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -37,6 +37,10 @@ pub struct SchedulerConfig {
     pub pools_file: Option<PathBuf>,
     /// Opens connections; tasks that use one fail without it.
     pub secret_key: Option<stevedore_store::secrets::SecretKey>,
+    /// How long a finished run's workspace is kept before it is removed.
+    pub workspace_retention: Duration,
+    /// How often workspaces past their retention are looked for.
+    pub workspace_sweep_every: Duration,
     /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
     pub tick: Duration,
     /// How often the loop checks, with one cheap query, whether another process created a
@@ -54,6 +58,8 @@ impl SchedulerConfig {
             jobs_dir: jobs_dir.into(),
             pools_file: None,
             secret_key: None,
+            workspace_retention: Duration::from_secs(24 * 3600),
+            workspace_sweep_every: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             trigger_poll: Duration::from_millis(100),
             sync_every: Duration::from_secs(5),
@@ -124,6 +130,7 @@ impl Scheduler {
         let mut wake_rx = self.wake_rx.lock().await;
         self.sync_jobs().await;
         let mut last_sync = tokio::time::Instant::now();
+        let mut last_sweep = tokio::time::Instant::now();
         let mut health: HashMap<&'static str, (tokio::time::Instant, Duration)> = HashMap::new();
         let mut runs_marker = self.store.runs_marker().await.ok().flatten();
         'passes: loop {
@@ -154,6 +161,10 @@ impl Scheduler {
                     }
                 }
             }
+            if last_sweep.elapsed() >= self.config.workspace_sweep_every {
+                self.sweep_workspaces().await;
+                last_sweep = tokio::time::Instant::now();
+            }
             if last_sync.elapsed() >= self.config.sync_every {
                 self.sync_jobs().await;
                 last_sync = tokio::time::Instant::now();
@@ -182,6 +193,7 @@ impl Scheduler {
             }
         }
         self.stop_running_tries().await;
+        self.sweep_workspaces().await;
         Ok(())
     }
 
@@ -425,6 +437,35 @@ impl Scheduler {
         info!(run_id = %run.run_id, version = current, removed = ?removed, added = ?added, "run follows the job's current version");
         run.job_version = current.to_owned();
         Ok(())
+    }
+
+    /// Removes the workspaces of runs that finished longer than the retention ago. A
+    /// workspace whose run this store does not know is left alone (another installation
+    /// may share the engine).
+    async fn sweep_workspaces(&self) {
+        let retention = chrono::TimeDelta::from_std(self.config.workspace_retention)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let now = Utc::now();
+        for (name, backend) in &self.backends {
+            if !self.is_ready(name) {
+                continue;
+            }
+            let Ok(run_ids) = backend.workspaces().await else {
+                continue;
+            };
+            for run_id in run_ids {
+                let Ok(run) = self.store.get_run(&run_id).await else {
+                    continue;
+                };
+                let expired = run.state.is_finished()
+                    && run.ended_at.is_some_and(|ended| ended + retention <= now);
+                if expired {
+                    if let Err(error) = backend.remove_workspace(&run_id).await {
+                        warn!(backend = name, run_id, error = %error, "cannot remove a run's workspace");
+                    }
+                }
+            }
+        }
     }
 
     /// Cancels a run: its running tries are killed (and end `failed`), its task instances

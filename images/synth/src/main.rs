@@ -7,6 +7,8 @@
 //! - `load --inputs A,B,C`: sums upstream counts and logs the total it "loaded".
 //! - `flaky --fail-until-try K`: fails (exit 1, on stderr) while the try number is below K.
 //! - `sensor --ready-on-try K`: not ready yet (exit 75) while the try number is below K.
+//! - `write --file NAME --text TEXT` / `read --file NAME`: a file in the run's workspace
+//!   (`STEVEDORE_WORKSPACE`), to hand data from one task to the next.
 //! - `sleep --seconds S`, `exit --code C`, `noop`.
 //! - `spew --lines N`: prints N plain lines as fast as it can (log throughput benchmark).
 
@@ -115,8 +117,20 @@ fn main() {
                     println!("ready on try {}", ctx.try_number);
                     Ok(Outcome::Success)
                 }
-                "sleep" => {
-                    let seconds = number(ctx, "seconds", 1)?;
+                                "write" | "read" => {
+                    let workspace = std::env::var("STEVEDORE_WORKSPACE").map_err(|_| "STEVEDORE_WORKSPACE is not set")?;
+                    let name = ctx.arg("file").ok_or("--file is required")?;
+                    let path = std::path::Path::new(&workspace).join(name);
+                    if mode == "write" {
+                        std::fs::write(&path, ctx.arg("text").unwrap_or_default()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                        println!("wrote {name}");
+                    } else {
+                        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                        println!("read {name}: {text}");
+                    }
+                    Ok(Outcome::Success)
+                }
+                "sleep" => {let seconds = number(ctx, "seconds", 1)?;
                     println!("sleeping {seconds}s");
                     std::thread::sleep(Duration::from_secs(seconds));
                     println!("woke up");
@@ -129,7 +143,7 @@ fn main() {
                 }
                 "noop" => Ok(Outcome::Success),
                 other => Err(format!(
-                    "unknown mode `{other}`; use extract, load, flaky, sensor, sleep, exit, spew or noop"
+                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, sleep, exit, spew or noop"
                 )),
             }
         })
