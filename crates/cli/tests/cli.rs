@@ -19,7 +19,7 @@ struct Workspace {
 }
 
 impl Workspace {
-        /// A folder with a copy of the manual-only example job plus `extra` job files.
+    /// A folder with a copy of the manual-only example job plus `extra` job files.
     fn new(extra: &[(&str, &str)]) -> Workspace {
         Workspace::with_jobs(&["retry_demo.yaml"], extra)
     }
@@ -30,10 +30,12 @@ impl Workspace {
         Workspace::with_jobs(&["example_etl.yaml", "retry_demo.yaml"], extra)
     }
 
-    fn with_jobs(examples: &[&str], extra: &[(&str, &str)]) -> Workspace {let dir = tempfile::tempdir().unwrap();
+    fn with_jobs(examples: &[&str], extra: &[(&str, &str)]) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
         let jobs = dir.path().join("jobs");
         std::fs::create_dir_all(&jobs).unwrap();
-                for name in examples {std::fs::copy(repo_root().join("jobs").join(name), jobs.join(name)).unwrap();
+        for name in examples {
+            std::fs::copy(repo_root().join("jobs").join(name), jobs.join(name)).unwrap();
         }
         for (name, text) in extra {
             std::fs::write(jobs.join(name), text).unwrap();
@@ -238,7 +240,7 @@ fn trigger_wait_exits_non_zero_when_the_run_fails_and_logs_of_both_tries_stay() 
 #[test]
 fn validate_names_the_file_and_line_of_each_problem() {
     let bad = "id: bad\nschedule: \"0 0 * *\"\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    timeout: soon\n";
-        let workspace = Workspace::with_examples(&[("bad.yaml", bad)]);
+    let workspace = Workspace::with_examples(&[("bad.yaml", bad)]);
     let output = workspace.run(&["jobs", "validate"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
