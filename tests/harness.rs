@@ -293,15 +293,7 @@ impl Registry {
     }
 
     fn answers(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else {
-            return false;
-        };
-        let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.address);
-        let mut response = String::new();
-        stream.write_all(request.as_bytes()).is_ok()
-            && stream.read_to_string(&mut response).is_ok()
-            && (response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"))
+        matches!(try_http("GET", &self.address, "/v2/", &[]), Ok((200, _, _)))
     }
 }
 
@@ -309,5 +301,115 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 exchange over a TCP socket: `(status, headers, body)`. Enough to drive
+/// the demo API and the registry without an HTTP client library in the tests.
+pub fn http(
+    method: &str,
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, String) {
+    try_http(method, address, path, headers)
+        .unwrap_or_else(|e| panic!("{method} http://{address}{path}: {e}"))
+}
+
+/// [`http`], with connection errors returned rather than failing the test.
+pub fn try_http(
+    method: &str,
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, HashMap<String, String>, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    let mut request =
+        format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers, body.to_owned()))
+}
+
+/// The demo SaaS API (`images/demo-api`) in a container on a free 127.0.0.1 port, removed
+/// on drop.
+pub struct DemoApi {
+    pub address: String,
+    container: String,
+}
+
+impl DemoApi {
+    pub fn start(records: usize) -> DemoApi {
+        let output = std::process::Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "-p",
+                "127.0.0.1::8080",
+                "-e",
+                &format!("DEMO_API_RECORDS={records}"),
+                "stevedore/demo-api:0.1.0",
+            ])
+            .output()
+            .expect("docker run");
+        assert!(
+            output.status.success(),
+            "cannot start the demo API (run `stevedore images build`): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let container = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let port = std::process::Command::new("docker")
+            .args(["port", &container, "8080"])
+            .output()
+            .expect("docker port");
+        let port = String::from_utf8_lossy(&port.stdout);
+        let address = port
+            .lines()
+            .find(|l| l.starts_with("127.0.0.1:"))
+            .expect("published port")
+            .trim()
+            .to_owned();
+        let api = DemoApi { address, container };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = matches!(
+                try_http("GET", &api.address, "/health", &[]),
+                Ok((200, _, _))
+            );
+            if ready {
+                return api;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the demo API did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for DemoApi {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .output();
     }
 }
