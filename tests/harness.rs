@@ -12,6 +12,7 @@ use stevedore_backend::{Backend, DockerBackend, ProcessBackend, LABEL_RUN};
 use stevedore_scheduler::jobs_dir::load_jobs_dir;
 use stevedore_scheduler::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
+use stevedore_store::secrets::SecretKey;
 use stevedore_store::{RunRecord, SqliteStore, Store, TryRecord};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -68,6 +69,8 @@ pub async fn require_images() {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub store: Arc<dyn Store>,
+    /// The scheduler's key for connections ([`Harness::add_connection`]).
+    pub secret_key: SecretKey,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -99,6 +102,8 @@ impl Harness {
                 .unwrap(),
         );
         let mut config = SchedulerConfig::new(&jobs_dir);
+        let secret_key = SecretKey::generate().unwrap();
+        config.secret_key = Some(secret_key.clone());
         config.tick = Duration::from_millis(200);
         config.sync_every = Duration::from_secs(1);
         // Tests leave nothing behind: workspaces go as soon as their run has finished.
@@ -118,6 +123,7 @@ impl Harness {
         Harness {
             dir,
             store,
+            secret_key,
             shutdown: Some(shutdown),
             handle: Some(handle),
         }
@@ -135,6 +141,22 @@ impl Harness {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
         Harness::run_in(dir, backend).await
+    }
+
+    /// Adds a connection as `stevedore connections add` does.
+    pub async fn add_connection(&self, name: &str, values: &[(&str, &str)]) {
+        let map: std::collections::BTreeMap<&str, &str> = values.iter().copied().collect();
+        let sealed = self
+            .secret_key
+            .seal(&serde_json::to_vec(&map).unwrap())
+            .unwrap();
+        let record = stevedore_store::ConnectionRecord {
+            name: name.to_owned(),
+            description: String::new(),
+            keys: map.keys().map(|k| k.to_string()).collect(),
+            sealed,
+        };
+        self.store.put_connection(&record).await.unwrap();
     }
 
     pub fn jobs_dir(&self) -> PathBuf {
@@ -403,6 +425,38 @@ impl DemoApi {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl DemoApi {
+    /// The API's base URL as other containers on the default bridge reach it.
+    pub fn container_url(&self) -> String {
+        let output = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.NetworkSettings.IPAddress}}",
+                &self.container,
+            ])
+            .output()
+            .expect("docker inspect");
+        format!(
+            "http://{}:8080",
+            String::from_utf8_lossy(&output.stdout).trim()
+        )
+    }
+
+    /// How many requests of `method path` answered `status`, from the API's own log.
+    pub fn requests(&self, method: &str, path: &str, status: u16) -> usize {
+        let output = std::process::Command::new("docker")
+            .args(["logs", &self.container])
+            .output()
+            .expect("docker logs");
+        let wanted = format!("{method} {path} -> {status}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.trim() == wanted)
+            .count()
     }
 }
 

@@ -148,6 +148,9 @@ fn context_hash(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
 fn context_tar(dir: &Path, files: &[PathBuf]) -> anyhow::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
     archive.follow_symlinks(true);
+    // The engine's tar reader rejects GNU sparse entries (a freshly linked binary can be
+    // sparse on disk).
+    archive.sparse(false);
     for file in files {
         archive.append_path_with_name(file, file.strip_prefix(dir)?)?;
     }

@@ -1,0 +1,153 @@
+//! The reference integrations against the demo SaaS API, run as real containers by the
+//! scheduler.
+
+use std::time::Duration;
+
+use stevedore_domain::state::{RunState, TryState};
+use stevedore_e2e::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HTTP_EXTRACT: &str = "stevedore/http-extract:0.1.0";
+
+fn extract_job(api: &DemoApi, connection: &str) -> String {
+    format!(
+        "id: pull_charges\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [{connection}]\n    retries: 0\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at, --page-size, 100, --max-backoff-secs, 2]\n",
+        api.container_url()
+    )
+}
+
+async fn outputs_of(harness: &Harness, run_id: &str) -> (u64, String) {
+    let outputs = harness.outputs(run_id).await;
+    let records = outputs[&("extract".to_owned(), "records".to_owned())]
+        .as_u64()
+        .unwrap();
+    let file = outputs[&("extract".to_owned(), "records_file".to_owned())]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (records, file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_extract_pages_everything_then_only_what_changed() {
+    let api = DemoApi::start(250);
+    let harness = Harness::start(&[("pull.yaml", &extract_job(&api, "demo_api"))]).await;
+    harness
+        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
+        .await;
+
+    let first = harness.trigger("pull_charges").await;
+    let first = harness.wait_run(&first.run_id, MINUTE).await;
+    assert_eq!(first.state, RunState::Success);
+    let (records, file) = outputs_of(&harness, &first.run_id).await;
+    assert_eq!((records, file.as_str()), (250, "/workspace/extract.jsonl"));
+    let state = harness
+        .store
+        .committed_state("pull_charges", "extract")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state["cursor"], "2024-01-01T00:04:10.000000Z",
+        "the 250th record's updated_at"
+    );
+    assert_eq!(
+        api.requests("GET", "/v1/charges", 200),
+        3,
+        "three pages of 100"
+    );
+
+    // Records added afterwards are the only ones the next run extracts.
+    http("POST", &api.address, "/admin/records?count=3", &[]);
+    let second = harness.trigger("pull_charges").await;
+    let second = harness.wait_run(&second.run_id, MINUTE).await;
+    assert_eq!(second.state, RunState::Success);
+    assert_eq!(outputs_of(&harness, &second.run_id).await.0, 3);
+    let attempt = &harness.tries(&second.run_id, "extract").await[0];
+    let lines = harness.log_lines(attempt).await;
+    assert!(
+        lines.iter().any(|(_, t)| t
+            == "info: extracting records with updated_since after 2024-01-01T00:04:10.000000Z"),
+        "{lines:?}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_server_errors_are_retried_inside_the_try() {
+    let api = DemoApi::start(120);
+    http(
+        "POST",
+        &api.address,
+        "/admin/faults?status=429&count=2&retry_after=1",
+        &[],
+    );
+    http(
+        "POST",
+        &api.address,
+        "/admin/faults?status=500&count=2",
+        &[],
+    );
+    let harness = Harness::start(&[("pull.yaml", &extract_job(&api, "demo_api"))]).await;
+    harness
+        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
+        .await;
+    let run = harness.trigger("pull_charges").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let tries = harness.tries(&run.run_id, "extract").await;
+    assert_eq!(
+        tries.len(),
+        1,
+        "retried inside the try, not by the scheduler"
+    );
+    assert_eq!(outputs_of(&harness, &run.run_id).await.0, 120);
+    let lines = harness.log_lines(&tries[0]).await;
+    let warnings: Vec<&String> = lines
+        .iter()
+        .filter(|(s, _)| s == "log")
+        .map(|(_, t)| t)
+        .filter(|t| t.starts_with("warn: "))
+        .collect();
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(
+        warnings[0].contains("429 from") && warnings[0].contains("retrying in 1000 ms"),
+        "{warnings:?}"
+    );
+    assert!(warnings[2].contains("500 from"), "{warnings:?}");
+    assert_eq!(
+        (
+            api.requests("GET", "/v1/charges", 429),
+            api.requests("GET", "/v1/charges", 500)
+        ),
+        (2, 2)
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_fails_the_try_at_once_with_a_clear_reason() {
+    let api = DemoApi::start(10);
+    let harness = Harness::start(&[("pull.yaml", &extract_job(&api, "wrong_token"))]).await;
+    harness
+        .add_connection("wrong_token", &[("API_TOKEN", "not-the-token")])
+        .await;
+    let run = harness.trigger("pull_charges").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let tries = harness.tries(&run.run_id, "extract").await;
+    assert_eq!(
+        (tries.len(), tries[0].state, tries[0].exit_code),
+        (1, TryState::Failed, Some(1))
+    );
+    let lines = harness.log_lines(&tries[0]).await;
+    assert!(
+        lines.iter().any(|(_, t)| t.starts_with("error: 401 from ")
+            && t.ends_with("check the connection's token")),
+        "{lines:?}"
+    );
+    assert_eq!(api.requests("GET", "/v1/charges", 401), 1, "no retry storm");
+    // The token itself is masked wherever it shows.
+    assert!(!lines.iter().any(|(_, t)| t.contains("not-the-token")));
+    harness.stop().await;
+}
