@@ -91,10 +91,14 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
-        Harness::run_in(dir, backend).await
+        Harness::run_in(dir, backend, SecretKey::generate().unwrap()).await
     }
 
-    async fn run_in(dir: tempfile::TempDir, backend: Arc<dyn Backend>) -> Harness {
+    async fn run_in(
+        dir: tempfile::TempDir,
+        backend: Arc<dyn Backend>,
+        secret_key: SecretKey,
+    ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(dir.path().join("stevedore.db"))
@@ -102,7 +106,6 @@ impl Harness {
                 .unwrap(),
         );
         let mut config = SchedulerConfig::new(&jobs_dir);
-        let secret_key = SecretKey::generate().unwrap();
         config.secret_key = Some(secret_key.clone());
         config.tick = Duration::from_millis(200);
         config.sync_every = Duration::from_secs(1);
@@ -140,7 +143,8 @@ impl Harness {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
-        Harness::run_in(dir, backend).await
+        // The same key, as a restarted scheduler reads the same key file.
+        Harness::run_in(dir, backend, self.secret_key.clone()).await
     }
 
     /// Adds a connection as `stevedore connections add` does.
