@@ -10,6 +10,8 @@ say() { printf '\n==> %s\n' "$*"; }
 packages=()
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
+# PostgreSQL for the warehouse in tests and the quickstart (started by them, not here).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -gt 0 ]; then
   say "installing Debian packages: ${packages[*]}"
   sudo=""

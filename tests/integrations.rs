@@ -151,3 +151,88 @@ async fn a_refused_token_fails_the_try_at_once_with_a_clear_reason() {
     assert!(!lines.iter().any(|(_, t)| t.contains("not-the-token")));
     harness.stop().await;
 }
+
+fn pipeline_job(api: &DemoApi) -> String {
+    format!(
+        "id: charges_to_warehouse\nschedule: \"@hourly\"\nmax_active_runs: 1\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --key, id]\n",
+        api.container_url()
+    )
+}
+
+/// Demo API → http-extract → postgres-load into a real PostgreSQL: the hourly job's first
+/// run loads everything; the next one only what changed; every record is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
+    let api = DemoApi::start(300);
+    let warehouse = Postgres::start();
+    let harness = Harness::start(&[("pipeline.yaml", &pipeline_job(&api))]).await;
+    harness
+        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
+        .await;
+    let port = warehouse.port.to_string();
+    let host = warehouse.container_host();
+    harness
+        .add_connection(
+            "warehouse",
+            &[
+                ("PGHOST", &host),
+                ("PGPORT", &port),
+                ("PGUSER", "postgres"),
+                ("PGDATABASE", "postgres"),
+            ],
+        )
+        .await;
+
+    // The hourly schedule makes the first run by itself (the latest complete hour).
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    let scheduled = loop {
+        let runs = harness.store.list_runs(&Default::default()).await.unwrap();
+        if let Some(run) = runs
+            .into_iter()
+            .find(|r| r.trigger == stevedore_domain::state::RunTrigger::Scheduled)
+        {
+            break run;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no scheduled run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = harness.wait_run(&scheduled.run_id, MINUTE).await;
+    if first.state != RunState::Success {
+        let load = &harness.tries(&first.run_id, "load").await[0];
+        panic!(
+            "first run failed: {:?}\n{:?}",
+            load.failure_reason,
+            harness.log_lines(load).await
+        );
+    }
+    let outputs = harness.outputs(&first.run_id).await;
+    let load = &harness.tries(&first.run_id, "load").await[0];
+    let load_log = harness.log_lines(load).await;
+    assert_eq!(
+        outputs[&("load".to_owned(), "rows_inserted".to_owned())],
+        300,
+        "{load_log:?}"
+    );
+    assert_eq!(
+        warehouse.query("SELECT count(*), count(DISTINCT id), min(id), max(id) FROM charges"),
+        "300|300|1|300"
+    );
+
+    http("POST", &api.address, "/admin/records?count=5", &[]);
+    let second = harness.trigger("charges_to_warehouse").await;
+    let second = harness.wait_run(&second.run_id, MINUTE).await;
+    assert_eq!(second.state, RunState::Success);
+    let outputs = harness.outputs(&second.run_id).await;
+    assert_eq!(outputs[&("extract".to_owned(), "records".to_owned())], 5);
+    assert_eq!(outputs[&("load".to_owned(), "rows_inserted".to_owned())], 5);
+    assert_eq!(
+        warehouse.query("SELECT count(*), count(DISTINCT id), max(id) FROM charges"),
+        "305|305|305"
+    );
+    // The columns came from the records, with their types.
+    assert_eq!(
+        warehouse.query("SELECT string_agg(column_name || ':' || data_type, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'charges'"),
+        "amount:bigint,currency:text,customer:text,id:bigint,updated_at:text"
+    );
+    harness.stop().await;
+}
