@@ -236,3 +236,98 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
     );
     harness.stop().await;
 }
+
+/// A load killed half-way commits nothing: no rows, and the extract's cursor does not move
+/// on without them. Its retry completes and every record is in the warehouse once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_killed_mid_way_commits_nothing_and_its_retry_loads_everything_once() {
+    let api = DemoApi::start(20_000);
+    let warehouse = Postgres::start();
+    let job = format!(
+        "id: killable\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at, --page-size, 1000]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    retries: 1\n    retry_delay: 1s\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --batch, \"5\"]\n",
+        api.container_url()
+    );
+    let harness = Harness::start(&[("killable.yaml", &job)]).await;
+    harness
+        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
+        .await;
+    let port = warehouse.port.to_string();
+    let host = warehouse.container_host();
+    harness
+        .add_connection(
+            "warehouse",
+            &[
+                ("PGHOST", &host),
+                ("PGPORT", &port),
+                ("PGUSER", "postgres"),
+                ("PGDATABASE", "postgres"),
+            ],
+        )
+        .await;
+    let run = harness.trigger("killable").await;
+
+    // Kill the load's container while it is writing.
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let tries = harness.tries(&run.run_id, "load").await;
+        if let Some(container) = tries.first().and_then(|t| t.container_id.clone()) {
+            let lines = harness.log_lines(&tries[0]).await;
+            if lines
+                .iter()
+                .any(|(_, t)| t.contains("\"type\":\"progress\""))
+            {
+                let killed = std::process::Command::new("docker")
+                    .args(["kill", &container])
+                    .output()
+                    .unwrap();
+                assert!(
+                    killed.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&killed.stderr)
+                );
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the load never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Wait for the failed try to be recorded, then look at the warehouse before the retry.
+    loop {
+        let tries = harness.tries(&run.run_id, "load").await;
+        if tries[0].state != TryState::Running {
+            assert_eq!(
+                (tries[0].state, tries[0].exit_code),
+                (TryState::Failed, Some(137))
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        warehouse.query("SELECT count(*) FROM pg_tables WHERE tablename = 'charges'"),
+        "0",
+        "a killed load left a table"
+    );
+    // Nor has the extract's cursor moved on: state is committed when the run succeeds.
+    assert_eq!(
+        harness
+            .store
+            .committed_state("killable", "extract")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let tries = harness.tries(&run.run_id, "load").await;
+    assert_eq!(tries.len(), 2);
+    assert_eq!(
+        warehouse.query("SELECT count(*), count(DISTINCT id) FROM charges"),
+        "20000|20000"
+    );
+    harness.stop().await;
+}

@@ -221,6 +221,8 @@ pub trait Store: Send + Sync {
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord>;
     /// Newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    /// Sets a run's state. When a run succeeds, the state its successful tries published is
+    /// committed for the job's tasks; when it fails, that state is dropped.
     async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()>;
     /// Changes whenever a run is created (the newest run id; ids are time-ordered), so a
     /// scheduler can notice a trigger from another process with one cheap query.
@@ -268,7 +270,7 @@ pub trait Store: Send + Sync {
         container_id: &str,
         image_digest: Option<&str>,
     ) -> Result<()>;
-    /// Ends a try; on success the state the try published is committed for its job and task.
+    /// Ends a try; on success the state the try published waits for the run's outcome.
     async fn finish_try(&self, finish: &TryFinish) -> Result<()>;
     async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>>;
     /// Tries still `running`, for a restarted scheduler to settle.

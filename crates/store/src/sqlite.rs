@@ -22,6 +22,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0003_operator_actions.sql"),
     ),
     (4, include_str!("../migrations/sqlite/0004_connections.sql")),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_run_pending_state.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -451,22 +455,40 @@ impl Store for SqliteStore {
 
     async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()> {
         let sql = match state {
-            RunState::Queued => {
-                "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL"
-            }
+            RunState::Queued => "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL",
             RunState::Running => {
                 "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3), ended_at = NULL WHERE run_id = ?2"
             }
-            RunState::Success | RunState::Failed => {
-                "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2"
-            }
+            RunState::Success | RunState::Failed => "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2",
         };
+        let mut tx = self.write_transaction().await?;
         sqlx::query(sql)
             .bind(state.as_str())
             .bind(run_id)
             .bind(ts(at))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // The run's tries' state becomes the jobs' state only if the run succeeded.
+        if state == RunState::Success {
+            sqlx::query(
+                "INSERT INTO task_state (job_id, task_id, value, run_id, updated_at) \
+                 SELECT runs.job_id, p.task_id, p.value, p.run_id, ? FROM run_pending_state p \
+                 JOIN runs ON runs.run_id = p.run_id WHERE p.run_id = ? \
+                 ON CONFLICT (job_id, task_id) DO UPDATE SET value = excluded.value, \
+                 run_id = excluded.run_id, updated_at = excluded.updated_at",
+            )
+            .bind(ts(at))
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if state.is_finished() {
+            sqlx::query("DELETE FROM run_pending_state WHERE run_id = ?")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -688,15 +710,12 @@ impl Store for SqliteStore {
         .await?;
         if let (TryState::Success, Some(state)) = (finish.state, pending_state) {
             sqlx::query(
-                "INSERT INTO task_state (job_id, task_id, value, run_id, updated_at) \
-                 SELECT job_id, ?, ?, run_id, ? FROM runs WHERE run_id = ? \
-                 ON CONFLICT (job_id, task_id) DO UPDATE SET value = excluded.value, \
-                 run_id = excluded.run_id, updated_at = excluded.updated_at",
+                "INSERT INTO run_pending_state (run_id, task_id, value) VALUES (?, ?, ?) \
+                 ON CONFLICT (run_id, task_id) DO UPDATE SET value = excluded.value",
             )
+            .bind(&run_id)
             .bind(&task_id)
             .bind(state)
-            .bind(ts(finish.ended_at))
-            .bind(&run_id)
             .execute(&mut *tx)
             .await?;
         }

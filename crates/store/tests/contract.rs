@@ -263,6 +263,54 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
         })
         .await
         .unwrap();
+    // Committed for the job only once the run has succeeded.
+    assert_eq!(
+        store.committed_state("demo", "extract").await.unwrap(),
+        None
+    );
+    store
+        .set_run_state(&run.run_id, RunState::Success, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.committed_state("demo", "extract").await.unwrap(),
+        Some(json!({"cursor": 2}))
+    );
+
+    // A failed run's state is dropped.
+    let failed = store
+        .create_run(new_run("demo", 2, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let key = TryKey {
+        run_id: failed.run_id.clone(),
+        task_id: "extract".into(),
+        try_number: 1,
+    };
+    let attempt = store
+        .start_try(&key, "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    store
+        .set_pending_state(attempt.try_id, &json!({"cursor": 3}))
+        .await
+        .unwrap();
+    store
+        .finish_try(&TryFinish {
+            try_id: attempt.try_id,
+            state: TryState::Success,
+            ended_at: Utc::now(),
+            exit_code: Some(0),
+            failure_reason: None,
+            task_state: TaskState::Success,
+            next_try_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .set_run_state(&failed.run_id, RunState::Failed, Utc::now())
+        .await
+        .unwrap();
     assert_eq!(
         store.committed_state("demo", "extract").await.unwrap(),
         Some(json!({"cursor": 2}))
