@@ -152,6 +152,26 @@ async fn a_refused_token_fails_the_try_at_once_with_a_clear_reason() {
     harness.stop().await;
 }
 
+/// A scheduler with the `demo_api` and `warehouse` connections, given the job file only
+/// once they exist (it is read at the next sync), so no try can start without them.
+async fn pipeline_harness(file: &str, job: &str, warehouse: &Postgres) -> Harness {
+    let harness = Harness::start(&[]).await;
+    harness
+        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
+        .await;
+    let port = warehouse.port.to_string();
+    let host = warehouse.container_host();
+    let values = [
+        ("PGHOST", host.as_str()),
+        ("PGPORT", port.as_str()),
+        ("PGUSER", "postgres"),
+        ("PGDATABASE", "postgres"),
+    ];
+    harness.add_connection("warehouse", &values).await;
+    std::fs::write(harness.jobs_dir().join(file), job).unwrap();
+    harness
+}
+
 fn pipeline_job(api: &DemoApi) -> String {
     format!(
         "id: charges_to_warehouse\nschedule: \"@hourly\"\nmax_active_runs: 1\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --key, id]\n",
@@ -165,23 +185,7 @@ fn pipeline_job(api: &DemoApi) -> String {
 async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
     let api = DemoApi::start(300);
     let warehouse = Postgres::start();
-    let harness = Harness::start(&[("pipeline.yaml", &pipeline_job(&api))]).await;
-    harness
-        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
-        .await;
-    let port = warehouse.port.to_string();
-    let host = warehouse.container_host();
-    harness
-        .add_connection(
-            "warehouse",
-            &[
-                ("PGHOST", &host),
-                ("PGPORT", &port),
-                ("PGUSER", "postgres"),
-                ("PGDATABASE", "postgres"),
-            ],
-        )
-        .await;
+    let harness = pipeline_harness("pipeline.yaml", &pipeline_job(&api), &warehouse).await;
 
     // The hourly schedule makes the first run by itself (the latest complete hour).
     let deadline = tokio::time::Instant::now() + MINUTE;
@@ -247,23 +251,7 @@ async fn a_load_killed_mid_way_commits_nothing_and_its_retry_loads_everything_on
         "id: killable\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at, --page-size, 1000]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    retries: 1\n    retry_delay: 1s\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --batch, \"5\"]\n",
         api.container_url()
     );
-    let harness = Harness::start(&[("killable.yaml", &job)]).await;
-    harness
-        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
-        .await;
-    let port = warehouse.port.to_string();
-    let host = warehouse.container_host();
-    harness
-        .add_connection(
-            "warehouse",
-            &[
-                ("PGHOST", &host),
-                ("PGPORT", &port),
-                ("PGUSER", "postgres"),
-                ("PGDATABASE", "postgres"),
-            ],
-        )
-        .await;
+    let harness = pipeline_harness("killable.yaml", &job, &warehouse).await;
     let run = harness.trigger("killable").await;
 
     // Kill the load's container while it is writing.
