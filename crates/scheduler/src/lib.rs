@@ -325,6 +325,8 @@ impl Scheduler {
             capacity.pools.insert(pool.name, pool.slots);
         }
         let mut candidates = Vec::new();
+        // The latest try number of each task instance seen, so a launch needs no re-read.
+        let mut last_tries: HashMap<(String, String), u32> = HashMap::new();
         let mut jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)> = HashMap::new();
         for mut run in active {
             if run.cancel_requested {
@@ -355,7 +357,10 @@ impl Scheduler {
                 run.state = RunState::Running;
             }
             match self.advance_run(&run, &mut capacity).await {
-                Ok((job, ready)) => {
+                Ok((job, ready, tries)) => {
+                    for (task_id, try_number) in tries {
+                        last_tries.insert((run.run_id.clone(), task_id), try_number);
+                    }
                     candidates.extend(ready);
                     jobs_of_runs.insert(run.run_id.clone(), (job, run));
                 }
@@ -376,13 +381,9 @@ impl Scheduler {
             let Some(task) = job.task(&candidate.task_id) else {
                 continue;
             };
-            let try_number = self
-                .store
-                .task_instances(&run.run_id)
-                .await?
-                .into_iter()
-                .find(|ti| ti.task_id == candidate.task_id)
-                .map(|ti| ti.try_number)
+            let try_number = last_tries
+                .get(&(candidate.run_id.clone(), candidate.task_id.clone()))
+                .copied()
                 .unwrap_or(0)
                 + 1;
             self.store
@@ -502,13 +503,14 @@ impl Scheduler {
 
     /// Moves one running run forward: due retries and reschedules back to `scheduled`,
     /// waiting task instances decided by their trigger rules, the run closed when its
-    /// outcome is known. Returns the run's job version and its task instances ready to
-    /// start; counts the run's active task instances against `capacity`.
+    /// outcome is known. Returns the run's job version, its task instances ready to start
+    /// and each task instance's latest try number; counts the run's active task instances
+    /// against `capacity`.
     async fn advance_run(
         &self,
         run: &RunRecord,
         capacity: &mut Capacity,
-    ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>)> {
+    ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>, HashMap<String, u32>)> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
         let now = Utc::now();
         let instances = self.store.task_instances(&run.run_id).await?;
@@ -614,7 +616,11 @@ impl Scheduler {
                 .await?;
             info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
         }
-        Ok((job, ready))
+        let tries = instances
+            .into_iter()
+            .map(|ti| (ti.task_id, ti.try_number))
+            .collect();
+        Ok((job, ready, tries))
     }
 
     fn launch(

@@ -23,6 +23,19 @@ fn new_run(job_id: &str, day: u32, trigger: RunTrigger) -> NewRun {
     }
 }
 
+/// How a try that exited 0 ends.
+fn succeeded(try_id: i64) -> TryFinish {
+    TryFinish {
+        try_id,
+        state: TryState::Success,
+        ended_at: Utc::now(),
+        exit_code: Some(0),
+        failure_reason: None,
+        task_state: TaskState::Success,
+        next_try_at: None,
+    }
+}
+
 pub async fn jobs_keep_every_version(store: &dyn Store) {
     store
         .upsert_job("demo", "v1", "jobs/demo.yaml", "id: demo")
@@ -251,18 +264,7 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
         .set_pending_state(second.try_id, &json!({"cursor": 2}))
         .await
         .unwrap();
-    store
-        .finish_try(&TryFinish {
-            try_id: second.try_id,
-            state: TryState::Success,
-            ended_at: Utc::now(),
-            exit_code: Some(0),
-            failure_reason: None,
-            task_state: TaskState::Success,
-            next_try_at: None,
-        })
-        .await
-        .unwrap();
+    store.finish_try(&succeeded(second.try_id)).await.unwrap();
     // Committed for the job only once the run has succeeded.
     assert_eq!(
         store.committed_state("demo", "extract").await.unwrap(),
@@ -295,18 +297,7 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
         .set_pending_state(attempt.try_id, &json!({"cursor": 3}))
         .await
         .unwrap();
-    store
-        .finish_try(&TryFinish {
-            try_id: attempt.try_id,
-            state: TryState::Success,
-            ended_at: Utc::now(),
-            exit_code: Some(0),
-            failure_reason: None,
-            task_state: TaskState::Success,
-            next_try_at: None,
-        })
-        .await
-        .unwrap();
+    store.finish_try(&succeeded(attempt.try_id)).await.unwrap();
     store
         .set_run_state(&failed.run_id, RunState::Failed, Utc::now())
         .await
