@@ -44,6 +44,7 @@ fn spec(backend: &str, run: &str, task: &str, args: &[&str], state: Option<&str>
         env,
         resources: Resources::default(),
         state: state.map(str::to_owned),
+        registry_auth: None,
     }
 }
 

@@ -276,6 +276,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that asks for this user and password (htpasswd, bcrypt) on every request.
+    pub fn start_with_login(user: &str, password: &str) -> Registry {
+        Registry::start_with(Some((user, password)))
+    }
+
+    fn start_with(login: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -284,14 +293,20 @@ impl Registry {
             .port();
         let address = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {address}}}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {address}}}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = login {
+            let htpasswd = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 5).unwrap();
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+            text.push_str(&format!(
+                "auth: {{htpasswd: {{realm: stevedore-test, path: {}}}}}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let child = std::process::Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -319,7 +334,11 @@ impl Registry {
     }
 
     fn answers(&self) -> bool {
-        matches!(try_http("GET", &self.address, "/v2/", &[]), Ok((200, _, _)))
+        // 401 is the answer of a registry that asks for a login.
+        matches!(
+            try_http("GET", &self.address, "/v2/", &[]),
+            Ok((200 | 401, _, _))
+        )
     }
 }
 

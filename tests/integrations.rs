@@ -7,7 +7,7 @@ use stevedore_domain::state::{RunState, TryState};
 use stevedore_e2e::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-const HTTP_EXTRACT: &str = "stevedore/http-extract:0.1.0";
+const HTTP_EXTRACT: &str = "stevedore/http-extract:0.2.0";
 
 fn extract_job(api: &DemoApi, connection: &str) -> String {
     format!(

@@ -56,6 +56,23 @@ fn is_connection_error(error: &bollard::errors::Error) -> bool {
     )
 }
 
+/// The credentials sent with a pull: the connection's, for the image's registry (or the one
+/// the connection names); empty ones otherwise, as some engines refuse a missing auth header.
+pub fn registry_credentials(
+    image: &ImageRef,
+    auth: Option<&RegistryAuth>,
+) -> bollard::auth::DockerCredentials {
+    match auth {
+        Some(auth) => bollard::auth::DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            serveraddress: auth.server.clone().or_else(|| image.registry.clone()),
+            ..Default::default()
+        },
+        None => bollard::auth::DockerCredentials::default(),
+    }
+}
+
 fn status_code(error: &bollard::errors::Error) -> Option<u16> {
     match error {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
@@ -131,6 +148,7 @@ impl DockerBackend {
         docker: &Docker,
         image: &ImageRef,
         policy: PullPolicy,
+        auth: Option<&RegistryAuth>,
         events: &mpsc::Sender<TryEvent>,
     ) -> Result<String, ImageProblem> {
         let reference = image.to_string();
@@ -155,7 +173,7 @@ impl DockerBackend {
             PullPolicy::Never => false,
         };
         let inspect = if must_pull {
-            self.pull(docker, image, events).await?;
+            self.pull(docker, image, auth, events).await?;
             docker.inspect_image(&reference).await.map_err(|error| {
                 ImageProblem::Image(format!(
                     "image `{reference}` is missing after its pull: {}",
@@ -188,6 +206,7 @@ impl DockerBackend {
         &self,
         docker: &Docker,
         image: &ImageRef,
+        auth: Option<&RegistryAuth>,
         events: &mpsc::Sender<TryEvent>,
     ) -> Result<(), ImageProblem> {
         let reference = image.to_string();
@@ -199,8 +218,7 @@ impl DockerBackend {
             .from_image(&image.name())
             .tag(&tag)
             .build();
-        // Empty credentials rather than none: some engines refuse a missing auth header.
-        let credentials = Some(bollard::auth::DockerCredentials::default());
+        let credentials = Some(registry_credentials(image, auth));
         let mut stream = docker.create_image(Some(options), None, credentials);
         let mut last_status = String::new();
         while let Some(item) = stream.next().await {
@@ -497,7 +515,13 @@ impl Backend for DockerBackend {
             Err(message) => return failed(FailureReason::Image(message)),
         };
         let digest = match self
-            .resolve_image(docker, &image, spec.pull_policy, &events)
+            .resolve_image(
+                docker,
+                &image,
+                spec.pull_policy,
+                spec.registry_auth.as_ref(),
+                &events,
+            )
             .await
         {
             Ok(digest) => digest,

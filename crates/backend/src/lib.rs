@@ -45,6 +45,27 @@ pub struct LaunchSpec {
     pub resources: Resources,
     /// The task's last committed state, written to the file `STEVEDORE_STATE_FILE` names.
     pub state: Option<String>,
+    /// Credentials for pulling `image` from a registry that asks for them.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// Registry credentials from a connection. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    /// The registry's address; by default the image reference's own registry.
+    pub server: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("server", &self.server)
+            .finish()
+    }
 }
 
 /// Where every try of a run finds the run's shared workspace (also `STEVEDORE_WORKSPACE`).

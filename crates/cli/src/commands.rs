@@ -471,6 +471,53 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                 table.print();
             }
         }
+        RunsCommand::Wait { run, job, timeout } => {
+            let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            let timed_out = || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            let mut run = loop {
+                let found = match (&run, &job) {
+                    (Some(run), _) => Some(store.find_run(run).await?),
+                    (None, job) => store
+                        .list_runs(&RunFilter {
+                            job_id: job.clone(),
+                            limit: Some(1),
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_iter()
+                        .next(),
+                };
+                if let Some(found) = found {
+                    break found;
+                }
+                if timed_out() {
+                    eprintln!(
+                        "no run of job `{}` appeared in time",
+                        job.unwrap_or_default()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            while !run.state.is_finished() {
+                if timed_out() {
+                    eprintln!("run {} is still {}", run.run_id, run.state);
+                    return Ok(ExitCode::from(2));
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                run = store.get_run(&run.run_id).await?;
+            }
+            if global.output == Format::Json {
+                print_json(&run_json(&run));
+            } else {
+                println!("{} {}", run.run_id, run.state);
+            }
+            return Ok(if run.state == RunState::Success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         RunsCommand::Cancel { run } => {
             let run = store.find_run(&run).await?;
             store.request_cancel(&run.run_id).await?;
@@ -887,4 +934,27 @@ pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The registry credentials held by connection `name` (for `images build --push`).
+pub async fn registry_auth(
+    global: &Global,
+    name: &str,
+) -> anyhow::Result<stevedore_backend::RegistryAuth> {
+    let store = open_store(&global.db).await?;
+    let record = store.get_connection(name).await?;
+    let key = SecretKey::load(&default_key_file(global), false).map_err(|e| anyhow!(e))?;
+    let plain = key.open(&record.sealed).map_err(|e| anyhow!(e))?;
+    let mut values: std::collections::BTreeMap<String, String> = serde_json::from_slice(&plain)?;
+    match (
+        values.remove("REGISTRY_USERNAME"),
+        values.remove("REGISTRY_PASSWORD"),
+    ) {
+        (Some(username), Some(password)) => Ok(stevedore_backend::RegistryAuth {
+            username,
+            password,
+            server: values.remove("REGISTRY_SERVER"),
+        }),
+        _ => bail!("connection `{name}` needs the keys REGISTRY_USERNAME and REGISTRY_PASSWORD"),
+    }
 }

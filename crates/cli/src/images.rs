@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
-use stevedore_backend::DockerBackend;
+use stevedore_backend::docker::registry_credentials;
+use stevedore_backend::{DockerBackend, RegistryAuth};
+use stevedore_domain::image::ImageRef;
 
 const HASH_LABEL: &str = "io.stevedore.context-hash";
 const NAMESPACE: &str = "stevedore";
@@ -213,13 +215,21 @@ async fn provenance(dir: &Path) -> (String, String) {
     (source, revision)
 }
 
+/// Where `images build --push` pushes, and with which credentials.
+pub struct PushTo {
+    /// A registry address such as `127.0.0.1:5000`.
+    pub registry: String,
+    pub auth: Option<RegistryAuth>,
+}
+
 /// Tags `image` as `registry/image` and pushes it; returns the pushed reference.
 async fn push(
     docker: &bollard::Docker,
     tag: &str,
-    registry: &str,
+    to: &PushTo,
     bar: &ProgressBar,
 ) -> anyhow::Result<String> {
+    let registry = to.registry.as_str();
     let (repository, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
     let target = format!("{registry}/{repository}");
     docker
@@ -238,12 +248,9 @@ async fn push(
     let options = bollard::query_parameters::PushImageOptionsBuilder::default()
         .tag(version)
         .build();
-    // Empty credentials rather than none: some engines refuse a push without the header.
-    let mut stream = docker.push_image(
-        &target,
-        Some(options),
-        Some(bollard::auth::DockerCredentials::default()),
-    );
+    let image = ImageRef::parse(&format!("{target}:{version}")).map_err(|e| anyhow!(e))?;
+    let credentials = registry_credentials(&image, to.auth.as_ref());
+    let mut stream = docker.push_image(&target, Some(options), Some(credentials));
     while let Some(step) = stream.next().await {
         let step = step.with_context(|| format!("cannot push {target}:{version}"))?;
         if let Some(detail) = step.error_detail {
@@ -330,12 +337,12 @@ async fn build_one(
     Ok("built")
 }
 
-/// Builds the images; with `push`, pushes those built from a Dockerfile to `push` (a
-/// registry address such as `127.0.0.1:5000`). Base images made by `prepare` alone stay local.
+/// Builds the images; with `push_to`, pushes those built from a Dockerfile to that registry.
+/// Base images made by `prepare` alone stay local.
 pub async fn build(
     dir: &Path,
     names: &[String],
-    push_to: Option<&str>,
+    push_to: Option<&PushTo>,
 ) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::from_env()?;
     let docker = &backend.client()?;
@@ -368,8 +375,8 @@ pub async fn build(
         let built = async {
             let outcome = build_one(docker, image, &bar).await?;
             let pushed = match push_to {
-                Some(registry) if image.path.join("Dockerfile").is_file() => {
-                    Some(push(docker, &image.tag(), registry, &bar).await?)
+                Some(to) if image.path.join("Dockerfile").is_file() => {
+                    Some(push(docker, &image.tag(), to, &bar).await?)
                 }
                 _ => None,
             };

@@ -142,6 +142,18 @@ pub enum RunsCommand {
     /// Cancels a queued or running run: kills its running tries, skips what has not
     /// started, fails the run.
     Cancel { run: String },
+    /// Waits until a run has finished and prints its state; exits non-zero unless it
+    /// succeeded. With `--job` instead of a run: the job's newest run, waiting for one to
+    /// be created (by its schedule, say) if there is none yet.
+    Wait {
+        #[arg(required_unless_present = "job", conflicts_with = "job")]
+        run: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// Gives up (exit code 2) after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +233,10 @@ pub enum ImagesCommand {
         /// The registry `--push` pushes to.
         #[arg(long, env = "STEVEDORE_REGISTRY", default_value = "127.0.0.1:5000")]
         registry: String,
+        /// A connection holding REGISTRY_USERNAME and REGISTRY_PASSWORD for a registry that
+        /// asks for credentials (the same connection tasks name in `registry_connection`).
+        #[arg(long, requires = "push")]
+        registry_connection: Option<String>,
     },
     /// An image's identity, labels and `spec`.
     Inspect { image: String },
@@ -275,7 +291,15 @@ fn main() -> ExitCode {
                 dir,
                 push,
                 registry,
-            }) => images::build(&dir, &names, push.then_some(registry.as_str())).await,
+                registry_connection,
+            }) => {
+                let auth = match registry_connection {
+                    Some(name) => Some(commands::registry_auth(&global, &name).await?),
+                    None => None,
+                };
+                let push = push.then(|| images::PushTo { registry, auth });
+                images::build(&dir, &names, push.as_ref()).await
+            }
             Command::Images(ImagesCommand::Inspect { image }) => {
                 images::inspect(&image, global.output == Format::Json).await
             }

@@ -750,3 +750,110 @@ fn connection_secrets_reach_the_task_and_nowhere_else() {
     }
     standalone.interrupt();
 }
+
+/// A registry that asks for a login gets it from a connection, for `images build --push` and
+/// for the pulls of tasks that name it in `registry_connection`; the password shows nowhere.
+#[test]
+fn registry_credentials_come_from_a_connection() {
+    const PASSWORD: &str = "registry-pass-4c1d9e";
+    let registry = stevedore_e2e::Registry::start_with_login("puller", PASSWORD);
+    let image = format!("{}/stevedore/shell-transform:0.1.0", registry.address);
+    let job = |id: &str, connection: &str| {
+        format!("id: {id}\ntasks:\n  - id: split\n    image: {image}\n    pull_policy: always\n    {connection}args: [--partition, 0, --of, 1, --records, 12]\n")
+    };
+    let workspace = Workspace::new(&[
+        (
+            "with_login.yaml",
+            &job("with_login", "registry_connection: private_registry\n    "),
+        ),
+        ("without_login.yaml", &job("without_login", "")),
+    ]);
+    let added = workspace
+        .command(&[
+            "connections",
+            "add",
+            "private_registry",
+            "--env",
+            "REGISTRY_USERNAME=puller",
+            "--env",
+            "REGISTRY_PASSWORD",
+        ])
+        .env("REGISTRY_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+
+    let push = |with_connection: bool| {
+        let images = repo_root().join("images");
+        let mut args = vec![
+            "images",
+            "build",
+            "shell-transform",
+            "--dir",
+            images.to_str().unwrap(),
+            "--push",
+            "--registry",
+            &registry.address,
+        ];
+        if with_connection {
+            args.extend(["--registry-connection", "private_registry"]);
+        }
+        let output = workspace.run(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!text.contains(PASSWORD), "{text}");
+        (output.status.success(), text)
+    };
+    let (pushed, text) = push(false);
+    assert!(!pushed, "a push without credentials went through: {text}");
+    let (pushed, text) = push(true);
+    assert!(pushed, "{text}");
+    assert!(text.contains(&format!("pushed {image}")), "{text}");
+    // Tasks must pull it from the registry.
+    let removed = Command::new("docker")
+        .args(["image", "rm", &image])
+        .output()
+        .unwrap();
+    assert!(removed.status.success());
+
+    let standalone = workspace.standalone(None);
+    let trigger = |job: &str| {
+        let run = workspace.run(&["jobs", "trigger", job]);
+        String::from_utf8_lossy(&run.stdout).trim().to_owned()
+    };
+    let without = trigger("without_login");
+    let shown = wait_for_state(&workspace, &without, "failed");
+    let reason = shown["task_instances"][0]["failure_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&format!("cannot pull image `{image}`"))
+            && (reason.contains("no basic auth credentials") || reason.contains("unauthorized")),
+        "{reason}"
+    );
+    let with = trigger("with_login");
+    let shown = wait_for_state(&workspace, &with, "success");
+    let digest = shown["task_instances"][0]["image_digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{shown}");
+    let logs = workspace.run(&["tasks", "logs", &with, "split"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains(&format!("pulling {image}")), "{logs}");
+    for text in [
+        logs.to_string(),
+        shown.to_string(),
+        workspace
+            .json(&["connections", "list", "-o", "json"])
+            .to_string(),
+    ] {
+        assert!(!text.contains(PASSWORD), "{text}");
+    }
+    let (_, log) = standalone.interrupt();
+    assert!(!log.contains(PASSWORD), "password in the scheduler's log");
+    let _ = Command::new("docker")
+        .args(["image", "rm", &image])
+        .output();
+}

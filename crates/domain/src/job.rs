@@ -47,6 +47,9 @@ pub struct Task {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub connections: Vec<String>,
+    /// The connection holding the registry credentials the image is pulled with
+    /// (`REGISTRY_USERNAME`, `REGISTRY_PASSWORD`); never put in the container's environment.
+    pub registry_connection: Option<String>,
     pub resources: Resources,
     pub pool: String,
     pub pool_slots: u32,
@@ -206,6 +209,7 @@ struct RawTask {
     args: Option<Spanned<Vec<Scalar>>>,
     env: Option<Spanned<BTreeMap<String, Scalar>>>,
     connections: Option<Spanned<Vec<String>>>,
+    registry_connection: Option<Spanned<String>>,
     resources: Option<RawResources>,
     pool: Option<Spanned<String>>,
     pool_slots: Option<u32>,
@@ -590,6 +594,16 @@ fn build_task(
             );
         }
     }
+    let registry_connection = pick!(registry_connection).map(|c| c.value.clone());
+    if let Some(name) = &registry_connection {
+        if !is_identifier(name) {
+            let line = pick!(registry_connection).map(line_of).unwrap_or(line);
+            problems.at(
+                line,
+                format!("task `{id}`: registry_connection `{name}` may only hold a-z, 0-9 and _"),
+            );
+        }
+    }
     let pool = pick!(pool)
         .map(|p| p.value.clone())
         .unwrap_or_else(|| "default".to_owned());
@@ -627,6 +641,7 @@ fn build_task(
         args,
         env,
         connections,
+        registry_connection,
         resources,
         pool,
         pool_slots,

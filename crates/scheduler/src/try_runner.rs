@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use stevedore_backend::{
-    kill_switch, Backend, BackendError, KillReason, KillSender, LaunchSpec, Stream, TryEvent,
-    TryExit, STATE_FILE,
+    kill_switch, Backend, BackendError, KillReason, KillSender, LaunchSpec, RegistryAuth, Stream,
+    TryEvent, TryExit, STATE_FILE,
 };
 use stevedore_domain::job::{Job, Task};
 use stevedore_domain::protocol::{output_as_text, parse_line, rfc3339, Message, TryContext};
@@ -76,29 +76,57 @@ impl TryRunner {
         let mut env = BTreeMap::new();
         let mut secrets = Vec::new();
         for name in &task.connections {
-            let record = self
-                .store
-                .get_connection(name)
-                .await
-                .map_err(|e| format!("connection `{name}`: {e}"))?;
-            let key = self.secret_key.as_ref().ok_or_else(|| {
-                format!("connection `{name}`: the scheduler has no secret key (STEVEDORE_SECRET_KEY or its key file)")
-            })?;
-            let plain = key
-                .open(&record.sealed)
-                .map_err(|e| format!("connection `{name}`: {e}"))?;
-            let values: BTreeMap<String, String> =
-                serde_json::from_slice(&plain).map_err(|e| format!("connection `{name}`: {e}"))?;
-            for (variable, value) in values {
+            for (variable, value) in self.open_connection(name).await? {
                 if value.len() >= MIN_REDACTED_LEN {
                     secrets.push(value.clone());
                 }
                 env.insert(variable, value);
             }
         }
+        if let Some(auth) = self.registry_auth(task).await? {
+            // Never in the container's environment, but masked should anything print it.
+            if auth.password.len() >= MIN_REDACTED_LEN {
+                secrets.push(auth.password);
+            }
+        }
         // Longest first, so a secret that contains another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Ok((env, secrets))
+    }
+
+    /// A connection's values, unsealed.
+    async fn open_connection(&self, name: &str) -> Result<BTreeMap<String, String>, String> {
+        let record = self
+            .store
+            .get_connection(name)
+            .await
+            .map_err(|e| format!("connection `{name}`: {e}"))?;
+        let key = self.secret_key.as_ref().ok_or_else(|| {
+            format!("connection `{name}`: the scheduler has no secret key (STEVEDORE_SECRET_KEY or its key file)")
+        })?;
+        let plain = key
+            .open(&record.sealed)
+            .map_err(|e| format!("connection `{name}`: {e}"))?;
+        serde_json::from_slice(&plain).map_err(|e| format!("connection `{name}`: {e}"))
+    }
+
+    /// The registry credentials of the task's `registry_connection`.
+    async fn registry_auth(&self, task: &Task) -> Result<Option<RegistryAuth>, String> {
+        let Some(name) = &task.registry_connection else {
+            return Ok(None);
+        };
+        let mut values = self.open_connection(name).await?;
+        let mut take = |key: &str| values.remove(key);
+        match (take("REGISTRY_USERNAME"), take("REGISTRY_PASSWORD")) {
+            (Some(username), Some(password)) => Ok(Some(RegistryAuth {
+                username,
+                password,
+                server: take("REGISTRY_SERVER"),
+            })),
+            _ => Err(format!(
+                "registry_connection `{name}` needs the keys REGISTRY_USERNAME and REGISTRY_PASSWORD"
+            )),
+        }
     }
 }
 
@@ -232,6 +260,18 @@ impl TryRunner {
             }
         };
         env.extend(connection_env);
+        let registry_auth = match self.registry_auth(&task).await {
+            Ok(auth) => auth,
+            Err(message) => {
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(message)),
+                };
+                return self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await;
+            }
+        };
         let state = self.store.committed_state(&job.id, &task.id).await?;
         // The state file exists only once the task has committed state.
         for (name, value) in context.environment(state.as_ref().map(|_| STATE_FILE)) {
@@ -249,6 +289,7 @@ impl TryRunner {
             env,
             resources: task.resources.clone(),
             state: state.map(|value| value.to_string()),
+            registry_auth,
         };
 
         let (kill_tx, kill_rx) = kill_switch();

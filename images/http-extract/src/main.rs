@@ -7,7 +7,8 @@
 //!
 //! | arg | default | meaning |
 //! |---|---|---|
-//! | `--url URL` | required | the collection, e.g. `http://api:8080/v1/charges` |
+//! | `--url URL` | required | the collection, e.g. `http://api:8080/v1/charges`; a path such as `/v1/charges` is joined to `$API_BASE_URL` |
+//! | `--base-url-env VAR` | `API_BASE_URL` | the variable holding the API's base URL (from a connection) |
 //! | `--records-field F` | `data` | where a page's records are |
 //! | `--auth bearer\|header:NAME\|none` | `bearer` | how the token is sent |
 //! | `--token-env VAR` | `API_TOKEN` | the variable holding the token (from a connection) |
@@ -83,7 +84,7 @@ fn settings(ctx: &Context) -> Result<Settings, String> {
         ));
     }
     Ok(Settings {
-        url: ctx.arg("url").ok_or("--url is required")?.to_owned(),
+        url: collection_url(ctx)?,
         records_field: text("records-field", "data"),
         auth,
         pagination,
@@ -97,6 +98,22 @@ fn settings(ctx: &Context) -> Result<Settings, String> {
         max_retries: number("max-retries", 6)? as usize,
         max_backoff: Duration::from_secs(number("max-backoff-secs", 30)?),
     })
+}
+
+/// The collection's URL: `--url` as given, or a path (`/v1/charges`) joined to the base URL
+/// in `--base-url-env` (from the API's connection, so job files carry no addresses).
+fn collection_url(ctx: &Context) -> Result<String, String> {
+    let url = ctx.arg("url").ok_or("--url is required")?;
+    if !url.starts_with('/') {
+        return Ok(url.to_owned());
+    }
+    let variable = ctx.arg("base-url-env").unwrap_or("API_BASE_URL");
+    match std::env::var(variable) {
+        Ok(base) if !base.is_empty() => Ok(format!("{}{url}", base.trim_end_matches('/'))),
+        _ => Err(format!(
+            "--url `{url}` is a path but {variable} is not set (put the API's base URL in the task's connection)"
+        )),
+    }
 }
 
 /// Percent-encodes a query value.
