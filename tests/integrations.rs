@@ -152,40 +152,17 @@ async fn a_refused_token_fails_the_try_at_once_with_a_clear_reason() {
     harness.stop().await;
 }
 
-/// A scheduler with the `demo_api` and `warehouse` connections, given the job file only
-/// once they exist (it is read at the next sync), so no try can start without them.
-async fn pipeline_harness(file: &str, job: &str, warehouse: &Postgres) -> Harness {
-    let harness = Harness::start(&[]).await;
-    harness
-        .add_connection("demo_api", &[("API_TOKEN", "demo-token")])
-        .await;
-    let port = warehouse.port.to_string();
-    let host = warehouse.container_host();
-    let values = [
-        ("PGHOST", host.as_str()),
-        ("PGPORT", port.as_str()),
-        ("PGUSER", "postgres"),
-        ("PGDATABASE", "postgres"),
-    ];
-    harness.add_connection("warehouse", &values).await;
-    std::fs::write(harness.jobs_dir().join(file), job).unwrap();
-    harness
-}
-
-fn pipeline_job(api: &DemoApi) -> String {
-    format!(
-        "id: charges_to_warehouse\nschedule: \"@hourly\"\nmax_active_runs: 1\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --key, id]\n",
-        api.container_url()
-    )
-}
-
-/// Demo API → http-extract → postgres-load into a real PostgreSQL: the hourly job's first
+/// The quickstart's job (`jobs/charges_to_warehouse.yaml`, images pulled from a registry):
+/// demo API → http-extract → postgres-load into a real PostgreSQL. The hourly job's first
 /// run loads everything; the next one only what changed; every record is there exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
-    let api = DemoApi::start(300);
-    let warehouse = Postgres::start();
-    let harness = pipeline_harness("pipeline.yaml", &pipeline_job(&api), &warehouse).await;
+    let services = PipelineServices::start(300);
+    let job = services
+        .job(&read_repo_job("charges_to_warehouse.yaml"))
+        .await;
+    let harness = services.harness(&[("charges.yaml", &job)]).await;
+    let (api, warehouse) = (&services.api, &services.warehouse);
 
     // The hourly schedule makes the first run by itself (the latest complete hour).
     let deadline = tokio::time::Instant::now() + MINUTE;
@@ -208,6 +185,19 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
             load.failure_reason,
             harness.log_lines(load).await
         );
+    }
+    // Both images came from the registry, and each try records the digest it ran.
+    for task in ["extract", "load"] {
+        let attempt = &harness.tries(&first.run_id, task).await[0];
+        assert!(
+            attempt
+                .image_ref
+                .starts_with(&format!("{}/stevedore/", services.registry.address)),
+            "{}",
+            attempt.image_ref
+        );
+        let digest = attempt.image_digest.as_deref().unwrap_or_default();
+        assert!(digest.starts_with("sha256:"), "{task}: {digest}");
     }
     let outputs = harness.outputs(&first.run_id).await;
     let load = &harness.tries(&first.run_id, "load").await[0];
@@ -245,13 +235,13 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
 /// on without them. Its retry completes and every record is in the warehouse once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_killed_mid_way_commits_nothing_and_its_retry_loads_everything_once() {
-    let api = DemoApi::start(20_000);
-    let warehouse = Postgres::start();
+    let services = PipelineServices::start(20_000);
+    let warehouse = &services.warehouse;
+    // The API's address comes from the `demo_api` connection (API_BASE_URL).
     let job = format!(
-        "id: killable\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, \"{}/v1/charges\", --incremental-field, updated_at, --page-size, 1000]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    retries: 1\n    retry_delay: 1s\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --batch, \"5\"]\n",
-        api.container_url()
+        "id: killable\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, /v1/charges, --incremental-field, updated_at, --page-size, 1000]\n  - id: load\n    image: stevedore/postgres-load:0.1.0\n    depends_on: [extract]\n    connections: [warehouse]\n    retries: 1\n    retry_delay: 1s\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --batch, \"5\"]\n"
     );
-    let harness = pipeline_harness("killable.yaml", &job, &warehouse).await;
+    let harness = services.harness(&[("killable.yaml", &job)]).await;
     let run = harness.trigger("killable").await;
 
     // Kill the load's container while it is writing.

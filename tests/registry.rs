@@ -99,41 +99,6 @@ async fn a_missing_image_is_pulled_by_tag_and_its_registry_digest_recorded() {
         .await;
 }
 
-/// Pushes `source` (a local image) as `repository:tag` and returns its registry digest.
-async fn push_as(docker: &bollard::Docker, source: &str, repository: &str, tag: &str) -> String {
-    docker
-        .tag_image(
-            source,
-            Some(
-                TagImageOptionsBuilder::default()
-                    .repo(repository)
-                    .tag(tag)
-                    .build(),
-            ),
-        )
-        .await
-        .unwrap();
-    let mut push = docker.push_image(
-        repository,
-        Some(PushImageOptionsBuilder::default().tag(tag).build()),
-        Some(DockerCredentials::default()),
-    );
-    while let Some(step) = push.next().await {
-        step.expect("push to the test registry");
-    }
-    // Each push of a new image adds its digest; find the one of this tag's image.
-    let inspected = docker
-        .inspect_image(&format!("{repository}:{tag}"))
-        .await
-        .unwrap();
-    inspected
-        .repo_digests
-        .unwrap_or_default()
-        .into_iter()
-        .find_map(|d| d.strip_prefix(&format!("{repository}@")).map(str::to_owned))
-        .expect("pushed image has a registry digest")
-}
-
 /// A new version under a new tag is picked up by editing the job's tag, while a task pinned
 /// by digest keeps running exactly the old image; every try records the digest it ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +107,7 @@ async fn a_new_tag_is_picked_up_by_editing_the_job_and_a_digest_pin_holds() {
     let registry = Registry::start();
     let docker = DockerBackend::from_env().unwrap().client().unwrap();
     let repository = format!("{}/stevedore/synth", registry.address);
-    let old = push_as(&docker, SYNTH, &repository, "0.1.0").await;
+    let old = push_image(&docker, SYNTH, &repository, "0.1.0").await;
 
     // Version 0.2.0: the same program under a new label, so a new image and digest.
     let mut context = tar::Builder::new(Vec::new());
@@ -165,7 +130,7 @@ async fn a_new_tag_is_picked_up_by_editing_the_job_and_a_digest_pin_holds() {
     while let Some(step) = build.next().await {
         step.expect("build the new version");
     }
-    let new = push_as(
+    let new = push_image(
         &docker,
         "stevedore-test/synth-next:0.2.0",
         &repository,
