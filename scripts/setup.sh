@@ -9,6 +9,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 packages=()
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+command -v curl >/dev/null || packages+=(curl)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
 # PostgreSQL for the warehouse in tests and the quickstart (started by them, not here).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
