@@ -411,7 +411,7 @@ impl DemoApi {
                 "127.0.0.1::8080",
                 "-e",
                 &format!("DEMO_API_RECORDS={records}"),
-                "stevedore/demo-api:0.1.0",
+                "stevedore/demo-api:0.1.1",
             ])
             .output()
             .expect("docker run");

@@ -15,6 +15,7 @@ Environment: DEMO_API_TOKEN (default demo-token), DEMO_API_RECORDS (initial reco
 default 1000), DEMO_API_PORT (default 8080).
 """
 
+import bisect
 import json
 import os
 import threading
@@ -28,6 +29,7 @@ MAX_LIMIT = 1000
 
 lock = threading.Lock()
 records = []
+keys = []  # (updated_at, id) of each record, in the same (ascending) order, for bisect
 faults = []  # [(status, retry_after)], consumed one per data request
 
 
@@ -46,6 +48,7 @@ def add_records(count, at=None):
             updated = at or BASE + timedelta(seconds=index)
             if records and updated <= parse_time(records[-1]["updated_at"]):
                 updated = parse_time(records[-1]["updated_at"]) + timedelta(microseconds=1)
+            keys.append((iso(updated), index))
             records.append({
                 "id": index,
                 "updated_at": iso(updated),
@@ -57,7 +60,7 @@ def add_records(count, at=None):
 
 
 class Handler(BaseHTTPRequestHandler):
-    server_version = "demo-api/0.1.0"
+    server_version = "demo-api/0.1.1"
 
     def log_message(self, format, *args):
         # One line per request on stderr, without the token.
@@ -97,16 +100,23 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as error:
             return self.reply(400, {"error": str(error)})
         with lock:
-            selected = [r for r in records if since is None or parse_time(r["updated_at"]) > since]
-        if "cursor" in query:
-            after_time, _, after_id = query["cursor"].partition("|")
-            key = (after_time, int(after_id or 0))
-            selected = [r for r in selected if (r["updated_at"], r["id"]) > key]
-        start = offset or 0
-        page = selected[start:start + limit]
-        more = len(selected) > start + limit
+            # Records are kept in (updated_at, id) order: the filters are binary searches.
+            first = 0
+            if since is not None:
+                first = bisect.bisect_right(keys, (iso(since), float("inf")))
+            if "cursor" in query:
+                after_time, _, after_id = query["cursor"].partition("|")
+                try:
+                    after = (iso(parse_time(after_time)), int(after_id or 0))
+                except ValueError as error:
+                    return self.reply(400, {"error": f"bad cursor: {error}"})
+                first = max(first, bisect.bisect_right(keys, after))
+            total = len(records) - first
+            start = first + (offset or 0)
+            page = records[start:start + limit]
+            more = len(records) > start + limit
         next_cursor = f"{page[-1]['updated_at']}|{page[-1]['id']}" if page and more else None
-        self.reply(200, {"data": page, "next_cursor": next_cursor, "total": len(selected)})
+        self.reply(200, {"data": page, "next_cursor": next_cursor, "total": total})
 
     def do_POST(self):
         path = urlparse(self.path).path
