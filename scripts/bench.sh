@@ -1,7 +1,33 @@
 #!/usr/bin/env bash
-# Benchmarks (not a test): platform overhead per task and log throughput. Prints figures.
+# Benchmarks (not tests); each prints its figures (docs/benchmarks.md).
+#   scripts/bench.sh platform   per-task overhead against `docker run --rm`, log throughput
+#   scripts/bench.sh pipeline   100,000 records demo API → warehouse against the Singer
+#                               pipeline (tap-rest-api-msdk | target-postgres from PyPI)
+#   scripts/bench.sh            both
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what=${1:-all}
 scripts/setup.sh
 cargo build --release -p stevedore-cli
-exec python3 scripts/bench.py
+
+status=0
+if [ "$what" = platform ] || [ "$what" = all ]; then
+  printf '\n==> platform benchmark\n'
+  python3 scripts/bench.py || status=$?
+fi
+if [ "$what" = pipeline ] || [ "$what" = all ]; then
+  # The Singer side, each program in its own virtualenv, at the versions the figures in
+  # docs/benchmarks.md were taken with.
+  venvs=.stevedore/bench
+  for pair in "tap:tap-rest-api-msdk==1.4.2" "target:meltanolabs-target-postgres==0.8.1"; do
+    name=${pair%%:*} package=${pair#*:}
+    if [ ! -x "$venvs/venv-$name/bin/pip" ] || ! "$venvs/venv-$name/bin/pip" show -q "${package%%==*}" >/dev/null 2>&1; then
+      printf '\n==> virtualenv %s: %s\n' "$venvs/venv-$name" "$package"
+      python3 -m venv "$venvs/venv-$name"
+      "$venvs/venv-$name/bin/pip" install -q "$package"
+    fi
+  done
+  printf '\n==> pipeline benchmark\n'
+  python3 scripts/bench_pipeline.py || status=$?
+fi
+exit $status

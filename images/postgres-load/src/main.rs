@@ -74,32 +74,42 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
         Ok(workspace) if !input.starts_with('/') => std::path::Path::new(&workspace).join(input),
         _ => std::path::PathBuf::from(input),
     };
-    let file =
-        std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut records = Vec::new();
-    for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
+    // Records stream through in batches: memory holds one batch, whatever the file's size.
+    let open = || {
+        std::fs::File::open(&path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    };
+    let total = open()?
+        .lines()
+        .map_while(Result::ok)
+        .filter(|line| !line.trim().is_empty())
+        .count() as u64;
+    let mut lines = open()?.lines().enumerate();
+    // The next record: its line as written, and the record (checked for its key).
+    let mut next_record = move || -> Result<Option<(String, Value)>, String> {
+        for (number, line) in lines.by_ref() {
+            let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Value = serde_json::from_str(&line)
+                .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), number + 1))?;
+            if record.get(key_name).is_none() {
+                return Err(format!(
+                    "{}:{}: the record has no key field `{key_name}`",
+                    path.display(),
+                    number + 1
+                ));
+            }
+            return Ok(Some((line, record)));
         }
-        let record: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), number + 1))?;
-        if record.get(key_name).is_none() {
-            return Err(format!(
-                "{}:{}: the record has no key field `{key_name}`",
-                path.display(),
-                number + 1
-            ));
-        }
-        records.push(record);
-    }
+        Ok(None)
+    };
+    let first = next_record()?;
     log(
         "info",
-        &format!(
-            "loading {} records from {} into {table}",
-            records.len(),
-            path.display()
-        ),
+        &format!("loading {total} records from {input} into {table}"),
     );
 
     let columns: Vec<(String, String)> = match ctx.arg("schema") {
@@ -112,7 +122,7 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
                 Ok((name.trim().to_owned(), kind.trim().to_owned()))
             })
             .collect::<Result<_, String>>()?,
-        None => match records.first().and_then(Value::as_object) {
+        None => match first.as_ref().and_then(|(_, record)| record.as_object()) {
             Some(first) => first
                 .iter()
                 .map(|(name, value)| (name.clone(), column_type(value).to_owned()))
@@ -162,10 +172,31 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
         let statement = transaction
             .prepare(&statement)
             .map_err(|e| format!("cannot prepare the upsert: {e}"))?;
+        let mut pending = first.map(|(line, _)| line);
         let mut done = 0;
-        for chunk in records.chunks(batch.max(1)) {
+        loop {
+            let mut rows_text = String::from("[");
+            let mut count = 0;
+            while count < batch.max(1) {
+                let line = match pending.take() {
+                    Some(line) => line,
+                    None => match next_record()? {
+                        Some((line, _)) => line,
+                        None => break,
+                    },
+                };
+                if count > 0 {
+                    rows_text.push(',');
+                }
+                rows_text.push_str(line.trim());
+                count += 1;
+            }
+            if count == 0 {
+                break;
+            }
+            rows_text.push(']');
             let rows = transaction
-                .query(&statement, &[&Value::Array(chunk.to_vec()).to_string()])
+                .query(&statement, &[&rows_text])
                 .map_err(|e| format!("cannot load into {table}: {e}"))?;
             for row in rows {
                 if row.get::<_, bool>(0) {
@@ -174,8 +205,8 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
                     updated += 1;
                 }
             }
-            done += chunk.len() as u64;
-            progress(done, Some(records.len() as u64));
+            done += count as u64;
+            progress(done, Some(total));
         }
     }
     transaction
