@@ -140,7 +140,7 @@ tasks:
     connections: [api]
     args: [--url, /v1/charges, --incremental-field, updated_at, --page-size, {PAGE}]
   - id: load
-    image: stevedore/postgres-load:0.1.1
+    image: stevedore/postgres-load:0.2.0
     depends_on: [extract]
     connections: [warehouse]
     args: [--input, "{{{{ outputs.extract.records_file }}}}", --table, charges, --key, id]

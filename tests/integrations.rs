@@ -239,7 +239,7 @@ async fn a_load_killed_mid_way_commits_nothing_and_its_retry_loads_everything_on
     let warehouse = &services.warehouse;
     // The API's address comes from the `demo_api` connection (API_BASE_URL).
     let job = format!(
-        "id: killable\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, /v1/charges, --incremental-field, updated_at, --page-size, 1000]\n  - id: load\n    image: stevedore/postgres-load:0.1.1\n    depends_on: [extract]\n    connections: [warehouse]\n    retries: 1\n    retry_delay: 1s\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --batch, \"5\"]\n"
+        "id: killable\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, /v1/charges, --incremental-field, updated_at, --page-size, 1000]\n  - id: load\n    image: stevedore/postgres-load:0.2.0\n    depends_on: [extract]\n    connections: [warehouse]\n    retries: 1\n    retry_delay: 1s\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, charges, --batch, \"5\"]\n"
     );
     let harness = services.harness(&[("killable.yaml", &job)]).await;
     let run = harness.trigger("killable").await;

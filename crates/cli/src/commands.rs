@@ -936,16 +936,34 @@ pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
+/// The variables of the named connections, unsealed (for `images check`).
+pub async fn connection_values(
+    global: &Global,
+    names: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut values = std::collections::BTreeMap::new();
+    if names.is_empty() {
+        return Ok(values);
+    }
+    let store = open_store(&global.db).await?;
+    let key = SecretKey::load(&default_key_file(global), false).map_err(|e| anyhow!(e))?;
+    for name in names {
+        let record = store.get_connection(name).await?;
+        let plain = key
+            .open(&record.sealed)
+            .map_err(|e| anyhow!("connection `{name}`: {e}"))?;
+        let opened: std::collections::BTreeMap<String, String> = serde_json::from_slice(&plain)?;
+        values.extend(opened);
+    }
+    Ok(values)
+}
+
 /// The registry credentials held by connection `name` (for `images build --push`).
 pub async fn registry_auth(
     global: &Global,
     name: &str,
 ) -> anyhow::Result<stevedore_backend::RegistryAuth> {
-    let store = open_store(&global.db).await?;
-    let record = store.get_connection(name).await?;
-    let key = SecretKey::load(&default_key_file(global), false).map_err(|e| anyhow!(e))?;
-    let plain = key.open(&record.sealed).map_err(|e| anyhow!(e))?;
-    let mut values: std::collections::BTreeMap<String, String> = serde_json::from_slice(&plain)?;
+    let mut values = connection_values(global, &[name.to_owned()]).await?;
     match (
         values.remove("REGISTRY_USERNAME"),
         values.remove("REGISTRY_PASSWORD"),

@@ -7,7 +7,7 @@
 //! not changed since it was built (same content hash, stored as a label) is not rebuilt.
 //! Images built `FROM` another image of the folder are built after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -450,16 +450,39 @@ pub async fn inspect(reference: &str, json_output: bool) -> anyhow::Result<ExitC
 
 /// Runs the image's `spec` command and returns the JSON line it printed.
 async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, stdout, _) = run_once(docker, reference, vec!["spec".to_owned()], &[], false)
+        .await
+        .context("cannot run `spec`")?;
+    if code != 0 {
+        bail!("`spec` exited with {code}");
+    }
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|value| value["type"] == "spec")
+        .ok_or_else(|| anyhow::anyhow!("`spec` printed no spec message"))
+}
+
+/// Runs one command of the image in a container removed afterwards: its exit code, stdout
+/// and stderr. Without `network` the container has none.
+async fn run_once(
+    docker: &bollard::Docker,
+    reference: &str,
+    cmd: Vec<String>,
+    env: &[String],
+    network: bool,
+) -> anyhow::Result<(i64, String, String)> {
     use bollard::query_parameters::{
         AttachContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
     };
     let body = bollard::models::ContainerCreateBody {
         image: Some(reference.to_owned()),
-        cmd: Some(vec!["spec".to_owned()]),
+        cmd: Some(cmd),
+        env: Some(env.to_vec()),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         host_config: Some(bollard::models::HostConfig {
-            network_mode: Some("none".to_owned()),
+            network_mode: (!network).then(|| "none".to_owned()),
             ..Default::default()
         }),
         ..Default::default()
@@ -467,7 +490,7 @@ async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<s
     let created = docker
         .create_container(None, body)
         .await
-        .context("cannot create a container for `spec`")?;
+        .context("cannot create the container")?;
     let id = created.id;
     let result = async {
         let attach = AttachContainerOptionsBuilder::default()
@@ -477,10 +500,16 @@ async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<s
             .build();
         let mut output = docker.attach_container(&id, Some(attach)).await?.output;
         docker.start_container(&id, None).await?;
-        let mut stdout = Vec::new();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         while let Some(chunk) = output.next().await {
-            if let bollard::container::LogOutput::StdOut { message } = chunk? {
-                stdout.extend_from_slice(&message);
+            match chunk? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    stdout.extend_from_slice(&message)
+                }
+                bollard::container::LogOutput::StdErr { message } => {
+                    stderr.extend_from_slice(&message)
+                }
+                _ => {}
             }
         }
         let mut wait = docker.wait_container(
@@ -491,16 +520,17 @@ async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<s
                     .build(),
             ),
         );
-        if let Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) =
-            wait.next().await
-        {
-            bail!("`spec` exited with {code}");
-        }
-        let text = String::from_utf8_lossy(&stdout);
-        text.lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find(|value| value["type"] == "spec")
-            .ok_or_else(|| anyhow::anyhow!("`spec` printed no spec message"))
+        let code = match wait.next().await {
+            Some(Ok(response)) => response.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(error)) => return Err(error.into()),
+            None => bail!("the engine did not report the container's exit"),
+        };
+        anyhow::Ok((
+            code,
+            String::from_utf8_lossy(&stdout).into_owned(),
+            String::from_utf8_lossy(&stderr).into_owned(),
+        ))
     }
     .await;
     let _ = docker
@@ -510,4 +540,72 @@ async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<s
         )
         .await;
     result
+}
+
+/// `stevedore images check IMAGE [--connection NAME]... [-- ARGS]`: runs the image's `check`
+/// with the connections' variables in its environment and the task's args, and prints its
+/// verdict (connection values masked). Exit code 0 when the check passed.
+pub async fn check(
+    reference: &str,
+    connections: BTreeMap<String, String>,
+    args: &[String],
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let backend = DockerBackend::from_env()?;
+    let docker = &backend.client()?;
+    docker
+        .inspect_image(reference)
+        .await
+        .with_context(|| format!("no image `{reference}` on this engine"))?;
+    let env: Vec<String> = connections
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let mut secrets: Vec<&String> = connections.values().filter(|v| v.len() >= 4).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mask = |text: &str| {
+        secrets.iter().fold(text.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), "***")
+        })
+    };
+    let mut cmd = vec!["check".to_owned(), "--".to_owned()];
+    cmd.extend(args.iter().cloned());
+    let (code, stdout, stderr) = run_once(docker, reference, cmd, &env, true)
+        .await
+        .context("cannot run `check`")?;
+    let (stdout, stderr) = (mask(&stdout), mask(&stderr));
+    let verdict = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|value| value["type"] == "check");
+    if json_output {
+        println!(
+            "{}",
+            serde_json::json!({
+                "image": reference,
+                "exit_code": code,
+                "ok": code == 0,
+                "message": verdict.as_ref().map(|v| v["message"].clone()),
+            })
+        );
+    } else {
+        for line in stdout.lines().chain(stderr.lines()) {
+            let is_verdict = serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|value| value["type"] == "check");
+            if !is_verdict {
+                println!("  {line}");
+            }
+        }
+        let message = verdict
+            .as_ref()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "printed no check message".to_owned());
+        let verdict = if code == 0 { "ok" } else { "FAILED" };
+        println!("check {verdict}: {message}");
+    }
+    Ok(if code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -240,6 +240,17 @@ pub enum ImagesCommand {
     },
     /// An image's identity, labels and `spec`.
     Inspect { image: String },
+    /// Runs an image's `check` (does its connection work?) with connections' variables in
+    /// its environment and the task's args after `--`.
+    Check {
+        image: String,
+        /// A connection whose variables the check gets (repeatable).
+        #[arg(long = "connection")]
+        connections: Vec<String>,
+        /// The task's args, as in the job file.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -299,6 +310,14 @@ fn main() -> ExitCode {
                 };
                 let push = push.then(|| images::PushTo { registry, auth });
                 images::build(&dir, &names, push.as_ref()).await
+            }
+            Command::Images(ImagesCommand::Check {
+                image,
+                connections,
+                args,
+            }) => {
+                let values = commands::connection_values(&global, &connections).await?;
+                images::check(&image, values, &args, global.output == Format::Json).await
             }
             Command::Images(ImagesCommand::Inspect { image }) => {
                 images::inspect(&image, global.output == Format::Json).await

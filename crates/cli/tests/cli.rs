@@ -857,3 +857,83 @@ fn registry_credentials_come_from_a_connection() {
         .args(["image", "rm", &image])
         .output();
 }
+
+/// `images check` runs an image's `check` with a connection's variables and the task's args:
+/// it passes with the right token, fails naming the cause with a wrong one, and prints no
+/// secret either way.
+#[test]
+fn images_check_tries_a_connection_through_the_image() {
+    const GOOD: &str = "demo-token";
+    const WRONG: &str = "wrong-token-7d3e";
+    let api = stevedore_e2e::DemoApi::start(5);
+    let workspace = Workspace::new(&[]);
+    for (name, token) in [("api", GOOD), ("api_wrong", WRONG)] {
+        let added = workspace
+            .command(&[
+                "connections",
+                "add",
+                name,
+                "--env",
+                &format!("API_BASE_URL={}", api.container_url()),
+                "--env",
+                "API_TOKEN",
+            ])
+            .env("API_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(added.status.success());
+    }
+    let check = |connection: &str| {
+        let output = workspace.run(&[
+            "images",
+            "check",
+            "stevedore/http-extract:0.2.0",
+            "--connection",
+            connection,
+            "--",
+            "--url",
+            "/v1/charges",
+        ]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!text.contains(GOOD) && !text.contains(WRONG), "{text}");
+        (output.status.code(), text)
+    };
+    let (code, text) = check("api");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("check ok: ") && text.contains("/v1/charges answered with its records"),
+        "{text}"
+    );
+    let (code, text) = check("api_wrong");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("check FAILED: 401 from ") && text.contains("refused the credentials"),
+        "{text}"
+    );
+    // The API saw one request for each check, no retry storm.
+    assert_eq!(api.requests("GET", "/v1/charges", 200), 1);
+    assert_eq!(api.requests("GET", "/v1/charges", 401), 1);
+
+    // A failed check exits non-zero and still says why, as JSON when asked.
+    let output = workspace.run(&[
+        "images",
+        "check",
+        "stevedore/postgres-load:0.2.0",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot connect to the warehouse"),
+        "{json}"
+    );
+}

@@ -57,6 +57,9 @@ pub struct Context {
     pub args: Vec<String>,
     /// The last state this task committed, `None` on its first successful run.
     pub state: Option<Value>,
+    /// The run's shared workspace (`STEVEDORE_WORKSPACE`), where a task leaves files for
+    /// the tasks downstream of it.
+    pub workspace: Option<std::path::PathBuf>,
 }
 
 impl Context {
@@ -71,6 +74,22 @@ impl Context {
     pub fn flag(&self, name: &str) -> bool {
         let flag = format!("--{name}");
         self.args.contains(&flag)
+    }
+
+    /// A run param (`--params`), such as `ctx.param("records")`.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.params.get(name)
+    }
+}
+
+/// An environment variable the integration cannot do without, such as a token from a
+/// connection; the error says where it should come from.
+pub fn required_env(name: &str) -> Result<String, String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(value),
+        _ => Err(format!(
+            "{name} is not set (give the task a connection that holds it)"
+        )),
     }
 }
 
@@ -131,6 +150,10 @@ pub fn parse_run_args(argv: &[String], state_file: Option<&str>) -> Result<Conte
     Ok(context)
 }
 
+fn workspace() -> Option<std::path::PathBuf> {
+    std::env::var_os("STEVEDORE_WORKSPACE").map(std::path::PathBuf::from)
+}
+
 fn emit(message: Value) {
     let mut stdout = std::io::stdout().lock();
     // A closed stdout means nobody reads the protocol any more; nothing useful to do.
@@ -162,12 +185,15 @@ pub fn metric(name: &str, value: f64) {
 }
 
 type RunFn = dyn FnOnce(&Context) -> Result<Outcome, String>;
+type CheckFn = dyn Fn(&Context) -> Result<String, String>;
 
-/// An integration: its name, version and the JSON Schema of its params (`spec`).
+/// An integration: its name, version, the JSON Schema of its params (`spec`) and how it
+/// checks its connection (`check`).
 pub struct Integration {
     name: String,
     version: String,
     params_schema: Value,
+    check: Option<Box<CheckFn>>,
 }
 
 impl Integration {
@@ -176,7 +202,18 @@ impl Integration {
             name: name.to_owned(),
             version: version.to_owned(),
             params_schema: json!({"type": "object"}),
+            check: None,
         }
+    }
+
+    /// What `check -- ARGS` does: try the connection (the environment, the task's args in
+    /// `ctx.args`; the run's fields are empty) and say what was reached, or why not.
+    pub fn check(
+        mut self,
+        check: impl Fn(&Context) -> Result<String, String> + 'static,
+    ) -> Integration {
+        self.check = Some(Box::new(check));
+        self
     }
 
     pub fn params_schema(mut self, schema: Value) -> Integration {
@@ -203,28 +240,57 @@ impl Integration {
                 0
             }
             Some("check") => {
-                log("info", "no connection to check");
-                0
+                // `check [-- ARGS]`: the task's args, as `run` gets them.
+                let args = match argv.get(1).map(String::as_str) {
+                    None => Vec::new(),
+                    Some("--") => argv[2..].to_vec(),
+                    Some(other) => {
+                        eprintln!("{}: check takes `-- ARGS`, not `{other}`", self.name);
+                        return 2;
+                    }
+                };
+                let context = Context {
+                    args,
+                    params: json!({}),
+                    workspace: workspace(),
+                    ..Context::default()
+                };
+                let result = match &self.check {
+                    Some(check) => check(&context),
+                    None => Ok("nothing to check".to_owned()),
+                };
+                match result {
+                    Ok(message) => {
+                        emit(json!({"type": "check", "ok": true, "message": message}));
+                        0
+                    }
+                    Err(message) => {
+                        emit(json!({"type": "check", "ok": false, "message": message}));
+                        1
+                    }
+                }
             }
             Some("run") => {
                 let state_file = std::env::var("STEVEDORE_STATE_FILE").ok();
-                match parse_run_args(&argv[1..], state_file.as_deref()) {
-                    Ok(context) => match run(&context) {
-                        Ok(outcome) => outcome.exit_code(),
-                        Err(message) => {
-                            log("error", &message);
-                            1
-                        }
-                    },
+                let mut context = match parse_run_args(&argv[1..], state_file.as_deref()) {
+                    Ok(context) => context,
                     Err(message) => {
                         eprintln!("{}: {message}", self.name);
-                        2
+                        return 2;
+                    }
+                };
+                context.workspace = workspace();
+                match run(&context) {
+                    Ok(outcome) => outcome.exit_code(),
+                    Err(message) => {
+                        log("error", &message);
+                        1
                     }
                 }
             }
             _ => {
                 eprintln!(
-                    "usage: {} spec | check | run --job J --task T --run R --try N ... -- ARGS",
+                    "usage: {} spec | check [-- ARGS] | run --job J --task T --run R --try N ... -- ARGS",
                     self.name
                 );
                 2

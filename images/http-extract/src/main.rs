@@ -193,6 +193,36 @@ fn fetch(agent: &ureq::Agent, settings: &Settings, url: &str) -> Result<Value, S
     }
 }
 
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// `check -- ARGS`: one request for one record, with the task's URL and credentials.
+fn check(ctx: &Context) -> Result<String, String> {
+    let mut settings = settings(ctx)?;
+    settings.max_retries = 1;
+    settings.max_backoff = Duration::from_secs(2);
+    let url = page_url(
+        &settings,
+        &[(settings.limit_param.as_str(), "1".to_owned())],
+    );
+    let page = fetch(&agent(), &settings, &url)?;
+    match page.get(&settings.records_field) {
+        Some(Value::Array(_)) => Ok(format!(
+            "{} answered with its records in `{}`",
+            settings.url, settings.records_field
+        )),
+        _ => Err(format!(
+            "{} answered, but without an array of records in `{}` (see --records-field)",
+            settings.url, settings.records_field
+        )),
+    }
+}
+
 fn extract(ctx: &Context) -> Result<Outcome, String> {
     let settings = settings(ctx)?;
     let path = match ctx.arg("output") {
@@ -206,11 +236,7 @@ fn extract(ctx: &Context) -> Result<Outcome, String> {
     let file = std::fs::File::create(&path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let mut writer = std::io::BufWriter::new(file);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
+    let agent = agent();
 
     let previous = ctx
         .state
@@ -301,5 +327,6 @@ fn extract(ctx: &Context) -> Result<Outcome, String> {
 fn main() {
     Integration::new("http-extract", env!("CARGO_PKG_VERSION"))
         .params_schema(json!({"type": "object"}))
+        .check(check)
         .run(extract)
 }

@@ -59,6 +59,30 @@ fn config() -> Result<postgres::Config, String> {
     Ok(config)
 }
 
+/// A PostgreSQL error with its cause (the crate's own message alone hides it).
+fn describe(error: &postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
+}
+
+/// `check`: connects to the warehouse with the connection's settings.
+fn check(_ctx: &Context) -> Result<String, String> {
+    let mut client = config()?
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("cannot connect to the warehouse: {}", describe(&e)))?;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, version()",
+            &[],
+        )
+        .map_err(|e| format!("connected, but cannot query: {e}"))?;
+    let (user, database, version): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let version = version.split(" on ").next().unwrap_or(&version).to_owned();
+    Ok(format!("connected to {database} as {user} ({version})"))
+}
+
 fn load(ctx: &Context) -> Result<Outcome, String> {
     let input = ctx
         .arg("input")
@@ -133,7 +157,7 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
 
     let mut client = config()?
         .connect(postgres::NoTls)
-        .map_err(|e| format!("cannot connect to the warehouse: {e}"))?;
+        .map_err(|e| format!("cannot connect to the warehouse: {}", describe(&e)))?;
     let mut transaction = client
         .transaction()
         .map_err(|e| format!("cannot begin: {e}"))?;
@@ -225,5 +249,6 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
 fn main() {
     Integration::new("postgres-load", env!("CARGO_PKG_VERSION"))
         .params_schema(json!({"type": "object"}))
+        .check(check)
         .run(load)
 }
