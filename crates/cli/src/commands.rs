@@ -469,6 +469,36 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                     ]);
                 }
                 table.print();
+                // Every try, earlier ones included: which image digest each one ran.
+                println!();
+                let mut tries = Table::new(&[
+                    "TASK",
+                    "TRY",
+                    "STATE",
+                    "EXIT",
+                    "STARTED",
+                    "DURATION",
+                    "IMAGE",
+                    "IMAGE DIGEST",
+                ]);
+                for (ti, attempts) in &details {
+                    for attempt in attempts.iter() {
+                        tries.row(vec![
+                            ti.task_id.clone(),
+                            attempt.try_number.to_string(),
+                            attempt.state.as_str().to_owned(),
+                            attempt
+                                .exit_code
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            time(Some(attempt.started_at)),
+                            duration(Some(attempt.started_at), attempt.ended_at),
+                            attempt.image_ref.clone(),
+                            attempt.image_digest.clone().unwrap_or_else(|| "-".into()),
+                        ]);
+                    }
+                }
+                tries.print();
             }
         }
         RunsCommand::Wait { run, job, timeout } => {

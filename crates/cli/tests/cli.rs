@@ -227,13 +227,21 @@ fn trigger_wait_exits_non_zero_when_the_run_fails_and_logs_of_both_tries_stay() 
     }
     let shown = workspace.json(&["runs", "show", run_id, "-o", "json"]);
     assert_eq!(shown["task_instances"][0]["failure_reason"], "exit_code: 3");
-    assert_eq!(
-        shown["task_instances"][0]["tries"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    let tries = shown["task_instances"][0]["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 2);
+    // The table shows every try with the full digest it ran.
+    let table = workspace.run(&["runs", "show", run_id]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    for attempt in tries {
+        let digest = attempt["image_digest"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:"), "{attempt}");
+        let row = format!("boom  {}    failed  3", attempt["try_number"]);
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("no row `{row}` in:\n{table}"));
+        assert!(line.ends_with(digest), "{line}");
+    }
     standalone.interrupt();
 }
 
