@@ -309,3 +309,41 @@ async fn a_load_killed_mid_way_commits_nothing_and_its_retry_loads_everything_on
     );
     harness.stop().await;
 }
+
+/// Offset pagination with the token in an API-key header, loaded into a table whose columns
+/// the job declares (rather than inferred from the records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_pages_with_an_api_key_header_load_into_a_declared_schema() {
+    let services = PipelineServices::start(230);
+    let job = format!(
+        "id: by_offset\ntasks:\n  - id: extract\n    image: {HTTP_EXTRACT}\n    connections: [demo_api]\n    args: [--url, /v1/charges, --pagination, offset, --page-size, 100, --auth, \"header:X-API-Key\"]\n  - id: load\n    image: stevedore/postgres-load:0.2.0\n    depends_on: [extract]\n    connections: [warehouse]\n    args: [--input, \"{{{{ outputs.extract.records_file }}}}\", --table, typed_charges, --key, id, --schema, \"id:bigint,updated_at:timestamptz,amount:numeric(12,2),currency:text\"]\n"
+    );
+    let harness = services.harness(&[("by_offset.yaml", &job)]).await;
+    let run = harness.trigger("by_offset").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    for task in ["extract", "load"] {
+        let attempt = &harness.tries(&run.run_id, task).await[0];
+        assert_eq!(
+            attempt.state,
+            TryState::Success,
+            "{task}: {:?} {:?}",
+            attempt.failure_reason,
+            harness.log_lines(attempt).await
+        );
+    }
+    assert_eq!(run.state, RunState::Success);
+    assert_eq!(outputs_of(&harness, &run.run_id).await.0, 230);
+    // Pages at offsets 0, 100 and 200; the short third page ends it.
+    assert_eq!(services.api.requests("GET", "/v1/charges", 200), 3);
+    assert_eq!(services.api.requests("GET", "/v1/charges", 401), 0);
+    let warehouse = &services.warehouse;
+    assert_eq!(
+        warehouse.query("SELECT string_agg(column_name || ':' || data_type, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'typed_charges'"),
+        "id:bigint,updated_at:timestamp with time zone,amount:numeric,currency:text"
+    );
+    assert_eq!(
+        warehouse.query("SELECT count(*), count(DISTINCT id), min(updated_at) AT TIME ZONE 'UTC' FROM typed_charges"),
+        "230|230|2024-01-01 00:00:01"
+    );
+    harness.stop().await;
+}

@@ -4,7 +4,7 @@ It behaves like the APIs integrations pull from: bearer-token auth, cursor and o
 pagination over records ordered by (updated_at, id), `updated_since` filtering, records that
 keep arriving, and failures injected on request.
 
-    GET  /v1/charges?updated_since=ISO&cursor=C&limit=N   (Authorization: Bearer TOKEN)
+    GET  /v1/charges?updated_since=ISO&cursor=C&limit=N   (Authorization: Bearer TOKEN, or X-API-Key: TOKEN)
     GET  /v1/charges?offset=N&limit=N
          -> {"data": [...], "next_cursor": "..." | null, "total": N}
     POST /admin/records?count=N          adds N records updated now
@@ -85,8 +85,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"status": "ok", "records": len(records)})
         if path != "/v1/charges":
             return self.reply(404, {"error": f"no route {path}"})
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self.reply(401, {"error": "invalid or missing bearer token"})
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}" and self.headers.get("X-API-Key") != TOKEN:
+            return self.reply(401, {"error": "invalid or missing token (Authorization: Bearer, or X-API-Key)"})
         with lock:
             if faults:
                 status, retry_after = faults.pop(0)

@@ -59,6 +59,26 @@ fn config() -> Result<postgres::Config, String> {
     Ok(config)
 }
 
+/// The `name:type` entries of `--schema`, split on the commas outside parentheses, so a
+/// type such as `numeric(12,2)` stays whole.
+fn split_schema(schema: &str) -> Vec<&str> {
+    let mut entries = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (index, character) in schema.char_indices() {
+        match character {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                entries.push(&schema[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&schema[start..]);
+    entries
+}
+
 /// A PostgreSQL error with its cause (the crate's own message alone hides it).
 fn describe(error: &postgres::Error) -> String {
     match std::error::Error::source(error) {
@@ -137,8 +157,8 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
     );
 
     let columns: Vec<(String, String)> = match ctx.arg("schema") {
-        Some(schema) => schema
-            .split(',')
+        Some(schema) => split_schema(schema)
+            .into_iter()
             .map(|column| {
                 let (name, kind) = column
                     .split_once(':')
@@ -251,4 +271,18 @@ fn main() {
         .params_schema(json!({"type": "object"}))
         .check(check)
         .run(load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_entries_keep_types_with_commas_whole() {
+        assert_eq!(
+            split_schema("id:bigint, amount:numeric(12,2),at:timestamptz"),
+            vec!["id:bigint", " amount:numeric(12,2)", "at:timestamptz"]
+        );
+        assert_eq!(split_schema("id:bigint"), vec!["id:bigint"]);
+    }
 }
