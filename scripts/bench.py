@@ -69,7 +69,7 @@ def main():
         return time.monotonic() - started
 
     log = open(os.path.join(work, "standalone.log"), "w")
-    scheduler = subprocess.Popen([BIN, "standalone"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    scheduler = subprocess.Popen([BIN, "standalone", "--port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(1.0)
         subprocess.run(["docker", "run", "--rm", IMAGE, *contract], check=True, capture_output=True)

@@ -152,7 +152,7 @@ tasks:
     cli("connections", "add", "warehouse", "--env", f"PGHOST={gateway}", "--env", f"PGPORT={warehouse.port}",
         "--env", "PGUSER=postgres", "--env", "PGDATABASE=postgres")
     log = open(os.path.join(work, "standalone.log"), "w")
-    scheduler = subprocess.Popen([BIN, "standalone"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    scheduler = subprocess.Popen([BIN, "standalone", "--port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(1.0)
         ignore = ContainerMemory.containers()

@@ -13,14 +13,17 @@ use stevedore_domain::job::{parse_date, Job};
 use stevedore_domain::protocol::rfc3339;
 use stevedore_domain::schedule::Schedule;
 use stevedore_domain::state::{RunState, TryState};
+use stevedore_scheduler::actions;
 use stevedore_scheduler::jobs_dir::{load_job_file, load_jobs_dir};
-use stevedore_scheduler::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::secrets::SecretKey;
 use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
 
 use crate::output::{duration, print_json, time, Format, Table};
-use crate::{ConnectionsCommand, Global, JobsCommand, PoolsCommand, RunsCommand, TasksCommand};
+use crate::{
+    ConnectionsCommand, Global, JobsCommand, PoolsCommand, RunsCommand, ServeArgs, TasksCommand,
+    TokensCommand,
+};
 
 /// The key file beside the store file: `stevedore.db` → `stevedore.key`.
 fn default_key_file(global: &Global) -> std::path::PathBuf {
@@ -45,8 +48,82 @@ pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
+/// Runs the scheduler, the server or both on one store until Ctrl-C or SIGTERM.
+pub async fn serve(
+    global: &Global,
+    with_scheduler: bool,
+    server: Option<ServeArgs>,
+) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let signals = tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    });
+
+    let server = match server {
+        Some(args) => {
+            let address = std::net::SocketAddr::new(args.bind, args.port);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (--bind, --port)"))?;
+            let address = listener.local_addr()?;
+            let secret_key = SecretKey::load(&default_key_file(global), false).ok();
+            let state =
+                stevedore_server::AppState::new(store.clone(), global.jobs.clone(), secret_key);
+            tracing::info!(url = %format!("http://{address}/"), api = %format!("http://{address}/api/v1"), "server listening");
+            eprintln!("stevedore: API at http://{address}/api/v1 (tokens: stevedore tokens create NAME --role ROLE)");
+            Some(tokio::spawn(stevedore_server::serve(
+                listener,
+                state,
+                stopped(),
+            )))
+        }
+        None => None,
+    };
+    if with_scheduler {
+        scheduler(global, store, stopped()).await?;
+    } else {
+        stopped().await;
+    }
+    if let Some(server) = server {
+        // Open log follows end with their tries; do not wait on them for ever.
+        let abort = server.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(error))) => tracing::warn!(error = %error, "server ended with an error"),
+            Err(_) => abort.abort(),
+            _ => {}
+        }
+    }
+    signals.abort();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn scheduler(
+    global: &Global,
+    store: Arc<dyn Store>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let backend = Arc::new(DockerBackend::from_env()?);
     tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
     let process = Arc::new(ProcessBackend::from_env());
@@ -64,24 +141,61 @@ pub async fn scheduler(global: &Global) -> anyhow::Result<ExitCode> {
         }
     };
     let scheduler = Scheduler::new(store, vec![backend, process], config);
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = terminate.recv() => {}
+    scheduler.run(shutdown).await?;
+    Ok(())
+}
+
+pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    match command {
+        TokensCommand::Create { name, role } => {
+            let role: stevedore_domain::role::Role =
+                role.parse().map_err(|e: String| anyhow!(e))?;
+            let (token, hash) = stevedore_server::auth::new_token().map_err(|e| anyhow!(e))?;
+            store.create_token(&name, role, &hash).await?;
+            if global.output == Format::Json {
+                print_json(&json!({"name": name, "role": role.as_str(), "token": token}));
+            } else {
+                eprintln!("token {name} ({role}); it is shown this once:");
+                println!("{token}");
             }
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("stopping");
-    };
-    scheduler.run(shutdown).await?;
-    tracing::info!("stopped");
+        TokensCommand::List => {
+            let tokens = store.list_tokens().await?;
+            if global.output == Format::Json {
+                print_json(&Value::Array(
+                    tokens
+                        .iter()
+                        .map(|t| {
+                            json!({
+                                "name": t.name,
+                                "role": t.role.as_str(),
+                                "created_at": precise(t.created_at),
+                                "last_used_at": t.last_used_at.map(precise),
+                                "revoked_at": t.revoked_at.map(precise),
+                            })
+                        })
+                        .collect(),
+                ));
+            } else {
+                let mut table = Table::new(&["TOKEN", "ROLE", "CREATED", "LAST USED", "REVOKED"]);
+                for t in &tokens {
+                    table.row(vec![
+                        t.name.clone(),
+                        t.role.to_string(),
+                        time(Some(t.created_at)),
+                        time(t.last_used_at),
+                        time(t.revoked_at),
+                    ]);
+                }
+                table.print();
+            }
+        }
+        TokensCommand::Revoke { name } => {
+            store.revoke_token(&name).await?;
+            println!("token {name} revoked");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,22 +246,7 @@ fn try_json(attempt: &TryRecord) -> Value {
 
 /// Loads one job by id from the jobs folder, with its file errors when it is invalid.
 fn load_job(jobs_dir: &Path, job_id: &str) -> anyhow::Result<(Arc<Job>, String, String)> {
-    let found = load_jobs_dir(jobs_dir);
-    if let Some(loaded) = found.get(job_id) {
-        return Ok((
-            loaded.job.clone(),
-            loaded.path.display().to_string(),
-            loaded.source.clone(),
-        ));
-    }
-    let mut message = format!(
-        "job `{job_id}` is not a valid job in {}",
-        jobs_dir.display()
-    );
-    for problem in &found.errors {
-        message.push_str(&format!("\n  {problem}"));
-    }
-    bail!(message)
+    Ok(actions::load_job(jobs_dir, job_id)?)
 }
 
 pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> {
@@ -256,16 +355,12 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Trigger { job, params, wait } => {
-            let (job, path, source) = load_job(&global.jobs, &job)?;
             let overrides: Map<String, Value> = params
                 .iter()
                 .map(|p| parse_param(p))
                 .collect::<anyhow::Result<_>>()?;
             let store = open_store(&global.db).await?;
-            store
-                .upsert_job(&job.id, &job.version, &path, &source)
-                .await?;
-            let mut run = trigger_manual(store.as_ref(), &job, &overrides, Utc::now()).await?;
+            let mut run = actions::trigger(store.as_ref(), &global.jobs, &job, &overrides).await?;
             if global.output == Format::Table {
                 println!("{}", run.run_id);
             }
@@ -342,13 +437,7 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
 
 async fn set_paused(global: &Global, job_id: &str, paused: bool) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
-    if !store.list_jobs().await?.iter().any(|r| r.job_id == job_id) {
-        let (job, path, source) = load_job(&global.jobs, job_id)?;
-        store
-            .upsert_job(&job.id, &job.version, &path, &source)
-            .await?;
-    }
-    store.set_paused(job_id, paused).await?;
+    actions::set_paused(store.as_ref(), &global.jobs, job_id, paused).await?;
     println!(
         "job {job_id} {}",
         if paused { "paused" } else { "unpaused" }
@@ -580,13 +669,6 @@ async fn ensure_task(store: &dyn Store, run: &RunRecord, task: &str) -> anyhow::
     Ok(())
 }
 
-/// The job version a run was created with.
-async fn run_job(store: &dyn Store, run: &RunRecord) -> anyhow::Result<Job> {
-    let source = store.job_source(&run.job_id, &run.job_version).await?;
-    stevedore_domain::job::parse_job(&run.job_id, &source)
-        .map_err(|errors| anyhow!("the run's job version no longer parses: {}", errors[0]))
-}
-
 pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
     let (run, task, try_number, follow) = match command {
@@ -602,41 +684,13 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
             downstream,
         } => {
             let run = store.find_run(&run).await?;
-            let job = run_job(store.as_ref(), &run).await?;
-            if job.task(&task).is_none() {
-                bail!("run {} has no task `{task}`", run.run_id);
-            }
-            let mut cleared = vec![task.clone()];
-            if downstream {
-                let edges = job.downstream();
-                let mut stack = vec![task.as_str()];
-                while let Some(id) = stack.pop() {
-                    for next in edges.get(id).into_iter().flatten() {
-                        if !cleared.iter().any(|c| c == next) {
-                            cleared.push(next.to_string());
-                            stack.push(next);
-                        }
-                    }
-                }
-            }
-            store.clear_task_instances(&run.run_id, &cleared).await?;
+            let cleared = actions::clear(store.as_ref(), &run, &task, downstream).await?;
             println!("cleared {} in run {}", cleared.join(", "), run.run_id);
             return Ok(ExitCode::SUCCESS);
         }
         TasksCommand::Mark { run, task, state } => {
             let run = store.find_run(&run).await?;
-            ensure_task(store.as_ref(), &run, &task).await?;
-            let state: stevedore_domain::state::TaskState =
-                state.parse().map_err(|e: String| anyhow!(e))?;
-            store
-                .set_task_state(&run.run_id, &task, state, Utc::now())
-                .await?;
-            // The run's outcome is decided again with the mark.
-            if run.state.is_finished() {
-                store
-                    .set_run_state(&run.run_id, RunState::Running, Utc::now())
-                    .await?;
-            }
+            actions::mark(store.as_ref(), &run, &task, &state).await?;
             println!("task {task} of run {} marked {state}", run.run_id);
             return Ok(ExitCode::SUCCESS);
         }

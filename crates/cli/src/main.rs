@@ -53,10 +53,15 @@ pub struct Global {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Scheduler with the embedded store, in one process, until Ctrl-C.
-    Standalone,
+    /// Scheduler and server (REST API) with the embedded store, in one process, until Ctrl-C.
+    Standalone(ServeArgs),
     /// The scheduler alone.
     Scheduler,
+    /// The server alone: the REST API on the store the schedulers use.
+    Server(ServeArgs),
+    /// API tokens: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Job files: list, validate, trigger, pause.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -78,6 +83,30 @@ enum Command {
     /// The metadata store.
     #[command(subcommand)]
     Db(DbCommand),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// The port the server listens on (0: any free one).
+    #[arg(long, env = "STEVEDORE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// The address the server listens on.
+    #[arg(long, env = "STEVEDORE_BIND", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Creates a token and prints it, once: only its hash is stored.
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
+    /// Tokens, with their role and when they were last used (never the tokens).
+    List,
+    /// Revokes the active token of that name.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -272,7 +301,10 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let long_running = matches!(cli.command, Command::Standalone | Command::Scheduler);
+    let long_running = matches!(
+        cli.command,
+        Command::Standalone(_) | Command::Scheduler | Command::Server(_)
+    );
     init_tracing(if long_running {
         "info,sqlx=warn"
     } else {
@@ -291,7 +323,10 @@ fn main() -> ExitCode {
     let global = cli.global;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Standalone | Command::Scheduler => commands::scheduler(&global).await,
+            Command::Standalone(serve) => commands::serve(&global, true, Some(serve)).await,
+            Command::Scheduler => commands::serve(&global, true, None).await,
+            Command::Server(serve) => commands::serve(&global, false, Some(serve)).await,
+            Command::Tokens(command) => commands::tokens(&global, command).await,
             Command::Jobs(command) => commands::jobs(&global, command).await,
             Command::Runs(command) => commands::runs(&global, command).await,
             Command::Tasks(command) => commands::tasks(&global, command).await,

@@ -75,7 +75,7 @@ impl Workspace {
     }
 
     fn standalone(&self, docker_host: Option<&str>) -> Standalone {
-        let mut command = self.command(&["standalone"]);
+        let mut command = self.command(&["standalone", "--port", "0"]);
         if let Some(host) = docker_host {
             command.env("DOCKER_HOST", host);
         }
@@ -944,4 +944,65 @@ fn images_check_tries_a_connection_through_the_image() {
             .starts_with("cannot connect to the warehouse"),
         "{json}"
     );
+}
+
+/// `standalone` serves the REST API beside the scheduler: a token made with `tokens create`
+/// triggers a run through it and watches it succeed; `tokens list` shows the token's use and
+/// never the token; a revoked token is refused.
+#[test]
+fn standalone_serves_the_api_to_tokens_made_by_the_cli() {
+    let workspace = Workspace::new(&[]);
+    let created = workspace.json(&["tokens", "create", "ci", "--role", "operator", "-o", "json"]);
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(created["role"], "operator");
+    let standalone = workspace.standalone(None);
+    // The URL it prints at start (with the port it was given: any free one here).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let base = loop {
+        let log = std::fs::read_to_string(&standalone.log).unwrap_or_default();
+        if let Some(rest) = log.split("API at ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no API URL in: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let call = |method: &str, path: &str, token: &str| -> (u16, Value) {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(if method == "POST" { "{}" } else { "" }.to_owned())
+            .unwrap();
+        let mut response = agent.run(request).unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let (status, run) = call("POST", "/jobs/retry_demo/runs", &token);
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, run) = call("GET", &format!("/runs/{run_id}"), &token);
+        if run["state"] == "success" {
+            break;
+        }
+        assert!(run["state"] != "failed", "{run}");
+        assert!(Instant::now() < deadline, "{run}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let listed = workspace.json(&["tokens", "list", "-o", "json"]);
+    assert_eq!(listed[0]["name"], "ci");
+    assert!(listed[0]["last_used_at"].is_string(), "{listed}");
+    assert!(!listed.to_string().contains(&token));
+    assert!(workspace.run(&["tokens", "revoke", "ci"]).status.success());
+    assert_eq!(call("GET", "/jobs", &token).0, 401);
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(&token), "the token in the log");
 }

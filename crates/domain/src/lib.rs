@@ -11,6 +11,7 @@
 //! - [`template`]: `{{ variable }}` rendering of args, env and image.
 //! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages.
 //! - [`duration`] and [`image`]: small value parsers used by job files.
+//! - [`role`]: API roles and what each may do.
 
 pub mod duration;
 pub mod image;
@@ -18,6 +19,7 @@ pub mod job;
 pub mod limits;
 pub mod protocol;
 pub mod retry;
+pub mod role;
 pub mod run;
 pub mod schedule;
 pub mod state;

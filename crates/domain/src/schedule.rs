@@ -172,6 +172,16 @@ impl Timetable {
         }
     }
 
+    /// When the schedule next makes a run after `now` (the end of the interval in
+    /// progress); `None` for manual and `@once` jobs and after the end date.
+    pub fn next_run_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let at = self.next_fire(now, false)?;
+        match self.end_date {
+            Some(end) if self.previous_fire(at, false)? > end => None,
+            _ => Some(at),
+        }
+    }
+
     /// The most recent interval that has ended at `now`.
     pub fn latest_complete(&self, now: DateTime<Utc>) -> Option<DataInterval> {
         let end = self.previous_fire(now, true)?;

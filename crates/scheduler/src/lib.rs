@@ -1,6 +1,8 @@
 //! The scheduler: syncs job files into the store, creates due runs, decides which task
 //! instances run, hands tries to the backend and reacts the moment a try ends.
 //!
+//! - [`actions`]: what operators do (trigger, pause, cancel, clear, mark), for the CLI and
+//!   the REST API alike.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
 //! - [`try_runner`]: one try from start to end, its logs, outputs and state.
@@ -8,6 +10,7 @@
 //! Everything the scheduler knows lives in the store; its memory holds only caches and
 //! the kill switches of the tries it runs, so a restart loses no decision.
 
+pub mod actions;
 pub mod jobs_dir;
 pub mod runs;
 pub mod try_runner;

@@ -181,6 +181,17 @@ pub struct ConnectionRecord {
     pub sealed: Vec<u8>,
 }
 
+/// An API bearer token: its name and role. The token itself is never stored, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub name: String,
+    pub role: stevedore_domain::role::Role,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A pool: how many slots the task instances using it may hold at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolRecord {
@@ -189,11 +200,21 @@ pub struct PoolRecord {
     pub description: String,
 }
 
+/// Runs and task instances per state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StateCounts {
+    pub runs: Vec<(RunState, i64)>,
+    pub task_instances: Vec<(TaskState, i64)>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub job_id: Option<String>,
     pub states: Vec<RunState>,
     pub limit: Option<u32>,
+    /// Only runs listed after this one (`queued_at`, `run_id`) in newest-first order: the
+    /// next page of a list.
+    pub before: Option<(DateTime<Utc>, String)>,
 }
 
 /// The metadata store. Methods are small domain operations; each is atomic.
@@ -221,6 +242,8 @@ pub trait Store: Send + Sync {
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord>;
     /// Newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    /// How many runs and task instances are in each state (for metrics).
+    async fn state_counts(&self) -> Result<StateCounts>;
     /// Sets a run's state. When a run succeeds, the state its successful tries published is
     /// committed for the job's tasks; when it fails, that state is dropped.
     async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()>;
@@ -293,6 +316,23 @@ pub trait Store: Send + Sync {
     async fn get_connection(&self, name: &str) -> Result<ConnectionRecord>;
     async fn list_connections(&self) -> Result<Vec<ConnectionRecord>>;
     async fn delete_connection(&self, name: &str) -> Result<()>;
+
+    // API tokens.
+    /// Stores a new token by its hash; fails with `Conflict` when an active token has the
+    /// same name.
+    async fn create_token(
+        &self,
+        name: &str,
+        role: stevedore_domain::role::Role,
+        hash: &str,
+    ) -> Result<TokenRecord>;
+    /// The active (not revoked) token with this hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    async fn touch_token(&self, id: i64, at: DateTime<Utc>) -> Result<()>;
+    /// Every token, revoked ones included, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes the active token of that name.
+    async fn revoke_token(&self, name: &str) -> Result<()>;
 
     // Pools.
     /// Every pool, `default` (128 slots unless changed) included.

@@ -9,6 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, FromRow, QueryBuilder, Sqlite, SqlitePool};
+use stevedore_domain::role::Role;
 use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
 
@@ -26,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../migrations/sqlite/0005_run_pending_state.sql"),
     ),
+    (6, include_str!("../migrations/sqlite/0006_tokens.sql")),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -39,6 +41,29 @@ pub struct SqliteStore {
 /// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
 fn ts(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+macro_rules! select_tokens {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, role, created_at, last_used_at, revoked_at FROM tokens ",
+            $rest
+        )
+    };
+}
+
+type TokenRow = (i64, String, String, String, Option<String>, Option<String>);
+
+fn token_record(row: TokenRow) -> Result<TokenRecord> {
+    let (id, name, role, created_at, last_used_at, revoked_at) = row;
+    Ok(TokenRecord {
+        id,
+        name,
+        role: role.parse().map_err(StoreError::Corrupt)?,
+        created_at: parse_ts(&created_at)?,
+        last_used_at: last_used_at.as_deref().map(parse_ts).transpose()?,
+        revoked_at: revoked_at.as_deref().map(parse_ts).transpose()?,
+    })
 }
 
 fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
@@ -440,6 +465,16 @@ impl Store for SqliteStore {
             }
             query.push(")");
         }
+        if let Some((queued_at, run_id)) = &filter.before {
+            query
+                .push(" AND (queued_at < ")
+                .push_bind(ts(*queued_at))
+                .push(" OR (queued_at = ")
+                .push_bind(ts(*queued_at))
+                .push(" AND run_id < ")
+                .push_bind(run_id.clone())
+                .push("))");
+        }
         query.push(" ORDER BY queued_at DESC, run_id DESC");
         if let Some(limit) = filter.limit {
             query.push(" LIMIT ").push_bind(i64::from(limit));
@@ -451,6 +486,28 @@ impl Store for SqliteStore {
             .into_iter()
             .map(RunRow::into_record)
             .collect()
+    }
+
+    async fn state_counts(&self) -> Result<StateCounts> {
+        let runs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM runs GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let instances: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM task_instances GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(StateCounts {
+            runs: runs
+                .into_iter()
+                .map(|(state, n)| Ok((state.parse().map_err(StoreError::Corrupt)?, n)))
+                .collect::<Result<_>>()?,
+            task_instances: instances
+                .into_iter()
+                .map(|(state, n)| Ok((state.parse().map_err(StoreError::Corrupt)?, n)))
+                .collect::<Result<_>>()?,
+        })
     }
 
     async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()> {
@@ -943,6 +1000,74 @@ impl Store for SqliteStore {
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("connection `{name}`")));
+        }
+        Ok(())
+    }
+
+    async fn create_token(&self, name: &str, role: Role, hash: &str) -> Result<TokenRecord> {
+        let now = Utc::now();
+        let inserted = sqlx::query(
+            "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(hash)
+        .bind(ts(now))
+        .fetch_one(&self.pool)
+        .await;
+        let id: i64 = match inserted {
+            Ok(row) => sqlx::Row::try_get(&row, 0)?,
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "an active token named `{name}` exists; revoke it first"
+                )))
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok(TokenRecord {
+            id,
+            name: name.to_owned(),
+            role,
+            created_at: parse_ts(&ts(now))?,
+            last_used_at: None,
+            revoked_at: None,
+        })
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let row: Option<TokenRow> =
+            sqlx::query_as(select_tokens!("WHERE hash = ? AND revoked_at IS NULL"))
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(token_record).transpose()
+    }
+
+    async fn touch_token(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
+            .bind(ts(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows: Vec<TokenRow> = sqlx::query_as(select_tokens!("ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(token_record).collect()
+    }
+
+    async fn revoke_token(&self, name: &str) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+                .bind(ts(Utc::now()))
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("active token `{name}`")));
         }
         Ok(())
     }

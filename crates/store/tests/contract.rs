@@ -418,6 +418,106 @@ pub async fn connections_keep_only_sealed_values(store: &dyn Store) {
     ));
 }
 
+pub async fn tokens_are_found_by_hash_until_revoked(store: &dyn Store) {
+    use stevedore_domain::role::Role;
+    let ci = store
+        .create_token("ci", Role::Operator, "hash-ci")
+        .await
+        .unwrap();
+    assert_eq!((ci.name.as_str(), ci.role), ("ci", Role::Operator));
+    assert!(matches!(
+        store.create_token("ci", Role::Admin, "hash-other").await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .create_token("grafana", Role::Viewer, "hash-grafana")
+        .await
+        .unwrap();
+    let found = store.token_by_hash("hash-ci").await.unwrap().unwrap();
+    assert_eq!(found, ci);
+    assert_eq!(store.token_by_hash("hash-nope").await.unwrap(), None);
+
+    let used = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+    store.touch_token(ci.id, used).await.unwrap();
+    let found = store.token_by_hash("hash-ci").await.unwrap().unwrap();
+    assert_eq!(found.last_used_at, Some(used));
+
+    store.revoke_token("ci").await.unwrap();
+    assert_eq!(store.token_by_hash("hash-ci").await.unwrap(), None);
+    assert!(matches!(
+        store.revoke_token("ci").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // The name is free again; the revoked token stays listed.
+    store
+        .create_token("ci", Role::Admin, "hash-ci-2")
+        .await
+        .unwrap();
+    let listed: Vec<(String, bool)> = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.revoked_at.is_some()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("ci".to_owned(), true),
+            ("grafana".to_owned(), false),
+            ("ci".to_owned(), false)
+        ]
+    );
+}
+
+pub async fn run_lists_page_newest_first_and_states_are_counted(store: &dyn Store) {
+    let mut created = Vec::new();
+    for day in 1..=7 {
+        created.push(
+            store
+                .create_run(new_run("paged", day, RunTrigger::Manual))
+                .await
+                .unwrap()
+                .run_id,
+        );
+    }
+    created.reverse();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_runs(&RunFilter {
+                job_id: Some("paged".into()),
+                limit: Some(3),
+                before: before.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|r| (r.queued_at, r.run_id.clone()));
+        seen.extend(page.into_iter().map(|r| r.run_id));
+    }
+    assert_eq!(seen, created, "every run once, newest first");
+
+    store
+        .set_run_state(&created[0], RunState::Running, Utc::now())
+        .await
+        .unwrap();
+    let counts = store.state_counts().await.unwrap();
+    assert_eq!(
+        counts.runs,
+        vec![(RunState::Queued, 6), (RunState::Running, 1)]
+    );
+    let instances: i64 = counts.task_instances.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        instances,
+        7 * new_run("x", 1, RunTrigger::Manual).task_ids.len() as i64
+    );
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -439,6 +539,8 @@ macro_rules! store_contract_suite {
             case!(log_lines_keep_their_order_and_streams);
             case!(pools_start_with_default_and_can_be_resized);
             case!(connections_keep_only_sealed_values);
+            case!(tokens_are_found_by_hash_until_revoked);
+            case!(run_lists_page_newest_first_and_states_are_counted);
         }
     };
 }

@@ -1,0 +1,249 @@
+//! Operator actions, shared by the CLI and the REST API: trigger, pause, cancel, clear and
+//! mark. Each is a small change to the store; the scheduler picks it up on its next pass.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use stevedore_domain::job::{parse_job, Job};
+use stevedore_domain::state::{RunState, TaskState};
+use stevedore_store::{RunRecord, Store, StoreError};
+
+use crate::jobs_dir::load_jobs_dir;
+use crate::runs::trigger_manual;
+
+/// Why an action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// No such job, run or task.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is wrong (bad params, a state that cannot be set by hand).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T> = std::result::Result<T, ActionError>;
+
+/// A valid job of the jobs folder, with its file path and text; the folder's errors in the
+/// message when it is not there.
+pub fn load_job(jobs_dir: &Path, job_id: &str) -> Result<(Arc<Job>, String, String)> {
+    let found = load_jobs_dir(jobs_dir);
+    if let Some(loaded) = found.get(job_id) {
+        return Ok((
+            loaded.job.clone(),
+            loaded.path.display().to_string(),
+            loaded.source.clone(),
+        ));
+    }
+    let mut message = format!(
+        "job `{job_id}` is not a valid job in {}",
+        jobs_dir.display()
+    );
+    for problem in &found.errors {
+        message.push_str(&format!("\n  {problem}"));
+    }
+    Err(ActionError::NotFound(message))
+}
+
+/// Checks a trigger's params against the job's: each must be one of them, of the same JSON
+/// type as its default (any integer for an integer, any number for a float).
+pub fn validate_params(job: &Job, overrides: &Map<String, Value>) -> Result<()> {
+    let mut problems = Vec::new();
+    for (key, value) in overrides {
+        let Some(default) = job.params.get(key) else {
+            let known: Vec<&str> = job.params.keys().map(String::as_str).collect();
+            problems.push(if known.is_empty() {
+                format!("param `{key}`: job `{}` has no params", job.id)
+            } else {
+                format!(
+                    "param `{key}` is not one of the job's params ({})",
+                    known.join(", ")
+                )
+            });
+            continue;
+        };
+        let fits = match default {
+            Value::Null => true,
+            Value::Bool(_) => value.is_boolean(),
+            Value::Number(n) if n.is_f64() => value.is_number(),
+            Value::Number(_) => value.is_i64() || value.is_u64(),
+            Value::String(_) => value.is_string(),
+            Value::Array(_) => value.is_array(),
+            Value::Object(_) => value.is_object(),
+        };
+        if !fits {
+            problems.push(format!(
+                "param `{key}` must be {} like its default {default}, not {value}",
+                json_kind(default)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ActionError::Invalid(problems.join("; ")))
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Creates a manual run of the job's current file, with validated params.
+pub async fn trigger(
+    store: &dyn Store,
+    jobs_dir: &Path,
+    job_id: &str,
+    overrides: &Map<String, Value>,
+) -> Result<RunRecord> {
+    let (job, path, source) = load_job(jobs_dir, job_id)?;
+    validate_params(&job, overrides)?;
+    store
+        .upsert_job(&job.id, &job.version, &path, &source)
+        .await?;
+    Ok(trigger_manual(store, &job, overrides, Utc::now()).await?)
+}
+
+/// Pauses or unpauses a job (recording it first if the scheduler has not seen it yet).
+pub async fn set_paused(
+    store: &dyn Store,
+    jobs_dir: &Path,
+    job_id: &str,
+    paused: bool,
+) -> Result<()> {
+    if !store.list_jobs().await?.iter().any(|r| r.job_id == job_id) {
+        let (job, path, source) = load_job(jobs_dir, job_id)?;
+        store
+            .upsert_job(&job.id, &job.version, &path, &source)
+            .await?;
+    }
+    store.set_paused(job_id, paused).await?;
+    Ok(())
+}
+
+/// The job version a run was created with.
+pub async fn run_job(store: &dyn Store, run: &RunRecord) -> Result<Job> {
+    let source = store.job_source(&run.job_id, &run.job_version).await?;
+    parse_job(&run.job_id, &source).map_err(|errors| {
+        ActionError::Invalid(format!(
+            "the run's job version no longer parses: {}",
+            errors[0]
+        ))
+    })
+}
+
+/// Clears a task instance (a new try with a fresh retry budget), and with `downstream`
+/// every task downstream of it; the run runs again. Returns the cleared task ids.
+pub async fn clear(
+    store: &dyn Store,
+    run: &RunRecord,
+    task_id: &str,
+    downstream: bool,
+) -> Result<Vec<String>> {
+    let job = run_job(store, run).await?;
+    if job.task(task_id).is_none() {
+        return Err(ActionError::NotFound(format!(
+            "run {} has no task `{task_id}`",
+            run.run_id
+        )));
+    }
+    let mut cleared = vec![task_id.to_owned()];
+    if downstream {
+        let edges = job.downstream();
+        let mut stack = vec![task_id];
+        while let Some(id) = stack.pop() {
+            for next in edges.get(id).into_iter().flatten() {
+                if !cleared.iter().any(|c| c == next) {
+                    cleared.push(next.to_string());
+                    stack.push(next);
+                }
+            }
+        }
+    }
+    store.clear_task_instances(&run.run_id, &cleared).await?;
+    Ok(cleared)
+}
+
+/// Sets a task instance's state by hand (`success` or `failed`); a running try is stopped
+/// and a finished run decides its outcome again.
+pub async fn mark(store: &dyn Store, run: &RunRecord, task_id: &str, state: &str) -> Result<()> {
+    let state: TaskState = match state {
+        "success" | "failed" => state.parse().map_err(ActionError::Invalid)?,
+        other => {
+            return Err(ActionError::Invalid(format!(
+                "a task instance can be marked success or failed, not `{other}`"
+            )))
+        }
+    };
+    if !store
+        .task_instances(&run.run_id)
+        .await?
+        .iter()
+        .any(|ti| ti.task_id == task_id)
+    {
+        return Err(ActionError::NotFound(format!(
+            "run {} has no task `{task_id}`",
+            run.run_id
+        )));
+    }
+    store
+        .set_task_state(&run.run_id, task_id, state, Utc::now())
+        .await?;
+    if run.state.is_finished() {
+        store
+            .set_run_state(&run.run_id, RunState::Running, Utc::now())
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        parse_job(
+            "j.yaml",
+            "id: j\nparams: {records: 10, ratio: 0.5, name: x, on: true, anything: null}\ntasks:\n  - id: t\n    image: i:1\n",
+        )
+        .unwrap()
+    }
+
+    fn params(text: &str) -> Map<String, Value> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn params_must_be_the_jobs_own_and_of_their_defaults_type() {
+        let job = job();
+        assert!(validate_params(
+            &job,
+            &params(r#"{"records": 3, "ratio": 2, "name": "y", "on": false, "anything": [1]}"#)
+        )
+        .is_ok());
+        let error = validate_params(&job, &params(r#"{"records": "many", "nope": 1}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("param `records` must be an integer like its default 10, not \"many\""),
+            "{error}"
+        );
+        assert!(
+            error.contains("param `nope` is not one of the job's params"),
+            "{error}"
+        );
+        assert!(validate_params(&job, &params(r#"{"records": 1.5}"#)).is_err());
+    }
+}

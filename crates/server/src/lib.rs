@@ -1,0 +1,79 @@
+//! Stevedore's server: the REST API under `/api/v1` and Prometheus `/metrics`, on the same
+//! store the scheduler uses (`stevedore server`, or inside `stevedore standalone`).
+//!
+//! - [`api`]: the endpoints: jobs, runs, task instances, tries, logs (a range, or followed
+//!   live as Server-Sent Events), pools and connections.
+//! - [`auth`]: bearer tokens and roles.
+//! - [`error`]: errors as JSON with a stable code.
+//! - [`metrics`]: the Prometheus text exposition.
+//! - [`openapi`]: the API's OpenAPI 3.1 document, served at `/api/v1/openapi.json`.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use stevedore_scheduler::jobs_dir::{load_jobs_dir, JobsDir};
+use stevedore_store::secrets::SecretKey;
+use stevedore_store::Store;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub jobs_dir: PathBuf,
+    /// Seals connection values written through the API; `None` refuses such writes.
+    pub secret_key: Option<SecretKey>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, jobs_dir: PathBuf, secret_key: Option<SecretKey>) -> Self {
+        AppState {
+            store,
+            jobs_dir,
+            secret_key,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The jobs folder as it is now (valid jobs and the errors of the others).
+    pub fn jobs(&self) -> JobsDir {
+        load_jobs_dir(&self.jobs_dir)
+    }
+}
+
+/// Every route, with request counting.
+pub fn router(state: AppState) -> Router {
+    api::routes()
+        .route("/metrics", axum::routing::get(metrics::exposition))
+        .fallback(|uri: axum::http::Uri| async move {
+            error::ApiError::not_found(format!("no route {}", uri.path()))
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,708 @@
+//! The REST API against a real SQLite store, over real HTTP: every endpoint, roles and auth
+//! failures, paging, errors, and following a running try's log as Server-Sent Events. Tries
+//! are written into the store as the scheduler writes them (tests/ runs them for real).
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use stevedore_domain::role::Role;
+use stevedore_domain::state::{TaskState, TryState};
+use stevedore_server::auth::new_token;
+use stevedore_server::AppState;
+use stevedore_store::secrets::SecretKey;
+use stevedore_store::{LogLine, LogStream, SqliteStore, Store, TryFinish, TryKey};
+
+const JOB: &str = "id: etl\ndescription: extract and load\nschedule: \"@daily\"\nparams: {records: 10, mode: full}\ntasks:\n  - id: extract\n    image: stevedore/synth:0.1.0\n  - id: load\n    image: stevedore/synth:0.1.0\n    depends_on: [extract]\n  - id: report\n    image: stevedore/synth:0.1.0\n    depends_on: [load]\n";
+
+struct Server {
+    base: String,
+    store: Arc<dyn Store>,
+    runtime: tokio::runtime::Runtime,
+    viewer: String,
+    operator: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::write(jobs.join("etl.yaml"), JOB).unwrap();
+        std::fs::write(jobs.join("broken.yaml"), "id: broken\ntasks: 3\n").unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (store, base) = runtime.block_on(async {
+            let store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(dir.path().join("s.db")).await.unwrap());
+            let state = AppState::new(store.clone(), jobs, Some(SecretKey::generate().unwrap()));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(stevedore_server::serve(
+                listener,
+                state,
+                std::future::pending(),
+            ));
+            (store, base)
+        });
+        let mut tokens = Vec::new();
+        for role in Role::ALL {
+            let (token, hash) = new_token().unwrap();
+            runtime
+                .block_on(store.create_token(role.as_str(), role, &hash))
+                .unwrap();
+            tokens.push(token);
+        }
+        Server {
+            base,
+            store,
+            viewer: tokens[0].clone(),
+            operator: tokens[1].clone(),
+            admin: tokens[2].clone(),
+            runtime,
+            _dir: dir,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{path}", self.base);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = match body {
+            Some(body) => agent.run(
+                request
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string())
+                    .unwrap(),
+            ),
+            None => agent.run(request.body(()).unwrap()),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, Some(token), None)
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(token), Some(body))
+    }
+
+    fn trigger(&self) -> String {
+        let reply = self.post("/api/v1/jobs/etl/runs", &self.operator, json!({}));
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.body["run_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts try 1 of `task` as the scheduler would; returns its try id.
+    fn start_try(&self, run_id: &str, task: &str) -> i64 {
+        let key = TryKey {
+            run_id: run_id.to_owned(),
+            task_id: task.to_owned(),
+            try_number: 1,
+        };
+        self.runtime
+            .block_on(
+                self.store
+                    .start_try(&key, "docker", "stevedore/synth:0.1.0", Utc::now()),
+            )
+            .unwrap()
+            .try_id
+    }
+
+    fn log(&self, try_id: i64, from: i64, texts: &[&str]) {
+        let lines: Vec<LogLine> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| LogLine {
+                try_id,
+                seq: from + i as i64,
+                stream: if i % 2 == 0 {
+                    LogStream::Stdout
+                } else {
+                    LogStream::Stderr
+                },
+                timestamp: Utc::now(),
+                text: text.to_string(),
+            })
+            .collect();
+        self.runtime
+            .block_on(self.store.append_logs(&lines))
+            .unwrap();
+    }
+
+    fn finish(&self, try_id: i64, state: TryState) {
+        let finish = TryFinish {
+            try_id,
+            state,
+            ended_at: Utc::now(),
+            exit_code: Some(if state == TryState::Success { 0 } else { 3 }),
+            failure_reason: (state != TryState::Success).then(|| "exit_code: 3".to_owned()),
+            task_state: if state == TryState::Success {
+                TaskState::Success
+            } else {
+                TaskState::Failed
+            },
+            next_try_at: None,
+        };
+        self.runtime
+            .block_on(self.store.finish_try(&finish))
+            .unwrap();
+    }
+}
+
+fn error_code(reply: &Reply) -> &str {
+    reply.body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn health_is_open_and_everything_else_needs_a_valid_token() {
+    let server = Server::start();
+    let health = server.call("GET", "/api/v1/health", None, None);
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("ok"))
+    );
+
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/runs",
+        "/api/v1/pools",
+        "/api/v1/openapi.json",
+        "/metrics",
+    ] {
+        let missing = server.call("GET", path, None, None);
+        assert_eq!(missing.status, 401, "{path}");
+        assert_eq!(error_code(&missing), "unauthorized", "{path}");
+        let wrong = server.call("GET", path, Some("stv_not-a-token"), None);
+        assert_eq!(wrong.status, 401, "{path}");
+    }
+    let basic = server.call("GET", "/api/v1/jobs", None, None);
+    assert!(basic.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Bearer"));
+
+    // A revoked token stops working at once.
+    server
+        .runtime
+        .block_on(server.store.revoke_token("viewer"))
+        .unwrap();
+    assert_eq!(server.get("/api/v1/jobs", &server.viewer).status, 401);
+    assert_eq!(server.get("/api/v1/jobs", &server.operator).status, 200);
+    // Its use is recorded (for `stevedore tokens list`).
+    let tokens = server.runtime.block_on(server.store.list_tokens()).unwrap();
+    assert!(tokens
+        .iter()
+        .find(|t| t.name == "operator")
+        .unwrap()
+        .last_used_at
+        .is_some());
+}
+
+#[test]
+fn roles_decide_what_a_token_may_do() {
+    let server = Server::start();
+    let run = server.trigger();
+    let cases: [(&str, &str, Option<Value>, Role); 8] = [
+        ("GET", "/api/v1/jobs", None, Role::Viewer),
+        (
+            "POST",
+            "/api/v1/jobs/etl/runs",
+            Some(json!({})),
+            Role::Operator,
+        ),
+        ("POST", "/api/v1/jobs/etl/pause", None, Role::Operator),
+        (
+            "POST",
+            &format!("/api/v1/runs/{run}/tasks/extract/clear"),
+            Some(json!({})),
+            Role::Operator,
+        ),
+        (
+            "PUT",
+            "/api/v1/pools/stripe_api",
+            Some(json!({"slots": 2})),
+            Role::Admin,
+        ),
+        (
+            "PUT",
+            "/api/v1/connections/stripe",
+            Some(json!({"values": {"TOKEN": "x"}})),
+            Role::Admin,
+        ),
+        ("DELETE", "/api/v1/pools/stripe_api", None, Role::Admin),
+        ("GET", "/metrics", None, Role::Viewer),
+    ]
+    .map(|(m, p, b, r)| (m, Box::leak(p.to_owned().into_boxed_str()) as &str, b, r));
+    for (method, path, body, needed) in cases {
+        for (role, token) in [
+            (Role::Viewer, &server.viewer),
+            (Role::Operator, &server.operator),
+            (Role::Admin, &server.admin),
+        ] {
+            let reply = server.call(method, path, Some(token), body.clone());
+            if role.allows(needed) {
+                assert!(
+                    reply.status < 300,
+                    "{method} {path} as {role}: {} {}",
+                    reply.status,
+                    reply.text
+                );
+            } else {
+                assert_eq!(reply.status, 403, "{method} {path} as {role}");
+                assert_eq!(error_code(&reply), "forbidden");
+                assert!(reply.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("needs {needed}")));
+            }
+        }
+    }
+}
+
+#[test]
+fn jobs_show_their_dag_and_triggers_check_params() {
+    let server = Server::start();
+    let jobs = server.get("/api/v1/jobs", &server.viewer);
+    assert_eq!(jobs.status, 200);
+    let items = jobs.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["job_id"], "etl");
+    assert_eq!(items[0]["schedule"], "@daily");
+    assert!(items[0]["next_run_at"].is_string());
+    // A broken job file is reported, and does not hide the good one.
+    assert!(
+        jobs.body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("broken.yaml"),
+        "{}",
+        jobs.text
+    );
+
+    let job = server.get("/api/v1/jobs/etl", &server.viewer);
+    assert_eq!(
+        job.body["tasks"][2],
+        json!({"task_id": "report", "image": "stevedore/synth:0.1.0", "depends_on": ["load"], "trigger_rule": "all_success", "pool": "default", "retries": 0, "connections": []})
+    );
+    assert_eq!(job.body["params"], json!({"records": 10, "mode": "full"}));
+    assert!(job.body["source"].as_str().unwrap().starts_with("id: etl"));
+    let missing = server.get("/api/v1/jobs/nope", &server.viewer);
+    assert_eq!((missing.status, error_code(&missing)), (404, "not_found"));
+
+    let bad = server.post(
+        "/api/v1/jobs/etl/runs",
+        &server.operator,
+        json!({"params": {"records": "many", "extra": 1}}),
+    );
+    assert_eq!((bad.status, error_code(&bad)), (422, "invalid"));
+    let message = bad.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("param `records` must be an integer") && message.contains("param `extra`"),
+        "{message}"
+    );
+    let malformed = server.call(
+        "POST",
+        "/api/v1/jobs/etl/runs",
+        Some(&server.operator),
+        Some(json!({"parms": {}})),
+    );
+    assert_eq!(
+        (malformed.status, error_code(&malformed)),
+        (400, "bad_request")
+    );
+
+    let run = server.post(
+        "/api/v1/jobs/etl/runs",
+        &server.operator,
+        json!({"params": {"records": 3}}),
+    );
+    assert_eq!(run.status, 201);
+    assert_eq!(run.body["state"], "queued");
+    assert_eq!(run.body["params"], json!({"records": 3, "mode": "full"}));
+
+    let paused = server.post("/api/v1/jobs/etl/pause", &server.operator, json!(null));
+    assert_eq!(paused.body, json!({"job_id": "etl", "paused": true}));
+    assert_eq!(
+        server.get("/api/v1/jobs/etl", &server.viewer).body["paused"],
+        true
+    );
+    server.post("/api/v1/jobs/etl/unpause", &server.operator, json!(null));
+    assert_eq!(
+        server.get("/api/v1/jobs", &server.viewer).body["items"][0]["paused"],
+        false
+    );
+}
+
+#[test]
+fn runs_are_paged_filtered_shown_and_cancelled() {
+    let server = Server::start();
+    let mut created: Vec<String> = (0..7).map(|_| server.trigger()).collect();
+    created.reverse();
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/runs?limit=3&job_id=etl".to_owned();
+    loop {
+        let page = server.get(&path, &server.viewer);
+        assert_eq!(page.status, 200, "{}", page.text);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(
+            items
+                .iter()
+                .map(|r| r["run_id"].as_str().unwrap().to_owned()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => {
+                path = format!(
+                    "/api/v1/runs?limit=3&job_id=etl&cursor={}",
+                    cursor.replace(':', "%3A").replace('+', "%2B")
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, created, "each run once, newest first");
+    for (query, status) in [
+        ("limit=0", 400),
+        ("limit=501", 400),
+        ("cursor=garbage", 400),
+        ("state=exploded", 400),
+        ("bogus=1", 400),
+    ] {
+        let reply = server.get(&format!("/api/v1/runs?{query}"), &server.viewer);
+        assert_eq!(
+            (reply.status, error_code(&reply)),
+            (status, "bad_request"),
+            "{query}: {}",
+            reply.text
+        );
+    }
+
+    let run_id = &created[0];
+    let cancelled = server.post(
+        &format!("/api/v1/runs/{run_id}/cancel"),
+        &server.operator,
+        json!(null),
+    );
+    assert_eq!(cancelled.body["cancel_requested"], true);
+    let queued = server.get(
+        "/api/v1/runs?state=queued,running&limit=500",
+        &server.viewer,
+    );
+    assert_eq!(queued.body["items"].as_array().unwrap().len(), 7);
+    let none = server.get("/api/v1/runs?state=success", &server.viewer);
+    assert_eq!(none.body["items"], json!([]));
+
+    // A unique prefix of a run id is enough, as in the CLI.
+    let shown = server.get(&format!("/api/v1/runs/{}", &run_id[..24]), &server.viewer);
+    assert_eq!(shown.body["run_id"], run_id.as_str());
+    let tasks: Vec<&str> = shown.body["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["extract", "load", "report"]);
+    let missing = server.get("/api/v1/runs/ffffffff", &server.viewer);
+    assert_eq!((missing.status, error_code(&missing)), (404, "not_found"));
+    let unknown = server.get("/api/v1/nothing/here", &server.viewer);
+    assert_eq!((unknown.status, error_code(&unknown)), (404, "not_found"));
+}
+
+#[test]
+fn tries_logs_clear_and_mark() {
+    let server = Server::start();
+    let run = server.trigger();
+    let try_id = server.start_try(&run, "extract");
+    let texts: Vec<String> = (0..25).map(|i| format!("line {i}")).collect();
+    let borrowed: Vec<&str> = texts.iter().map(String::as_str).collect();
+    server.log(try_id, 0, &borrowed);
+    server.finish(try_id, TryState::Failed);
+
+    let base = format!("/api/v1/runs/{run}/tasks/extract");
+    let instance = server.get(&base, &server.viewer);
+    assert_eq!(instance.body["state"], "failed");
+    assert_eq!(instance.body["tries"][0]["exit_code"], 3);
+    assert_eq!(
+        server.get(&format!("{base}/tries"), &server.viewer).body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let attempt = server.get(&format!("{base}/tries/1"), &server.viewer);
+    assert_eq!(attempt.body["failure_reason"], "exit_code: 3");
+    assert_eq!(attempt.body["outputs"], json!({}));
+    assert_eq!(
+        server
+            .get(&format!("{base}/tries/2"), &server.viewer)
+            .status,
+        404
+    );
+
+    // Logs by range: pages of 10 after a sequence number.
+    let mut after: Option<i64> = None;
+    let mut got = Vec::new();
+    loop {
+        let query = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let page = server.get(
+            &format!("{base}/tries/1/logs?limit=10{query}"),
+            &server.viewer,
+        );
+        assert_eq!(page.status, 200, "{}", page.text);
+        let lines = page.body["lines"].as_array().unwrap().clone();
+        got.extend(lines.iter().map(|l| l["text"].as_str().unwrap().to_owned()));
+        after = page.body["next_after"].as_i64();
+        if page.body["finished"] == true {
+            break;
+        }
+    }
+    assert_eq!(got, texts);
+    let first = server.get(&format!("{base}/tries/1/logs?limit=2"), &server.viewer);
+    assert_eq!(first.body["lines"][1]["stream"], "stderr");
+
+    let cleared = server.post(
+        &format!("{base}/clear"),
+        &server.operator,
+        json!({"downstream": true}),
+    );
+    assert_eq!(
+        cleared.body["cleared"],
+        json!(["extract", "load", "report"])
+    );
+    assert_eq!(server.get(&base, &server.viewer).body["state"], "none");
+    let marked = server.post(
+        &format!("/api/v1/runs/{run}/tasks/load/mark"),
+        &server.operator,
+        json!({"state": "success"}),
+    );
+    assert_eq!(marked.body["state"], "success");
+    let bad = server.post(
+        &format!("/api/v1/runs/{run}/tasks/load/mark"),
+        &server.operator,
+        json!({"state": "running"}),
+    );
+    assert_eq!((bad.status, error_code(&bad)), (422, "invalid"));
+    let nope = server.post(
+        &format!("/api/v1/runs/{run}/tasks/nope/clear"),
+        &server.operator,
+        json!({}),
+    );
+    assert_eq!(nope.status, 404);
+}
+
+#[test]
+fn following_a_running_try_streams_its_lines_and_ends_with_it() {
+    let server = Server::start();
+    let run = server.trigger();
+    let try_id = server.start_try(&run, "extract");
+    server.log(try_id, 0, &["before 0", "before 1"]);
+
+    let url = format!(
+        "{}/api/v1/runs/{run}/tasks/extract/tries/1/logs/follow",
+        server.base
+    );
+    let token = server.viewer.clone();
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<(String, String)>();
+    let reader = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let response = agent
+            .get(&url)
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let mut event = String::new();
+        for line in BufReader::new(response.into_body().into_reader()).lines() {
+            let line = line.unwrap();
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = name.to_owned();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                events_tx.send((event.clone(), data.to_owned())).unwrap();
+            }
+        }
+    });
+    let next = || {
+        events_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an event")
+    };
+    assert_eq!(next().0, "line");
+    assert_eq!(
+        serde_json::from_str::<Value>(&next().1).unwrap()["text"],
+        "before 1"
+    );
+    // Lines written while the client follows reach it while the try still runs.
+    server.log(try_id, 2, &["live 2"]);
+    let (kind, data) = next();
+    assert_eq!(
+        (
+            kind.as_str(),
+            serde_json::from_str::<Value>(&data).unwrap()["text"].as_str()
+        ),
+        ("line", Some("live 2"))
+    );
+    server.log(try_id, 3, &["last 3"]);
+    server.finish(try_id, TryState::Success);
+    assert_eq!(serde_json::from_str::<Value>(&next().1).unwrap()["seq"], 3);
+    let (kind, data) = next();
+    assert_eq!(kind, "end");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["state"],
+        "success"
+    );
+    reader.join().unwrap();
+    assert!(events_rx.try_recv().is_err(), "nothing after the end");
+}
+
+#[test]
+fn pools_and_connections_whose_values_never_come_back() {
+    const SECRET: &str = "sk_live_51HbVq2eZvKYlo2C";
+    let server = Server::start();
+    let pool = server.call(
+        "PUT",
+        "/api/v1/pools/stripe_api",
+        Some(&server.admin),
+        Some(json!({"slots": 4, "description": "Stripe"})),
+    );
+    assert_eq!(
+        pool.body,
+        json!({"name": "stripe_api", "slots": 4, "description": "Stripe"})
+    );
+    let pools = server.get("/api/v1/pools", &server.viewer);
+    assert_eq!(pools.body["items"].as_array().unwrap().len(), 2);
+    let bad = server.call(
+        "PUT",
+        "/api/v1/pools/Bad-Name",
+        Some(&server.admin),
+        Some(json!({"slots": 1})),
+    );
+    assert_eq!(bad.status, 400);
+    let negative = server.call(
+        "PUT",
+        "/api/v1/pools/p",
+        Some(&server.admin),
+        Some(json!({"slots": -1})),
+    );
+    assert_eq!(negative.status, 400);
+    assert_eq!(
+        server
+            .call(
+                "DELETE",
+                "/api/v1/pools/stripe_api",
+                Some(&server.admin),
+                None
+            )
+            .status,
+        204
+    );
+    assert_eq!(
+        server
+            .call(
+                "DELETE",
+                "/api/v1/pools/stripe_api",
+                Some(&server.admin),
+                None
+            )
+            .status,
+        404
+    );
+
+    let put = server.call(
+        "PUT",
+        "/api/v1/connections/stripe",
+        Some(&server.admin),
+        Some(json!({"values": {"STRIPE_TOKEN": SECRET}, "description": "Stripe API"})),
+    );
+    assert_eq!(put.status, 200, "{}", put.text);
+    assert_eq!(
+        put.body,
+        json!({"name": "stripe", "keys": ["STRIPE_TOKEN"], "description": "Stripe API"})
+    );
+    let listed = server.get("/api/v1/connections", &server.admin);
+    assert_eq!(
+        listed.body["items"],
+        json!([{"name": "stripe", "keys": ["STRIPE_TOKEN"], "description": "Stripe API"}])
+    );
+    assert!(!put.text.contains(SECRET) && !listed.text.contains(SECRET));
+    let bad_key = server.call(
+        "PUT",
+        "/api/v1/connections/stripe",
+        Some(&server.admin),
+        Some(json!({"values": {"lower": "x"}})),
+    );
+    assert_eq!(bad_key.status, 400);
+    assert_eq!(
+        server
+            .call(
+                "DELETE",
+                "/api/v1/connections/stripe",
+                Some(&server.admin),
+                None
+            )
+            .status,
+        204
+    );
+}
+
+#[test]
+fn metrics_count_runs_task_instances_and_requests() {
+    let server = Server::start();
+    server.trigger();
+    server.trigger();
+    let metrics = server.get("/metrics", &server.viewer);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text.contains("stevedore_runs{state=\"queued\"} 2"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("stevedore_task_instances{state=\"none\"} 6"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("stevedore_http_requests_total{method=\"POST\",status=\"201\"} 2"),
+        "{}",
+        metrics.text
+    );
+}
