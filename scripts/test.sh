@@ -9,4 +9,9 @@ printf '\n==> cargo fmt --check\n'
 cargo fmt --all -- --check
 
 printf '\n==> cargo test\n'
-cargo test --workspace --no-fail-fast
+status=0
+cargo test --workspace --no-fail-fast || status=$?
+
+printf '\n==> fuzzing the REST API from its OpenAPI document (scripts/fuzz-api.sh)\n'
+scripts/fuzz-api.sh || status=$?
+exit $status

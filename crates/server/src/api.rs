@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -98,8 +98,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
+        let value = match Json::<Value>::from_request(request, state).await {
+            Ok(Json(value)) => value,
+            Err(rejection) => return Err(ApiError::bad_request(rejection.body_text())),
+        };
+        // Every body this API takes is an object (serde would also read a struct from an
+        // array).
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(format!("the body: {e}")))
+    }
+}
+
+/// Path parameters, with a JSON 400 naming what is wrong (a try number that is no number).
+pub struct Path<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
             Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
     }
@@ -145,7 +174,7 @@ async fn openapi(caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Viewer)?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        crate::openapi::DOCUMENT,
+        crate::openapi::document(),
     ))
 }
 
@@ -310,18 +339,6 @@ struct RunsQuery {
     cursor: Option<String>,
 }
 
-/// The cursor of the page after `run`: its `queued_at` and id.
-fn run_cursor(run: &RunRecord) -> String {
-    format!("{}~{}", time(run.queued_at), run.run_id)
-}
-
-fn parse_run_cursor(cursor: &str) -> ApiResult<(DateTime<Utc>, String)> {
-    let invalid = || ApiError::bad_request(format!("cursor `{cursor}` is not one this API gave"));
-    let (at, run_id) = cursor.split_once('~').ok_or_else(invalid)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| invalid())?;
-    Ok((at.with_timezone(&Utc), run_id.to_owned()))
-}
-
 fn page_size(limit: Option<u32>) -> ApiResult<u32> {
     match limit.unwrap_or(DEFAULT_PAGE) {
         0 => Err(ApiError::bad_request("limit must be at least 1")),
@@ -347,7 +364,8 @@ async fn list_runs(
             .collect::<Result<_, _>>()
             .map_err(ApiError::bad_request)?,
     };
-    let before = query.cursor.as_deref().map(parse_run_cursor).transpose()?;
+    // The cursor is the last run id of the previous page: any text is a valid position.
+    let before = query.cursor.filter(|c| !c.is_empty());
     // One more than the page tells whether there is a next page.
     let mut runs = state
         .store
@@ -360,7 +378,7 @@ async fn list_runs(
         .await?;
     let next_cursor = if runs.len() > limit as usize {
         runs.truncate(limit as usize);
-        runs.last().map(run_cursor)
+        runs.last().map(|run| run.run_id.clone())
     } else {
         None
     };
@@ -370,8 +388,10 @@ async fn list_runs(
     })))
 }
 
+/// A run by its full id (the CLI takes prefixes; the API, whose ids come from its own
+/// answers, does not).
 async fn find_run(state: &AppState, run_id: &str) -> ApiResult<RunRecord> {
-    Ok(state.store.find_run(run_id).await?)
+    Ok(state.store.get_run(run_id).await?)
 }
 
 fn instance_json(ti: &TaskInstanceRecord, tries: &[TryRecord]) -> Value {
@@ -735,7 +755,8 @@ async fn list_pools(caller: Caller, State(state): State<AppState>) -> ApiResult<
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PoolBody {
-    slots: i64,
+    /// A whole number; JSON allows writing it `4.0`.
+    slots: serde_json::Number,
     #[serde(default)]
     description: String,
 }
@@ -763,12 +784,24 @@ async fn put_pool(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     check_name("pool", &name)?;
-    if body.slots < 0 {
+    let slots = body
+        .slots
+        .as_i64()
+        .or_else(|| {
+            body.slots
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("slots `{}` is not a whole number", body.slots))
+        })?;
+    if slots < 0 {
         return Err(ApiError::bad_request("slots must be 0 or more"));
     }
     let pool = PoolRecord {
         name,
-        slots: body.slots,
+        slots,
         description: body.description,
     };
     state.store.set_pool(&pool).await?;

@@ -212,9 +212,9 @@ pub struct RunFilter {
     pub job_id: Option<String>,
     pub states: Vec<RunState>,
     pub limit: Option<u32>,
-    /// Only runs listed after this one (`queued_at`, `run_id`) in newest-first order: the
-    /// next page of a list.
-    pub before: Option<(DateTime<Utc>, String)>,
+    /// Only runs whose id sorts before this one: the next page of a newest-first list
+    /// (run ids are UUIDv7, so their order is their creation order).
+    pub before: Option<String>,
 }
 
 /// The metadata store. Methods are small domain operations; each is atomic.

@@ -465,17 +465,11 @@ impl Store for SqliteStore {
             }
             query.push(")");
         }
-        if let Some((queued_at, run_id)) = &filter.before {
-            query
-                .push(" AND (queued_at < ")
-                .push_bind(ts(*queued_at))
-                .push(" OR (queued_at = ")
-                .push_bind(ts(*queued_at))
-                .push(" AND run_id < ")
-                .push_bind(run_id.clone())
-                .push("))");
+        if let Some(run_id) = &filter.before {
+            query.push(" AND run_id < ").push_bind(run_id.clone());
         }
-        query.push(" ORDER BY queued_at DESC, run_id DESC");
+        // Run ids are UUIDv7: newest first by id is newest first by creation.
+        query.push(" ORDER BY run_id DESC");
         if let Some(limit) = filter.limit {
             query.push(" LIMIT ").push_bind(i64::from(limit));
         }

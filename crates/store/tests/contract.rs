@@ -497,7 +497,7 @@ pub async fn run_lists_page_newest_first_and_states_are_counted(store: &dyn Stor
         if page.is_empty() {
             break;
         }
-        before = page.last().map(|r| (r.queued_at, r.run_id.clone()));
+        before = page.last().map(|r| r.run_id.clone());
         seen.extend(page.into_iter().map(|r| r.run_id));
     }
     assert_eq!(seen, created, "every run once, newest first");
