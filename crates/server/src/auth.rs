@@ -62,12 +62,19 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "give a token: `Authorization: Bearer <token>` (stevedore tokens create)",
-                )
-            })?;
+            .and_then(|v| v.to_str().ok());
+        let Some(header) = header else {
+            // A browser logged in to the UI may read through the API with its session
+            // cookie (the log follow of the try page); changes need a token or a UI form.
+            if parts.method == axum::http::Method::GET {
+                if let Some(session) = Session::from_parts(parts, state).await? {
+                    return Ok(session.caller);
+                }
+            }
+            return Err(ApiError::unauthorized(
+                "give a token: `Authorization: Bearer <token>` (stevedore tokens create)",
+            ));
+        };
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)
@@ -93,6 +100,61 @@ impl FromRequestParts<AppState> for Caller {
             role: record.role,
         })
     }
+}
+
+/// The cookie a logged-in browser carries.
+pub const SESSION_COOKIE: &str = "stevedore_session";
+
+/// How long a UI session lasts.
+pub const SESSION_HOURS: i64 = 12;
+
+/// A random value for a session id or a CSRF token (64 hex characters).
+pub fn random_hex() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A web UI session: who is logged in, and the CSRF token its forms must carry.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub caller: Caller,
+    pub csrf: String,
+    pub id_hash: String,
+}
+
+impl Session {
+    /// The session of the request's cookie, if it is valid.
+    pub async fn from_parts(parts: &Parts, state: &AppState) -> Result<Option<Session>, ApiError> {
+        let Some(id) = cookie(parts, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        let id_hash = hash_token(&id);
+        let Some(record) = state.store.session(&id_hash, Utc::now()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Session {
+            caller: Caller {
+                name: record.token.name,
+                role: record.token.role,
+            },
+            csrf: record.csrf,
+            id_hash,
+        }))
+    }
+}
+
+/// The value of cookie `name` in the request.
+pub fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
 }
 
 #[cfg(test)]

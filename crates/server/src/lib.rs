@@ -7,12 +7,15 @@
 //! - [`error`]: errors as JSON with a stable code.
 //! - [`metrics`]: the Prometheus text exposition.
 //! - [`openapi`]: the API's OpenAPI 3.1 document, served at `/api/v1/openapi.json`.
+//! - [`ui`]: the web UI (server-rendered HTML): jobs, grid and graph views, runs with their
+//!   Gantt chart, live logs, trigger form and operator buttons.
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +56,7 @@ impl AppState {
 /// Every route, with request counting.
 pub fn router(state: AppState) -> Router {
     api::routes()
+        .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics::exposition))
         .fallback(|uri: axum::http::Uri| async move {
             error::ApiError::not_found(format!("no route {}", uri.path()))

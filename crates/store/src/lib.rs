@@ -192,6 +192,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// A web UI session: the token it was opened with, and the CSRF token its forms carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// SHA-256 of the session cookie's value.
+    pub id_hash: String,
+    pub token: TokenRecord,
+    pub csrf: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A pool: how many slots the task instances using it may hold at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolRecord {
@@ -333,6 +343,11 @@ pub trait Store: Send + Sync {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Revokes the active token of that name.
     async fn revoke_token(&self, name: &str) -> Result<()>;
+    async fn create_session(&self, session: &SessionRecord) -> Result<()>;
+    /// The session, while it has not expired and its token is not revoked.
+    async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRecord>>;
+    /// Ends a session (and drops expired ones).
+    async fn delete_session(&self, id_hash: &str) -> Result<()>;
 
     // Pools.
     /// Every pool, `default` (128 slots unless changed) included.

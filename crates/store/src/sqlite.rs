@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0005_run_pending_state.sql"),
     ),
     (6, include_str!("../migrations/sqlite/0006_tokens.sql")),
+    (7, include_str!("../migrations/sqlite/0007_sessions.sql")),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -1063,6 +1064,62 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("active token `{name}`")));
         }
+        Ok(())
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, token_id, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&session.id_hash)
+        .bind(session.token.id)
+        .bind(&session.csrf)
+        .bind(ts(Utc::now()))
+        .bind(ts(session.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<SessionRecord>> {
+        type Row = (
+            String,
+            String,
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT s.csrf, s.expires_at, t.id, t.name, t.role, t.created_at, t.last_used_at, t.revoked_at \
+             FROM sessions s JOIN tokens t ON t.id = s.token_id \
+             WHERE s.id_hash = ? AND s.expires_at > ? AND t.revoked_at IS NULL",
+        )
+        .bind(id_hash)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(
+            |(csrf, expires_at, id, name, role, created, used, revoked)| {
+                Ok(SessionRecord {
+                    id_hash: id_hash.to_owned(),
+                    token: token_record((id, name, role, created, used, revoked))?,
+                    csrf,
+                    expires_at: parse_ts(&expires_at)?,
+                })
+            },
+        )
+        .transpose()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE id_hash = ? OR expires_at < ?")
+            .bind(id_hash)
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -448,6 +448,26 @@ pub async fn tokens_are_found_by_hash_until_revoked(store: &dyn Store) {
         store.revoke_token("ci").await,
         Err(StoreError::NotFound(_))
     ));
+    // A session lives while its token does, until it expires.
+    let grafana = store.token_by_hash("hash-grafana").await.unwrap().unwrap();
+    let session = SessionRecord {
+        id_hash: "session-1".into(),
+        token: grafana.clone(),
+        csrf: "csrf-1".into(),
+        expires_at: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap(),
+    };
+    store.create_session(&session).await.unwrap();
+    let now = Utc.with_ymd_and_hms(2029, 1, 1, 0, 0, 0).unwrap();
+    let found = store.session("session-1", now).await.unwrap().unwrap();
+    assert_eq!(
+        (found.token.name.as_str(), found.csrf.as_str()),
+        ("grafana", "csrf-1")
+    );
+    let later = Utc.with_ymd_and_hms(2031, 1, 1, 0, 0, 0).unwrap();
+    assert_eq!(store.session("session-1", later).await.unwrap(), None);
+    store.delete_session("session-1").await.unwrap();
+    assert_eq!(store.session("session-1", now).await.unwrap(), None);
+
     // The name is free again; the revoked token stays listed.
     store
         .create_token("ci", Role::Admin, "hash-ci-2")

@@ -9,7 +9,7 @@
 //! - `sensor --ready-on-try K`: not ready yet (exit 75) while the try number is below K.
 //! - `write --file NAME --text TEXT` / `read --file NAME`: a file in the run's workspace
 //!   (`STEVEDORE_WORKSPACE`), to hand data from one task to the next.
-//! - `sleep --seconds S`, `exit --code C`, `noop`.
+//! - `sleep --seconds S [--tick]` (with `--tick`, a line each second), `exit --code C`, `noop`.
 //! - `spew --lines N`: prints N plain lines as fast as it can (log throughput benchmark).
 
 use std::io::Write;
@@ -130,9 +130,18 @@ fn main() {
                     }
                     Ok(Outcome::Success)
                 }
-                "sleep" => {let seconds = number(ctx, "seconds", 1)?;
+                "sleep" => {
+                    let seconds = number(ctx, "seconds", 1)?;
                     println!("sleeping {seconds}s");
-                    std::thread::sleep(Duration::from_secs(seconds));
+                    // With --tick, a line every second, for watching a log grow.
+                    if ctx.flag("tick") {
+                        for second in 1..=seconds {
+                            std::thread::sleep(Duration::from_secs(1));
+                            println!("tick {second} of {seconds}");
+                        }
+                    } else {
+                        std::thread::sleep(Duration::from_secs(seconds));
+                    }
                     println!("woke up");
                     Ok(Outcome::Success)
                 }

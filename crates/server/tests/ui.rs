@@ -1,0 +1,273 @@
+//! The web UI over real HTTP: login and sessions, CSRF, roles, escaping of everything a user
+//! can write, and the forms that change things. (The browser tests in tests/browser drive
+//! the same pages in a real Chromium.)
+
+use serde_json::json;
+use stevedore_domain::state::TryState;
+
+mod common;
+use common::*;
+
+const XSS_JOB: &str = "id: probe\ndescription: \"<script>alert('description')</script> & <b>bold</b>\"\nparams: {note: \"<img src=x onerror=alert(1)>\", count: 3, flag: true}\ntasks:\n  - id: shout\n    image: stevedore/synth:0.1.0\n";
+
+#[test]
+fn pages_need_a_session_and_a_token_opens_one() {
+    let server = Server::start();
+    let page = server.browse("GET", "/jobs/etl?tab=graph", None, &[]);
+    assert_eq!(page.status, 303);
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/login?next=%2Fjobs%2Fetl%3Ftab%3Dgraph")
+    );
+    let wrong = server.browse("POST", "/login", None, &[("token", "stv_nope")]);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.html.contains("unknown or revoked"));
+    // A login never sends the browser off-site.
+    let page = server.browse(
+        "POST",
+        "/login",
+        None,
+        &[("token", &server.viewer), ("next", "//evil.example/x")],
+    );
+    assert_eq!(page.location.as_deref(), Some("/jobs"));
+
+    let cookie = server.login(&server.viewer);
+    let jobs = server.browse("GET", "/jobs", Some(&cookie), &[]);
+    assert_eq!(jobs.status, 200);
+    assert!(jobs.html.contains("href=\"/jobs/etl\""), "{}", jobs.html);
+    assert!(jobs.html.contains("viewer (viewer)"));
+    // The session also reads the API (the live log uses it), but changes nothing there.
+    let api = server.browse("GET", "/api/v1/runs", Some(&cookie), &[]);
+    assert_eq!(api.status, 200);
+    let post = server.browse("POST", "/api/v1/jobs/etl/pause", Some(&cookie), &[]);
+    assert_eq!(post.status, 401);
+
+    // Logging out ends the session; so does revoking its token.
+    let csrf = csrf_of(&jobs.html);
+    let out = server.browse("POST", "/logout", Some(&cookie), &[("csrf", &csrf)]);
+    assert_eq!(out.location.as_deref(), Some("/login"));
+    assert_eq!(
+        server.browse("GET", "/jobs", Some(&cookie), &[]).status,
+        303
+    );
+    let cookie = server.login(&server.operator);
+    server
+        .runtime
+        .block_on(server.store.revoke_token("operator"))
+        .unwrap();
+    assert_eq!(
+        server.browse("GET", "/jobs", Some(&cookie), &[]).status,
+        303
+    );
+}
+
+#[test]
+fn forms_need_the_sessions_csrf_token_and_the_role() {
+    let server = Server::start();
+    let operator = server.login(&server.operator);
+    let page = server.browse("GET", "/jobs/etl?tab=trigger", Some(&operator), &[]);
+    let csrf = csrf_of(&page.html);
+    assert!(page.html.contains("Trigger run"));
+
+    let forged = server.browse(
+        "POST",
+        "/jobs/etl/trigger",
+        Some(&operator),
+        &[("csrf", "0".repeat(64).as_str())],
+    );
+    assert_eq!(forged.status, 403);
+    assert!(forged.html.contains("CSRF"));
+    let missing = server.browse(
+        "POST",
+        "/jobs/etl/pause",
+        Some(&operator),
+        &[("paused", "true")],
+    );
+    assert_eq!(missing.status, 403);
+
+    // The form's values are typed like the params' defaults.
+    let triggered = server.browse(
+        "POST",
+        "/jobs/etl/trigger",
+        Some(&operator),
+        &[
+            ("csrf", &csrf),
+            ("param.records", "7"),
+            ("param.mode", "delta"),
+        ],
+    );
+    assert_eq!(triggered.status, 303, "{}", triggered.html);
+    let runs = server.get("/api/v1/runs", &server.viewer);
+    assert_eq!(
+        runs.body["items"][0]["params"],
+        json!({"records": 7, "mode": "delta"})
+    );
+    let location = triggered.location.unwrap();
+    assert!(location.starts_with("/jobs/etl?run="), "{location}");
+    let bad = server.browse(
+        "POST",
+        "/jobs/etl/trigger",
+        Some(&operator),
+        &[("csrf", &csrf), ("param.records", "many")],
+    );
+    let back = bad.location.unwrap();
+    assert!(
+        back.contains("tab=trigger&error=param%20%60records%60"),
+        "{back}"
+    );
+
+    // A viewer sees no operator buttons, and cannot post them either.
+    let viewer = server.login(&server.viewer);
+    let page = server.browse("GET", "/jobs/etl?tab=trigger", Some(&viewer), &[]);
+    assert!(!page.html.contains("Trigger run"));
+    assert!(page.html.contains("cannot trigger runs"));
+    let csrf = csrf_of(&page.html);
+    let refused = server.browse(
+        "POST",
+        "/jobs/etl/trigger",
+        Some(&viewer),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(refused.status, 403);
+    assert!(refused.html.contains("needs operator"));
+}
+
+#[test]
+fn what_users_write_is_shown_as_text() {
+    let server = Server::start();
+    std::fs::write(server.jobs_dir().join("probe.yaml"), XSS_JOB).unwrap();
+    std::fs::write(
+        server.jobs_dir().join("bad.yaml"),
+        "id: \"<img src=x onerror=alert(2)>\"\ntasks: []\n",
+    )
+    .unwrap();
+    let run = server.post(
+        "/api/v1/jobs/probe/runs",
+        &server.operator,
+        json!({"params": {"note": "</code><script>alert(3)</script>"}}),
+    );
+    let run_id = run.body["run_id"].as_str().unwrap().to_owned();
+    let try_id = server.start_try(&run_id, "shout");
+    server.log(try_id, 0, &["<script>alert('log')</script>", "a & b < c"]);
+    server.finish(try_id, TryState::Success);
+
+    let cookie = server.login(&server.viewer);
+    let pages = [
+        "/jobs".to_owned(),
+        "/jobs/probe".to_owned(),
+        "/jobs/probe?tab=graph".to_owned(),
+        "/jobs/probe?tab=file".to_owned(),
+        "/jobs/probe?tab=trigger".to_owned(),
+        format!("/runs/{run_id}"),
+        format!("/runs/{run_id}/tasks/shout/tries/1"),
+    ];
+    for path in &pages {
+        let page = server.browse("GET", path, Some(&cookie), &[]);
+        assert_eq!(page.status, 200, "{path}");
+        // The only scripts are the page's own.
+        assert_eq!(
+            page.html.matches("<script").count(),
+            1,
+            "{path}: {}",
+            page.html
+        );
+        assert!(!page.html.contains("<img src=x"), "{path}");
+        assert!(!page.html.contains("<b>bold"), "{path}");
+    }
+    let try_page = server.browse(
+        "GET",
+        &format!("/runs/{run_id}/tasks/shout/tries/1"),
+        Some(&cookie),
+        &[],
+    );
+    assert!(
+        try_page
+            .html
+            .contains("&lt;script&gt;alert('log')&lt;/script&gt;"),
+        "{}",
+        try_page.html
+    );
+    assert!(try_page.html.contains("a &amp; b &lt; c"));
+    let jobs = server.browse("GET", "/jobs", Some(&cookie), &[]);
+    assert!(
+        jobs.html.contains("&lt;img src=x onerror=alert(2)&gt;"),
+        "the bad file's error, as text"
+    );
+    assert!(jobs
+        .html
+        .contains("&lt;script&gt;alert('description')&lt;/script&gt;"));
+}
+
+#[test]
+fn run_pages_show_the_gantt_and_operators_clear_mark_and_cancel() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    server.log(try_id, 0, &["extracting"]);
+    server.finish(try_id, TryState::Failed);
+    let cookie = server.login(&server.operator);
+    let page = server.browse("GET", &format!("/runs/{run_id}"), Some(&cookie), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.html.contains("class=\"gantt\""), "{}", page.html);
+    assert!(page
+        .html
+        .contains(&format!("/runs/{run_id}/tasks/extract/tries/1")));
+    let csrf = csrf_of(&page.html);
+
+    let cleared = server.browse(
+        "POST",
+        &format!("/runs/{run_id}/tasks/extract/clear"),
+        Some(&cookie),
+        &[("csrf", &csrf), ("downstream", "true")],
+    );
+    assert_eq!(cleared.status, 303);
+    let instances = server.get(&format!("/api/v1/runs/{run_id}/tasks"), &server.viewer);
+    let states: Vec<&str> = instances.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["none", "none", "none"]);
+    server.browse(
+        "POST",
+        &format!("/runs/{run_id}/tasks/load/mark"),
+        Some(&cookie),
+        &[("csrf", &csrf), ("state", "success")],
+    );
+    assert_eq!(
+        server
+            .get(&format!("/api/v1/runs/{run_id}/tasks/load"), &server.viewer)
+            .body["state"],
+        "success"
+    );
+    server.browse(
+        "POST",
+        &format!("/runs/{run_id}/cancel"),
+        Some(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(
+        server
+            .get(&format!("/api/v1/runs/{run_id}"), &server.viewer)
+            .body["cancel_requested"],
+        true
+    );
+
+    // The grid links each cell to its task instance's latest try.
+    let grid = server.browse("GET", "/jobs/etl", Some(&cookie), &[]);
+    assert!(grid.html.contains("class=\"grid\""));
+    assert!(
+        grid.html.contains(&format!(
+            "data-task=\"load\" data-run=\"{run_id}\" data-state=\"success\""
+        )),
+        "{}",
+        grid.html
+    );
+    let pools = server.browse("GET", "/pools", Some(&cookie), &[]);
+    assert!(
+        pools.html.contains("<td>default</td><td>128</td>"),
+        "{}",
+        pools.html
+    );
+}
