@@ -10,8 +10,13 @@
 # loads every record; then 25 records are added to the API and a manual run extracts only
 # those. Everything it started is stopped at the end; the store (.stevedore/demo.db) stays
 # for `stevedore runs list` and friends.
+#
+# `scripts/demo.sh --keep` leaves it all running at the end (the web UI at
+# http://127.0.0.1:8080/) until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+keep=false
+[ "${1:-}" = --keep ] && keep=true
 scripts/setup.sh
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -138,4 +143,15 @@ say "the warehouse: every charge exactly once"
 
 $stevedore runs list --job charges_to_warehouse
 printf '\n%s\n' "$(printf '%s\n' "$output" | tail -n 1)"
+
+token=$($stevedore tokens create "demo-$(date +%s)" --role admin 2>/dev/null)
+if $keep; then
+  printf '\n==> the web UI: http://127.0.0.1:8080/  (log in with the token %s)\n' "$token"
+  printf '    everything stays up until Ctrl-C\n'
+  wait $standalone || true
+else
+  printf '\n==> to see it in the web UI: scripts/demo.sh --keep, or\n'
+  printf '    STEVEDORE_DB=%s STEVEDORE_JOBS=jobs %s standalone\n' "$STEVEDORE_DB" "$stevedore"
+  printf '    then open http://127.0.0.1:8080/ and log in with the token %s\n' "$token"
+fi
 exit $status

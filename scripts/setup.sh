@@ -10,6 +10,9 @@ say() { printf '\n==> %s\n' "$*"; }
 packages=()
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
 command -v curl >/dev/null || packages+=(curl)
+# A real browser for the web UI's browser tests.
+command -v chromium >/dev/null || packages+=(chromium)
+command -v chromedriver >/dev/null || packages+=(chromium-driver)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
 # PostgreSQL for the warehouse in tests and the quickstart (started by them, not here).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)

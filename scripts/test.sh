@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: setup (packages, binaries, images), then unit,
-# property, contract, CLI and end-to-end tests against the real Docker engine.
+# property, contract, CLI and end-to-end tests against the real Docker engine, the API fuzzed
+# from its OpenAPI document, and the web UI in a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,4 +15,7 @@ cargo test --workspace --no-fail-fast || status=$?
 
 printf '\n==> fuzzing the REST API from its OpenAPI document (scripts/fuzz-api.sh)\n'
 scripts/fuzz-api.sh || status=$?
+
+printf '\n==> the web UI in a real Chromium (scripts/browser-test.sh)\n'
+scripts/browser-test.sh || status=$?
 exit $status

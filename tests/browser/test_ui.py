@@ -1,0 +1,185 @@
+"""Browser tests: the web UI in a real headless Chromium (Debian's chromium and
+chromium-driver, driven with selenium from PyPI) against `stevedore standalone` running real
+containers. Run by scripts/browser-test.sh, which starts Stevedore and sets:
+
+    STEVEDORE_URL      the server, e.g. http://127.0.0.1:PORT
+    STEVEDORE_TOKEN    an operator token
+    SCREENSHOTS_DIR    where each view's screenshot goes (docs/screenshots for the docs)
+"""
+
+import os
+import time
+import unittest
+
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+URL = os.environ["STEVEDORE_URL"]
+TOKEN = os.environ["STEVEDORE_TOKEN"]
+SHOTS = os.environ["SCREENSHOTS_DIR"]
+
+
+def wait_for(what, condition, timeout=120, every=0.25):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+class Ui(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,900", "--hide-scrollbars"):
+            options.add_argument(argument)
+        cls.browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        cls.browser.set_page_load_timeout(30)
+        os.makedirs(SHOTS, exist_ok=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.browser.quit()
+
+    def setUp(self):
+        # Each test starts as a browser that has not logged in.
+        self.browser.get(f"{URL}/login")
+        self.browser.delete_all_cookies()
+
+    def log_in(self):
+        b = self.browser
+        b.get(f"{URL}/login")
+        b.find_element(By.ID, "token").send_keys(TOKEN)
+        b.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait_for("the jobs page", lambda: b.current_url.endswith("/jobs"))
+
+    def shot(self, name):
+        self.browser.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+
+    def css(self, selector):
+        return self.browser.find_elements(By.CSS_SELECTOR, selector)
+
+    def no_alert(self):
+        try:
+            alert = self.browser.switch_to.alert
+        except NoAlertPresentException:
+            return
+        text = alert.text
+        alert.dismiss()
+        self.fail(f"a script ran: alert({text!r})")
+
+    def test_the_operator_journey(self):
+        b = self.browser
+        # Log in: any page sends a browser without a session to the login form.
+        b.get(f"{URL}/jobs/ui_demo")
+        self.assertIn("/login", b.current_url)
+        self.shot("login")
+        b.find_element(By.ID, "token").send_keys(TOKEN)
+        b.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait_for("the job page after login", lambda: b.current_url.endswith("/jobs/ui_demo"))
+
+        # Trigger the job from its form.
+        b.get(f"{URL}/jobs/ui_demo?tab=trigger")
+        records = b.find_element(By.ID, "param-records")
+        records.clear()
+        records.send_keys("500")
+        self.shot("trigger")
+        b.find_element(By.CSS_SELECTOR, "form.trigger button[type=submit]").click()
+        wait_for("the grid of the new run", lambda: "run=" in b.current_url)
+        run_id = b.current_url.split("run=")[1].split("&")[0]
+
+        # Open the slow task's log while its container runs and see a line arrive live.
+        def slow_try_link():
+            b.get(f"{URL}/runs/{run_id}")
+            links = [a for a in self.css("table.instances a") if a.text == "slow"]
+            return links[0].get_attribute("href") if links else None
+        link = wait_for("the slow task to start", slow_try_link, timeout=120, every=0.5)
+        b.get(link)
+        self.assertEqual(self.css(".title-row .state")[0].text, "running")
+        self.assertTrue(self.css("#live"), "a running try's log is followed live")
+        before = len(self.css("#log .line"))
+        wait_for("a new log line without reloading",
+                 lambda: len(self.css("#log .line")) > before, timeout=30)
+        texts = [e.text for e in self.css("#log .line .text")]
+        self.assertTrue(any(t.startswith("tick ") for t in texts), texts)
+        self.shot("try-live-log")
+        # When the try ends the page shows its exit code.
+        wait_for("the try to end", lambda: self.css("#exit-code") and self.css("#exit-code")[0].text == "0",
+                 timeout=60, every=0.5)
+
+        # The grid turns green: every task of the run succeeds.
+        def grid_states():
+            b.get(f"{URL}/jobs/ui_demo?run={run_id}")
+            cells = self.css(f"svg.grid a[data-run='{run_id}']")
+            states = [c.get_attribute("data-state") for c in cells]
+            return states if states and all(s == "success" for s in states) else None
+        states = wait_for("the grid to turn green", grid_states, timeout=120, every=1)
+        self.assertEqual(len(states), 3)
+        colour = self.css(f"svg.grid a[data-run='{run_id}'] rect")[0].value_of_css_property("fill")
+        self.assertEqual(colour, "rgb(0, 128, 0)")
+        self.shot("grid")
+        b.get(f"{URL}/jobs/ui_demo?tab=graph&run={run_id}")
+        nodes = self.css("svg.graph g.node")
+        self.assertEqual(sorted(n.get_attribute("data-task") for n in nodes), ["extract", "report", "slow"])
+        self.assertTrue(all(n.get_attribute("data-state") == "success" for n in nodes))
+        self.shot("graph")
+        b.get(f"{URL}/jobs/ui_demo?tab=file")
+        self.assertIn("id: ui_demo", self.css("pre.source")[0].text)
+        self.shot("job-file")
+
+        # Clear a task on the run page and see its new try.
+        b.get(f"{URL}/runs/{run_id}")
+        self.assertTrue(self.css("svg.gantt rect.queued"))
+        self.shot("run-gantt")
+        row = [r for r in self.css("table.instances tbody tr") if r.find_element(By.CSS_SELECTOR, "td").text == "report"][0]
+        row.find_element(By.XPATH, ".//button[text()='Clear']").click()
+
+        def second_try():
+            b.get(f"{URL}/runs/{run_id}")
+            rows = [r.text for r in self.css("table.tries tbody tr")]
+            return [r for r in rows if r.startswith("report 2 success")]
+        wait_for("the cleared task's second try to succeed", second_try, timeout=120, every=1)
+
+        b.get(f"{URL}/pools")
+        self.shot("pools")
+        b.get(f"{URL}/jobs")
+        self.shot("jobs")
+
+    def test_user_text_is_never_markup(self):
+        b = self.browser
+        self.log_in()
+        b.get(f"{URL}/jobs")
+        self.no_alert()
+        page = b.find_element(By.TAG_NAME, "main").text
+        self.assertIn("<script>alert('xss')</script>", page)
+        self.assertIn("job id `<img src=x onerror=alert(1)>`", page)
+        self.assertFalse(self.css("main img"), "an <img> from user text")
+        b.get(f"{URL}/jobs/xss_probe")
+        self.no_alert()
+        self.shot("escaping")
+
+    def test_phone_width(self):
+        b = self.browser
+        self.log_in()
+        b.set_window_size(390, 844)
+        try:
+            for path in ("/jobs", "/jobs/ui_demo", "/pools"):
+                b.get(f"{URL}{path}")
+                overflow = b.execute_script(
+                    "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                self.assertLessEqual(overflow, 0, f"{path} scrolls sideways on a phone")
+            b.get(f"{URL}/jobs")
+            self.shot("jobs-phone")
+        finally:
+            b.set_window_size(1280, 900)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
