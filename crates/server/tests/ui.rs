@@ -271,3 +271,28 @@ fn run_pages_show_the_gantt_and_operators_clear_mark_and_cancel() {
         pools.html
     );
 }
+
+#[test]
+fn a_long_log_opens_at_its_end_a_page_at_a_time() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    let texts: Vec<String> = (0..12_000).map(|i| format!("row {i}")).collect();
+    for chunk in texts.chunks(4_000).enumerate() {
+        let borrowed: Vec<&str> = chunk.1.iter().map(String::as_str).collect();
+        server.log(try_id, (chunk.0 * 4_000) as i64, &borrowed);
+    }
+    server.finish(try_id, TryState::Failed);
+    let cookie = server.login(&server.viewer);
+    let path = format!("/runs/{run_id}/tasks/extract/tries/1");
+    let tail = server.browse("GET", &path, Some(&cookie), &[]);
+    assert_eq!(tail.html.matches("class=\"line ").count(), 5_000);
+    assert!(tail.html.contains(">row 11999<") && tail.html.contains(">row 7000<"));
+    assert!(!tail.html.contains(">row 6999<"));
+    assert!(tail.html.contains("Lines 7001–12000 of 12000"), "pager");
+    assert!(tail.html.contains(&format!("{path}?from=2000\">Earlier")));
+    let first = server.browse("GET", &format!("{path}?from=0"), Some(&cookie), &[]);
+    assert!(first.html.contains(">row 0<") && first.html.contains(">row 4999<"));
+    assert!(!first.html.contains(">row 5000<"));
+    assert!(first.html.contains(&format!("{path}?from=5000\">Later")));
+}

@@ -313,6 +313,8 @@ pub trait Store: Send + Sync {
     async fn append_logs(&self, lines: &[LogLine]) -> Result<()>;
     /// Lines of a try with `seq > after`, in order, at most `limit`.
     async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
+    /// The `seq` of the try's last stored line (`None` before its first).
+    async fn last_log_seq(&self, try_id: i64) -> Result<Option<i64>>;
 
     // Operator actions.
     /// Asks the scheduler to cancel a queued or running run.

@@ -821,6 +821,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn last_log_seq(&self, try_id: i64) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT max(seq) FROM log_lines WHERE try_id = ?")
+                .bind(try_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>> {
         sqlx::query_as::<_, LogRow>(
             "SELECT try_id, seq, stream, ts, text FROM log_lines WHERE try_id = ? AND seq > ? ORDER BY seq LIMIT ?",

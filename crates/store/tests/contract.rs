@@ -352,6 +352,11 @@ pub async fn log_lines_keep_their_order_and_streams(store: &dyn Store) {
     let rest = store.logs(attempt.try_id, Some(9), 5000).await.unwrap();
     assert_eq!(rest.len(), 2490);
     assert_eq!(rest.last().unwrap(), lines.last().unwrap());
+    assert_eq!(
+        store.last_log_seq(attempt.try_id).await.unwrap(),
+        Some(2499)
+    );
+    assert_eq!(store.last_log_seq(attempt.try_id + 1).await.unwrap(), None);
 }
 
 pub async fn pools_start_with_default_and_can_be_resized(store: &dyn Store) {

@@ -489,10 +489,17 @@ pub async fn mark(
 /// Log lines shown on a try page at first; the rest (and new ones) come from the follow.
 const PAGE_LINES: u32 = 5_000;
 
+#[derive(Deserialize)]
+pub struct TryQuery {
+    /// The first line shown; by default the page shows the log's last lines.
+    from: Option<i64>,
+}
+
 pub async fn try_page(
     viewer: Viewer,
     State(state): State<AppState>,
     Path((run_id, task_id, try_number)): Path<(String, String, u32)>,
+    Query(query): Query<TryQuery>,
 ) -> UiResult<Html<String>> {
     let run = state.store.get_run(&run_id).await?;
     let attempts = state.store.tries(&run.run_id, &task_id).await?;
@@ -509,7 +516,26 @@ pub async fn try_page(
                 ),
             )
         })?;
-    let lines = state.store.logs(attempt.try_id, None, PAGE_LINES).await?;
+    // A long log opens at its end (where a failure says why), a page at a time.
+    let last = state
+        .store
+        .last_log_seq(attempt.try_id)
+        .await?
+        .unwrap_or(-1);
+    let from = query
+        .from
+        .unwrap_or(last + 1 - i64::from(PAGE_LINES))
+        .clamp(0, last.max(0));
+    let lines = state
+        .store
+        .logs(attempt.try_id, Some(from - 1), PAGE_LINES)
+        .await?;
+    let page_link = |from: i64| {
+        format!(
+            "{}?from={from}",
+            try_link(&run.run_id, &task_id, try_number)
+        )
+    };
     let outputs: Vec<(String, Value)> = state
         .store
         .outputs(&run.run_id)
@@ -551,8 +577,21 @@ pub async fn try_page(
             table.outputs { tbody { @for (key, value) in &outputs { tr { th { (key) } td.mono { (value.to_string()) } } } } }
         }
         h2 { "Log" @if running { " " span.live #live { "live" } } }
+        @if from > 0 || lines.last().is_some_and(|l| l.seq < last) {
+            p.pager {
+                "Lines " (from + 1) "–" (lines.last().map_or(from, |l| l.seq + 1)) " of " (last + 1) ". "
+                @if from > 0 {
+                    a href=(page_link(0)) { "First" } " · "
+                    a href=(page_link((from - i64::from(PAGE_LINES)).max(0))) { "Earlier" }
+                }
+                @if lines.last().is_some_and(|l| l.seq < last) {
+                    " · " a href=(page_link(lines.last().map_or(0, |l| l.seq + 1))) { "Later" }
+                    " · " a href=(try_link(&run.run_id, &task_id, try_number)) { "Last" }
+                }
+            }
+        }
         div.log #log
-            data-follow=[running.then_some(follow_url.as_str())]
+            data-follow=[(running && query.from.is_none()).then_some(follow_url.as_str())]
             data-after=[lines.last().map(|l| l.seq.to_string())] {
             @for line in &lines {
                 div class={ "line " (line.stream.as_str()) } data-seq=(line.seq) {
@@ -562,8 +601,8 @@ pub async fn try_page(
                 }
             }
         }
-        @if lines.len() as u32 == PAGE_LINES && !running {
-            p.muted { "The first " (PAGE_LINES) " lines; the whole log: " code { "stevedore tasks logs " (run.run_id) " " (task_id) " --try " (try_number) } "." }
+        @if last + 1 > i64::from(PAGE_LINES) {
+            p.muted { "The whole log: " code { "stevedore tasks logs " (run.run_id) " " (task_id) " --try " (try_number) } "." }
         }
     };
     Ok(page(&format!("{task_id} try {try_number}"), &viewer, body))
