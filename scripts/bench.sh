@@ -3,7 +3,9 @@
 #   scripts/bench.sh platform   per-task overhead against `docker run --rm`, log throughput
 #   scripts/bench.sh pipeline   100,000 records demo API → warehouse against the Singer
 #                               pipeline (tap-rest-api-msdk | target-postgres from PyPI)
-#   scripts/bench.sh            both
+#   scripts/bench.sh ui         the grid page, the runs list API and a 100,000-line log page
+#                               on a store of 10,000 runs (wrk from Debian)
+#   scripts/bench.sh            all three
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -29,5 +31,11 @@ if [ "$what" = pipeline ] || [ "$what" = all ]; then
   done
   printf '\n==> pipeline benchmark\n'
   python3 scripts/bench_pipeline.py || status=$?
+fi
+if [ "$what" = ui ] || [ "$what" = all ]; then
+  command -v wrk >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq wrk >/dev/null; }
+  cargo build --release -p stevedore-server --example seed_bench
+  printf '\n==> UI and API benchmark\n'
+  python3 scripts/bench_ui.py || status=$?
 fi
 exit $status
