@@ -91,7 +91,7 @@ pub async fn serve(
             let state =
                 stevedore_server::AppState::new(store.clone(), global.jobs.clone(), secret_key);
             tracing::info!(url = %format!("http://{address}/"), api = %format!("http://{address}/api/v1"), "server listening");
-            eprintln!("stevedore: API at http://{address}/api/v1 (tokens: stevedore tokens create NAME --role ROLE)");
+            eprintln!("stevedore: web UI at http://{address}/ and API at http://{address}/api/v1 (log in with a token: stevedore tokens create NAME --role ROLE)");
             Some(tokio::spawn(stevedore_server::serve(
                 listener,
                 state,

@@ -195,22 +195,15 @@ fn job_summary(job: &Job, paused: bool, last_runs: &[RunRecord]) -> Value {
 async fn list_jobs(caller: Caller, State(state): State<AppState>) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let found = state.jobs();
-    let records = state.store.list_jobs().await?;
+    let paused = state.paused_jobs().await?;
     let mut items = Vec::new();
     for loaded in &found.jobs {
-        let paused = records
-            .iter()
-            .find(|r| r.job_id == loaded.job.id)
-            .is_some_and(|r| r.paused);
-        let last_runs = state
-            .store
-            .list_runs(&RunFilter {
-                job_id: Some(loaded.job.id.clone()),
-                limit: Some(10),
-                ..Default::default()
-            })
-            .await?;
-        items.push(job_summary(&loaded.job, paused, &last_runs));
+        let last_runs = state.last_runs(&loaded.job.id, 10).await?;
+        items.push(job_summary(
+            &loaded.job,
+            paused.contains(&loaded.job.id),
+            &last_runs,
+        ));
     }
     let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
     Ok(Json(json!({"items": items, "errors": errors})))
@@ -223,21 +216,8 @@ async fn get_job(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let (job, path, source) = actions::load_job(&state.jobs_dir, &job_id)?;
-    let paused = state
-        .store
-        .list_jobs()
-        .await?
-        .iter()
-        .find(|r| r.job_id == job_id)
-        .is_some_and(|r| r.paused);
-    let last_runs = state
-        .store
-        .list_runs(&RunFilter {
-            job_id: Some(job_id.clone()),
-            limit: Some(10),
-            ..Default::default()
-        })
-        .await?;
+    let paused = state.paused_jobs().await?.contains(&job.id);
+    let last_runs = state.last_runs(&job.id, 10).await?;
     let mut value = job_summary(&job, paused, &last_runs);
     value["version"] = json!(job.version);
     value["file"] = json!(path);

@@ -51,6 +51,36 @@ impl AppState {
     pub fn jobs(&self) -> JobsDir {
         load_jobs_dir(&self.jobs_dir)
     }
+
+    /// The ids of the paused jobs.
+    pub async fn paused_jobs(&self) -> stevedore_store::Result<Vec<String>> {
+        Ok(self
+            .store
+            .list_jobs()
+            .await?
+            .into_iter()
+            .filter(|r| r.paused)
+            .map(|r| r.job_id)
+            .collect())
+    }
+
+    /// A job's last `count` runs, oldest first.
+    pub async fn last_runs(
+        &self,
+        job_id: &str,
+        count: u32,
+    ) -> stevedore_store::Result<Vec<stevedore_store::RunRecord>> {
+        let mut runs = self
+            .store
+            .list_runs(&stevedore_store::RunFilter {
+                job_id: Some(job_id.to_owned()),
+                limit: Some(count),
+                ..Default::default()
+            })
+            .await?;
+        runs.reverse();
+        Ok(runs)
+    }
 }
 
 /// Every route, with request counting.

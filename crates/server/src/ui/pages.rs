@@ -14,7 +14,7 @@ use stevedore_domain::job::Job;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::TryState;
 use stevedore_scheduler::actions;
-use stevedore_store::{RunFilter, RunRecord, TaskInstanceRecord, TryRecord};
+use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
 
 use super::{csrf_field, encode, page, state_class, svg, UiError, UiResult, Viewer};
 use crate::AppState;
@@ -63,24 +63,12 @@ fn state_badge(state: &str) -> Markup {
 
 pub async fn jobs(viewer: Viewer, State(state): State<AppState>) -> UiResult<Html<String>> {
     let found = state.jobs();
-    let records = state.store.list_jobs().await?;
+    let paused = state.paused_jobs().await?;
     let mut rows = Vec::new();
     for loaded in &found.jobs {
         let job = &loaded.job;
-        let paused = records
-            .iter()
-            .find(|r| r.job_id == job.id)
-            .is_some_and(|r| r.paused);
-        let mut runs = state
-            .store
-            .list_runs(&RunFilter {
-                job_id: Some(job.id.clone()),
-                limit: Some(LIST_RUNS),
-                ..Default::default()
-            })
-            .await?;
-        runs.reverse();
-        rows.push((job.clone(), paused, runs));
+        let runs = state.last_runs(&job.id, LIST_RUNS).await?;
+        rows.push((job.clone(), paused.contains(&job.id), runs));
     }
     let body = html! {
         h1 { "Jobs" }
@@ -147,22 +135,8 @@ pub async fn job(
     Query(query): Query<JobQuery>,
 ) -> UiResult<Html<String>> {
     let (job, path, source) = actions::load_job(&state.jobs_dir, &job_id)?;
-    let paused = state
-        .store
-        .list_jobs()
-        .await?
-        .iter()
-        .find(|r| r.job_id == job.id)
-        .is_some_and(|r| r.paused);
-    let mut runs = state
-        .store
-        .list_runs(&RunFilter {
-            job_id: Some(job.id.clone()),
-            limit: Some(GRID_RUNS),
-            ..Default::default()
-        })
-        .await?;
-    runs.reverse();
+    let paused = state.paused_jobs().await?.contains(&job.id);
+    let runs = state.last_runs(&job.id, GRID_RUNS).await?;
     // Each run's task instances, for the grid and the graph.
     let mut cells: HashMap<String, Vec<TaskInstanceRecord>> = HashMap::new();
     for run in &runs {
