@@ -60,6 +60,13 @@ class Ui(unittest.TestCase):
         b.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
         wait_for("the jobs page", lambda: b.current_url.endswith("/jobs"))
 
+    def grid_states(self, job, run_id):
+        """The states of the run's column in the job's grid, once all are success."""
+        self.browser.get(f"{URL}/jobs/{job}?run={run_id}")
+        cells = self.css(f"svg.grid a[data-run='{run_id}']")
+        states = [c.get_attribute("data-state") for c in cells]
+        return states if states and all(s == "success" for s in states) else None
+
     def shot(self, name):
         self.browser.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
 
@@ -85,7 +92,20 @@ class Ui(unittest.TestCase):
         b.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
         wait_for("the job page after login", lambda: b.current_url.endswith("/jobs/ui_demo"))
 
-        # Trigger the job from its form.
+        # Trigger the example job from its form and watch its grid turn green.
+        b.get(f"{URL}/jobs/example_etl?tab=trigger")
+        records = b.find_element(By.ID, "param-records")
+        records.clear()
+        records.send_keys("600")
+        b.find_element(By.CSS_SELECTOR, "form.trigger button[type=submit]").click()
+        wait_for("the example job's new run", lambda: "run=" in b.current_url)
+        example_run = b.current_url.split("run=")[1].split("&")[0]
+        states = wait_for("the example job's grid to turn green",
+                          lambda: self.grid_states("example_etl", example_run), timeout=120, every=1)
+        self.assertEqual(len(states), 5)
+        self.shot("grid-example")
+
+        # A job with a slow step, to watch a log grow.
         b.get(f"{URL}/jobs/ui_demo?tab=trigger")
         records = b.find_element(By.ID, "param-records")
         records.clear()
@@ -115,12 +135,8 @@ class Ui(unittest.TestCase):
                  timeout=60, every=0.5)
 
         # The grid turns green: every task of the run succeeds.
-        def grid_states():
-            b.get(f"{URL}/jobs/ui_demo?run={run_id}")
-            cells = self.css(f"svg.grid a[data-run='{run_id}']")
-            states = [c.get_attribute("data-state") for c in cells]
-            return states if states and all(s == "success" for s in states) else None
-        states = wait_for("the grid to turn green", grid_states, timeout=120, every=1)
+        states = wait_for("the grid to turn green", lambda: self.grid_states("ui_demo", run_id),
+                          timeout=120, every=1)
         self.assertEqual(len(states), 3)
         colour = self.css(f"svg.grid a[data-run='{run_id}'] rect")[0].value_of_css_property("fill")
         self.assertEqual(colour, "rgb(0, 128, 0)")
