@@ -26,8 +26,13 @@ use crate::{
 };
 
 /// The key file beside the store file: `stevedore.db` → `stevedore.key`.
+/// The file of a SQLite store named by `--db` (a path or `sqlite://path`).
+fn store_path(db: &str) -> &Path {
+    Path::new(db.strip_prefix("sqlite://").unwrap_or(db))
+}
+
 fn default_key_file(global: &Global) -> std::path::PathBuf {
-    Path::new(global.db.strip_prefix("sqlite://").unwrap_or(&global.db)).with_extension("key")
+    store_path(&global.db).with_extension("key")
 }
 
 /// Opens the store named by `--db`: a path or `sqlite://path`.
@@ -35,10 +40,10 @@ pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
         bail!("PostgreSQL stores are not supported yet; use a SQLite file path for --db");
     }
-    let path = db.strip_prefix("sqlite://").unwrap_or(db);
+    let path = store_path(db);
     let store = SqliteStore::open(path)
         .await
-        .with_context(|| format!("cannot open the store at {path}"))?;
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
     Ok(Arc::new(store))
 }
 
@@ -124,6 +129,7 @@ async fn scheduler(
     store: Arc<dyn Store>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let _lock = SqliteStore::lock_scheduler(store_path(&global.db))?;
     let backend = Arc::new(DockerBackend::from_env()?);
     tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
     let process = Arc::new(ProcessBackend::from_env());

@@ -1006,3 +1006,49 @@ fn standalone_serves_the_api_to_tokens_made_by_the_cli() {
     assert!(status.success(), "{log}");
     assert!(!log.contains(&token), "the token in the log");
 }
+
+/// A SQLite store allows one scheduler: a second one on the same file refuses to start and
+/// says why; the server alone may run beside it.
+#[test]
+fn a_second_scheduler_on_a_sqlite_store_refuses_to_start() {
+    let workspace = Workspace::new(&[]);
+    let first = workspace.standalone(None);
+    // The first has taken the lock once its API answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&first.log)
+        .unwrap_or_default()
+        .contains("API at")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first standalone did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = workspace.run(&["scheduler"]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("another scheduler (pid {})", first.child.id()))
+            && stderr.contains("a SQLite store allows one scheduler at a time"),
+        "{stderr}"
+    );
+    let server = workspace
+        .command(&["server", "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-INT", &server.id().to_string()])
+        .status();
+    let server = server.wait_with_output().unwrap();
+    assert!(
+        server.status.success(),
+        "{}",
+        String::from_utf8_lossy(&server.stderr)
+    );
+    let (status, log) = first.interrupt();
+    assert!(status.success(), "{log}");
+}

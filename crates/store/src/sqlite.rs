@@ -39,6 +39,50 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// Held by the one scheduler a SQLite store allows: an exclusive lock on the file
+/// `<store>.scheduler.lock` beside the store, released when the process ends, however it
+/// ends (so a crashed scheduler never blocks the next one).
+#[derive(Debug)]
+pub struct SchedulerLock {
+    _file: std::fs::File,
+    pub path: std::path::PathBuf,
+}
+
+impl SqliteStore {
+    /// Takes the scheduler lock of the store at `db`, or says who holds it.
+    pub fn lock_scheduler(db: impl AsRef<Path>) -> Result<SchedulerLock> {
+        use std::io::{Read, Seek, Write};
+        let db = db.as_ref();
+        let path = db.with_extension("scheduler.lock");
+        let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(io)?;
+                file.rewind().map_err(io)?;
+                write!(file, "{}", std::process::id()).map_err(io)?;
+                Ok(SchedulerLock { _file: file, path })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Err(StoreError::Conflict(format!(
+                    "another scheduler (pid {}) is running on the store {}: a SQLite store allows one scheduler at a time (stop that one, or use PostgreSQL to run several)",
+                    holder.trim(),
+                    db.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(error)) => Err(io(error)),
+        }
+    }
+}
+
 /// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
 fn ts(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
