@@ -31,14 +31,26 @@ fn store_path(db: &str) -> &Path {
     Path::new(db.strip_prefix("sqlite://").unwrap_or(db))
 }
 
+/// The key file for connections when STEVEDORE_SECRET_KEY(_FILE) are not set: beside a
+/// SQLite store; `stevedore.key` in the current folder for a PostgreSQL one.
 fn default_key_file(global: &Global) -> std::path::PathBuf {
+    if is_postgres(&global.db) {
+        return std::path::PathBuf::from("stevedore.key");
+    }
     store_path(&global.db).with_extension("key")
 }
 
-/// Opens the store named by `--db`: a path or `sqlite://path`.
+fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// Opens the store named by `--db`: a path, `sqlite://path`, or `postgres://...`.
 pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        bail!("PostgreSQL stores are not supported yet; use a SQLite file path for --db");
+    if is_postgres(db) {
+        let store = stevedore_store::PostgresStore::open(db)
+            .await
+            .context("cannot open the PostgreSQL store (--db)")?;
+        return Ok(Arc::new(store));
     }
     let path = store_path(db);
     let store = SqliteStore::open(path)
@@ -129,7 +141,13 @@ async fn scheduler(
     store: Arc<dyn Store>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let _lock = SqliteStore::lock_scheduler(store_path(&global.db))?;
+    // One scheduler per store, for now: a second one refuses to start.
+    let _lock: Box<dyn std::any::Any + Send> = if is_postgres(&global.db) {
+        let store = stevedore_store::PostgresStore::open(&global.db).await?;
+        Box::new(store.lock_scheduler().await?)
+    } else {
+        Box::new(SqliteStore::lock_scheduler(store_path(&global.db))?)
+    };
     let backend = Arc::new(DockerBackend::from_env()?);
     tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
     let process = Arc::new(ProcessBackend::from_env());

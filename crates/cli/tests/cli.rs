@@ -1052,3 +1052,62 @@ fn a_second_scheduler_on_a_sqlite_store_refuses_to_start() {
     let (status, log) = first.interrupt();
     assert!(status.success(), "{log}");
 }
+
+/// The same binary on a PostgreSQL store (`--db postgres://...`): standalone runs the
+/// example job to success, the CLI reads it back, and a second scheduler refuses to start.
+#[test]
+fn standalone_runs_jobs_on_a_postgresql_store() {
+    let postgres = stevedore_e2e::Postgres::start();
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port);
+    let workspace = Workspace::new(&[]);
+    let on_postgres = |args: &[&str]| {
+        let mut command = workspace.command(args);
+        command.env("STEVEDORE_DB", &url);
+        command
+    };
+    let log = std::fs::File::create(workspace.dir.path().join("pg.log")).unwrap();
+    let mut standalone = on_postgres(&["standalone", "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let run = on_postgres(&["jobs", "trigger", "retry_demo", "--wait"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run_id = stdout.lines().next().unwrap().trim().to_owned();
+    let shown = on_postgres(&["runs", "show", &run_id, "-o", "json"])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["state"], "success");
+    let flaky = shown["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "flaky")
+        .unwrap();
+    assert_eq!(flaky["tries"].as_array().unwrap().len(), 2, "{shown}");
+    // The runs are rows of the PostgreSQL database.
+    assert_eq!(
+        postgres.query(&format!("SELECT state FROM runs WHERE run_id = '{run_id}'")),
+        "success"
+    );
+
+    let second = on_postgres(&["scheduler"]).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another scheduler is running"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &standalone.id().to_string()])
+        .status();
+    assert!(standalone.wait().unwrap().success());
+}

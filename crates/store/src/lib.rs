@@ -7,6 +7,9 @@
 //! Every implementation passes the same contract suite (`tests/contract.rs`).
 
 pub mod secrets;
+#[macro_use]
+mod rows;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -15,6 +18,7 @@ use serde_json::Value;
 use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -579,3 +579,118 @@ async fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
 }
 
 store_contract_suite!(sqlite, sqlite_store());
+
+/// A PostgreSQL server (Debian's package) of one test's own, in a temporary folder on a free
+/// port, stopped on drop. Without PostgreSQL these tests fail, naming what to install.
+struct PostgresServer {
+    url: String,
+    bin: std::path::PathBuf,
+    /// As root, the server runs as the postgres user (it refuses to run as root).
+    as_postgres: bool,
+    dir: tempfile::TempDir,
+}
+
+impl PostgresServer {
+    fn start() -> PostgresServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("the PostgreSQL contract suite needs PostgreSQL (scripts/setup.sh installs Debian's postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").is_file())
+            .max()
+            .expect("no PostgreSQL server binaries under /usr/lib/postgresql");
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = PostgresServer {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            as_postgres,
+            dir,
+        };
+        let data = server.dir.path().join("data");
+        let data = data.to_str().unwrap();
+        server.run(
+            "initdb",
+            &["-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            server.dir.path().display()
+        );
+        let log = server.dir.path().join("server.log");
+        server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+        server
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join(program));
+            command
+        } else {
+            std::process::Command::new(self.bin.join(program))
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program");
+        assert!(
+            output.status.success(),
+            "{program}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+async fn postgres_store() -> (PostgresStore, PostgresServer) {
+    let server = PostgresServer::start();
+    let store = PostgresStore::open(&server.url).await.unwrap();
+    (store, server)
+}
+
+store_contract_suite!(postgres, postgres_store());

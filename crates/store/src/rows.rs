@@ -1,0 +1,213 @@
+//! What both SQL stores share: how values are stored (timestamps as fixed-width RFC 3339
+//! text, JSON as text, states by name) and the rows they read back.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use sqlx::FromRow;
+
+use crate::*;
+
+/// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
+pub(crate) fn ts(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+macro_rules! select_tokens {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, role, created_at, last_used_at, revoked_at FROM tokens ",
+            $rest
+        )
+    };
+}
+
+pub(crate) type TokenRow = (i64, String, String, String, Option<String>, Option<String>);
+
+pub(crate) fn token_record(row: TokenRow) -> Result<TokenRecord> {
+    let (id, name, role, created_at, last_used_at, revoked_at) = row;
+    Ok(TokenRecord {
+        id,
+        name,
+        role: role.parse().map_err(StoreError::Corrupt)?,
+        created_at: parse_ts(&created_at)?,
+        last_used_at: last_used_at.as_deref().map(parse_ts).transpose()?,
+        revoked_at: revoked_at.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+pub(crate) fn parse_ts(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt(format!("timestamp `{text}`")))
+}
+
+pub(crate) fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref().map(parse_ts).transpose()
+}
+
+pub(crate) fn parse_enum<T: FromStr<Err = String>>(text: &str) -> Result<T> {
+    text.parse().map_err(StoreError::Corrupt)
+}
+
+pub(crate) fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("json: {e}")))
+}
+
+#[derive(FromRow)]
+pub(crate) struct JobRow {
+    job_id: String,
+    current_version: String,
+    file_path: String,
+    paused: bool,
+    updated_at: String,
+}
+
+impl JobRow {
+    pub(crate) fn into_record(self) -> Result<JobRecord> {
+        Ok(JobRecord {
+            job_id: self.job_id,
+            current_version: self.current_version,
+            file_path: self.file_path,
+            paused: self.paused,
+            updated_at: parse_ts(&self.updated_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct RunRow {
+    run_id: String,
+    job_id: String,
+    job_version: String,
+    run_trigger: String,
+    logical_date: String,
+    data_interval_start: String,
+    data_interval_end: String,
+    params: String,
+    state: String,
+    queued_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    cancel_requested: bool,
+}
+
+impl RunRow {
+    pub(crate) fn into_record(self) -> Result<RunRecord> {
+        Ok(RunRecord {
+            run_id: self.run_id,
+            job_id: self.job_id,
+            job_version: self.job_version,
+            trigger: parse_enum::<RunTrigger>(&self.run_trigger)?,
+            logical_date: parse_ts(&self.logical_date)?,
+            data_interval: DataInterval {
+                start: parse_ts(&self.data_interval_start)?,
+                end: parse_ts(&self.data_interval_end)?,
+            },
+            params: parse_json(&self.params)?,
+            state: parse_enum::<RunState>(&self.state)?,
+            queued_at: parse_ts(&self.queued_at)?,
+            started_at: parse_opt_ts(self.started_at)?,
+            ended_at: parse_opt_ts(self.ended_at)?,
+            cancel_requested: self.cancel_requested,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct TaskInstanceRow {
+    run_id: String,
+    task_id: String,
+    state: String,
+    try_number: i64,
+    next_try_at: Option<String>,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    retry_base: i64,
+}
+
+impl TaskInstanceRow {
+    pub(crate) fn into_record(self) -> Result<TaskInstanceRecord> {
+        Ok(TaskInstanceRecord {
+            run_id: self.run_id,
+            task_id: self.task_id,
+            state: parse_enum::<TaskState>(&self.state)?,
+            try_number: self.try_number as u32,
+            next_try_at: parse_opt_ts(self.next_try_at)?,
+            started_at: parse_opt_ts(self.started_at)?,
+            ended_at: parse_opt_ts(self.ended_at)?,
+            retry_base: self.retry_base as u32,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct TryRow {
+    try_id: i64,
+    run_id: String,
+    task_id: String,
+    try_number: i64,
+    backend: String,
+    container_id: Option<String>,
+    image_ref: String,
+    image_digest: Option<String>,
+    state: String,
+    started_at: String,
+    ended_at: Option<String>,
+    exit_code: Option<i64>,
+    failure_reason: Option<String>,
+}
+
+impl TryRow {
+    pub(crate) fn into_record(self) -> Result<TryRecord> {
+        Ok(TryRecord {
+            try_id: self.try_id,
+            run_id: self.run_id,
+            task_id: self.task_id,
+            try_number: self.try_number as u32,
+            backend: self.backend,
+            container_id: self.container_id,
+            image_ref: self.image_ref,
+            image_digest: self.image_digest,
+            state: parse_enum::<TryState>(&self.state)?,
+            started_at: parse_ts(&self.started_at)?,
+            ended_at: parse_opt_ts(self.ended_at)?,
+            exit_code: self.exit_code,
+            failure_reason: self.failure_reason,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct LogRow {
+    try_id: i64,
+    seq: i64,
+    stream: i64,
+    ts: i64,
+    text: String,
+}
+
+impl LogRow {
+    pub(crate) fn into_line(self) -> Result<LogLine> {
+        Ok(LogLine {
+            try_id: self.try_id,
+            seq: self.seq,
+            stream: LogStream::from_code(self.stream)
+                .ok_or_else(|| StoreError::Corrupt(format!("log stream {}", self.stream)))?,
+            timestamp: DateTime::from_timestamp_micros(self.ts)
+                .ok_or_else(|| StoreError::Corrupt(format!("log timestamp {}", self.ts)))?,
+            text: self.text,
+        })
+    }
+}
+
+pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, job_version, run_trigger, logical_date, \
+    data_interval_start, data_interval_end, params, state, queued_at, started_at, ended_at, \
+    cancel_requested";
+pub(crate) const TRY_COLUMNS: &str = "try_id, run_id, task_id, try_number, backend, container_id, \
+    image_ref, image_digest, state, started_at, ended_at, exit_code, failure_reason";
+
+pub(crate) fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
