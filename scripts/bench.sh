@@ -5,7 +5,8 @@
 #                               pipeline (tap-rest-api-msdk | target-postgres from PyPI)
 #   scripts/bench.sh ui         the grid page, the runs list API and a 100,000-line log page
 #                               on a store of 10,000 runs (wrk from Debian)
-#   scripts/bench.sh            all three
+#   scripts/bench.sh scheduler  task instances/s with the instant backend, SQLite and PostgreSQL
+#   scripts/bench.sh            all four
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -37,5 +38,10 @@ if [ "$what" = ui ] || [ "$what" = all ]; then
   cargo build --release -p stevedore-server --example seed_bench
   printf '\n==> UI and API benchmark\n'
   python3 scripts/bench_ui.py || status=$?
+fi
+if [ "$what" = scheduler ] || [ "$what" = all ]; then
+  cargo build --release -p stevedore-scheduler --example schedule_bench
+  printf '\n==> scheduling benchmark\n'
+  python3 scripts/bench_scheduler.py || status=$?
 fi
 exit $status

@@ -7,6 +7,7 @@
 //! - [`lines`]: turns the engine's log chunks into whole, timestamped lines.
 
 pub mod docker;
+pub mod instant;
 pub mod lines;
 pub mod process;
 

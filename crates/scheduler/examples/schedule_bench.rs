@@ -1,0 +1,112 @@
+//! Scheduling throughput with the instant backend (every try completes at once): how many
+//! task instances one scheduler takes from `none` to `success` per second, over 1,000 runs of
+//! a 10-task fan-out job created up front. Run by `scripts/bench.sh scheduler`.
+//!
+//! `cargo run --release -p stevedore-scheduler --example schedule_bench -- STORE`
+//! where STORE is a SQLite path or a `postgres://` URL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::Map;
+use stevedore_backend::instant::InstantBackend;
+use stevedore_backend::Backend;
+use stevedore_domain::job::parse_job;
+use stevedore_domain::state::RunState;
+use stevedore_scheduler::runs::trigger_manual;
+use stevedore_scheduler::{Scheduler, SchedulerConfig};
+use stevedore_store::{PostgresStore, SqliteStore, Store};
+
+const RUNS: usize = 1_000;
+const TASKS: usize = 10;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let target = std::env::args()
+        .nth(1)
+        .ok_or("usage: schedule_bench STORE")?;
+    let dir = tempfile::tempdir()?;
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir_all(&jobs)?;
+    // A fan-out: t0, then t1..t8 in parallel, then t9.
+    let mut text = format!("id: fanout\nmax_active_runs: {RUNS}\nmax_active_tasks: 100000\ntasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n");
+    for index in 1..TASKS - 1 {
+        text.push_str(&format!(
+            "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
+        ));
+    }
+    let middle: Vec<String> = (1..TASKS - 1).map(|i| format!("t{i}")).collect();
+    text.push_str(&format!(
+        "  - id: t{}\n    image: stevedore/synth:0.1.0\n    depends_on: [{}]\n",
+        TASKS - 1,
+        middle.join(", ")
+    ));
+    std::fs::write(jobs.join("fanout.yaml"), &text)?;
+    let job = parse_job("fanout.yaml", &text).map_err(|e| format!("{e:?}"))?;
+
+    let store: Arc<dyn Store> = if target.starts_with("postgres://") {
+        Arc::new(PostgresStore::open(&target).await?)
+    } else {
+        Arc::new(SqliteStore::open(&target).await?)
+    };
+    store
+        .upsert_job(
+            &job.id,
+            &job.version,
+            &jobs.join("fanout.yaml").display().to_string(),
+            &text,
+        )
+        .await?;
+    for _ in 0..RUNS {
+        trigger_manual(store.as_ref(), &job, &Map::new(), Utc::now()).await?;
+    }
+    let mut config = SchedulerConfig::new(&jobs);
+    config.tick = Duration::from_millis(200);
+    config.workspace_sweep_every = Duration::from_secs(3600);
+    let backend: Arc<dyn Backend> = Arc::new(InstantBackend::named("docker"));
+    let scheduler = Scheduler::new(store.clone(), vec![backend], config);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let running = tokio::spawn(scheduler.run(async move {
+        let _ = stop_rx.await;
+    }));
+    loop {
+        let counts = store.state_counts().await?;
+        let finished: i64 = counts
+            .runs
+            .iter()
+            .filter(|(state, _)| state.is_finished())
+            .map(|(_, n)| n)
+            .sum();
+        if finished as usize >= RUNS {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err("the runs did not finish in 30 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    running.await??;
+    let counts = store.state_counts().await?;
+    let succeeded = counts
+        .runs
+        .iter()
+        .find(|(state, _)| *state == RunState::Success)
+        .map_or(0, |(_, n)| *n);
+    let kind = if target.starts_with("postgres://") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "{kind}, 1 scheduler: {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded)",
+        (RUNS * TASKS) as f64 / elapsed
+    );
+    if succeeded as usize != RUNS {
+        return Err(format!("{} runs did not succeed", RUNS - succeeded as usize).into());
+    }
+    Ok(())
+}
