@@ -94,6 +94,16 @@ impl Harness {
         Harness::run_in(dir, backend, SecretKey::generate().unwrap()).await
     }
 
+    /// A scheduler on a folder prepared beforehand (its `stevedore.db` and `jobs/`), for a
+    /// test that must set the store up before any scheduling pass can see it.
+    pub async fn start_in(dir: tempfile::TempDir) -> Harness {
+        require_images().await;
+        init_logging();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        Harness::run_in(dir, backend, SecretKey::generate().unwrap()).await
+    }
+
     async fn run_in(
         dir: tempfile::TempDir,
         backend: Arc<dyn Backend>,

@@ -311,25 +311,32 @@ async fn cancelling_a_run_kills_its_containers() {
 /// A paused job makes no scheduled runs; unpaused, it catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_job_makes_no_scheduled_runs_until_unpaused() {
-    let harness = Harness::start(&[]).await;
     let start = chrono::Utc::now().date_naive() - chrono::Days::new(2);
     let job = format!(
         "id: pausable\nschedule: \"@daily\"\nstart_date: {start}\ncatchup: true\ntasks:\n{}",
         process_task("t", "[noop]", "")
     );
-    let path = harness.jobs_dir().join("pausable.yaml");
-    let parsed = stevedore_domain::job::parse_job("pausable.yaml", &job).unwrap();
-    harness
-        .store
-        .upsert_job(
-            "pausable",
-            &parsed.version,
-            &path.display().to_string(),
-            &job,
-        )
-        .await
-        .unwrap();
-    harness.store.set_paused("pausable", true).await.unwrap();
+    // The job is recorded paused before any scheduler runs (as `jobs pause` leaves it).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs").join("pausable.yaml");
+    {
+        use stevedore_store::Store;
+        let store = stevedore_store::SqliteStore::open(dir.path().join("stevedore.db"))
+            .await
+            .unwrap();
+        let parsed = stevedore_domain::job::parse_job("pausable.yaml", &job).unwrap();
+        store
+            .upsert_job(
+                "pausable",
+                &parsed.version,
+                &path.display().to_string(),
+                &job,
+            )
+            .await
+            .unwrap();
+        store.set_paused("pausable", true).await.unwrap();
+    }
+    let harness = Harness::start_in(dir).await;
     std::fs::write(&path, &job).unwrap();
     // Several job-folder syncs later: still nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;

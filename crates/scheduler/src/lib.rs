@@ -327,6 +327,12 @@ impl Scheduler {
         for pool in self.store.list_pools().await? {
             capacity.pools.insert(pool.name, pool.slots);
         }
+        // Every active run's task instances in one read, rather than a read per run.
+        let mut instances_of: HashMap<String, Vec<stevedore_store::TaskInstanceRecord>> =
+            HashMap::new();
+        for ti in self.store.active_task_instances().await? {
+            instances_of.entry(ti.run_id.clone()).or_default().push(ti);
+        }
         let mut candidates = Vec::new();
         // The latest try number of each task instance seen, so a launch needs no re-read.
         let mut last_tries: HashMap<(String, String), u32> = HashMap::new();
@@ -351,6 +357,11 @@ impl Scheduler {
                         if let Err(error) = self.adopt_current_version(&mut run, current).await {
                             warn!(run_id = %run.run_id, error = %error, "cannot move the run to the job's current version");
                         }
+                        // Its task instances changed with the version: read them again.
+                        instances_of.insert(
+                            run.run_id.clone(),
+                            self.store.task_instances(&run.run_id).await?,
+                        );
                     }
                 }
                 self.store
@@ -359,7 +370,8 @@ impl Scheduler {
                 info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
                 run.state = RunState::Running;
             }
-            match self.advance_run(&run, &mut capacity).await {
+            let instances = instances_of.remove(&run.run_id).unwrap_or_default();
+            match self.advance_run(&run, instances, &mut capacity).await {
                 Ok((job, ready, tries)) => {
                     for (task_id, try_number) in tries {
                         last_tries.insert((run.run_id.clone(), task_id), try_number);
@@ -512,11 +524,11 @@ impl Scheduler {
     async fn advance_run(
         &self,
         run: &RunRecord,
+        instances: Vec<stevedore_store::TaskInstanceRecord>,
         capacity: &mut Capacity,
     ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>, HashMap<String, u32>)> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
         let now = Utc::now();
-        let instances = self.store.task_instances(&run.run_id).await?;
         let mut states: HashMap<String, TaskState> = instances
             .iter()
             .map(|ti| (ti.task_id.clone(), ti.state))

@@ -285,6 +285,8 @@ pub trait Store: Send + Sync {
 
     // Task instances and tries.
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>>;
+    /// The task instances of every queued or running run, in one read (a scheduling pass).
+    async fn active_task_instances(&self) -> Result<Vec<TaskInstanceRecord>>;
     async fn set_task_state(
         &self,
         run_id: &str,

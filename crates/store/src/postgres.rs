@@ -431,6 +431,19 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    async fn active_task_instances(&self) -> Result<Vec<TaskInstanceRecord>> {
+        sqlx::query_as::<_, TaskInstanceRow>(
+            "SELECT ti.run_id, ti.task_id, ti.state, ti.try_number, ti.next_try_at, ti.started_at, \
+             ti.ended_at, ti.retry_base FROM task_instances ti JOIN runs r ON r.run_id = ti.run_id \
+             WHERE r.state IN ('queued', 'running') ORDER BY ti.run_id, ti.position",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TaskInstanceRow::into_record)
+        .collect()
+    }
+
     async fn set_task_state(
         &self,
         run_id: &str,

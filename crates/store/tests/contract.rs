@@ -531,6 +531,31 @@ pub async fn run_lists_page_newest_first_and_states_are_counted(store: &dyn Stor
         .set_run_state(&created[0], RunState::Running, Utc::now())
         .await
         .unwrap();
+    // Every task instance of the active runs, in one read, each run's in task order.
+    let active = store.active_task_instances().await.unwrap();
+    let per_run = new_run("x", 1, RunTrigger::Manual).task_ids;
+    assert_eq!(active.len(), 7 * per_run.len());
+    let first: Vec<&str> = active
+        .iter()
+        .filter(|ti| ti.run_id == created[0])
+        .map(|ti| ti.task_id.as_str())
+        .collect();
+    assert_eq!(
+        first,
+        per_run.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    store
+        .set_run_state(&created[1], RunState::Success, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.active_task_instances().await.unwrap().len(),
+        6 * per_run.len()
+    );
+    store
+        .set_run_state(&created[1], RunState::Queued, Utc::now())
+        .await
+        .unwrap();
     let counts = store.state_counts().await.unwrap();
     assert_eq!(
         counts.runs,
