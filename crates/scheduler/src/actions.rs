@@ -123,13 +123,15 @@ pub async fn set_paused(
     job_id: &str,
     paused: bool,
 ) -> Result<()> {
-    if !store.list_jobs().await?.iter().any(|r| r.job_id == job_id) {
+    if store.list_jobs().await?.iter().any(|r| r.job_id == job_id) {
+        store.set_paused(job_id, paused).await?;
+    } else {
+        // Recorded and paused in one write: no scheduling pass sees it unpaused between.
         let (job, path, source) = load_job(jobs_dir, job_id)?;
         store
-            .upsert_job(&job.id, &job.version, &path, &source)
+            .record_job_paused(&job.id, &job.version, &path, &source, paused)
             .await?;
     }
-    store.set_paused(job_id, paused).await?;
     Ok(())
 }
 

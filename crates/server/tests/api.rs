@@ -604,3 +604,22 @@ fn the_openapi_document_describes_what_is_served() {
     }
     assert_eq!(operations, 25);
 }
+
+/// Pausing a job no scheduler has recorded yet records it paused at once.
+#[test]
+fn pausing_a_job_the_store_has_not_seen_records_it_paused() {
+    let server = Server::start();
+    assert!(server
+        .runtime
+        .block_on(server.store.list_jobs())
+        .unwrap()
+        .is_empty());
+    let paused = server.post("/api/v1/jobs/etl/pause", &server.operator, json!(null));
+    assert_eq!(paused.body, json!({"job_id": "etl", "paused": true}));
+    let jobs = server.runtime.block_on(server.store.list_jobs()).unwrap();
+    assert_eq!((jobs.len(), jobs[0].paused), (1, true));
+    assert_eq!(
+        server.get("/api/v1/jobs", &server.viewer).body["items"][0]["paused"],
+        true
+    );
+}

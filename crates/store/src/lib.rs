@@ -243,6 +243,17 @@ pub trait Store: Send + Sync {
         file_path: &str,
         source: &str,
     ) -> Result<()>;
+    /// Records a job (like [`Store::upsert_job`]) and its paused state in one write, so no
+    /// scheduling pass sees it unpaused in between (`jobs pause` of a job no scheduler has
+    /// read yet).
+    async fn record_job_paused(
+        &self,
+        job_id: &str,
+        version: &str,
+        file_path: &str,
+        source: &str,
+        paused: bool,
+    ) -> Result<()>;
     async fn list_jobs(&self) -> Result<Vec<JobRecord>>;
     async fn job_source(&self, job_id: &str, version: &str) -> Result<String>;
     async fn set_paused(&self, job_id: &str, paused: bool) -> Result<()>;

@@ -191,6 +191,41 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn record_job_paused(
+        &self,
+        job_id: &str,
+        version: &str,
+        file_path: &str,
+        source: &str,
+        paused: bool,
+    ) -> Result<()> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_transaction().await?;
+        sqlx::query(
+            "INSERT INTO job_versions (job_id, version, source, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, version) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(version)
+        .bind(source)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO jobs (job_id, current_version, file_path, paused, updated_at) VALUES (?1, ?2, ?3, ?5, ?4) \
+             ON CONFLICT (job_id) DO UPDATE SET paused = excluded.paused",
+        )
+        .bind(job_id)
+        .bind(version)
+        .bind(file_path)
+        .bind(&now)
+        .bind(paused)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn list_jobs(&self) -> Result<Vec<JobRecord>> {
         sqlx::query_as::<_, JobRow>(
             "SELECT job_id, current_version, file_path, paused, updated_at FROM jobs ORDER BY job_id",

@@ -55,6 +55,31 @@ pub async fn jobs_keep_every_version(store: &dyn Store) {
         store.set_paused("nope", true).await,
         Err(StoreError::NotFound(_))
     ));
+    // A job recorded paused in one write; recording it again only changes its paused state.
+    store
+        .record_job_paused("quiet", "q1", "jobs/quiet.yaml", "id: quiet", true)
+        .await
+        .unwrap();
+    let quiet = store
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.job_id == "quiet")
+        .unwrap();
+    assert!(quiet.paused);
+    assert_eq!(quiet.current_version, "q1");
+    assert_eq!(store.job_source("quiet", "q1").await.unwrap(), "id: quiet");
+    store
+        .record_job_paused("quiet", "q1", "jobs/quiet.yaml", "id: quiet", false)
+        .await
+        .unwrap();
+    assert!(!store
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .any(|j| j.job_id == "quiet" && j.paused));
 }
 
 pub async fn scheduled_runs_are_unique_per_logical_date(store: &dyn Store) {
