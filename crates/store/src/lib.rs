@@ -9,6 +9,8 @@
 pub mod secrets;
 #[macro_use]
 mod rows;
+#[macro_use]
+mod sql_store;
 pub mod postgres;
 pub mod sqlite;
 
