@@ -59,6 +59,22 @@ pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+/// Opens the store for a scheduler and takes its scheduler lock: one scheduler per store,
+/// for now, and a second one refuses to start.
+async fn open_for_scheduler(
+    db: &str,
+) -> anyhow::Result<(Arc<dyn Store>, Box<dyn std::any::Any + Send>)> {
+    if is_postgres(db) {
+        let store = stevedore_store::PostgresStore::open(db)
+            .await
+            .context("cannot open the PostgreSQL store (--db)")?;
+        let lock = store.lock_scheduler().await?;
+        return Ok((Arc::new(store), Box::new(lock)));
+    }
+    let lock = SqliteStore::lock_scheduler(store_path(db))?;
+    Ok((open_store(db).await?, Box::new(lock)))
+}
+
 pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
     open_store(&global.db).await?;
     println!("store {} is up to date", global.db);
@@ -71,7 +87,13 @@ pub async fn serve(
     with_scheduler: bool,
     server: Option<ServeArgs>,
 ) -> anyhow::Result<ExitCode> {
-    let store = open_store(&global.db).await?;
+    // A scheduler holds its store's scheduler lock for as long as it runs.
+    let (store, _lock) = if with_scheduler {
+        let (store, lock) = open_for_scheduler(&global.db).await?;
+        (store, Some(lock))
+    } else {
+        (open_store(&global.db).await?, None)
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();
@@ -141,13 +163,6 @@ async fn scheduler(
     store: Arc<dyn Store>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // One scheduler per store, for now: a second one refuses to start.
-    let _lock: Box<dyn std::any::Any + Send> = if is_postgres(&global.db) {
-        let store = stevedore_store::PostgresStore::open(&global.db).await?;
-        Box::new(store.lock_scheduler().await?)
-    } else {
-        Box::new(SqliteStore::lock_scheduler(store_path(&global.db))?)
-    };
     let backend = Arc::new(DockerBackend::from_env()?);
     tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
     let process = Arc::new(ProcessBackend::from_env());
