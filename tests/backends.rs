@@ -45,6 +45,9 @@ fn spec(backend: &str, run: &str, task: &str, args: &[&str], state: Option<&str>
         resources: Resources::default(),
         state: state.map(str::to_owned),
         registry_auth: None,
+        placement: Default::default(),
+        labels: Default::default(),
+        keep_exited: false,
     }
 }
 

@@ -66,6 +66,35 @@ pub async fn require_images() {
     }
 }
 
+/// The label every container of a [`Harness`] carries, with the harness's own id.
+const TEST_LABEL: &str = "io.stevedore.test";
+
+fn test_id(dir: &tempfile::TempDir) -> String {
+    dir.path()
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A test that ends as soon as it has seen what it checks (a state, a log line) may leave
+/// containers behind: the harness removes whatever carries its label.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let listed = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={TEST_LABEL}={}", test_id(&self.dir)))
+            .output();
+        if let Ok(listed) = listed {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+        }
+    }
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub store: Arc<dyn Store>,
@@ -118,6 +147,9 @@ impl Harness {
         let mut config = SchedulerConfig::new(&jobs_dir);
         config.secret_key = Some(secret_key.clone());
         config.tick = Duration::from_millis(200);
+        config
+            .container_labels
+            .insert(TEST_LABEL.to_owned(), test_id(&dir));
         config.sync_every = Duration::from_secs(1);
         // Tests leave nothing behind: workspaces go as soon as their run has finished.
         config.workspace_retention = Duration::ZERO;
@@ -271,6 +303,23 @@ pub async fn containers_of_run(run_id: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|c| c.id)
         .collect()
+}
+
+/// Waits (up to `within`) until no container carries the run's label: a try's exited
+/// container is removed right after its end is recorded, so the two are not one instant.
+pub async fn wait_containers_gone(run_id: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = containers_of_run(run_id).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "containers of run {run_id} left after {within:?}: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub fn read_repo_job(name: &str) -> String {
@@ -586,6 +635,27 @@ impl Postgres {
         Postgres { port, bin, dir }
     }
 
+    /// Restarts the server (a fast shutdown, as a package upgrade or a failover would):
+    /// every open connection is cut.
+    pub fn restart(&self) {
+        let data = self.dir.path().join("data");
+        // With its log in a file: a server writing to pg_ctl's output would keep the pipe
+        // open, and this call would never return.
+        let log = self.dir.path().join("server.log");
+        let output = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()])
+            .args(["-m", "fast", "-w", "restart"])
+            .output()
+            .expect("pg_ctl restart");
+        assert!(
+            output.status.success(),
+            "pg_ctl restart failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// The address containers use to reach the server.
     pub fn container_host(&self) -> String {
         docker_gateway()
@@ -775,5 +845,218 @@ impl Drop for PipelineServices {
                 .args(["image", "rm", image])
                 .output();
         }
+    }
+}
+
+/// A second Docker engine of the test's own: its own `dockerd` with its own socket, data root,
+/// exec root, containerd namespace and bridge interface (no NAT: its containers reach
+/// nothing outside), and the images it is given copied from the main engine. It can be
+/// restarted; it is stopped, and its folder and bridge removed, on drop.
+///
+/// Never `--bridge none`: a `dockerd` started so deletes the host's `docker0`, the main
+/// engine's bridge.
+pub struct SecondEngine {
+    pub host: String,
+    dir: tempfile::TempDir,
+    bridge: String,
+    child: std::process::Child,
+}
+
+impl SecondEngine {
+    pub fn start(images: &[&str]) -> SecondEngine {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        // A bridge of its own, on a 10.213.N.0/24 no interface uses yet.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let bridge = format!(
+            "stv{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let addresses = std::process::Command::new("ip")
+            .args(["-o", "addr"])
+            .output()
+            .expect("these tests need iproute2 (`ip`)");
+        let addresses = String::from_utf8_lossy(&addresses.stdout).into_owned();
+        let subnet = (100..250)
+            .find(|n| !addresses.contains(&format!("10.213.{n}.")))
+            .expect("no free 10.213.N.0/24 for the second engine's bridge");
+        let ip = |args: &[&str]| {
+            let output = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("these tests need iproute2 (`ip`)");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &bridge])
+            .output();
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{subnet}.1/24"),
+            "dev",
+            &bridge,
+        ]);
+        ip(&["link", "set", &bridge, "up"]);
+        std::fs::write(dir.path().join("bridge"), &bridge).unwrap();
+        let child = SecondEngine::spawn(dir.path());
+        let engine = SecondEngine {
+            host: format!("unix://{}/docker.sock", dir.path().display()),
+            dir,
+            bridge,
+            child,
+        };
+        engine.wait_ready();
+        for image in images {
+            let save = std::process::Command::new("docker")
+                .args(["save", image])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("docker save");
+            let load = std::process::Command::new("docker")
+                .args(["-H", &engine.host, "load", "-q"])
+                .stdin(save.stdout.unwrap())
+                .output()
+                .expect("docker load");
+            assert!(
+                load.status.success(),
+                "cannot copy {image} to the second engine: {}",
+                String::from_utf8_lossy(&load.stderr)
+            );
+        }
+        engine
+    }
+
+    fn spawn(dir: &std::path::Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
+        // containerd namespaces are letters, digits and single separators.
+        let namespace: String = dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let namespace = format!("stevedoretest{}", namespace.to_lowercase());
+        std::process::Command::new("dockerd")
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--host")
+            .arg(format!("unix://{}/docker.sock", dir.display()))
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("--bridge")
+            .arg(std::fs::read_to_string(dir.join("bridge")).unwrap())
+            .args(["--iptables=false", "--ip-masq=false"])
+            .args(["--containerd-namespace", &namespace])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("{namespace}-plugins"),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("these tests start a second Docker engine: dockerd must be installed")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let info = std::process::Command::new("docker")
+                .args([
+                    "-H",
+                    &self.host,
+                    "version",
+                    "--format",
+                    "{{.Server.Version}}",
+                ])
+                .output()
+                .unwrap();
+            if info.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second engine did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the engine (SIGTERM: its containers are stopped, as on a host reboot or an
+    /// engine upgrade), waits for it to exit, and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = SecondEngine::spawn(self.dir.path());
+        self.wait_ready();
+    }
+
+    /// Stops the engine and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// The host goes away at once (a crashed machine): its `dockerd`, containerd and shims
+    /// are killed.
+    pub fn crash(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .args(["-9", "-f", &self.dir.path().display().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// `docker -H <this engine> ARGS`.
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("docker")
+            .args(["-H", &self.host])
+            .args(args)
+            .output()
+            .expect("docker")
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        if let Ok(listed) = std::process::Command::new("docker")
+            .args(["-H", &self.host, "ps", "-aq"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = std::process::Command::new("docker")
+                    .args(["-H", &self.host, "rm", "-f", id])
+                    .output();
+            }
+        }
+        self.stop();
+        // Layers may be mounted under the data root while the engine stops: unmount them
+        // before the folder goes.
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.path().display()
+            ))
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
     }
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker};
 use chrono::Utc;
@@ -51,6 +51,7 @@ fn is_connection_error(error: &bollard::errors::Error) -> bool {
         E::IOError { .. }
             | E::HyperResponseError { .. }
             | E::HttpClientError { .. }
+            | E::HyperLegacyError { .. }
             | E::SocketNotFoundError(_)
             | E::RequestTimeoutError
     )
@@ -276,7 +277,8 @@ impl DockerBackend {
     }
 
     fn container_body(&self, spec: &LaunchSpec, image: &str) -> ContainerCreateBody {
-        let labels = HashMap::from([
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.extend([
             (LABEL_JOB.to_owned(), spec.job_id.clone()),
             (LABEL_RUN.to_owned(), spec.run_id.clone()),
             (LABEL_TASK.to_owned(), spec.task_id.clone()),
@@ -369,10 +371,18 @@ impl DockerBackend {
         }
     }
 
-    /// Forwards the attached output to `events` as lines until the container's streams
-    /// close. Lines are stamped when they arrive: attaching (rather than following the
-    /// log driver) is lossless whatever the engine's log rotation, and a slow reader slows
-    /// the container down instead of dropping its lines.
+    /// Forwards a container's output to `events` as lines until its streams close.
+    ///
+    /// - [`Output::Attached`]: the attached streams of a container this backend started;
+    ///   lines are stamped when they arrive. Attaching (rather than following the log
+    ///   driver) is lossless whatever the engine's log rotation, and a slow reader slows the
+    ///   container down instead of dropping its lines.
+    /// - [`Output::Logged`]: the engine's log of an adopted container, from its first line,
+    ///   stamped by the engine; the first lines of each stream, which the store holds
+    ///   already, are skipped.
+    ///
+    /// When the stream breaks, a partial last line is not sent: it is read again, whole,
+    /// from the engine's log when the scheduler re-attaches.
     async fn forward_output(
         &self,
         container_id: &str,
@@ -380,60 +390,74 @@ impl DockerBackend {
             Box<
                 dyn futures_util::Stream<
                         Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
-                    > + Send,
+                    > + Send
+                    + '_,
             >,
         >,
+        kind: Output,
         events: &mpsc::Sender<TryEvent>,
     ) {
         let mut splitter = LineSplitter::default();
         let mut pending: Vec<TryEvent> = Vec::new();
+        let (mut skip_stdout, mut skip_stderr) = match kind {
+            Output::Attached => (0, 0),
+            Output::Logged { skip } => skip,
+        };
+        let mut keep = |stream: Stream, timestamp, text| {
+            let skipping = match stream {
+                Stream::Stdout => &mut skip_stdout,
+                Stream::Stderr => &mut skip_stderr,
+            };
+            if *skipping > 0 {
+                *skipping -= 1;
+                return None;
+            }
+            Some(TryEvent::Line {
+                stream,
+                timestamp,
+                text,
+            })
+        };
         while let Some(item) = output.next().await {
-            let (kind, message) = match item {
+            let (stream, message) = match item {
                 Ok(bollard::container::LogOutput::StdOut { message }) => (Stream::Stdout, message),
                 Ok(bollard::container::LogOutput::StdErr { message }) => (Stream::Stderr, message),
                 Ok(_) => continue,
                 Err(error) => {
                     warn!(container_id, error = %error, "output stream ended early");
-                    break;
+                    return;
                 }
             };
-            splitter.push(
-                kind,
-                Utc::now(),
-                &message,
-                &mut |stream, timestamp, text| {
-                    pending.push(TryEvent::Line {
-                        stream,
-                        timestamp,
-                        text,
-                    })
-                },
-            );
+            // With `timestamps`, each logged message (a line, or a part of a long one) starts
+            // with the engine's RFC 3339 timestamp and a space.
+            let (timestamp, text) = match kind {
+                Output::Attached => (Utc::now(), &message[..]),
+                Output::Logged { .. } => split_timestamp(&message),
+            };
+            splitter.push(stream, timestamp, text, &mut |stream, timestamp, text| {
+                pending.extend(keep(stream, timestamp, text))
+            });
             for event in pending.drain(..) {
                 if events.send(event).await.is_err() {
                     return;
                 }
             }
         }
-        splitter.finish(&mut |stream, timestamp, text| {
-            pending.push(TryEvent::Line {
-                stream,
-                timestamp,
-                text,
-            })
-        });
+        splitter
+            .finish(&mut |stream, timestamp, text| pending.extend(keep(stream, timestamp, text)));
         for event in pending.drain(..) {
             let _ = events.send(event).await;
         }
     }
 
-    /// Waits for the container to stop, killing it if `kill` fires first.
+    /// Waits for the container to stop, killing it if `kill` fires first. `Err` when the
+    /// engine stopped answering before the container did.
     async fn wait_exit(
         &self,
         docker: &Docker,
         container_id: &str,
         kill: &mut KillReceiver,
-    ) -> (Option<i64>, Option<FailureReason>) {
+    ) -> Result<(Option<i64>, Option<FailureReason>), BackendError> {
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
@@ -448,13 +472,20 @@ impl DockerBackend {
                     let code = match result {
                         Some(Ok(response)) => Some(response.status_code),
                         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+                        Some(Err(error)) if is_connection_error(&error) => {
+                            warn!(container_id, error = %error, "lost the connection to the engine while the container ran");
+                            return Err(BackendError::Disconnected(format!(
+                                "lost the connection to the Docker engine at {} while container {container_id} ran: {error}",
+                                self.endpoint
+                            )));
+                        }
                         Some(Err(error)) => {
                             warn!(container_id, error = %error, "waiting for container failed");
-                            return (None, Some(FailureReason::Backend(format!("lost track of container: {}", engine_message(&error)))));
+                            return Ok((None, Some(FailureReason::Backend(format!("lost track of container: {}", engine_message(&error))))));
                         }
                         None => None,
                     };
-                    return (code, killed.map(|reason| reason.as_failure()));
+                    return Ok((code, killed.map(|reason| reason.as_failure())));
                 }
                 changed = kill.changed(), if killed.is_none() => {
                     if changed.is_err() {
@@ -469,6 +500,73 @@ impl DockerBackend {
                 }
             }
         }
+    }
+
+    /// The containers of tries on this engine, by their labels: every one, or only those
+    /// running.
+    pub async fn containers(&self, running_only: bool) -> Result<Vec<RunningTry>, BackendError> {
+        let docker = self.client()?;
+        let mut filters = HashMap::from([("label", vec![LABEL_RUN])]);
+        if running_only {
+            filters.insert("status", vec!["running"]);
+        }
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                let labels = container.labels?;
+                Some(RunningTry {
+                    container_id: container.id?,
+                    job_id: labels.get(LABEL_JOB)?.clone(),
+                    run_id: labels.get(LABEL_RUN)?.clone(),
+                    task_id: labels.get(LABEL_TASK)?.clone(),
+                    try_number: labels.get(LABEL_TRY)?.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Whether this engine has the container of the try (`Err` when it does not answer).
+    pub async fn has_try(&self, adoption: &Adoption) -> Result<bool, BackendError> {
+        let docker = self.client()?;
+        let name = container_name(
+            &adoption.job_id,
+            &adoption.task_id,
+            &adoption.run_id,
+            adoption.try_number,
+        );
+        match docker.inspect_container(&name, None).await {
+            Ok(_) => Ok(true),
+            Err(error) if status_code(&error) == Some(404) => Ok(false),
+            Err(error) => Err(self.unavailable(&error)),
+        }
+    }
+
+    /// Only a killed container (137) can have been killed for memory: say so when it was.
+    async fn out_of_memory(
+        &self,
+        docker: &Docker,
+        container_id: &str,
+        exit_code: Option<i64>,
+        failure: Option<FailureReason>,
+    ) -> Option<FailureReason> {
+        if failure.is_none() && exit_code == Some(137) {
+            if let Ok(inspect) = docker.inspect_container(container_id, None).await {
+                if inspect.state.and_then(|state| state.oom_killed) == Some(true) {
+                    return Some(FailureReason::Backend(
+                        "killed by the kernel: out of memory".to_owned(),
+                    ));
+                }
+            }
+        }
+        failure
     }
 
     async fn kill_container(&self, docker: &Docker, container_id: &str) {
@@ -540,10 +638,7 @@ impl Backend for DockerBackend {
                 engine_message(&error)
             )));
         }
-        let name = format!(
-            "stevedore-{}-{}-{}-{}",
-            spec.job_id, spec.task_id, spec.run_id, spec.try_number
-        );
+        let name = container_name(&spec.job_id, &spec.task_id, &spec.run_id, spec.try_number);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let phase = |name: &str| debug!(container = %spec.task_id, phase = name, elapsed_ms = timer.elapsed().as_millis() as u64, "try phase");
         phase("image resolved");
@@ -557,11 +652,10 @@ impl Backend for DockerBackend {
             Ok(created) => created,
             Err(error) if is_connection_error(&error) => return Err(self.unavailable(&error)),
             Err(error) if status_code(&error) == Some(409) => {
-                // A container of this very try exists: a previous attempt to launch it died
-                // half-way. Remove it and report; the try is retried by policy.
-                self.remove_quietly(docker, &name).await;
+                // The name is the try's own: a container of this very try exists, so another
+                // scheduler launched it. The engine refused a duplicate; leave that one be.
                 return failed(FailureReason::Backend(format!(
-                    "container `{name}` already existed and was removed"
+                    "a container of this try (`{name}`) exists already: another scheduler launched it; it is left alone"
                 )));
             }
             Err(error) => {
@@ -618,52 +712,92 @@ impl Backend for DockerBackend {
         }
 
         phase("started");
-        let (_, (exit_code, failure)) = tokio::join!(
-            self.forward_output(&container_id, output, &events),
+        let (_, waited) = tokio::join!(
+            self.forward_output(&container_id, output, Output::Attached, &events),
             self.wait_exit(docker, &container_id, &mut kill)
         );
+        let (exit_code, failure) = waited?;
 
         phase("exited");
-        let mut failure = failure;
-        // Only a killed container (137) can have been killed for memory.
-        if failure.is_none() && exit_code == Some(137) {
-            if let Ok(inspect) = docker.inspect_container(&container_id, None).await {
-                if inspect.state.and_then(|state| state.oom_killed) == Some(true) {
-                    failure = Some(FailureReason::Backend(
-                        "killed by the kernel: out of memory".to_owned(),
-                    ));
-                }
-            }
+        let failure = self
+            .out_of_memory(docker, &container_id, exit_code, failure)
+            .await;
+        if !spec.keep_exited {
+            self.remove_quietly(docker, &container_id).await;
+            phase("removed");
         }
-        self.remove_quietly(docker, &container_id).await;
-        phase("removed");
         Ok(TryExit { exit_code, failure })
     }
 
-    async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError> {
-        let docker = self.client()?;
-        let filters = HashMap::from([("label", vec![LABEL_RUN])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.unavailable(&e))?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|container| {
-                let labels = container.labels?;
-                Some(RunningTry {
-                    container_id: container.id?,
-                    job_id: labels.get(LABEL_JOB)?.clone(),
-                    run_id: labels.get(LABEL_RUN)?.clone(),
-                    task_id: labels.get(LABEL_TASK)?.clone(),
-                    try_number: labels.get(LABEL_TRY)?.parse().ok()?,
-                })
+    fn can_adopt(&self) -> bool {
+        true
+    }
+
+    async fn adopt(
+        &self,
+        adoption: &Adoption,
+        events: mpsc::Sender<TryEvent>,
+        mut kill: KillReceiver,
+    ) -> Result<Adopted, BackendError> {
+        let docker = &self.client()?;
+        let name = container_name(
+            &adoption.job_id,
+            &adoption.task_id,
+            &adoption.run_id,
+            adoption.try_number,
+        );
+        let inspect = match docker.inspect_container(&name, None).await {
+            Ok(inspect) => inspect,
+            Err(error) if status_code(&error) == Some(404) => return Ok(Adopted::Missing),
+            Err(error) if is_connection_error(&error) => return Err(self.unavailable(&error)),
+            Err(error) => {
+                return Ok(Adopted::Exit(TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(format!(
+                        "cannot inspect container `{name}`: {}",
+                        engine_message(&error)
+                    ))),
+                }))
+            }
+        };
+        let container_id = inspect.id.clone().unwrap_or(name);
+        let status = inspect.state.as_ref().and_then(|state| state.status);
+        if status == Some(bollard::models::ContainerStateStatusEnum::CREATED) {
+            self.remove_quietly(docker, &container_id).await;
+            return Ok(Adopted::NotStarted);
+        }
+        let _ = events
+            .send(TryEvent::Launched {
+                container_id: container_id.clone(),
+                image_digest: None,
             })
-            .collect())
+            .await;
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .build();
+        let output = Box::pin(docker.logs(&container_id, Some(options)));
+        let skip = (adoption.stored_stdout, adoption.stored_stderr);
+        let (_, waited) = tokio::join!(
+            self.forward_output(&container_id, output, Output::Logged { skip }, &events),
+            self.wait_exit(docker, &container_id, &mut kill)
+        );
+        let (exit_code, failure) = waited?;
+        let failure = self
+            .out_of_memory(docker, &container_id, exit_code, failure)
+            .await;
+        Ok(Adopted::Exit(TryExit { exit_code, failure }))
+    }
+
+    async fn discard(&self, container_id: &str) -> Result<(), BackendError> {
+        self.remove_quietly(&self.client()?, container_id).await;
+        Ok(())
+    }
+
+    async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError> {
+        self.containers(false).await
     }
 
     async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
@@ -707,6 +841,47 @@ impl Backend for DockerBackend {
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
         self.remove_quietly(&self.client()?, container_id).await;
         Ok(())
+    }
+}
+
+/// Where a container's output comes from (see `DockerBackend::forward_output`).
+#[derive(Clone, Copy)]
+enum Output {
+    Attached,
+    /// The engine's log; `skip`: stdout and stderr lines to leave out.
+    Logged {
+        skip: (u64, u64),
+    },
+}
+
+/// A try's container name: derived from the try itself, so the engine refuses a second
+/// container of the same try whoever asks.
+pub fn container_name(job_id: &str, task_id: &str, run_id: &str, try_number: u32) -> String {
+    format!("stevedore-{job_id}-{task_id}-{run_id}-{try_number}")
+}
+
+/// The engine's timestamp at the start of a logged message, and the rest.
+fn split_timestamp(message: &[u8]) -> (chrono::DateTime<Utc>, &[u8]) {
+    if let Some(space) = message.iter().take(40).position(|b| *b == b' ') {
+        if let Some(timestamp) = std::str::from_utf8(&message[..space])
+            .ok()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+        {
+            return (timestamp.with_timezone(&Utc), &message[space + 1..]);
+        }
+    }
+    (Utc::now(), message)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logged_messages_lose_their_timestamp() {
+        let (at, text) = super::split_timestamp(b"2026-11-23T07:30:01.123456789Z line 1\n");
+        assert_eq!(text, b"line 1\n");
+        assert_eq!(at.timestamp_subsec_nanos(), 123_456_789);
+        let (_, text) = super::split_timestamp(b"no timestamp here");
+        assert_eq!(text, b"no timestamp here");
     }
 }
 

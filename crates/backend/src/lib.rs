@@ -7,6 +7,7 @@
 //! - [`lines`]: turns the engine's log chunks into whole, timestamped lines.
 
 pub mod docker;
+pub mod docker_hosts;
 pub mod instant;
 pub mod lines;
 pub mod process;
@@ -48,6 +49,40 @@ pub struct LaunchSpec {
     pub state: Option<String>,
     /// Credentials for pulling `image` from a registry that asks for them.
     pub registry_auth: Option<RegistryAuth>,
+    /// Labels the host that runs it must carry (several Docker hosts).
+    pub placement: BTreeMap<String, String>,
+    /// Extra labels for its container (the scheduler's `container_labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Leave the exited container in place: the scheduler records the try's end first and
+    /// then calls [`Backend::discard`], so a scheduler that dies in between leaves the exit
+    /// for the next one to read.
+    pub keep_exited: bool,
+}
+
+/// A try that a scheduler which is gone started, to follow from where the store's record of
+/// it ends: the first `stored_stdout` and `stored_stderr` lines of its output are stored
+/// already and are not sent again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adoption {
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    pub stored_stdout: u64,
+    pub stored_stderr: u64,
+}
+
+/// What adopting a try found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Adopted {
+    /// Its container ran (or still runs): the rest of its output was sent, and how it ended.
+    Exit(TryExit),
+    /// Its container was created but never started; it was removed.
+    NotStarted,
+    /// No container of the try exists (it was never created, or removed by someone else).
+    Missing,
+    /// The host the try ran on has not answered for too long: the try is given up as lost.
+    Lost(String),
 }
 
 /// Registry credentials from a connection. `Debug` never shows the password.
@@ -93,6 +128,9 @@ pub enum TryEvent {
     },
     /// Pull progress, for the scheduler's log.
     Pulling { image: String, status: String },
+    /// Something Stevedore says about the try before its container starts (where it was
+    /// placed, what it waits for), for the try's log.
+    Note(String),
     /// One complete line of output.
     Line {
         stream: Stream,
@@ -138,6 +176,10 @@ pub enum BackendError {
     /// The backend cannot be reached; nothing was started, so the try does not count.
     #[error("{0}")]
     Unavailable(String),
+    /// The try started, then the backend stopped answering (an engine restarting, a network
+    /// cut). The try is not over: the scheduler re-attaches to it once the backend answers.
+    #[error("{0}")]
+    Disconnected(String),
 }
 
 /// A try the backend is running, found by its labels.
@@ -167,6 +209,31 @@ pub trait Backend: Send + Sync {
         events: mpsc::Sender<TryEvent>,
         kill: KillReceiver,
     ) -> Result<TryExit, BackendError>;
+
+    /// Whether [`Backend::adopt`] can follow a try another scheduler started. Tries of a
+    /// backend that cannot are stopped when their scheduler stops.
+    fn can_adopt(&self) -> bool {
+        false
+    }
+
+    /// Follows a try another scheduler started until it ends: sends the output lines the
+    /// store does not hold yet (and `Launched` with the container's id), then how it ended.
+    /// A kill through `kill` stops it. Leaves the exited container for [`Backend::discard`].
+    async fn adopt(
+        &self,
+        adoption: &Adoption,
+        events: mpsc::Sender<TryEvent>,
+        kill: KillReceiver,
+    ) -> Result<Adopted, BackendError> {
+        let _ = (adoption, events, kill);
+        Ok(Adopted::Missing)
+    }
+
+    /// Removes what is left of a try whose end is recorded (its exited container).
+    async fn discard(&self, container_id: &str) -> Result<(), BackendError> {
+        let _ = container_id;
+        Ok(())
+    }
 
     /// Tries this backend is running now, by their labels.
     async fn list_running(&self) -> Result<Vec<RunningTry>, BackendError>;

@@ -59,20 +59,36 @@ pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-/// Opens the store for a scheduler and takes its scheduler lock: one scheduler per store,
-/// for now, and a second one refuses to start.
+/// Opens a PostgreSQL store for a long-running process: a database that is restarting or
+/// not reachable yet is tried again with backoff for up to two minutes (a wrong password or
+/// address fails at once).
+async fn open_postgres_patiently(db: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match stevedore_store::PostgresStore::open(db).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "the PostgreSQL store cannot be opened yet; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error).context("cannot open the PostgreSQL store (--db)"),
+        }
+    }
+}
+
+/// Opens the store for a scheduler. A SQLite store allows one scheduler: its lock is taken
+/// (a second scheduler refuses to start); PostgreSQL allows several, which share the runs
+/// by claims (`None`).
 async fn open_for_scheduler(
     db: &str,
-) -> anyhow::Result<(Arc<dyn Store>, Box<dyn std::any::Any + Send>)> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<Box<dyn std::any::Any + Send>>)> {
     if is_postgres(db) {
-        let store = stevedore_store::PostgresStore::open(db)
-            .await
-            .context("cannot open the PostgreSQL store (--db)")?;
-        let lock = store.lock_scheduler().await?;
-        return Ok((Arc::new(store), Box::new(lock)));
+        return Ok((open_postgres_patiently(db).await?, None));
     }
     let lock = SqliteStore::lock_scheduler(store_path(db))?;
-    Ok((open_store(db).await?, Box::new(lock)))
+    Ok((open_store(db).await?, Some(Box::new(lock))))
 }
 
 pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
@@ -87,13 +103,18 @@ pub async fn serve(
     with_scheduler: bool,
     server: Option<ServeArgs>,
 ) -> anyhow::Result<ExitCode> {
-    // A scheduler holds its store's scheduler lock for as long as it runs.
-    let (store, _lock) = if with_scheduler {
-        let (store, lock) = open_for_scheduler(&global.db).await?;
-        (store, Some(lock))
+    // A scheduler on SQLite holds its store's scheduler lock for as long as it runs.
+    let (store, lock) = if with_scheduler {
+        open_for_scheduler(&global.db).await?
     } else {
-        (open_store(&global.db).await?, None)
+        let store = if is_postgres(&global.db) {
+            open_postgres_patiently(&global.db).await?
+        } else {
+            open_store(&global.db).await?
+        };
+        (store, None)
     };
+    let exclusive = lock.is_some();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();
@@ -140,7 +161,7 @@ pub async fn serve(
         None => None,
     };
     if with_scheduler {
-        scheduler(global, store, stopped()).await?;
+        scheduler(global, store, exclusive, stopped()).await?;
     } else {
         stopped().await;
     }
@@ -161,16 +182,73 @@ pub async fn serve(
 async fn scheduler(
     global: &Global,
     store: Arc<dyn Store>,
+    exclusive: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let backend = Arc::new(DockerBackend::from_env()?);
-    tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
+    // One Docker engine (DOCKER_HOST), or several with capacities and labels.
+    let backend: Arc<dyn stevedore_backend::Backend> = match std::env::var("STEVEDORE_DOCKER_HOSTS")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        Some(text) => {
+            let hosts = stevedore_backend::docker_hosts::parse_hosts(&text)
+                .map_err(|message| anyhow!(message))?;
+            let names: Vec<String> = hosts
+                .iter()
+                .map(|h| format!("{} ({})", h.name, h.endpoint))
+                .collect();
+            tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker_hosts = %names.join(", "), "scheduler starting");
+            let lost_after = match std::env::var("STEVEDORE_HOST_LOST_AFTER") {
+                Ok(text) => stevedore_domain::duration::parse_duration(&text)
+                    .map_err(|e| anyhow!("STEVEDORE_HOST_LOST_AFTER: {e}"))?,
+                Err(_) => Duration::from_secs(300),
+            };
+            Arc::new(stevedore_backend::docker_hosts::DockerHosts::new(
+                hosts, lost_after,
+            )?)
+        }
+        None => {
+            let backend = DockerBackend::from_env()?;
+            tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
+            Arc::new(backend)
+        }
+    };
     let process = Arc::new(ProcessBackend::from_env());
     let mut config = SchedulerConfig::new(&global.jobs);
     config.pools_file = Some(global.pools.clone());
-    if let Ok(text) = std::env::var("STEVEDORE_WORKSPACE_RETENTION") {
-        config.workspace_retention = stevedore_domain::duration::parse_duration(&text)
-            .map_err(|e| anyhow!("STEVEDORE_WORKSPACE_RETENTION: {e}"))?;
+    config.exclusive = exclusive;
+    let duration = |name: &str| -> anyhow::Result<Option<Duration>> {
+        std::env::var(name)
+            .ok()
+            .map(|text| {
+                stevedore_domain::duration::parse_duration(&text)
+                    .map_err(|e| anyhow!("{name}: {e}"))
+            })
+            .transpose()
+    };
+    for (name, setting) in [
+        (
+            "STEVEDORE_WORKSPACE_RETENTION",
+            &mut config.workspace_retention,
+        ),
+        (
+            "STEVEDORE_WORKSPACE_SWEEP_EVERY",
+            &mut config.workspace_sweep_every,
+        ),
+        ("STEVEDORE_HEARTBEAT_EVERY", &mut config.heartbeat_every),
+        ("STEVEDORE_LEASE", &mut config.lease),
+        ("STEVEDORE_SHUTDOWN_GRACE", &mut config.shutdown_grace),
+    ] {
+        if let Some(value) = duration(name)? {
+            *setting = value;
+        }
+    }
+    if config.lease <= config.heartbeat_every {
+        return Err(anyhow!(
+            "STEVEDORE_LEASE ({:?}) must be longer than STEVEDORE_HEARTBEAT_EVERY ({:?})",
+            config.lease,
+            config.heartbeat_every
+        ));
     }
     config.secret_key = match SecretKey::load(&default_key_file(global), false) {
         Ok(key) => Some(key),
@@ -182,6 +260,42 @@ async fn scheduler(
     let scheduler = Scheduler::new(store, vec![backend, process], config);
     scheduler.run(shutdown).await?;
     Ok(())
+}
+
+pub async fn schedulers(global: &Global) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    let schedulers = store.list_schedulers().await?;
+    if global.output == Format::Json {
+        print_json(&Value::Array(
+            schedulers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": s.id,
+                        "host": s.host,
+                        "pid": s.pid,
+                        "started_at": precise(s.started_at),
+                        "heartbeat_at": precise(s.heartbeat_at),
+                        "runs": s.runs,
+                    })
+                })
+                .collect(),
+        ));
+    } else {
+        let mut table = Table::new(&["SCHEDULER", "HOST", "PID", "STARTED", "HEARTBEAT", "RUNS"]);
+        for s in &schedulers {
+            table.row(vec![
+                s.id.clone(),
+                s.host.clone(),
+                s.pid.to_string(),
+                time(Some(s.started_at)),
+                precise(s.heartbeat_at),
+                s.runs.to_string(),
+            ]);
+        }
+        table.print();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! arguments, opens the store and the backend, and prints tables or JSON.
 
 mod commands;
+mod config;
 mod images;
 mod output;
 
@@ -49,6 +50,10 @@ pub struct Global {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Configuration file (YAML; docs/configuration.md): command-line options and
+    /// STEVEDORE_* variables win over its settings.
+    #[arg(long, global = true, env = "STEVEDORE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +62,8 @@ enum Command {
     Standalone(ServeArgs),
     /// The scheduler alone.
     Scheduler,
+    /// The schedulers of the store, with their last heartbeat and the runs they hold.
+    Schedulers,
     /// The server alone: the REST API on the store the schedulers use.
     Server(ServeArgs),
     /// API tokens: create (printed once), list, revoke.
@@ -300,6 +307,11 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(message) = config::apply(&args) {
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let long_running = matches!(
         cli.command,
@@ -325,6 +337,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Standalone(serve) => commands::serve(&global, true, Some(serve)).await,
             Command::Scheduler => commands::serve(&global, true, None).await,
+            Command::Schedulers => commands::schedulers(&global).await,
             Command::Server(serve) => commands::serve(&global, false, Some(serve)).await,
             Command::Tokens(command) => commands::tokens(&global, command).await,
             Command::Jobs(command) => commands::jobs(&global, command).await,

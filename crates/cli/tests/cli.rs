@@ -75,9 +75,14 @@ impl Workspace {
     }
 
     fn standalone(&self, docker_host: Option<&str>) -> Standalone {
+        self.standalone_with(docker_host.map(|host| ("DOCKER_HOST", host)))
+    }
+
+    /// `standalone` with one more environment variable.
+    fn standalone_with(&self, variable: Option<(&str, &str)>) -> Standalone {
         let mut command = self.command(&["standalone", "--port", "0"]);
-        if let Some(host) = docker_host {
-            command.env("DOCKER_HOST", host);
+        if let Some((name, value)) = variable {
+            command.env(name, value);
         }
         let log = std::fs::File::create(self.dir.path().join("standalone.log")).unwrap();
         let child = command
@@ -206,6 +211,9 @@ fn standalone_runs_the_example_job_while_the_cli_reads_the_same_store() {
     let (status, log) = standalone.interrupt();
     assert!(status.success(), "standalone exited with {status}: {log}");
     assert!(!log.contains("panicked"), "{log}");
+    // Every try ended, so no container of the run is left, even the ones whose end was
+    // recorded just before the stop.
+    assert_eq!(containers_of(&run_id), vec![], "containers left behind");
 }
 
 #[test]
@@ -317,67 +325,134 @@ fn tasks_logs_follow_prints_lines_as_they_come_until_the_try_ends() {
     standalone.interrupt();
 }
 
+/// The containers of a run, as `docker ps -a` lists them: `(name, status)`.
+fn containers_of(run_id: &str) -> Vec<(String, String)> {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.stevedore.run={run_id}"),
+            "--format",
+            "{{.Names}} {{.State}}",
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(output.status.success(), "docker ps failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(name, state)| (name.to_owned(), state.to_owned()))
+        .collect()
+}
+
+/// Waits until `shown` (the run, as `runs show -o json` prints it) satisfies `done`.
+fn wait_for_run(
+    workspace: &Workspace,
+    run_id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let shown = workspace.json(&["runs", "show", run_id, "-o", "json"]);
+        if done(&shown) {
+            return shown;
+        }
+        assert!(Instant::now() < deadline, "{what}: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The stored log of a task's try, as `tasks logs` prints it: `(stream, text)` per line.
+fn stored_log(workspace: &Workspace, run_id: &str, task: &str) -> Vec<(String, String)> {
+    let output = workspace.run(&["tasks", "logs", run_id, task, "-o", "json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            (
+                line["stream"].as_str().unwrap().to_owned(),
+                line["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What `synth count --lines N` prints, per stream, in order.
+fn counted(lines: u32) -> (Vec<String>, Vec<String>) {
+    let stdout = (1..=lines).map(|n| format!("out {n}")).collect();
+    let stderr = (1..=lines)
+        .filter(|n| n % 3 == 0)
+        .map(|n| format!("err {n}"))
+        .collect();
+    (stdout, stderr)
+}
+
+fn split_streams(log: &[(String, String)]) -> (Vec<String>, Vec<String>) {
+    let of = |stream: &str| {
+        log.iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, text)| text.clone())
+            .collect()
+    };
+    (of("stdout"), of("stderr"))
+}
+
 /// A scheduler killed mid-try (SIGKILL) loses nothing and duplicates nothing: the next one
-/// removes the orphaned container, records the try as lost and runs the task again.
+/// re-attaches to the container that ran on, stores the rest of its log (no line twice),
+/// records its exit, and leaves no container behind.
 #[test]
 fn a_killed_scheduler_loses_no_task_and_leaves_no_container() {
-    let slow = "id: slow\ntasks:\n  - id: sleeper\n    image: stevedore/synth:0.1.0\n    args: [sleep, --seconds, 3]\n  - id: after\n    image: stevedore/synth:0.1.0\n    depends_on: [sleeper]\n";
+    let slow = "id: slow\ntasks:\n  - id: counter\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"40\", --every-ms, \"100\"]\n  - id: after\n    image: stevedore/synth:0.1.0\n    depends_on: [counter]\n";
     let workspace = Workspace::new(&[("slow.yaml", slow)]);
     let mut first = workspace.standalone(None);
     let run = workspace.run(&["jobs", "trigger", "slow"]);
     let run_id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = workspace.json(&["runs", "show", &run_id, "-o", "json"]);
-        if shown["task_instances"][0]["state"] == "running"
-            && shown["task_instances"][0]["tries"][0]["container_id"].is_string()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the try never started: {shown}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_run(
+        &workspace,
+        &run_id,
+        "the try never logged",
+        Duration::from_secs(30),
+        |shown| {
+            shown["task_instances"][0]["tries"][0]["container_id"].is_string()
+                && stored_log(&workspace, &run_id, "counter").len() >= 5
+        },
+    );
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    let containers = |run_id: &str| {
-        let output = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.stevedore.run={run_id}"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).lines().count()
-    };
     assert_eq!(
-        containers(&run_id),
+        containers_of(&run_id).len(),
         1,
-        "the orphaned container is still there after the crash"
+        "the container should run on after its scheduler was killed"
     );
 
     let second = workspace.standalone(None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let shown = loop {
-        let shown = workspace.json(&["runs", "show", &run_id, "-o", "json"]);
-        if shown["state"] == "success" || shown["state"] == "failed" {
-            break shown;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish after the restart: {shown}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let shown = wait_for_run(
+        &workspace,
+        &run_id,
+        "the run did not finish after the restart",
+        Duration::from_secs(60),
+        |shown| shown["state"] == "success" || shown["state"] == "failed",
+    );
     assert_eq!(shown["state"], "success", "{shown}");
     let tries = shown["task_instances"][0]["tries"].as_array().unwrap();
-    assert_eq!(tries.len(), 2, "{shown}");
     assert_eq!(
-        tries[0]["failure_reason"],
-        "lost: the scheduler stopped while the try ran"
+        tries.len(),
+        1,
+        "the try was re-attached to, not run again: {shown}"
     );
-    assert_eq!(tries[1]["state"], "success");
+    assert_eq!(tries[0]["exit_code"], 0);
+    assert_eq!(
+        split_streams(&stored_log(&workspace, &run_id, "counter")),
+        counted(40)
+    );
     assert_eq!(
         shown["task_instances"][1]["tries"]
             .as_array()
@@ -385,7 +460,93 @@ fn a_killed_scheduler_loses_no_task_and_leaves_no_container() {
             .len(),
         1
     );
-    assert_eq!(containers(&run_id), 0, "containers left behind");
+    assert!(containers_of(&run_id).is_empty(), "containers left behind");
+    second.interrupt();
+}
+
+/// A scheduler stopped (SIGTERM) while tries run leaves their containers running; started
+/// again only after they exited, it records their exit codes and full logs.
+#[test]
+fn tries_that_end_while_no_scheduler_runs_are_recorded_when_one_starts() {
+    let job = "id: pair\ntasks:\n  - id: good\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"30\", --every-ms, \"100\"]\n  - id: bad\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"20\", --every-ms, \"100\", --exit, \"3\"]\n";
+    let workspace = Workspace::new(&[("pair.yaml", job)]);
+    let first = workspace.standalone(None);
+    let run = workspace.run(&["jobs", "trigger", "pair"]);
+    let run_id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    wait_for_run(
+        &workspace,
+        &run_id,
+        "the tries never started",
+        Duration::from_secs(30),
+        |shown| {
+            shown["task_instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|ti| ti["tries"][0]["container_id"].is_string())
+                && stored_log(&workspace, &run_id, "good").len() >= 3
+        },
+    );
+    let stopping = Instant::now();
+    let (status, log) = first.interrupt();
+    assert!(status.success(), "{log}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+    let running = containers_of(&run_id);
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(
+        running.iter().all(|(_, state)| state == "running"),
+        "a clean stop must not kill the tries: {running:?}"
+    );
+    // Both containers exit while no scheduler runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers_of(&run_id)
+        .iter()
+        .any(|(_, state)| state == "running")
+    {
+        assert!(Instant::now() < deadline, "the containers did not exit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = workspace.json(&["runs", "show", &run_id, "-o", "json"]);
+    assert_eq!(stopped["state"], "running", "{stopped}");
+
+    let second = workspace.standalone(None);
+    let shown = wait_for_run(
+        &workspace,
+        &run_id,
+        "the exits were not recorded",
+        Duration::from_secs(30),
+        |shown| shown["state"] == "failed" || shown["state"] == "success",
+    );
+    assert_eq!(shown["state"], "failed", "{shown}");
+    let task = |id: &str| {
+        shown["task_instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|ti| ti["task_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let (good, bad) = (task("good"), task("bad"));
+    assert_eq!(good["state"], "success", "{shown}");
+    assert_eq!(good["tries"].as_array().unwrap().len(), 1);
+    assert_eq!(good["tries"][0]["exit_code"], 0);
+    assert_eq!(bad["state"], "failed", "{shown}");
+    assert_eq!(bad["tries"].as_array().unwrap().len(), 1);
+    assert_eq!(bad["tries"][0]["exit_code"], 3);
+    assert_eq!(
+        split_streams(&stored_log(&workspace, &run_id, "good")),
+        counted(30)
+    );
+    assert_eq!(
+        split_streams(&stored_log(&workspace, &run_id, "bad")),
+        counted(20)
+    );
+    assert!(containers_of(&run_id).is_empty(), "containers left behind");
     second.interrupt();
 }
 
@@ -1007,6 +1168,92 @@ fn standalone_serves_the_api_to_tokens_made_by_the_cli() {
     assert!(!log.contains(&token), "the token in the log");
 }
 
+/// A configuration file sets what the environment does not: its store and jobs folder are
+/// used, a STEVEDORE_* variable wins over it, and an unknown key is named.
+#[test]
+fn a_configuration_file_sets_what_the_environment_does_not() {
+    let workspace = Workspace::new(&[]);
+    let dir = workspace.dir.path();
+    let config = dir.join("stevedore.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "db: {}\njobs: {}\nlease: 45s\n",
+            dir.join("from-file.db").display(),
+            dir.join("jobs").display()
+        ),
+    )
+    .unwrap();
+    let stevedore = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .env_remove("STEVEDORE_DB")
+            .env_remove("STEVEDORE_JOBS")
+            .env_remove("STEVEDORE_CONFIG");
+        command
+    };
+    let listed = stevedore(&[
+        "--config",
+        config.to_str().unwrap(),
+        "jobs",
+        "list",
+        "-o",
+        "json",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let jobs: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(jobs.to_string().contains("retry_demo"), "{jobs}");
+    let triggered = stevedore(&["jobs", "trigger", "retry_demo"])
+        .env("STEVEDORE_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(
+        triggered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&triggered.stderr)
+    );
+    assert!(
+        dir.join("from-file.db").is_file(),
+        "the file's store was not used"
+    );
+    // The environment wins over the file.
+    let elsewhere = stevedore(&[
+        "--config",
+        config.to_str().unwrap(),
+        "runs",
+        "list",
+        "-o",
+        "json",
+    ])
+    .env("STEVEDORE_DB", dir.join("other.db"))
+    .output()
+    .unwrap();
+    assert!(elsewhere.status.success());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&elsewhere.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    // A bad setting is named, with the file.
+    std::fs::write(&config, "db: x.db\nleese: 30s\n").unwrap();
+    let refused = stevedore(&["--config", config.to_str().unwrap(), "jobs", "list"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("unknown setting `leese`") && message.contains("stevedore.yaml"),
+        "{message}"
+    );
+}
+
 /// A SQLite store allows one scheduler: a second one on the same file refuses to start and
 /// says why; the server alone may run beside it.
 #[test]
@@ -1054,7 +1301,7 @@ fn a_second_scheduler_on_a_sqlite_store_refuses_to_start() {
 }
 
 /// The same binary on a PostgreSQL store (`--db postgres://...`): standalone runs the
-/// example job to success, the CLI reads it back, and a second scheduler refuses to start.
+/// example job to success and the CLI reads it back.
 #[test]
 fn standalone_runs_jobs_on_a_postgresql_store() {
     let postgres = stevedore_e2e::Postgres::start();
@@ -1099,15 +1346,249 @@ fn standalone_runs_jobs_on_a_postgresql_store() {
         "success"
     );
 
-    let second = on_postgres(&["scheduler"]).output().unwrap();
-    assert!(!second.status.success());
-    assert!(
-        String::from_utf8_lossy(&second.stderr).contains("another scheduler is running"),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    // The scheduler is registered while it runs, and removed when it stops.
+    let schedulers = |()| -> Value {
+        let listed = on_postgres(&["schedulers", "-o", "json"]).output().unwrap();
+        assert!(listed.status.success());
+        serde_json::from_slice(&listed.stdout).unwrap()
+    };
+    let listed = schedulers(());
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["pid"], standalone.id());
     let _ = Command::new("kill")
         .args(["-INT", &standalone.id().to_string()])
         .status();
     assert!(standalone.wait().unwrap().success());
+    assert_eq!(schedulers(()), serde_json::json!([]));
+}
+
+/// The engine's container `start` and `die` events of one job, from now on.
+struct ContainerEvents {
+    child: Child,
+    path: PathBuf,
+}
+
+impl ContainerEvents {
+    fn record(docker_host: &str, job_id: &str, dir: &Path) -> ContainerEvents {
+        let path = dir.join(format!("events-{}.jsonl", docker_host.len()));
+        let file = std::fs::File::create(&path).unwrap();
+        let child = Command::new("docker")
+            .args(["-H", docker_host, "events", "--format", "{{json .}}"])
+            .args(["--filter", "type=container", "--filter", "event=start"])
+            .args(["--filter", "event=die"])
+            .args(["--filter", &format!("label=io.stevedore.job={job_id}")])
+            .stdout(file)
+            .spawn()
+            .expect("docker events");
+        std::thread::sleep(Duration::from_millis(500));
+        ContainerEvents { child, path }
+    }
+
+    /// How many of the job's containers ran at once at the most, and how many started.
+    fn most_at_once(mut self) -> (i64, usize) {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let mut steps: Vec<(i64, i64)> = text
+            .lines()
+            .map(|line| {
+                let event: Value = serde_json::from_str(line).unwrap();
+                let step = if event["status"] == "start" { 1 } else { -1 };
+                (event["timeNano"].as_i64().unwrap(), step)
+            })
+            .collect();
+        steps.sort();
+        let starts = steps.iter().filter(|(_, s)| *s == 1).count();
+        let (mut now, mut most) = (0, 0);
+        for (_, step) in steps {
+            now += step;
+            most = most.max(now);
+        }
+        (most, starts)
+    }
+}
+
+/// Two Docker engines (this machine's and a second one the test starts) as one `docker`
+/// backend with two slots each: tries spread over both, never more than two on one, a task
+/// whose placement names a label runs only where it is, and one naming a label no host has
+/// fails saying so.
+#[test]
+fn tries_are_placed_by_capacity_and_labels_across_two_engines() {
+    let second = stevedore_e2e::SecondEngine::start(&[stevedore_e2e::SYNTH]);
+    let mut spread = "id: spread\ntasks:\n".to_owned();
+    for index in 0..6 {
+        spread.push_str(&format!(
+            "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"10\", --every-ms, \"100\"]\n"
+        ));
+    }
+    spread.push_str("    placement:\n      zone: b\n");
+    let nowhere = "id: nowhere\ntasks:\n  - id: t\n    image: stevedore/synth:0.1.0\n    placement:\n      zone: c\n";
+    let workspace = Workspace::new(&[("spread.yaml", &spread), ("nowhere.yaml", nowhere)]);
+    let hosts = format!(
+        r#"[{{"name": "main", "endpoint": "unix:///var/run/docker.sock", "capacity": 2, "labels": {{"zone": "a"}}}},
+            {{"name": "second", "endpoint": "{}", "capacity": 2, "labels": {{"zone": "b"}}}}]"#,
+        second.host
+    );
+    let main_events = ContainerEvents::record(
+        "unix:///var/run/docker.sock",
+        "spread",
+        workspace.dir.path(),
+    );
+    let second_events = ContainerEvents::record(&second.host, "spread", workspace.dir.path());
+    let standalone = workspace.standalone_with(Some(("STEVEDORE_DOCKER_HOSTS", &hosts)));
+    let runs: Vec<String> = (0..2)
+        .map(|_| {
+            let run = workspace.run(&["jobs", "trigger", "spread"]);
+            String::from_utf8_lossy(&run.stdout).trim().to_owned()
+        })
+        .collect();
+    // `--wait` exits non-zero for a run that fails, and prints it.
+    let failed = workspace.run(&["jobs", "trigger", "nowhere", "--wait", "-o", "json"]);
+    assert!(!failed.status.success());
+    let failed: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let shown = workspace.json(&[
+        "runs",
+        "show",
+        failed["run_id"].as_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        shown["task_instances"][0]["tries"][0]["failure_reason"],
+        "backend: no Docker host has the labels zone=c",
+        "{shown}"
+    );
+    let mut placed = std::collections::BTreeMap::new();
+    for run_id in &runs {
+        let shown = wait_for_run(
+            &workspace,
+            run_id,
+            "the run did not end",
+            Duration::from_secs(90),
+            |shown| shown["state"] == "success" || shown["state"] == "failed",
+        );
+        assert_eq!(shown["state"], "success", "{shown}");
+        for index in 0..6 {
+            let task = format!("t{index}");
+            let log = stored_log(&workspace, run_id, &task);
+            let host = log
+                .iter()
+                .find_map(|(_, text)| text.strip_prefix("info: placed on Docker host "))
+                .unwrap_or_else(|| panic!("{task} does not say where it ran: {log:?}"))
+                .to_owned();
+            if index == 5 {
+                assert_eq!(host, "second", "t5 wants zone b");
+            }
+            *placed.entry(host).or_insert(0) += 1;
+            assert_eq!(split_streams(&log), counted(10));
+        }
+    }
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "{log}");
+    for run_id in &runs {
+        assert_eq!(
+            containers_of(run_id),
+            vec![],
+            "containers left on this engine"
+        );
+    }
+    let left = second.docker(&["ps", "-aq"]);
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "containers left on the second engine"
+    );
+    let (main_most, main_started) = main_events.most_at_once();
+    let (second_most, second_started) = second_events.most_at_once();
+    assert_eq!(main_started + second_started, 12);
+    assert_eq!(
+        placed.get("main").copied().unwrap_or(0),
+        main_started,
+        "{placed:?}"
+    );
+    assert_eq!(
+        placed.get("second").copied().unwrap_or(0),
+        second_started,
+        "{placed:?}"
+    );
+    assert!(
+        main_started > 0 && second_started > 0,
+        "one host did everything: {placed:?}"
+    );
+    assert!(
+        main_most <= 2 && second_most <= 2,
+        "a host ran more than its 2 slots: {main_most}, {second_most}"
+    );
+}
+
+/// A Docker host that goes away while a try runs there: once it has not answered for
+/// `STEVEDORE_HOST_LOST_AFTER`, the try is failed as lost, naming the host, and its retry
+/// runs on the other host.
+#[test]
+fn a_try_on_a_host_that_goes_away_is_lost_and_retried_on_another() {
+    let mut second = stevedore_e2e::SecondEngine::start(&[stevedore_e2e::SYNTH]);
+    let job = "id: lonely\ntasks:\n  - id: long\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"60\", --every-ms, \"100\"]\n    retries: 1\n    retry_delay: 1s\n";
+    let workspace = Workspace::new(&[("lonely.yaml", job)]);
+    // The second engine first: with one free slot each, the first try goes there.
+    let hosts = format!(
+        r#"[{{"name": "second", "endpoint": "{}", "capacity": 1}},
+            {{"name": "main", "endpoint": "unix:///var/run/docker.sock", "capacity": 1}}]"#,
+        second.host
+    );
+    let mut command = workspace.command(&["standalone", "--port", "0"]);
+    command
+        .env("STEVEDORE_DOCKER_HOSTS", &hosts)
+        .env("STEVEDORE_HOST_LOST_AFTER", "3s");
+    let log = std::fs::File::create(workspace.dir.path().join("standalone.log")).unwrap();
+    let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let standalone = Standalone {
+        child,
+        log: workspace.dir.path().join("standalone.log"),
+    };
+    let run = workspace.run(&["jobs", "trigger", "lonely"]);
+    let run_id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    wait_for_run(
+        &workspace,
+        &run_id,
+        "the try never ran",
+        Duration::from_secs(30),
+        |shown| {
+            if !shown["task_instances"][0]["tries"][0].is_object() {
+                return false;
+            }
+            let log = stored_log(&workspace, &run_id, "long");
+            log.iter()
+                .any(|(_, t)| t == "info: placed on Docker host second")
+                && log.iter().filter(|(s, _)| s == "stdout").count() >= 3
+        },
+    );
+    second.crash();
+    let shown = wait_for_run(
+        &workspace,
+        &run_id,
+        "the run did not end",
+        Duration::from_secs(90),
+        |shown| shown["state"] == "success" || shown["state"] == "failed",
+    );
+    assert_eq!(shown["state"], "success", "{shown}");
+    let tries = shown["task_instances"][0]["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 2, "{shown}");
+    assert_eq!(tries[0]["state"], "failed");
+    assert_eq!(
+        tries[0]["failure_reason"],
+        "lost: Docker host second did not answer for 3s"
+    );
+    assert_eq!(tries[1]["state"], "success");
+    let retry_log = {
+        let output = workspace.run(&["tasks", "logs", &run_id, "long", "--try", "2", "-o", "json"]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(
+        retry_log.contains("placed on Docker host main"),
+        "{retry_log}"
+    );
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "{log}");
 }

@@ -50,6 +50,8 @@ pub struct Task {
     /// The connection holding the registry credentials the image is pulled with
     /// (`REGISTRY_USERNAME`, `REGISTRY_PASSWORD`); never put in the container's environment.
     pub registry_connection: Option<String>,
+    /// Labels the Docker host that runs the task must carry (`placement: {zone: eu}`).
+    pub placement: BTreeMap<String, String>,
     pub resources: Resources,
     pub pool: String,
     pub pool_slots: u32,
@@ -210,6 +212,7 @@ struct RawTask {
     env: Option<Spanned<BTreeMap<String, Scalar>>>,
     connections: Option<Spanned<Vec<String>>>,
     registry_connection: Option<Spanned<String>>,
+    placement: Option<Spanned<BTreeMap<String, Scalar>>>,
     resources: Option<RawResources>,
     pool: Option<Spanned<String>>,
     pool_slots: Option<u32>,
@@ -604,6 +607,15 @@ fn build_task(
             );
         }
     }
+    let placement: BTreeMap<String, String> = pick!(placement)
+        .map(|spanned| {
+            spanned
+                .value
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     let pool = pick!(pool)
         .map(|p| p.value.clone())
         .unwrap_or_else(|| "default".to_owned());
@@ -642,6 +654,7 @@ fn build_task(
         env,
         connections,
         registry_connection,
+        placement,
         resources,
         pool,
         pool_slots,

@@ -1,9 +1,10 @@
 //! Scheduling throughput with the instant backend (every try completes at once): how many
-//! task instances one scheduler takes from `none` to `success` per second, over 1,000 runs of
+//! task instances N schedulers take from `none` to `success` per second, over 1,000 runs of
 //! a 10-task fan-out job created up front. Run by `scripts/bench.sh scheduler`.
 //!
-//! `cargo run --release -p stevedore-scheduler --example schedule_bench -- STORE`
-//! where STORE is a SQLite path or a `postgres://` URL.
+//! `cargo run --release -p stevedore-scheduler --example schedule_bench -- STORE [N]`
+//! where STORE is a SQLite path or a `postgres://` URL (N > 1 needs PostgreSQL); each
+//! scheduler has its own connection pool, as separate processes would.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,15 @@ const TASKS: usize = 10;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let target = std::env::args()
         .nth(1)
-        .ok_or("usage: schedule_bench STORE")?;
+        .ok_or("usage: schedule_bench STORE [SCHEDULERS]")?;
+    let schedulers: usize = std::env::args()
+        .nth(2)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(1);
+    if schedulers > 1 && !target.starts_with("postgres://") {
+        return Err("several schedulers need a PostgreSQL store".into());
+    }
     let dir = tempfile::tempdir()?;
     let jobs = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs)?;
@@ -58,19 +67,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &text,
         )
         .await?;
+    // The default pool's 128 slots would cap the tries in flight: the benchmark measures the
+    // scheduler, not a pool limit.
+    store
+        .set_pool(&stevedore_store::PoolRecord {
+            name: "default".to_owned(),
+            slots: 100_000,
+            description: "benchmark: no pool limit".to_owned(),
+        })
+        .await?;
     for _ in 0..RUNS {
         trigger_manual(store.as_ref(), &job, &Map::new(), Utc::now()).await?;
     }
     let mut config = SchedulerConfig::new(&jobs);
     config.tick = Duration::from_millis(200);
     config.workspace_sweep_every = Duration::from_secs(3600);
-    let backend: Arc<dyn Backend> = Arc::new(InstantBackend::named("docker"));
-    let scheduler = Scheduler::new(store.clone(), vec![backend], config);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    config.exclusive = schedulers == 1 && !target.starts_with("postgres://");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut instances = Vec::new();
+    for _ in 0..schedulers {
+        let own: Arc<dyn Store> = if target.starts_with("postgres://") {
+            Arc::new(PostgresStore::open(&target).await?)
+        } else {
+            store.clone()
+        };
+        let backend: Arc<dyn Backend> = Arc::new(InstantBackend::named("docker"));
+        instances.push(Scheduler::new(own, vec![backend], config.clone()));
+    }
     let started = Instant::now();
-    let running = tokio::spawn(scheduler.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let mut running = Vec::new();
+    for scheduler in instances {
+        let mut stop_rx = stop_rx.clone();
+        running.push(tokio::spawn(scheduler.run(async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })));
+    }
     loop {
         let counts = store.state_counts().await?;
         let finished: i64 = counts
@@ -88,8 +119,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop_tx.send(());
-    running.await??;
+    let _ = stop_tx.send(true);
+    for scheduler in running {
+        scheduler.await??;
+    }
     let counts = store.state_counts().await?;
     let succeeded = counts
         .runs
@@ -102,7 +135,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SQLite"
     };
     println!(
-        "{kind}, 1 scheduler: {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded)",
+        "{kind}, {schedulers} scheduler(s): {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded)",
         (RUNS * TASKS) as f64 / elapsed
     );
     if succeeded as usize != RUNS {

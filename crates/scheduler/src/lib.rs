@@ -15,7 +15,7 @@ pub mod jobs_dir;
 pub mod runs;
 pub mod try_runner;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use stevedore_domain::job::{parse_job, Job, JobError};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
 use stevedore_domain::state::{RunState, TaskState, TryState};
-use stevedore_store::{RunFilter, RunRecord, Store, TryFinish, TryKey};
+use stevedore_store::{Fence, RunFilter, RunRecord, Store, StoreError, TryKey, TryRecord};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -51,8 +51,22 @@ pub struct SchedulerConfig {
     pub trigger_poll: Duration,
     /// How often job files are re-read.
     pub sync_every: Duration,
-    /// How long a clean stop waits for running tries before killing them.
+    /// How long a clean stop waits for running tries to end by themselves. After it, the
+    /// scheduler stops following them (their containers run on, for the next scheduler to
+    /// re-attach to); tries of a backend that cannot re-attach (`process`) are killed.
     pub shutdown_grace: Duration,
+    /// How often the scheduler records that it is alive.
+    pub heartbeat_every: Duration,
+    /// How long after a scheduler's last heartbeat other schedulers take its runs over. A
+    /// scheduler that could not record a heartbeat for `lease - heartbeat_every` stops
+    /// following its tries itself first, so two never follow one try.
+    pub lease: Duration,
+    /// The only scheduler its store allows (SQLite, by its file lock): the runs an earlier
+    /// scheduler held are taken over at once, without waiting for its lease to run out.
+    pub exclusive: bool,
+    /// Extra labels on every container this scheduler starts (tests label theirs, to
+    /// remove whatever is left when they end).
+    pub container_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl SchedulerConfig {
@@ -67,6 +81,10 @@ impl SchedulerConfig {
             trigger_poll: Duration::from_millis(100),
             sync_every: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(0),
+            heartbeat_every: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            exclusive: false,
+            container_labels: Default::default(),
         }
     }
 }
@@ -86,15 +104,29 @@ enum Wake {
     TryEnded,
 }
 
+/// A try this scheduler follows: its kill switch once it has one, and its task, to stop
+/// following it without killing it.
+struct Tracked {
+    kill: Option<KillSender>,
+    task: Option<tokio::task::AbortHandle>,
+    backend: &'static str,
+}
+
 pub struct Scheduler {
+    /// This process's id among the store's schedulers (new at every start).
+    id: String,
     store: Arc<dyn Store>,
     /// By name (`docker`, `process`); a task's `backend` picks one.
     backends: HashMap<&'static str, Arc<dyn Backend>>,
     config: SchedulerConfig,
     /// Parsed job versions by `(job_id, version)`.
     versions: Mutex<HashMap<(String, String), Arc<Job>>>,
-    /// Kill switches of the tries this scheduler runs.
-    running: Mutex<HashMap<TryKey, KillSender>>,
+    /// The tries this scheduler follows.
+    running: Mutex<HashMap<TryKey, Tracked>>,
+    /// The runs this scheduler holds, with their fencing tokens.
+    claims: Mutex<HashMap<String, Fence>>,
+    /// When the last heartbeat was recorded.
+    last_heartbeat: Mutex<tokio::time::Instant>,
     /// Backends that answered their last health check and whose leftovers from an earlier
     /// scheduler are settled; tries of the other backends wait.
     ready: Mutex<std::collections::HashSet<&'static str>>,
@@ -112,11 +144,14 @@ impl Scheduler {
     ) -> Arc<Scheduler> {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Arc::new(Scheduler {
+            id: uuid::Uuid::now_v7().to_string(),
             store,
             backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
             config,
             versions: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
+            last_heartbeat: Mutex::new(tokio::time::Instant::now()),
             ready: Mutex::new(Default::default()),
             reported_errors: Mutex::new(Vec::new()),
             wake_tx,
@@ -131,9 +166,21 @@ impl Scheduler {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut wake_rx = self.wake_rx.lock().await;
+        let host = hostname();
+        try_runner::persist("registering the scheduler", || {
+            self.store
+                .register_scheduler(&self.id, &host, std::process::id(), Utc::now())
+        })
+        .await?;
+        *self.last_heartbeat.lock().expect("poisoned") = tokio::time::Instant::now();
+        info!(scheduler_id = %self.id, host, heartbeat_secs = self.config.heartbeat_every.as_secs_f64(), lease_secs = self.config.lease.as_secs_f64(), "scheduler registered");
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
         self.sync_jobs().await;
         let mut last_sync = tokio::time::Instant::now();
-        let mut last_sweep = tokio::time::Instant::now();
+        // The first pass sweeps: an earlier scheduler may have left containers behind.
+        let mut last_sweep = tokio::time::Instant::now()
+            .checked_sub(self.config.workspace_sweep_every)
+            .unwrap_or_else(tokio::time::Instant::now);
         let mut health: HashMap<&'static str, (tokio::time::Instant, Duration)> = HashMap::new();
         let mut runs_marker = self.store.runs_marker().await.ok().flatten();
         'passes: loop {
@@ -147,11 +194,7 @@ impl Scheduler {
                 if tokio::time::Instant::now() < *next_check {
                     continue;
                 }
-                let checked = match backend.health().await {
-                    Ok(()) => self.settle_orphans(backend.as_ref()).await,
-                    Err(error) => Err(error.into()),
-                };
-                match checked {
+                match backend.health().await {
                     Ok(()) => {
                         info!(backend = name, "backend ready");
                         self.ready.lock().expect("poisoned").insert(name);
@@ -165,6 +208,7 @@ impl Scheduler {
                 }
             }
             if last_sweep.elapsed() >= self.config.workspace_sweep_every {
+                self.sweep_containers().await;
                 self.sweep_workspaces().await;
                 last_sweep = tokio::time::Instant::now();
             }
@@ -172,7 +216,14 @@ impl Scheduler {
                 self.sync_jobs().await;
                 last_sync = tokio::time::Instant::now();
             }
-            if let Err(error) = self.schedule_once().await {
+            let pass_started = std::time::Instant::now();
+            let pass = self.schedule_once().await;
+            tracing::debug!(
+                elapsed_ms = pass_started.elapsed().as_millis() as u64,
+                following = self.running.lock().expect("poisoned").len(),
+                "scheduling pass"
+            );
+            if let Err(error) = pass {
                 error!(error = %error, "scheduling pass failed");
             }
             let next_pass = tokio::time::Instant::now() + self.config.tick;
@@ -195,9 +246,73 @@ impl Scheduler {
                 }
             }
         }
-        self.stop_running_tries().await;
+        heartbeat.abort();
+        self.stop_following_tries().await;
+        // Containers of tries that ended while the scheduler stopped go with it.
+        self.sweep_containers().await;
         self.sweep_workspaces().await;
+        // Hand the runs back (fenced), so other schedulers take them at once.
+        if let Err(error) = try_runner::persist("handing claims back", || {
+            self.store.deregister_scheduler(&self.id)
+        })
+        .await
+        {
+            warn!(error = %error, "cannot hand the claims back; other schedulers take them when the lease runs out");
+        }
+        info!(scheduler_id = %self.id, "scheduler stopped");
         Ok(())
+    }
+
+    /// Records that this scheduler is alive, every `heartbeat_every`. When no heartbeat
+    /// could be recorded for `lease - heartbeat_every`, other schedulers may soon take its
+    /// runs over: it stops following its tries first (without killing them) and claims
+    /// afresh once the store answers.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let margin = self
+            .config
+            .lease
+            .saturating_sub(self.config.heartbeat_every);
+        loop {
+            tokio::time::sleep(self.config.heartbeat_every).await;
+            let now = Utc::now();
+            let recorded = match self.store.heartbeat(&self.id, now).await {
+                Err(StoreError::NotFound(_)) => {
+                    warn!(scheduler_id = %self.id, "this scheduler's record was removed; registering again");
+                    self.store
+                        .register_scheduler(&self.id, &hostname(), std::process::id(), now)
+                        .await
+                }
+                other => other,
+            };
+            match recorded {
+                Ok(()) => {
+                    *self.last_heartbeat.lock().expect("poisoned") = tokio::time::Instant::now()
+                }
+                Err(error) => warn!(error = %error, "cannot record the heartbeat"),
+            }
+            let silent = self.last_heartbeat.lock().expect("poisoned").elapsed();
+            if silent >= margin && !self.claims.lock().expect("poisoned").is_empty() {
+                error!(silent_secs = silent.as_secs(), "no heartbeat recorded for too long: other schedulers may take this one's runs over; it stops following its tries");
+                self.drop_work();
+            }
+        }
+    }
+
+    /// Stops following every try (their containers run on) and forgets every claim.
+    fn drop_work(&self) {
+        let tracked: Vec<Tracked> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .drain()
+            .map(|(_, tracked)| tracked)
+            .collect();
+        for tracked in tracked {
+            if let Some(task) = tracked.task {
+                task.abort();
+            }
+        }
+        self.claims.lock().expect("poisoned").clear();
     }
 
     /// Reads the jobs folder (and the pools file) and records each valid job's current
@@ -291,6 +406,31 @@ impl Scheduler {
 
     async fn schedule_once(self: &Arc<Self>) -> anyhow::Result<()> {
         let now = Utc::now();
+        // What this scheduler follows, before anything is read: a try that ends after this
+        // is still counted as followed, never as left behind by another scheduler.
+        let followed: HashSet<TryKey> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        let live_after = if self.config.exclusive {
+            // No other scheduler can be alive: take every run over at once.
+            now + chrono::TimeDelta::days(365)
+        } else {
+            now - chrono::TimeDelta::from_std(self.config.lease).unwrap_or(chrono::TimeDelta::MAX)
+        };
+        let held: HashMap<String, Fence> = self
+            .store
+            .claim_runs(&self.id, live_after)
+            .await?
+            .into_iter()
+            .map(|fence| (fence.run_id.clone(), fence))
+            .collect();
+        *self.claims.lock().expect("poisoned") = held.clone();
+        // Schedulers take turns from reading the active runs to queueing what they picked.
+        let turn = self.store.lock_scheduling().await?;
         let records = self.store.list_jobs().await?;
         let mut max_runs = HashMap::new();
         let current_versions: HashMap<&str, &str> = records
@@ -338,6 +478,14 @@ impl Scheduler {
         let mut last_tries: HashMap<(String, String), u32> = HashMap::new();
         let mut jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)> = HashMap::new();
         for mut run in active {
+            if !held.contains_key(&run.run_id) {
+                // Another scheduler's run: its active task instances still take capacity.
+                let instances = instances_of.remove(&run.run_id).unwrap_or_default();
+                if let Ok(job) = self.job_version(&run.job_id, &run.job_version).await {
+                    count_active(&job, &instances, &mut capacity);
+                }
+                continue;
+            }
             if run.cancel_requested {
                 if let Err(error) = self.cancel_run(&run).await {
                     error!(run_id = %run.run_id, error = %error, "cannot cancel run");
@@ -371,7 +519,10 @@ impl Scheduler {
                 run.state = RunState::Running;
             }
             let instances = instances_of.remove(&run.run_id).unwrap_or_default();
-            match self.advance_run(&run, instances, &mut capacity).await {
+            match self
+                .advance_run(&run, instances, &followed, &mut capacity)
+                .await
+            {
                 Ok((job, ready, tries)) => {
                     for (task_id, try_number) in tries {
                         last_tries.insert((run.run_id.clone(), task_id), try_number);
@@ -383,12 +534,22 @@ impl Scheduler {
             }
         }
 
-        let (picked, held) = limits::select(candidates, &mut capacity);
-        for (candidate, reason) in held {
+        self.adopt_left_tries(&held, &followed, &jobs_of_runs)
+            .await?;
+        let (picked, waiting) = limits::select(candidates, &mut capacity);
+        for (candidate, reason) in waiting {
             if let Held::PoolMissing(pool) = reason {
                 warn!(run_id = %candidate.run_id, task_id = %candidate.task_id, pool, "task instance waits: its pool does not exist (`stevedore pools set`)");
             }
         }
+        // Every task instance picked is queued in one write, then launched.
+        let queued: Vec<(String, String, TaskState)> = picked
+            .iter()
+            .filter(|c| held.contains_key(&c.run_id))
+            .map(|c| (c.run_id.clone(), c.task_id.clone(), TaskState::Queued))
+            .collect();
+        self.store.set_task_states(&queued, now).await?;
+        turn.release().await?;
         for candidate in picked {
             let Some((job, run)) = jobs_of_runs.get(&candidate.run_id) else {
                 continue;
@@ -401,10 +562,61 @@ impl Scheduler {
                 .copied()
                 .unwrap_or(0)
                 + 1;
-            self.store
-                .set_task_state(&run.run_id, &task.id, TaskState::Queued, now)
-                .await?;
-            self.launch(job.clone(), run.clone(), task.clone(), try_number);
+            let Some(fence) = held.get(&run.run_id) else {
+                continue;
+            };
+            self.launch(
+                job.clone(),
+                run.clone(),
+                task.clone(),
+                try_number,
+                fence.clone(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Tries of the runs this scheduler holds that the store says are running but no
+    /// scheduler follows (their scheduler stopped or lost its claim): re-attached to.
+    async fn adopt_left_tries(
+        self: &Arc<Self>,
+        held: &HashMap<String, Fence>,
+        followed: &HashSet<TryKey>,
+        jobs_of_runs: &HashMap<String, (Arc<Job>, RunRecord)>,
+    ) -> anyhow::Result<()> {
+        let left: Vec<TryRecord> = self
+            .store
+            .running_tries()
+            .await?
+            .into_iter()
+            .filter(|t| held.contains_key(&t.run_id))
+            .filter(|t| {
+                !followed.contains(&TryKey {
+                    run_id: t.run_id.clone(),
+                    task_id: t.task_id.clone(),
+                    try_number: t.try_number,
+                })
+            })
+            .collect();
+        for record in left {
+            // A configured backend that is not ready: adopt once it is.
+            if self.backends.contains_key(record.backend.as_str())
+                && !self.is_ready(&record.backend)
+            {
+                continue;
+            }
+            let (job, run) = match jobs_of_runs.get(&record.run_id) {
+                Some((job, run)) => (job.clone(), run.clone()),
+                None => {
+                    let run = self.store.get_run(&record.run_id).await?;
+                    (self.job_version(&run.job_id, &run.job_version).await?, run)
+                }
+            };
+            let Some(task) = job.task(&record.task_id).cloned() else {
+                continue;
+            };
+            let fence = held[&record.run_id].clone();
+            self.spawn_try(job, run, task, fence, TryStart::Adopt(record));
         }
         Ok(())
     }
@@ -455,6 +667,40 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Removes the containers of tries whose end is recorded: a scheduler that stopped
+    /// between recording a try's end and removing its container leaves one behind. A
+    /// container whose try this store does not know is left alone (another installation may
+    /// share the engine), as is one whose try still runs.
+    async fn sweep_containers(&self) {
+        for (name, backend) in &self.backends {
+            if !self.is_ready(name) || !backend.can_adopt() {
+                continue;
+            }
+            let Ok(containers) = backend.list_running().await else {
+                continue;
+            };
+            for container in containers {
+                let Ok(tries) = self
+                    .store
+                    .tries(&container.run_id, &container.task_id)
+                    .await
+                else {
+                    continue;
+                };
+                let ended = tries
+                    .iter()
+                    .find(|t| t.try_number == container.try_number)
+                    .is_some_and(|t| t.state != TryState::Running);
+                if ended {
+                    info!(run_id = %container.run_id, task_id = %container.task_id, try_number = container.try_number, "removing the container of a try that ended");
+                    if let Err(error) = backend.discard(&container.container_id).await {
+                        warn!(backend = name, error = %error, "cannot remove a container");
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes the workspaces of runs that finished longer than the retention ago. A
     /// workspace whose run this store does not know is left alone (another installation
     /// may share the engine).
@@ -495,7 +741,7 @@ impl Scheduler {
             .expect("poisoned")
             .iter()
             .filter(|(key, _)| key.run_id == run.run_id)
-            .map(|(_, kill)| kill.clone())
+            .filter_map(|(_, tracked)| tracked.kill.clone())
             .collect();
         for kill in &switches {
             let _ = kill.send(Some(KillReason::Requested(
@@ -525,6 +771,7 @@ impl Scheduler {
         &self,
         run: &RunRecord,
         instances: Vec<stevedore_store::TaskInstanceRecord>,
+        followed: &HashSet<TryKey>,
         capacity: &mut Capacity,
     ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>, HashMap<String, u32>)> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
@@ -544,7 +791,8 @@ impl Scheduler {
                     running
                         .iter()
                         .find(|(key, _)| key.run_id == ti.run_id && key.task_id == ti.task_id)
-                        .map(|(_, kill)| (kill.clone(), ti.state))
+                        .and_then(|(_, tracked)| tracked.kill.clone())
+                        .map(|kill| (kill, ti.state))
                 })
                 .collect()
         };
@@ -555,20 +803,31 @@ impl Scheduler {
             ))));
         }
 
+        let mut changes: Vec<(String, String, TaskState)> = Vec::new();
         for ti in &instances {
+            // Queued by a scheduler that stopped (or lost the run) before its try started:
+            // nothing runs it, so it is scheduled again rather than stuck in `queued`.
+            let left_queued = ti.state == TaskState::Queued
+                && !followed
+                    .iter()
+                    .any(|key| key.run_id == ti.run_id && key.task_id == ti.task_id);
+            if left_queued {
+                warn!(run_id = %run.run_id, task_id = %ti.task_id, "task instance was left queued by a stopped scheduler; scheduling it again");
+                changes.push((run.run_id.clone(), ti.task_id.clone(), TaskState::Scheduled));
+                states.insert(ti.task_id.clone(), TaskState::Scheduled);
+                continue;
+            }
             let waiting = matches!(ti.state, TaskState::UpForRetry | TaskState::UpForReschedule);
             if waiting && ti.next_try_at.is_none_or(|at| at <= now) {
-                self.store
-                    .set_task_state(&run.run_id, &ti.task_id, TaskState::Scheduled, now)
-                    .await?;
+                changes.push((run.run_id.clone(), ti.task_id.clone(), TaskState::Scheduled));
                 states.insert(ti.task_id.clone(), TaskState::Scheduled);
             }
         }
         for (task_id, state) in resolve_waiting(&job, &mut states) {
-            self.store
-                .set_task_state(&run.run_id, &task_id, state, now)
-                .await?;
+            changes.push((run.run_id.clone(), task_id, state));
         }
+        // The run's task instances change in one write.
+        self.store.set_task_states(&changes, now).await?;
 
         let job_free = capacity
             .jobs
@@ -625,7 +884,10 @@ impl Scheduler {
         } else {
             run_outcome(&job, &states)
         };
-        if let Some(outcome) = outcome {
+        // A run ends once this scheduler has finished with each of its tries, their
+        // containers removed included: the next pass, which the last of them wakes.
+        let still_following = || followed.iter().any(|key| key.run_id == run.run_id);
+        if let Some(outcome) = outcome.filter(|_| !still_following()) {
             self.store
                 .set_run_state(&run.run_id, outcome, Utc::now())
                 .await?;
@@ -644,35 +906,88 @@ impl Scheduler {
         run: RunRecord,
         task: stevedore_domain::job::Task,
         try_number: u32,
+        fence: Fence,
     ) {
+        self.spawn_try(job, run, task, fence, TryStart::New(try_number));
+    }
+
+    /// Follows one try in its own task: a new one, or one a stopped scheduler left running.
+    /// It is registered as followed before this returns, so no pass takes it for left.
+    fn spawn_try(
+        self: &Arc<Self>,
+        job: Arc<Job>,
+        run: RunRecord,
+        task: stevedore_domain::job::Task,
+        fence: Fence,
+        start: TryStart,
+    ) {
+        let key = TryKey {
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number: match &start {
+                TryStart::New(number) => *number,
+                TryStart::Adopt(record) => record.try_number,
+            },
+        };
+        let backend_name: &'static str = self
+            .backends
+            .get_key_value(task.backend.as_str())
+            .map(|(name, _)| *name)
+            .unwrap_or("unknown");
+        self.running.lock().expect("poisoned").insert(
+            key.clone(),
+            Tracked {
+                kill: None,
+                task: None,
+                backend: backend_name,
+            },
+        );
         let scheduler = self.clone();
-        tokio::spawn(async move {
-            let key = TryKey {
-                run_id: run.run_id.clone(),
-                task_id: task.id.clone(),
-                try_number,
-            };
-            let backend_name = task.backend.as_str();
+        let spawned_key = key.clone();
+        let handle = tokio::spawn(async move {
+            let key = spawned_key;
             let runner = TryRunner {
                 store: scheduler.store.clone(),
                 backend: scheduler.backends.get(backend_name).cloned(),
                 backend_name,
                 secret_key: scheduler.config.secret_key.clone(),
+                fence: Some(fence),
+                labels: scheduler.config.container_labels.clone(),
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();
-            let result = runner
-                .run(job, run, task, try_number, move |kill| {
-                    registry
-                        .running
-                        .lock()
-                        .expect("poisoned")
-                        .insert(registered_key, kill);
-                })
-                .await;
+            let on_started = move |kill| {
+                if let Some(tracked) = registry
+                    .running
+                    .lock()
+                    .expect("poisoned")
+                    .get_mut(&registered_key)
+                {
+                    tracked.kill = Some(kill);
+                }
+            };
+            let adopted = matches!(start, TryStart::Adopt(_));
+            let result = match start {
+                TryStart::New(try_number) => {
+                    runner.run(job, run, task, try_number, on_started).await
+                }
+                TryStart::Adopt(record) => runner.adopt(job, run, task, record, on_started).await,
+            };
             scheduler.running.lock().expect("poisoned").remove(&key);
             match result {
                 Ok(TryEnd::Finished(_)) => {}
+                Ok(TryEnd::Fenced(message)) => {
+                    warn!(run_id = %key.run_id, task_id = %key.task_id, try_number = key.try_number, reason = %message, "another scheduler took the run over; this one stops following the try");
+                    scheduler
+                        .claims
+                        .lock()
+                        .expect("poisoned")
+                        .remove(&key.run_id);
+                }
+                Ok(TryEnd::BackendUnavailable(message)) if adopted => {
+                    // Its host does not answer (others may): a later pass looks again.
+                    warn!(backend = backend_name, error = %message, "cannot re-attach to the try yet");
+                }
                 Ok(TryEnd::BackendUnavailable(message)) => {
                     warn!(backend = backend_name, error = %message, "backend became unavailable");
                     scheduler
@@ -680,6 +995,9 @@ impl Scheduler {
                         .lock()
                         .expect("poisoned")
                         .remove(backend_name);
+                }
+                Err(error) if adopted => {
+                    error!(run_id = %key.run_id, task_id = %key.task_id, error = %error, "a left try could not be followed; a later pass tries again");
                 }
                 Err(error) => {
                     error!(run_id = %key.run_id, task_id = %key.task_id, error = %error, "try could not be recorded");
@@ -705,59 +1023,16 @@ impl Scheduler {
             }
             let _ = scheduler.wake_tx.send(Wake::TryEnded);
         });
-    }
-
-    /// Tries of `backend` the store says are running but no scheduler runs (this one just
-    /// started): their containers are removed and their task instances tried again.
-    async fn settle_orphans(&self, backend: &dyn Backend) -> anyhow::Result<()> {
-        let containers = backend.list_running().await?;
-        let tracked: Vec<TryKey> = self
-            .running
-            .lock()
-            .expect("poisoned")
-            .keys()
-            .cloned()
-            .collect();
-        for orphan in self.store.running_tries().await? {
-            if orphan.backend != backend.name() {
-                continue;
-            }
-            let key = TryKey {
-                run_id: orphan.run_id.clone(),
-                task_id: orphan.task_id.clone(),
-                try_number: orphan.try_number,
-            };
-            if tracked.contains(&key) {
-                continue;
-            }
-            for container in containers.iter().filter(|c| {
-                c.run_id == orphan.run_id
-                    && c.task_id == orphan.task_id
-                    && c.try_number == orphan.try_number
-            }) {
-                backend.remove(&container.container_id).await?;
-            }
-            warn!(run_id = %orphan.run_id, task_id = %orphan.task_id, try_number = orphan.try_number, "try was left running by a stopped scheduler; trying again");
-            self.store
-                .finish_try(&TryFinish {
-                    try_id: orphan.try_id,
-                    state: TryState::Interrupted,
-                    ended_at: Utc::now(),
-                    exit_code: None,
-                    failure_reason: Some(
-                        "lost: the scheduler stopped while the try ran".to_owned(),
-                    ),
-                    task_state: TaskState::Scheduled,
-                    next_try_at: None,
-                })
-                .await?;
+        if let Some(tracked) = self.running.lock().expect("poisoned").get_mut(&key) {
+            tracked.task = Some(handle.abort_handle());
         }
-        Ok(())
     }
 
-    /// On a clean stop: give running tries the grace period, then kill them. Their task
-    /// instances are tried again when a scheduler starts (see [`Self::settle_orphans`]).
-    async fn stop_running_tries(&self) {
+    /// On a clean stop: running tries get the grace period to end by themselves. Then the
+    /// scheduler stops following them; their containers run on, and the scheduler that
+    /// takes their runs over re-attaches to them. Tries of a backend that cannot re-attach
+    /// (`process`) are killed instead, and tried again by the next scheduler.
+    async fn stop_following_tries(&self) {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         while tokio::time::Instant::now() < deadline
             && !self.running.lock().expect("poisoned").is_empty()
@@ -769,22 +1044,85 @@ impl Scheduler {
             .lock()
             .expect("poisoned")
             .values()
-            .cloned()
+            .filter(|tracked| {
+                !self
+                    .backends
+                    .get(tracked.backend)
+                    .is_some_and(|backend| backend.can_adopt())
+            })
+            .filter_map(|tracked| tracked.kill.clone())
             .collect();
         if !switches.is_empty() {
-            info!(tries = switches.len(), "stopping running tries");
+            info!(
+                tries = switches.len(),
+                "stopping tries that no other scheduler could re-attach to"
+            );
         }
         for kill in &switches {
             let _ = kill.send(Some(KillReason::Requested(
                 try_runner::SCHEDULER_STOPPED.to_owned(),
             )));
         }
-        // Wait (bounded) for the killed tries to record their end and remove containers.
+        // Wait (bounded) for the killed tries to record their end.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while tokio::time::Instant::now() < deadline
-            && !self.running.lock().expect("poisoned").is_empty()
+            && self
+                .running
+                .lock()
+                .expect("poisoned")
+                .values()
+                .any(|tracked| {
+                    tracked
+                        .kill
+                        .as_ref()
+                        .is_some_and(|kill| switches.iter().any(|s| s.same_channel(kill)))
+                })
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let left = self.running.lock().expect("poisoned").len();
+        if left > 0 {
+            info!(
+                tries = left,
+                "leaving running tries to the scheduler that takes their runs over"
+            );
+        }
+        self.drop_work();
     }
+}
+
+/// How a followed try begins.
+enum TryStart {
+    /// Launch try number N.
+    New(u32),
+    /// Re-attach to a try a stopped scheduler left running.
+    Adopt(TryRecord),
+}
+
+/// Counts another scheduler's run's active task instances against `capacity`.
+fn count_active(
+    job: &Job,
+    instances: &[stevedore_store::TaskInstanceRecord],
+    capacity: &mut Capacity,
+) {
+    let job_free = capacity
+        .jobs
+        .entry(job.id.clone())
+        .or_insert(i64::from(job.max_active_tasks));
+    for ti in instances.iter().filter(|ti| ti.state.is_active()) {
+        if let Some(task) = job.task(&ti.task_id) {
+            *job_free -= 1;
+            *capacity.pools.entry(task.pool.clone()).or_insert(0) -= i64::from(task.pool_slots);
+        }
+    }
+}
+
+/// This machine's name, for the scheduler's record.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

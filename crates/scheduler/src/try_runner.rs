@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use stevedore_backend::{
-    kill_switch, Backend, BackendError, KillReason, KillSender, LaunchSpec, RegistryAuth, Stream,
-    TryEvent, TryExit, STATE_FILE,
+    kill_switch, Adopted, Adoption, Backend, BackendError, KillReason, KillSender, LaunchSpec,
+    RegistryAuth, Stream, TryEvent, TryExit, STATE_FILE,
 };
 use stevedore_domain::job::{Job, Task};
 use stevedore_domain::protocol::{output_as_text, parse_line, rfc3339, Message, TryContext};
@@ -18,7 +18,9 @@ use stevedore_domain::retry::RetryKey;
 use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
 use stevedore_domain::template::{self, Variable};
 use stevedore_store::secrets::SecretKey;
-use stevedore_store::{LogLine, LogStream, RunRecord, Store, TryFinish, TryKey};
+use stevedore_store::{
+    Fence, LogLine, LogStream, RunRecord, Store, StoreError, TryFinish, TryKey, TryRecord,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -41,6 +43,9 @@ pub enum TryEnd {
     Finished(TaskState),
     /// The backend could not be reached; the task instance was put back to `scheduled`.
     BackendUnavailable(String),
+    /// Another scheduler took the run over: this one stopped following the try (its
+    /// container runs on, for the new holder) and recorded nothing more.
+    Fenced(String),
 }
 
 pub struct TryRunner {
@@ -50,6 +55,25 @@ pub struct TryRunner {
     pub backend_name: &'static str,
     /// Opens connections; `None` when the scheduler has no secret key.
     pub secret_key: Option<SecretKey>,
+    /// The scheduler's claim on the run; every write of the try is fenced by it.
+    pub fence: Option<Fence>,
+    /// Extra labels for the try's container.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The store's refusal of a write by a scheduler that lost the run's claim, if that is
+/// what `error` is.
+pub fn fenced(error: &anyhow::Error) -> Option<String> {
+    match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Fenced(message)) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+/// What the events of a try came to.
+struct Recorded {
+    /// The container the try ran in, once the backend said.
+    container_id: Option<String>,
 }
 
 /// Secret values shorter than this are not redacted from logs: masking every `1` or `ab` in
@@ -202,22 +226,46 @@ impl TryRunner {
             task_id: task.id.clone(),
             try_number,
         };
-        let outputs: HashMap<(String, String), Value> = self
-            .store
-            .outputs(&run.run_id)
-            .await?
-            .into_iter()
-            .map(|(task, key, value)| ((task, key), value))
-            .collect();
+        // Upstream outputs are read only for a task whose templates use them.
+        let uses_outputs = std::iter::once(&task.image)
+            .chain(&task.args)
+            .chain(task.env.values())
+            .any(|text| {
+                template::variables(text)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|v| matches!(v, Variable::Output { .. }))
+            });
+        let outputs: HashMap<(String, String), Value> = if uses_outputs {
+            self.store
+                .outputs(&run.run_id)
+                .await?
+                .into_iter()
+                .map(|(task, key, value)| ((task, key), value))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let rendered = render_task(&task, &context, &outputs);
         let image_text = rendered
             .as_ref()
             .map(|r| r.image.clone())
             .unwrap_or_else(|_| task.image.clone());
-        let started = self
+        let started = match self
             .store
-            .start_try(&key, self.backend_name, &image_text, Utc::now())
-            .await?;
+            .start_try_fenced(
+                &key,
+                self.backend_name,
+                &image_text,
+                Utc::now(),
+                self.fence.as_ref(),
+            )
+            .await
+        {
+            Ok(started) => started,
+            Err(StoreError::Fenced(message)) => return Ok(TryEnd::Fenced(message)),
+            Err(error) => return Err(error.into()),
+        };
         let RenderedTask {
             image,
             args,
@@ -290,10 +338,218 @@ impl TryRunner {
             resources: task.resources.clone(),
             state: state.map(|value| value.to_string()),
             registry_auth,
+            placement: task.placement.clone(),
+            labels: self.labels.clone(),
+            keep_exited: true,
         };
 
+        let Following {
+            kill_rx,
+            timeout_guard,
+            events_tx,
+            sink,
+        } = self.follow_events(
+            EventTarget {
+                run_id: run.run_id.clone(),
+                task_id: task.id.clone(),
+                try_id: started.try_id,
+                first_seq: 0,
+                fence: self.fence.clone(),
+            },
+            task.timeout,
+            secrets,
+            on_started,
+        );
+        info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
+        let followed = follow(backend.execute(spec, events_tx, kill_rx), sink).await;
+        if let Some(guard) = timeout_guard {
+            guard.abort();
+        }
+        let (result, recorded) = match followed {
+            Ok(both) => both,
+            Err(message) => return Ok(TryEnd::Fenced(message)),
+        };
+        match result {
+            Ok(exit) => {
+                let end = self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await?;
+                self.discard(&backend, &recorded).await;
+                Ok(end)
+            }
+            Err(BackendError::Unavailable(message)) => {
+                // Nothing started: record the attempt and put the task instance back.
+                self.record(&TryFinish {
+                    try_id: started.try_id,
+                    state: TryState::Interrupted,
+                    ended_at: Utc::now(),
+                    exit_code: None,
+                    failure_reason: Some(format!("backend: {message}")),
+                    task_state: TaskState::Scheduled,
+                    next_try_at: None,
+                })
+                .await?;
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+            Err(BackendError::Disconnected(message)) => {
+                // The try runs on (or ended unseen): it stays `running` in the store and is
+                // re-attached to once the backend answers again.
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number, error = %message, "lost the backend while the try ran; re-attaching when it is back");
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+        }
+    }
+
+    /// Follows a try that a scheduler which is gone started (`record`, still `running` in
+    /// the store): re-attaches to its container, stores the output lines the store does not
+    /// hold yet, and records how it ended, even if that happened while no scheduler watched.
+    /// A try whose container vanished is failed as `lost` (and retried per policy); one whose
+    /// container never started is tried again without spending a retry.
+    pub async fn adopt(
+        &self,
+        job: Arc<Job>,
+        run: RunRecord,
+        task: Task,
+        record: TryRecord,
+        on_started: impl FnOnce(KillSender),
+    ) -> anyhow::Result<TryEnd> {
+        let context = TryContext {
+            job_id: job.id.clone(),
+            task_id: task.id.clone(),
+            run_id: run.run_id.clone(),
+            try_number: record.try_number,
+            logical_date: run.logical_date,
+            data_interval: run.data_interval,
+            params: run.params.clone(),
+        };
+        let interrupted = |why: &str| TryFinish {
+            try_id: record.try_id,
+            state: TryState::Interrupted,
+            ended_at: Utc::now(),
+            exit_code: None,
+            failure_reason: Some(FailureReason::Lost(why.to_owned()).to_text()),
+            task_state: TaskState::Scheduled,
+            next_try_at: None,
+        };
+        let backend = match self.backend.clone() {
+            Some(backend) if backend.can_adopt() => backend,
+            _ => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, backend = self.backend_name, "a try left by a stopped scheduler cannot be re-attached; trying again");
+                self.record(&interrupted(&format!(
+                    "its scheduler stopped while it ran, and the `{}` backend cannot re-attach to a try",
+                    self.backend_name
+                )))
+                .await?;
+                return Ok(TryEnd::Finished(TaskState::Scheduled));
+            }
+        };
+        let stored = self.store.stored_lines(record.try_id).await?;
+        let secrets = self
+            .connection_env(&task)
+            .await
+            .map(|(_, secrets)| secrets)
+            .unwrap_or_default();
+        let adoption = Adoption {
+            job_id: job.id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number: record.try_number,
+            stored_stdout: stored.stdout,
+            stored_stderr: stored.stderr,
+        };
+        // The timeout counts from the try's start, not from its adoption.
+        let ran = (Utc::now() - record.started_at)
+            .to_std()
+            .unwrap_or_default();
+        let Following {
+            kill_rx,
+            timeout_guard,
+            events_tx,
+            sink,
+        } = self.follow_events(
+            EventTarget {
+                run_id: run.run_id.clone(),
+                task_id: task.id.clone(),
+                try_id: record.try_id,
+                first_seq: stored.next_seq,
+                fence: self.fence.clone(),
+            },
+            task.timeout.map(|timeout| timeout.saturating_sub(ran)),
+            secrets,
+            on_started,
+        );
+        info!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, stored_stdout = stored.stdout, stored_stderr = stored.stderr, "re-attaching to a try a stopped scheduler left running");
+        let followed = follow(backend.adopt(&adoption, events_tx, kill_rx), sink).await;
+        if let Some(guard) = timeout_guard {
+            guard.abort();
+        }
+        let (result, recorded) = match followed {
+            Ok(both) => both,
+            Err(message) => return Ok(TryEnd::Fenced(message)),
+        };
+        match result {
+            Ok(Adopted::Exit(exit)) => {
+                let end = self
+                    .finish(&job, &task, &context, record.try_id, exit)
+                    .await?;
+                self.discard(&backend, &recorded).await;
+                Ok(end)
+            }
+            Ok(Adopted::NotStarted) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "a stopped scheduler created the try's container but never started it; trying again");
+                self.record(&interrupted(
+                    "its scheduler stopped before the container started",
+                ))
+                .await?;
+                Ok(TryEnd::Finished(TaskState::Scheduled))
+            }
+            Ok(Adopted::Missing) if record.container_id.is_none() => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "a stopped scheduler never created the try's container; trying again");
+                self.record(&interrupted(
+                    "its scheduler stopped before the container was created",
+                ))
+                .await?;
+                Ok(TryEnd::Finished(TaskState::Scheduled))
+            }
+            Ok(Adopted::Lost(reason)) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, reason, "giving the try up as lost");
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Lost(reason)),
+                };
+                self.finish(&job, &task, &context, record.try_id, exit)
+                    .await
+            }
+            Ok(Adopted::Missing) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "the try's container vanished while no scheduler watched it");
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Lost(format!(
+                        "its container {} vanished while no scheduler watched it",
+                        record.container_id.as_deref().unwrap_or_default()
+                    ))),
+                };
+                self.finish(&job, &task, &context, record.try_id, exit)
+                    .await
+            }
+            Err(BackendError::Unavailable(message) | BackendError::Disconnected(message)) => {
+                // Leave the try as it is: it is adopted again once the backend is back.
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+        }
+    }
+
+    /// Sets a try up to be followed: its kill switch (handed to `on_started`), a timer that
+    /// kills it after `timeout`, and the task that stores its events.
+    fn follow_events(
+        &self,
+        target: EventTarget,
+        timeout: Option<Duration>,
+        secrets: Vec<String>,
+        on_started: impl FnOnce(KillSender),
+    ) -> Following {
         let (kill_tx, kill_rx) = kill_switch();
-        let timeout_guard = task.timeout.map(|timeout| {
+        let timeout_guard = timeout.map(|timeout| {
             let kill_tx = kill_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
@@ -301,47 +557,31 @@ impl TryRunner {
             })
         });
         on_started(kill_tx);
-
         let (events_tx, events_rx) = mpsc::channel(8192);
         let sink = tokio::spawn(consume_events(
             self.store.clone(),
-            run.run_id.clone(),
-            task.id.clone(),
-            started.try_id,
+            target,
             events_rx,
             secrets,
         ));
-        info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
-        let result = backend.execute(spec, events_tx, kill_rx).await;
-        if let Some(guard) = timeout_guard {
-            guard.abort();
+        Following {
+            kill_rx,
+            timeout_guard,
+            events_tx,
+            sink,
         }
-        match sink.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => warn!(error = %error, "storing the try's logs failed"),
-            Err(error) => warn!(error = %error, "log consumer panicked"),
-        }
-        match result {
-            Ok(exit) => {
-                self.finish(&job, &task, &context, started.try_id, exit)
-                    .await
-            }
-            Err(BackendError::Unavailable(message)) => {
-                // Nothing started: record the attempt and put the task instance back.
-                record_finish(
-                    self.store.as_ref(),
-                    &TryFinish {
-                        try_id: started.try_id,
-                        state: TryState::Interrupted,
-                        ended_at: Utc::now(),
-                        exit_code: None,
-                        failure_reason: Some(format!("backend: {message}")),
-                        task_state: TaskState::Scheduled,
-                        next_try_at: None,
-                    },
-                )
-                .await?;
-                Ok(TryEnd::BackendUnavailable(message))
+    }
+
+    /// Records a try's end, fenced by this runner's claim.
+    async fn record(&self, finish: &TryFinish) -> anyhow::Result<()> {
+        record_finish(self.store.as_ref(), finish, self.fence.as_ref()).await
+    }
+
+    /// Removes the exited container of a try whose end is recorded.
+    async fn discard(&self, backend: &Arc<dyn Backend>, recorded: &Recorded) {
+        if let Some(container_id) = &recorded.container_id {
+            if let Err(error) = backend.discard(container_id).await {
+                warn!(container_id, error = %error, "cannot remove the try's container");
             }
         }
     }
@@ -363,16 +603,24 @@ impl TryRunner {
             )),
         };
         // Retries count failed tries only: sensor reschedules and interrupted tries do not
-        // spend the budget.
-        let earlier_tries = self.store.tries(&context.run_id, &task.id).await?;
-        let retry_base = self
-            .store
-            .task_instances(&context.run_id)
-            .await?
-            .into_iter()
-            .find(|ti| ti.task_id == task.id)
-            .map(|ti| ti.retry_base)
-            .unwrap_or(0);
+        // spend the budget. A success or a skip needs no history.
+        let needs_history = matches!(outcome, TryOutcome::Failed(_) | TryOutcome::NotReady);
+        let earlier_tries = if needs_history {
+            self.store.tries(&context.run_id, &task.id).await?
+        } else {
+            Vec::new()
+        };
+        let retry_base = if needs_history {
+            self.store
+                .task_instances(&context.run_id)
+                .await?
+                .into_iter()
+                .find(|ti| ti.task_id == task.id)
+                .map(|ti| ti.retry_base)
+                .unwrap_or(0)
+        } else {
+            0
+        };
         let earlier_failures = earlier_tries
             .iter()
             .filter(|t| {
@@ -430,33 +678,43 @@ impl TryRunner {
             run_id = %context.run_id, task_id = %task.id, try_number = context.try_number,
             exit_code = ?exit.exit_code, reason = ?failure_reason, state = %task_state, "try ended"
         );
-        record_finish(
-            self.store.as_ref(),
-            &TryFinish {
-                try_id,
-                state: try_state,
-                ended_at: now,
-                exit_code: exit.exit_code,
-                failure_reason,
-                task_state,
-                next_try_at,
+        let finish = TryFinish {
+            try_id,
+            state: try_state,
+            ended_at: now,
+            exit_code: exit.exit_code,
+            failure_reason,
+            task_state,
+            next_try_at,
+        };
+        match self.record(&finish).await {
+            Ok(()) => Ok(TryEnd::Finished(task_state)),
+            Err(error) => match fenced(&error) {
+                Some(message) => Ok(TryEnd::Fenced(message)),
+                None => Err(error),
             },
-        )
-        .await?;
-        Ok(TryEnd::Finished(task_state))
+        }
     }
 }
 
-/// Records how a try ended, retrying for up to two minutes: the result of work already done
-/// must not be lost to a passing store error (a busy database, a dropped connection).
-pub async fn record_finish(store: &dyn Store, finish: &TryFinish) -> anyhow::Result<()> {
+/// Runs a store write again on a passing error (a busy database, a dropped connection, a
+/// restarting server) for up to two minutes: the records of work already done must not be
+/// lost. A fenced write (the run was taken over) or a missing row is not tried again.
+pub async fn persist<T, F, Fut>(what: &str, mut write: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = stevedore_store::Result<T>>,
+{
     let mut delay = Duration::from_millis(100);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        match store.finish_try(finish).await {
-            Ok(()) => return Ok(()),
+        match write().await {
+            Ok(value) => return Ok(value),
+            Err(error @ (StoreError::Fenced(_) | StoreError::NotFound(_))) => {
+                return Err(error.into())
+            }
             Err(error) if tokio::time::Instant::now() < deadline => {
-                warn!(try_id = finish.try_id, error = %error, retry_in_ms = delay.as_millis() as u64, "recording the try's end failed; retrying");
+                warn!(what, error = %error, retry_in_ms = delay.as_millis() as u64, "store write failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -465,23 +723,104 @@ pub async fn record_finish(store: &dyn Store, finish: &TryFinish) -> anyhow::Res
     }
 }
 
-/// Stores the try's events: log lines in batches, outputs and state as they come.
-async fn consume_events(
-    store: Arc<dyn Store>,
+/// Records how a try ended (see [`persist`]).
+pub async fn record_finish(
+    store: &dyn Store,
+    finish: &TryFinish,
+    fence: Option<&Fence>,
+) -> anyhow::Result<()> {
+    persist("recording the try's end", || {
+        store.finish_try_fenced(finish, fence)
+    })
+    .await
+}
+
+/// Waits for a try (`exit`) while its events are stored (`sink`). `Err` with the store's
+/// message when the store refused the records because another scheduler took the run
+/// over: the try is then left to that scheduler (nothing is killed).
+async fn follow<T>(
+    exit: impl std::future::Future<Output = T>,
+    mut sink: tokio::task::JoinHandle<anyhow::Result<Recorded>>,
+) -> Result<(T, Recorded), String> {
+    tokio::pin!(exit);
+    let mut stored = None;
+    let result = loop {
+        tokio::select! {
+            result = &mut exit => break result,
+            ended = &mut sink, if stored.is_none() => stored = Some(ended),
+        }
+    };
+    let stored = match stored {
+        Some(ended) => ended,
+        None => sink.await,
+    };
+    let recorded = match stored {
+        Ok(Ok(recorded)) => recorded,
+        Ok(Err(error)) => {
+            if let Some(message) = fenced(&error) {
+                return Err(message);
+            }
+            warn!(error = %error, "storing the try's logs failed");
+            Recorded { container_id: None }
+        }
+        Err(error) => {
+            warn!(error = %error, "log consumer panicked");
+            Recorded { container_id: None }
+        }
+    };
+    Ok((result, recorded))
+}
+
+async fn append(store: &dyn Store, batch: &[LogLine], fence: Option<&Fence>) -> anyhow::Result<()> {
+    persist("storing log lines", || {
+        store.append_logs_fenced(batch, fence)
+    })
+    .await
+}
+
+/// A try being followed: see [`TryRunner::follow_events`].
+struct Following {
+    kill_rx: stevedore_backend::KillReceiver,
+    timeout_guard: Option<tokio::task::JoinHandle<()>>,
+    events_tx: mpsc::Sender<TryEvent>,
+    sink: tokio::task::JoinHandle<anyhow::Result<Recorded>>,
+}
+
+/// Where a try's events go.
+struct EventTarget {
     run_id: String,
     task_id: String,
     try_id: i64,
+    /// The seq of the first line to store (after the lines stored already).
+    first_seq: i64,
+    fence: Option<Fence>,
+}
+
+/// Stores the try's events: log lines in batches, outputs and state as they come.
+async fn consume_events(
+    store: Arc<dyn Store>,
+    target: EventTarget,
     mut events: mpsc::Receiver<TryEvent>,
     secrets: Vec<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Recorded> {
+    let EventTarget {
+        run_id,
+        task_id,
+        try_id,
+        first_seq,
+        fence,
+    } = target;
+    let fence = fence.as_ref();
+    let store = store.as_ref();
+    let mut recorded = Recorded { container_id: None };
     let mut batch: Vec<LogLine> = Vec::with_capacity(LOG_BATCH);
-    let mut seq: i64 = 0;
+    let mut seq: i64 = first_seq;
     let mut flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
             _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                store.append_logs(&batch).await?;
+                append(store, &batch, fence).await?;
                 batch.clear();
                 continue;
             }
@@ -495,9 +834,29 @@ async fn consume_events(
                 container_id,
                 image_digest,
             } => {
-                store
-                    .set_try_container(try_id, &container_id, image_digest.as_deref())
-                    .await?;
+                // Lines before this one are Stevedore's own (the pull); from here on they
+                // are the container's.
+                persist("recording the try's container", || {
+                    store.set_try_container_fenced(
+                        try_id,
+                        &container_id,
+                        image_digest.as_deref(),
+                        seq,
+                        fence,
+                    )
+                })
+                .await?;
+                recorded.container_id = Some(container_id);
+            }
+            TryEvent::Note(text) => {
+                batch.push(LogLine {
+                    try_id,
+                    seq,
+                    stream: LogStream::Protocol,
+                    timestamp: Utc::now(),
+                    text: format!("info: {text}"),
+                });
+                seq += 1;
             }
             TryEvent::Pulling { image, status } => {
                 debug!(image, status, "pulling");
@@ -528,10 +887,16 @@ async fn consume_events(
                             text = format!("{level}: {message}");
                         }
                         Some(Message::Output { key, value }) => {
-                            store.put_output(&run_id, &task_id, &key, &value).await?
+                            persist("storing an output", || {
+                                store.put_output(&run_id, &task_id, &key, &value)
+                            })
+                            .await?
                         }
                         Some(Message::State { value }) => {
-                            store.set_pending_state(try_id, &value).await?
+                            persist("storing the try's state", || {
+                                store.set_pending_state(try_id, &value)
+                            })
+                            .await?
                         }
                         Some(Message::Progress { .. } | Message::Metric { .. }) | None => {}
                     }
@@ -545,14 +910,14 @@ async fn consume_events(
                 });
                 seq += 1;
                 if batch.len() >= LOG_BATCH {
-                    store.append_logs(&batch).await?;
+                    append(store, &batch, fence).await?;
                     batch.clear();
                 }
             }
         }
     }
-    store.append_logs(&batch).await?;
-    Ok(())
+    append(store, &batch, fence).await?;
+    Ok(recorded)
 }
 
 #[cfg(test)]

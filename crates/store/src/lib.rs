@@ -33,8 +33,32 @@ pub enum StoreError {
     Ambiguous(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A write by a scheduler whose claim on the run was taken over.
+    #[error("{0}")]
+    Fenced(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// A passing condition worth trying again: the database cannot be reached, is starting
+    /// up or shutting down, or cut the connection (a restart, a failover, a network blip).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            ) => true,
+            StoreError::Database(sqlx::Error::Database(error)) => {
+                // SQLSTATE classes 08 (connection exception) and 57 (operator
+                // intervention: shutting down, starting up), and SQLite's "locked/busy".
+                let code = error.code().unwrap_or_default();
+                code.starts_with("08")
+                    || code.starts_with("57")
+                    || error.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -223,6 +247,65 @@ pub struct StateCounts {
     pub task_instances: Vec<(TaskState, i64)>,
 }
 
+/// A scheduler's claim on a run: only its holder starts and records the run's tries. Every
+/// claim of a run bumps its `token` (a fencing token), so the writes of a scheduler that
+/// lost the claim (its heartbeat expired and another took the run over) are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub run_id: String,
+    pub token: i64,
+}
+
+/// Held while a scheduling pass decides (see [`Store::lock_scheduling`]).
+pub struct SchedulingLock {
+    /// PostgreSQL: the transaction holding `pg_advisory_xact_lock`; SQLite: nothing (one
+    /// scheduler per store).
+    transaction: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl SchedulingLock {
+    pub(crate) fn none() -> SchedulingLock {
+        SchedulingLock { transaction: None }
+    }
+
+    pub(crate) fn postgres(
+        transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> SchedulingLock {
+        SchedulingLock {
+            transaction: Some(transaction),
+        }
+    }
+
+    /// Lets the next scheduler in.
+    pub async fn release(self) -> Result<()> {
+        if let Some(transaction) = self.transaction {
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A scheduler process, as its heartbeats record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerRecord {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Active runs it holds.
+    pub runs: i64,
+}
+
+/// How many of a try's container lines the store holds, per stream (protocol messages
+/// count as stdout, where they came from), and the seq the next line gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredLines {
+    pub stdout: u64,
+    pub stderr: u64,
+    pub next_seq: i64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub job_id: Option<String>,
@@ -307,6 +390,12 @@ pub trait Store: Send + Sync {
         state: TaskState,
         at: DateTime<Utc>,
     ) -> Result<()>;
+    /// Sets the states of several task instances in one transaction (a scheduling pass).
+    async fn set_task_states(
+        &self,
+        changes: &[(String, String, TaskState)],
+        at: DateTime<Utc>,
+    ) -> Result<()>;
     /// Starts try `try_number`: inserts the try, sets the task instance `running` and clears
     /// the outputs of earlier tries.
     async fn start_try(
@@ -315,25 +404,86 @@ pub trait Store: Send + Sync {
         backend: &str,
         image_ref: &str,
         at: DateTime<Utc>,
+    ) -> Result<TryRecord> {
+        self.start_try_fenced(key, backend, image_ref, at, None)
+            .await
+    }
+    /// [`Store::start_try`] by the holder of `fence` (the run's claim): refused with
+    /// [`StoreError::Fenced`] when the run's fencing token has moved on. `None`: unfenced
+    /// (an operator, a test).
+    async fn start_try_fenced(
+        &self,
+        key: &TryKey,
+        backend: &str,
+        image_ref: &str,
+        at: DateTime<Utc>,
+        fence: Option<&Fence>,
     ) -> Result<TryRecord>;
     async fn set_try_container(
         &self,
         try_id: i64,
         container_id: &str,
         image_digest: Option<&str>,
+    ) -> Result<()> {
+        self.set_try_container_fenced(try_id, container_id, image_digest, 0, None)
+            .await
+    }
+    /// Records the try's container; `log_seq` is the seq its first line gets.
+    async fn set_try_container_fenced(
+        &self,
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+        log_seq: i64,
+        fence: Option<&Fence>,
     ) -> Result<()>;
     /// Ends a try; on success the state the try published waits for the run's outcome.
-    async fn finish_try(&self, finish: &TryFinish) -> Result<()>;
+    async fn finish_try(&self, finish: &TryFinish) -> Result<()> {
+        self.finish_try_fenced(finish, None).await
+    }
+    async fn finish_try_fenced(&self, finish: &TryFinish, fence: Option<&Fence>) -> Result<()>;
     async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>>;
     /// Tries still `running`, for a restarted scheduler to settle.
     async fn running_tries(&self) -> Result<Vec<TryRecord>>;
 
     // Logs.
-    async fn append_logs(&self, lines: &[LogLine]) -> Result<()>;
+    async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
+        self.append_logs_fenced(lines, None).await
+    }
+    async fn append_logs_fenced(&self, lines: &[LogLine], fence: Option<&Fence>) -> Result<()>;
+    /// How many of the try's container lines are stored (see [`StoredLines`]).
+    async fn stored_lines(&self, try_id: i64) -> Result<StoredLines>;
     /// Lines of a try with `seq > after`, in order, at most `limit`.
     async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
     /// The `seq` of the try's last stored line (`None` before its first).
     async fn last_log_seq(&self, try_id: i64) -> Result<Option<i64>>;
+
+    // Schedulers and claims.
+    /// Records a scheduler that starts (its first heartbeat).
+    async fn register_scheduler(
+        &self,
+        id: &str,
+        host: &str,
+        pid: u32,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Records that the scheduler is alive; `NotFound` when it was deregistered.
+    async fn heartbeat(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Claims, for scheduler `id`, queued and running runs that no live scheduler holds (a
+    /// scheduler is live while its last heartbeat is at or after `live_after`), up to its
+    /// fair share of all active runs, each claim bumping the run's fencing token; schedulers
+    /// claiming at once skip each other's rows. Returns every active run `id` holds now.
+    async fn claim_runs(&self, id: &str, live_after: DateTime<Utc>) -> Result<Vec<Fence>>;
+    /// Taken for the part of a scheduling pass that reads what runs and decides what is
+    /// queued next, so schedulers take turns there and pools, `max_active_tasks` and
+    /// `max_active_runs` hold across them (Airflow locks its pool rows for the same step).
+    /// Released by [`SchedulingLock::release`], or when dropped.
+    async fn lock_scheduling(&self) -> Result<SchedulingLock>;
+    /// Hands back the scheduler's claims (bumping their tokens, so nothing it still had in
+    /// flight can write) and removes it.
+    async fn deregister_scheduler(&self, id: &str) -> Result<()>;
+    /// Schedulers that heartbeat, most recent first.
+    async fn list_schedulers(&self) -> Result<Vec<SchedulerRecord>>;
 
     // Operator actions.
     /// Asks the scheduler to cancel a queued or running run.

@@ -15,7 +15,10 @@ use crate::rows::*;
 use crate::sql_store::{numbered_placeholders, sql, Dialect};
 use crate::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_claims.sql")),
+];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under PostgreSQL's 65535
 /// parameters).
@@ -24,17 +27,9 @@ const LOG_BATCH_ROWS: usize = 1000;
 /// Migrations run under this advisory lock, so processes starting together take turns.
 const MIGRATION_LOCK: i64 = 0x5374_6576_6564_6f72;
 
-/// The scheduler lock's advisory lock key.
-const SCHEDULER_LOCK: i64 = 0x5374_6576_5363_6864;
-
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-}
-
-/// Held by the scheduler of a PostgreSQL store: the connection that holds its advisory lock.
-pub struct PostgresSchedulerLock {
-    _connection: sqlx::PgConnection,
 }
 
 impl PostgresStore {
@@ -49,25 +44,6 @@ impl PostgresStore {
         let store = PostgresStore { pool };
         store.migrate().await?;
         Ok(store)
-    }
-
-    /// Takes the store's scheduler lock (a session advisory lock, released when its
-    /// connection closes, however the process ends), or says that another scheduler holds
-    /// it. Until schedulers claim work with leases, one scheduler runs per store.
-    pub async fn lock_scheduler(&self) -> Result<PostgresSchedulerLock> {
-        let mut connection = self.pool.acquire().await?.detach();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SCHEDULER_LOCK)
-            .fetch_one(&mut connection)
-            .await?;
-        if !locked {
-            return Err(StoreError::Conflict(
-                "another scheduler is running on this PostgreSQL store: one scheduler runs per store until schedulers claim work with leases (stop that one)".to_owned(),
-            ));
-        }
-        Ok(PostgresSchedulerLock {
-            _connection: connection,
-        })
     }
 
     async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
@@ -108,6 +84,8 @@ pub(crate) struct PostgresDialect;
 impl Dialect for PostgresDialect {
     type DB = Postgres;
     const TASK_ORDER: &'static str = "position";
+    const SHARE_LOCK: &'static str = " FOR SHARE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     fn sql(text: &str) -> String {
         numbered_placeholders(text)
@@ -115,3 +93,17 @@ impl Dialect for PostgresDialect {
 }
 
 sql_store!(PostgresStore, PostgresDialect);
+
+/// The advisory lock schedulers take turns on while a pass decides.
+const SCHEDULING_LOCK: i64 = 0x5374_6576_5061_7373;
+
+impl PostgresStore {
+    async fn scheduling_lock(&self) -> Result<SchedulingLock> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SCHEDULING_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(SchedulingLock::postgres(tx))
+    }
+}

@@ -10,6 +10,11 @@ pub(crate) trait Dialect {
     type DB: Database;
     /// The column that keeps a run's task instances in the job file's order.
     const TASK_ORDER: &'static str;
+    /// Appended to a `SELECT` of a run's fence, so a takeover waits for the write it guards.
+    const SHARE_LOCK: &'static str;
+    /// Appended to the `SELECT` of runs to claim, so schedulers claiming at once skip each
+    /// other's rows instead of waiting.
+    const SKIP_LOCKED: &'static str;
     /// A statement written with `?` and `?N` placeholders, in this database's syntax.
     fn sql(text: &str) -> String;
 }
@@ -84,6 +89,62 @@ mod tests {
 /// Expands to `impl Store for $store`, with `$dialect` (a [`Dialect`]) for the SQL.
 macro_rules! sql_store {
     ($store:ty, $dialect:ty) => {
+impl $store {
+    /// Records a job's version (its source), once.
+    async fn insert_job_version(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        job_id: &str,
+        version: &str,
+        source: &str,
+        now: &str,
+    ) -> Result<()> {
+        sql::query::<$dialect>(
+            "INSERT INTO job_versions (job_id, version, source, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, version) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(version)
+        .bind(source)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A write transaction that only the holder of `fence` gets: refused when `fence` no
+    /// longer holds the run's claim. The run's row stays share-locked until the transaction
+    /// ends, so a takeover waits for the write it fences.
+    async fn fenced_transaction(
+        &self,
+        fence: Option<&Fence>,
+    ) -> Result<sqlx::Transaction<'static, <$dialect as Dialect>::DB>> {
+        let mut tx = self.write_transaction().await?;
+        let Some(fence) = fence else {
+            return Ok(tx);
+        };
+        let token: Option<i64> = sql::query_scalar::<$dialect, _>(&format!(
+            "SELECT fence FROM runs WHERE run_id = ?{}",
+            <$dialect as Dialect>::SHARE_LOCK
+        ))
+        .bind(&fence.run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if token == Some(fence.token) {
+            return Ok(tx);
+        }
+        // Roll back now: a dropped transaction would keep the row lock until its connection
+        // is next used, and claims skip locked rows.
+        tx.rollback().await?;
+        match token {
+            None => Err(StoreError::NotFound(format!("run {}", fence.run_id))),
+            Some(token) => Err(StoreError::Fenced(format!(
+                "run {} was taken over by another scheduler (its claim is at fencing token {token}; this scheduler held {})",
+                fence.run_id, fence.token
+            ))),
+        }
+    }
+}
+
 #[async_trait]
 impl Store for $store {
     async fn upsert_job(
@@ -95,16 +156,7 @@ impl Store for $store {
     ) -> Result<()> {
         let now = ts(Utc::now());
         let mut tx = self.write_transaction().await?;
-        sql::query::<$dialect>(
-            "INSERT INTO job_versions (job_id, version, source, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (job_id, version) DO NOTHING",
-        )
-        .bind(job_id)
-        .bind(version)
-        .bind(source)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        Self::insert_job_version(&mut tx, job_id, version, source, &now).await?;
         sql::query::<$dialect>(
             "INSERT INTO jobs (job_id, current_version, file_path, paused, updated_at) VALUES (?, ?, ?, FALSE, ?) \
              ON CONFLICT (job_id) DO UPDATE SET current_version = excluded.current_version, \
@@ -131,16 +183,7 @@ impl Store for $store {
     ) -> Result<()> {
         let now = ts(Utc::now());
         let mut tx = self.write_transaction().await?;
-        sql::query::<$dialect>(
-            "INSERT INTO job_versions (job_id, version, source, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (job_id, version) DO NOTHING",
-        )
-        .bind(job_id)
-        .bind(version)
-        .bind(source)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        Self::insert_job_version(&mut tx, job_id, version, source, &now).await?;
         sql::query::<$dialect>(
             "INSERT INTO jobs (job_id, current_version, file_path, paused, updated_at) VALUES (?1, ?2, ?3, ?5, ?4) \
              ON CONFLICT (job_id) DO UPDATE SET paused = excluded.paused",
@@ -471,30 +514,47 @@ impl Store for $store {
         state: TaskState,
         at: DateTime<Utc>,
     ) -> Result<()> {
-        let ended = state.is_finished().then(|| ts(at));
-        sql::query::<$dialect>(
-            "UPDATE task_instances SET state = ?, ended_at = COALESCE(?, ended_at), \
-             next_try_at = CASE WHEN ? IN ('up_for_retry', 'up_for_reschedule') THEN next_try_at ELSE NULL END \
-             WHERE run_id = ? AND task_id = ?",
-        )
-        .bind(state.as_str())
-        .bind(ended)
-        .bind(state.as_str())
-        .bind(run_id)
-        .bind(task_id)
-        .execute(&self.pool)
-        .await?;
+        self.set_task_states(&[(run_id.to_owned(), task_id.to_owned(), state)], at)
+            .await
+    }
+
+    async fn set_task_states(
+        &self,
+        changes: &[(String, String, TaskState)],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_transaction().await?;
+        for (run_id, task_id, state) in changes {
+            let ended = state.is_finished().then(|| ts(at));
+            sql::query::<$dialect>(
+                "UPDATE task_instances SET state = ?, ended_at = COALESCE(?, ended_at), \
+                 next_try_at = CASE WHEN ? IN ('up_for_retry', 'up_for_reschedule') THEN next_try_at ELSE NULL END \
+                 WHERE run_id = ? AND task_id = ?",
+            )
+            .bind(state.as_str())
+            .bind(ended)
+            .bind(state.as_str())
+            .bind(run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn start_try(
+    async fn start_try_fenced(
         &self,
         key: &TryKey,
         backend: &str,
         image_ref: &str,
         at: DateTime<Utc>,
+        fence: Option<&Fence>,
     ) -> Result<TryRecord> {
-        let mut tx = self.write_transaction().await?;
+        let mut tx = self.fenced_transaction(fence).await?;
         let inserted = sql::query::<$dialect>(
             "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at) \
              VALUES (?, ?, ?, ?, ?, 'running', ?) RETURNING try_id",
@@ -510,6 +570,7 @@ impl Store for $store {
         let try_id: i64 = match inserted {
             Ok(row) => sqlx::Row::try_get(&row, 0)?,
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                tx.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "try {} of task `{}` in run {} already exists",
                     key.try_number, key.task_id, key.run_id
@@ -550,23 +611,31 @@ impl Store for $store {
         })
     }
 
-    async fn set_try_container(
+    async fn set_try_container_fenced(
         &self,
         try_id: i64,
         container_id: &str,
         image_digest: Option<&str>,
+        log_seq: i64,
+        fence: Option<&Fence>,
     ) -> Result<()> {
-        sql::query::<$dialect>("UPDATE tries SET container_id = ?, image_digest = COALESCE(?, image_digest) WHERE try_id = ?")
-            .bind(container_id)
-            .bind(image_digest)
-            .bind(try_id)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.fenced_transaction(fence).await?;
+        sql::query::<$dialect>(
+            "UPDATE tries SET container_id = ?, image_digest = COALESCE(?, image_digest), \
+             container_seq = COALESCE(container_seq, ?) WHERE try_id = ?",
+        )
+        .bind(container_id)
+        .bind(image_digest)
+        .bind(log_seq)
+        .bind(try_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn finish_try(&self, finish: &TryFinish) -> Result<()> {
-        let mut tx = self.write_transaction().await?;
+    async fn finish_try_fenced(&self, finish: &TryFinish, fence: Option<&Fence>) -> Result<()> {
+        let mut tx = self.fenced_transaction(fence).await?;
         let row: Option<(String, String, Option<String>)> =
             sql::query_as::<$dialect, _>("SELECT run_id, task_id, pending_state FROM tries WHERE try_id = ?")
                 .bind(finish.try_id)
@@ -635,11 +704,11 @@ impl Store for $store {
         .collect()
     }
 
-    async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
+    async fn append_logs_fenced(&self, lines: &[LogLine], fence: Option<&Fence>) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write_transaction().await?;
+        let mut tx = self.fenced_transaction(fence).await?;
         for chunk in lines.chunks(LOG_BATCH_ROWS) {
             let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new(
                 "INSERT INTO log_lines (try_id, seq, stream, ts, text) ",
@@ -655,6 +724,149 @@ impl Store for $store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn stored_lines(&self, try_id: i64) -> Result<StoredLines> {
+        let counts: Vec<(i64, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT stream, count(*) FROM log_lines WHERE try_id = ? AND seq >= \
+             (SELECT container_seq FROM tries WHERE try_id = ?) GROUP BY stream",
+        )
+        .bind(try_id)
+        .bind(try_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stored = StoredLines {
+            next_seq: self.last_log_seq(try_id).await?.map_or(0, |seq| seq + 1),
+            ..Default::default()
+        };
+        for (stream, count) in counts {
+            match LogStream::from_code(stream) {
+                Some(LogStream::Stderr) => stored.stderr += count as u64,
+                Some(_) => stored.stdout += count as u64,
+                None => return Err(StoreError::Corrupt(format!("log stream {stream}"))),
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn register_scheduler(
+        &self,
+        id: &str,
+        host: &str,
+        pid: u32,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sql::query::<$dialect>(
+            "INSERT INTO schedulers (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?4) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(i64::from(pid))
+        .bind(ts(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        let done = sql::query::<$dialect>("UPDATE schedulers SET heartbeat_at = ? WHERE id = ?")
+            .bind(ts(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("scheduler {id}")));
+        }
+        Ok(())
+    }
+
+    async fn claim_runs(&self, id: &str, live_after: DateTime<Utc>) -> Result<Vec<Fence>> {
+        let live_after = ts(live_after);
+        let mut tx = self.write_transaction().await?;
+        let (live, active, mine): (i64, i64, i64) = sql::query_as::<$dialect, _>(
+            "SELECT (SELECT count(*) FROM schedulers WHERE heartbeat_at >= ?1 OR id = ?2), \
+             (SELECT count(*) FROM runs WHERE state IN ('queued', 'running')), \
+             (SELECT count(*) FROM runs WHERE state IN ('queued', 'running') AND owner = ?2)",
+        )
+        .bind(&live_after)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        // A fair share: each live scheduler takes about as many active runs as the others.
+        let share = (active + live.max(1) - 1) / live.max(1) - mine;
+        if share > 0 {
+            let claimable: Vec<String> = sql::query_scalar::<$dialect, _>(&format!(
+                "SELECT run_id FROM runs WHERE state IN ('queued', 'running') \
+                 AND (owner IS NULL OR (owner <> ?1 AND owner NOT IN \
+                 (SELECT id FROM schedulers WHERE heartbeat_at >= ?2))) \
+                 ORDER BY run_id LIMIT ?3{}",
+                <$dialect as Dialect>::SKIP_LOCKED
+            ))
+            .bind(id)
+            .bind(&live_after)
+            .bind(share)
+            .fetch_all(&mut *tx)
+            .await?;
+            for run_id in claimable {
+                sql::query::<$dialect>("UPDATE runs SET owner = ?, fence = fence + 1 WHERE run_id = ?")
+                    .bind(id)
+                    .bind(&run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let held: Vec<(String, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT run_id, fence FROM runs WHERE owner = ? AND state IN ('queued', 'running') ORDER BY run_id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(held
+            .into_iter()
+            .map(|(run_id, token)| Fence { run_id, token })
+            .collect())
+    }
+
+    async fn lock_scheduling(&self) -> Result<SchedulingLock> {
+        self.scheduling_lock().await
+    }
+
+    async fn deregister_scheduler(&self, id: &str) -> Result<()> {
+        let mut tx = self.write_transaction().await?;
+        sql::query::<$dialect>("UPDATE runs SET owner = NULL, fence = fence + 1 WHERE owner = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sql::query::<$dialect>("DELETE FROM schedulers WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_schedulers(&self) -> Result<Vec<SchedulerRecord>> {
+        let rows: Vec<(String, String, i64, String, String, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT s.id, s.host, s.pid, s.started_at, s.heartbeat_at, \
+             (SELECT count(*) FROM runs r WHERE r.owner = s.id AND r.state IN ('queued', 'running')) \
+             FROM schedulers s ORDER BY s.heartbeat_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, host, pid, started_at, heartbeat_at, runs)| {
+                Ok(SchedulerRecord {
+                    id,
+                    host,
+                    pid,
+                    started_at: parse_ts(&started_at)?,
+                    heartbeat_at: parse_ts(&heartbeat_at)?,
+                    runs,
+                })
+            })
+            .collect()
     }
 
     async fn last_log_seq(&self, try_id: i64) -> Result<Option<i64>> {

@@ -593,6 +593,228 @@ pub async fn run_lists_page_newest_first_and_states_are_counted(store: &dyn Stor
     );
 }
 
+/// Schedulers claim disjoint fair shares of the active runs; a claim fences out the writes
+/// of the scheduler that held the run before; deregistering hands claims back.
+pub async fn claims_are_exclusive_fair_and_fenced(store: &dyn Store) {
+    let t0 = Utc::now();
+    for id in ["a", "b", "c"] {
+        store.register_scheduler(id, "host", 1, t0).await.unwrap();
+    }
+    let mut run_ids = Vec::new();
+    for day in 1..=9 {
+        let run = store
+            .create_run(new_run("x", day, RunTrigger::Scheduled))
+            .await
+            .unwrap();
+        run_ids.push(run.run_id);
+    }
+    let live_after = t0 - chrono::TimeDelta::seconds(10);
+    // Three schedulers claiming at once get three disjoint shares of three runs.
+    let (a, b, c) = tokio::join!(
+        store.claim_runs("a", live_after),
+        store.claim_runs("b", live_after),
+        store.claim_runs("c", live_after)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!((a.len(), b.len(), c.len()), (3, 3, 3));
+    let mut all: Vec<&String> = a.iter().chain(&b).chain(&c).map(|f| &f.run_id).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 9, "a run was claimed twice");
+    assert!(a.iter().all(|f| f.token == 1));
+    // Claiming again returns what is held and takes nothing more.
+    assert_eq!(store.claim_runs("a", live_after).await.unwrap(), a);
+
+    // Only the holder of a run's claim starts its tries.
+    let own = &a[0];
+    let key = |run_id: &str| TryKey {
+        run_id: run_id.to_owned(),
+        task_id: "extract".to_owned(),
+        try_number: 1,
+    };
+    let started = store
+        .start_try_fenced(
+            &key(&own.run_id),
+            "docker",
+            "synth:1",
+            Utc::now(),
+            Some(own),
+        )
+        .await
+        .unwrap();
+    let stale = Fence {
+        run_id: b[0].run_id.clone(),
+        token: b[0].token - 1,
+    };
+    assert!(matches!(
+        store
+            .start_try_fenced(
+                &key(&stale.run_id),
+                "docker",
+                "synth:1",
+                Utc::now(),
+                Some(&stale)
+            )
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
+
+    // `b` and `c` stop heartbeating; `a` keeps on and takes their runs over.
+    let t1 = t0 + chrono::TimeDelta::seconds(30);
+    store.heartbeat("a", t1).await.unwrap();
+    let taken = store
+        .claim_runs("a", t1 - chrono::TimeDelta::seconds(10))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 9);
+    let old_b = b[0].clone();
+    let new_b = taken.iter().find(|f| f.run_id == old_b.run_id).unwrap();
+    assert_eq!(new_b.token, old_b.token + 1);
+    // `b` wakes up: every write it had in flight for that run is refused.
+    let b_try = store
+        .start_try_fenced(
+            &key(&old_b.run_id),
+            "docker",
+            "synth:1",
+            Utc::now(),
+            Some(new_b),
+        )
+        .await
+        .unwrap();
+    let line = LogLine {
+        try_id: b_try.try_id,
+        seq: 0,
+        stream: LogStream::Stdout,
+        timestamp: Utc::now(),
+        text: "late".to_owned(),
+    };
+    assert!(matches!(
+        store
+            .append_logs_fenced(&[line.clone()], Some(&old_b))
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(matches!(
+        store
+            .finish_try_fenced(&succeeded(b_try.try_id), Some(&old_b))
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(matches!(
+        store
+            .set_try_container_fenced(b_try.try_id, "c", None, 0, Some(&old_b))
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
+    store
+        .append_logs_fenced(&[line], Some(new_b))
+        .await
+        .unwrap();
+    assert_eq!(store.logs(b_try.try_id, None, 10).await.unwrap().len(), 1);
+    store
+        .finish_try_fenced(&succeeded(started.try_id), Some(own))
+        .await
+        .unwrap();
+
+    let schedulers = store.list_schedulers().await.unwrap();
+    assert_eq!(schedulers[0].id, "a");
+    assert_eq!(schedulers[0].runs, 9);
+    assert!(matches!(
+        store.heartbeat("nobody", t1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Deregistering hands the claims back, fenced: a new claim starts from a higher token.
+    store.deregister_scheduler("a").await.unwrap();
+    assert!(matches!(
+        store.append_logs_fenced(&[], Some(own)).await,
+        Ok(())
+    ));
+    assert!(matches!(
+        store
+            .start_try_fenced(
+                &key(&own.run_id),
+                "docker",
+                "synth:1",
+                Utc::now(),
+                Some(&taken[0])
+            )
+            .await,
+        Err(StoreError::Fenced(_)) | Err(StoreError::Conflict(_))
+    ));
+    store.register_scheduler("d", "host", 2, t1).await.unwrap();
+    let d = store.claim_runs("d", t1).await.unwrap();
+    assert_eq!(d.len(), 9);
+    assert!(d.iter().all(|f| f.token >= 3));
+    assert!(store
+        .list_schedulers()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.id != "a"));
+}
+
+/// A try's stored container lines per stream: the pull lines before its container are not
+/// the container's; protocol messages count as stdout.
+pub async fn stored_lines_count_container_lines_per_stream(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("x", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let key = TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "extract".to_owned(),
+        try_number: 1,
+    };
+    let attempt = store
+        .start_try(&key, "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stored_lines(attempt.try_id).await.unwrap(),
+        StoredLines::default()
+    );
+    let line = |seq: i64, stream: LogStream| LogLine {
+        try_id: attempt.try_id,
+        seq,
+        stream,
+        timestamp: Utc::now(),
+        text: format!("line {seq}"),
+    };
+    store
+        .append_logs(&[line(0, LogStream::Protocol), line(1, LogStream::Protocol)])
+        .await
+        .unwrap();
+    // No container yet: none of its lines.
+    assert_eq!(
+        store.stored_lines(attempt.try_id).await.unwrap(),
+        StoredLines {
+            stdout: 0,
+            stderr: 0,
+            next_seq: 2
+        }
+    );
+    store
+        .set_try_container_fenced(attempt.try_id, "c1", Some("sha256:abc"), 2, None)
+        .await
+        .unwrap();
+    store
+        .append_logs(&[
+            line(2, LogStream::Stdout),
+            line(3, LogStream::Protocol),
+            line(4, LogStream::Stderr),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stored_lines(attempt.try_id).await.unwrap(),
+        StoredLines {
+            stdout: 2,
+            stderr: 1,
+            next_seq: 5
+        }
+    );
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -616,6 +838,8 @@ macro_rules! store_contract_suite {
             case!(connections_keep_only_sealed_values);
             case!(tokens_are_found_by_hash_until_revoked);
             case!(run_lists_page_newest_first_and_states_are_counted);
+            case!(claims_are_exclusive_fair_and_fenced);
+            case!(stored_lines_count_container_lines_per_stream);
         }
     };
 }

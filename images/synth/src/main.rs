@@ -11,6 +11,9 @@
 //!   (`STEVEDORE_WORKSPACE`), to hand data from one task to the next.
 //! - `sleep --seconds S [--tick]` (with `--tick`, a line each second), `exit --code C`, `noop`.
 //! - `spew --lines N`: prints N plain lines as fast as it can (log throughput benchmark).
+//! - `count --lines N [--every-ms M] [--exit C]`: prints `out 1` .. `out N` on stdout, one
+//!   each M ms (and `err K` on stderr after every third), then exits with C: a log whose
+//!   every line is known, for checking that none is lost or stored twice.
 
 use std::io::Write;
 use std::time::Duration;
@@ -145,6 +148,22 @@ fn main() {
                     println!("woke up");
                     Ok(Outcome::Success)
                 }
+                "count" => {
+                    let lines = number(ctx, "lines", 10)?;
+                    let every = number(ctx, "every-ms", 100)?;
+                    let code = number(ctx, "exit", 0)?;
+                    for n in 1..=lines {
+                        println!("out {n}");
+                        if n % 3 == 0 {
+                            eprintln!("err {n}");
+                        }
+                        std::thread::sleep(Duration::from_millis(every));
+                    }
+                    if code != 0 {
+                        std::process::exit(code as i32);
+                    }
+                    Ok(Outcome::Success)
+                }
                 "exit" => {
                     let code = number(ctx, "code", 0)?;
                     println!("exiting with {code}");
@@ -152,7 +171,7 @@ fn main() {
                 }
                 "noop" => Ok(Outcome::Success),
                 other => Err(format!(
-                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, sleep, exit, spew or noop"
+                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, sleep, count, exit, spew or noop"
                 )),
             }
         })

@@ -1,0 +1,161 @@
+//! The configuration file (`--config FILE` or `STEVEDORE_CONFIG`): one YAML mapping whose
+//! keys are the `STEVEDORE_*` settings in lower case without the prefix (`db`, `lease`,
+//! `heartbeat_every`, ...), plus `docker_host`. A setting given on the command line wins,
+//! then one in the environment, then the file's, then the default: the file's values are
+//! applied as environment variables that are not set yet, before the command line is read,
+//! so every part of Stevedore sees one set of settings. See docs/configuration.md.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every key the file may hold, and the environment variable it sets.
+pub const KEYS: &[(&str, &str)] = &[
+    ("db", "STEVEDORE_DB"),
+    ("jobs", "STEVEDORE_JOBS"),
+    ("pools", "STEVEDORE_POOLS"),
+    ("bind", "STEVEDORE_BIND"),
+    ("port", "STEVEDORE_PORT"),
+    ("log", "STEVEDORE_LOG"),
+    ("secret_key_file", "STEVEDORE_SECRET_KEY_FILE"),
+    ("registry", "STEVEDORE_REGISTRY"),
+    ("heartbeat_every", "STEVEDORE_HEARTBEAT_EVERY"),
+    ("lease", "STEVEDORE_LEASE"),
+    ("shutdown_grace", "STEVEDORE_SHUTDOWN_GRACE"),
+    ("workspace_retention", "STEVEDORE_WORKSPACE_RETENTION"),
+    ("workspace_sweep_every", "STEVEDORE_WORKSPACE_SWEEP_EVERY"),
+    ("docker_host", "DOCKER_HOST"),
+    ("docker_hosts", "STEVEDORE_DOCKER_HOSTS"),
+    ("host_lost_after", "STEVEDORE_HOST_LOST_AFTER"),
+];
+
+/// The value of `--config FILE` / `--config=FILE` among `args`, or `STEVEDORE_CONFIG`.
+pub fn path_from(args: &[String]) -> Option<String> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().cloned();
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(path.to_owned());
+        }
+    }
+    std::env::var("STEVEDORE_CONFIG")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+/// Reads the file: `(environment variable, value)` for each key it sets. Errors name the
+/// file, and the line or the key that is wrong.
+pub fn read(path: &Path) -> Result<Vec<(&'static str, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("config file {}: cannot read it: {e}", path.display()))?;
+    parse(&path.display().to_string(), &text)
+}
+
+pub fn parse(name: &str, text: &str) -> Result<Vec<(&'static str, String)>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(text)
+        .map_err(|e| format!("config file {name}: not a mapping of settings: {e}"))?;
+    let mut settings = Vec::new();
+    for (key, value) in values {
+        let Some((_, variable)) = KEYS.iter().find(|(k, _)| *k == key) else {
+            let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            return Err(format!(
+                "config file {name}: unknown setting `{key}` (known: {})",
+                known.join(", ")
+            ));
+        };
+        let text = match value {
+            serde_json::Value::String(text) => text,
+            serde_json::Value::Number(number) => number.to_string(),
+            serde_json::Value::Bool(flag) => flag.to_string(),
+            // A list of hosts travels as JSON.
+            list @ serde_json::Value::Array(_) if key == "docker_hosts" => list.to_string(),
+            other => {
+                return Err(format!(
+                    "config file {name}: `{key}` must be a string or a number, not {other}"
+                ))
+            }
+        };
+        settings.push((*variable, text));
+    }
+    Ok(settings)
+}
+
+/// Applies the file at the path the command line or `STEVEDORE_CONFIG` names: each of its
+/// settings becomes an environment variable, unless that variable is set already.
+pub fn apply(args: &[String]) -> Result<(), String> {
+    let Some(path) = path_from(args) else {
+        return Ok(());
+    };
+    for (variable, value) in read(Path::new(&path))? {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: called at the start of `main`, before any other thread exists.
+            unsafe { std::env::set_var(variable, value) };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_their_environment_variables() {
+        let settings = parse(
+            "stevedore.yaml",
+            "db: postgres://db/stevedore\nport: 9090\nlease: 45s\ndocker_host: tcp://10.0.0.5:2375\n",
+        )
+        .unwrap();
+        assert_eq!(
+            settings,
+            vec![
+                ("STEVEDORE_DB", "postgres://db/stevedore".to_owned()),
+                ("DOCKER_HOST", "tcp://10.0.0.5:2375".to_owned()),
+                ("STEVEDORE_LEASE", "45s".to_owned()),
+                ("STEVEDORE_PORT", "9090".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let error = parse("stevedore.yaml", "db: x\nleese: 30s\n").unwrap_err();
+        assert!(error.contains("unknown setting `leese`"), "{error}");
+        assert!(error.contains("stevedore.yaml"), "{error}");
+        let hosts = parse(
+            "s.yaml",
+            "docker_hosts:\n  - name: a\n    endpoint: unix:///var/run/docker.sock\n    capacity: 4\n",
+        )
+        .unwrap();
+        assert_eq!(
+            hosts,
+            vec![(
+                "STEVEDORE_DOCKER_HOSTS",
+                r#"[{"capacity":4,"endpoint":"unix:///var/run/docker.sock","name":"a"}]"#
+                    .to_owned()
+            )]
+        );
+        let error = parse("s.yaml", "lease: [1, 2]\n").unwrap_err();
+        assert!(
+            error.contains("`lease` must be a string or a number"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_path_comes_from_the_command_line() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            path_from(&args(&["stevedore", "--config", "a.yaml", "scheduler"])),
+            Some("a.yaml".to_owned())
+        );
+        assert_eq!(
+            path_from(&args(&["stevedore", "scheduler", "--config=b.yaml"])),
+            Some("b.yaml".to_owned())
+        );
+    }
+}

@@ -1,0 +1,669 @@
+//! Chaos: several schedulers on one PostgreSQL store run a fan-out job on the real Docker
+//! engine while a driver SIGKILLs a random scheduler every few seconds and starts it again.
+//! At the end every run is terminal, every try was started exactly once (counted from the
+//! engine's own events), every container's log is stored exactly once and in order, and no
+//! container is left behind. Bounded in time; cleans up after itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stevedore_e2e::{Postgres, SecondEngine, SYNTH};
+
+const SCHEDULERS: usize = 3;
+const RUNS: usize = 50;
+/// Lines the split and merge tasks print (`synth count`, one each 100 ms).
+const EDGE_LINES: u32 = 4;
+
+/// Lines each part prints: 1.2 s of work; 12 s when the engine restarts, so that parts are
+/// still running when the engine, after waiting for them for its stop timeout (10 s: the
+/// containers' PID 1 ignores SIGTERM), kills them.
+fn part_lines(fault: Fault) -> u32 {
+    if fault == Fault::EngineRestart {
+        120
+    } else {
+        12
+    }
+}
+
+/// The fan-out job: `split`, then four parts at once, then `merge`.
+fn fan_out_job(job_id: &str, part_lines: u32) -> String {
+    let count = |lines: u32| format!("[count, --lines, \"{lines}\", --every-ms, \"100\"]");
+    let mut text = format!(
+        "id: {job_id}\nmax_active_runs: 16\nmax_active_tasks: 64\ntasks:\n  - id: split\n    image: stevedore/synth:0.1.0\n    args: {}\n    retries: 2\n    retry_delay: 1s\n",
+        count(EDGE_LINES)
+    );
+    for part in ["a", "b", "c", "d"] {
+        text.push_str(&format!(
+            "  - id: part_{part}\n    image: stevedore/synth:0.1.0\n    args: {}\n    depends_on: [split]\n    retries: 2\n    retry_delay: 1s\n",
+            count(part_lines)
+        ));
+    }
+    text.push_str(&format!(
+        "  - id: merge\n    image: stevedore/synth:0.1.0\n    args: {}\n    depends_on: [part_a, part_b, part_c, part_d]\n    retries: 2\n    retry_delay: 1s\n",
+        count(EDGE_LINES)
+    ));
+    text
+}
+
+/// A small deterministic random source (the seed is printed, so a run can be replayed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    job_id: String,
+    /// The engine the schedulers use (`DOCKER_HOST`); the main one when `None`.
+    docker_host: Option<String>,
+    schedulers: Vec<Option<Child>>,
+    started: usize,
+}
+
+impl Cluster {
+    fn new(
+        postgres: &Postgres,
+        job_id: &str,
+        fault: Fault,
+        docker_host: Option<String>,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        std::fs::write(
+            dir.path().join("jobs").join(format!("{job_id}.yaml")),
+            fan_out_job(job_id, part_lines(fault)),
+        )
+        .unwrap();
+        Cluster {
+            dir,
+            url: format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port),
+            job_id: job_id.to_owned(),
+            docker_host,
+            schedulers: (0..SCHEDULERS).map(|_| None).collect(),
+            started: 0,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("STEVEDORE_DB", &self.url)
+            .env("STEVEDORE_JOBS", self.dir.path().join("jobs"))
+            .env("STEVEDORE_HEARTBEAT_EVERY", "1s")
+            .env("STEVEDORE_LEASE", "4s")
+            .env("STEVEDORE_WORKSPACE_SWEEP_EVERY", "2s")
+            .env("STEVEDORE_WORKSPACE_RETENTION", "0s")
+            .env("STEVEDORE_LOG", "info");
+        if let Some(host) = &self.docker_host {
+            command.env("DOCKER_HOST", host);
+        }
+        command
+    }
+
+    /// `docker` on the schedulers' engine.
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new("docker");
+        if let Some(host) = &self.docker_host {
+            command.args(["-H", host]);
+        }
+        command.args(args).output().expect("docker")
+    }
+
+    fn start(&mut self, slot: usize) {
+        self.started += 1;
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("scheduler-{slot}-{}.log", self.started)),
+        )
+        .unwrap();
+        let child = self
+            .command(&["scheduler"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a scheduler");
+        self.schedulers[slot] = Some(child);
+    }
+
+    fn kill(&mut self, slot: usize) {
+        if let Some(mut child) = self.schedulers[slot].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops every scheduler cleanly (SIGTERM), as an operator would.
+    fn stop_all(&mut self) {
+        for child in self.schedulers.iter_mut().filter_map(Option::take) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let mut child = child;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn trigger(&self) -> String {
+        let output = self
+            .command(&["jobs", "trigger", &self.job_id])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "trigger failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let body = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = body.lines().rev().take(30).collect();
+            text.push_str(&format!("\n--- {} (last lines)\n", path.display()));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for slot in 0..self.schedulers.len() {
+            self.kill(slot);
+        }
+        // Containers of this test's job, whatever state they are in.
+        let listed = self.docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.stevedore.job={}", self.job_id),
+        ]);
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+    }
+}
+
+/// The engine's `start` events of the job's containers, recorded from before the first run
+/// to the end of the test (subscribed again after an engine restart: a restarted engine
+/// replays the events since it started).
+struct EngineEvents {
+    recorders: Vec<(Child, PathBuf)>,
+    job_id: String,
+    docker_host: Option<String>,
+    dir: PathBuf,
+}
+
+impl EngineEvents {
+    fn record(job_id: &str, docker_host: Option<String>, dir: &Path) -> EngineEvents {
+        let mut events = EngineEvents {
+            recorders: Vec::new(),
+            job_id: job_id.to_owned(),
+            docker_host,
+            dir: dir.to_owned(),
+        };
+        events.subscribe(None);
+        events
+    }
+
+    fn subscribe(&mut self, since: Option<u64>) {
+        let path = self
+            .dir
+            .join(format!("events-{}.jsonl", self.recorders.len()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut command = Command::new("docker");
+        if let Some(host) = &self.docker_host {
+            command.args(["-H", host]);
+        }
+        command.args([
+            "events",
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=start",
+            "--filter",
+            &format!("label=io.stevedore.job={}", self.job_id),
+            "--format",
+            "{{json .}}",
+        ]);
+        if let Some(since) = since {
+            command.args(["--since", &since.to_string()]);
+        }
+        let child = command.stdout(file).spawn().expect("docker events");
+        // Let the subscription take hold before anything starts.
+        std::thread::sleep(Duration::from_millis(500));
+        self.recorders.push((child, path));
+    }
+
+    /// How many times each try's container started: `(run, task, try) -> starts`.
+    fn starts(mut self) -> HashMap<(String, String, i64), usize> {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut starts = HashMap::new();
+        for (child, path) in &mut self.recorders {
+            let _ = child.kill();
+            let _ = child.wait();
+            let file = std::fs::File::open(&*path).unwrap();
+            for line in std::io::BufReader::new(file).lines() {
+                let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                let labels = &event["Actor"]["Attributes"];
+                let key = (
+                    labels["io.stevedore.run"].as_str().unwrap().to_owned(),
+                    labels["io.stevedore.task"].as_str().unwrap().to_owned(),
+                    labels["io.stevedore.try"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<i64>()
+                        .unwrap(),
+                );
+                *starts.entry(key).or_default() += 1;
+            }
+        }
+        starts
+    }
+}
+
+/// What else goes wrong, once, while the schedulers are being killed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    /// The schedulers' Docker engine (a second engine of the test's own) restarts: its
+    /// containers are stopped, the schedulers lose their connections.
+    EngineRestart,
+    /// The PostgreSQL store restarts: every connection is cut.
+    PostgresRestart,
+}
+
+/// The chaos tests share the machine's two cores: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Three schedulers, one of them SIGKILLed and started again every few seconds, run 50
+/// fan-out runs: nothing is lost, nothing runs twice, no log line is lost or doubled.
+#[test]
+fn schedulers_killed_at_random_lose_no_task_and_run_none_twice() {
+    chaos(Fault::None);
+}
+
+/// The same, with the Docker engine restarted once mid-test.
+#[test]
+fn an_engine_restart_during_chaos_loses_no_task_and_runs_none_twice() {
+    chaos(Fault::EngineRestart);
+}
+
+/// The same, with PostgreSQL restarted once mid-test.
+#[test]
+fn a_postgresql_restart_during_chaos_loses_no_task_and_runs_none_twice() {
+    chaos(Fault::PostgresRestart);
+}
+
+fn chaos(fault: Fault) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let postgres = Postgres::start();
+    let mut engine = (fault == Fault::EngineRestart).then(|| SecondEngine::start(&[SYNTH]));
+    let job_id = match fault {
+        Fault::None => "chaos_kill",
+        Fault::EngineRestart => "chaos_engine",
+        Fault::PostgresRestart => "chaos_postgres",
+    };
+    let docker_host = engine.as_ref().map(|e| e.host.clone());
+    let mut cluster = Cluster::new(&postgres, job_id, fault, docker_host.clone());
+    // The schema exists before the schedulers and the CLI race to create it.
+    let migrated = cluster.command(&["db", "migrate"]).output().unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let mut events = EngineEvents::record(job_id, docker_host, cluster.dir.path());
+    for slot in 0..SCHEDULERS {
+        cluster.start(slot);
+    }
+    let run_ids: Vec<String> = (0..RUNS).map(|_| cluster.trigger()).collect();
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("chaos ({fault:?}) seed {seed}");
+    let mut random = Lcg(seed);
+    let deadline = Instant::now() + Duration::from_secs(420);
+    let mut kills = 0;
+    let mut fault_done = fault == Fault::None;
+    let terminal = format!(
+        "SELECT count(*) FROM runs WHERE job_id = '{job_id}' AND state IN ('success', 'failed')"
+    );
+    loop {
+        let done: usize = postgres.query(&terminal).parse().unwrap();
+        if done == RUNS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {RUNS} runs ended in time (seed {seed}, {kills} kills){}",
+            cluster.logs()
+        );
+        if !fault_done && done >= RUNS / 4 {
+            fault_done = true;
+            eprintln!("{fault:?} after {done} runs ended");
+            match fault {
+                Fault::EngineRestart => {
+                    let engine = engine.as_mut().unwrap();
+                    let since = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    engine.restart();
+                    events.subscribe(Some(since));
+                }
+                Fault::PostgresRestart => postgres.restart(),
+                Fault::None => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2000 + random.next(2000)));
+        let slot = random.next(SCHEDULERS as u64) as usize;
+        cluster.kill(slot);
+        kills += 1;
+        cluster.start(slot);
+    }
+    assert!(fault_done, "the runs ended before the fault was injected");
+    eprintln!("{RUNS} runs ended after {kills} scheduler kills");
+    // A last sweep removes containers whose scheduler was killed before removing them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = cluster.docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.stevedore.job={job_id}"),
+        ]);
+        let left = String::from_utf8_lossy(&left.stdout).lines().count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} containers left behind{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.stop_all();
+    let starts = events.starts();
+    check(&postgres, job_id, fault, &run_ids, &starts, &cluster.logs());
+}
+
+/// What the store and the engine's events say at the end of a chaos test.
+fn check(
+    postgres: &Postgres,
+    job_id: &str,
+    fault: Fault,
+    run_ids: &[String],
+    starts: &HashMap<(String, String, i64), usize>,
+    logs_of_schedulers: &str,
+) {
+    // Every run succeeded: no try was lost (a lost try would have spent retries, and the
+    // tries' records show whether any did).
+    let states = postgres.query(&format!(
+        "SELECT state, count(*) FROM runs WHERE job_id = '{job_id}' GROUP BY state"
+    ));
+    let failures = postgres.query(&format!(
+        "SELECT t.task_id, t.try_number, t.state, t.exit_code, t.failure_reason FROM tries t \
+         JOIN runs r ON r.run_id = t.run_id WHERE r.job_id = '{job_id}' AND t.state <> 'success' LIMIT 10"
+    ));
+    assert_eq!(
+        states,
+        format!("success|{RUNS}"),
+        "tries that did not succeed:\n{failures}\n{logs_of_schedulers}"
+    );
+    assert_eq!(
+        postgres.query(&format!(
+            "SELECT count(*) FROM runs WHERE job_id = '{job_id}'"
+        )),
+        RUNS.to_string()
+    );
+
+    // Every container that started belongs to a try in the store and started once.
+    let tries = postgres.query(&format!(
+        "SELECT t.run_id, t.task_id, t.try_number, t.state, COALESCE(t.exit_code::text, ''), COALESCE(t.failure_reason, '') \
+         FROM tries t JOIN runs r ON r.run_id = t.run_id WHERE r.job_id = '{job_id}'"
+    ));
+    let mut recorded: BTreeMap<(String, String, i64), (String, String, String)> = BTreeMap::new();
+    for line in tries.lines() {
+        let fields: Vec<&str> = line.split('|').collect();
+        recorded.insert(
+            (
+                fields[0].to_owned(),
+                fields[1].to_owned(),
+                fields[2].parse().unwrap(),
+            ),
+            (
+                fields[3].to_owned(),
+                fields[4].to_owned(),
+                fields[5].to_owned(),
+            ),
+        );
+    }
+    for (key, count) in starts {
+        assert_eq!(*count, 1, "try {key:?} was started {count} times");
+        assert!(
+            recorded.contains_key(key),
+            "a container of {key:?} started, but the store has no such try"
+        );
+    }
+    let (mut interrupted, mut failed) = (0, 0);
+    for (key, (state, exit_code, reason)) in &recorded {
+        match state.as_str() {
+            "success" => assert_eq!(
+                starts.get(key),
+                Some(&1),
+                "successful try {key:?} has no start event"
+            ),
+            // A scheduler killed before the container started: nothing ran.
+            "interrupted" => {
+                assert_eq!(
+                    starts.get(key),
+                    None,
+                    "interrupted try {key:?} had started: {reason}"
+                );
+                interrupted += 1;
+            }
+            // Containers the engine stopped as it restarted.
+            "failed" if fault == Fault::EngineRestart => failed += 1,
+            other => panic!("try {key:?} ended {other} (exit code {exit_code}, {reason})"),
+        }
+    }
+    let instances = RUNS * 6;
+    assert_eq!(recorded.len(), instances + interrupted + failed);
+    eprintln!(
+        "{} tries, {} containers started, {interrupted} tries interrupted before their container started, {failed} failed as the engine stopped them",
+        recorded.len(),
+        starts.len()
+    );
+
+    // Every try's log holds each line its container printed once, in order: all of them for
+    // a try that succeeded, the lines up to where it was stopped for one that failed.
+    let lines = postgres.query(&format!(
+        "SELECT t.run_id, t.task_id, t.try_number, l.stream, l.text FROM log_lines l JOIN tries t ON t.try_id = l.try_id \
+         JOIN runs r ON r.run_id = t.run_id WHERE r.job_id = '{job_id}' \
+         AND l.stream IN (1, 2) ORDER BY l.try_id, l.seq"
+    ));
+    let mut logs: HashMap<(String, String, i64), (Vec<String>, Vec<String>)> = HashMap::new();
+    for line in lines.lines() {
+        let fields: Vec<&str> = line.splitn(5, '|').collect();
+        let entry = logs
+            .entry((
+                fields[0].to_owned(),
+                fields[1].to_owned(),
+                fields[2].parse().unwrap(),
+            ))
+            .or_default();
+        match fields[3] {
+            "1" => entry.0.push(fields[4].to_owned()),
+            _ => entry.1.push(fields[4].to_owned()),
+        }
+    }
+    let expected = |lines: u32| {
+        (
+            (1..=lines).map(|n| format!("out {n}")).collect::<Vec<_>>(),
+            (1..=lines)
+                .filter(|n| n % 3 == 0)
+                .map(|n| format!("err {n}"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut checked = 0;
+    for (key, (state, _, _)) in &recorded {
+        let (run_id, task, _) = key;
+        assert!(run_ids.contains(run_id));
+        let lines = if task.starts_with("part") {
+            part_lines(fault)
+        } else {
+            EDGE_LINES
+        };
+        let (out, err) = expected(lines);
+        let stored = logs.remove(key).unwrap_or_default();
+        match state.as_str() {
+            "success" => {
+                assert_eq!(
+                    stored,
+                    (out, err),
+                    "the log of {key:?} is not its container's output, once and in order"
+                );
+                checked += 1;
+            }
+            _ => assert!(
+                out.starts_with(&stored.0) && err.starts_with(&stored.1),
+                "the log of {state} try {key:?} is not a prefix of its container's output: {stored:?}"
+            ),
+        }
+    }
+    assert_eq!(checked, instances);
+    assert!(
+        logs.is_empty(),
+        "log lines of tries the store does not have"
+    );
+}
+
+/// Two schedulers share one pool of two slots: however they interleave, no more than two of
+/// its task instances run at once (they take turns deciding what is queued).
+#[test]
+fn a_pool_holds_across_schedulers() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let postgres = Postgres::start();
+    let job_id = "narrow";
+    let mut text = format!("id: {job_id}\nmax_active_runs: 16\nmax_active_tasks: 64\ntasks:\n");
+    for index in 0..6 {
+        text.push_str(&format!(
+            "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"5\", --every-ms, \"100\"]\n    pool: narrow\n"
+        ));
+    }
+    let mut cluster = Cluster::new(&postgres, job_id, Fault::None, None);
+    std::fs::write(
+        cluster
+            .dir
+            .path()
+            .join("jobs")
+            .join(format!("{job_id}.yaml")),
+        text,
+    )
+    .unwrap();
+    let set = cluster
+        .command(&["pools", "set", "narrow", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    cluster.start(0);
+    cluster.start(1);
+    // Both registered before the runs exist, so each claims its share.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postgres.query("SELECT count(*) FROM schedulers") != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "the schedulers did not start{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = 4;
+    for _ in 0..runs {
+        cluster.trigger();
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let terminal = format!(
+        "SELECT count(*) FROM runs WHERE job_id = '{job_id}' AND state IN ('success', 'failed')"
+    );
+    let mut owners = 0;
+    while postgres.query(&terminal) != runs.to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the runs did not end{}",
+            cluster.logs()
+        );
+        let now: usize = postgres
+            .query(&format!(
+                "SELECT count(DISTINCT owner) FROM runs WHERE job_id = '{job_id}' AND state IN ('queued', 'running')"
+            ))
+            .parse()
+            .unwrap();
+        owners = owners.max(now);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.stop_all();
+    assert_eq!(owners, 2, "the runs were not shared by both schedulers");
+    // The tries' intervals: at no moment more than two at once.
+    let intervals = postgres.query(&format!(
+        "SELECT t.started_at, t.ended_at FROM tries t JOIN runs r ON r.run_id = t.run_id WHERE r.job_id = '{job_id}'"
+    ));
+    let mut edges: Vec<(String, i32)> = Vec::new();
+    for line in intervals.lines() {
+        let (start, end) = line.split_once('|').unwrap();
+        edges.push((start.to_owned(), 1));
+        edges.push((end.to_owned(), -1));
+    }
+    assert_eq!(edges.len(), 2 * 6 * runs);
+    // Timestamps are fixed-width RFC 3339 text: their order is time order; an end sorts
+    // before a start at the same instant.
+    edges.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, step) in edges {
+        running += step;
+        most = most.max(running);
+    }
+    assert!(most <= 2, "{most} tries of a two-slot pool ran at once");
+    assert_eq!(most, 2, "the pool was never full: the test shows nothing");
+}
