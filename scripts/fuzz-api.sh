@@ -39,7 +39,7 @@ status=0
   --header "Authorization: Bearer $token" \
   --checks all \
   --max-time "$max_time" \
-  --workers 2 \
+  --workers 1 \
   --seed 20261123 \
   --warnings off || status=$?
 if grep -q "panicked" "$work/server.log"; then
