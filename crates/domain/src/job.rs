@@ -607,15 +607,7 @@ fn build_task(
             );
         }
     }
-    let placement: BTreeMap<String, String> = pick!(placement)
-        .map(|spanned| {
-            spanned
-                .value
-                .iter()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let placement = pick!(placement).map(scalar_texts).unwrap_or_default();
     let pool = pick!(pool)
         .map(|p| p.value.clone())
         .unwrap_or_else(|| "default".to_owned());
@@ -633,15 +625,7 @@ fn build_task(
         problems.at(line, format!("task `{id}`: timeout must be above 0"));
     }
 
-    let env = pick!(env)
-        .map(|spanned| {
-            spanned
-                .value
-                .iter()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let env = pick!(env).map(scalar_texts).unwrap_or_default();
     let args = pick!(args)
         .map(|spanned| spanned.value.iter().map(|v| v.0.clone()).collect())
         .unwrap_or_default();
@@ -842,6 +826,15 @@ fn check_templates(
             }
         }
     }
+}
+
+/// A map of scalars (`env`, `placement`) with each value as its text.
+fn scalar_texts(spanned: &Spanned<BTreeMap<String, Scalar>>) -> BTreeMap<String, String> {
+    spanned
+        .value
+        .iter()
+        .map(|(key, value)| (key.clone(), value.0.clone()))
+        .collect()
 }
 
 #[cfg(test)]

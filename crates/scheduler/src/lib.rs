@@ -415,6 +415,7 @@ impl Scheduler {
             .keys()
             .cloned()
             .collect();
+        let following = Following::of(&followed);
         let live_after = if self.config.exclusive {
             // No other scheduler can be alive: take every run over at once.
             now + chrono::TimeDelta::days(365)
@@ -520,7 +521,7 @@ impl Scheduler {
             }
             let instances = instances_of.remove(&run.run_id).unwrap_or_default();
             match self
-                .advance_run(&run, instances, &followed, &mut capacity)
+                .advance_run(&run, instances, &following, &mut capacity)
                 .await
             {
                 Ok((job, ready, tries)) => {
@@ -565,12 +566,12 @@ impl Scheduler {
             let Some(fence) = held.get(&run.run_id) else {
                 continue;
             };
-            self.launch(
+            self.spawn_try(
                 job.clone(),
                 run.clone(),
                 task.clone(),
-                try_number,
                 fence.clone(),
+                TryStart::New(try_number),
             );
         }
         Ok(())
@@ -771,7 +772,7 @@ impl Scheduler {
         &self,
         run: &RunRecord,
         instances: Vec<stevedore_store::TaskInstanceRecord>,
-        followed: &HashSet<TryKey>,
+        following: &Following,
         capacity: &mut Capacity,
     ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>, HashMap<String, u32>)> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
@@ -808,9 +809,9 @@ impl Scheduler {
             // Queued by a scheduler that stopped (or lost the run) before its try started:
             // nothing runs it, so it is scheduled again rather than stuck in `queued`.
             let left_queued = ti.state == TaskState::Queued
-                && !followed
-                    .iter()
-                    .any(|key| key.run_id == ti.run_id && key.task_id == ti.task_id);
+                && !following
+                    .task_instances
+                    .contains(&(ti.run_id.clone(), ti.task_id.clone()));
             if left_queued {
                 warn!(run_id = %run.run_id, task_id = %ti.task_id, "task instance was left queued by a stopped scheduler; scheduling it again");
                 changes.push((run.run_id.clone(), ti.task_id.clone(), TaskState::Scheduled));
@@ -886,7 +887,7 @@ impl Scheduler {
         };
         // A run ends once this scheduler has finished with each of its tries, their
         // containers removed included: the next pass, which the last of them wakes.
-        let still_following = || followed.iter().any(|key| key.run_id == run.run_id);
+        let still_following = || following.runs.contains(&run.run_id);
         if let Some(outcome) = outcome.filter(|_| !still_following()) {
             self.store
                 .set_run_state(&run.run_id, outcome, Utc::now())
@@ -898,17 +899,6 @@ impl Scheduler {
             .map(|ti| (ti.task_id, ti.try_number))
             .collect();
         Ok((job, ready, tries))
-    }
-
-    fn launch(
-        self: &Arc<Self>,
-        job: Arc<Job>,
-        run: RunRecord,
-        task: stevedore_domain::job::Task,
-        try_number: u32,
-        fence: Fence,
-    ) {
-        self.spawn_try(job, run, task, fence, TryStart::New(try_number));
     }
 
     /// Follows one try in its own task: a new one, or one a stopped scheduler left running.
@@ -1088,6 +1078,24 @@ impl Scheduler {
             );
         }
         self.drop_work();
+    }
+}
+
+/// The runs and task instances with a try this scheduler follows, for lookups in a pass.
+struct Following {
+    runs: HashSet<String>,
+    task_instances: HashSet<(String, String)>,
+}
+
+impl Following {
+    fn of(followed: &HashSet<TryKey>) -> Following {
+        Following {
+            runs: followed.iter().map(|key| key.run_id.clone()).collect(),
+            task_instances: followed
+                .iter()
+                .map(|key| (key.run_id.clone(), key.task_id.clone()))
+                .collect(),
+        }
     }
 }
 

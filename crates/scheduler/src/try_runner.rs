@@ -361,10 +361,12 @@ impl TryRunner {
             on_started,
         );
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
-        let followed = follow(backend.execute(spec, events_tx, kill_rx), sink).await;
-        if let Some(guard) = timeout_guard {
-            guard.abort();
-        }
+        let followed = follow(
+            backend.execute(spec, events_tx, kill_rx),
+            sink,
+            timeout_guard,
+        )
+        .await;
         let (result, recorded) = match followed {
             Ok(both) => both,
             Err(message) => return Ok(TryEnd::Fenced(message)),
@@ -479,10 +481,12 @@ impl TryRunner {
             on_started,
         );
         info!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, stored_stdout = stored.stdout, stored_stderr = stored.stderr, "re-attaching to a try a stopped scheduler left running");
-        let followed = follow(backend.adopt(&adoption, events_tx, kill_rx), sink).await;
-        if let Some(guard) = timeout_guard {
-            guard.abort();
-        }
+        let followed = follow(
+            backend.adopt(&adoption, events_tx, kill_rx),
+            sink,
+            timeout_guard,
+        )
+        .await;
         let (result, recorded) = match followed {
             Ok(both) => both,
             Err(message) => return Ok(TryEnd::Fenced(message)),
@@ -735,12 +739,13 @@ pub async fn record_finish(
     .await
 }
 
-/// Waits for a try (`exit`) while its events are stored (`sink`). `Err` with the store's
-/// message when the store refused the records because another scheduler took the run
-/// over: the try is then left to that scheduler (nothing is killed).
+/// Waits for a try (`exit`) while its events are stored (`sink`), then stops its timeout
+/// timer. `Err` with the store's message when the store refused the records because another
+/// scheduler took the run over: the try is then left to that scheduler (nothing is killed).
 async fn follow<T>(
     exit: impl std::future::Future<Output = T>,
     mut sink: tokio::task::JoinHandle<anyhow::Result<Recorded>>,
+    timeout_guard: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(T, Recorded), String> {
     tokio::pin!(exit);
     let mut stored = None;
@@ -754,6 +759,9 @@ async fn follow<T>(
         Some(ended) => ended,
         None => sink.await,
     };
+    if let Some(guard) = timeout_guard {
+        guard.abort();
+    }
     let recorded = match stored {
         Ok(Ok(recorded)) => recorded,
         Ok(Err(error)) => {
