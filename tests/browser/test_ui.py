@@ -124,10 +124,15 @@ class Ui(unittest.TestCase):
         b.get(link)
         self.assertEqual(self.css(".title-row .state")[0].text, "running")
         self.assertTrue(self.css("#live"), "a running try's log is followed live")
+        # The try prints `sleeping 6s`, then a `tick` a second: the page may open before or
+        # after the first line, so it waits for a tick, which comes only while it is open.
         before = len(self.css("#log .line"))
-        wait_for("a new log line without reloading",
-                 lambda: len(self.css("#log .line")) > before, timeout=30)
-        texts = [e.text for e in self.css("#log .line .text")]
+
+        def grown_with_a_tick():
+            texts = [e.text for e in self.css("#log .line .text")]
+            grown = len(texts) > before and any(t.startswith("tick ") for t in texts)
+            return texts if grown else None
+        texts = wait_for("a new tick line without reloading", grown_with_a_tick, timeout=30)
         self.assertTrue(any(t.startswith("tick ") for t in texts), texts)
         self.shot("try-live-log")
         # When the try ends the page shows its exit code.
