@@ -164,11 +164,15 @@ async fn all_tries(harness: &Harness, run_id: &str) -> Vec<stevedore_store::TryR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_two_slots_never_runs_three_and_priority_orders_the_queue() {
+    // t3 sleeps 3 s, the others 1 s, so no two tries end in the same instant: each freed
+    // slot goes to one waiting task, and the order of starts is the priority order (two
+    // tasks queued in one pass would start in whichever order their processes spawn).
     let mut tasks = String::new();
-    for (index, priority) in [1, 9, 5, 7, 3].iter().enumerate() {
+    for (index, (priority, seconds)) in [(1, 1), (9, 1), (5, 1), (7, 3), (3, 1)].iter().enumerate()
+    {
         tasks += &process_task(
             &format!("t{index}"),
-            "[sleep, --seconds, 1]",
+            &format!("[sleep, --seconds, {seconds}]"),
             &format!("    pool: narrow\n    priority: {priority}\n"),
         );
     }
@@ -191,7 +195,8 @@ async fn a_pool_of_two_slots_never_runs_three_and_priority_orders_the_queue() {
     assert_eq!(max_overlap(&tries), 2);
     tries.sort_by_key(|t| t.started_at);
     let order: Vec<&str> = tries.iter().map(|t| t.task_id.as_str()).collect();
-    // Two start at once (t1 weight 9, t3 weight 7), then by weight as slots free up.
+    // Two start at once (t1 weight 9, t3 weight 7); t1's slot goes to t2 (weight 5) at 1 s,
+    // t2's to t4 (weight 3) at 2 s, t3's to t0 (weight 1) at 3 s.
     assert_eq!(&order[2..], ["t2", "t4", "t0"], "{order:?}");
     assert_eq!(
         order[..2]

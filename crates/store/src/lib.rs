@@ -61,6 +61,17 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The same passing error again, for each of several writes that failed together
+    /// (`sqlx::Error` cannot be cloned): still [`StoreError::is_transient`], same message.
+    pub(crate) fn again(&self) -> StoreError {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            self.to_string(),
+        )))
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -198,6 +209,51 @@ pub struct TryFinish {
     pub failure_reason: Option<String>,
     pub task_state: TaskState,
     pub next_try_at: Option<DateTime<Utc>>,
+}
+
+/// One write of a try, for [`Store::write_tries`]: what [`Store::start_try_fenced`],
+/// [`Store::set_try_container_fenced`], [`Store::append_logs_fenced`] and
+/// [`Store::finish_try_fenced`] each write alone.
+#[derive(Clone, Debug)]
+pub enum TryWrite {
+    /// Inserts the try, sets its task instance `running` and clears the outputs of earlier
+    /// tries; answers [`TryWritten::Started`].
+    Start {
+        key: TryKey,
+        backend: String,
+        image_ref: String,
+        at: DateTime<Utc>,
+    },
+    /// Records the try's container; `log_seq` is the seq its first line gets.
+    Container {
+        try_id: i64,
+        container_id: String,
+        image_digest: Option<String>,
+        log_seq: i64,
+    },
+    Logs(Vec<LogLine>),
+    Finish(TryFinish),
+}
+
+/// A [`TryWrite`] by the holder of `fence` (the run's claim), refused with
+/// [`StoreError::Fenced`] once the run's fencing token has moved on; `None`: unfenced (an
+/// operator, a test).
+#[derive(Clone, Debug)]
+pub struct FencedWrite {
+    pub write: TryWrite,
+    pub fence: Option<Fence>,
+}
+
+/// What a [`TryWrite`] gives back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TryWritten {
+    /// The try just started, and its task's committed state as the try's start saw it (what
+    /// its state file holds).
+    Started {
+        record: TryRecord,
+        committed_state: Option<Value>,
+    },
+    Done,
 }
 
 /// A connection: named secret values injected as environment variables. Only `sealed`
@@ -356,7 +412,13 @@ pub trait Store: Send + Sync {
     async fn state_counts(&self) -> Result<StateCounts>;
     /// Sets a run's state. When a run succeeds, the state its successful tries published is
     /// committed for the job's tasks; when it fails, that state is dropped.
-    async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()>;
+    async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()> {
+        self.set_run_states(&[(run_id.to_owned(), state)], at).await
+    }
+    /// Sets the states of several runs in one transaction (a scheduling pass), as
+    /// [`Store::set_run_state`] would one after the other.
+    async fn set_run_states(&self, changes: &[(String, RunState)], at: DateTime<Utc>)
+        -> Result<()>;
     /// Changes whenever a run is created (the newest run id; ids are time-ordered), so a
     /// scheduler can notice a trigger from another process with one cheap query.
     async fn runs_marker(&self) -> Result<Option<String>>;
@@ -418,7 +480,18 @@ pub trait Store: Send + Sync {
         image_ref: &str,
         at: DateTime<Utc>,
         fence: Option<&Fence>,
-    ) -> Result<TryRecord>;
+    ) -> Result<TryRecord> {
+        let write = TryWrite::Start {
+            key: key.clone(),
+            backend: backend.to_owned(),
+            image_ref: image_ref.to_owned(),
+            at,
+        };
+        match self.write_one(write, fence).await? {
+            TryWritten::Started { record, .. } => Ok(record),
+            TryWritten::Done => unreachable!("a start answers Started"),
+        }
+    }
     async fn set_try_container(
         &self,
         try_id: i64,
@@ -436,12 +509,39 @@ pub trait Store: Send + Sync {
         image_digest: Option<&str>,
         log_seq: i64,
         fence: Option<&Fence>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let write = TryWrite::Container {
+            try_id,
+            container_id: container_id.to_owned(),
+            image_digest: image_digest.map(str::to_owned),
+            log_seq,
+        };
+        self.write_one(write, fence).await.map(drop)
+    }
     /// Ends a try; on success the state the try published waits for the run's outcome.
     async fn finish_try(&self, finish: &TryFinish) -> Result<()> {
         self.finish_try_fenced(finish, None).await
     }
-    async fn finish_try_fenced(&self, finish: &TryFinish, fence: Option<&Fence>) -> Result<()>;
+    async fn finish_try_fenced(&self, finish: &TryFinish, fence: Option<&Fence>) -> Result<()> {
+        self.write_one(TryWrite::Finish(finish.clone()), fence)
+            .await
+            .map(drop)
+    }
+    /// Several tries' writes in one transaction (the scheduler's group commit), each with its
+    /// own result, in order, as if each had been made alone: a write that is fenced, finds no
+    /// try or conflicts fails without failing the others.
+    async fn write_tries(&self, writes: &[FencedWrite]) -> Vec<Result<TryWritten>>;
+    /// One write through [`Store::write_tries`].
+    async fn write_one(&self, write: TryWrite, fence: Option<&Fence>) -> Result<TryWritten> {
+        let writes = [FencedWrite {
+            write,
+            fence: fence.cloned(),
+        }];
+        self.write_tries(&writes)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a write without a result".to_owned())))
+    }
     async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>>;
     /// Tries still `running`, for a restarted scheduler to settle.
     async fn running_tries(&self) -> Result<Vec<TryRecord>>;
@@ -450,7 +550,14 @@ pub trait Store: Send + Sync {
     async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
         self.append_logs_fenced(lines, None).await
     }
-    async fn append_logs_fenced(&self, lines: &[LogLine], fence: Option<&Fence>) -> Result<()>;
+    async fn append_logs_fenced(&self, lines: &[LogLine], fence: Option<&Fence>) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.write_one(TryWrite::Logs(lines.to_vec()), fence)
+            .await
+            .map(drop)
+    }
     /// How many of the try's container lines are stored (see [`StoredLines`]).
     async fn stored_lines(&self, try_id: i64) -> Result<StoredLines>;
     /// Lines of a try with `seq > after`, in order, at most `limit`.

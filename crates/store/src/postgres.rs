@@ -12,12 +12,16 @@ use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, TaskState, TryState};
 
 use crate::rows::*;
-use crate::sql_store::{numbered_placeholders, sql, Dialect};
+use crate::sql_store::{numbered_placeholders, sql, Dialect, BULK_ROWS};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_claims.sql")),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_running_tries.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under PostgreSQL's 65535

@@ -46,6 +46,10 @@ pub(crate) mod sql {
     }
 }
 
+/// Rows per statement of a bulk write (a few values each: well under SQLite's 32766 and
+/// PostgreSQL's 65535 parameters).
+pub(crate) const BULK_ROWS: usize = 500;
+
 /// `?` and `?N` placeholders as PostgreSQL's `$N` (a bare `?` takes the next number).
 pub(crate) fn numbered_placeholders(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
@@ -110,38 +114,334 @@ impl $store {
         .await?;
         Ok(())
     }
+}
 
-    /// A write transaction that only the holder of `fence` gets: refused when `fence` no
-    /// longer holds the run's claim. The run's row stays share-locked until the transaction
-    /// ends, so a takeover waits for the write it fences.
-    async fn fenced_transaction(
-        &self,
-        fence: Option<&Fence>,
-    ) -> Result<sqlx::Transaction<'static, <$dialect as Dialect>::DB>> {
+impl $store {
+    /// Every write of `writes` in one transaction (see [`Store::write_tries`]); `Err` when the
+    /// transaction as a whole failed (nothing of it is kept then).
+    async fn write_tries_together(&self, writes: &[FencedWrite]) -> Result<Vec<Result<TryWritten>>> {
         let mut tx = self.write_transaction().await?;
-        let Some(fence) = fence else {
-            return Ok(tx);
-        };
-        let token: Option<i64> = sql::query_scalar::<$dialect, _>(&format!(
-            "SELECT fence FROM runs WHERE run_id = ?{}",
-            <$dialect as Dialect>::SHARE_LOCK
-        ))
-        .bind(&fence.run_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if token == Some(fence.token) {
-            return Ok(tx);
+        match Self::write_tries_in(&mut tx, writes).await {
+            Ok(results) => {
+                tx.commit().await?;
+                Ok(results)
+            }
+            Err(error) => {
+                // Roll back now: a dropped transaction would keep its row locks until its
+                // connection is next used, and claims skip locked rows.
+                let _ = tx.rollback().await;
+                Err(error)
+            }
         }
-        // Roll back now: a dropped transaction would keep the row lock until its connection
-        // is next used, and claims skip locked rows.
-        tx.rollback().await?;
-        match token {
-            None => Err(StoreError::NotFound(format!("run {}", fence.run_id))),
-            Some(token) => Err(StoreError::Fenced(format!(
-                "run {} was taken over by another scheduler (its claim is at fencing token {token}; this scheduler held {})",
-                fence.run_id, fence.token
-            ))),
+    }
+
+    async fn write_tries_in(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        writes: &[FencedWrite],
+    ) -> Result<Vec<Result<TryWritten>>> {
+        type Db = <$dialect as Dialect>::DB;
+        use std::collections::HashMap;
+        let mut results: Vec<Option<Result<TryWritten>>> = writes.iter().map(|_| None).collect();
+
+        // Fences: one read of every fenced run's token; the rows stay share-locked until the
+        // transaction ends, so a takeover waits for the writes it fences.
+        let mut fenced_runs: Vec<&str> = writes
+            .iter()
+            .filter_map(|w| w.fence.as_ref().map(|f| f.run_id.as_str()))
+            .collect();
+        fenced_runs.sort_unstable();
+        fenced_runs.dedup();
+        let mut tokens: HashMap<String, i64> = HashMap::new();
+        for chunk in fenced_runs.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<Db>::new("SELECT run_id, fence FROM runs WHERE run_id IN (");
+            {
+                let mut list = query.separated(", ");
+                for run_id in chunk {
+                    list.push_bind(*run_id);
+                }
+            }
+            query.push(") ORDER BY run_id");
+            query.push(<$dialect as Dialect>::SHARE_LOCK);
+            let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut **tx).await?;
+            tokens.extend(rows);
         }
+        for (index, write) in writes.iter().enumerate() {
+            let Some(fence) = &write.fence else { continue };
+            match tokens.get(&fence.run_id) {
+                Some(token) if *token == fence.token => {}
+                None => {
+                    results[index] = Some(Err(StoreError::NotFound(format!("run {}", fence.run_id))))
+                }
+                Some(token) => {
+                    results[index] = Some(Err(StoreError::Fenced(format!(
+                        "run {} was taken over by another scheduler (its claim is at fencing token {token}; this scheduler held {})",
+                        fence.run_id, fence.token
+                    ))))
+                }
+            }
+        }
+
+        // Starts: the tries, their task instances `running`, earlier tries' outputs cleared,
+        // and each task's committed state read.
+        let starts: Vec<(usize, &TryKey, &str, &str, String)> = writes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| results[*index].is_none())
+            .filter_map(|(index, w)| match &w.write {
+                TryWrite::Start { key, backend, image_ref, at } => {
+                    Some((index, key, backend.as_str(), image_ref.as_str(), ts(*at)))
+                }
+                _ => None,
+            })
+            .collect();
+        for chunk in starts.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<Db>::new(
+                "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at) ",
+            );
+            query.push_values(chunk, |mut row, (_, key, backend, image_ref, at)| {
+                row.push_bind(key.run_id.as_str())
+                    .push_bind(key.task_id.as_str())
+                    .push_bind(i64::from(key.try_number))
+                    .push_bind(*backend)
+                    .push_bind(*image_ref)
+                    .push_bind("running")
+                    .push_bind(at.as_str());
+            });
+            query.push(
+                " ON CONFLICT (run_id, task_id, try_number) DO NOTHING \
+                 RETURNING try_id, run_id, task_id, try_number",
+            );
+            let rows: Vec<(i64, String, String, i64)> =
+                query.build_query_as().fetch_all(&mut **tx).await?;
+            let mut ids: HashMap<(String, String, i64), i64> = rows
+                .into_iter()
+                .map(|(try_id, run_id, task_id, number)| ((run_id, task_id, number), try_id))
+                .collect();
+            let mut inserted = Vec::with_capacity(chunk.len());
+            for (index, key, backend, image_ref, at) in chunk {
+                match ids.remove(&(key.run_id.clone(), key.task_id.clone(), i64::from(key.try_number))) {
+                    Some(try_id) => inserted.push((*index, *key, *backend, *image_ref, at.as_str(), try_id)),
+                    None => {
+                        results[*index] = Some(Err(StoreError::Conflict(format!(
+                            "try {} of task `{}` in run {} already exists",
+                            key.try_number, key.task_id, key.run_id
+                        ))))
+                    }
+                }
+            }
+            if inserted.is_empty() {
+                continue;
+            }
+            let mut query = QueryBuilder::<Db>::new("WITH v (run_id, task_id, try_number, at) AS (");
+            query.push_values(&inserted, |mut row, (_, key, _, _, at, _)| {
+                row.push_bind(key.run_id.as_str())
+                    .push_bind(key.task_id.as_str())
+                    .push_bind(i64::from(key.try_number))
+                    .push_bind(*at);
+            });
+            query.push(
+                ") UPDATE task_instances SET state = 'running', try_number = v.try_number, \
+                 next_try_at = NULL, started_at = COALESCE(task_instances.started_at, v.at), ended_at = NULL \
+                 FROM v WHERE task_instances.run_id = v.run_id AND task_instances.task_id = v.task_id",
+            );
+            query.build().execute(&mut **tx).await?;
+            let mut query = QueryBuilder::<Db>::new("DELETE FROM outputs WHERE (run_id, task_id) IN (");
+            query.push_values(&inserted, |mut row, (_, key, ..)| {
+                row.push_bind(key.run_id.as_str()).push_bind(key.task_id.as_str());
+            });
+            query.push(")");
+            query.build().execute(&mut **tx).await?;
+            let mut query = QueryBuilder::<Db>::new(
+                "SELECT r.run_id, s.task_id, s.value FROM task_state s JOIN runs r ON r.job_id = s.job_id \
+                 WHERE (r.run_id, s.task_id) IN (",
+            );
+            query.push_values(&inserted, |mut row, (_, key, ..)| {
+                row.push_bind(key.run_id.as_str()).push_bind(key.task_id.as_str());
+            });
+            query.push(")");
+            let states: Vec<(String, String, String)> =
+                query.build_query_as().fetch_all(&mut **tx).await?;
+            let mut states: HashMap<(String, String), String> = states
+                .into_iter()
+                .map(|(run_id, task_id, value)| ((run_id, task_id), value))
+                .collect();
+            for (index, key, backend, image_ref, at, try_id) in inserted {
+                let committed_state = states
+                    .remove(&(key.run_id.clone(), key.task_id.clone()))
+                    .as_deref()
+                    .map(parse_json)
+                    .transpose()?;
+                results[index] = Some(Ok(TryWritten::Started {
+                    record: TryRecord {
+                        try_id,
+                        run_id: key.run_id.clone(),
+                        task_id: key.task_id.clone(),
+                        try_number: key.try_number,
+                        backend: backend.to_owned(),
+                        container_id: None,
+                        image_ref: image_ref.to_owned(),
+                        image_digest: None,
+                        state: TryState::Running,
+                        started_at: parse_ts(at)?,
+                        ended_at: None,
+                        exit_code: None,
+                        failure_reason: None,
+                    },
+                    committed_state,
+                }));
+            }
+        }
+
+        // Containers.
+        let containers: Vec<(i64, &str, Option<&str>, i64)> = writes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| results[*index].is_none())
+            .filter_map(|(_, w)| match &w.write {
+                TryWrite::Container { try_id, container_id, image_digest, log_seq } => {
+                    Some((*try_id, container_id.as_str(), image_digest.as_deref(), *log_seq))
+                }
+                _ => None,
+            })
+            .collect();
+        for chunk in containers.chunks(BULK_ROWS) {
+            let mut query =
+                QueryBuilder::<Db>::new("WITH v (try_id, container_id, image_digest, log_seq) AS (");
+            query.push_values(chunk, |mut row, (try_id, container_id, image_digest, log_seq)| {
+                row.push_bind(*try_id)
+                    .push_bind(*container_id)
+                    .push_bind(*image_digest)
+                    .push_bind(*log_seq);
+            });
+            query.push(
+                ") UPDATE tries SET container_id = v.container_id, \
+                 image_digest = COALESCE(v.image_digest, tries.image_digest), \
+                 container_seq = COALESCE(tries.container_seq, v.log_seq) \
+                 FROM v WHERE tries.try_id = v.try_id",
+            );
+            query.build().execute(&mut **tx).await?;
+        }
+
+        // Log lines.
+        let lines: Vec<&LogLine> = writes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| results[*index].is_none())
+            .filter_map(|(_, w)| match &w.write {
+                TryWrite::Logs(lines) => Some(lines),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for chunk in lines.chunks(LOG_BATCH_ROWS) {
+            let mut query = QueryBuilder::<Db>::new(
+                "INSERT INTO log_lines (try_id, seq, stream, ts, text) ",
+            );
+            query.push_values(chunk, |mut row, line| {
+                row.push_bind(line.try_id)
+                    .push_bind(line.seq)
+                    .push_bind(line.stream.code())
+                    .push_bind(line.timestamp.timestamp_micros())
+                    .push_bind(line.text.as_str());
+            });
+            query.build().persistent(true).execute(&mut **tx).await?;
+        }
+
+        // Ends: the tries, their task instances, and the state a successful try published,
+        // which waits for its run's outcome.
+        let finishes: Vec<(usize, &TryFinish)> = writes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| results[*index].is_none())
+            .filter_map(|(index, w)| match &w.write {
+                TryWrite::Finish(finish) => Some((index, finish)),
+                _ => None,
+            })
+            .collect();
+        for chunk in finishes.chunks(BULK_ROWS) {
+            let mut query =
+                QueryBuilder::<Db>::new("SELECT try_id, run_id, task_id, pending_state FROM tries WHERE try_id IN (");
+            {
+                let mut list = query.separated(", ");
+                for (_, finish) in chunk {
+                    list.push_bind(finish.try_id);
+                }
+            }
+            query.push(")");
+            let rows: Vec<(i64, String, String, Option<String>)> =
+                query.build_query_as().fetch_all(&mut **tx).await?;
+            let mut found: HashMap<i64, (String, String, Option<String>)> = rows
+                .into_iter()
+                .map(|(try_id, run_id, task_id, pending)| (try_id, (run_id, task_id, pending)))
+                .collect();
+            let mut ending = Vec::with_capacity(chunk.len());
+            for (index, finish) in chunk {
+                match found.remove(&finish.try_id) {
+                    Some((run_id, task_id, pending)) => ending.push((*index, *finish, run_id, task_id, pending)),
+                    None => {
+                        results[*index] =
+                            Some(Err(StoreError::NotFound(format!("try {}", finish.try_id))))
+                    }
+                }
+            }
+            if ending.is_empty() {
+                continue;
+            }
+            let mut query = QueryBuilder::<Db>::new(
+                "WITH v (try_id, state, ended_at, exit_code, failure_reason) AS (",
+            );
+            query.push_values(&ending, |mut row, (_, finish, ..)| {
+                row.push_bind(finish.try_id)
+                    .push_bind(finish.state.as_str())
+                    .push_bind(ts(finish.ended_at))
+                    .push_bind(finish.exit_code)
+                    .push_bind(finish.failure_reason.as_deref());
+            });
+            query.push(
+                ") UPDATE tries SET state = v.state, ended_at = v.ended_at, exit_code = v.exit_code, \
+                 failure_reason = v.failure_reason, pending_state = NULL FROM v WHERE tries.try_id = v.try_id",
+            );
+            query.build().execute(&mut **tx).await?;
+            let mut query = QueryBuilder::<Db>::new(
+                "WITH v (run_id, task_id, state, next_try_at, ended_at) AS (",
+            );
+            query.push_values(&ending, |mut row, (_, finish, run_id, task_id, _)| {
+                row.push_bind(run_id.as_str())
+                    .push_bind(task_id.as_str())
+                    .push_bind(finish.task_state.as_str())
+                    .push_bind(finish.next_try_at.map(ts))
+                    .push_bind(finish.task_state.is_finished().then(|| ts(finish.ended_at)));
+            });
+            query.push(
+                ") UPDATE task_instances SET state = v.state, next_try_at = v.next_try_at, \
+                 ended_at = v.ended_at FROM v \
+                 WHERE task_instances.run_id = v.run_id AND task_instances.task_id = v.task_id",
+            );
+            query.build().execute(&mut **tx).await?;
+            let published: Vec<(&str, &str, &str)> = ending
+                .iter()
+                .filter(|(_, finish, ..)| finish.state == TryState::Success)
+                .filter_map(|(_, _, run_id, task_id, pending)| {
+                    pending.as_deref().map(|value| (run_id.as_str(), task_id.as_str(), value))
+                })
+                .collect();
+            if !published.is_empty() {
+                let mut query =
+                    QueryBuilder::<Db>::new("INSERT INTO run_pending_state (run_id, task_id, value) ");
+                query.push_values(&published, |mut row, (run_id, task_id, value)| {
+                    row.push_bind(*run_id).push_bind(*task_id).push_bind(*value);
+                });
+                query.push(
+                    " ON CONFLICT (run_id, task_id) DO UPDATE SET value = excluded.value",
+                );
+                query.build().execute(&mut **tx).await?;
+            }
+        }
+
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or(Ok(TryWritten::Done)))
+            .collect())
     }
 }
 
@@ -274,14 +574,17 @@ impl Store for $store {
                 other?;
             }
         }
-        for task_id in &run.task_ids {
-            sql::query::<$dialect>(
-                "INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'none')",
-            )
-            .bind(&record.run_id)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
+        // In the job file's order: the order the task instances list in.
+        for chunk in run.task_ids.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new(
+                "INSERT INTO task_instances (run_id, task_id, state) ",
+            );
+            query.push_values(chunk, |mut row, task_id| {
+                row.push_bind(record.run_id.as_str())
+                    .push_bind(task_id.as_str())
+                    .push_bind("none");
+            });
+            query.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(record)
@@ -369,40 +672,77 @@ impl Store for $store {
         })
     }
 
-    async fn set_run_state(&self, run_id: &str, state: RunState, at: DateTime<Utc>) -> Result<()> {
-        let sql = match state {
-            RunState::Queued => "UPDATE runs SET state = ?, ended_at = NULL WHERE run_id = ? AND ? IS NOT NULL",
-            RunState::Running => {
-                "UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?3), ended_at = NULL WHERE run_id = ?2"
-            }
-            RunState::Success | RunState::Failed => "UPDATE runs SET state = ?, ended_at = ?3 WHERE run_id = ?2",
-        };
-        let mut tx = self.write_transaction().await?;
-        sql::query::<$dialect>(sql)
-            .bind(state.as_str())
-            .bind(run_id)
-            .bind(ts(at))
-            .execute(&mut *tx)
-            .await?;
-        // The run's tries' state becomes the jobs' state only if the run succeeded.
-        if state == RunState::Success {
-            sql::query::<$dialect>(
-                "INSERT INTO task_state (job_id, task_id, value, run_id, updated_at) \
-                 SELECT runs.job_id, p.task_id, p.value, p.run_id, ? FROM run_pending_state p \
-                 JOIN runs ON runs.run_id = p.run_id WHERE p.run_id = ? \
-                 ON CONFLICT (job_id, task_id) DO UPDATE SET value = excluded.value, \
-                 run_id = excluded.run_id, updated_at = excluded.updated_at",
-            )
-            .bind(ts(at))
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+    async fn set_run_states(&self, changes: &[(String, RunState)], at: DateTime<Utc>) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
+        if changes.is_empty() {
+            return Ok(());
         }
-        if state.is_finished() {
-            sql::query::<$dialect>("DELETE FROM run_pending_state WHERE run_id = ?")
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
+        let at = ts(at);
+        let mut tx = self.write_transaction().await?;
+        for state in [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed] {
+            let run_ids: Vec<&str> = changes
+                .iter()
+                .filter(|(_, s)| *s == state)
+                .map(|(run_id, _)| run_id.as_str())
+                .collect();
+            for chunk in run_ids.chunks(BULK_ROWS) {
+                let mut query = QueryBuilder::<Db>::new("UPDATE runs SET state = ");
+                query.push_bind(state.as_str());
+                match state {
+                    RunState::Queued => query.push(", ended_at = NULL"),
+                    RunState::Running => query
+                        .push(", started_at = COALESCE(started_at, ")
+                        .push_bind(at.as_str())
+                        .push("), ended_at = NULL"),
+                    RunState::Success | RunState::Failed => {
+                        query.push(", ended_at = ").push_bind(at.as_str())
+                    }
+                };
+                query.push(" WHERE run_id IN (");
+                {
+                    let mut list = query.separated(", ");
+                    for run_id in chunk {
+                        list.push_bind(*run_id);
+                    }
+                }
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
+                if !state.is_finished() {
+                    continue;
+                }
+                // The run's tries' state becomes the jobs' state only if the run succeeded,
+                // run by run in the order given (two runs of one job may both hold some).
+                let mut query = QueryBuilder::<Db>::new(
+                    "SELECT DISTINCT run_id FROM run_pending_state WHERE run_id IN (",
+                );
+                {
+                    let mut list = query.separated(", ");
+                    for run_id in chunk {
+                        list.push_bind(*run_id);
+                    }
+                }
+                query.push(")");
+                let pending: Vec<(String,)> = query.build_query_as().fetch_all(&mut *tx).await?;
+                for run_id in chunk.iter().filter(|id| pending.iter().any(|(p,)| p == *id)) {
+                    if state == RunState::Success {
+                        sql::query::<$dialect>(
+                            "INSERT INTO task_state (job_id, task_id, value, run_id, updated_at) \
+                             SELECT runs.job_id, p.task_id, p.value, p.run_id, ? FROM run_pending_state p \
+                             JOIN runs ON runs.run_id = p.run_id WHERE p.run_id = ? \
+                             ON CONFLICT (job_id, task_id) DO UPDATE SET value = excluded.value, \
+                             run_id = excluded.run_id, updated_at = excluded.updated_at",
+                        )
+                        .bind(at.as_str())
+                        .bind(*run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sql::query::<$dialect>("DELETE FROM run_pending_state WHERE run_id = ?")
+                        .bind(*run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -523,158 +863,45 @@ impl Store for $store {
         changes: &[(String, String, TaskState)],
         at: DateTime<Utc>,
     ) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
         if changes.is_empty() {
             return Ok(());
         }
+        // The last change of a task instance is the one that holds.
+        let mut seen = std::collections::HashSet::new();
+        let mut last: Vec<&(String, String, TaskState)> = changes
+            .iter()
+            .rev()
+            .filter(|(run_id, task_id, _)| seen.insert((run_id.as_str(), task_id.as_str())))
+            .collect();
+        last.reverse();
+        let ended = ts(at);
         let mut tx = self.write_transaction().await?;
-        for (run_id, task_id, state) in changes {
-            let ended = state.is_finished().then(|| ts(at));
-            sql::query::<$dialect>(
-                "UPDATE task_instances SET state = ?, ended_at = COALESCE(?, ended_at), \
-                 next_try_at = CASE WHEN ? IN ('up_for_retry', 'up_for_reschedule') THEN next_try_at ELSE NULL END \
-                 WHERE run_id = ? AND task_id = ?",
-            )
-            .bind(state.as_str())
-            .bind(ended)
-            .bind(state.as_str())
-            .bind(run_id)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn start_try_fenced(
-        &self,
-        key: &TryKey,
-        backend: &str,
-        image_ref: &str,
-        at: DateTime<Utc>,
-        fence: Option<&Fence>,
-    ) -> Result<TryRecord> {
-        let mut tx = self.fenced_transaction(fence).await?;
-        let inserted = sql::query::<$dialect>(
-            "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at) \
-             VALUES (?, ?, ?, ?, ?, 'running', ?) RETURNING try_id",
-        )
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.try_number))
-        .bind(backend)
-        .bind(image_ref)
-        .bind(ts(at))
-        .fetch_one(&mut *tx)
-        .await;
-        let try_id: i64 = match inserted {
-            Ok(row) => sqlx::Row::try_get(&row, 0)?,
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "try {} of task `{}` in run {} already exists",
-                    key.try_number, key.task_id, key.run_id
-                )));
+        let mut states: Vec<TaskState> = last.iter().map(|(_, _, state)| *state).collect();
+        states.sort_by_key(|state| state.as_str());
+        states.dedup();
+        for state in states {
+            let of_state: Vec<(&str, &str)> = last
+                .iter()
+                .filter(|(_, _, s)| *s == state)
+                .map(|(run_id, task_id, _)| (run_id.as_str(), task_id.as_str()))
+                .collect();
+            for chunk in of_state.chunks(BULK_ROWS) {
+                let mut query = QueryBuilder::<Db>::new("UPDATE task_instances SET state = ");
+                query.push_bind(state.as_str());
+                if state.is_finished() {
+                    query.push(", ended_at = ").push_bind(ended.as_str());
+                }
+                if !matches!(state, TaskState::UpForRetry | TaskState::UpForReschedule) {
+                    query.push(", next_try_at = NULL");
+                }
+                query.push(" WHERE (run_id, task_id) IN (");
+                query.push_values(chunk, |mut row, (run_id, task_id)| {
+                    row.push_bind(*run_id).push_bind(*task_id);
+                });
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
             }
-            Err(error) => return Err(error.into()),
-        };
-        sql::query::<$dialect>(
-            "UPDATE task_instances SET state = 'running', try_number = ?, next_try_at = NULL, \
-             started_at = COALESCE(started_at, ?), ended_at = NULL WHERE run_id = ? AND task_id = ?",
-        )
-        .bind(i64::from(key.try_number))
-        .bind(ts(at))
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .execute(&mut *tx)
-        .await?;
-        sql::query::<$dialect>("DELETE FROM outputs WHERE run_id = ? AND task_id = ?")
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(TryRecord {
-            try_id,
-            run_id: key.run_id.clone(),
-            task_id: key.task_id.clone(),
-            try_number: key.try_number,
-            backend: backend.to_owned(),
-            container_id: None,
-            image_ref: image_ref.to_owned(),
-            image_digest: None,
-            state: TryState::Running,
-            started_at: parse_ts(&ts(at))?,
-            ended_at: None,
-            exit_code: None,
-            failure_reason: None,
-        })
-    }
-
-    async fn set_try_container_fenced(
-        &self,
-        try_id: i64,
-        container_id: &str,
-        image_digest: Option<&str>,
-        log_seq: i64,
-        fence: Option<&Fence>,
-    ) -> Result<()> {
-        let mut tx = self.fenced_transaction(fence).await?;
-        sql::query::<$dialect>(
-            "UPDATE tries SET container_id = ?, image_digest = COALESCE(?, image_digest), \
-             container_seq = COALESCE(container_seq, ?) WHERE try_id = ?",
-        )
-        .bind(container_id)
-        .bind(image_digest)
-        .bind(log_seq)
-        .bind(try_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn finish_try_fenced(&self, finish: &TryFinish, fence: Option<&Fence>) -> Result<()> {
-        let mut tx = self.fenced_transaction(fence).await?;
-        let row: Option<(String, String, Option<String>)> =
-            sql::query_as::<$dialect, _>("SELECT run_id, task_id, pending_state FROM tries WHERE try_id = ?")
-                .bind(finish.try_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (run_id, task_id, pending_state) =
-            row.ok_or_else(|| StoreError::NotFound(format!("try {}", finish.try_id)))?;
-        sql::query::<$dialect>(
-            "UPDATE tries SET state = ?, ended_at = ?, exit_code = ?, failure_reason = ?, pending_state = NULL \
-             WHERE try_id = ?",
-        )
-        .bind(finish.state.as_str())
-        .bind(ts(finish.ended_at))
-        .bind(finish.exit_code)
-        .bind(&finish.failure_reason)
-        .bind(finish.try_id)
-        .execute(&mut *tx)
-        .await?;
-        let ended = finish.task_state.is_finished().then(|| ts(finish.ended_at));
-        sql::query::<$dialect>(
-            "UPDATE task_instances SET state = ?, next_try_at = ?, ended_at = ? WHERE run_id = ? AND task_id = ?",
-        )
-        .bind(finish.task_state.as_str())
-        .bind(finish.next_try_at.map(ts))
-        .bind(ended)
-        .bind(&run_id)
-        .bind(&task_id)
-        .execute(&mut *tx)
-        .await?;
-        if let (TryState::Success, Some(state)) = (finish.state, pending_state) {
-            sql::query::<$dialect>(
-                "INSERT INTO run_pending_state (run_id, task_id, value) VALUES (?, ?, ?) \
-                 ON CONFLICT (run_id, task_id) DO UPDATE SET value = excluded.value",
-            )
-            .bind(&run_id)
-            .bind(&task_id)
-            .bind(state)
-            .execute(&mut *tx)
-            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -704,26 +931,33 @@ impl Store for $store {
         .collect()
     }
 
-    async fn append_logs_fenced(&self, lines: &[LogLine], fence: Option<&Fence>) -> Result<()> {
-        if lines.is_empty() {
-            return Ok(());
+    async fn write_tries(&self, writes: &[FencedWrite]) -> Vec<Result<TryWritten>> {
+        if writes.is_empty() {
+            return Vec::new();
         }
-        let mut tx = self.fenced_transaction(fence).await?;
-        for chunk in lines.chunks(LOG_BATCH_ROWS) {
-            let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new(
-                "INSERT INTO log_lines (try_id, seq, stream, ts, text) ",
-            );
-            query.push_values(chunk, |mut row, line| {
-                row.push_bind(line.try_id)
-                    .push_bind(line.seq)
-                    .push_bind(line.stream.code())
-                    .push_bind(line.timestamp.timestamp_micros())
-                    .push_bind(line.text.as_str());
+        let error = match self.write_tries_together(writes).await {
+            Ok(results) => return results,
+            Err(error) => error,
+        };
+        if writes.len() == 1 {
+            return vec![Err(error)];
+        }
+        if error.is_transient() {
+            // The database is away: every write gets the same passing error (and is tried
+            // again by its writer), rather than a wait for the database per write.
+            return writes.iter().map(|_| Err(error.again())).collect();
+        }
+        // One write spoiled the transaction (a log line stored twice, say): each alone, so
+        // only that one fails.
+        tracing::debug!(writes = writes.len(), error = %error, "a group of try writes failed; writing each alone");
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(match self.write_tries_together(std::slice::from_ref(write)).await {
+                Ok(mut one) => one.pop().unwrap_or(Ok(TryWritten::Done)),
+                Err(error) => Err(error),
             });
-            query.build().persistent(true).execute(&mut *tx).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        results
     }
 
     async fn stored_lines(&self, try_id: i64) -> Result<StoredLines> {
@@ -808,12 +1042,17 @@ impl Store for $store {
             .bind(share)
             .fetch_all(&mut *tx)
             .await?;
-            for run_id in claimable {
-                sql::query::<$dialect>("UPDATE runs SET owner = ?, fence = fence + 1 WHERE run_id = ?")
-                    .bind(id)
-                    .bind(&run_id)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in claimable.chunks(BULK_ROWS) {
+                let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new("UPDATE runs SET owner = ");
+                query.push_bind(id).push(", fence = fence + 1 WHERE run_id IN (");
+                {
+                    let mut list = query.separated(", ");
+                    for run_id in chunk {
+                        list.push_bind(run_id.as_str());
+                    }
+                }
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
             }
         }
         let held: Vec<(String, i64)> = sql::query_as::<$dialect, _>(

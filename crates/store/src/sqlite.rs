@@ -14,7 +14,7 @@ use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, TaskState, TryState};
 
 use crate::rows::*;
-use crate::sql_store::{sql, Dialect};
+use crate::sql_store::{sql, Dialect, BULK_ROWS};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/sqlite/0006_tokens.sql")),
     (7, include_str!("../migrations/sqlite/0007_sessions.sql")),
     (8, include_str!("../migrations/sqlite/0008_claims.sql")),
+    (
+        9,
+        include_str!("../migrations/sqlite/0009_running_tries.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

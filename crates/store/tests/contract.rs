@@ -815,6 +815,248 @@ pub async fn stored_lines_count_container_lines_per_stream(store: &dyn Store) {
     );
 }
 
+/// Many tries' writes in one transaction (the scheduler's group commit): each gets the result
+/// it would have had alone, and a write that fails does not take the others with it.
+pub async fn a_group_of_try_writes_keeps_each_result(store: &dyn Store) {
+    let t0 = Utc::now();
+    store.register_scheduler("a", "host", 1, t0).await.unwrap();
+    let mut runs = Vec::new();
+    for day in 1..=3 {
+        let run = store
+            .create_run(new_run("grouped", day, RunTrigger::Scheduled))
+            .await
+            .unwrap();
+        runs.push(run.run_id);
+    }
+    let fences = store
+        .claim_runs("a", t0 - chrono::TimeDelta::seconds(10))
+        .await
+        .unwrap();
+    let fence_of = |run_id: &str| fences.iter().find(|f| f.run_id == run_id).cloned();
+    let key = |run: usize, task: &str, number: u32| TryKey {
+        run_id: runs[run].clone(),
+        task_id: task.to_owned(),
+        try_number: number,
+    };
+    let start = |key: TryKey, fence: Option<Fence>| FencedWrite {
+        write: TryWrite::Start {
+            key,
+            backend: "docker".to_owned(),
+            image_ref: "synth:1".to_owned(),
+            at: t0,
+        },
+        fence,
+    };
+    // A committed state from an earlier run: a try's start hands it over.
+    let earlier = store
+        .start_try(&key(0, "load", 1), "docker", "synth:1", t0)
+        .await
+        .unwrap();
+    store
+        .set_pending_state(earlier.try_id, &json!({"cursor": 41}))
+        .await
+        .unwrap();
+    store.finish_try(&succeeded(earlier.try_id)).await.unwrap();
+    store
+        .set_run_states(&[(runs[0].clone(), RunState::Success)], t0)
+        .await
+        .unwrap();
+
+    let stale = Fence {
+        run_id: runs[2].clone(),
+        token: fence_of(&runs[2]).unwrap().token - 1,
+    };
+    let results = store
+        .write_tries(&[
+            start(key(1, "extract", 1), fence_of(&runs[1])),
+            start(key(1, "load", 1), fence_of(&runs[1])),
+            start(key(0, "load", 1), None),
+            start(key(2, "extract", 1), Some(stale.clone())),
+            FencedWrite {
+                write: TryWrite::Finish(succeeded(999_999)),
+                fence: None,
+            },
+        ])
+        .await;
+    assert_eq!(results.len(), 5);
+    let started = |result: &Result<TryWritten>| match result {
+        Ok(TryWritten::Started {
+            record,
+            committed_state,
+        }) => (record.clone(), committed_state.clone()),
+        other => panic!("not started: {other:?}"),
+    };
+    let (extract, extract_state) = started(&results[0]);
+    let (load, load_state) = started(&results[1]);
+    assert_eq!(
+        (extract.task_id.as_str(), extract.try_number),
+        ("extract", 1)
+    );
+    assert_eq!(extract_state, None);
+    assert_eq!(load_state, Some(json!({"cursor": 41})));
+    assert_ne!(extract.try_id, load.try_id);
+    assert!(
+        matches!(results[2], Err(StoreError::Conflict(_))),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Err(StoreError::Fenced(_))),
+        "{:?}",
+        results[3]
+    );
+    assert!(
+        matches!(results[4], Err(StoreError::NotFound(_))),
+        "{:?}",
+        results[4]
+    );
+    let instances = store.task_instances(&runs[1]).await.unwrap();
+    assert!(instances
+        .iter()
+        .all(|ti| ti.state == TaskState::Running && ti.try_number == 1));
+    assert_eq!(store.tries(&runs[2], "extract").await.unwrap(), vec![]);
+
+    // Containers, lines and ends together; a line stored twice fails its own write only.
+    let line = |try_id: i64, seq: i64| LogLine {
+        try_id,
+        seq,
+        stream: LogStream::Stdout,
+        timestamp: t0,
+        text: format!("line {seq} of {try_id}"),
+    };
+    store.append_logs(&[line(load.try_id, 0)]).await.unwrap();
+    store
+        .set_pending_state(extract.try_id, &json!({"cursor": 7}))
+        .await
+        .unwrap();
+    let own = fence_of(&runs[1]);
+    let results = store
+        .write_tries(&[
+            FencedWrite {
+                write: TryWrite::Container {
+                    try_id: extract.try_id,
+                    container_id: "c-extract".to_owned(),
+                    image_digest: Some("sha256:e".to_owned()),
+                    log_seq: 0,
+                },
+                fence: own.clone(),
+            },
+            FencedWrite {
+                write: TryWrite::Logs(vec![line(extract.try_id, 0), line(extract.try_id, 1)]),
+                fence: own.clone(),
+            },
+            FencedWrite {
+                write: TryWrite::Logs(vec![line(load.try_id, 0)]),
+                fence: own.clone(),
+            },
+            FencedWrite {
+                write: TryWrite::Finish(succeeded(extract.try_id)),
+                fence: own.clone(),
+            },
+            FencedWrite {
+                write: TryWrite::Finish(TryFinish {
+                    try_id: load.try_id,
+                    state: TryState::Failed,
+                    ended_at: t0,
+                    exit_code: Some(2),
+                    failure_reason: Some("exit_code: 2".to_owned()),
+                    task_state: TaskState::UpForRetry,
+                    next_try_at: Some(t0),
+                }),
+                fence: own,
+            },
+        ])
+        .await;
+    assert!(matches!(results[0], Ok(TryWritten::Done)));
+    assert!(matches!(results[1], Ok(TryWritten::Done)));
+    assert!(results[2].is_err(), "a line stored twice: {:?}", results[2]);
+    assert!(matches!(results[3], Ok(TryWritten::Done)));
+    assert!(matches!(results[4], Ok(TryWritten::Done)));
+    let texts: Vec<String> = store
+        .logs(extract.try_id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            format!("line 0 of {}", extract.try_id),
+            format!("line 1 of {}", extract.try_id)
+        ]
+    );
+    assert_eq!(store.logs(load.try_id, None, 10).await.unwrap().len(), 1);
+    let tries = store.tries(&runs[1], "extract").await.unwrap();
+    assert_eq!(tries[0].container_id.as_deref(), Some("c-extract"));
+    assert_eq!(tries[0].image_digest.as_deref(), Some("sha256:e"));
+    assert_eq!(tries[0].state, TryState::Success);
+    let load_try = &store.tries(&runs[1], "load").await.unwrap()[0];
+    assert_eq!(
+        (load_try.state, load_try.exit_code),
+        (TryState::Failed, Some(2))
+    );
+    let instances = store.task_instances(&runs[1]).await.unwrap();
+    let state_of = |task: &str| {
+        instances
+            .iter()
+            .find(|ti| ti.task_id == task)
+            .map(|ti| (ti.state, ti.next_try_at.is_some(), ti.ended_at.is_some()))
+            .unwrap()
+    };
+    assert_eq!(state_of("extract"), (TaskState::Success, false, true));
+    assert_eq!(state_of("load"), (TaskState::UpForRetry, true, false));
+
+    // Several task instances and runs change in one write each; a task instance's last
+    // change holds.
+    store
+        .set_task_states(
+            &[
+                (runs[2].clone(), "extract".to_owned(), TaskState::Scheduled),
+                (runs[2].clone(), "load".to_owned(), TaskState::Scheduled),
+                (runs[2].clone(), "extract".to_owned(), TaskState::Queued),
+                (runs[1].clone(), "load".to_owned(), TaskState::Failed),
+            ],
+            t0,
+        )
+        .await
+        .unwrap();
+    let runs = &runs;
+    let states = |run: usize| async move {
+        store
+            .task_instances(&runs[run])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ti| ti.state)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(states(2).await, [TaskState::Queued, TaskState::Scheduled]);
+    assert_eq!(states(1).await, [TaskState::Success, TaskState::Failed]);
+    store
+        .set_run_states(
+            &[
+                (runs[1].clone(), RunState::Success),
+                (runs[2].clone(), RunState::Running),
+            ],
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_run(&runs[1]).await.unwrap().state,
+        RunState::Success
+    );
+    let running = store.get_run(&runs[2]).await.unwrap();
+    assert_eq!(running.state, RunState::Running);
+    assert!(running.started_at.is_some() && running.ended_at.is_none());
+    // The succeeded run's published state is committed.
+    assert_eq!(
+        store.committed_state("grouped", "extract").await.unwrap(),
+        Some(json!({"cursor": 7}))
+    );
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -840,6 +1082,7 @@ macro_rules! store_contract_suite {
             case!(run_lists_page_newest_first_and_states_are_counted);
             case!(claims_are_exclusive_fair_and_fenced);
             case!(stored_lines_count_container_lines_per_stream);
+            case!(a_group_of_try_writes_keeps_each_result);
         }
     };
 }
