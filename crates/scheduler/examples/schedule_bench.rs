@@ -24,6 +24,13 @@ const TASKS: usize = 10;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // RUST_LOG=stevedore_scheduler=debug shows each pass and each group of writes.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let target = std::env::args()
         .nth(1)
         .ok_or("usage: schedule_bench STORE [SCHEDULERS]")?;

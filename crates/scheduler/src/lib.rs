@@ -3,6 +3,7 @@
 //!
 //! - [`actions`]: what operators do (trigger, pause, cancel, clear, mark), for the CLI and
 //!   the REST API alike.
+//! - [`group_commit`]: the tries' writes, many at a time in one transaction.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
 //! - [`try_runner`]: one try from start to end, its logs, outputs and state.
@@ -11,6 +12,7 @@
 //! the kill switches of the tries it runs, so a restart loses no decision.
 
 pub mod actions;
+pub mod group_commit;
 pub mod jobs_dir;
 pub mod runs;
 pub mod try_runner;
@@ -89,6 +91,9 @@ impl SchedulerConfig {
     }
 }
 
+/// How often a pass looks for left tries when nothing else calls for it.
+const ADOPTION_RECHECK: Duration = Duration::from_secs(2);
+
 /// What `depends_on_past` says of a task instance.
 enum Past {
     Allows,
@@ -116,11 +121,15 @@ pub struct Scheduler {
     /// This process's id among the store's schedulers (new at every start).
     id: String,
     store: Arc<dyn Store>,
+    /// The tries' starts, containers, log lines and ends, written in groups.
+    writes: group_commit::GroupCommit,
     /// By name (`docker`, `process`); a task's `backend` picks one.
     backends: HashMap<&'static str, Arc<dyn Backend>>,
     config: SchedulerConfig,
     /// Parsed job versions by `(job_id, version)`.
     versions: Mutex<HashMap<(String, String), Arc<Job>>>,
+    /// Each job version's priority weights, by version (a hash of the job file).
+    weights: Mutex<HashMap<String, Arc<HashMap<String, i64>>>>,
     /// The tries this scheduler follows.
     running: Mutex<HashMap<TryKey, Tracked>>,
     /// The runs this scheduler holds, with their fencing tokens.
@@ -130,6 +139,10 @@ pub struct Scheduler {
     /// Backends that answered their last health check and whose leftovers from an earlier
     /// scheduler are settled; tries of the other backends wait.
     ready: Mutex<std::collections::HashSet<&'static str>>,
+    /// When the store's running tries were last compared with the tries followed, and
+    /// whether a backend has turned ready since (see [`Scheduler::adoption_due`]).
+    adoption_checked: Mutex<Option<tokio::time::Instant>>,
+    backend_turned_ready: std::sync::atomic::AtomicBool,
     /// File errors already reported, so an unchanged bad file is logged once.
     reported_errors: Mutex<Vec<JobError>>,
     wake_tx: mpsc::UnboundedSender<Wake>,
@@ -145,14 +158,18 @@ impl Scheduler {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Arc::new(Scheduler {
             id: uuid::Uuid::now_v7().to_string(),
+            writes: group_commit::GroupCommit::start(store.clone()),
             store,
             backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
             config,
             versions: Mutex::new(HashMap::new()),
+            weights: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
             last_heartbeat: Mutex::new(tokio::time::Instant::now()),
             ready: Mutex::new(Default::default()),
+            adoption_checked: Mutex::new(None),
+            backend_turned_ready: std::sync::atomic::AtomicBool::new(false),
             reported_errors: Mutex::new(Vec::new()),
             wake_tx,
             wake_rx: tokio::sync::Mutex::new(wake_rx),
@@ -198,6 +215,8 @@ impl Scheduler {
                     Ok(()) => {
                         info!(backend = name, "backend ready");
                         self.ready.lock().expect("poisoned").insert(name);
+                        self.backend_turned_ready
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
                         health.remove(name);
                     }
                     Err(error) => {
@@ -216,10 +235,16 @@ impl Scheduler {
                 self.sync_jobs().await;
                 last_sync = tokio::time::Instant::now();
             }
-            let pass_started = std::time::Instant::now();
+            let pass_started = tokio::time::Instant::now();
             let pass = self.schedule_once().await;
+            let pass_took = pass_started.elapsed();
+            // A pass costs time in proportion to the active runs. The passes that ending
+            // tries call for are spaced by at least the last one's duration, so they never
+            // take more than about half of the scheduler's time, and the ends that arrive
+            // meanwhile are handled by one pass.
+            let paced_until = tokio::time::Instant::now() + pass_took.min(Duration::from_secs(1));
             tracing::debug!(
-                elapsed_ms = pass_started.elapsed().as_millis() as u64,
+                elapsed_ms = pass_took.as_millis() as u64,
                 following = self.running.lock().expect("poisoned").len(),
                 "scheduling pass"
             );
@@ -232,6 +257,10 @@ impl Scheduler {
                     _ = &mut shutdown => break 'passes,
                     _ = tokio::time::sleep_until(next_pass) => break,
                     Some(_) = wake_rx.recv() => {
+                        tokio::select! {
+                            _ = &mut shutdown => break 'passes,
+                            _ = tokio::time::sleep_until(paced_until) => {}
+                        }
                         // Drain bursts: one pass handles every try that ended meanwhile.
                         while wake_rx.try_recv().is_ok() {}
                         break;
@@ -378,6 +407,16 @@ impl Scheduler {
         jobs
     }
 
+    /// The priority weights of a job version's tasks, computed once per version.
+    fn weights(&self, job: &Job) -> Arc<HashMap<String, i64>> {
+        self.weights
+            .lock()
+            .expect("poisoned")
+            .entry(job.version.clone())
+            .or_insert_with(|| Arc::new(priority_weights(job)))
+            .clone()
+    }
+
     /// The job version a run was created with.
     async fn job_version(&self, job_id: &str, version: &str) -> anyhow::Result<Arc<Job>> {
         let key = (job_id.to_owned(), version.to_owned());
@@ -429,7 +468,12 @@ impl Scheduler {
             .into_iter()
             .map(|fence| (fence.run_id.clone(), fence))
             .collect();
-        *self.claims.lock().expect("poisoned") = held.clone();
+        let newly_held = {
+            let mut claims = self.claims.lock().expect("poisoned");
+            let newly = held.keys().any(|run_id| !claims.contains_key(run_id));
+            *claims = held.clone();
+            newly
+        };
         // Schedulers take turns from reading the active runs to queueing what they picked.
         let turn = self.store.lock_scheduling().await?;
         let records = self.store.list_jobs().await?;
@@ -478,6 +522,9 @@ impl Scheduler {
         // The latest try number of each task instance seen, so a launch needs no re-read.
         let mut last_tries: HashMap<(String, String), u32> = HashMap::new();
         let mut jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)> = HashMap::new();
+        // What the pass decides for every run it holds, written at once after it.
+        let mut task_changes: Vec<(String, String, TaskState)> = Vec::new();
+        let mut run_changes: Vec<(String, RunState)> = Vec::new();
         for mut run in active {
             if !held.contains_key(&run.run_id) {
                 // Another scheduler's run: its active task instances still take capacity.
@@ -513,9 +560,7 @@ impl Scheduler {
                         );
                     }
                 }
-                self.store
-                    .set_run_state(&run.run_id, RunState::Running, now)
-                    .await?;
+                run_changes.push((run.run_id.clone(), RunState::Running));
                 info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
                 run.state = RunState::Running;
             }
@@ -524,19 +569,29 @@ impl Scheduler {
                 .advance_run(&run, instances, &following, &mut capacity)
                 .await
             {
-                Ok((job, ready, tries)) => {
-                    for (task_id, try_number) in tries {
+                Ok(advanced) => {
+                    for (task_id, try_number) in advanced.tries {
                         last_tries.insert((run.run_id.clone(), task_id), try_number);
                     }
-                    candidates.extend(ready);
-                    jobs_of_runs.insert(run.run_id.clone(), (job, run));
+                    candidates.extend(advanced.ready);
+                    task_changes.extend(advanced.changes);
+                    if let Some(outcome) = advanced.outcome {
+                        info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
+                        run_changes.push((run.run_id.clone(), outcome));
+                    }
+                    jobs_of_runs.insert(run.run_id.clone(), (advanced.job, run));
                 }
                 Err(error) => error!(run_id = %run.run_id, error = %error, "cannot advance run"),
             }
         }
+        // Task instances first: a run's end is recorded after the states that decided it.
+        self.store.set_task_states(&task_changes, now).await?;
+        self.store.set_run_states(&run_changes, Utc::now()).await?;
 
-        self.adopt_left_tries(&held, &followed, &jobs_of_runs)
-            .await?;
+        if self.adoption_due(newly_held) {
+            self.adopt_left_tries(&held, &followed, &jobs_of_runs)
+                .await?;
+        }
         let (picked, waiting) = limits::select(candidates, &mut capacity);
         for (candidate, reason) in waiting {
             if let Held::PoolMissing(pool) = reason {
@@ -575,6 +630,25 @@ impl Scheduler {
             );
         }
         Ok(())
+    }
+
+    /// Whether this pass should look for tries left behind (see
+    /// [`Scheduler::adopt_left_tries`]): when it holds runs it did not hold in the last pass
+    /// (at start, after a takeover or after giving its work up), when a backend has turned
+    /// ready, and every few seconds for the adoptions that failed and wait to be tried again.
+    /// Reading every running try in every pass would cost a busy scheduler most of its time.
+    fn adoption_due(&self, newly_held: bool) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut checked = self.adoption_checked.lock().expect("poisoned");
+        let turned_ready = self
+            .backend_turned_ready
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let stale = checked.is_none_or(|at| now.duration_since(at) >= ADOPTION_RECHECK);
+        if newly_held || turned_ready || stale {
+            *checked = Some(now);
+            return true;
+        }
+        false
     }
 
     /// Tries of the runs this scheduler holds that the store says are running but no
@@ -774,7 +848,7 @@ impl Scheduler {
         instances: Vec<stevedore_store::TaskInstanceRecord>,
         following: &Following,
         capacity: &mut Capacity,
-    ) -> anyhow::Result<(Arc<Job>, Vec<Candidate>, HashMap<String, u32>)> {
+    ) -> anyhow::Result<Advanced> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
         let now = Utc::now();
         let mut states: HashMap<String, TaskState> = instances
@@ -789,11 +863,11 @@ impl Scheduler {
                 .iter()
                 .filter(|ti| ti.state.is_finished())
                 .filter_map(|ti| {
-                    running
-                        .iter()
-                        .find(|(key, _)| key.run_id == ti.run_id && key.task_id == ti.task_id)
-                        .and_then(|(_, tracked)| tracked.kill.clone())
-                        .map(|kill| (kill, ti.state))
+                    let key = following
+                        .task_instances
+                        .get(&(ti.run_id.clone(), ti.task_id.clone()))?;
+                    let kill = running.get(key)?.kill.clone()?;
+                    Some((kill, ti.state))
                 })
                 .collect()
         };
@@ -811,7 +885,7 @@ impl Scheduler {
             let left_queued = ti.state == TaskState::Queued
                 && !following
                     .task_instances
-                    .contains(&(ti.run_id.clone(), ti.task_id.clone()));
+                    .contains_key(&(ti.run_id.clone(), ti.task_id.clone()));
             if left_queued {
                 warn!(run_id = %run.run_id, task_id = %ti.task_id, "task instance was left queued by a stopped scheduler; scheduling it again");
                 changes.push((run.run_id.clone(), ti.task_id.clone(), TaskState::Scheduled));
@@ -827,14 +901,12 @@ impl Scheduler {
         for (task_id, state) in resolve_waiting(&job, &mut states) {
             changes.push((run.run_id.clone(), task_id, state));
         }
-        // The run's task instances change in one write.
-        self.store.set_task_states(&changes, now).await?;
 
         let job_free = capacity
             .jobs
             .entry(job.id.clone())
             .or_insert(i64::from(job.max_active_tasks));
-        let weights = priority_weights(&job);
+        let weights = self.weights(&job);
         let mut ready = Vec::new();
         let mut blocked_for_good = 0;
         for (task_id, state) in &states {
@@ -888,17 +960,25 @@ impl Scheduler {
         // A run ends once this scheduler has finished with each of its tries, their
         // containers removed included: the next pass, which the last of them wakes.
         let still_following = || following.runs.contains(&run.run_id);
-        if let Some(outcome) = outcome.filter(|_| !still_following()) {
-            self.store
-                .set_run_state(&run.run_id, outcome, Utc::now())
-                .await?;
-            info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
-        }
-        let tries = instances
-            .into_iter()
-            .map(|ti| (ti.task_id, ti.try_number))
+        let outcome = outcome.filter(|_| !still_following());
+        // The latest try number of the task instances about to start, so a launch needs no
+        // re-read.
+        let tries = ready
+            .iter()
+            .filter_map(|candidate| {
+                instances
+                    .iter()
+                    .find(|ti| ti.task_id == candidate.task_id)
+                    .map(|ti| (ti.task_id.clone(), ti.try_number))
+            })
             .collect();
-        Ok((job, ready, tries))
+        Ok(Advanced {
+            job,
+            ready,
+            tries,
+            changes,
+            outcome,
+        })
     }
 
     /// Follows one try in its own task: a new one, or one a stopped scheduler left running.
@@ -938,6 +1018,7 @@ impl Scheduler {
             let key = spawned_key;
             let runner = TryRunner {
                 store: scheduler.store.clone(),
+                writes: scheduler.writes.clone(),
                 backend: scheduler.backends.get(backend_name).cloned(),
                 backend_name,
                 secret_key: scheduler.config.secret_key.clone(),
@@ -1084,7 +1165,8 @@ impl Scheduler {
 /// The runs and task instances with a try this scheduler follows, for lookups in a pass.
 struct Following {
     runs: HashSet<String>,
-    task_instances: HashSet<(String, String)>,
+    /// The followed try of each task instance.
+    task_instances: HashMap<(String, String), TryKey>,
 }
 
 impl Following {
@@ -1093,10 +1175,24 @@ impl Following {
             runs: followed.iter().map(|key| key.run_id.clone()).collect(),
             task_instances: followed
                 .iter()
-                .map(|key| (key.run_id.clone(), key.task_id.clone()))
+                .map(|key| ((key.run_id.clone(), key.task_id.clone()), key.clone()))
                 .collect(),
         }
     }
+}
+
+/// What a pass decided for one run (see [`Scheduler::advance_run`]).
+struct Advanced {
+    /// The job version the run follows.
+    job: Arc<Job>,
+    /// Its task instances ready to start.
+    ready: Vec<Candidate>,
+    /// The latest try number of each task instance ready to start.
+    tries: Vec<(String, u32)>,
+    /// Task instances whose state changes: retries due, trigger rules decided.
+    changes: Vec<(String, String, TaskState)>,
+    /// How the run ended, once it has.
+    outcome: Option<RunState>,
 }
 
 /// How a followed try begins.

@@ -24,6 +24,8 @@ use stevedore_store::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::group_commit::GroupCommit;
+
 /// Log lines are written in batches of at most this many, or after [`FLUSH_INTERVAL`].
 const LOG_BATCH: usize = 4096;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -50,6 +52,9 @@ pub enum TryEnd {
 
 pub struct TryRunner {
     pub store: Arc<dyn Store>,
+    /// Where the try's starts, containers, log lines and ends are written, grouped with
+    /// other tries' writes.
+    pub writes: GroupCommit,
     /// `None` when the task names a backend this scheduler does not have.
     pub backend: Option<Arc<dyn Backend>>,
     pub backend_name: &'static str,
@@ -251,9 +256,9 @@ impl TryRunner {
             .as_ref()
             .map(|r| r.image.clone())
             .unwrap_or_else(|_| task.image.clone());
-        let started = match self
-            .store
-            .start_try_fenced(
+        let (started, state) = match self
+            .writes
+            .start_try(
                 &key,
                 self.backend_name,
                 &image_text,
@@ -320,7 +325,6 @@ impl TryRunner {
                     .await;
             }
         };
-        let state = self.store.committed_state(&job.id, &task.id).await?;
         // The state file exists only once the task has committed state.
         for (name, value) in context.environment(state.as_ref().map(|_| STATE_FILE)) {
             env.insert(name, value);
@@ -564,6 +568,7 @@ impl TryRunner {
         let (events_tx, events_rx) = mpsc::channel(8192);
         let sink = tokio::spawn(consume_events(
             self.store.clone(),
+            self.writes.clone(),
             target,
             events_rx,
             secrets,
@@ -578,7 +583,7 @@ impl TryRunner {
 
     /// Records a try's end, fenced by this runner's claim.
     async fn record(&self, finish: &TryFinish) -> anyhow::Result<()> {
-        record_finish(self.store.as_ref(), finish, self.fence.as_ref()).await
+        record_finish(&self.writes, finish, self.fence.as_ref()).await
     }
 
     /// Removes the exited container of a try whose end is recorded.
@@ -729,12 +734,12 @@ where
 
 /// Records how a try ended (see [`persist`]).
 pub async fn record_finish(
-    store: &dyn Store,
+    writes: &GroupCommit,
     finish: &TryFinish,
     fence: Option<&Fence>,
 ) -> anyhow::Result<()> {
     persist("recording the try's end", || {
-        store.finish_try_fenced(finish, fence)
+        writes.finish_try(finish, fence)
     })
     .await
 }
@@ -779,11 +784,12 @@ async fn follow<T>(
     Ok((result, recorded))
 }
 
-async fn append(store: &dyn Store, batch: &[LogLine], fence: Option<&Fence>) -> anyhow::Result<()> {
-    persist("storing log lines", || {
-        store.append_logs_fenced(batch, fence)
-    })
-    .await
+async fn append(
+    writes: &GroupCommit,
+    batch: &[LogLine],
+    fence: Option<&Fence>,
+) -> anyhow::Result<()> {
+    persist("storing log lines", || writes.append_logs(batch, fence)).await
 }
 
 /// A try being followed: see [`TryRunner::follow_events`].
@@ -807,6 +813,7 @@ struct EventTarget {
 /// Stores the try's events: log lines in batches, outputs and state as they come.
 async fn consume_events(
     store: Arc<dyn Store>,
+    writes: GroupCommit,
     target: EventTarget,
     mut events: mpsc::Receiver<TryEvent>,
     secrets: Vec<String>,
@@ -828,7 +835,7 @@ async fn consume_events(
         let event = tokio::select! {
             event = events.recv() => event,
             _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                append(store, &batch, fence).await?;
+                append(&writes, &batch, fence).await?;
                 batch.clear();
                 continue;
             }
@@ -845,7 +852,7 @@ async fn consume_events(
                 // Lines before this one are Stevedore's own (the pull); from here on they
                 // are the container's.
                 persist("recording the try's container", || {
-                    store.set_try_container_fenced(
+                    writes.set_try_container(
                         try_id,
                         &container_id,
                         image_digest.as_deref(),
@@ -918,13 +925,13 @@ async fn consume_events(
                 });
                 seq += 1;
                 if batch.len() >= LOG_BATCH {
-                    append(store, &batch, fence).await?;
+                    append(&writes, &batch, fence).await?;
                     batch.clear();
                 }
             }
         }
     }
-    append(store, &batch, fence).await?;
+    append(&writes, &batch, fence).await?;
     Ok(recorded)
 }
 

@@ -65,9 +65,15 @@ impl StoreError {
     /// The same passing error again, for each of several writes that failed together
     /// (`sqlx::Error` cannot be cloned): still [`StoreError::is_transient`], same message.
     pub(crate) fn again(&self) -> StoreError {
+        StoreError::passing(self.to_string())
+    }
+
+    /// A passing error with this message ([`StoreError::is_transient`]): the store could not
+    /// be reached through no fault of the write.
+    pub fn passing(message: impl Into<String>) -> StoreError {
         StoreError::Database(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
-            self.to_string(),
+            message.into(),
         )))
     }
 }
@@ -531,6 +537,12 @@ pub trait Store: Send + Sync {
     /// own result, in order, as if each had been made alone: a write that is fenced, finds no
     /// try or conflicts fails without failing the others.
     async fn write_tries(&self, writes: &[FencedWrite]) -> Vec<Result<TryWritten>>;
+    /// How many groups of [`Store::write_tries`] are best written at once: 1 where writers
+    /// take turns anyway (SQLite), more where the database works on one while the writer
+    /// prepares the next.
+    fn write_concurrency(&self) -> usize {
+        1
+    }
     /// One write through [`Store::write_tries`].
     async fn write_one(&self, write: TryWrite, fence: Option<&Fence>) -> Result<TryWritten> {
         let writes = [FencedWrite {
@@ -543,7 +555,7 @@ pub trait Store: Send + Sync {
             .unwrap_or_else(|| Err(StoreError::Corrupt("a write without a result".to_owned())))
     }
     async fn tries(&self, run_id: &str, task_id: &str) -> Result<Vec<TryRecord>>;
-    /// Tries still `running`, for a restarted scheduler to settle.
+    /// Tries still `running` in queued or running runs, for a restarted scheduler to settle.
     async fn running_tries(&self) -> Result<Vec<TryRecord>>;
 
     // Logs.

@@ -20,7 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_claims.sql")),
     (
         3,
-        include_str!("../migrations/postgres/0003_running_tries.sql"),
+        include_str!("../migrations/postgres/0003_task_instance_updates.sql"),
     ),
 ];
 
@@ -90,6 +90,9 @@ impl Dialect for PostgresDialect {
     const TASK_ORDER: &'static str = "position";
     const SHARE_LOCK: &'static str = " FOR SHARE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    // Measured with the scheduling benchmark: two writers 6,700-7,100 task instances/s,
+    // one 5,200-5,500, three no better than two.
+    const WRITE_CONCURRENCY: usize = 2;
 
     fn sql(text: &str) -> String {
         numbered_placeholders(text)

@@ -15,6 +15,8 @@ pub(crate) trait Dialect {
     /// Appended to the `SELECT` of runs to claim, so schedulers claiming at once skip each
     /// other's rows instead of waiting.
     const SKIP_LOCKED: &'static str;
+    /// See [`Store::write_concurrency`].
+    const WRITE_CONCURRENCY: usize;
     /// A statement written with `?` and `?N` placeholders, in this database's syntax.
     fn sql(text: &str) -> String;
 }
@@ -921,14 +923,26 @@ impl Store for $store {
     }
 
     async fn running_tries(&self) -> Result<Vec<TryRecord>> {
+        // Through the active runs' task instances: the tries table keeps every try ever made.
+        let columns = TRY_COLUMNS
+            .split(", ")
+            .map(|column| format!("t.{}", column.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
         sql::query_as::<$dialect, TryRow>(&(format!(
-            "SELECT {TRY_COLUMNS} FROM tries WHERE state = 'running'"
+            "SELECT {columns} FROM runs r JOIN task_instances ti ON ti.run_id = r.run_id \
+             JOIN tries t ON t.run_id = ti.run_id AND t.task_id = ti.task_id AND t.try_number = ti.try_number \
+             WHERE r.state IN ('queued', 'running') AND t.state = 'running'"
         )))
         .fetch_all(&self.pool)
         .await?
         .into_iter()
         .map(TryRow::into_record)
         .collect()
+    }
+
+    fn write_concurrency(&self) -> usize {
+        <$dialect as Dialect>::WRITE_CONCURRENCY
     }
 
     async fn write_tries(&self, writes: &[FencedWrite]) -> Vec<Result<TryWritten>> {

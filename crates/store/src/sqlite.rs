@@ -34,7 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_claims.sql")),
     (
         9,
-        include_str!("../migrations/sqlite/0009_running_tries.sql"),
+        include_str!("../migrations/sqlite/0009_task_instance_updates.sql"),
     ),
 ];
 
@@ -169,6 +169,8 @@ impl Dialect for SqliteDialect {
     // One writer at a time (`BEGIN IMMEDIATE`): no row locks needed.
     const SHARE_LOCK: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
+    // One writer at a time: a second would only wait for the lock.
+    const WRITE_CONCURRENCY: usize = 1;
 
     fn sql(text: &str) -> String {
         text.to_owned()

@@ -1,0 +1,182 @@
+//! The scheduler's group commit: the writes of every try it follows (starts, containers, log
+//! lines, ends) queue here, and one writer stores whatever is waiting in one transaction
+//! ([`Store::write_tries`]). A thousand tries that end at once cost a few statements instead
+//! of a few thousand transactions; a lone try waits for nothing but its own write, since
+//! the writer takes what has queued while the previous group was being written. A store that
+//! takes concurrent writes well (PostgreSQL) gets two writers, so the database works on one
+//! group while the scheduler prepares the next.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use stevedore_store::{
+    Fence, FencedWrite, LogLine, Result, Store, StoreError, TryFinish, TryKey, TryRecord, TryWrite,
+    TryWritten,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// At most this many writes in one group, and at most this many log lines: a group's
+/// transaction stays short, so a takeover or an operator's write never waits long for it.
+const MAX_WRITES: usize = 2000;
+const MAX_LINES: usize = 20_000;
+
+/// A handle on the writer; cheap to clone. The writer stops when the last handle is gone.
+#[derive(Clone)]
+pub struct GroupCommit {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+struct Pending {
+    write: FencedWrite,
+    reply: oneshot::Sender<Result<TryWritten>>,
+}
+
+impl GroupCommit {
+    /// Starts the writers (on the current tokio runtime).
+    pub fn start(store: Arc<dyn Store>) -> GroupCommit {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let pending = Arc::new(tokio::sync::Mutex::new(pending));
+        for _ in 0..store.write_concurrency().max(1) {
+            tokio::spawn(write_groups(store.clone(), pending.clone()));
+        }
+        GroupCommit { queue }
+    }
+
+    async fn write(&self, write: TryWrite, fence: Option<&Fence>) -> Result<TryWritten> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            write: FencedWrite {
+                write,
+                fence: fence.cloned(),
+            },
+            reply,
+        };
+        self.queue.send(pending).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// [`Store::start_try_fenced`], with the task's committed state as the start saw it.
+    pub async fn start_try(
+        &self,
+        key: &TryKey,
+        backend: &str,
+        image_ref: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        fence: Option<&Fence>,
+    ) -> Result<(TryRecord, Option<Value>)> {
+        let write = TryWrite::Start {
+            key: key.clone(),
+            backend: backend.to_owned(),
+            image_ref: image_ref.to_owned(),
+            at,
+        };
+        match self.write(write, fence).await? {
+            TryWritten::Started {
+                record,
+                committed_state,
+            } => Ok((record, committed_state)),
+            TryWritten::Done => Err(StoreError::Corrupt(
+                "a try's start came back without the try".to_owned(),
+            )),
+        }
+    }
+
+    /// [`Store::set_try_container_fenced`].
+    pub async fn set_try_container(
+        &self,
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+        log_seq: i64,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let write = TryWrite::Container {
+            try_id,
+            container_id: container_id.to_owned(),
+            image_digest: image_digest.map(str::to_owned),
+            log_seq,
+        };
+        self.write(write, fence).await.map(drop)
+    }
+
+    /// [`Store::append_logs_fenced`].
+    pub async fn append_logs(&self, lines: &[LogLine], fence: Option<&Fence>) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.write(TryWrite::Logs(lines.to_vec()), fence)
+            .await
+            .map(drop)
+    }
+
+    /// [`Store::finish_try_fenced`].
+    pub async fn finish_try(&self, finish: &TryFinish, fence: Option<&Fence>) -> Result<()> {
+        self.write(TryWrite::Finish(finish.clone()), fence)
+            .await
+            .map(drop)
+    }
+}
+
+/// The writer went away (its runtime is shutting down).
+fn stopped() -> StoreError {
+    StoreError::passing("the scheduler's store writer stopped")
+}
+
+/// Takes every write waiting (up to the limits), stores them in one group and answers each.
+async fn write_groups(
+    store: Arc<dyn Store>,
+    pending: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>,
+) {
+    loop {
+        let (group, lines) = {
+            let mut pending = pending.lock().await;
+            let Some(first) = pending.recv().await else {
+                return;
+            };
+            let mut lines = lines_of(&first.write.write);
+            let mut group = vec![first];
+            while group.len() < MAX_WRITES && lines < MAX_LINES {
+                match pending.try_recv() {
+                    Ok(next) => {
+                        lines += lines_of(&next.write.write);
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            (group, lines)
+        };
+        let (writes, replies): (Vec<FencedWrite>, Vec<_>) =
+            group.into_iter().map(|p| (p.write, p.reply)).unzip();
+        let started = std::time::Instant::now();
+        // In a task of its own, so a panic fails this group's writes, not the writer.
+        let writing = store.clone();
+        let results = match tokio::spawn(async move { writing.write_tries(&writes).await }).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(error = %error, "writing a group of try writes panicked");
+                replies
+                    .iter()
+                    .map(|_| Err(StoreError::Corrupt(format!("the write panicked: {error}"))))
+                    .collect()
+            }
+        };
+        tracing::debug!(
+            writes = results.len(),
+            lines,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "group written"
+        );
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A writer that stopped waiting (its try was given up) needs no answer.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn lines_of(write: &TryWrite) -> usize {
+    match write {
+        TryWrite::Logs(lines) => lines.len(),
+        _ => 1,
+    }
+}
