@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Scheduling throughput (scripts/bench.sh scheduler): task instances per second with the
 instant backend (every try completes at once) over 1,000 runs x 10 tasks, one scheduler on
-SQLite and 1, 2 and 3 schedulers on PostgreSQL (a throwaway server of Debian's package for
-each). Issue 6's target is 5,000 task instances/s with one scheduler on each store, and more
-with more schedulers; this prints where it stands.
+SQLite and 1, 2 and 3 schedulers on PostgreSQL (one throwaway server of Debian's package, a
+fresh database for every measurement). Figures drift by 10-20% from one run to the next on a
+2-core machine, so every configuration runs ROUNDS times (BENCH_ROUNDS, default 5), the
+configurations taking turns, and the median is reported with the range. Issue 6's target is
+5,000 task instances/s with one scheduler on each store, and more with more schedulers.
 """
 
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,24 +20,46 @@ from bench_pipeline import Warehouse, docker_gateway  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "examples", "schedule_bench")
+TARGET = 5000
+
+
+def measure(*args):
+    out = subprocess.run([BENCH, *args], check=True, capture_output=True, text=True).stdout.strip()
+    print("  " + out, flush=True)
+    return float(re.search(r"= (\d+) task instances/s", out).group(1))
 
 
 def main():
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     work = tempfile.mkdtemp(prefix="stevedore-bench-scheduler-")
-    results = []
-    results.append(subprocess.run([BENCH, os.path.join(work, "bench.db")], check=True, capture_output=True,
-                                  text=True).stdout.strip())
-    for schedulers in (1, 2, 3):
-        server = Warehouse(docker_gateway())
-        try:
-            url = f"postgres://postgres@127.0.0.1:{server.port}/postgres"
-            results.append(subprocess.run([BENCH, url, str(schedulers)], check=True, capture_output=True,
-                                          text=True).stdout.strip())
-        finally:
-            server.stop()
+    configs = [("SQLite, 1 scheduler", None, 1)] + [
+        (f"PostgreSQL, {n} scheduler{'s' if n > 1 else ''}", "pg", n) for n in (1, 2, 3)]
+    figures = {name: [] for name, _, _ in configs}
+    server = Warehouse(docker_gateway())
+    try:
+        for round_number in range(rounds):
+            print(f"round {round_number + 1} of {rounds}", flush=True)
+            for index, (name, store, schedulers) in enumerate(configs):
+                if store is None:
+                    path = os.path.join(work, f"bench-{round_number}.db")
+                    figures[name].append(measure(path))
+                    continue
+                database = f"bench_{round_number}_{index}"
+                server.query(f"CREATE DATABASE {database}")
+                url = f"postgres://postgres@127.0.0.1:{server.port}/{database}"
+                figures[name].append(measure(url, str(schedulers)))
+    finally:
+        server.stop()
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"machine: {os.cpu_count()} cores, {model}; release build; instant backend")
-    for line in results:
+    print(f"\nmachine: {os.cpu_count()} cores, {model}; release build; instant backend; {rounds} rounds")
+    single_pg = statistics.median(figures["PostgreSQL, 1 scheduler"])
+    for name, _, _ in configs:
+        values = figures[name]
+        median = statistics.median(values)
+        line = (f"{name:<26} median {median:7.0f} task instances/s  (range {min(values):.0f}-{max(values):.0f})"
+                f"  {median / TARGET:4.2f}x the target")
+        if name.startswith("PostgreSQL") and not name.endswith(" 1 scheduler"):
+            line += f", {median / single_pg:4.2f}x one scheduler"
         print(line)
     return 0
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use stevedore_backend::docker::TlsFiles;
 use stevedore_backend::{Backend, DockerBackend};
 use stevedore_domain::state::{RunState, TaskState, TryState};
 use stevedore_e2e::*;
@@ -494,5 +495,88 @@ async fn tasks_of_a_run_share_a_workspace_removed_after_retention() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    harness.stop().await;
+}
+
+/// An engine reached over TCP with TLS, as `dockerd --tlsverify` serves it: with a client
+/// certificate of its CA, tries run there with their logs and exit codes; without one, or
+/// with a certificate of another CA, the engine cannot be reached, and the error says where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_behind_tls_runs_tries_only_for_clients_of_its_ca() {
+    require_images().await;
+    let engine = SecondEngine::start_tls(&[SYNTH]);
+    let (endpoint, client) = engine.tls.clone().expect("a TLS endpoint");
+    let unreachable = |error: String| {
+        assert!(
+            error.starts_with(&format!("cannot reach the Docker engine at {endpoint}")),
+            "{error}"
+        );
+    };
+    let plain = DockerBackend::connect(&endpoint).unwrap();
+    unreachable(plain.health().await.unwrap_err().to_string());
+    let strangers = tempfile::tempdir().unwrap();
+    let (_, stranger) = make_certificates(strangers.path());
+    let other_ca =
+        DockerBackend::connect_with(&endpoint, Some(TlsFiles::in_dir(&stranger))).unwrap();
+    unreachable(other_ca.health().await.unwrap_err().to_string());
+
+    let backend = DockerBackend::connect_with(&endpoint, Some(TlsFiles::in_dir(&client))).unwrap();
+    backend
+        .health()
+        .await
+        .expect("the engine answers its CA's client");
+    let job = format!(
+        "id: secure\ntasks:\n  - id: talk\n    image: {SYNTH}\n    args: [count, --lines, \"6\", --every-ms, \"10\"]\n  - id: fail\n    image: {SYNTH}\n    args: [count, --lines, \"1\", --every-ms, \"10\", --exit, \"3\"]\n    retries: 0\n"
+    );
+    let harness = Harness::start_with(&[("secure.yaml", &job)], Arc::new(backend)).await;
+    let started = chrono::Utc::now().timestamp() - 1;
+    let run = harness.trigger("secure").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let talk = &harness.tries(&run.run_id, "talk").await[0];
+    assert_eq!((talk.state, talk.exit_code), (TryState::Success, Some(0)));
+    let lines: Vec<(String, String)> = harness
+        .log_lines(talk)
+        .await
+        .into_iter()
+        .filter(|(stream, _)| stream != "log")
+        .collect();
+    let mut expected = Vec::new();
+    for n in 1..=6 {
+        expected.push(("stdout".to_owned(), format!("out {n}")));
+        if n % 3 == 0 {
+            expected.push(("stderr".to_owned(), format!("err {n}")));
+        }
+    }
+    let sorted = |mut lines: Vec<(String, String)>| {
+        lines.sort_by_key(|(stream, _)| stream.clone());
+        lines
+    };
+    assert_eq!(sorted(lines), sorted(expected));
+    let fail = &harness.tries(&run.run_id, "fail").await[0];
+    assert_eq!((fail.state, fail.exit_code), (TryState::Failed, Some(3)));
+    // Both containers ran on the TLS engine (by its own events), and are gone from it.
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
+    let events = engine.docker(&[
+        "events",
+        "--since",
+        &started.to_string(),
+        "--until",
+        &until,
+        "--filter",
+        &format!("label=io.stevedore.run={}", run.run_id),
+        "--filter",
+        "event=start",
+        "--format",
+        "{{index .Actor.Attributes \"io.stevedore.task\"}}",
+    ]);
+    let mut started_tasks: Vec<String> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    started_tasks.sort();
+    assert_eq!(started_tasks, ["fail", "talk"]);
+    let left = engine.docker(&["ps", "-aq"]);
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
     harness.stop().await;
 }

@@ -856,7 +856,12 @@ impl Drop for PipelineServices {
 /// Never `--bridge none`: a `dockerd` started so deletes the host's `docker0`, the main
 /// engine's bridge.
 pub struct SecondEngine {
+    /// Its unix socket (plain, for the test's own `docker` commands).
     pub host: String,
+    /// With [`SecondEngine::start_tls`]: its `tcp://127.0.0.1:PORT` endpoint, which takes
+    /// only clients with a certificate of the test's CA, and the folder of the client's
+    /// files (`ca.pem`, `cert.pem`, `key.pem`, the docker CLI's layout).
+    pub tls: Option<(String, std::path::PathBuf)>,
     dir: tempfile::TempDir,
     bridge: String,
     child: std::process::Child,
@@ -864,8 +869,19 @@ pub struct SecondEngine {
 
 impl SecondEngine {
     pub fn start(images: &[&str]) -> SecondEngine {
+        SecondEngine::start_with(images, false)
+    }
+
+    /// A second engine that also listens on TCP with TLS, verifying its clients
+    /// (`dockerd --tlsverify`), with certificates of a CA the test makes (openssl).
+    pub fn start_tls(images: &[&str]) -> SecondEngine {
+        SecondEngine::start_with(images, true)
+    }
+
+    fn start_with(images: &[&str], tls: bool) -> SecondEngine {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        let tls = tls.then(|| make_certificates(dir.path()));
         // A bridge of its own, on a 10.213.N.0/24 no interface uses yet.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let bridge = format!(
@@ -908,6 +924,7 @@ impl SecondEngine {
         let child = SecondEngine::spawn(dir.path());
         let engine = SecondEngine {
             host: format!("unix://{}/docker.sock", dir.path().display()),
+            tls,
             dir,
             bridge,
             child,
@@ -962,6 +979,7 @@ impl SecondEngine {
             .arg("--bridge")
             .arg(std::fs::read_to_string(dir.join("bridge")).unwrap())
             .args(["--iptables=false", "--ip-masq=false"])
+            .args(tls_args(dir))
             .args(["--containerd-namespace", &namespace])
             .args([
                 "--containerd-plugins-namespace",
@@ -1031,6 +1049,121 @@ impl SecondEngine {
             .output()
             .expect("docker")
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl in
+/// `dir/tls`; the TCP port the engine listens on with them goes to `dir/tls/port`. Returns
+/// the engine's TLS endpoint and the folder of the client's files.
+pub fn make_certificates(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let tls = dir.join("tls");
+    let client = tls.join("client");
+    std::fs::create_dir_all(&client).unwrap();
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .current_dir(&tls)
+            .args(args)
+            .output()
+            .expect("the TLS tests need openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=stevedore test CA",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        tls.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(tls.join("client.ext"), "extendedKeyUsage = clientAuth\n").unwrap();
+    for (name, subject) in [("server", "/CN=127.0.0.1"), ("client", "/CN=stevedore")] {
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}-key.pem"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    subject,
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+    std::fs::copy(tls.join("ca.pem"), client.join("ca.pem")).unwrap();
+    std::fs::copy(tls.join("client-cert.pem"), client.join("cert.pem")).unwrap();
+    std::fs::copy(tls.join("client-key.pem"), client.join("key.pem")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(tls.join("port"), port.to_string()).unwrap();
+    (format!("tcp://127.0.0.1:{port}"), client)
+}
+
+/// The `dockerd` arguments of an engine made with TLS (none otherwise).
+fn tls_args(dir: &std::path::Path) -> Vec<String> {
+    let tls = dir.join("tls");
+    let Ok(port) = std::fs::read_to_string(tls.join("port")) else {
+        return Vec::new();
+    };
+    let file = |name: &str| tls.join(name).display().to_string();
+    vec![
+        "--tlsverify".to_owned(),
+        "--tlscacert".to_owned(),
+        file("ca.pem"),
+        "--tlscert".to_owned(),
+        file("server-cert.pem"),
+        "--tlskey".to_owned(),
+        file("server-key.pem"),
+        "--host".to_owned(),
+        format!("tcp://127.0.0.1:{port}"),
+    ]
 }
 
 impl Drop for SecondEngine {

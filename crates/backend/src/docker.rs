@@ -33,6 +33,9 @@ const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 
 pub struct DockerBackend {
     endpoint: String,
+    /// The client certificate and the CA a `tcp://` endpoint is reached with (TLS, the
+    /// engine verifying the client as `dockerd --tlsverify` does).
+    tls: Option<TlsFiles>,
     /// Made on first use: bollard refuses to build a client for a socket that does not
     /// exist yet, and an engine that starts after the scheduler must still be picked up.
     client: std::sync::Mutex<Option<Docker>>,
@@ -89,18 +92,78 @@ fn engine_message(error: &bollard::errors::Error) -> String {
     }
 }
 
+/// The files of a TLS connection to an engine, as the docker CLI keeps them in
+/// `DOCKER_CERT_PATH`: the CA that signed the engine's certificate, and the client's own
+/// certificate and key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// `ca.pem`, `cert.pem` and `key.pem` in `dir` (the docker CLI's layout).
+    pub fn in_dir(dir: impl AsRef<std::path::Path>) -> TlsFiles {
+        let dir = dir.as_ref();
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+
+    /// The first file that cannot be read, named.
+    fn check(&self) -> Result<(), String> {
+        for (what, path) in [
+            ("CA certificate", &self.ca),
+            ("client certificate", &self.cert),
+            ("client key", &self.key),
+        ] {
+            if let Err(error) = std::fs::metadata(path) {
+                return Err(format!("the TLS {what} {}: {error}", path.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl DockerBackend {
-    /// A client for `DOCKER_HOST` (`unix://` or `tcp://`), or the local socket. Connecting is
-    /// lazy: an unreachable engine shows up in [`Backend::health`], not here.
+    /// A client for `DOCKER_HOST` (`unix://` or `tcp://`), or the local socket; over TLS when
+    /// `DOCKER_TLS_VERIFY` is set, with the files in `DOCKER_CERT_PATH` (default
+    /// `~/.docker`), as the docker CLI does. Connecting is lazy: an unreachable engine shows
+    /// up in [`Backend::health`], not here.
     pub fn from_env() -> Result<DockerBackend, BackendError> {
         let endpoint = std::env::var("DOCKER_HOST")
             .ok()
             .filter(|value| !value.is_empty())
             .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
-        DockerBackend::connect(&endpoint)
+        let verify = std::env::var("DOCKER_TLS_VERIFY")
+            .ok()
+            .filter(|value| !value.is_empty() && value != "0");
+        let tls = verify.map(|_| {
+            let dir = std::env::var_os("DOCKER_CERT_PATH")
+                .filter(|value| !value.is_empty())
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".docker")
+                });
+            TlsFiles::in_dir(dir)
+        });
+        DockerBackend::connect_with(&endpoint, tls)
     }
 
     pub fn connect(endpoint: &str) -> Result<DockerBackend, BackendError> {
+        DockerBackend::connect_with(endpoint, None)
+    }
+
+    /// A client for `endpoint`, over TLS with `tls` (a `tcp://` endpoint only).
+    pub fn connect_with(
+        endpoint: &str,
+        tls: Option<TlsFiles>,
+    ) -> Result<DockerBackend, BackendError> {
         if !(endpoint.starts_with("unix://")
             || endpoint.starts_with("tcp://")
             || endpoint.starts_with("http://"))
@@ -109,8 +172,14 @@ impl DockerBackend {
                 "DOCKER_HOST `{endpoint}` is not a unix:// or tcp:// address"
             )));
         }
+        if tls.is_some() && !endpoint.starts_with("tcp://") {
+            return Err(BackendError::Unavailable(format!(
+                "Docker endpoint `{endpoint}`: TLS needs a tcp:// address"
+            )));
+        }
         Ok(DockerBackend {
             endpoint: endpoint.to_owned(),
+            tls,
             client: std::sync::Mutex::new(None),
         })
     }
@@ -122,9 +191,25 @@ impl DockerBackend {
             return Ok(docker.clone());
         }
         let timeout = 120;
-        let docker = match self.endpoint.strip_prefix("unix://") {
-            Some(path) => Docker::connect_with_unix(path, timeout, &API_VERSION),
-            None => Docker::connect_with_http(&self.endpoint, timeout, &API_VERSION),
+        let docker = match (&self.tls, self.endpoint.strip_prefix("unix://")) {
+            (Some(tls), _) => {
+                tls.check().map_err(|problem| {
+                    BackendError::Unavailable(format!(
+                        "cannot reach the Docker engine at {}: {problem}",
+                        self.endpoint
+                    ))
+                })?;
+                Docker::connect_with_ssl(
+                    &self.endpoint,
+                    &tls.key,
+                    &tls.cert,
+                    &tls.ca,
+                    timeout,
+                    &API_VERSION,
+                )
+            }
+            (None, Some(path)) => Docker::connect_with_unix(path, timeout, &API_VERSION),
+            (None, None) => Docker::connect_with_http(&self.endpoint, timeout, &API_VERSION),
         }
         .map_err(|error| self.unavailable(&error))?;
         *client = Some(docker.clone());

@@ -23,8 +23,11 @@ use crate::*;
 #[serde(deny_unknown_fields)]
 pub struct DockerHostConfig {
     pub name: String,
-    /// `unix:///var/run/docker.sock` or `tcp://host:2375`.
+    /// `unix:///var/run/docker.sock`, `tcp://host:2375`, or `tcp://host:2376` with `tls`.
     pub endpoint: String,
+    /// The CA and client certificate to reach a `tcp://` endpoint over TLS with.
+    #[serde(default)]
+    pub tls: Option<crate::docker::TlsFiles>,
     /// Tries running on it at once, counting every scheduler's.
     #[serde(default = "unlimited")]
     pub capacity: usize,
@@ -39,7 +42,9 @@ fn unlimited() -> usize {
 /// Reads `STEVEDORE_DOCKER_HOSTS`: a JSON list of hosts. Errors name what is wrong.
 pub fn parse_hosts(text: &str) -> Result<Vec<DockerHostConfig>, String> {
     let hosts: Vec<DockerHostConfig> = serde_json::from_str(text).map_err(|e| {
-        format!("STEVEDORE_DOCKER_HOSTS: not a list of {{name, endpoint, capacity, labels}}: {e}")
+        format!(
+            "STEVEDORE_DOCKER_HOSTS: not a list of {{name, endpoint, capacity, labels, tls}}: {e}"
+        )
     })?;
     if hosts.is_empty() {
         return Err("STEVEDORE_DOCKER_HOSTS: the list is empty".to_owned());
@@ -99,7 +104,7 @@ impl DockerHosts {
     ) -> Result<DockerHosts, BackendError> {
         let mut hosts = Vec::new();
         for config in configs {
-            let engine = DockerBackend::connect(&config.endpoint)?;
+            let engine = DockerBackend::connect_with(&config.endpoint, config.tls.clone())?;
             hosts.push(Host {
                 config,
                 engine,
@@ -393,5 +398,46 @@ mod tests {
         assert!(error.contains("two hosts are named `a`"), "{error}");
         let error = parse_hosts(r#"[{"name": "a", "endpont": "x"}]"#).unwrap_err();
         assert!(error.contains("endpont"), "{error}");
+    }
+
+    #[test]
+    fn a_tls_host_names_its_three_files_and_needs_a_tcp_endpoint() {
+        let hosts = parse_hosts(
+            r#"[{"name": "far", "endpoint": "tcp://10.0.0.9:2376",
+                 "tls": {"ca": "/etc/d/ca.pem", "cert": "/etc/d/cert.pem", "key": "/etc/d/key.pem"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            hosts[0].tls,
+            Some(crate::docker::TlsFiles::in_dir("/etc/d"))
+        );
+        let error =
+            parse_hosts(r#"[{"name": "far", "endpoint": "tcp://h:2376", "tls": {"ca": "/x"}}]"#)
+                .unwrap_err();
+        assert!(error.contains("missing field `cert`"), "{error}");
+        let unix = DockerBackend::connect_with(
+            "unix:///var/run/docker.sock",
+            Some(crate::docker::TlsFiles::in_dir("/etc/d")),
+        );
+        assert!(
+            matches!(&unix, Err(BackendError::Unavailable(m)) if m.contains("TLS needs a tcp:// address")),
+            "{:?}",
+            unix.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_certificate_file_is_named() {
+        let dir = std::env::temp_dir().join("stevedore-no-such-certs");
+        let engine = DockerBackend::connect_with(
+            "tcp://127.0.0.1:1",
+            Some(crate::docker::TlsFiles::in_dir(&dir)),
+        )
+        .unwrap();
+        let error = engine.health().await.unwrap_err().to_string();
+        assert!(
+            error.contains("the TLS CA certificate") && error.contains("ca.pem"),
+            "{error}"
+        );
     }
 }

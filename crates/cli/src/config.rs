@@ -1,6 +1,6 @@
 //! The configuration file (`--config FILE` or `STEVEDORE_CONFIG`): one YAML mapping whose
 //! keys are the `STEVEDORE_*` settings in lower case without the prefix (`db`, `lease`,
-//! `heartbeat_every`, ...), plus `docker_host`. A setting given on the command line wins,
+//! `heartbeat_every`, ...), plus `docker_host`, `docker_tls_verify` and `docker_cert_path`. A setting given on the command line wins,
 //! then one in the environment, then the file's, then the default: the file's values are
 //! applied as environment variables that are not set yet, before the command line is read,
 //! so every part of Stevedore sees one set of settings. See docs/configuration.md.
@@ -24,6 +24,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("workspace_retention", "STEVEDORE_WORKSPACE_RETENTION"),
     ("workspace_sweep_every", "STEVEDORE_WORKSPACE_SWEEP_EVERY"),
     ("docker_host", "DOCKER_HOST"),
+    ("docker_tls_verify", "DOCKER_TLS_VERIFY"),
+    ("docker_cert_path", "DOCKER_CERT_PATH"),
     ("docker_hosts", "STEVEDORE_DOCKER_HOSTS"),
     ("host_lost_after", "STEVEDORE_HOST_LOST_AFTER"),
 ];

@@ -1409,13 +1409,14 @@ impl ContainerEvents {
     }
 }
 
-/// Two Docker engines (this machine's and a second one the test starts) as one `docker`
-/// backend with two slots each: tries spread over both, never more than two on one, a task
-/// whose placement names a label runs only where it is, and one naming a label no host has
-/// fails saying so.
+/// Two Docker engines (this machine's, on its unix socket, and a second one the test starts,
+/// reached over TCP with TLS) as one `docker` backend with two slots each: tries spread over
+/// both, never more than two on one, a task whose placement names a label runs only where
+/// it is, and one naming a label no host has fails saying so.
 #[test]
 fn tries_are_placed_by_capacity_and_labels_across_two_engines() {
-    let second = stevedore_e2e::SecondEngine::start(&[stevedore_e2e::SYNTH]);
+    let second = stevedore_e2e::SecondEngine::start_tls(&[stevedore_e2e::SYNTH]);
+    let (tls_endpoint, client) = second.tls.clone().expect("a TLS endpoint");
     let mut spread = "id: spread\ntasks:\n".to_owned();
     for index in 0..6 {
         spread.push_str(&format!(
@@ -1427,8 +1428,9 @@ fn tries_are_placed_by_capacity_and_labels_across_two_engines() {
     let workspace = Workspace::new(&[("spread.yaml", &spread), ("nowhere.yaml", nowhere)]);
     let hosts = format!(
         r#"[{{"name": "main", "endpoint": "unix:///var/run/docker.sock", "capacity": 2, "labels": {{"zone": "a"}}}},
-            {{"name": "second", "endpoint": "{}", "capacity": 2, "labels": {{"zone": "b"}}}}]"#,
-        second.host
+            {{"name": "second", "endpoint": "{tls_endpoint}", "capacity": 2, "labels": {{"zone": "b"}},
+              "tls": {{"ca": "{dir}/ca.pem", "cert": "{dir}/cert.pem", "key": "{dir}/key.pem"}}}}]"#,
+        dir = client.display()
     );
     let main_events = ContainerEvents::record(
         "unix:///var/run/docker.sock",

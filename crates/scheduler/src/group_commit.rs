@@ -23,7 +23,10 @@ const MAX_LINES: usize = 20_000;
 /// A handle on the writer; cheap to clone. The writer stops when the last handle is gone.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<Pending>,
+    /// One queue per writer. A run's writes always go to the same writer, so two groups
+    /// written at once never hold the same run's fence (on PostgreSQL a row share-locked by
+    /// two transactions needs a multixact, which costs more than the lock).
+    queues: Arc<[mpsc::UnboundedSender<Pending>]>,
 }
 
 struct Pending {
@@ -34,15 +37,29 @@ struct Pending {
 impl GroupCommit {
     /// Starts the writers (on the current tokio runtime).
     pub fn start(store: Arc<dyn Store>) -> GroupCommit {
-        let (queue, pending) = mpsc::unbounded_channel();
-        let pending = Arc::new(tokio::sync::Mutex::new(pending));
-        for _ in 0..store.write_concurrency().max(1) {
-            tokio::spawn(write_groups(store.clone(), pending.clone()));
+        let queues: Vec<_> = (0..store.write_concurrency().max(1))
+            .map(|_| {
+                let (queue, pending) = mpsc::unbounded_channel();
+                tokio::spawn(write_groups(store.clone(), pending));
+                queue
+            })
+            .collect();
+        GroupCommit {
+            queues: queues.into(),
         }
-        GroupCommit { queue }
     }
 
     async fn write(&self, write: TryWrite, fence: Option<&Fence>) -> Result<TryWritten> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match (fence, &write) {
+            (Some(fence), _) => fence.run_id.hash(&mut hasher),
+            (None, TryWrite::Start { key, .. }) => key.run_id.hash(&mut hasher),
+            (None, TryWrite::Container { try_id, .. }) => try_id.hash(&mut hasher),
+            (None, TryWrite::Finish(finish)) => finish.try_id.hash(&mut hasher),
+            (None, TryWrite::Logs(lines)) => lines.first().map(|l| l.try_id).hash(&mut hasher),
+        }
+        let queue = &self.queues[hasher.finish() as usize % self.queues.len()];
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             write: FencedWrite {
@@ -51,7 +68,7 @@ impl GroupCommit {
             },
             reply,
         };
-        self.queue.send(pending).map_err(|_| stopped())?;
+        queue.send(pending).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -123,29 +140,19 @@ fn stopped() -> StoreError {
 }
 
 /// Takes every write waiting (up to the limits), stores them in one group and answers each.
-async fn write_groups(
-    store: Arc<dyn Store>,
-    pending: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>,
-) {
-    loop {
-        let (group, lines) = {
-            let mut pending = pending.lock().await;
-            let Some(first) = pending.recv().await else {
-                return;
-            };
-            let mut lines = lines_of(&first.write.write);
-            let mut group = vec![first];
-            while group.len() < MAX_WRITES && lines < MAX_LINES {
-                match pending.try_recv() {
-                    Ok(next) => {
-                        lines += lines_of(&next.write.write);
-                        group.push(next);
-                    }
-                    Err(_) => break,
+async fn write_groups(store: Arc<dyn Store>, mut pending: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = pending.recv().await {
+        let mut lines = lines_of(&first.write.write);
+        let mut group = vec![first];
+        while group.len() < MAX_WRITES && lines < MAX_LINES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    lines += lines_of(&next.write.write);
+                    group.push(next);
                 }
+                Err(_) => break,
             }
-            (group, lines)
-        };
+        }
         let (writes, replies): (Vec<FencedWrite>, Vec<_>) =
             group.into_iter().map(|p| (p.write, p.reply)).unzip();
         let started = std::time::Instant::now();

@@ -28,7 +28,7 @@ use stevedore_domain::job::{parse_job, Job, JobError};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
 use stevedore_domain::state::{RunState, TaskState, TryState};
-use stevedore_store::{Fence, RunFilter, RunRecord, Store, StoreError, TryKey, TryRecord};
+use stevedore_store::{Fence, RunRecord, Store, StoreError, TryKey, TryRecord};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -239,10 +239,10 @@ impl Scheduler {
             let pass = self.schedule_once().await;
             let pass_took = pass_started.elapsed();
             // A pass costs time in proportion to the active runs. The passes that ending
-            // tries call for are spaced by at least the last one's duration, so they never
-            // take more than about half of the scheduler's time, and the ends that arrive
-            // meanwhile are handled by one pass.
-            let paced_until = tokio::time::Instant::now() + pass_took.min(Duration::from_secs(1));
+            // tries call for are spaced by half the last one's duration (100 ms at most), so
+            // a stream of ends does not keep the scheduler passing back to back, and the ends
+            // that arrive meanwhile are handled by one pass.
+            let paced_until = tokio::time::Instant::now() + pace(pass_took);
             tracing::debug!(
                 elapsed_ms = pass_took.as_millis() as u64,
                 following = self.running.lock().expect("poisoned").len(),
@@ -495,16 +495,21 @@ impl Scheduler {
             }
         }
 
-        let mut active = self
+        // The runs this scheduler holds, oldest first so queued runs start in order, and
+        // their task instances in one read; of the other schedulers' runs only what they take
+        // of the shared limits, counted by the store.
+        let active: Vec<RunRecord> = self
             .store
-            .list_runs(&RunFilter {
-                states: vec![RunState::Queued, RunState::Running],
-                ..Default::default()
-            })
-            .await?;
-        // Oldest first, so queued runs start in order.
-        active.reverse();
+            .held_runs(&self.id)
+            .await?
+            .into_iter()
+            .filter(|run| held.contains_key(&run.run_id))
+            .collect();
+        let elsewhere = self.store.active_elsewhere(&self.id).await?;
         let mut running_per_job: HashMap<String, u32> = HashMap::new();
+        for (job_id, count) in &elsewhere.running_runs {
+            *running_per_job.entry(job_id.clone()).or_default() += *count as u32;
+        }
         for run in active.iter().filter(|r| r.state == RunState::Running) {
             *running_per_job.entry(run.job_id.clone()).or_default() += 1;
         }
@@ -512,10 +517,14 @@ impl Scheduler {
         for pool in self.store.list_pools().await? {
             capacity.pools.insert(pool.name, pool.slots);
         }
-        // Every active run's task instances in one read, rather than a read per run.
+        for (job_id, version, task_id, count) in &elsewhere.task_instances {
+            if let Ok(job) = self.job_version(job_id, version).await {
+                count_active(&job, task_id, *count, &mut capacity);
+            }
+        }
         let mut instances_of: HashMap<String, Vec<stevedore_store::TaskInstanceRecord>> =
             HashMap::new();
-        for ti in self.store.active_task_instances().await? {
+        for ti in self.store.held_task_instances(&self.id).await? {
             instances_of.entry(ti.run_id.clone()).or_default().push(ti);
         }
         let mut candidates = Vec::new();
@@ -526,14 +535,6 @@ impl Scheduler {
         let mut task_changes: Vec<(String, String, TaskState)> = Vec::new();
         let mut run_changes: Vec<(String, RunState)> = Vec::new();
         for mut run in active {
-            if !held.contains_key(&run.run_id) {
-                // Another scheduler's run: its active task instances still take capacity.
-                let instances = instances_of.remove(&run.run_id).unwrap_or_default();
-                if let Ok(job) = self.job_version(&run.job_id, &run.job_version).await {
-                    count_active(&job, &instances, &mut capacity);
-                }
-                continue;
-            }
             if run.cancel_requested {
                 if let Err(error) = self.cancel_run(&run).await {
                     error!(run_id = %run.run_id, error = %error, "cannot cancel run");
@@ -1203,22 +1204,17 @@ enum TryStart {
     Adopt(TryRecord),
 }
 
-/// Counts another scheduler's run's active task instances against `capacity`.
-fn count_active(
-    job: &Job,
-    instances: &[stevedore_store::TaskInstanceRecord],
-    capacity: &mut Capacity,
-) {
-    let job_free = capacity
+/// Counts `count` active task instances of `task_id` in another scheduler's runs of `job`
+/// against `capacity`.
+fn count_active(job: &Job, task_id: &str, count: i64, capacity: &mut Capacity) {
+    let Some(task) = job.task(task_id) else {
+        return;
+    };
+    *capacity
         .jobs
         .entry(job.id.clone())
-        .or_insert(i64::from(job.max_active_tasks));
-    for ti in instances.iter().filter(|ti| ti.state.is_active()) {
-        if let Some(task) = job.task(&ti.task_id) {
-            *job_free -= 1;
-            *capacity.pools.entry(task.pool.clone()).or_insert(0) -= i64::from(task.pool_slots);
-        }
-    }
+        .or_insert(i64::from(job.max_active_tasks)) -= count;
+    *capacity.pools.entry(task.pool.clone()).or_insert(0) -= count * i64::from(task.pool_slots);
 }
 
 /// This machine's name, for the scheduler's record.
@@ -1229,4 +1225,10 @@ fn hostname() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// How long after a pass that took `took` the next one called for by ending tries may start:
+/// half as long, at most 100 ms (see [`Scheduler::run`]).
+fn pace(took: Duration) -> Duration {
+    (took / 2).min(Duration::from_millis(100))
 }

@@ -828,7 +828,9 @@ async fn consume_events(
     let fence = fence.as_ref();
     let store = store.as_ref();
     let mut recorded = Recorded { container_id: None };
-    let mut batch: Vec<LogLine> = Vec::with_capacity(LOG_BATCH);
+    // Grown as lines come: most tries print a few lines, and a batch's full size would be
+    // a third of a megabyte for each of them.
+    let mut batch: Vec<LogLine> = Vec::new();
     let mut seq: i64 = first_seq;
     let mut flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
     loop {

@@ -359,6 +359,15 @@ pub struct SchedulerRecord {
     pub runs: i64,
 }
 
+/// See [`Store::active_elsewhere`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActiveElsewhere {
+    /// `(job_id, job_version, task_id, count)` of queued or running task instances.
+    pub task_instances: Vec<(String, String, String, i64)>,
+    /// `(job_id, count)` of running runs.
+    pub running_runs: Vec<(String, i64)>,
+}
+
 /// How many of a try's container lines the store holds, per stream (protocol messages
 /// count as stdout, where they came from), and the seq the next line gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -449,8 +458,15 @@ pub trait Store: Send + Sync {
 
     // Task instances and tries.
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>>;
-    /// The task instances of every queued or running run, in one read (a scheduling pass).
-    async fn active_task_instances(&self) -> Result<Vec<TaskInstanceRecord>>;
+    /// The queued and running runs scheduler `owner` holds, oldest first.
+    async fn held_runs(&self, owner: &str) -> Result<Vec<RunRecord>>;
+    /// The task instances of the queued and running runs `owner` holds, in one read (a
+    /// scheduling pass), each run's in task order.
+    async fn held_task_instances(&self, owner: &str) -> Result<Vec<TaskInstanceRecord>>;
+    /// What the queued and running runs `owner` does not hold take of the limits that every
+    /// scheduler shares (pools, `max_active_tasks`, `max_active_runs`), counted by the store
+    /// rather than read row by row.
+    async fn active_elsewhere(&self, owner: &str) -> Result<ActiveElsewhere>;
     async fn set_task_state(
         &self,
         run_id: &str,

@@ -835,18 +835,55 @@ impl Store for $store {
         .collect()
     }
 
-    async fn active_task_instances(&self) -> Result<Vec<TaskInstanceRecord>> {
+    async fn held_runs(&self, owner: &str) -> Result<Vec<RunRecord>> {
+        sql::query_as::<$dialect, RunRow>(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE owner = ? AND state IN ('queued', 'running') ORDER BY run_id"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(RunRow::into_record)
+        .collect()
+    }
+
+    async fn held_task_instances(&self, owner: &str) -> Result<Vec<TaskInstanceRecord>> {
         sql::query_as::<$dialect, TaskInstanceRow>(&format!(
             "SELECT ti.run_id, ti.task_id, ti.state, ti.try_number, ti.next_try_at, ti.started_at, \
              ti.ended_at, ti.retry_base FROM task_instances ti JOIN runs r ON r.run_id = ti.run_id \
-             WHERE r.state IN ('queued', 'running') ORDER BY ti.run_id, ti.{}",
+             WHERE r.owner = ? AND r.state IN ('queued', 'running') ORDER BY ti.run_id, ti.{}",
             <$dialect>::TASK_ORDER
         ))
+        .bind(owner)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
         .map(TaskInstanceRow::into_record)
         .collect()
+    }
+
+    async fn active_elsewhere(&self, owner: &str) -> Result<ActiveElsewhere> {
+        let task_instances: Vec<(String, String, String, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT r.job_id, r.job_version, ti.task_id, count(*) FROM task_instances ti \
+             JOIN runs r ON r.run_id = ti.run_id \
+             WHERE r.state IN ('queued', 'running') AND (r.owner IS NULL OR r.owner <> ?) \
+             AND ti.state IN ('queued', 'running') \
+             GROUP BY r.job_id, r.job_version, ti.task_id ORDER BY r.job_id, r.job_version, ti.task_id",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        let running_runs: Vec<(String, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT job_id, count(*) FROM runs WHERE state = 'running' AND (owner IS NULL OR owner <> ?) \
+             GROUP BY job_id ORDER BY job_id",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ActiveElsewhere {
+            task_instances,
+            running_runs,
+        })
     }
 
     async fn set_task_state(

@@ -99,7 +99,13 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(false);
+            .foreign_keys(false)
+            // A scheduling pass reads every active run's task instances: with SQLite's
+            // default 2 MB page cache it read them again from the file each time. 16 MB per
+            // connection, the file mapped for reads, sorts in memory.
+            .pragma("cache_size", "-16384")
+            .pragma("mmap_size", "268435456")
+            .pragma("temp_store", "memory");
         // Two processes opening a brand-new file at once (a scheduler and the CLI) race to
         // switch it to WAL, which SQLite refuses without waiting: try again briefly.
         let mut delay = Duration::from_millis(50);

@@ -556,8 +556,28 @@ pub async fn run_lists_page_newest_first_and_states_are_counted(store: &dyn Stor
         .set_run_state(&created[0], RunState::Running, Utc::now())
         .await
         .unwrap();
-    // Every task instance of the active runs, in one read, each run's in task order.
-    let active = store.active_task_instances().await.unwrap();
+    // Every task instance of the active runs a scheduler holds, in one read, each run's in
+    // task order.
+    store
+        .register_scheduler("only", "host", 1, Utc::now())
+        .await
+        .unwrap();
+    let held = store
+        .claim_runs("only", Utc::now() - chrono::TimeDelta::seconds(10))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 7);
+    let runs: Vec<String> = store
+        .held_runs("only")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    let mut oldest_first = created.clone();
+    oldest_first.sort();
+    assert_eq!(runs, oldest_first);
+    let active = store.held_task_instances("only").await.unwrap();
     let per_run = new_run("x", 1, RunTrigger::Manual).task_ids;
     assert_eq!(active.len(), 7 * per_run.len());
     let first: Vec<&str> = active
@@ -574,8 +594,12 @@ pub async fn run_lists_page_newest_first_and_states_are_counted(store: &dyn Stor
         .await
         .unwrap();
     assert_eq!(
-        store.active_task_instances().await.unwrap().len(),
+        store.held_task_instances("only").await.unwrap().len(),
         6 * per_run.len()
+    );
+    assert_eq!(
+        store.active_elsewhere("only").await.unwrap(),
+        ActiveElsewhere::default()
     );
     store
         .set_run_state(&created[1], RunState::Queued, Utc::now())
@@ -642,6 +666,26 @@ pub async fn claims_are_exclusive_fair_and_fenced(store: &dyn Store) {
         )
         .await
         .unwrap();
+    // What `a` runs counts against the limits the others share, and nothing of their own.
+    let seen_by_b = store.active_elsewhere("b").await.unwrap();
+    assert_eq!(
+        seen_by_b.task_instances,
+        vec![("x".to_owned(), "v1".to_owned(), "extract".to_owned(), 1)]
+    );
+    assert_eq!(seen_by_b.running_runs, vec![]);
+    assert_eq!(
+        store.active_elsewhere("a").await.unwrap(),
+        ActiveElsewhere::default()
+    );
+    store
+        .set_run_state(&own.run_id, RunState::Running, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.active_elsewhere("c").await.unwrap().running_runs,
+        vec![("x".to_owned(), 1)]
+    );
+    assert_eq!(store.held_runs("b").await.unwrap().len(), 3);
     let stale = Fence {
         run_id: b[0].run_id.clone(),
         token: b[0].token - 1,
