@@ -474,8 +474,6 @@ impl Scheduler {
             *claims = held.clone();
             newly
         };
-        // Schedulers take turns from reading the active runs to queueing what they picked.
-        let turn = self.store.lock_scheduling().await?;
         let records = self.store.list_jobs().await?;
         let mut max_runs = HashMap::new();
         let current_versions: HashMap<&str, &str> = records
@@ -490,14 +488,15 @@ impl Scheduler {
                 continue;
             };
             max_runs.insert(job.id.clone(), job.max_active_runs);
+            // A scheduled run is unique per job and logical date: schedulers creating the
+            // same one at once make it once.
             if !record.paused {
                 runs::create_due_runs(self.store.as_ref(), &job, now, 100).await?;
             }
         }
 
         // The runs this scheduler holds, oldest first so queued runs start in order, and
-        // their task instances in one read; of the other schedulers' runs only what they take
-        // of the shared limits, counted by the store.
+        // their task instances in one read.
         let active: Vec<RunRecord> = self
             .store
             .held_runs(&self.id)
@@ -505,36 +504,17 @@ impl Scheduler {
             .into_iter()
             .filter(|run| held.contains_key(&run.run_id))
             .collect();
-        let elsewhere = self.store.active_elsewhere(&self.id).await?;
-        let mut running_per_job: HashMap<String, u32> = HashMap::new();
-        for (job_id, count) in &elsewhere.running_runs {
-            *running_per_job.entry(job_id.clone()).or_default() += *count as u32;
-        }
-        for run in active.iter().filter(|r| r.state == RunState::Running) {
-            *running_per_job.entry(run.job_id.clone()).or_default() += 1;
-        }
-        let mut capacity = Capacity::default();
-        for pool in self.store.list_pools().await? {
-            capacity.pools.insert(pool.name, pool.slots);
-        }
-        for (job_id, version, task_id, count) in &elsewhere.task_instances {
-            if let Ok(job) = self.job_version(job_id, version).await {
-                count_active(&job, task_id, *count, &mut capacity);
-            }
-        }
         let mut instances_of: HashMap<String, Vec<stevedore_store::TaskInstanceRecord>> =
             HashMap::new();
         for ti in self.store.held_task_instances(&self.id).await? {
             instances_of.entry(ti.run_id.clone()).or_default().push(ti);
         }
-        let mut candidates = Vec::new();
-        // The latest try number of each task instance seen, so a launch needs no re-read.
-        let mut last_tries: HashMap<(String, String), u32> = HashMap::new();
-        let mut jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)> = HashMap::new();
-        // What the pass decides for every run it holds, written at once after it.
-        let mut task_changes: Vec<(String, String, TaskState)> = Vec::new();
-        let mut run_changes: Vec<(String, RunState)> = Vec::new();
-        for mut run in active {
+        let mut plan = Plan::default();
+        // What this scheduler's own runs take of the pools and of `max_active_tasks`.
+        let mut own = Capacity::default();
+        let mut running_per_job: HashMap<String, u32> = HashMap::new();
+        let mut queued_runs = Vec::new();
+        for run in active {
             if run.cancel_requested {
                 if let Err(error) = self.cancel_run(&run).await {
                     error!(run_id = %run.run_id, error = %error, "cannot cancel run");
@@ -542,58 +522,81 @@ impl Scheduler {
                 continue;
             }
             if run.state == RunState::Queued {
-                let limit = max_runs.get(&run.job_id).copied().unwrap_or(16);
-                let running = running_per_job.entry(run.job_id.clone()).or_default();
-                if *running >= limit {
-                    continue;
-                }
-                *running += 1;
-                // A run that had not started yet follows the job file as it is now.
-                if let Some(current) = current_versions.get(run.job_id.as_str()) {
-                    if *current != run.job_version {
-                        if let Err(error) = self.adopt_current_version(&mut run, current).await {
-                            warn!(run_id = %run.run_id, error = %error, "cannot move the run to the job's current version");
-                        }
-                        // Its task instances changed with the version: read them again.
-                        instances_of.insert(
-                            run.run_id.clone(),
-                            self.store.task_instances(&run.run_id).await?,
-                        );
-                    }
-                }
-                run_changes.push((run.run_id.clone(), RunState::Running));
-                info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
-                run.state = RunState::Running;
+                queued_runs.push(run);
+                continue;
             }
+            *running_per_job.entry(run.job_id.clone()).or_default() += 1;
             let instances = instances_of.remove(&run.run_id).unwrap_or_default();
-            match self
-                .advance_run(&run, instances, &following, &mut capacity)
-                .await
-            {
-                Ok(advanced) => {
-                    for (task_id, try_number) in advanced.tries {
-                        last_tries.insert((run.run_id.clone(), task_id), try_number);
-                    }
-                    candidates.extend(advanced.ready);
-                    task_changes.extend(advanced.changes);
-                    if let Some(outcome) = advanced.outcome {
-                        info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
-                        run_changes.push((run.run_id.clone(), outcome));
-                    }
-                    jobs_of_runs.insert(run.run_id.clone(), (advanced.job, run));
-                }
-                Err(error) => error!(run_id = %run.run_id, error = %error, "cannot advance run"),
-            }
+            self.plan_run(&mut plan, run, instances, &following, &mut own)
+                .await;
         }
-        // Task instances first: a run's end is recorded after the states that decided it.
-        self.store.set_task_states(&task_changes, now).await?;
-        self.store.set_run_states(&run_changes, Utc::now()).await?;
-
+        // What takes no shared slot is written before taking the turn: task instances first,
+        // as a run's end is recorded after the states that decided it.
+        self.store.set_task_states(&plan.task_changes, now).await?;
+        self.store
+            .set_run_states(&plan.run_changes, Utc::now())
+            .await?;
+        plan.task_changes.clear();
+        plan.run_changes.clear();
         if self.adoption_due(newly_held) {
-            self.adopt_left_tries(&held, &followed, &jobs_of_runs)
+            self.adopt_left_tries(&held, &followed, &plan.jobs_of_runs)
                 .await?;
         }
-        let (picked, waiting) = limits::select(candidates, &mut capacity);
+
+        // Schedulers take turns from reading what the others' runs take of the shared limits
+        // to queueing what they picked, so two never fill the same free slot.
+        let turn = self.store.lock_scheduling().await?;
+        let elsewhere = self.store.active_elsewhere(&self.id).await?;
+        for (job_id, count) in &elsewhere.running_runs {
+            *running_per_job.entry(job_id.clone()).or_default() += *count as u32;
+        }
+        let mut capacity = Capacity {
+            pools: HashMap::new(),
+            jobs: own.jobs,
+        };
+        for pool in self.store.list_pools().await? {
+            capacity.pools.insert(pool.name, pool.slots);
+        }
+        for (pool, taken) in own.pools {
+            *capacity.pools.entry(pool).or_insert(0) += taken;
+        }
+        for (job_id, version, task_id, count) in &elsewhere.task_instances {
+            if let Ok(job) = self.job_version(job_id, version).await {
+                count_active(&job, task_id, *count, &mut capacity);
+            }
+        }
+        // Queued runs start while their job is under `max_active_runs`, counting every
+        // scheduler's running runs.
+        for mut run in queued_runs {
+            let limit = max_runs.get(&run.job_id).copied().unwrap_or(16);
+            let running = running_per_job.entry(run.job_id.clone()).or_default();
+            if *running >= limit {
+                continue;
+            }
+            *running += 1;
+            let mut instances = instances_of.remove(&run.run_id).unwrap_or_default();
+            // A run that had not started yet follows the job file as it is now.
+            if let Some(current) = current_versions.get(run.job_id.as_str()) {
+                if *current != run.job_version {
+                    if let Err(error) = self.adopt_current_version(&mut run, current).await {
+                        warn!(run_id = %run.run_id, error = %error, "cannot move the run to the job's current version");
+                    }
+                    // Its task instances changed with the version: read them again.
+                    instances = self.store.task_instances(&run.run_id).await?;
+                }
+            }
+            plan.run_changes
+                .push((run.run_id.clone(), RunState::Running));
+            info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
+            run.state = RunState::Running;
+            self.plan_run(&mut plan, run, instances, &following, &mut capacity)
+                .await;
+        }
+        self.store.set_task_states(&plan.task_changes, now).await?;
+        self.store
+            .set_run_states(&plan.run_changes, Utc::now())
+            .await?;
+        let (picked, waiting) = limits::select(plan.candidates, &mut capacity);
         for (candidate, reason) in waiting {
             if let Held::PoolMissing(pool) = reason {
                 warn!(run_id = %candidate.run_id, task_id = %candidate.task_id, pool, "task instance waits: its pool does not exist (`stevedore pools set`)");
@@ -608,13 +611,14 @@ impl Scheduler {
         self.store.set_task_states(&queued, now).await?;
         turn.release().await?;
         for candidate in picked {
-            let Some((job, run)) = jobs_of_runs.get(&candidate.run_id) else {
+            let Some((job, run)) = plan.jobs_of_runs.get(&candidate.run_id) else {
                 continue;
             };
             let Some(task) = job.task(&candidate.task_id) else {
                 continue;
             };
-            let try_number = last_tries
+            let try_number = plan
+                .last_tries
                 .get(&(candidate.run_id.clone(), candidate.task_id.clone()))
                 .copied()
                 .unwrap_or(0)
@@ -631,6 +635,35 @@ impl Scheduler {
             );
         }
         Ok(())
+    }
+
+    /// Moves one running run forward ([`Scheduler::advance_run`]) and adds what it decided to
+    /// `plan`.
+    async fn plan_run(
+        &self,
+        plan: &mut Plan,
+        run: RunRecord,
+        instances: Vec<stevedore_store::TaskInstanceRecord>,
+        following: &Following,
+        capacity: &mut Capacity,
+    ) {
+        match self.advance_run(&run, instances, following, capacity).await {
+            Ok(advanced) => {
+                for (task_id, try_number) in advanced.tries {
+                    plan.last_tries
+                        .insert((run.run_id.clone(), task_id), try_number);
+                }
+                plan.candidates.extend(advanced.ready);
+                plan.task_changes.extend(advanced.changes);
+                if let Some(outcome) = advanced.outcome {
+                    info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
+                    plan.run_changes.push((run.run_id.clone(), outcome));
+                }
+                plan.jobs_of_runs
+                    .insert(run.run_id.clone(), (advanced.job, run));
+            }
+            Err(error) => error!(run_id = %run.run_id, error = %error, "cannot advance run"),
+        }
     }
 
     /// Whether this pass should look for tries left behind (see
@@ -1180,6 +1213,19 @@ impl Following {
                 .collect(),
         }
     }
+}
+
+/// What a pass decides for the runs it holds, gathered to be written at once.
+#[derive(Default)]
+struct Plan {
+    /// Task instances ready to start, for the pools and limits to pick from.
+    candidates: Vec<Candidate>,
+    /// The latest try number of each candidate, so a launch needs no re-read.
+    last_tries: HashMap<(String, String), u32>,
+    /// Each planned run with its job version.
+    jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)>,
+    task_changes: Vec<(String, String, TaskState)>,
+    run_changes: Vec<(String, RunState)>,
 }
 
 /// What a pass decided for one run (see [`Scheduler::advance_run`]).
