@@ -26,7 +26,8 @@ TARGET = 5000
 def measure(*args):
     out = subprocess.run([BENCH, *args], check=True, capture_output=True, text=True).stdout.strip()
     print("  " + out, flush=True)
-    return float(re.search(r"= (\d+) task instances/s", out).group(1))
+    busy = re.search(r"cores (\d+)% busy", out)
+    return float(re.search(r"= (\d+) task instances/s", out).group(1)), float(busy.group(1)) if busy else 0.0
 
 
 def main():
@@ -52,12 +53,13 @@ def main():
         server.stop()
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"\nmachine: {os.cpu_count()} cores, {model}; release build; instant backend; {rounds} rounds")
-    single_pg = statistics.median(figures["PostgreSQL, 1 scheduler"])
+    single_pg = statistics.median(rate for rate, _ in figures["PostgreSQL, 1 scheduler"])
     for name, _, _ in configs:
-        values = figures[name]
+        values = [rate for rate, _ in figures[name]]
         median = statistics.median(values)
-        line = (f"{name:<26} median {median:7.0f} task instances/s  (range {min(values):.0f}-{max(values):.0f})"
-                f"  {median / TARGET:4.2f}x the target")
+        busy = statistics.median(busy for _, busy in figures[name])
+        line = (f"{name:<26} median {median:7.0f} task instances/s  (range {min(values):.0f}-{max(values):.0f},"
+                f" cores {busy:.0f}% busy)  {median / TARGET:4.2f}x the target")
         if name.startswith("PostgreSQL") and not name.endswith(" 1 scheduler"):
             line += f", {median / single_pg:4.2f}x one scheduler"
         print(line)

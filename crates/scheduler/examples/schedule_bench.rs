@@ -101,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let backend: Arc<dyn Backend> = Arc::new(InstantBackend::named("docker"));
         instances.push(Scheduler::new(own, vec![backend], config.clone()));
     }
+    let cpu_before = cpu_times();
     let started = Instant::now();
     let mut running = Vec::new();
     for scheduler in instances {
@@ -126,6 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_times();
     let _ = stop_tx.send(true);
     for scheduler in running {
         scheduler.await??;
@@ -141,12 +143,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "SQLite"
     };
+    // How busy the machine's cores were while the clock ran (every process: the schedulers
+    // and the database server share them).
+    let busy = match (cpu_before, cpu_after) {
+        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+            format!(
+                ", cores {:.0}% busy",
+                100.0 * (busy1 - busy0) as f64 / (total1 - total0) as f64
+            )
+        }
+        _ => String::new(),
+    };
     println!(
-        "{kind}, {schedulers} scheduler(s): {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded)",
+        "{kind}, {schedulers} scheduler(s): {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded{busy})",
         (RUNS * TASKS) as f64 / elapsed
     );
     if succeeded as usize != RUNS {
         return Err(format!("{} runs did not succeed", RUNS - succeeded as usize).into());
     }
     Ok(())
+}
+
+/// `(busy, total)` jiffies of all cores since boot, from `/proc/stat` (idle and iowait are
+/// not busy).
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
