@@ -2,9 +2,12 @@
 //! task instances N schedulers take from `none` to `success` per second, over 1,000 runs of
 //! a 10-task fan-out job created up front. Run by `scripts/bench.sh scheduler`.
 //!
-//! `cargo run --release -p stevedore-scheduler --example schedule_bench -- STORE [N]`
+//! `cargo run --release -p stevedore-scheduler --example schedule_bench -- STORE [N] [DELAY_MS]`
 //! where STORE is a SQLite path or a `postgres://` URL (N > 1 needs PostgreSQL); each
-//! scheduler has its own connection pool, as separate processes would.
+//! scheduler has its own connection pool, as separate processes would. With DELAY_MS, the
+//! schedulers reach PostgreSQL through a proxy that holds every packet that long in each
+//! direction, as a database on another machine would be (the store's own setup and the
+//! clock's checks go direct).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +42,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(1);
+    let delay_ms: Option<f64> = std::env::args().nth(3).map(|n| n.parse()).transpose()?;
     if schedulers > 1 && !target.starts_with("postgres://") {
         return Err("several schedulers need a PostgreSQL store".into());
+    }
+    if delay_ms.is_some() && !target.starts_with("postgres://") {
+        return Err("a delay needs a PostgreSQL store".into());
     }
     let dir = tempfile::tempdir()?;
     let jobs = dir.path().join("jobs");
@@ -91,10 +98,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.workspace_sweep_every = Duration::from_secs(3600);
     config.exclusive = schedulers == 1 && !target.starts_with("postgres://");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The schedulers' address of the database: direct, or through the delaying proxy.
+    let mut link = String::new();
+    let scheduler_target = match delay_ms {
+        Some(ms) => {
+            let (through, round_trip) =
+                delayed(&target, Duration::from_secs_f64(ms / 1000.0)).await?;
+            link = format!(", {round_trip:.1} ms round trip to the database");
+            through
+        }
+        None => target.clone(),
+    };
     let mut instances = Vec::new();
     for _ in 0..schedulers {
         let own: Arc<dyn Store> = if target.starts_with("postgres://") {
-            Arc::new(PostgresStore::open(&target).await?)
+            Arc::new(PostgresStore::open(&scheduler_target).await?)
         } else {
             store.clone()
         };
@@ -155,7 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => String::new(),
     };
     println!(
-        "{kind}, {schedulers} scheduler(s): {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded{busy})",
+        "{kind}, {schedulers} scheduler(s): {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded{busy}{link})",
         (RUNS * TASKS) as f64 / elapsed
     );
     if succeeded as usize != RUNS {
@@ -177,4 +195,81 @@ fn cpu_times() -> Option<(u64, u64)> {
     let total: u64 = values.iter().take(8).sum();
     let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
     Some((total - idle, total))
+}
+
+/// `url` (a `postgres://` URL on 127.0.0.1) reached through a local TCP proxy that holds
+/// every chunk `one_way` in each direction, and the round trip of a `SELECT 1` through it, in
+/// milliseconds. The proxy runs on threads of its own that sleep with the kernel's
+/// high-resolution timers: tokio's timer, with millisecond ticks, held a chunk for 4 ms or
+/// more on this machine whatever the delay asked.
+async fn delayed(
+    url: &str,
+    one_way: Duration,
+) -> Result<(String, f64), Box<dyn std::error::Error>> {
+    let (head, rest) = url.split_once('@').ok_or("the URL has no user@")?;
+    let (host_port, path) = rest.split_once('/').ok_or("the URL has no database")?;
+    let upstream: std::net::SocketAddr = host_port.parse()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let proxy = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            for (from, to) in [
+                (client.try_clone(), server.try_clone()),
+                (server.try_clone(), client.try_clone()),
+            ] {
+                if let (Ok(from), Ok(to)) = (from, to) {
+                    hold_and_pass(from, to, one_way);
+                }
+            }
+        }
+    });
+    let through = format!("{head}@{proxy}/{path}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&through)
+        .await?;
+    // The simple query protocol: one round trip per query.
+    sqlx::raw_sql("SELECT 1").execute(&pool).await?;
+    let timed = Instant::now();
+    for _ in 0..50 {
+        sqlx::raw_sql("SELECT 1").execute(&pool).await?;
+    }
+    let round_trip = timed.elapsed().as_secs_f64() * 1000.0 / 50.0;
+    pool.close().await;
+    Ok((through, round_trip))
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it arrived, in order (two threads).
+fn hold_and_pass(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (held, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(read) = from.read(&mut buffer) {
+            if read == 0
+                || held
+                    .send((Instant::now() + delay, buffer[..read].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((at, bytes)) = due.recv() {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }

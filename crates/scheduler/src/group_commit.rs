@@ -50,6 +50,17 @@ impl GroupCommit {
     }
 
     async fn write(&self, write: TryWrite, fence: Option<&Fence>) -> Result<TryWritten> {
+        self.queue(write, fence).await
+    }
+
+    /// Queues `write` now, and returns what answers it: the write keeps its place in its
+    /// writer's queue whether or not the answer is awaited, before any write queued later
+    /// for the same run.
+    fn queue(
+        &self,
+        write: TryWrite,
+        fence: Option<&Fence>,
+    ) -> impl std::future::Future<Output = Result<TryWritten>> + Send + 'static {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         match (fence, &write) {
@@ -68,8 +79,11 @@ impl GroupCommit {
             },
             reply,
         };
-        queue.send(pending).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let sent = queue.send(pending).map_err(|_| stopped());
+        async move {
+            sent?;
+            answer.await.map_err(|_| stopped())?
+        }
     }
 
     /// [`Store::start_try_fenced`], with the task's committed state as the start saw it.
@@ -114,6 +128,27 @@ impl GroupCommit {
             log_seq,
         };
         self.write(write, fence).await.map(drop)
+    }
+
+    /// [`Store::set_try_container_fenced`], queued at once, its answer to be awaited later:
+    /// the try goes on meanwhile, and its end, queued after it, is often written in the
+    /// same group.
+    pub fn queue_try_container(
+        &self,
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+        log_seq: i64,
+        fence: Option<&Fence>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> {
+        let write = TryWrite::Container {
+            try_id,
+            container_id: container_id.to_owned(),
+            image_digest: image_digest.map(str::to_owned),
+            log_seq,
+        };
+        let answer = self.queue(write, fence);
+        Box::pin(async move { answer.await.map(drop) })
     }
 
     /// [`Store::append_logs_fenced`].

@@ -79,6 +79,18 @@ pub fn fenced(error: &anyhow::Error) -> Option<String> {
 struct Recorded {
     /// The container the try ran in, once the backend said.
     container_id: Option<String>,
+    /// Its record, queued and perhaps not written yet (see [`TryRunner::settle_container`]).
+    container_write: Option<ContainerWrite>,
+}
+
+/// A try's container record on its way to the store.
+struct ContainerWrite {
+    answer:
+        std::pin::Pin<Box<dyn std::future::Future<Output = stevedore_store::Result<()>> + Send>>,
+    try_id: i64,
+    container_id: String,
+    image_digest: Option<String>,
+    log_seq: i64,
 }
 
 /// Secret values shorter than this are not redacted from logs: masking every `1` or `ab` in
@@ -371,18 +383,26 @@ impl TryRunner {
             timeout_guard,
         )
         .await;
-        let (result, recorded) = match followed {
+        let (result, mut recorded) = match followed {
             Ok(both) => both,
             Err(message) => return Ok(TryEnd::Fenced(message)),
         };
-        match result {
-            Ok(exit) => {
-                let end = self
-                    .finish(&job, &task, &context, started.try_id, exit)
-                    .await?;
-                self.discard(&backend, &recorded).await;
-                Ok(end)
+        if let Ok(exit) = result {
+            // The end is queued behind the container's record, often into the same group.
+            let end = self
+                .finish(&job, &task, &context, started.try_id, exit)
+                .await?;
+            if let Some(message) = self.settle_container(&mut recorded).await? {
+                return Ok(TryEnd::Fenced(message));
             }
+            self.discard(&backend, recorded.container_id.as_deref()).await;
+            return Ok(end);
+        }
+        if let Some(message) = self.settle_container(&mut recorded).await? {
+            return Ok(TryEnd::Fenced(message));
+        }
+        match result {
+            Ok(_) => unreachable!("handled above"),
             Err(BackendError::Unavailable(message)) => {
                 // Nothing started: record the attempt and put the task instance back.
                 self.record(&TryFinish {
@@ -491,16 +511,19 @@ impl TryRunner {
             timeout_guard,
         )
         .await;
-        let (result, recorded) = match followed {
+        let (result, mut recorded) = match followed {
             Ok(both) => both,
             Err(message) => return Ok(TryEnd::Fenced(message)),
         };
+        if let Some(message) = self.settle_container(&mut recorded).await? {
+            return Ok(TryEnd::Fenced(message));
+        }
         match result {
             Ok(Adopted::Exit(exit)) => {
                 let end = self
                     .finish(&job, &task, &context, record.try_id, exit)
                     .await?;
-                self.discard(&backend, &recorded).await;
+                self.discard(&backend, recorded.container_id.as_deref()).await;
                 Ok(end)
             }
             Ok(Adopted::NotStarted) => {
@@ -586,9 +609,42 @@ impl TryRunner {
         record_finish(&self.writes, finish, self.fence.as_ref()).await
     }
 
+    /// Waits for the try's container record to be written; writes it again (with backoff)
+    /// if that failed for a passing reason. `Some` with the store's message when the run was
+    /// taken over.
+    async fn settle_container(&self, recorded: &mut Recorded) -> anyhow::Result<Option<String>> {
+        let Some(pending) = recorded.container_write.take() else {
+            return Ok(None);
+        };
+        let written = match pending.answer.await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Fenced(message)) => return Ok(Some(message)),
+            Err(error) if error.is_transient() => {
+                persist("recording the try's container", || {
+                    self.writes.set_try_container(
+                        pending.try_id,
+                        &pending.container_id,
+                        pending.image_digest.as_deref(),
+                        pending.log_seq,
+                        self.fence.as_ref(),
+                    )
+                })
+                .await
+            }
+            Err(error) => Err(error.into()),
+        };
+        match written {
+            Ok(()) => Ok(None),
+            Err(error) => match fenced(&error) {
+                Some(message) => Ok(Some(message)),
+                None => Err(error),
+            },
+        }
+    }
+
     /// Removes the exited container of a try whose end is recorded.
-    async fn discard(&self, backend: &Arc<dyn Backend>, recorded: &Recorded) {
-        if let Some(container_id) = &recorded.container_id {
+    async fn discard(&self, backend: &Arc<dyn Backend>, container_id: Option<&str>) {
+        if let Some(container_id) = container_id {
             if let Err(error) = backend.discard(container_id).await {
                 warn!(container_id, error = %error, "cannot remove the try's container");
             }
@@ -774,11 +830,17 @@ async fn follow<T>(
                 return Err(message);
             }
             warn!(error = %error, "storing the try's logs failed");
-            Recorded { container_id: None }
+            Recorded {
+                container_id: None,
+                container_write: None,
+            }
         }
         Err(error) => {
             warn!(error = %error, "log consumer panicked");
-            Recorded { container_id: None }
+            Recorded {
+                container_id: None,
+                container_write: None,
+            }
         }
     };
     Ok((result, recorded))
@@ -827,7 +889,10 @@ async fn consume_events(
     } = target;
     let fence = fence.as_ref();
     let store = store.as_ref();
-    let mut recorded = Recorded { container_id: None };
+    let mut recorded = Recorded {
+        container_id: None,
+        container_write: None,
+    };
     // Grown as lines come: most tries print a few lines, and a batch's full size would be
     // a third of a megabyte for each of them.
     let mut batch: Vec<LogLine> = Vec::new();
@@ -852,17 +917,21 @@ async fn consume_events(
                 image_digest,
             } => {
                 // Lines before this one are Stevedore's own (the pull); from here on they
-                // are the container's.
-                persist("recording the try's container", || {
-                    writes.set_try_container(
+                // are the container's. Queued now and answered later: the lines and the
+                // end that follow are queued after it.
+                recorded.container_write = Some(ContainerWrite {
+                    answer: writes.queue_try_container(
                         try_id,
                         &container_id,
                         image_digest.as_deref(),
                         seq,
                         fence,
-                    )
-                })
-                .await?;
+                    ),
+                    try_id,
+                    container_id: container_id.clone(),
+                    image_digest,
+                    log_seq: seq,
+                });
                 recorded.container_id = Some(container_id);
             }
             TryEvent::Note(text) => {
