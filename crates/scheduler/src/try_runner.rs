@@ -395,7 +395,8 @@ impl TryRunner {
             if let Some(message) = self.settle_container(&mut recorded).await? {
                 return Ok(TryEnd::Fenced(message));
             }
-            self.discard(&backend, recorded.container_id.as_deref()).await;
+            self.discard(&backend, recorded.container_id.as_deref())
+                .await;
             return Ok(end);
         }
         if let Some(message) = self.settle_container(&mut recorded).await? {
@@ -523,7 +524,8 @@ impl TryRunner {
                 let end = self
                     .finish(&job, &task, &context, record.try_id, exit)
                     .await?;
-                self.discard(&backend, recorded.container_id.as_deref()).await;
+                self.discard(&backend, recorded.container_id.as_deref())
+                    .await;
                 Ok(end)
             }
             Ok(Adopted::NotStarted) => {
