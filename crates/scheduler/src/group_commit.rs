@@ -95,12 +95,7 @@ impl GroupCommit {
         at: chrono::DateTime<chrono::Utc>,
         fence: Option<&Fence>,
     ) -> Result<(TryRecord, Option<Value>)> {
-        let write = TryWrite::Start {
-            key: key.clone(),
-            backend: backend.to_owned(),
-            image_ref: image_ref.to_owned(),
-            at,
-        };
+        let write = TryWrite::start(key, backend, image_ref, at);
         match self.write(write, fence).await? {
             TryWritten::Started {
                 record,
@@ -121,13 +116,8 @@ impl GroupCommit {
         log_seq: i64,
         fence: Option<&Fence>,
     ) -> Result<()> {
-        let write = TryWrite::Container {
-            try_id,
-            container_id: container_id.to_owned(),
-            image_digest: image_digest.map(str::to_owned),
-            log_seq,
-        };
-        self.write(write, fence).await.map(drop)
+        self.queue_try_container(try_id, container_id, image_digest, log_seq, fence)
+            .await
     }
 
     /// [`Store::set_try_container_fenced`], queued at once, its answer to be awaited later:
@@ -141,12 +131,7 @@ impl GroupCommit {
         log_seq: i64,
         fence: Option<&Fence>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> {
-        let write = TryWrite::Container {
-            try_id,
-            container_id: container_id.to_owned(),
-            image_digest: image_digest.map(str::to_owned),
-            log_seq,
-        };
+        let write = TryWrite::container(try_id, container_id, image_digest, log_seq);
         let answer = self.queue(write, fence);
         Box::pin(async move { answer.await.map(drop) })
     }

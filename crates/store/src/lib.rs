@@ -241,6 +241,31 @@ pub enum TryWrite {
     Finish(TryFinish),
 }
 
+impl TryWrite {
+    pub fn start(key: &TryKey, backend: &str, image_ref: &str, at: DateTime<Utc>) -> TryWrite {
+        TryWrite::Start {
+            key: key.clone(),
+            backend: backend.to_owned(),
+            image_ref: image_ref.to_owned(),
+            at,
+        }
+    }
+
+    pub fn container(
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+        log_seq: i64,
+    ) -> TryWrite {
+        TryWrite::Container {
+            try_id,
+            container_id: container_id.to_owned(),
+            image_digest: image_digest.map(str::to_owned),
+            log_seq,
+        }
+    }
+}
+
 /// A [`TryWrite`] by the holder of `fence` (the run's claim), refused with
 /// [`StoreError::Fenced`] once the run's fencing token has moved on; `None`: unfenced (an
 /// operator, a test).
@@ -503,12 +528,7 @@ pub trait Store: Send + Sync {
         at: DateTime<Utc>,
         fence: Option<&Fence>,
     ) -> Result<TryRecord> {
-        let write = TryWrite::Start {
-            key: key.clone(),
-            backend: backend.to_owned(),
-            image_ref: image_ref.to_owned(),
-            at,
-        };
+        let write = TryWrite::start(key, backend, image_ref, at);
         match self.write_one(write, fence).await? {
             TryWritten::Started { record, .. } => Ok(record),
             TryWritten::Done => unreachable!("a start answers Started"),
@@ -532,12 +552,7 @@ pub trait Store: Send + Sync {
         log_seq: i64,
         fence: Option<&Fence>,
     ) -> Result<()> {
-        let write = TryWrite::Container {
-            try_id,
-            container_id: container_id.to_owned(),
-            image_digest: image_digest.map(str::to_owned),
-            log_seq,
-        };
+        let write = TryWrite::container(try_id, container_id, image_digest, log_seq);
         self.write_one(write, fence).await.map(drop)
     }
     /// Ends a try; on success the state the try published waits for the run's outcome.

@@ -20,7 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_claims.sql")),
     (
         3,
-        include_str!("../migrations/postgres/0003_task_instance_updates.sql"),
+        include_str!("../migrations/postgres/0003_scheduling_indexes.sql"),
     ),
 ];
 

@@ -1125,7 +1125,7 @@ impl Store for $store {
 
     async fn deregister_scheduler(&self, id: &str) -> Result<()> {
         let mut tx = self.write_transaction().await?;
-        sql::query::<$dialect>("UPDATE runs SET owner = NULL, fence = fence + 1 WHERE owner = ?")
+        sql::query::<$dialect>("UPDATE runs SET owner = NULL, fence = fence + 1 WHERE owner = ? AND state IN ('queued', 'running')")
             .bind(id)
             .execute(&mut *tx)
             .await?;

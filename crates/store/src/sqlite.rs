@@ -34,7 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_claims.sql")),
     (
         9,
-        include_str!("../migrations/sqlite/0009_task_instance_updates.sql"),
+        include_str!("../migrations/sqlite/0009_scheduling_indexes.sql"),
     ),
 ];
 
