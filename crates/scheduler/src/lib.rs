@@ -530,14 +530,8 @@ impl Scheduler {
             self.plan_run(&mut plan, run, instances, &following, &mut own)
                 .await;
         }
-        // What takes no shared slot is written before taking the turn: task instances first,
-        // as a run's end is recorded after the states that decided it.
-        self.store.set_task_states(&plan.task_changes, now).await?;
-        self.store
-            .set_run_states(&plan.run_changes, Utc::now())
-            .await?;
-        plan.task_changes.clear();
-        plan.run_changes.clear();
+        // What takes no shared slot is written before taking the turn.
+        self.write_changes(&mut plan, now).await?;
         if self.adoption_due(newly_held) {
             self.adopt_left_tries(&held, &followed, &plan.jobs_of_runs)
                 .await?;
@@ -592,10 +586,7 @@ impl Scheduler {
             self.plan_run(&mut plan, run, instances, &following, &mut capacity)
                 .await;
         }
-        self.store.set_task_states(&plan.task_changes, now).await?;
-        self.store
-            .set_run_states(&plan.run_changes, Utc::now())
-            .await?;
+        self.write_changes(&mut plan, now).await?;
         let (picked, waiting) = limits::select(plan.candidates, &mut capacity);
         for (candidate, reason) in waiting {
             if let Held::PoolMissing(pool) = reason {
@@ -634,6 +625,22 @@ impl Scheduler {
                 TryStart::New(try_number),
             );
         }
+        Ok(())
+    }
+
+    /// Writes the task instance and run states `plan` changed so far, and forgets them: task
+    /// instances first, as a run's end is recorded after the states that decided it.
+    async fn write_changes(
+        &self,
+        plan: &mut Plan,
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        self.store.set_task_states(&plan.task_changes, now).await?;
+        self.store
+            .set_run_states(&plan.run_changes, Utc::now())
+            .await?;
+        plan.task_changes.clear();
+        plan.run_changes.clear();
         Ok(())
     }
 

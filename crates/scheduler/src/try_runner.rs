@@ -76,6 +76,7 @@ pub fn fenced(error: &anyhow::Error) -> Option<String> {
 }
 
 /// What the events of a try came to.
+#[derive(Default)]
 struct Recorded {
     /// The container the try ran in, once the backend said.
     container_id: Option<String>,
@@ -387,24 +388,26 @@ impl TryRunner {
             Ok(both) => both,
             Err(message) => return Ok(TryEnd::Fenced(message)),
         };
-        if let Ok(exit) = result {
-            // The end is queued behind the container's record, often into the same group.
-            let end = self
-                .finish(&job, &task, &context, started.try_id, exit)
-                .await?;
-            if let Some(message) = self.settle_container(&mut recorded).await? {
-                return Ok(TryEnd::Fenced(message));
+        let error = match result {
+            Ok(exit) => {
+                // The end is queued behind the container's record, often into the same group.
+                let end = self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await?;
+                if let Some(message) = self.settle_container(&mut recorded).await? {
+                    return Ok(TryEnd::Fenced(message));
+                }
+                self.discard(&backend, recorded.container_id.as_deref())
+                    .await;
+                return Ok(end);
             }
-            self.discard(&backend, recorded.container_id.as_deref())
-                .await;
-            return Ok(end);
-        }
+            Err(error) => error,
+        };
         if let Some(message) = self.settle_container(&mut recorded).await? {
             return Ok(TryEnd::Fenced(message));
         }
-        match result {
-            Ok(_) => unreachable!("handled above"),
-            Err(BackendError::Unavailable(message)) => {
+        match error {
+            BackendError::Unavailable(message) => {
                 // Nothing started: record the attempt and put the task instance back.
                 self.record(&TryFinish {
                     try_id: started.try_id,
@@ -418,7 +421,7 @@ impl TryRunner {
                 .await?;
                 Ok(TryEnd::BackendUnavailable(message))
             }
-            Err(BackendError::Disconnected(message)) => {
+            BackendError::Disconnected(message) => {
                 // The try runs on (or ended unseen): it stays `running` in the store and is
                 // re-attached to once the backend answers again.
                 warn!(run_id = %run.run_id, task_id = %task.id, try_number, error = %message, "lost the backend while the try ran; re-attaching when it is back");
@@ -832,17 +835,11 @@ async fn follow<T>(
                 return Err(message);
             }
             warn!(error = %error, "storing the try's logs failed");
-            Recorded {
-                container_id: None,
-                container_write: None,
-            }
+            Recorded::default()
         }
         Err(error) => {
             warn!(error = %error, "log consumer panicked");
-            Recorded {
-                container_id: None,
-                container_write: None,
-            }
+            Recorded::default()
         }
     };
     Ok((result, recorded))
@@ -891,10 +888,7 @@ async fn consume_events(
     } = target;
     let fence = fence.as_ref();
     let store = store.as_ref();
-    let mut recorded = Recorded {
-        container_id: None,
-        container_write: None,
-    };
+    let mut recorded = Recorded::default();
     // Grown as lines come: most tries print a few lines, and a batch's full size would be
     // a third of a megabyte for each of them.
     let mut batch: Vec<LogLine> = Vec::new();

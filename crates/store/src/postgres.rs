@@ -12,7 +12,7 @@ use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, TaskState, TryState};
 
 use crate::rows::*;
-use crate::sql_store::{numbered_placeholders, sql, Dialect, BULK_ROWS};
+use crate::sql_store::{numbered_placeholders, push_bound_list, sql, Dialect, BULK_ROWS};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str)] = &[

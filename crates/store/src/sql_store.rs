@@ -52,6 +52,22 @@ pub(crate) mod sql {
 /// PostgreSQL's 65535 parameters).
 pub(crate) const BULK_ROWS: usize = 500;
 
+/// Appends `(?, ?, …)` with `values` bound, for `IN` lists of a bulk statement.
+pub(crate) fn push_bound_list<'t, DB, T>(
+    query: &mut sqlx::QueryBuilder<DB>,
+    values: impl IntoIterator<Item = T>,
+) where
+    DB: Database,
+    T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    list.push_unseparated(")");
+}
+
 /// `?` and `?N` placeholders as PostgreSQL's `$N` (a bare `?` takes the next number).
 pub(crate) fn numbered_placeholders(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
@@ -155,14 +171,9 @@ impl $store {
         fenced_runs.dedup();
         let mut tokens: HashMap<String, i64> = HashMap::new();
         for chunk in fenced_runs.chunks(BULK_ROWS) {
-            let mut query = QueryBuilder::<Db>::new("SELECT run_id, fence FROM runs WHERE run_id IN (");
-            {
-                let mut list = query.separated(", ");
-                for run_id in chunk {
-                    list.push_bind(*run_id);
-                }
-            }
-            query.push(") ORDER BY run_id");
+            let mut query = QueryBuilder::<Db>::new("SELECT run_id, fence FROM runs WHERE run_id IN ");
+            push_bound_list(&mut query, chunk.iter().copied());
+            query.push(" ORDER BY run_id");
             query.push(<$dialect as Dialect>::SHARE_LOCK);
             let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&mut **tx).await?;
             tokens.extend(rows);
@@ -362,14 +373,8 @@ impl $store {
             .collect();
         for chunk in finishes.chunks(BULK_ROWS) {
             let mut query =
-                QueryBuilder::<Db>::new("SELECT try_id, run_id, task_id, pending_state FROM tries WHERE try_id IN (");
-            {
-                let mut list = query.separated(", ");
-                for (_, finish) in chunk {
-                    list.push_bind(finish.try_id);
-                }
-            }
-            query.push(")");
+                QueryBuilder::<Db>::new("SELECT try_id, run_id, task_id, pending_state FROM tries WHERE try_id IN ");
+            push_bound_list(&mut query, chunk.iter().map(|(_, finish)| finish.try_id));
             let rows: Vec<(i64, String, String, Option<String>)> =
                 query.build_query_as().fetch_all(&mut **tx).await?;
             let mut found: HashMap<i64, (String, String, Option<String>)> = rows
@@ -628,12 +633,8 @@ impl Store for $store {
             query.push(" AND job_id = ").push_bind(job_id.clone());
         }
         if !filter.states.is_empty() {
-            query.push(" AND state IN (");
-            let mut separated = query.separated(", ");
-            for state in &filter.states {
-                separated.push_bind(state.as_str());
-            }
-            query.push(")");
+            query.push(" AND state IN ");
+            push_bound_list(&mut query, filter.states.iter().map(|state| state.as_str()));
         }
         if let Some(run_id) = &filter.before {
             query.push(" AND run_id < ").push_bind(run_id.clone());
@@ -700,14 +701,8 @@ impl Store for $store {
                         query.push(", ended_at = ").push_bind(at.as_str())
                     }
                 };
-                query.push(" WHERE run_id IN (");
-                {
-                    let mut list = query.separated(", ");
-                    for run_id in chunk {
-                        list.push_bind(*run_id);
-                    }
-                }
-                query.push(")");
+                query.push(" WHERE run_id IN ");
+                push_bound_list(&mut query, chunk.iter().copied());
                 query.build().execute(&mut *tx).await?;
                 if !state.is_finished() {
                     continue;
@@ -715,15 +710,9 @@ impl Store for $store {
                 // The run's tries' state becomes the jobs' state only if the run succeeded,
                 // run by run in the order given (two runs of one job may both hold some).
                 let mut query = QueryBuilder::<Db>::new(
-                    "SELECT DISTINCT run_id FROM run_pending_state WHERE run_id IN (",
+                    "SELECT DISTINCT run_id FROM run_pending_state WHERE run_id IN ",
                 );
-                {
-                    let mut list = query.separated(", ");
-                    for run_id in chunk {
-                        list.push_bind(*run_id);
-                    }
-                }
-                query.push(")");
+                push_bound_list(&mut query, chunk.iter().copied());
                 let pending: Vec<(String,)> = query.build_query_as().fetch_all(&mut *tx).await?;
                 for run_id in chunk.iter().filter(|id| pending.iter().any(|(p,)| p == *id)) {
                     if state == RunState::Success {
@@ -1095,14 +1084,8 @@ impl Store for $store {
             .await?;
             for chunk in claimable.chunks(BULK_ROWS) {
                 let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new("UPDATE runs SET owner = ");
-                query.push_bind(id).push(", fence = fence + 1 WHERE run_id IN (");
-                {
-                    let mut list = query.separated(", ");
-                    for run_id in chunk {
-                        list.push_bind(run_id.as_str());
-                    }
-                }
-                query.push(")");
+                query.push_bind(id).push(", fence = fence + 1 WHERE run_id IN ");
+                push_bound_list(&mut query, chunk.iter().map(String::as_str));
                 query.build().execute(&mut *tx).await?;
             }
         }
