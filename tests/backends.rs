@@ -1,5 +1,8 @@
 //! The Backend contract: every backend runs the same `synth` integration (as the image for
-//! `docker`, as the very same static binary for `process`) and must behave the same.
+//! `docker` and `nomad`, as the very same static binary for `process`) and must behave the
+//! same. `nomad` runs against the Nomad API simulator (`tests/nomad_sim.rs`), which runs its
+//! tasks as real containers on the local engine; deploy/nomad/README.md runs this very suite
+//! against a real `nomad agent -dev` (set `STEVEDORE_TEST_NOMAD_ADDR`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use stevedore_backend::*;
 use stevedore_domain::job::{PullPolicy, Resources};
 use stevedore_domain::state::FailureReason;
+use stevedore_e2e::nomad_sim::NomadSim;
 use stevedore_e2e::*;
 use tokio::sync::mpsc;
 
@@ -298,34 +302,315 @@ pub async fn tries_of_a_run_share_its_workspace(backend: &dyn Backend) {
     assert!(!backend.workspaces().await.unwrap().contains(&run_id));
 }
 
+pub async fn both_streams_arrive_whole_and_in_order(backend: &dyn Backend) {
+    let (exit, lines, _) = execute(
+        backend,
+        spec(
+            backend.name(),
+            "ordered",
+            "ordered",
+            &["count", "--lines", "12", "--every-ms", "20"],
+            None,
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0), "{lines:?}");
+    let of = |stream: Stream| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, t)| t.clone())
+            .collect()
+    };
+    let stdout: Vec<String> = (1..=12).map(|n| format!("out {n}")).collect();
+    let stderr: Vec<String> = [3, 6, 9, 12].iter().map(|n| format!("err {n}")).collect();
+    assert_eq!(of(Stream::Stdout), stdout);
+    assert_eq!(of(Stream::Stderr), stderr);
+    backend
+        .remove_workspace(&format!("ordered-{}", backend.name()))
+        .await
+        .unwrap();
+}
+
+pub async fn a_cancel_stops_the_try_as_killed(backend: &dyn Backend) {
+    let task = spec(
+        backend.name(),
+        "cancelled",
+        "cancelled",
+        &["sleep", "--seconds", "60"],
+        None,
+    );
+    let (events_tx, mut events_rx) = mpsc::channel(64);
+    let collector = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(event) = events_rx.recv().await {
+            if let TryEvent::Line { text, .. } = event {
+                lines.push(text);
+            }
+        }
+        lines
+    });
+    let (kill_tx, kill_rx) = kill_switch();
+    let started = std::time::Instant::now();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        kill_tx
+            .send(Some(KillReason::Requested("run cancelled by ops".into())))
+            .unwrap();
+    };
+    let (exit, ()) = tokio::join!(backend.execute(task, events_tx, kill_rx), cancel);
+    let exit = exit.expect("backend reachable");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        exit.failure,
+        Some(FailureReason::Killed("run cancelled by ops".into()))
+    );
+    assert_eq!(exit.exit_code, Some(137));
+    assert_eq!(collector.await.unwrap(), vec!["sleeping 60s".to_owned()]);
+    backend
+        .remove_workspace(&format!("cancelled-{}", backend.name()))
+        .await
+        .unwrap();
+}
+
+pub async fn a_missing_image_fails_the_try_naming_it(backend: &dyn Backend) {
+    // Nothing listens on port 9: the pull fails at once, as for an image that is not there.
+    let missing = "127.0.0.1:9/stevedore/missing:1.0.0";
+    let mut task = spec(backend.name(), "missing", "missing", &["noop"], None);
+    task.image = missing.to_owned();
+    let (exit, lines, _) = execute(backend, task, None).await;
+    assert_eq!(exit.exit_code, None, "{lines:?}");
+    match &exit.failure {
+        Some(FailureReason::Image(message)) => {
+            assert!(message.contains(missing), "{message}")
+        }
+        other => panic!("not an image failure: {other:?}"),
+    }
+    assert!(lines.is_empty(), "{lines:?}");
+    backend
+        .remove_workspace(&format!("missing-{}", backend.name()))
+        .await
+        .unwrap();
+}
+
+/// A scheduler stops while its try runs (its `execute` is dropped); a new backend client,
+/// as a restarted scheduler has, adopts the try: the lines the store holds are not sent
+/// again, the rest are, in order, and the exit is the try's own.
+pub async fn a_try_is_adopted_after_its_scheduler_stops(make: &dyn Fn() -> Arc<dyn Backend>) {
+    let first = make();
+    let name = first.name();
+    let mut task = spec(
+        name,
+        "adopted",
+        "adopted",
+        &["count", "--lines", "12", "--every-ms", "250", "--exit", "4"],
+        None,
+    );
+    task.keep_exited = true;
+    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    let (_kill_tx, kill_rx) = kill_switch();
+    let running = tokio::spawn(async move { first.execute(task, events_tx, kill_rx).await });
+    let mut stored: Vec<(Stream, String)> = Vec::new();
+    while stored.iter().filter(|(s, _)| *s == Stream::Stdout).count() < 4 {
+        match tokio::time::timeout(Duration::from_secs(30), events_rx.recv()).await {
+            Ok(Some(TryEvent::Line { stream, text, .. })) => stored.push((stream, text)),
+            Ok(Some(_)) => {}
+            other => panic!("the try stopped early: {other:?} after {stored:?}"),
+        }
+    }
+    // The scheduler is gone: nothing follows the try any more.
+    running.abort();
+    let _ = running.await;
+    while let Ok(event) = events_rx.try_recv() {
+        if let TryEvent::Line { stream, text, .. } = event {
+            stored.push((stream, text));
+        }
+    }
+    let count = |stream: Stream| stored.iter().filter(|(s, _)| *s == stream).count() as u64;
+    let adoption = Adoption {
+        job_id: "contract".into(),
+        run_id: format!("adopted-{name}"),
+        task_id: "adopted".into(),
+        try_number: 1,
+        stored_stdout: count(Stream::Stdout),
+        stored_stderr: count(Stream::Stderr),
+    };
+    let second = make();
+    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(event) = events_rx.recv().await {
+            all.push(event);
+        }
+        all
+    });
+    let (_kill_tx, kill_rx) = kill_switch();
+    let adopted = second
+        .adopt(&adoption, events_tx, kill_rx)
+        .await
+        .expect("backend reachable");
+    assert_eq!(
+        adopted,
+        Adopted::Exit(TryExit {
+            exit_code: Some(4),
+            failure: None
+        })
+    );
+    let events = collector.await.unwrap();
+    let container_id = events
+        .iter()
+        .find_map(|e| match e {
+            TryEvent::Launched { container_id, .. } => Some(container_id.clone()),
+            _ => None,
+        })
+        .expect("adopting sends the try's container");
+    for event in events {
+        if let TryEvent::Line { stream, text, .. } = event {
+            stored.push((stream, text));
+        }
+    }
+    let of = |stream: Stream| -> Vec<String> {
+        stored
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, t)| t.clone())
+            .collect()
+    };
+    let stdout: Vec<String> = (1..=12).map(|n| format!("out {n}")).collect();
+    let stderr: Vec<String> = [3, 6, 9, 12].iter().map(|n| format!("err {n}")).collect();
+    assert_eq!(of(Stream::Stdout), stdout, "each line once, in order");
+    assert_eq!(of(Stream::Stderr), stderr, "each line once, in order");
+    second.discard(&container_id).await.unwrap();
+    assert!(
+        !second
+            .list_running()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.run_id == adoption.run_id),
+        "discarded"
+    );
+    second.remove_workspace(&adoption.run_id).await.unwrap();
+}
+
+/// How a suite makes its backend: a new client each call (as a restarted scheduler makes
+/// one), and what must live as long as the test (the Nomad simulator).
+pub struct Fixture {
+    pub make: Box<dyn Fn() -> Arc<dyn Backend> + Send + Sync>,
+    _keep: Option<NomadSim>,
+}
+
+pub async fn fixture(kind: &str) -> Fixture {
+    match kind {
+        "docker" => Fixture {
+            make: Box::new(|| Arc::new(DockerBackend::from_env().unwrap())),
+            _keep: None,
+        },
+        "process" => {
+            let dir =
+                std::env::temp_dir().join(format!("stevedore-contract-{}", std::process::id()));
+            Fixture {
+                make: Box::new(move || Arc::new(ProcessBackend::new(dir.clone()))),
+                _keep: None,
+            }
+        }
+        "nomad" => {
+            let (config, sim) = match std::env::var("STEVEDORE_TEST_NOMAD_ADDR") {
+                // A real Nomad (deploy/nomad/README.md): its own NOMAD_* settings apply.
+                Ok(address) if !address.is_empty() => {
+                    let mut config = NomadConfig::from_env().unwrap();
+                    config.address = address;
+                    (config, None)
+                }
+                _ => {
+                    let sim = NomadSim::start(Some("contract-token")).await;
+                    let config = NomadConfig {
+                        address: sim.address.clone(),
+                        token: Some("contract-token".into()),
+                        wait: Duration::from_secs(5),
+                        ..Default::default()
+                    };
+                    (config, Some(sim))
+                }
+            };
+            Fixture {
+                make: Box::new(move || Arc::new(NomadBackend::new(config.clone()).unwrap())),
+                _keep: sim,
+            }
+        }
+        other => panic!("no backend {other}"),
+    }
+}
+
 macro_rules! backend_contract_suite {
-    ($name:ident, $make:expr) => {
+    ($name:ident, [$($test:ident),* $(,)?], adopt: [$($adopt:ident),* $(,)?]) => {
         mod $name {
             use super::*;
-            macro_rules! case {
-                ($test:ident) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $test() {
-                        require_images().await;
-                        let backend: Arc<dyn Backend> = $make;
-                        super::$test(backend.as_ref()).await;
-                    }
-                };
-            }
-            case!(a_successful_try_reports_exit_zero_and_its_lines);
-            case!(a_non_zero_exit_is_a_result);
-            case!(a_kill_stops_the_try_with_its_reason);
-            case!(the_state_file_reaches_the_try);
-            case!(running_tries_are_listed_by_their_labels);
-            case!(tries_of_a_run_share_its_workspace);
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    require_images().await;
+                    let fixture = fixture(stringify!($name)).await;
+                    let backend = (fixture.make)();
+                    super::$test(backend.as_ref()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $adopt() {
+                    require_images().await;
+                    let fixture = fixture(stringify!($name)).await;
+                    super::$adopt(&*fixture.make).await;
+                }
+            )*
         }
     };
 }
 
-backend_contract_suite!(docker, Arc::new(DockerBackend::from_env().unwrap()));
+backend_contract_suite!(
+    docker,
+    [
+        a_successful_try_reports_exit_zero_and_its_lines,
+        a_non_zero_exit_is_a_result,
+        both_streams_arrive_whole_and_in_order,
+        a_kill_stops_the_try_with_its_reason,
+        a_cancel_stops_the_try_as_killed,
+        a_missing_image_fails_the_try_naming_it,
+        the_state_file_reaches_the_try,
+        running_tries_are_listed_by_their_labels,
+        tries_of_a_run_share_its_workspace,
+    ],
+    adopt: [a_try_is_adopted_after_its_scheduler_stops]
+);
+// A process has no image, and its tries end with their scheduler (it cannot adopt).
 backend_contract_suite!(
     process,
-    Arc::new(ProcessBackend::new(
-        std::env::temp_dir().join(format!("stevedore-contract-{}", std::process::id()))
-    ))
+    [
+        a_successful_try_reports_exit_zero_and_its_lines,
+        a_non_zero_exit_is_a_result,
+        both_streams_arrive_whole_and_in_order,
+        a_kill_stops_the_try_with_its_reason,
+        a_cancel_stops_the_try_as_killed,
+        the_state_file_reaches_the_try,
+        running_tries_are_listed_by_their_labels,
+        tries_of_a_run_share_its_workspace,
+    ],
+    adopt: []
+);
+// Nomad's API cannot list or remove docker volumes on its clients, so the workspace case
+// is the docker one's minus listing (tests/nomad.rs).
+backend_contract_suite!(
+    nomad,
+    [
+        a_successful_try_reports_exit_zero_and_its_lines,
+        a_non_zero_exit_is_a_result,
+        both_streams_arrive_whole_and_in_order,
+        a_kill_stops_the_try_with_its_reason,
+        a_cancel_stops_the_try_as_killed,
+        a_missing_image_fails_the_try_naming_it,
+        the_state_file_reaches_the_try,
+        running_tries_are_listed_by_their_labels,
+    ],
+    adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );

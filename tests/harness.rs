@@ -17,6 +17,8 @@ use stevedore_store::{RunRecord, SqliteStore, Store, TryRecord};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod nomad_sim;
+
 /// The images every end-to-end test uses, built by `stevedore images build`.
 pub const SYNTH: &str = "stevedore/synth:0.1.0";
 pub const SHELL: &str = "stevedore/shell-transform:0.1.0";
@@ -102,6 +104,8 @@ pub struct Harness {
     pub secret_key: SecretKey,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
+    /// The backends besides the process one, for [`Harness::restart`].
+    backends: Vec<Arc<dyn Backend>>,
 }
 
 impl Harness {
@@ -113,6 +117,14 @@ impl Harness {
     }
 
     pub async fn start_with(jobs: &[(&str, &str)], backend: Arc<dyn Backend>) -> Harness {
+        Harness::start_with_backends(jobs, vec![backend]).await
+    }
+
+    /// A scheduler with these backends (and the process backend) and job files.
+    pub async fn start_with_backends(
+        jobs: &[(&str, &str)],
+        backends: Vec<Arc<dyn Backend>>,
+    ) -> Harness {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let jobs_dir = dir.path().join("jobs");
@@ -120,7 +132,7 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
-        Harness::run_in(dir, backend, SecretKey::generate().unwrap()).await
+        Harness::run_in(dir, backends, SecretKey::generate().unwrap()).await
     }
 
     /// A scheduler on a folder prepared beforehand (its `stevedore.db` and `jobs/`), for a
@@ -130,12 +142,12 @@ impl Harness {
         init_logging();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
-        Harness::run_in(dir, backend, SecretKey::generate().unwrap()).await
+        Harness::run_in(dir, vec![backend], SecretKey::generate().unwrap()).await
     }
 
     async fn run_in(
         dir: tempfile::TempDir,
-        backend: Arc<dyn Backend>,
+        mut backends: Vec<Arc<dyn Backend>>,
         secret_key: SecretKey,
     ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
@@ -155,7 +167,9 @@ impl Harness {
         config.workspace_retention = Duration::ZERO;
         config.workspace_sweep_every = Duration::from_millis(500);
         let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(dir.path().join("process")));
-        let scheduler = Scheduler::new(store.clone(), vec![backend, process], config);
+        let kept = backends.clone();
+        backends.push(process);
+        let scheduler = Scheduler::new(store.clone(), backends, config);
         let (shutdown, stop) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             scheduler
@@ -171,6 +185,7 @@ impl Harness {
             secret_key,
             shutdown: Some(shutdown),
             handle: Some(handle),
+            backends: kept,
         }
     }
 
@@ -184,9 +199,9 @@ impl Harness {
             handle.await.expect("scheduler task panicked");
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        let backends = std::mem::take(&mut self.backends);
         // The same key, as a restarted scheduler reads the same key file.
-        Harness::run_in(dir, backend, self.secret_key.clone()).await
+        Harness::run_in(dir, backends, self.secret_key.clone()).await
     }
 
     /// Adds a connection as `stevedore connections add` does.

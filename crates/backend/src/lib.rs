@@ -3,6 +3,7 @@
 //! arrive) and finally a [`TryExit`].
 //!
 //! - [`docker`]: a container per try on a Docker engine, through bollard.
+//! - [`nomad`]: a Nomad batch job per try, through Nomad's HTTP API.
 //! - [`process`]: a local subprocess per try, the same contract without an image.
 //! - [`lines`]: turns the engine's log chunks into whole, timestamped lines.
 
@@ -10,6 +11,7 @@ pub mod docker;
 pub mod docker_hosts;
 pub mod instant;
 pub mod lines;
+pub mod nomad;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -21,6 +23,7 @@ use stevedore_domain::state::FailureReason;
 use tokio::sync::{mpsc, watch};
 
 pub use docker::DockerBackend;
+pub use nomad::{NomadBackend, NomadConfig};
 pub use process::ProcessBackend;
 
 /// Container labels that identify a try, so a scheduler can find what it started.
