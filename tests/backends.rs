@@ -115,10 +115,14 @@ pub async fn a_successful_try_reports_exit_zero_and_its_lines(backend: &dyn Back
             failure: None
         }
     );
-    assert!(
-        matches!(events.first(), Some(TryEvent::Launched { .. })),
-        "{events:?}"
-    );
+    // `Launched` comes before any output (notes and pull progress may come before it).
+    let launched = events
+        .iter()
+        .position(|e| matches!(e, TryEvent::Launched { .. }));
+    let first_line = events
+        .iter()
+        .position(|e| matches!(e, TryEvent::Line { .. }));
+    assert!(launched.is_some() && launched < first_line, "{events:?}");
     let stdout: Vec<&str> = lines
         .iter()
         .filter(|(s, _)| *s == Stream::Stdout)

@@ -1098,17 +1098,18 @@ impl Backend for NomadBackend {
                 )));
             }
         };
-        let _ = events
-            .send(TryEvent::Launched {
-                container_id: allocation.id.clone(),
-                image_digest: None,
-            })
-            .await;
+        // Notes go before `Launched`: the output counted for adoption starts there.
         let _ = events
             .send(TryEvent::Note(format!(
                 "Nomad placed the try as allocation {} of job {nomad_job} on node {}",
                 allocation.id, allocation.node_name
             )))
+            .await;
+        let _ = events
+            .send(TryEvent::Launched {
+                container_id: allocation.id.clone(),
+                image_digest: None,
+            })
             .await;
         let exit = self
             .run_allocation(allocation, &nomad_job, (0, 0), &mut kill, &events)

@@ -214,6 +214,13 @@ async fn scheduler(
         }
     };
     let process = Arc::new(ProcessBackend::from_env());
+    let mut backends: Vec<Arc<dyn stevedore_backend::Backend>> = vec![backend, process];
+    // A Nomad cluster, when one is configured (NOMAD_ADDR or `nomad_addr`).
+    if std::env::var("NOMAD_ADDR").is_ok_and(|a| !a.trim().is_empty()) {
+        let nomad = stevedore_backend::NomadBackend::from_env()?;
+        tracing::info!(nomad = nomad.address(), "nomad backend configured");
+        backends.push(Arc::new(nomad));
+    }
     let mut config = SchedulerConfig::new(&global.jobs);
     config.pools_file = Some(global.pools.clone());
     config.exclusive = exclusive;
@@ -257,7 +264,7 @@ async fn scheduler(
             None
         }
     };
-    let scheduler = Scheduler::new(store, vec![backend, process], config);
+    let scheduler = Scheduler::new(store, backends, config);
     scheduler.run(shutdown).await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The configuration file (`--config FILE` or `STEVEDORE_CONFIG`): one YAML mapping whose
 //! keys are the `STEVEDORE_*` settings in lower case without the prefix (`db`, `lease`,
-//! `heartbeat_every`, ...), plus `docker_host`, `docker_tls_verify` and `docker_cert_path`. A setting given on the command line wins,
+//! `heartbeat_every`, ...), plus `docker_host`, `docker_tls_verify`, `docker_cert_path` and the `nomad_*` keys (`NOMAD_*`). A setting given on the command line wins,
 //! then one in the environment, then the file's, then the default: the file's values are
 //! applied as environment variables that are not set yet, before the command line is read,
 //! so every part of Stevedore sees one set of settings. See docs/configuration.md.
@@ -28,6 +28,23 @@ pub const KEYS: &[(&str, &str)] = &[
     ("docker_cert_path", "DOCKER_CERT_PATH"),
     ("docker_hosts", "STEVEDORE_DOCKER_HOSTS"),
     ("host_lost_after", "STEVEDORE_HOST_LOST_AFTER"),
+    ("nomad_addr", "NOMAD_ADDR"),
+    ("nomad_token", "NOMAD_TOKEN"),
+    ("nomad_namespace", "NOMAD_NAMESPACE"),
+    ("nomad_region", "NOMAD_REGION"),
+    ("nomad_cacert", "NOMAD_CACERT"),
+    ("nomad_client_cert", "NOMAD_CLIENT_CERT"),
+    ("nomad_client_key", "NOMAD_CLIENT_KEY"),
+    ("nomad_datacenters", "STEVEDORE_NOMAD_DATACENTERS"),
+    (
+        "nomad_placement_timeout",
+        "STEVEDORE_NOMAD_PLACEMENT_TIMEOUT",
+    ),
+    ("nomad_mhz_per_cpu", "STEVEDORE_NOMAD_MHZ_PER_CPU"),
+    (
+        "nomad_workspace_volumes",
+        "STEVEDORE_NOMAD_WORKSPACE_VOLUMES",
+    ),
 ];
 
 /// The value of `--config FILE` / `--config=FILE` among `args`, or `STEVEDORE_CONFIG`.
@@ -75,6 +92,16 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<(&'static str, String)>, Stri
             serde_json::Value::Bool(flag) => flag.to_string(),
             // A list of hosts travels as JSON.
             list @ serde_json::Value::Array(_) if key == "docker_hosts" => list.to_string(),
+            // Datacenters may be written as a list.
+            serde_json::Value::Array(items) if key == "nomad_datacenters" => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| item.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             other => {
                 return Err(format!(
                     "config file {name}: `{key}` must be a string or a number, not {other}"

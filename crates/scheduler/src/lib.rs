@@ -1044,7 +1044,7 @@ impl Scheduler {
             .backends
             .get_key_value(task.backend.as_str())
             .map(|(name, _)| *name)
-            .unwrap_or("unknown");
+            .unwrap_or(task.backend.as_str());
         self.running.lock().expect("poisoned").insert(
             key.clone(),
             Tracked {

@@ -305,7 +305,7 @@ impl TryRunner {
             let exit = TryExit {
                 exit_code: None,
                 failure: Some(FailureReason::Backend(format!(
-                    "backend `{}` is not available in this scheduler",
+                    "backend `{}` is not configured in this scheduler (docs/backends.md says how to set it up)",
                     self.backend_name
                 ))),
             };

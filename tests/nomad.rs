@@ -1,0 +1,335 @@
+//! The nomad backend beyond the shared contract (tests/backends.rs): what it asks Nomad for,
+//! what it does when Nomad cannot place a try, that Nomad never retries on its own, and a
+//! job whose tasks are split between the docker and nomad backends, run by a real scheduler.
+//! Nomad is the simulator in tests/nomad_sim.rs (no Nomad binary can be had here); its tasks
+//! run as real containers on the local engine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stevedore_backend::*;
+use stevedore_domain::job::{PullPolicy, Resources};
+use stevedore_domain::state::{FailureReason, RunState, TryState};
+use stevedore_e2e::nomad_sim::NomadSim;
+use stevedore_e2e::*;
+use tokio::sync::mpsc;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const TOKEN: &str = "s3cr3t-nomad-token";
+
+fn config(sim: &NomadSim) -> NomadConfig {
+    NomadConfig {
+        address: sim.address.clone(),
+        token: Some(TOKEN.into()),
+        wait: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+fn spec(run: &str, task: &str, args: &[&str]) -> LaunchSpec {
+    LaunchSpec {
+        job_id: "nomadic".into(),
+        run_id: run.into(),
+        task_id: task.into(),
+        try_number: 1,
+        image: SYNTH.into(),
+        pull_policy: PullPolicy::IfNotPresent,
+        command: None,
+        args: [
+            "run", "--job", "nomadic", "--task", task, "--run", run, "--try", "1", "--",
+        ]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect(),
+        env: BTreeMap::from([("STEVEDORE_JOB_ID".to_owned(), "nomadic".to_owned())]),
+        resources: Resources::default(),
+        state: None,
+        registry_auth: None,
+        placement: Default::default(),
+        labels: Default::default(),
+        keep_exited: false,
+    }
+}
+
+async fn execute(backend: &NomadBackend, spec: LaunchSpec) -> (TryExit, Vec<TryEvent>) {
+    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(event) = events_rx.recv().await {
+            all.push(event);
+        }
+        all
+    });
+    let (_kill_tx, kill_rx) = kill_switch();
+    let exit = backend
+        .execute(spec, events_tx, kill_rx)
+        .await
+        .expect("Nomad reachable");
+    (exit, collector.await.unwrap())
+}
+
+fn lines(events: &[TryEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TryEvent::Line { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A failing try runs once: Nomad's restarts and reschedules are off (the simulator applies
+/// Nomad's batch defaults, three restarts and one reschedule, to a job that leaves them on).
+/// The job Nomad got is one docker task with the try's image, args, resources and `Meta`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_try_runs_once_and_the_job_is_what_nomad_expects() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let mut task = spec("once", "fails", &["exit", "--code", "5"]);
+    task.resources = Resources {
+        cpu: Some(0.25),
+        memory_bytes: Some(64 * 1024 * 1024),
+    };
+    task.keep_exited = true;
+    let (exit, events) = execute(&backend, task).await;
+    assert_eq!(
+        exit,
+        TryExit {
+            exit_code: Some(5),
+            failure: None
+        }
+    );
+    assert_eq!(lines(&events), vec!["exiting with 5"]);
+    let job_id = nomad::job_id("nomadic", "fails", "once", 1);
+    // Kept (keep_exited) until the scheduler has recorded the end.
+    let job = sim.job(&job_id).expect("the job is kept until discarded");
+    assert_eq!(job["Type"], "batch");
+    assert_eq!(job["Meta"][LABEL_TASK], "fails");
+    let task = &job["TaskGroups"][0]["Tasks"][0];
+    assert_eq!(task["Driver"], "docker");
+    assert_eq!(task["Config"]["image"], SYNTH);
+    assert_eq!(task["Resources"]["CPU"], 250);
+    assert_eq!(task["Resources"]["MemoryMB"], 64);
+    // Give Nomad the time it would take to restart or reschedule, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sim.runs(&job_id), 1, "Nomad ran the try again");
+    assert_eq!(sim.allocations(&job_id).len(), 1, "Nomad rescheduled it");
+    let allocation = events
+        .iter()
+        .find_map(|e| match e {
+            TryEvent::Launched { container_id, .. } => Some(container_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(allocation, sim.allocations(&job_id)[0]);
+    backend.discard(&allocation).await.unwrap();
+    assert!(sim.job(&job_id).is_none(), "discard purges the job");
+}
+
+/// A try that no node can take fails with Nomad's own reason once the placement timeout
+/// has passed, and its job is deregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_nomad_cannot_place_fails_with_nomads_reason() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let mut config = config(&sim);
+    config.placement_timeout = Duration::from_secs(3);
+    let backend = NomadBackend::new(config).unwrap();
+    let mut task = spec("huge", "huge", &["noop"]);
+    task.resources.memory_bytes = Some(1 << 40);
+    let started = std::time::Instant::now();
+    let (exit, events) = execute(&backend, task).await;
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(exit.exit_code, None);
+    let Some(FailureReason::Backend(reason)) = &exit.failure else {
+        panic!("{exit:?}");
+    };
+    assert!(
+        reason.contains("Dimension \"memory\" exhausted on 1 nodes"),
+        "{reason}"
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, TryEvent::Note(n) if n.contains("waiting for Nomad to place the try"))
+        ),
+        "{events:?}"
+    );
+    assert!(sim.jobs().is_empty(), "{:?}", sim.jobs());
+}
+
+/// The token is sent with every call; a wrong one shows up in the health check, and the
+/// namespace is the one configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_and_namespace_reach_nomad() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let mut wrong = config(&sim);
+    wrong.token = Some("not-the-token".into());
+    let error = NomadBackend::new(wrong)
+        .unwrap()
+        .health()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("403") && error.contains("Permission denied"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("not-the-token"),
+        "the token is never shown: {error}"
+    );
+    let mut config = config(&sim);
+    config.namespace = Some("data".into());
+    let backend = NomadBackend::new(config).unwrap();
+    backend.health().await.unwrap();
+    let mut task = spec("ns", "listed", &["sleep", "--seconds", "2"]);
+    task.keep_exited = true;
+    let (exit, _) = execute(&backend, task).await;
+    assert_eq!(exit.exit_code, Some(0));
+    let job = sim
+        .job(&nomad::job_id("nomadic", "listed", "ns", 1))
+        .unwrap();
+    assert_eq!(job["Namespace"], "data");
+    let listed = backend.list_running().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].task_id, "listed");
+    backend.remove(&listed[0].container_id).await.unwrap();
+    assert!(backend.list_running().await.unwrap().is_empty());
+}
+
+/// Tries of one run share its workspace (a docker volume on the client), as with docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tries_of_a_run_share_its_workspace_on_a_client() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let run = format!("ws-{}", std::process::id());
+    let (exit, events) = execute(
+        &backend,
+        spec(
+            &run,
+            "writer",
+            &["write", "--file", "rows.jsonl", "--text", "{\"id\":7}"],
+        ),
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0), "{events:?}");
+    let (exit, events) = execute(
+        &backend,
+        spec(&run, "reader", &["read", "--file", "rows.jsonl"]),
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0), "{events:?}");
+    assert_eq!(lines(&events), vec!["read rows.jsonl: {\"id\":7}"]);
+}
+
+/// A job whose tasks are split between the docker and nomad backends runs end to end in a
+/// real scheduler: the extract runs on Nomad, the load on Docker with the extract's output,
+/// and the last task on Nomad again; each try records its backend and container (an
+/// allocation ID on Nomad), and every log line is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_split_between_docker_and_nomad_runs_end_to_end() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let docker: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().unwrap());
+    let job = format!(
+        "id: split\ntasks:\n  - id: extract\n    backend: nomad\n    image: {SYNTH}\n    args: [extract, --records, 7]\n    resources: {{cpu: 0.5, memory: 128Mi}}\n  - id: load\n    backend: docker\n    image: {SYNTH}\n    args: [load, --inputs, \"{{{{ outputs.extract.records }}}},3\"]\n    depends_on: [extract]\n  - id: report\n    backend: nomad\n    image: {SYNTH}\n    args: [count, --lines, 4, --every-ms, 10]\n    depends_on: [load]\n"
+    );
+    let harness = Harness::start_with_backends(&[("split.yaml", &job)], vec![docker, nomad]).await;
+    let run = harness.trigger("split").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    for (task, backend) in [
+        ("extract", "nomad"),
+        ("load", "docker"),
+        ("report", "nomad"),
+    ] {
+        let tries = harness.tries(&run.run_id, task).await;
+        assert_eq!(tries.len(), 1, "{task}: {tries:?}");
+        assert_eq!(tries[0].state, TryState::Success, "{task}");
+        assert_eq!(tries[0].backend, backend, "{task}");
+        let container = tries[0].container_id.clone().unwrap_or_default();
+        if backend == "nomad" {
+            let job_id = nomad::job_id("split", task, &run.run_id, 1);
+            assert_eq!(sim.allocations(&job_id), vec![container], "{task}");
+        }
+    }
+    let load = &harness.tries(&run.run_id, "load").await[0];
+    let logged = harness.log_lines(load).await;
+    assert!(
+        logged
+            .iter()
+            .any(|(_, text)| text == "loading 10 rows into the warehouse"),
+        "{logged:?}"
+    );
+    let report = &harness.tries(&run.run_id, "report").await[0];
+    let logged: Vec<String> = harness
+        .log_lines(report)
+        .await
+        .into_iter()
+        .filter(|(stream, _)| stream == "stdout")
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(logged, vec!["out 1", "out 2", "out 3", "out 4"]);
+    // Each try's job is purged once its end is recorded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !sim.jobs().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left: {:?}",
+            sim.jobs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    harness.stop().await;
+}
+
+/// A scheduler that stops while a Nomad try runs leaves it running; the next one adopts it
+/// and records its end and every line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_adopts_its_nomad_tries() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let job = format!(
+        "id: long\ntasks:\n  - id: count\n    backend: nomad\n    image: {SYNTH}\n    args: [count, --lines, 20, --every-ms, 200]\n"
+    );
+    let harness = Harness::start_with_backends(&[("long.yaml", &job)], vec![nomad]).await;
+    let run = harness.trigger("long").await;
+    // Wait for a few lines, then restart the scheduler under the running try.
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let tries = harness.tries(&run.run_id, "count").await;
+        if let Some(attempt) = tries.first() {
+            if harness.log_lines(attempt).await.len() >= 3 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the try never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let harness = harness.restart().await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let tries = harness.tries(&run.run_id, "count").await;
+    assert_eq!(tries.len(), 1, "{tries:?}");
+    let logged: Vec<String> = harness
+        .log_lines(&tries[0])
+        .await
+        .into_iter()
+        .filter(|(stream, _)| stream == "stdout")
+        .map(|(_, text)| text)
+        .collect();
+    let expected: Vec<String> = (1..=20).map(|n| format!("out {n}")).collect();
+    assert_eq!(logged, expected);
+    assert_eq!(sim.runs(&nomad::job_id("long", "count", &run.run_id, 1)), 1);
+    harness.stop().await;
+}
