@@ -14,6 +14,8 @@ command -v curl >/dev/null || packages+=(curl)
 command -v chromium >/dev/null || packages+=(chromium)
 command -v chromedriver >/dev/null || packages+=(chromium-driver)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
+# docker-compose for the compose deployment (deploy/compose), unless the engine has the plugin.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || packages+=(docker-compose)
 # PostgreSQL for the warehouse in tests and the quickstart (started by them, not here).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -gt 0 ]; then

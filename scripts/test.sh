@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: setup (packages, binaries, images), then unit,
 # property, contract, CLI and end-to-end tests against the real Docker engine, the API fuzzed
-# from its OpenAPI document, and the web UI in a real browser.
+# from its OpenAPI document, the web UI in a real browser, and the compose deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,4 +18,7 @@ scripts/fuzz-api.sh || status=$?
 
 printf '\n==> the web UI in a real Chromium (scripts/browser-test.sh)\n'
 scripts/browser-test.sh || status=$?
+
+printf '\n==> the compose deployment: up, the example job, a scheduler killed (deploy/compose/test.sh)\n'
+deploy/compose/test.sh || status=$?
 exit $status
