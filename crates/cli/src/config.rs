@@ -187,4 +187,17 @@ mod tests {
             Some("b.yaml".to_owned())
         );
     }
+
+    #[test]
+    fn the_deployed_example_config_file_is_valid() {
+        let text = include_str!("../../../deploy/systemd/stevedore.yaml");
+        let settings = parse("deploy/systemd/stevedore.yaml", text).unwrap();
+        assert!(settings.contains(&("STEVEDORE_LEASE", "30s".to_owned())));
+        let nomad = parse(
+            "nomad.yaml",
+            "nomad_addr: http://n:4646\nnomad_datacenters: [a, b]\n",
+        )
+        .unwrap();
+        assert!(nomad.contains(&("STEVEDORE_NOMAD_DATACENTERS", "a,b".to_owned())));
+    }
 }
