@@ -48,8 +48,8 @@ const LEFT_DELIM: &str = "[[stevedore-state-not-a-template";
 const RIGHT_DELIM: &str = "stevedore-state-not-a-template]]";
 
 /// Where and how to reach Nomad. [`NomadConfig::from_env`] reads the `NOMAD_*` variables
-/// Nomad's own CLI honours and Stevedore's `STEVEDORE_NOMAD_*` settings.
-#[derive(Clone, Debug)]
+/// Nomad's own CLI honours and Stevedore's `STEVEDORE_NOMAD_*` settings. `Debug` never shows the token.
+#[derive(Clone)]
 pub struct NomadConfig {
     /// `NOMAD_ADDR`, by default `http://127.0.0.1:4646`.
     pub address: String,
@@ -76,6 +76,19 @@ pub struct NomadConfig {
     pub workspace_volumes: bool,
     /// How long one blocking query waits (`wait`), by default 30 s.
     pub wait: Duration,
+}
+
+impl std::fmt::Debug for NomadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NomadConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("namespace", &self.namespace)
+            .field("region", &self.region)
+            .field("datacenters", &self.datacenters)
+            .field("placement_timeout", &self.placement_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for NomadConfig {
@@ -1260,6 +1273,15 @@ impl Backend for NomadBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_never_shown() {
+        let config = NomadConfig {
+            token: Some("hunter2-token".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
 
     #[test]
     fn job_ids_are_path_safe() {
