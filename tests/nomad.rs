@@ -333,3 +333,54 @@ async fn a_restarted_scheduler_adopts_its_nomad_tries() {
     assert_eq!(sim.runs(&nomad::job_id("long", "count", &run.run_id, 1)), 1);
     harness.stop().await;
 }
+
+/// Log streams that break in the middle of a frame are resumed from the last byte received:
+/// every line arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_log_streams_resume_without_loss_or_duplicates() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    sim.break_log_streams_after(2);
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let (exit, events) = execute(
+        &backend,
+        spec(
+            "cuts",
+            "counts",
+            &["count", "--lines", "60", "--every-ms", "15"],
+        ),
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0));
+    let stdout: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            TryEvent::Line {
+                stream: Stream::Stdout,
+                text,
+                ..
+            } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (1..=60).map(|n| format!("out {n}")).collect();
+    assert_eq!(stdout, expected);
+    let stderr: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            TryEvent::Line {
+                stream: Stream::Stderr,
+                text,
+                ..
+            } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (1..=20).map(|n| format!("err {}", n * 3)).collect();
+    assert_eq!(stderr, expected);
+    assert!(
+        sim.cut_log_streams() >= 4,
+        "only {} cuts",
+        sim.cut_log_streams()
+    );
+}

@@ -58,6 +58,10 @@ struct Sim {
     index: watch::Sender<u64>,
     state: Mutex<Inner>,
     instance: String,
+    /// A fault: each log stream breaks (mid-frame) after this many data frames; 0: never.
+    break_logs_after: std::sync::atomic::AtomicUsize,
+    /// Log streams cut by that fault.
+    cut_logs: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -220,6 +224,8 @@ impl NomadSim {
             index: watch::channel(1).0,
             state: Mutex::new(Inner::default()),
             instance: uuid()[..8].to_owned(),
+            break_logs_after: Default::default(),
+            cut_logs: Default::default(),
         });
         let app = Router::new()
             .route("/v1/status/leader", get(leader))
@@ -241,6 +247,19 @@ impl NomadSim {
             sim,
             server,
         }
+    }
+
+    /// A fault: from now on every log stream breaks after `frames` data frames, in the middle
+    /// of the next frame, as a dropped connection would.
+    pub fn break_log_streams_after(&self, frames: usize) {
+        self.sim
+            .break_logs_after
+            .store(frames, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many log streams [`NomadSim::break_log_streams_after`] has cut.
+    pub fn cut_log_streams(&self) -> usize {
+        self.sim.cut_logs.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many containers the tasks of a Nomad job have run (restarts included).
@@ -1376,12 +1395,21 @@ async fn logs(
         offset.min(size)
     };
     let file = format!("alloc/logs/{task}.{kind}.0");
-    let frames =
-        futures_util::stream::unfold((log, start, false), move |(log, mut position, done)| {
+    let cuts = sim.clone();
+    let break_after = sim
+        .break_logs_after
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // State: the log, where the next frame starts, data frames sent, broken mid-frame.
+    let frames = futures_util::stream::unfold(
+        (log, start, 0usize, false),
+        move |(log, mut position, mut sent, broken)| {
             let file = file.clone();
+            let cuts = cuts.clone();
             async move {
-                if done {
-                    return None;
+                if broken {
+                    let cut =
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated cut");
+                    return Some((Err(cut), (log, position, sent, true)));
                 }
                 loop {
                     let watched = log.clone();
@@ -1402,7 +1430,17 @@ async fn logs(
                         });
                         let mut bytes = serde_json::to_vec(&frame).unwrap();
                         bytes.push(b'\n');
-                        return Some((Ok::<_, std::io::Error>(bytes), (log, position, false)));
+                        if break_after > 0 && sent == break_after {
+                            cuts.cut_logs
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            bytes.truncate(bytes.len() / 2);
+                            return Some((Ok(bytes), (log, position, sent, true)));
+                        }
+                        sent += 1;
+                        return Some((
+                            Ok::<_, std::io::Error>(bytes),
+                            (log, position, sent, false),
+                        ));
                     }
                     if !follow {
                         return None;
@@ -1412,11 +1450,12 @@ async fn logs(
                         .await
                         .is_err()
                     {
-                        return Some((Ok(b"{}\n".to_vec()), (log, position, false)));
+                        return Some((Ok(b"{}\n".to_vec()), (log, position, sent, false)));
                     }
                 }
             }
-        });
+        },
+    );
     Response::builder()
         .header("Content-Type", "application/json")
         .body(Body::from_stream(frames))

@@ -845,9 +845,19 @@ impl NomadBackend {
                 let mut frames =
                     serde_json::Deserializer::from_slice(&buffer).into_iter::<StreamFrame>();
                 let mut used = 0;
+                let mut garbled = false;
                 let now = Utc::now();
                 while let Some(frame) = frames.next() {
-                    let Ok(frame) = frame else { break };
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        // The rest of this frame is still on its way.
+                        Err(error) if error.is_eof() => break,
+                        Err(error) => {
+                            warn!(allocation_id, kind, error = %error, "a log frame is not JSON; reading again from the last whole frame");
+                            garbled = true;
+                            break;
+                        }
+                    };
                     used = frames.byte_offset();
                     if frame.file_event.is_some_and(|e| e == "file truncated") {
                         warn!(allocation_id, kind, "the task's log was truncated");
@@ -860,6 +870,7 @@ impl NomadBackend {
                         continue;
                     };
                     offset += data.len() as u64;
+                    failures = 0;
                     splitter.push(stream, now, &data, &mut |stream, timestamp, text| {
                         if skip > 0 {
                             skip -= 1;
@@ -877,6 +888,13 @@ impl NomadBackend {
                     if events.send(event).await.is_err() {
                         return;
                     }
+                }
+                if garbled {
+                    failures += 1;
+                    if failures > 20 {
+                        break 'connect;
+                    }
+                    continue 'connect;
                 }
             }
         }
