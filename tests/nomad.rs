@@ -384,3 +384,84 @@ async fn broken_log_streams_resume_without_loss_or_duplicates() {
         sim.cut_log_streams()
     );
 }
+
+/// An image in a registry that asks for a login is pulled by Nomad's docker driver with the
+/// try's registry credentials (the task's `auth`); without them the pull fails, and the try
+/// fails with Nomad's message naming the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_image_is_pulled_with_the_tries_registry_credentials() {
+    use bollard::query_parameters::{
+        PushImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    };
+    use futures_util::StreamExt;
+    require_images().await;
+    let registry = Registry::start_with_login("puller", "pull-pass-1");
+    let docker = DockerBackend::from_env().unwrap().client().unwrap();
+    let repository = format!("{}/stevedore/private-synth", registry.address);
+    let reference = format!("{repository}:0.1.0");
+    let credentials = bollard::auth::DockerCredentials {
+        username: Some("puller".into()),
+        password: Some("pull-pass-1".into()),
+        serveraddress: Some(registry.address.clone()),
+        ..Default::default()
+    };
+    docker
+        .tag_image(
+            SYNTH,
+            Some(
+                TagImageOptionsBuilder::default()
+                    .repo(&repository)
+                    .tag("0.1.0")
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut push = docker.push_image(
+        &repository,
+        Some(PushImageOptionsBuilder::default().tag("0.1.0").build()),
+        Some(credentials),
+    );
+    while let Some(step) = push.next().await {
+        step.expect("push to the login registry");
+    }
+    docker
+        .remove_image(
+            &reference,
+            Some(RemoveImageOptionsBuilder::default().build()),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let mut task = spec("private", "anonymous", &["noop"]);
+    task.image = reference.clone();
+    let (exit, _) = execute(&backend, task).await;
+    match &exit.failure {
+        Some(FailureReason::Image(message)) => {
+            assert!(
+                message.contains(&format!("Failed to pull `{reference}`")),
+                "{message}"
+            )
+        }
+        other => panic!("pulled without credentials: {other:?}"),
+    }
+    let mut task = spec("private", "authenticated", &["extract", "--records", "2"]);
+    task.image = reference.clone();
+    task.registry_auth = Some(RegistryAuth {
+        username: "puller".into(),
+        password: "pull-pass-1".into(),
+        server: None,
+    });
+    let (exit, events) = execute(&backend, task).await;
+    assert_eq!(exit.exit_code, Some(0), "{events:?}");
+    let _ = docker
+        .remove_image(
+            &reference,
+            Some(RemoveImageOptionsBuilder::default().build()),
+            None,
+        )
+        .await;
+}
