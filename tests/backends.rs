@@ -320,15 +320,8 @@ pub async fn both_streams_arrive_whole_and_in_order(backend: &dyn Backend) {
     )
     .await;
     assert_eq!(exit.exit_code, Some(0), "{lines:?}");
-    let of = |stream: Stream| -> Vec<String> {
-        lines
-            .iter()
-            .filter(|(s, _)| *s == stream)
-            .map(|(_, t)| t.clone())
-            .collect()
-    };
-    let stdout: Vec<String> = (1..=12).map(|n| format!("out {n}")).collect();
-    let stderr: Vec<String> = [3, 6, 9, 12].iter().map(|n| format!("err {n}")).collect();
+    let of = |stream: Stream| stream_lines(&lines, stream);
+    let (stdout, stderr) = counted(12);
     assert_eq!(of(Stream::Stdout), stdout);
     assert_eq!(of(Stream::Stderr), stderr);
     backend
@@ -474,15 +467,8 @@ pub async fn a_try_is_adopted_after_its_scheduler_stops(make: &dyn Fn() -> Arc<d
             stored.push((stream, text));
         }
     }
-    let of = |stream: Stream| -> Vec<String> {
-        stored
-            .iter()
-            .filter(|(s, _)| *s == stream)
-            .map(|(_, t)| t.clone())
-            .collect()
-    };
-    let stdout: Vec<String> = (1..=12).map(|n| format!("out {n}")).collect();
-    let stderr: Vec<String> = [3, 6, 9, 12].iter().map(|n| format!("err {n}")).collect();
+    let of = |stream: Stream| stream_lines(&stored, stream);
+    let (stdout, stderr) = counted(12);
     assert_eq!(of(Stream::Stdout), stdout, "each line once, in order");
     assert_eq!(of(Stream::Stderr), stderr, "each line once, in order");
     second.discard(&container_id).await.unwrap();

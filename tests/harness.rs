@@ -68,6 +68,30 @@ pub async fn require_images() {
     }
 }
 
+/// What `synth count --lines N` prints: `out 1` .. `out N` on stdout, and `err n` on stderr
+/// for every third n.
+pub fn counted(lines: u32) -> (Vec<String>, Vec<String>) {
+    (
+        (1..=lines).map(|n| format!("out {n}")).collect(),
+        (1..=lines)
+            .filter(|n| n % 3 == 0)
+            .map(|n| format!("err {n}"))
+            .collect(),
+    )
+}
+
+/// The texts of one stream's lines, in order.
+pub fn stream_lines(
+    lines: &[(stevedore_backend::Stream, String)],
+    stream: stevedore_backend::Stream,
+) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|(s, _)| *s == stream)
+        .map(|(_, text)| text.clone())
+        .collect()
+}
+
 /// The label every container of a [`Harness`] carries, with the harness's own id.
 const TEST_LABEL: &str = "io.stevedore.test";
 
@@ -747,6 +771,17 @@ pub async fn push_image(
     repository: &str,
     tag: &str,
 ) -> String {
+    push_image_as(docker, source, repository, tag, Default::default()).await
+}
+
+/// [`push_image`] with credentials, for a registry that asks for a login.
+pub async fn push_image_as(
+    docker: &bollard::Docker,
+    source: &str,
+    repository: &str,
+    tag: &str,
+    credentials: bollard::auth::DockerCredentials,
+) -> String {
     use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
     use futures_util::StreamExt;
     docker
@@ -764,7 +799,7 @@ pub async fn push_image(
     let mut push = docker.push_image(
         repository,
         Some(PushImageOptionsBuilder::default().tag(tag).build()),
-        Some(bollard::auth::DockerCredentials::default()),
+        Some(credentials),
     );
     while let Some(step) = push.next().await {
         step.expect("push to the test registry");

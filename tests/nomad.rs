@@ -328,8 +328,7 @@ async fn a_restarted_scheduler_adopts_its_nomad_tries() {
         .filter(|(stream, _)| stream == "stdout")
         .map(|(_, text)| text)
         .collect();
-    let expected: Vec<String> = (1..=20).map(|n| format!("out {n}")).collect();
-    assert_eq!(logged, expected);
+    assert_eq!(logged, counted(20).0);
     assert_eq!(sim.runs(&nomad::job_id("long", "count", &run.run_id, 1)), 1);
     harness.stop().await;
 }
@@ -352,32 +351,16 @@ async fn broken_log_streams_resume_without_loss_or_duplicates() {
     )
     .await;
     assert_eq!(exit.exit_code, Some(0));
-    let stdout: Vec<String> = events
+    let lines: Vec<(Stream, String)> = events
         .iter()
         .filter_map(|e| match e {
-            TryEvent::Line {
-                stream: Stream::Stdout,
-                text,
-                ..
-            } => Some(text.clone()),
+            TryEvent::Line { stream, text, .. } => Some((*stream, text.clone())),
             _ => None,
         })
         .collect();
-    let expected: Vec<String> = (1..=60).map(|n| format!("out {n}")).collect();
-    assert_eq!(stdout, expected);
-    let stderr: Vec<String> = events
-        .iter()
-        .filter_map(|e| match e {
-            TryEvent::Line {
-                stream: Stream::Stderr,
-                text,
-                ..
-            } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
-    let expected: Vec<String> = (1..=20).map(|n| format!("err {}", n * 3)).collect();
-    assert_eq!(stderr, expected);
+    let (stdout, stderr) = counted(60);
+    assert_eq!(stream_lines(&lines, Stream::Stdout), stdout);
+    assert_eq!(stream_lines(&lines, Stream::Stderr), stderr);
     assert!(
         sim.cut_log_streams() >= 4,
         "only {} cuts",
@@ -390,10 +373,7 @@ async fn broken_log_streams_resume_without_loss_or_duplicates() {
 /// fails with Nomad's message naming the image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_image_is_pulled_with_the_tries_registry_credentials() {
-    use bollard::query_parameters::{
-        PushImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
-    };
-    use futures_util::StreamExt;
+    use bollard::query_parameters::RemoveImageOptionsBuilder;
     require_images().await;
     let registry = Registry::start_with_login("puller", "pull-pass-1");
     let docker = DockerBackend::from_env().unwrap().client().unwrap();
@@ -405,26 +385,7 @@ async fn a_private_image_is_pulled_with_the_tries_registry_credentials() {
         serveraddress: Some(registry.address.clone()),
         ..Default::default()
     };
-    docker
-        .tag_image(
-            SYNTH,
-            Some(
-                TagImageOptionsBuilder::default()
-                    .repo(&repository)
-                    .tag("0.1.0")
-                    .build(),
-            ),
-        )
-        .await
-        .unwrap();
-    let mut push = docker.push_image(
-        &repository,
-        Some(PushImageOptionsBuilder::default().tag("0.1.0").build()),
-        Some(credentials),
-    );
-    while let Some(step) = push.next().await {
-        step.expect("push to the login registry");
-    }
+    push_image_as(&docker, SYNTH, &repository, "0.1.0", credentials).await;
     docker
         .remove_image(
             &reference,

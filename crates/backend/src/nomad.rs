@@ -773,6 +773,18 @@ impl NomadBackend {
         let mut splitter = LineSplitter::default();
         let mut pending: Vec<TryEvent> = Vec::new();
         let mut failures = 0u32;
+        // The first `skip` lines are stored already.
+        let mut keep = |stream, timestamp, text| {
+            if skip > 0 {
+                skip -= 1;
+                return None;
+            }
+            Some(TryEvent::Line {
+                stream,
+                timestamp,
+                text,
+            })
+        };
         'connect: loop {
             // Once the allocation is terminal, read what is left without following: that
             // answer ends at the end of the log (a followed one never does).
@@ -872,15 +884,7 @@ impl NomadBackend {
                     offset += data.len() as u64;
                     failures = 0;
                     splitter.push(stream, now, &data, &mut |stream, timestamp, text| {
-                        if skip > 0 {
-                            skip -= 1;
-                        } else {
-                            pending.push(TryEvent::Line {
-                                stream,
-                                timestamp,
-                                text,
-                            });
-                        }
+                        pending.extend(keep(stream, timestamp, text))
                     });
                 }
                 buffer.drain(..used);
@@ -898,17 +902,8 @@ impl NomadBackend {
                 }
             }
         }
-        splitter.finish(&mut |stream, timestamp, text| {
-            if skip > 0 {
-                skip -= 1;
-            } else {
-                pending.push(TryEvent::Line {
-                    stream,
-                    timestamp,
-                    text,
-                });
-            }
-        });
+        splitter
+            .finish(&mut |stream, timestamp, text| pending.extend(keep(stream, timestamp, text)));
         for event in pending {
             let _ = events.send(event).await;
         }
