@@ -426,3 +426,53 @@ async fn a_private_image_is_pulled_with_the_tries_registry_credentials() {
         )
         .await;
 }
+
+/// Nomad's API fails for a while (no cluster leader) while a try runs: the try keeps
+/// running on its client, the backend is not ready meanwhile, and the scheduler re-attaches
+/// once Nomad answers again: one try, its exit, every line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nomad_outage_under_a_running_try_loses_nothing() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let job = format!(
+        "id: outage\ntasks:\n  - id: count\n    backend: nomad\n    image: {SYNTH}\n    args: [count, --lines, 30, --every-ms, 200]\n"
+    );
+    let harness = Harness::start_with_backends(&[("outage.yaml", &job)], vec![nomad]).await;
+    let run = harness.trigger("outage").await;
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let tries = harness.tries(&run.run_id, "count").await;
+        if let Some(attempt) = tries.first() {
+            if harness.log_lines(attempt).await.len() >= 3 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the try never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.set_outage(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sim.set_outage(false);
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let tries = harness.tries(&run.run_id, "count").await;
+    assert_eq!(tries.len(), 1, "{tries:?}");
+    assert_eq!(tries[0].exit_code, Some(0));
+    let logged: Vec<String> = harness
+        .log_lines(&tries[0])
+        .await
+        .into_iter()
+        .filter(|(stream, _)| stream == "stdout")
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(logged, counted(30).0);
+    assert_eq!(
+        sim.runs(&nomad::job_id("outage", "count", &run.run_id, 1)),
+        1
+    );
+    harness.stop().await;
+}

@@ -62,6 +62,9 @@ struct Sim {
     break_logs_after: std::sync::atomic::AtomicUsize,
     /// Log streams cut by that fault.
     cut_logs: std::sync::atomic::AtomicUsize,
+    /// A fault: the servers have lost their leader; every call fails with a 500.
+    outage: std::sync::atomic::AtomicBool,
+    outage_began: Notify,
 }
 
 #[derive(Default)]
@@ -226,6 +229,8 @@ impl NomadSim {
             instance: uuid()[..8].to_owned(),
             break_logs_after: Default::default(),
             cut_logs: Default::default(),
+            outage: Default::default(),
+            outage_began: Notify::new(),
         });
         let app = Router::new()
             .route("/v1/status/leader", get(leader))
@@ -255,6 +260,18 @@ impl NomadSim {
         self.sim
             .break_logs_after
             .store(frames, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A fault: while on, every call fails as Nomad's HTTP API does without a cluster leader
+    /// (500 `No cluster leader`); allocations keep running meanwhile, as on real clients.
+    pub fn set_outage(&self, on: bool) {
+        self.sim
+            .outage
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            // Calls waiting in blocking queries and log streams fail too.
+            self.sim.outage_began.notify_waiters();
+        }
     }
 
     /// How many log streams [`NomadSim::break_log_streams_after`] has cut.
@@ -324,6 +341,9 @@ async fn acl(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if sim.outage.load(std::sync::atomic::Ordering::SeqCst) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
+    }
     // Nomad's status endpoints need no token; everything else does (with ACLs on).
     let open = request.uri().path().starts_with("/v1/status/");
     if let Some(token) = sim.token.as_ref().filter(|_| !open) {
@@ -379,7 +399,13 @@ impl Sim {
             .min(Duration::from_secs(600));
         let mut changes = self.index.subscribe();
         if min > 0 {
-            let _ = tokio::time::timeout(wait, changes.wait_for(|index| *index > min)).await;
+            tokio::select! {
+                _ = tokio::time::timeout(wait, changes.wait_for(|index| *index > min)) => {}
+                _ = self.outage_began.notified() => {}
+            }
+        }
+        if self.outage.load(std::sync::atomic::Ordering::SeqCst) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
         }
         let index = self.current();
         let value = read(&self.state.lock().unwrap());
@@ -1414,6 +1440,13 @@ async fn logs(
                     return Some((Err(cut), (log, position, sent, true)));
                 }
                 loop {
+                    if cuts.outage.load(std::sync::atomic::Ordering::SeqCst) {
+                        let cut = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "no cluster leader",
+                        );
+                        return Some((Err(cut), (log, position, sent, true)));
+                    }
                     let watched = log.clone();
                     let grew = watched.grew.notified();
                     let chunk = {
