@@ -188,7 +188,10 @@ fn standalone_runs_the_example_job_while_the_cli_reads_the_same_store() {
     ]);
     assert_eq!(
         (small["state"].as_str(), &small["params"]),
-        (Some("success"), &serde_json::json!({"records": 30}))
+        (
+            Some("success"),
+            &serde_json::json!({"records": 30, "extract_sleep": 0})
+        )
     );
     let logs = workspace.run(&["tasks", "logs", small["run_id"].as_str().unwrap(), "load"]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("loading 30 rows"));
