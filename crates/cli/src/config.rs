@@ -200,4 +200,17 @@ mod tests {
         .unwrap();
         assert!(nomad.contains(&("STEVEDORE_NOMAD_DATACENTERS", "a,b".to_owned())));
     }
+
+    /// docs/configuration.md is the one reference: every key and its variable are in it.
+    #[test]
+    fn every_setting_is_in_the_configuration_reference() {
+        let reference = include_str!("../../../docs/configuration.md");
+        for (key, variable) in KEYS {
+            assert!(
+                reference.contains(&format!("`{key}`"))
+                    && reference.contains(&format!("`{variable}`")),
+                "docs/configuration.md does not list `{key}` / `{variable}`"
+            );
+        }
+    }
 }
