@@ -70,6 +70,34 @@ async fn execute(backend: &NomadBackend, spec: LaunchSpec) -> (TryExit, Vec<TryE
     (exit, collector.await.unwrap())
 }
 
+/// Waits until the first try of `task` has stored `count` log lines.
+async fn wait_for_lines(harness: &Harness, run_id: &str, task: &str, count: usize) {
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        if let Some(attempt) = harness.tries(run_id, task).await.first() {
+            if harness.log_lines(attempt).await.len() >= count {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the try never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The stdout lines a try's store holds, in order.
+async fn stdout_of(harness: &Harness, attempt: &stevedore_store::TryRecord) -> Vec<String> {
+    harness
+        .log_lines(attempt)
+        .await
+        .into_iter()
+        .filter(|(stream, _)| stream == "stdout")
+        .map(|(_, text)| text)
+        .collect()
+}
+
 fn lines(events: &[TryEvent]) -> Vec<String> {
     events
         .iter()
@@ -268,13 +296,7 @@ async fn a_job_split_between_docker_and_nomad_runs_end_to_end() {
         "{logged:?}"
     );
     let report = &harness.tries(&run.run_id, "report").await[0];
-    let logged: Vec<String> = harness
-        .log_lines(report)
-        .await
-        .into_iter()
-        .filter(|(stream, _)| stream == "stdout")
-        .map(|(_, text)| text)
-        .collect();
+    let logged = stdout_of(&harness, report).await;
     assert_eq!(logged, vec!["out 1", "out 2", "out 3", "out 4"]);
     // Each try's job is purged once its end is recorded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -302,32 +324,13 @@ async fn a_restarted_scheduler_adopts_its_nomad_tries() {
     let harness = Harness::start_with_backends(&[("long.yaml", &job)], vec![nomad]).await;
     let run = harness.trigger("long").await;
     // Wait for a few lines, then restart the scheduler under the running try.
-    let deadline = tokio::time::Instant::now() + MINUTE;
-    loop {
-        let tries = harness.tries(&run.run_id, "count").await;
-        if let Some(attempt) = tries.first() {
-            if harness.log_lines(attempt).await.len() >= 3 {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the try never logged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_lines(&harness, &run.run_id, "count", 3).await;
     let harness = harness.restart().await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
     assert_eq!(run.state, RunState::Success);
     let tries = harness.tries(&run.run_id, "count").await;
     assert_eq!(tries.len(), 1, "{tries:?}");
-    let logged: Vec<String> = harness
-        .log_lines(&tries[0])
-        .await
-        .into_iter()
-        .filter(|(stream, _)| stream == "stdout")
-        .map(|(_, text)| text)
-        .collect();
+    let logged = stdout_of(&harness, &tries[0]).await;
     assert_eq!(logged, counted(20).0);
     assert_eq!(sim.runs(&nomad::job_id("long", "count", &run.run_id, 1)), 1);
     harness.stop().await;
@@ -440,20 +443,7 @@ async fn a_nomad_outage_under_a_running_try_loses_nothing() {
     );
     let harness = Harness::start_with_backends(&[("outage.yaml", &job)], vec![nomad]).await;
     let run = harness.trigger("outage").await;
-    let deadline = tokio::time::Instant::now() + MINUTE;
-    loop {
-        let tries = harness.tries(&run.run_id, "count").await;
-        if let Some(attempt) = tries.first() {
-            if harness.log_lines(attempt).await.len() >= 3 {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the try never logged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_lines(&harness, &run.run_id, "count", 3).await;
     sim.set_outage(true);
     tokio::time::sleep(Duration::from_secs(3)).await;
     sim.set_outage(false);
@@ -462,13 +452,7 @@ async fn a_nomad_outage_under_a_running_try_loses_nothing() {
     let tries = harness.tries(&run.run_id, "count").await;
     assert_eq!(tries.len(), 1, "{tries:?}");
     assert_eq!(tries[0].exit_code, Some(0));
-    let logged: Vec<String> = harness
-        .log_lines(&tries[0])
-        .await
-        .into_iter()
-        .filter(|(stream, _)| stream == "stdout")
-        .map(|(_, text)| text)
-        .collect();
+    let logged = stdout_of(&harness, &tries[0]).await;
     assert_eq!(logged, counted(30).0);
     assert_eq!(
         sim.runs(&nomad::job_id("outage", "count", &run.run_id, 1)),
