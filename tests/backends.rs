@@ -52,6 +52,8 @@ fn spec(backend: &str, run: &str, task: &str, args: &[&str], state: Option<&str>
         placement: Default::default(),
         labels: Default::default(),
         keep_exited: false,
+        max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        isolation: Default::default(),
     }
 }
 
@@ -432,6 +434,7 @@ pub async fn a_try_is_adopted_after_its_scheduler_stops(make: &dyn Fn() -> Arc<d
         try_number: 1,
         stored_stdout: count(Stream::Stdout),
         stored_stderr: count(Stream::Stderr),
+        max_line_bytes: DEFAULT_MAX_LINE_BYTES,
     };
     let second = make();
     let (events_tx, mut events_rx) = mpsc::channel(1024);
@@ -573,7 +576,8 @@ backend_contract_suite!(
     ],
     adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );
-// A process has no image, and its tries end with their scheduler (it cannot adopt).
+// A process has no image. Its tries outlive their scheduler and are adopted (security
+// review, finding 4: a restarted scheduler started a second copy of a running try).
 backend_contract_suite!(
     process,
     [
@@ -586,7 +590,7 @@ backend_contract_suite!(
         running_tries_are_listed_by_their_labels,
         tries_of_a_run_share_its_workspace,
     ],
-    adopt: []
+    adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );
 // Nomad's API cannot list or remove docker volumes on its clients, so the workspace case
 // is the docker one's minus listing (tests/nomad.rs).

@@ -21,7 +21,7 @@ pub mod nomad_sim;
 
 /// The images every end-to-end test uses, built by `stevedore images build`.
 pub const SYNTH: &str = "stevedore/synth:0.1.0";
-pub const SHELL: &str = "stevedore/shell-transform:0.1.0";
+pub const SHELL: &str = "stevedore/shell-transform:0.1.1";
 
 /// The synth integration as a local program, for the `process` backend: the very binary
 /// the image holds (built by `images/synth/prepare`).

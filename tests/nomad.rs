@@ -50,6 +50,8 @@ fn spec(run: &str, task: &str, args: &[&str]) -> LaunchSpec {
         placement: Default::default(),
         labels: Default::default(),
         keep_exited: false,
+        max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        isolation: Default::default(),
     }
 }
 

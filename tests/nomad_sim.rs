@@ -1122,7 +1122,25 @@ async fn run_container(
         alloc_id.to_owned(),
     );
     let mut mounts = Vec::new();
+    let mut tmpfs = HashMap::new();
+    let read_only = config["readonly_rootfs"].as_bool().unwrap_or(false);
+    if read_only {
+        // Nomad bind-mounts the task's local/ folder, which stays writable.
+        mounts.push(Mount {
+            typ: Some(MountType::VOLUME),
+            target: Some("/local".to_owned()),
+            ..Default::default()
+        });
+    }
     for mount in config["mount"].as_array().into_iter().flatten() {
+        if mount["type"] == "tmpfs" {
+            let size = mount["tmpfs_options"]["size"].as_u64().unwrap_or(0);
+            tmpfs.insert(
+                mount["target"].as_str().unwrap_or_default().to_owned(),
+                format!("rw,size={size}"),
+            );
+            continue;
+        }
         if mount["type"] != "volume" {
             return fail(format!("mount type {:?} is not simulated", mount["type"]));
         }
@@ -1167,10 +1185,14 @@ async fn run_container(
         }),
         env: Some(env),
         labels: Some(labels),
+        user: task["User"].as_str().filter(|u| !u.is_empty()).map(str::to_owned),
         host_config: Some(HostConfig {
             memory: Some((memory * 1024 * 1024) as i64),
             cpu_shares: Some(cpu as i64),
             mounts: Some(mounts),
+            readonly_rootfs: Some(read_only),
+            tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+            pids_limit: config["pids_limit"].as_i64(),
             ..Default::default()
         }),
         attach_stdout: Some(true),
@@ -1323,7 +1345,7 @@ async fn run_container(
 }
 
 async fn remove(docker: &Docker, container: &str) {
-    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
     let _ = docker.remove_container(container, Some(options)).await;
 }
 

@@ -133,22 +133,25 @@ impl DockerBackend {
     /// A client for `DOCKER_HOST` (`unix://` or `tcp://`), or the local socket; over TLS when
     /// `DOCKER_TLS_VERIFY` is set, with the files in `DOCKER_CERT_PATH` (default
     /// `~/.docker`), as the docker CLI does. Connecting is lazy: an unreachable engine shows
-    /// up in [`Backend::health`], not here.
+    /// up in [`Backend::health`], not here. Tests and tools use this; the scheduler is given
+    /// its settings through [`DockerBackend::from_settings`].
     pub fn from_env() -> Result<DockerBackend, BackendError> {
-        let endpoint = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|value| !value.is_empty())
-            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
-        let verify = std::env::var("DOCKER_TLS_VERIFY")
-            .ok()
-            .filter(|value| !value.is_empty() && value != "0");
+        DockerBackend::from_settings(&|name| std::env::var(name).ok())
+    }
+
+    /// The same from `setting(name)`: the value of the variable `name` (`DOCKER_HOST`,
+    /// `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`, `HOME`) as the caller resolved it.
+    pub fn from_settings(
+        setting: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<DockerBackend, BackendError> {
+        let set = |name: &str| setting(name).filter(|value| !value.is_empty());
+        let endpoint = set("DOCKER_HOST").unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+        let verify = set("DOCKER_TLS_VERIFY").filter(|value| value != "0");
         let tls = verify.map(|_| {
-            let dir = std::env::var_os("DOCKER_CERT_PATH")
-                .filter(|value| !value.is_empty())
+            let dir = set("DOCKER_CERT_PATH")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| {
-                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".docker")
+                    std::path::PathBuf::from(set("HOME").unwrap_or_default()).join(".docker")
                 });
             TlsFiles::in_dir(dir)
         });
@@ -369,18 +372,41 @@ impl DockerBackend {
             (LABEL_TASK.to_owned(), spec.task_id.clone()),
             (LABEL_TRY.to_owned(), spec.try_number.to_string()),
         ]);
+        let isolation = &spec.isolation;
+        let mut mounts = vec![bollard::models::Mount {
+            typ: Some(bollard::models::MountType::VOLUME),
+            source: Some(workspace_volume(&spec.run_id)),
+            target: Some(WORKSPACE_DIR.to_owned()),
+            ..Default::default()
+        }];
+        if isolation.read_only_rootfs && spec.state.is_some() {
+            // The state file is copied in before the container starts; the engine copies
+            // into a read-only container only inside a volume: an anonymous one, removed
+            // with the container.
+            mounts.push(bollard::models::Mount {
+                typ: Some(bollard::models::MountType::VOLUME),
+                target: Some(STATE_DIR.to_owned()),
+                ..Default::default()
+            });
+        }
         let host_config = HostConfig {
             nano_cpus: spec.resources.cpu.map(|cpu| (cpu * 1e9) as i64),
             memory: spec.resources.memory_bytes.map(|bytes| bytes as i64),
+            // Without swap beyond the limit: a memory limit that swaps is no limit.
+            memory_swap: spec.resources.memory_bytes.map(|bytes| bytes as i64),
+            pids_limit: isolation.pids_limit,
+            readonly_rootfs: Some(isolation.read_only_rootfs),
+            // A read-only image still gets a small private /tmp.
+            tmpfs: isolation.read_only_rootfs.then(|| {
+                HashMap::from([(
+                    "/tmp".to_owned(),
+                    "rw,noexec,nosuid,size=64m".to_owned(),
+                )])
+            }),
             // Least privilege: no Linux capabilities, no privilege escalation.
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            mounts: Some(vec![bollard::models::Mount {
-                typ: Some(bollard::models::MountType::VOLUME),
-                source: Some(workspace_volume(&spec.run_id)),
-                target: Some(WORKSPACE_DIR.to_owned()),
-                ..Default::default()
-            }]),
+            mounts: Some(mounts),
             auto_remove: Some(false),
             ..Default::default()
         };
@@ -399,6 +425,7 @@ impl DockerBackend {
             ),
             labels: Some(labels),
             host_config: Some(host_config),
+            user: spec.isolation.user.clone(),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
@@ -448,7 +475,7 @@ impl DockerBackend {
     }
 
     async fn remove_quietly(&self, docker: &Docker, container_id: &str) {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         if let Err(error) = docker.remove_container(container_id, Some(options)).await {
             if status_code(&error) != Some(404) {
                 warn!(container_id, error = %error, "could not remove container");
@@ -480,15 +507,16 @@ impl DockerBackend {
             >,
         >,
         kind: Output,
+        max_line_bytes: usize,
         events: &mpsc::Sender<TryEvent>,
     ) {
-        let mut splitter = LineSplitter::default();
+        let mut splitter = LineSplitter::new(max_line_bytes);
         let mut pending: Vec<TryEvent> = Vec::new();
         let (mut skip_stdout, mut skip_stderr) = match kind {
             Output::Attached => (0, 0),
             Output::Logged { skip } => skip,
         };
-        let mut keep = |stream: Stream, timestamp, text| {
+        let mut keep = |stream: Stream, timestamp, text, dropped| {
             let skipping = match stream {
                 Stream::Stdout => &mut skip_stdout,
                 Stream::Stderr => &mut skip_stderr,
@@ -501,6 +529,7 @@ impl DockerBackend {
                 stream,
                 timestamp,
                 text,
+                dropped,
             })
         };
         while let Some(item) = output.next().await {
@@ -519,17 +548,23 @@ impl DockerBackend {
                 Output::Attached => (Utc::now(), &message[..]),
                 Output::Logged { .. } => split_timestamp(&message),
             };
-            splitter.push(stream, timestamp, text, &mut |stream, timestamp, text| {
-                pending.extend(keep(stream, timestamp, text))
-            });
+            splitter.push(
+                stream,
+                timestamp,
+                text,
+                &mut |stream, timestamp, text, dropped| {
+                    pending.extend(keep(stream, timestamp, text, dropped))
+                },
+            );
             for event in pending.drain(..) {
                 if events.send(event).await.is_err() {
                     return;
                 }
             }
         }
-        splitter
-            .finish(&mut |stream, timestamp, text| pending.extend(keep(stream, timestamp, text)));
+        splitter.finish(&mut |stream, timestamp, text, dropped| {
+            pending.extend(keep(stream, timestamp, text, dropped))
+        });
         for event in pending.drain(..) {
             let _ = events.send(event).await;
         }
@@ -798,7 +833,13 @@ impl Backend for DockerBackend {
 
         phase("started");
         let (_, waited) = tokio::join!(
-            self.forward_output(&container_id, output, Output::Attached, &events),
+            self.forward_output(
+                &container_id,
+                output,
+                Output::Attached,
+                spec.max_line_bytes,
+                &events
+            ),
             self.wait_exit(docker, &container_id, &mut kill)
         );
         let (exit_code, failure) = waited?;
@@ -866,7 +907,13 @@ impl Backend for DockerBackend {
         let output = Box::pin(docker.logs(&container_id, Some(options)));
         let skip = (adoption.stored_stdout, adoption.stored_stderr);
         let (_, waited) = tokio::join!(
-            self.forward_output(&container_id, output, Output::Logged { skip }, &events),
+            self.forward_output(
+                &container_id,
+                output,
+                Output::Logged { skip },
+                adoption.max_line_bytes,
+                &events
+            ),
             self.wait_exit(docker, &container_id, &mut kill)
         );
         let (exit_code, failure) = waited?;

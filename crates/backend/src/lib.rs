@@ -60,6 +60,29 @@ pub struct LaunchSpec {
     /// then calls [`Backend::discard`], so a scheduler that dies in between leaves the exit
     /// for the next one to read.
     pub keep_exited: bool,
+    /// The most of one output line the backend keeps (see [`lines::LineSplitter`]); the
+    /// rest of a longer line is dropped and counted in [`TryEvent::Line::dropped`].
+    pub max_line_bytes: usize,
+    /// How the try is confined beyond its resources.
+    pub isolation: Isolation,
+}
+
+/// The most of one output line a backend keeps unless told otherwise: a protocol message
+/// may carry an output of up to 1 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024 + 64 * 1024;
+
+/// How a try is confined beyond its cpu and memory: every backend applies what it can
+/// (docs/backends.md says what each does with each).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// The most processes (and threads) the try may run at once.
+    pub pids_limit: Option<i64>,
+    /// The image's filesystem is mounted read-only (`/tmp` is a small tmpfs; the workspace
+    /// and the state folder stay writable).
+    pub read_only_rootfs: bool,
+    /// The user (`uid`, `uid:gid` or a name the image knows) the try runs as, instead of
+    /// the image's own.
+    pub user: Option<String>,
 }
 
 /// A try that a scheduler which is gone started, to follow from where the store's record of
@@ -73,6 +96,8 @@ pub struct Adoption {
     pub try_number: u32,
     pub stored_stdout: u64,
     pub stored_stderr: u64,
+    /// As [`LaunchSpec::max_line_bytes`].
+    pub max_line_bytes: usize,
 }
 
 /// What adopting a try found.
@@ -134,11 +159,13 @@ pub enum TryEvent {
     /// Something Stevedore says about the try before its container starts (where it was
     /// placed, what it waits for), for the try's log.
     Note(String),
-    /// One complete line of output.
+    /// One complete line of output: its first `max_line_bytes` bytes, and how many more it
+    /// had (`dropped`, 0 for a line that was kept whole).
     Line {
         stream: Stream,
         timestamp: DateTime<Utc>,
         text: String,
+        dropped: u64,
     },
 }
 
@@ -155,6 +182,8 @@ pub struct TryExit {
 pub enum KillReason {
     Timeout,
     Requested(String),
+    /// The try broke the protocol's limits (an output over `max_output_bytes`, ...).
+    Protocol(String),
 }
 
 impl KillReason {
@@ -162,6 +191,7 @@ impl KillReason {
         match self {
             KillReason::Timeout => FailureReason::Timeout,
             KillReason::Requested(why) => FailureReason::Killed(why.clone()),
+            KillReason::Protocol(why) => FailureReason::Protocol(why.clone()),
         }
     }
 }

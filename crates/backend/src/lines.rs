@@ -1,21 +1,37 @@
 //! Log chunks to lines. The engine sends chunks, not lines: a long line arrives in pieces
 //! (each with its own timestamp prefix when timestamps are on) and a final line may lack its
 //! newline. [`LineSplitter`] keeps the unfinished part of each stream until it is complete.
+//!
+//! A line is never buffered whole: the splitter keeps at most `max_line_bytes` of it and
+//! counts the rest, so a 300 MB line without a newline costs `max_line_bytes` of memory and
+//! arrives as its first `max_line_bytes` bytes with the number of bytes dropped.
 
 use chrono::{DateTime, Utc};
 
 use crate::Stream;
 
-#[derive(Default)]
+/// Receives each line: its stream, the time of its first piece, its text (at most the
+/// splitter's `max_line_bytes`, lossily decoded) and how many bytes of it were dropped.
+pub type Emit<'a> = dyn FnMut(Stream, DateTime<Utc>, String, u64) + 'a;
+
 pub struct LineSplitter {
     stdout: Partial,
     stderr: Partial,
+    max_line_bytes: usize,
 }
 
 #[derive(Default)]
 struct Partial {
     text: Vec<u8>,
     timestamp: Option<DateTime<Utc>>,
+    /// Bytes of the current line beyond `max_line_bytes`, not kept.
+    dropped: u64,
+}
+
+impl Default for LineSplitter {
+    fn default() -> Self {
+        LineSplitter::new(crate::DEFAULT_MAX_LINE_BYTES)
+    }
 }
 
 /// Splits `2024-01-01T00:00:00.123456789Z rest` into its timestamp and the rest.
@@ -33,6 +49,15 @@ pub fn split_timestamp(chunk: &[u8]) -> (Option<DateTime<Utc>>, &[u8]) {
 }
 
 impl LineSplitter {
+    /// A splitter that keeps at most `max_line_bytes` of each line (at least 1).
+    pub fn new(max_line_bytes: usize) -> LineSplitter {
+        LineSplitter {
+            stdout: Partial::default(),
+            stderr: Partial::default(),
+            max_line_bytes: max_line_bytes.max(1),
+        }
+    }
+
     /// Feeds one chunk (timestamp prefix already split off) and calls `emit` for each line
     /// it completes. Lines keep the timestamp of their first piece.
     pub fn push(
@@ -40,8 +65,9 @@ impl LineSplitter {
         stream: Stream,
         timestamp: DateTime<Utc>,
         chunk: &[u8],
-        emit: &mut dyn FnMut(Stream, DateTime<Utc>, String),
+        emit: &mut Emit<'_>,
     ) {
+        let max = self.max_line_bytes;
         let partial = match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
@@ -49,36 +75,48 @@ impl LineSplitter {
         let mut rest = chunk;
         while let Some(newline) = rest.iter().position(|b| *b == b'\n') {
             let started = partial.timestamp.take().unwrap_or(timestamp);
-            partial.text.extend_from_slice(&rest[..newline]);
-            emit(stream, started, take_line(&mut partial.text));
+            partial.keep(&rest[..newline], max);
+            let (text, dropped) = partial.take_line();
+            emit(stream, started, text, dropped);
             rest = &rest[newline + 1..];
         }
         if !rest.is_empty() {
             partial.timestamp.get_or_insert(timestamp);
-            partial.text.extend_from_slice(rest);
+            partial.keep(rest, max);
         }
     }
 
     /// Emits what is left of each stream (output that did not end with a newline).
-    pub fn finish(&mut self, emit: &mut dyn FnMut(Stream, DateTime<Utc>, String)) {
+    pub fn finish(&mut self, emit: &mut Emit<'_>) {
         for (stream, partial) in [
             (Stream::Stdout, &mut self.stdout),
             (Stream::Stderr, &mut self.stderr),
         ] {
             if let Some(timestamp) = partial.timestamp.take() {
-                emit(stream, timestamp, take_line(&mut partial.text));
+                let (text, dropped) = partial.take_line();
+                emit(stream, timestamp, text, dropped);
             }
         }
     }
 }
 
-fn take_line(buffer: &mut Vec<u8>) -> String {
-    if buffer.last() == Some(&b'\r') {
-        buffer.pop();
+impl Partial {
+    /// Appends what fits under `max` bytes; counts the rest as dropped.
+    fn keep(&mut self, piece: &[u8], max: usize) {
+        let room = max.saturating_sub(self.text.len()).min(piece.len());
+        self.text.extend_from_slice(&piece[..room]);
+        self.dropped += (piece.len() - room) as u64;
     }
-    let line = String::from_utf8_lossy(buffer).into_owned();
-    buffer.clear();
-    line
+
+    fn take_line(&mut self) -> (String, u64) {
+        // A `\r` before the newline is not part of the line, even when the rest was cut.
+        if self.dropped == 0 && self.text.last() == Some(&b'\r') {
+            self.text.pop();
+        }
+        let line = String::from_utf8_lossy(&self.text).into_owned();
+        self.text.clear();
+        (line, std::mem::take(&mut self.dropped))
+    }
 }
 
 #[cfg(test)]
@@ -91,12 +129,35 @@ mod tests {
         let mut lines = Vec::new();
         let now = Utc.timestamp_opt(0, 0).unwrap();
         for (stream, chunk) in chunks {
-            splitter.push(*stream, now, chunk.as_bytes(), &mut |s, _, text| {
+            splitter.push(*stream, now, chunk.as_bytes(), &mut |s, _, text, _| {
                 lines.push((s, text))
             });
         }
-        splitter.finish(&mut |s, _, text| lines.push((s, text)));
+        splitter.finish(&mut |s, _, text, _| lines.push((s, text)));
         lines
+    }
+
+    /// Security review, finding 3: a 300 MB line without a newline was buffered whole.
+    #[test]
+    fn a_huge_line_keeps_only_its_first_bytes_and_counts_the_rest() {
+        let mut splitter = LineSplitter::new(1024);
+        let now = Utc.timestamp_opt(0, 0).unwrap();
+        let mut lines = Vec::new();
+        let piece = vec![b'x'; 64 * 1024];
+        // 64 MiB of one line, in pieces, then a short line.
+        for _ in 0..1024 {
+            splitter.push(Stream::Stdout, now, &piece, &mut |_, _, text, dropped| {
+                lines.push((text, dropped))
+            });
+            assert!(splitter.stdout.text.len() <= 1024, "never more than the cap kept");
+        }
+        splitter.push(Stream::Stdout, now, b"tail\nnext\n", &mut |_, _, text, dropped| {
+            lines.push((text, dropped))
+        });
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].0.len(), 1024);
+        assert_eq!(lines[0].1, 64 * 1024 * 1024 + 4 - 1024);
+        assert_eq!(lines[1], ("next".to_owned(), 0));
     }
 
     #[test]

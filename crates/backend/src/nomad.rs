@@ -112,7 +112,13 @@ impl Default for NomadConfig {
 impl NomadConfig {
     /// The configuration from the environment; an error names the variable that is wrong.
     pub fn from_env() -> Result<NomadConfig, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        NomadConfig::from_settings(&|name| std::env::var(name).ok())
+    }
+
+    /// The same from `setting(name)`: the value of the variable `name` (`NOMAD_ADDR`, ...)
+    /// as the caller resolved it (the command line gives its settings this way).
+    pub fn from_settings(setting: &dyn Fn(&str) -> Option<String>) -> Result<NomadConfig, String> {
+        let var = |name: &str| setting(name).filter(|v| !v.trim().is_empty());
         let mut config = NomadConfig::default();
         if let Some(address) = var("NOMAD_ADDR") {
             config.address = address.trim_end_matches('/').to_owned();
@@ -544,14 +550,33 @@ impl NomadBackend {
         if let Some(command) = &spec.command {
             config["entrypoint"] = json!(command);
         }
+        let mut mounts = Vec::new();
         if self.config.workspace_volumes {
-            config["mount"] = json!([{
+            mounts.push(json!({
                 "type": "volume",
                 "target": WORKSPACE_DIR,
                 "source": format!("stevedore-run-{}", spec.run_id),
                 "readonly": false,
-            }]);
+            }));
             env.insert("STEVEDORE_WORKSPACE".to_owned(), WORKSPACE_DIR.to_owned());
+        }
+        let isolation = &spec.isolation;
+        if let Some(limit) = isolation.pids_limit {
+            config["pids_limit"] = json!(limit);
+        }
+        if isolation.read_only_rootfs {
+            // The task's `local/` and `alloc/` folders (the state file's) stay writable: Nomad
+            // bind-mounts them. /tmp becomes a small tmpfs, as with the docker backend.
+            config["readonly_rootfs"] = json!(true);
+            mounts.push(json!({
+                "type": "tmpfs",
+                "target": "/tmp",
+                "readonly": false,
+                "tmpfs_options": {"size": 64 * 1024 * 1024},
+            }));
+        }
+        if !mounts.is_empty() {
+            config["mount"] = Value::Array(mounts);
         }
         if let Some(auth) = &spec.registry_auth {
             let server = auth.server.clone().or_else(|| image.registry.clone());
@@ -609,6 +634,7 @@ impl NomadBackend {
                     "Env": env,
                     "Meta": meta,
                     "Resources": {"CPU": cpu, "MemoryMB": memory},
+                    "User": isolation.user.clone().unwrap_or_default(),
                     // Like the docker backend: a kill is immediate.
                     "KillSignal": "SIGKILL",
                     "KillTimeout": 5_000_000_000u64,
@@ -761,6 +787,7 @@ impl NomadBackend {
         allocation_id: &str,
         stream: Stream,
         mut skip: u64,
+        max_line_bytes: usize,
         mut terminal: watch::Receiver<bool>,
         events: &mpsc::Sender<TryEvent>,
     ) {
@@ -770,11 +797,11 @@ impl NomadBackend {
         };
         let path = format!("/v1/client/fs/logs/{}", segment(allocation_id));
         let mut offset: u64 = 0;
-        let mut splitter = LineSplitter::default();
+        let mut splitter = LineSplitter::new(max_line_bytes);
         let mut pending: Vec<TryEvent> = Vec::new();
         let mut failures = 0u32;
         // The first `skip` lines are stored already.
-        let mut keep = |stream, timestamp, text| {
+        let mut keep = |stream, timestamp, text, dropped| {
             if skip > 0 {
                 skip -= 1;
                 return None;
@@ -783,6 +810,7 @@ impl NomadBackend {
                 stream,
                 timestamp,
                 text,
+                dropped,
             })
         };
         'connect: loop {
@@ -883,8 +911,8 @@ impl NomadBackend {
                     };
                     offset += data.len() as u64;
                     failures = 0;
-                    splitter.push(stream, now, &data, &mut |stream, timestamp, text| {
-                        pending.extend(keep(stream, timestamp, text))
+                    splitter.push(stream, now, &data, &mut |stream, timestamp, text, dropped| {
+                        pending.extend(keep(stream, timestamp, text, dropped))
                     });
                 }
                 buffer.drain(..used);
@@ -902,8 +930,9 @@ impl NomadBackend {
                 }
             }
         }
-        splitter
-            .finish(&mut |stream, timestamp, text| pending.extend(keep(stream, timestamp, text)));
+        splitter.finish(&mut |stream, timestamp, text, dropped| {
+            pending.extend(keep(stream, timestamp, text, dropped))
+        });
         for event in pending {
             let _ = events.send(event).await;
         }
@@ -915,6 +944,7 @@ impl NomadBackend {
         allocation: Allocation,
         nomad_job: &str,
         skip: (u64, u64),
+        max_line_bytes: usize,
         kill: &mut KillReceiver,
         events: &mpsc::Sender<TryEvent>,
     ) -> Result<TryExit, BackendError> {
@@ -925,10 +955,18 @@ impl NomadBackend {
                 &allocation_id,
                 Stream::Stdout,
                 skip.0,
+                max_line_bytes,
                 terminal_rx.clone(),
                 events
             ),
-            self.follow_log(&allocation_id, Stream::Stderr, skip.1, terminal_rx, events),
+            self.follow_log(
+                &allocation_id,
+                Stream::Stderr,
+                skip.1,
+                max_line_bytes,
+                terminal_rx,
+                events
+            ),
             async {
                 let followed = self
                     .follow_allocation(allocation, nomad_job, kill, &terminal_tx)
@@ -1146,7 +1184,14 @@ impl Backend for NomadBackend {
             })
             .await;
         let exit = self
-            .run_allocation(allocation, &nomad_job, (0, 0), &mut kill, &events)
+            .run_allocation(
+                allocation,
+                &nomad_job,
+                (0, 0),
+                spec.max_line_bytes,
+                &mut kill,
+                &events,
+            )
             .await?;
         if !spec.keep_exited {
             self.purge_quietly(&nomad_job).await;
@@ -1223,6 +1268,7 @@ impl Backend for NomadBackend {
                 allocation,
                 &nomad_job,
                 (adoption.stored_stdout, adoption.stored_stderr),
+                adoption.max_line_bytes,
                 &mut kill,
                 &events,
             )
@@ -1376,6 +1422,8 @@ mod tests {
             placement: Default::default(),
             labels: Default::default(),
             keep_exited: false,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            isolation: Default::default(),
         };
         let job = backend.job_body(&spec, &ImageRef::parse(&spec.image).unwrap());
         assert_eq!(job["Type"], "batch");

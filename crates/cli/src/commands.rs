@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use chrono::Utc;
 use serde_json::{json, Map, Value};
-use stevedore_backend::{DockerBackend, ProcessBackend};
+use stevedore_backend::ProcessBackend;
 use stevedore_domain::job::{parse_date, Job};
 use stevedore_domain::protocol::rfc3339;
 use stevedore_domain::schedule::Schedule;
@@ -20,29 +20,10 @@ use stevedore_store::secrets::SecretKey;
 use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
 
 use crate::output::{duration, print_json, time, Format, Table};
+use crate::settings::{is_postgres, store_path, Settings as Global};
 use crate::{
-    ConnectionsCommand, Global, JobsCommand, PoolsCommand, RunsCommand, ServeArgs, TasksCommand,
-    TokensCommand,
+    ConnectionsCommand, JobsCommand, PoolsCommand, RunsCommand, TasksCommand, TokensCommand,
 };
-
-/// The key file beside the store file: `stevedore.db` → `stevedore.key`.
-/// The file of a SQLite store named by `--db` (a path or `sqlite://path`).
-fn store_path(db: &str) -> &Path {
-    Path::new(db.strip_prefix("sqlite://").unwrap_or(db))
-}
-
-/// The key file for connections when STEVEDORE_SECRET_KEY(_FILE) are not set: beside a
-/// SQLite store; `stevedore.key` in the current folder for a PostgreSQL one.
-fn default_key_file(global: &Global) -> std::path::PathBuf {
-    if is_postgres(&global.db) {
-        return std::path::PathBuf::from("stevedore.key");
-    }
-    store_path(&global.db).with_extension("key")
-}
-
-fn is_postgres(db: &str) -> bool {
-    db.starts_with("postgres://") || db.starts_with("postgresql://")
-}
 
 /// Opens the store named by `--db`: a path, `sqlite://path`, or `postgres://...`.
 pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -97,12 +78,21 @@ pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `serve` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serve {
+    /// Scheduler and server in one process, for a laptop: the `process` backend is on
+    /// unless the settings turn it off.
+    Standalone,
+    /// The scheduler alone: the `process` backend only when the settings turn it on.
+    Scheduler,
+    /// The server alone.
+    Server,
+}
+
 /// Runs the scheduler, the server or both on one store until Ctrl-C or SIGTERM.
-pub async fn serve(
-    global: &Global,
-    with_scheduler: bool,
-    server: Option<ServeArgs>,
-) -> anyhow::Result<ExitCode> {
+pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
+    let with_scheduler = what != Serve::Server;
     // A scheduler on SQLite holds its store's scheduler lock for as long as it runs.
     let (store, lock) = if with_scheduler {
         open_for_scheduler(&global.db).await?
@@ -140,14 +130,14 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let server = match server {
-        Some(args) => {
-            let address = std::net::SocketAddr::new(args.bind, args.port);
+    let server = match what {
+        Serve::Standalone | Serve::Server => {
+            let address = std::net::SocketAddr::new(global.bind, global.port);
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} (--bind, --port)"))?;
             let address = listener.local_addr()?;
-            let secret_key = SecretKey::load(&default_key_file(global), false).ok();
+            let secret_key = SecretKey::load(&global.secret_key, false).ok();
             let state =
                 stevedore_server::AppState::new(store.clone(), global.jobs.clone(), secret_key);
             tracing::info!(url = %format!("http://{address}/"), api = %format!("http://{address}/api/v1"), "server listening");
@@ -158,10 +148,11 @@ pub async fn serve(
                 stopped(),
             )))
         }
-        None => None,
+        Serve::Scheduler => None,
     };
     if with_scheduler {
-        scheduler(global, store, exclusive, stopped()).await?;
+        let process = global.process_backend.unwrap_or(what == Serve::Standalone);
+        scheduler(global, store, exclusive, process, stopped()).await?;
     } else {
         stopped().await;
     }
@@ -183,81 +174,66 @@ async fn scheduler(
     global: &Global,
     store: Arc<dyn Store>,
     exclusive: bool,
+    with_process_backend: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // One Docker engine (DOCKER_HOST), or several with capacities and labels.
-    let backend: Arc<dyn stevedore_backend::Backend> = match std::env::var("STEVEDORE_DOCKER_HOSTS")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-    {
-        Some(text) => {
-            let hosts = stevedore_backend::docker_hosts::parse_hosts(&text)
-                .map_err(|message| anyhow!(message))?;
+    // One Docker engine (`docker_host`), or several with capacities and labels.
+    let backend: Arc<dyn stevedore_backend::Backend> = match &global.docker_hosts {
+        Some(hosts) => {
             let names: Vec<String> = hosts
                 .iter()
                 .map(|h| format!("{} ({})", h.name, h.endpoint))
                 .collect();
             tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker_hosts = %names.join(", "), "scheduler starting");
-            let lost_after = match std::env::var("STEVEDORE_HOST_LOST_AFTER") {
-                Ok(text) => stevedore_domain::duration::parse_duration(&text)
-                    .map_err(|e| anyhow!("STEVEDORE_HOST_LOST_AFTER: {e}"))?,
-                Err(_) => Duration::from_secs(300),
-            };
             Arc::new(stevedore_backend::docker_hosts::DockerHosts::new(
-                hosts, lost_after,
+                hosts.clone(),
+                global.host_lost_after,
             )?)
         }
         None => {
-            let backend = DockerBackend::from_env()?;
+            let backend = global.docker()?;
             tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
             Arc::new(backend)
         }
     };
-    let process = Arc::new(ProcessBackend::from_env());
-    let mut backends: Vec<Arc<dyn stevedore_backend::Backend>> = vec![backend, process];
-    // A Nomad cluster, when one is configured (NOMAD_ADDR or `nomad_addr`).
-    if std::env::var("NOMAD_ADDR").is_ok_and(|a| !a.trim().is_empty()) {
-        let nomad = stevedore_backend::NomadBackend::from_env()?;
+    let mut backends: Vec<Arc<dyn stevedore_backend::Backend>> = vec![backend];
+    // Local processes run as the scheduler's own user, outside any container: for
+    // development (on in `standalone`), only on request in a `scheduler`.
+    if with_process_backend {
+        let process = ProcessBackend::new(&global.process_dir);
+        tracing::info!(dir = %global.process_dir.display(), "process backend enabled");
+        backends.push(Arc::new(process));
+    }
+    // A Nomad cluster, when one is configured (`nomad_addr`).
+    if let Some(config) = &global.nomad {
+        let nomad = stevedore_backend::NomadBackend::new(config.clone())?;
         tracing::info!(nomad = nomad.address(), "nomad backend configured");
         backends.push(Arc::new(nomad));
     }
     let mut config = SchedulerConfig::new(&global.jobs);
     config.pools_file = Some(global.pools.clone());
     config.exclusive = exclusive;
-    let duration = |name: &str| -> anyhow::Result<Option<Duration>> {
-        std::env::var(name)
-            .ok()
-            .map(|text| {
-                stevedore_domain::duration::parse_duration(&text)
-                    .map_err(|e| anyhow!("{name}: {e}"))
-            })
-            .transpose()
-    };
-    for (name, setting) in [
-        (
-            "STEVEDORE_WORKSPACE_RETENTION",
-            &mut config.workspace_retention,
-        ),
-        (
-            "STEVEDORE_WORKSPACE_SWEEP_EVERY",
-            &mut config.workspace_sweep_every,
-        ),
-        ("STEVEDORE_HEARTBEAT_EVERY", &mut config.heartbeat_every),
-        ("STEVEDORE_LEASE", &mut config.lease),
-        ("STEVEDORE_SHUTDOWN_GRACE", &mut config.shutdown_grace),
+    config.limits = global.limits;
+    config.try_defaults = global.try_defaults.clone();
+    for (value, setting) in [
+        (global.workspace_retention, &mut config.workspace_retention),
+        (global.workspace_sweep_every, &mut config.workspace_sweep_every),
+        (global.heartbeat_every, &mut config.heartbeat_every),
+        (global.lease, &mut config.lease),
+        (global.shutdown_grace, &mut config.shutdown_grace),
     ] {
-        if let Some(value) = duration(name)? {
+        if let Some(value) = value {
             *setting = value;
         }
     }
     if config.lease <= config.heartbeat_every {
         return Err(anyhow!(
-            "STEVEDORE_LEASE ({:?}) must be longer than STEVEDORE_HEARTBEAT_EVERY ({:?})",
+            "lease ({:?}) must be longer than heartbeat_every ({:?})",
             config.lease,
             config.heartbeat_every
         ));
     }
-    config.secret_key = match SecretKey::load(&default_key_file(global), false) {
+    config.secret_key = match SecretKey::load(&global.secret_key, false) {
         Ok(key) => Some(key),
         Err(message) => {
             tracing::info!(reason = %message, "no secret key: tasks that use connections will fail");
@@ -1139,7 +1115,7 @@ pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow
                 }
                 values.insert(key.to_owned(), value);
             }
-            let key = SecretKey::load(&default_key_file(global), true).map_err(|e| anyhow!(e))?;
+            let key = SecretKey::load(&global.secret_key, true).map_err(|e| anyhow!(e))?;
             let sealed = key
                 .seal(&serde_json::to_vec(&values)?)
                 .map_err(|e| anyhow!(e))?;
@@ -1190,7 +1166,7 @@ pub async fn connection_values(
         return Ok(values);
     }
     let store = open_store(&global.db).await?;
-    let key = SecretKey::load(&default_key_file(global), false).map_err(|e| anyhow!(e))?;
+    let key = SecretKey::load(&global.secret_key, false).map_err(|e| anyhow!(e))?;
     for name in names {
         let record = store.get_connection(name).await?;
         let plain = key

@@ -1,9 +1,9 @@
 //! The configuration file (`--config FILE` or `STEVEDORE_CONFIG`): one YAML mapping whose
 //! keys are the `STEVEDORE_*` settings in lower case without the prefix (`db`, `lease`,
-//! `heartbeat_every`, ...), plus `docker_host`, `docker_tls_verify`, `docker_cert_path` and the `nomad_*` keys (`NOMAD_*`). A setting given on the command line wins,
-//! then one in the environment, then the file's, then the default: the file's values are
-//! applied as environment variables that are not set yet, before the command line is read,
-//! so every part of Stevedore sees one set of settings. See docs/configuration.md.
+//! `heartbeat_every`, ...), plus `docker_host`, `docker_tls_verify`, `docker_cert_path` and
+//! the `nomad_*` keys (`NOMAD_*`). A setting given on the command line wins, then one in
+//! the environment, then the file's, then the default ([`crate::settings`] resolves them);
+//! the file is read, never exported to the environment. See docs/configuration.md.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +16,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("bind", "STEVEDORE_BIND"),
     ("port", "STEVEDORE_PORT"),
     ("log", "STEVEDORE_LOG"),
+    ("secret_key", "STEVEDORE_SECRET_KEY"),
     ("secret_key_file", "STEVEDORE_SECRET_KEY_FILE"),
     ("registry", "STEVEDORE_REGISTRY"),
     ("heartbeat_every", "STEVEDORE_HEARTBEAT_EVERY"),
@@ -45,30 +46,36 @@ pub const KEYS: &[(&str, &str)] = &[
         "nomad_workspace_volumes",
         "STEVEDORE_NOMAD_WORKSPACE_VOLUMES",
     ),
+    ("process_backend", "STEVEDORE_PROCESS_BACKEND"),
+    ("process_dir", "STEVEDORE_PROCESS_DIR"),
+    ("max_line_bytes", "STEVEDORE_MAX_LINE_BYTES"),
+    ("max_output_bytes", "STEVEDORE_MAX_OUTPUT_BYTES"),
+    ("max_outputs", "STEVEDORE_MAX_OUTPUTS"),
+    ("pids_limit", "STEVEDORE_PIDS_LIMIT"),
+    ("default_memory", "STEVEDORE_DEFAULT_MEMORY"),
 ];
 
-/// The value of `--config FILE` / `--config=FILE` among `args`, or `STEVEDORE_CONFIG`.
-pub fn path_from(args: &[String]) -> Option<String> {
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().cloned();
-        }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Some(path.to_owned());
-        }
-    }
-    std::env::var("STEVEDORE_CONFIG")
-        .ok()
-        .filter(|p| !p.is_empty())
+/// The environment variable of a file key.
+pub fn variable_of(key: &str) -> Option<&'static str> {
+    KEYS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
-/// Reads the file: `(environment variable, value)` for each key it sets. Errors name the
-/// file, and the line or the key that is wrong.
-pub fn read(path: &Path) -> Result<Vec<(&'static str, String)>, String> {
+/// Reads the file: `key → value` for each setting it holds. Errors name the file, and the
+/// line or the key that is wrong.
+pub fn read(path: &Path) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("config file {}: cannot read it: {e}", path.display()))?;
-    parse(&path.display().to_string(), &text)
+    Ok(parse(&path.display().to_string(), &text)?
+        .into_iter()
+        .map(|(variable, value)| {
+            let key = KEYS
+                .iter()
+                .find(|(_, v)| *v == variable)
+                .map(|(k, _)| *k)
+                .unwrap_or(variable);
+            (key.to_owned(), value)
+        })
+        .collect())
 }
 
 pub fn parse(name: &str, text: &str) -> Result<Vec<(&'static str, String)>, String> {
@@ -111,21 +118,6 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<(&'static str, String)>, Stri
         settings.push((*variable, text));
     }
     Ok(settings)
-}
-
-/// Applies the file at the path the command line or `STEVEDORE_CONFIG` names: each of its
-/// settings becomes an environment variable, unless that variable is set already.
-pub fn apply(args: &[String]) -> Result<(), String> {
-    let Some(path) = path_from(args) else {
-        return Ok(());
-    };
-    for (variable, value) in read(Path::new(&path))? {
-        if std::env::var_os(variable).is_none() {
-            // SAFETY: called at the start of `main`, before any other thread exists.
-            unsafe { std::env::set_var(variable, value) };
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -172,19 +164,6 @@ mod tests {
         assert!(
             error.contains("`lease` must be a string or a number"),
             "{error}"
-        );
-    }
-
-    #[test]
-    fn the_path_comes_from_the_command_line() {
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            path_from(&args(&["stevedore", "--config", "a.yaml", "scheduler"])),
-            Some("a.yaml".to_owned())
-        );
-        assert_eq!(
-            path_from(&args(&["stevedore", "scheduler", "--config=b.yaml"])),
-            Some("b.yaml".to_owned())
         );
     }
 

@@ -340,11 +340,11 @@ async fn build_one(
 /// Builds the images; with `push_to`, pushes those built from a Dockerfile to that registry.
 /// Base images made by `prepare` alone stay local.
 pub async fn build(
+    backend: &DockerBackend,
     dir: &Path,
     names: &[String],
     push_to: Option<&PushTo>,
 ) -> anyhow::Result<ExitCode> {
-    let backend = DockerBackend::from_env()?;
     let docker = &backend.client()?;
     docker
         .ping()
@@ -405,8 +405,11 @@ pub async fn build(
 }
 
 /// `stevedore images inspect IMAGE`: identity, labels, and what the image's `spec` says.
-pub async fn inspect(reference: &str, json_output: bool) -> anyhow::Result<ExitCode> {
-    let backend = DockerBackend::from_env()?;
+pub async fn inspect(
+    backend: &DockerBackend,
+    reference: &str,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
     let docker = &backend.client()?;
     let image = docker.inspect_image(reference).await.with_context(|| {
         format!("no image `{reference}` on the engine (pull or build it first)")
@@ -546,12 +549,12 @@ async fn run_once(
 /// with the connections' variables in its environment and the task's args, and prints its
 /// verdict (connection values masked). Exit code 0 when the check passed.
 pub async fn check(
+    backend: &DockerBackend,
     reference: &str,
     connections: BTreeMap<String, String>,
     args: &[String],
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
-    let backend = DockerBackend::from_env()?;
     let docker = &backend.client()?;
     docker
         .inspect_image(reference)
@@ -561,13 +564,8 @@ pub async fn check(
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    let mut secrets: Vec<&String> = connections.values().filter(|v| v.len() >= 4).collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mask = |text: &str| {
-        secrets.iter().fold(text.to_owned(), |text, secret| {
-            text.replace(secret.as_str(), "***")
-        })
-    };
+    let masker = stevedore_domain::mask::Masker::new(connections.values());
+    let mask = |text: &str| masker.mask(text);
     let mut cmd = vec!["check".to_owned(), "--".to_owned()];
     cmd.extend(args.iter().cloned());
     let (code, stdout, stderr) = run_once(docker, reference, cmd, &env, true)

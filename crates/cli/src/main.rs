@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod images;
 mod output;
+mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,27 +27,21 @@ struct Cli {
     command: Command,
 }
 
+/// The options every command takes. Those left unset are looked for in the config file,
+/// then take their defaults ([`settings::Settings`]).
 #[derive(Args, Clone)]
 pub struct Global {
-    /// Metadata store: a SQLite file path or sqlite:// URL.
-    #[arg(
-        long,
-        global = true,
-        env = "STEVEDORE_DB",
-        default_value = "stevedore.db"
-    )]
-    pub db: String,
-    /// Folder of job files.
-    #[arg(long, global = true, env = "STEVEDORE_JOBS", default_value = "jobs")]
-    pub jobs: PathBuf,
-    /// Pools file (`name: slots`), read by the scheduler when it exists.
-    #[arg(
-        long,
-        global = true,
-        env = "STEVEDORE_POOLS",
-        default_value = "pools.yaml"
-    )]
-    pub pools: PathBuf,
+    /// Metadata store: a SQLite file path or sqlite:// URL, or postgres://... [default:
+    /// stevedore.db]
+    #[arg(long, global = true, env = "STEVEDORE_DB")]
+    pub db: Option<String>,
+    /// Folder of job files. [default: jobs]
+    #[arg(long, global = true, env = "STEVEDORE_JOBS")]
+    pub jobs: Option<PathBuf>,
+    /// Pools file (`name: slots`), read by the scheduler when it exists. [default:
+    /// pools.yaml]
+    #[arg(long, global = true, env = "STEVEDORE_POOLS")]
+    pub pools: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -94,12 +89,12 @@ enum Command {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
-    /// The port the server listens on (0: any free one).
-    #[arg(long, env = "STEVEDORE_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// The address the server listens on.
-    #[arg(long, env = "STEVEDORE_BIND", default_value = "127.0.0.1")]
-    pub bind: std::net::IpAddr,
+    /// The port the server listens on (0: any free one). [default: 8080]
+    #[arg(long, env = "STEVEDORE_PORT")]
+    pub port: Option<u16>,
+    /// The address the server listens on. [default: 127.0.0.1]
+    #[arg(long, env = "STEVEDORE_BIND")]
+    pub bind: Option<std::net::IpAddr>,
 }
 
 #[derive(Subcommand)]
@@ -266,9 +261,9 @@ pub enum ImagesCommand {
         /// Also pushes each image built from a Dockerfile to the registry.
         #[arg(long)]
         push: bool,
-        /// The registry `--push` pushes to.
-        #[arg(long, env = "STEVEDORE_REGISTRY", default_value = "127.0.0.1:5000")]
-        registry: String,
+        /// The registry `--push` pushes to. [default: 127.0.0.1:5000]
+        #[arg(long, env = "STEVEDORE_REGISTRY")]
+        registry: Option<String>,
         /// A connection holding REGISTRY_USERNAME and REGISTRY_PASSWORD for a registry that
         /// asks for credentials (the same connection tasks name in `registry_connection`).
         #[arg(long, requires = "push")]
@@ -295,9 +290,10 @@ pub enum DbCommand {
     Migrate,
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEVEDORE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+fn init_tracing(setting: Option<&str>, default: &str) {
+    let filter = setting
+        .and_then(|text| tracing_subscriber::EnvFilter::try_new(text).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -307,21 +303,28 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if let Err(message) = config::apply(&args) {
-        eprintln!("error: {message}");
-        return ExitCode::FAILURE;
-    }
     let cli = Cli::parse();
+    let serve = match &cli.command {
+        Command::Standalone(serve) | Command::Server(serve) => Some(serve),
+        _ => None,
+    };
+    let settings = match settings::Settings::resolve(&cli.global, serve, &|name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let long_running = matches!(
         cli.command,
         Command::Standalone(_) | Command::Scheduler | Command::Server(_)
     );
-    init_tracing(if long_running {
-        "info,sqlx=warn"
-    } else {
-        "warn"
-    });
+    init_tracing(
+        settings.log.as_deref(),
+        if long_running { "info,sqlx=warn" } else { "warn" },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -332,13 +335,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let global = cli.global;
+    let global = settings;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Standalone(serve) => commands::serve(&global, true, Some(serve)).await,
-            Command::Scheduler => commands::serve(&global, true, None).await,
+            Command::Standalone(_) => commands::serve(&global, commands::Serve::Standalone).await,
+            Command::Scheduler => commands::serve(&global, commands::Serve::Scheduler).await,
             Command::Schedulers => commands::schedulers(&global).await,
-            Command::Server(serve) => commands::serve(&global, false, Some(serve)).await,
+            Command::Server(_) => commands::serve(&global, commands::Serve::Server).await,
             Command::Tokens(command) => commands::tokens(&global, command).await,
             Command::Jobs(command) => commands::jobs(&global, command).await,
             Command::Runs(command) => commands::runs(&global, command).await,
@@ -356,8 +359,9 @@ fn main() -> ExitCode {
                     Some(name) => Some(commands::registry_auth(&global, &name).await?),
                     None => None,
                 };
+                let registry = registry.unwrap_or_else(|| global.registry.clone());
                 let push = push.then(|| images::PushTo { registry, auth });
-                images::build(&dir, &names, push.as_ref()).await
+                images::build(&global.docker()?, &dir, &names, push.as_ref()).await
             }
             Command::Images(ImagesCommand::Check {
                 image,
@@ -365,10 +369,17 @@ fn main() -> ExitCode {
                 args,
             }) => {
                 let values = commands::connection_values(&global, &connections).await?;
-                images::check(&image, values, &args, global.output == Format::Json).await
+                images::check(
+                    &global.docker()?,
+                    &image,
+                    values,
+                    &args,
+                    global.output == Format::Json,
+                )
+                .await
             }
             Command::Images(ImagesCommand::Inspect { image }) => {
-                images::inspect(&image, global.output == Format::Json).await
+                images::inspect(&global.docker()?, &image, global.output == Format::Json).await
             }
             Command::Db(DbCommand::Migrate) => commands::migrate(&global).await,
         }

@@ -809,7 +809,7 @@ fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
         "{stdout}{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let pushed = format!("{}/stevedore/shell-transform:0.1.0", registry.address);
+    let pushed = format!("{}/stevedore/shell-transform:0.1.1", registry.address);
     assert!(stdout.contains(&format!("pushed {pushed}")), "{stdout}");
 
     let inspected = workspace.json(&["images", "inspect", &pushed, "-o", "json"]);
@@ -929,7 +929,7 @@ fn connection_secrets_reach_the_task_and_nowhere_else() {
 fn registry_credentials_come_from_a_connection() {
     const PASSWORD: &str = "registry-pass-4c1d9e";
     let registry = stevedore_e2e::Registry::start_with_login("puller", PASSWORD);
-    let image = format!("{}/stevedore/shell-transform:0.1.0", registry.address);
+    let image = format!("{}/stevedore/shell-transform:0.1.1", registry.address);
     let job = |id: &str, connection: &str| {
         format!("id: {id}\ntasks:\n  - id: split\n    image: {image}\n    pull_policy: always\n    {connection}args: [--partition, 0, --of, 1, --records, 12]\n")
     };

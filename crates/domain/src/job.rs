@@ -32,6 +32,9 @@ pub struct Job {
     pub params: Map<String, Value>,
     /// In the order of the file.
     pub tasks: Vec<Task>,
+    /// The image names (`registry/path/name`, no tag) a templated `image` may render to when
+    /// a param or an output chooses it; without it, they may not (docs/security.md).
+    pub allowed_images: Vec<String>,
     /// SHA-256 of the file's bytes: the job version a run records.
     pub version: String,
 }
@@ -66,6 +69,10 @@ pub struct Task {
     pub depends_on_past: bool,
     pub reschedule_interval: Duration,
     pub sensor_timeout: Duration,
+    /// The image's filesystem is mounted read-only.
+    pub read_only_rootfs: bool,
+    /// The user the try runs as (`uid`, `uid:gid` or a name), instead of the image's.
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -198,6 +205,7 @@ struct RawJob {
     max_active_tasks: Option<u32>,
     params: Option<Map<String, Value>>,
     defaults: Option<Spanned<RawTask>>,
+    allowed_images: Option<Spanned<Vec<String>>>,
     tasks: Spanned<Vec<Spanned<RawTask>>>,
 }
 
@@ -229,6 +237,8 @@ struct RawTask {
     depends_on_past: Option<bool>,
     reschedule_interval: Option<Spanned<Scalar>>,
     sensor_timeout: Option<Spanned<Scalar>>,
+    read_only_rootfs: Option<bool>,
+    user: Option<Spanned<Scalar>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -396,12 +406,28 @@ fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) -> Job {
         }
     }
 
+    let mut allowed_images = Vec::new();
+    if let Some(spanned) = &raw.allowed_images {
+        for name in &spanned.value {
+            match ImageRef::parse(name) {
+                Ok(image) if image.tag.is_none() && image.digest.is_none() => {
+                    allowed_images.push(image.name())
+                }
+                Ok(_) => problems.at(
+                    line_of(spanned),
+                    format!("allowed_images: `{name}` must be an image name without a tag or digest, such as localhost:5000/integrations/http-extract"),
+                ),
+                Err(message) => problems.at(line_of(spanned), format!("allowed_images: {message}")),
+            }
+        }
+    }
+
     check_dependencies(&raw.tasks.value, &tasks, problems);
     if let Some(cycle) = find_cycle(&tasks) {
         let line = task_lines.get(&cycle[0]).copied().unwrap_or(1);
         problems.at(line, format!("tasks form a cycle: {}", cycle.join(" → ")));
     } else {
-        check_templates(&raw.tasks.value, &tasks, &params, problems);
+        check_templates(&raw.tasks.value, &tasks, &params, !allowed_images.is_empty(), problems);
     }
 
     let max_active_runs = raw.max_active_runs.unwrap_or(16);
@@ -424,6 +450,7 @@ fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) -> Job {
         max_active_tasks,
         params,
         tasks,
+        allowed_images,
         version: hex(&Sha256::digest(text.as_bytes())),
     }
 }
@@ -449,7 +476,8 @@ pub fn parse_date(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
     Ok(local_to_utc(naive, timezone))
 }
 
-fn parse_memory(text: &str) -> Result<u64, String> {
+/// A memory size: bytes, or a number with Ki, Mi, Gi (or K, M, G) after it.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
@@ -625,6 +653,17 @@ fn build_task(
         problems.at(line, format!("task `{id}`: timeout must be above 0"));
     }
 
+    let user = pick!(user).map(|spanned| spanned.value.0.clone());
+    if let Some(name) = &user {
+        if !is_user(name) {
+            let line = pick!(user).map(line_of).unwrap_or(line);
+            problems.at(
+                line,
+                format!("task `{id}`: user `{name}` is not a user such as 1000, 1000:1000 or nobody"),
+            );
+        }
+    }
+
     let env = pick!(env).map(scalar_texts).unwrap_or_default();
     let args = pick!(args)
         .map(|spanned| spanned.value.iter().map(|v| v.0.clone()).collect())
@@ -667,7 +706,27 @@ fn build_task(
             .unwrap_or(false),
         reschedule_interval: reschedule_interval.unwrap_or(Duration::from_secs(60)),
         sensor_timeout: sensor_timeout.unwrap_or(Duration::from_secs(7 * 86_400)),
+        read_only_rootfs: raw
+            .read_only_rootfs
+            .or(defaults.read_only_rootfs)
+            .unwrap_or(false),
+        user,
     })
+}
+
+/// A user as Docker and Nomad take it: a name or uid, optionally `:group` or `:gid`.
+fn is_user(text: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            && !p.starts_with('-')
+    };
+    match text.split_once(':') {
+        Some((user, group)) => part(user) && part(group),
+        None => part(text),
+    }
 }
 
 fn check_dependencies(raw_tasks: &[Spanned<RawTask>], tasks: &[Task], problems: &mut Problems<'_>) {
@@ -764,6 +823,7 @@ fn check_templates(
     raw_tasks: &[Spanned<RawTask>],
     tasks: &[Task],
     params: &Map<String, Value>,
+    images_allowed: bool,
     problems: &mut Problems<'_>,
 ) {
     let index: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
@@ -800,6 +860,22 @@ fn check_templates(
                 }
             };
             for variable in variables {
+                // Whoever chooses the image chooses where the task's connections and
+                // registry credentials go: a param (any operator's trigger) or an output
+                // (any upstream image) may only do that within the job's allow-list.
+                if field == "image"
+                    && !images_allowed
+                    && matches!(variable, Variable::Param(_) | Variable::Output { .. })
+                {
+                    problems.at(
+                        line,
+                        format!(
+                            "task `{}`: image uses `{variable}`: a param or an output may choose the image only among the job's `allowed_images` (list the image names it may render to)",
+                            task.id
+                        ),
+                    );
+                    continue;
+                }
                 match variable {
                     Variable::Param(name) if !params.contains_key(&name) => problems.at(
                         line,
@@ -916,6 +992,42 @@ tasks:
             vec!["load"]
         );
         assert_eq!(job.version.len(), 64);
+    }
+
+    /// Security review, finding 9: a param or an upstream output could choose the image
+    /// that receives the task's connections and registry credentials.
+    #[test]
+    fn a_param_or_an_output_chooses_the_image_only_from_the_allow_list() {
+        let by_param = "id: a\nparams: {tag: \"1\"}\ntasks:\n  - id: t\n    image: \"evil/{{ params.tag }}\"\n";
+        let found = errors(by_param);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("jobs/bad.yaml:5:"), "{found:?}");
+        assert!(found[0].contains("image uses `params.tag`"), "{found:?}");
+        assert!(found[0].contains("allowed_images"), "{found:?}");
+        let by_output = "id: a\ntasks:\n  - id: up\n    image: x:1\n  - id: t\n    depends_on: [up]\n    image: \"{{ outputs.up.image }}\"\n";
+        assert!(errors(by_output)[0].contains("image uses `outputs.up.image`"));
+        // The run's own context may shape the image; the allow-list opens params.
+        let context = "id: a\ntasks:\n  - id: t\n    image: \"x:{{ job_id }}\"\n";
+        assert!(parse_job("a.yaml", context).is_ok());
+        let allowed = "id: a\nparams: {tag: \"1\"}\nallowed_images: [stevedore/synth, \"localhost:5000/i/x\"]\ntasks:\n  - id: t\n    image: \"stevedore/synth:{{ params.tag }}\"\n";
+        let job = parse_job("a.yaml", allowed).unwrap();
+        assert_eq!(job.allowed_images, ["stevedore/synth", "localhost:5000/i/x"]);
+        let tagged = "id: a\nallowed_images: [\"x:1\"]\ntasks:\n  - id: t\n    image: x:1\n";
+        assert!(errors(tagged)[0].contains("without a tag"), "{:?}", errors(tagged));
+    }
+
+    #[test]
+    fn read_only_rootfs_and_user_come_from_the_task_or_defaults() {
+        let text = "id: a\ndefaults: {read_only_rootfs: true, user: 1000}\ntasks:\n  - id: t\n    image: x:1\n  - id: u\n    image: x:1\n    read_only_rootfs: false\n    user: \"nobody:nogroup\"\n";
+        let job = parse_job("a.yaml", text).unwrap();
+        let t = job.task("t").unwrap();
+        assert!(t.read_only_rootfs);
+        assert_eq!(t.user.as_deref(), Some("1000"));
+        let u = job.task("u").unwrap();
+        assert!(!u.read_only_rootfs);
+        assert_eq!(u.user.as_deref(), Some("nobody:nogroup"));
+        let bad = "id: a\ntasks:\n  - id: t\n    image: x:1\n    user: \"root; rm\"\n";
+        assert!(errors(bad)[0].contains("user `root; rm`"), "{:?}", errors(bad));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
 //! - [`limits`]: pools, `max_active_tasks` and priority: which ready task instances start.
 //! - [`template`]: `{{ variable }}` rendering of args, env and image.
-//! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages.
+//! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages,
+//!   and the limits a try's output is held to.
+//! - [`mask`]: hiding connection values (and their common encodings) in what a try prints.
 //! - [`duration`] and [`image`]: small value parsers used by job files.
 //! - [`role`]: API roles and what each may do.
 
@@ -17,6 +19,7 @@ pub mod duration;
 pub mod image;
 pub mod job;
 pub mod limits;
+pub mod mask;
 pub mod protocol;
 pub mod retry;
 pub mod role;

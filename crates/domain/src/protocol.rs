@@ -107,6 +107,56 @@ pub enum Message {
     Metric { name: String, value: f64 },
 }
 
+/// The limits a try's output is held to, so that no single try can grow the scheduler's
+/// memory or the store without bound (docs/security.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TryLimits {
+    /// The most of one log line that is stored (`max_line_bytes`); a longer line is stored
+    /// cut, with a marker saying how much was left out.
+    pub max_line_bytes: usize,
+    /// The largest output or state value, as JSON (`max_output_bytes`); a larger one fails
+    /// the try.
+    pub max_output_bytes: usize,
+    /// The most outputs one try may publish (`max_outputs`).
+    pub max_outputs: usize,
+}
+
+impl Default for TryLimits {
+    fn default() -> Self {
+        TryLimits {
+            max_line_bytes: 64 * 1024,
+            max_output_bytes: 1024 * 1024,
+            max_outputs: 1000,
+        }
+    }
+}
+
+impl TryLimits {
+    /// The most of one line a backend must keep: a whole log line, or a protocol message
+    /// carrying the largest output (with room for its JSON around it).
+    pub fn line_buffer_bytes(&self) -> usize {
+        self.max_line_bytes.max(self.max_output_bytes + 64 * 1024)
+    }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), with a marker that says
+/// how many bytes were left out (`dropped` of them before `text` was given). Unchanged when
+/// it fits and nothing was dropped.
+pub fn cut_line(text: String, max: usize, dropped: u64) -> String {
+    if text.len() <= max && dropped == 0 {
+        return text;
+    }
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let left_out = dropped + (text.len() - end) as u64;
+    let mut cut = text;
+    cut.truncate(end);
+    cut.push_str(&format!(" [... {left_out} more bytes not kept: the line is over max_line_bytes]"));
+    cut
+}
+
 /// Reads a stdout line: `Some` for a protocol message, `None` for a plain log line (any line
 /// that is not a JSON object with a known `type` and the fields that type needs).
 pub fn parse_line(line: &str) -> Option<Message> {
@@ -158,6 +208,16 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::json;
+
+    #[test]
+    fn long_lines_are_cut_at_a_character_boundary_with_a_marker() {
+        assert_eq!(cut_line("short".into(), 10, 0), "short");
+        let cut = cut_line("ééééé".into(), 5, 0);
+        assert!(cut.starts_with("éé ["), "{cut}");
+        assert!(cut.contains("6 more bytes"), "{cut}");
+        let cut = cut_line("abc".into(), 10, 1000);
+        assert!(cut.starts_with("abc [... 1000 more bytes"), "{cut}");
+    }
 
     fn context() -> TryContext {
         TryContext {

@@ -135,6 +135,9 @@ pub enum FailureReason {
     Killed(String),
     /// The scheduler that ran the try went away and the container could not be adopted.
     Lost(String),
+    /// The try broke the entrypoint protocol's limits (an output over `max_output_bytes`,
+    /// too many outputs): it was stopped, and is retried by policy like any failure.
+    Protocol(String),
 }
 
 impl FailureReason {
@@ -148,6 +151,7 @@ impl FailureReason {
             FailureReason::Backend(text) => format!("backend: {text}"),
             FailureReason::Killed(text) => format!("killed: {text}"),
             FailureReason::Lost(text) => format!("lost: {text}"),
+            FailureReason::Protocol(text) => format!("protocol: {text}"),
         }
     }
 }

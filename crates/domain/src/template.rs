@@ -25,6 +25,16 @@ pub enum Variable {
     Output { task: String, key: String },
 }
 
+impl std::fmt::Display for Variable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Variable::Context(name) => f.write_str(name),
+            Variable::Param(name) => write!(f, "params.{name}"),
+            Variable::Output { task, key } => write!(f, "outputs.{task}.{key}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment<'a> {
     Literal(&'a str),

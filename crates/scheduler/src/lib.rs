@@ -69,6 +69,11 @@ pub struct SchedulerConfig {
     /// Extra labels on every container this scheduler starts (tests label theirs, to
     /// remove whatever is left when they end).
     pub container_labels: std::collections::BTreeMap<String, String>,
+    /// What one try's output is held to (`max_line_bytes`, `max_output_bytes`, ...).
+    pub limits: stevedore_domain::protocol::TryLimits,
+    /// What a task that sets nothing of its own is confined to (`pids_limit`,
+    /// `default_memory`).
+    pub try_defaults: try_runner::TryDefaults,
 }
 
 impl SchedulerConfig {
@@ -87,6 +92,11 @@ impl SchedulerConfig {
             lease: Duration::from_secs(30),
             exclusive: false,
             container_labels: Default::default(),
+            limits: Default::default(),
+            try_defaults: try_runner::TryDefaults {
+                pids_limit: Some(1024),
+                memory_bytes: None,
+            },
         }
     }
 }
@@ -1065,6 +1075,8 @@ impl Scheduler {
                 secret_key: scheduler.config.secret_key.clone(),
                 fence: Some(fence),
                 labels: scheduler.config.container_labels.clone(),
+                limits: scheduler.config.limits,
+                defaults: scheduler.config.try_defaults.clone(),
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();

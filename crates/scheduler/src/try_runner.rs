@@ -9,11 +9,15 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use stevedore_backend::{
-    kill_switch, Adopted, Adoption, Backend, BackendError, KillReason, KillSender, LaunchSpec,
-    RegistryAuth, Stream, TryEvent, TryExit, STATE_FILE,
+    kill_switch, Adopted, Adoption, Backend, BackendError, Isolation, KillReason, KillSender,
+    LaunchSpec, RegistryAuth, Stream, TryEvent, TryExit, STATE_FILE,
 };
+use stevedore_domain::image::ImageRef;
 use stevedore_domain::job::{Job, Task};
-use stevedore_domain::protocol::{output_as_text, parse_line, rfc3339, Message, TryContext};
+use stevedore_domain::mask::Masker;
+use stevedore_domain::protocol::{
+    cut_line, output_as_text, parse_line, rfc3339, Message, TryContext, TryLimits,
+};
 use stevedore_domain::retry::RetryKey;
 use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
 use stevedore_domain::template::{self, Variable};
@@ -64,6 +68,19 @@ pub struct TryRunner {
     pub fence: Option<Fence>,
     /// Extra labels for the try's container.
     pub labels: BTreeMap<String, String>,
+    /// What one try's output is held to.
+    pub limits: TryLimits,
+    /// What a task that sets nothing of its own is confined to.
+    pub defaults: TryDefaults,
+}
+
+/// The scheduler's defaults for what a task does not set itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TryDefaults {
+    /// The most processes a try may run (`pids_limit`).
+    pub pids_limit: Option<i64>,
+    /// The memory limit of a task without `resources.memory` (`default_memory`).
+    pub memory_bytes: Option<u64>,
 }
 
 /// The store's refusal of a write by a scheduler that lost the run's claim, if that is
@@ -94,46 +111,26 @@ struct ContainerWrite {
     log_seq: i64,
 }
 
-/// Secret values shorter than this are not redacted from logs: masking every `1` or `ab` in
-/// a log would hide more than it protects.
-const MIN_REDACTED_LEN: usize = 4;
-
-/// Replaces every secret value in `text` by `***`.
-fn redact(text: String, secrets: &[String]) -> String {
-    let mut text = text;
-    for secret in secrets {
-        if text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), "***");
-        }
-    }
-    text
-}
-
 impl TryRunner {
-    /// The environment variables of the task's connections, and their values (to redact).
+    /// The environment variables of the task's connections, and a masker of their values
+    /// (and of the registry password) for everything the try prints.
     async fn connection_env(
         &self,
         task: &Task,
-    ) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    ) -> Result<(BTreeMap<String, String>, Masker), String> {
         let mut env = BTreeMap::new();
         let mut secrets = Vec::new();
         for name in &task.connections {
             for (variable, value) in self.open_connection(name).await? {
-                if value.len() >= MIN_REDACTED_LEN {
-                    secrets.push(value.clone());
-                }
+                secrets.push(value.clone());
                 env.insert(variable, value);
             }
         }
         if let Some(auth) = self.registry_auth(task).await? {
             // Never in the container's environment, but masked should anything print it.
-            if auth.password.len() >= MIN_REDACTED_LEN {
-                secrets.push(auth.password);
-            }
+            secrets.push(auth.password);
         }
-        // Longest first, so a secret that contains another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Ok((env, secrets))
+        Ok((env, Masker::new(secrets)))
     }
 
     /// A connection's values, unsealed.
@@ -182,6 +179,7 @@ struct RenderedTask {
 /// Renders the task's templates for this try.
 fn render_task(
     task: &Task,
+    allowed_images: &[String],
     context: &TryContext,
     outputs: &HashMap<(String, String), Value>,
 ) -> Result<RenderedTask, String> {
@@ -204,6 +202,19 @@ fn render_task(
         }
     };
     let image = template::render(&task.image, &lookup).map_err(|e| format!("image: {e}"))?;
+    if image != task.image && !allowed_images.is_empty() {
+        // A param or an output chose the image (the job file allows that only with an
+        // allow-list): it must be one of the listed names.
+        let name = ImageRef::parse(&image)
+            .map(|parsed| parsed.name())
+            .map_err(|e| format!("image: {e}"))?;
+        if !allowed_images.contains(&name) {
+            return Err(format!(
+                "image: `{image}` is not among the job's allowed_images ({})",
+                allowed_images.join(", ")
+            ));
+        }
+    }
     let args = task
         .args
         .iter()
@@ -264,7 +275,7 @@ impl TryRunner {
         } else {
             HashMap::new()
         };
-        let rendered = render_task(&task, &context, &outputs);
+        let rendered = render_task(&task, &job.allowed_images, &context, &outputs);
         let image_text = rendered
             .as_ref()
             .map(|r| r.image.clone())
@@ -304,16 +315,20 @@ impl TryRunner {
         let Some(backend) = self.backend.clone() else {
             let exit = TryExit {
                 exit_code: None,
-                failure: Some(FailureReason::Backend(format!(
-                    "backend `{}` is not configured in this scheduler (docs/backends.md says how to set it up)",
-                    self.backend_name
-                ))),
+                failure: Some(FailureReason::Backend(if self.backend_name == "process" {
+                    "backend `process` is not enabled in this scheduler: it runs tries as local processes of the scheduler's own user, so `stevedore scheduler` has it only with `process_backend: true` (STEVEDORE_PROCESS_BACKEND=true); docs/security.md says why".to_owned()
+                } else {
+                    format!(
+                        "backend `{}` is not configured in this scheduler (docs/backends.md says how to set it up)",
+                        self.backend_name
+                    )
+                })),
             };
             return self
                 .finish(&job, &task, &context, started.try_id, exit)
                 .await;
         };
-        let (connection_env, secrets) = match self.connection_env(&task).await {
+        let (connection_env, masker) = match self.connection_env(&task).await {
             Ok(found) => found,
             Err(message) => {
                 let exit = TryExit {
@@ -342,6 +357,10 @@ impl TryRunner {
         for (name, value) in context.environment(state.as_ref().map(|_| STATE_FILE)) {
             env.insert(name, value);
         }
+        let mut resources = task.resources.clone();
+        if resources.memory_bytes.is_none() {
+            resources.memory_bytes = self.defaults.memory_bytes;
+        }
         let spec = LaunchSpec {
             job_id: job.id.clone(),
             run_id: run.run_id.clone(),
@@ -352,12 +371,18 @@ impl TryRunner {
             command: task.command.clone(),
             args: context.entrypoint_args(&args),
             env,
-            resources: task.resources.clone(),
+            resources,
             state: state.map(|value| value.to_string()),
             registry_auth,
             placement: task.placement.clone(),
             labels: self.labels.clone(),
             keep_exited: true,
+            max_line_bytes: self.limits.line_buffer_bytes(),
+            isolation: Isolation {
+                pids_limit: self.defaults.pids_limit,
+                read_only_rootfs: task.read_only_rootfs,
+                user: task.user.clone(),
+            },
         };
 
         let Following {
@@ -374,7 +399,7 @@ impl TryRunner {
                 fence: self.fence.clone(),
             },
             task.timeout,
-            secrets,
+            masker,
             on_started,
         );
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
@@ -473,12 +498,16 @@ impl TryRunner {
                 return Ok(TryEnd::Finished(TaskState::Scheduled));
             }
         };
+        let masker = match self.connection_env(&task).await {
+            Ok((_, masker)) => masker,
+            Err(message) => {
+                // Its lines could not be masked: the try is stopped unread and fails.
+                return self
+                    .stop_unmaskable(&job, &task, &context, &record, backend, message)
+                    .await;
+            }
+        };
         let stored = self.store.stored_lines(record.try_id).await?;
-        let secrets = self
-            .connection_env(&task)
-            .await
-            .map(|(_, secrets)| secrets)
-            .unwrap_or_default();
         let adoption = Adoption {
             job_id: job.id.clone(),
             run_id: run.run_id.clone(),
@@ -486,6 +515,7 @@ impl TryRunner {
             try_number: record.try_number,
             stored_stdout: stored.stdout,
             stored_stderr: stored.stderr,
+            max_line_bytes: self.limits.line_buffer_bytes(),
         };
         // The timeout counts from the try's start, not from its adoption.
         let ran = (Utc::now() - record.started_at)
@@ -505,7 +535,7 @@ impl TryRunner {
                 fence: self.fence.clone(),
             },
             task.timeout.map(|timeout| timeout.saturating_sub(ran)),
-            secrets,
+            masker,
             on_started,
         );
         info!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, stored_stdout = stored.stdout, stored_stderr = stored.stderr, "re-attaching to a try a stopped scheduler left running");
@@ -575,13 +605,55 @@ impl TryRunner {
         }
     }
 
+    /// Stops a left try whose connections cannot be opened (a scheduler started without the
+    /// secret key, say) without reading a line of it, since its lines could not be masked,
+    /// and fails it with the reason.
+    async fn stop_unmaskable(
+        &self,
+        job: &Job,
+        task: &Task,
+        context: &TryContext,
+        record: &TryRecord,
+        backend: Arc<dyn Backend>,
+        message: String,
+    ) -> anyhow::Result<TryEnd> {
+        warn!(run_id = %context.run_id, task_id = %task.id, try_number = record.try_number, error = %message, "cannot open the connections of a left try: stopping it unread");
+        let mut containers: Vec<String> = record.container_id.iter().cloned().collect();
+        if let Ok(running) = backend.list_running().await {
+            containers.extend(
+                running
+                    .into_iter()
+                    .filter(|r| {
+                        r.run_id == context.run_id
+                            && r.task_id == task.id
+                            && r.try_number == record.try_number
+                    })
+                    .map(|r| r.container_id),
+            );
+        }
+        containers.sort();
+        containers.dedup();
+        for container_id in &containers {
+            if let Err(error) = backend.remove(container_id).await {
+                warn!(container_id, error = %error, "cannot stop the try's container");
+            }
+        }
+        let exit = TryExit {
+            exit_code: None,
+            failure: Some(FailureReason::Backend(format!(
+                "{message}; the try was stopped without reading its output, since its connection values could not be masked"
+            ))),
+        };
+        self.finish(job, task, context, record.try_id, exit).await
+    }
+
     /// Sets a try up to be followed: its kill switch (handed to `on_started`), a timer that
     /// kills it after `timeout`, and the task that stores its events.
     fn follow_events(
         &self,
         target: EventTarget,
         timeout: Option<Duration>,
-        secrets: Vec<String>,
+        masker: Masker,
         on_started: impl FnOnce(KillSender),
     ) -> Following {
         let (kill_tx, kill_rx) = kill_switch();
@@ -592,6 +664,7 @@ impl TryRunner {
                 let _ = kill_tx.send(Some(KillReason::Timeout));
             })
         });
+        let protocol_kill = kill_tx.clone();
         on_started(kill_tx);
         let (events_tx, events_rx) = mpsc::channel(8192);
         let sink = tokio::spawn(consume_events(
@@ -599,7 +672,11 @@ impl TryRunner {
             self.writes.clone(),
             target,
             events_rx,
-            secrets,
+            EventRules {
+                masker,
+                limits: self.limits,
+                kill: protocol_kill,
+            },
         ));
         Following {
             kill_rx,
@@ -871,14 +948,57 @@ struct EventTarget {
     fence: Option<Fence>,
 }
 
-/// Stores the try's events: log lines in batches, outputs and state as they come.
+/// What a try's events are held to while they are stored.
+struct EventRules {
+    /// Hides connection values in lines, messages, outputs and state.
+    masker: Masker,
+    limits: TryLimits,
+    /// Stops the try when it breaks the protocol's limits.
+    kill: KillSender,
+}
+
+impl EventRules {
+    /// Stops the try for breaking the protocol's limits (once; the first reason stands).
+    fn broke(&self, why: String) {
+        warn!(reason = %why, "stopping a try that broke the protocol's limits");
+        self.kill.send_if_modified(|reason| {
+            if reason.is_some() {
+                return false;
+            }
+            *reason = Some(KillReason::Protocol(why));
+            true
+        });
+    }
+
+    /// Whether the value `what` (an output or state) is small enough; stops the try if not.
+    fn fits(&self, what: &str, value: &Value) -> bool {
+        let size = value.to_string().len();
+        if size > self.limits.max_output_bytes {
+            self.broke(format!(
+                "{what} is {size} bytes of JSON, over max_output_bytes ({})",
+                self.limits.max_output_bytes
+            ));
+            return false;
+        }
+        true
+    }
+}
+
+/// Stores the try's events: log lines in batches, outputs and state as they come. Every
+/// text is masked (the raw line, and the decoded message, output and state), every stored
+/// line cut to `max_line_bytes`, and an output or state over `max_output_bytes`, a
+/// protocol message cut short, or more than `max_outputs` outputs stop the try.
 async fn consume_events(
     store: Arc<dyn Store>,
     writes: GroupCommit,
     target: EventTarget,
     mut events: mpsc::Receiver<TryEvent>,
-    secrets: Vec<String>,
+    rules: EventRules,
 ) -> anyhow::Result<Recorded> {
+    let masker = &rules.masker;
+    let limits = rules.limits;
+    let mut outputs_seen: std::collections::HashSet<String> = Default::default();
+    let mut broken = false;
     let EventTarget {
         run_id,
         task_id,
@@ -936,7 +1056,7 @@ async fn consume_events(
                     seq,
                     stream: LogStream::Protocol,
                     timestamp: Utc::now(),
-                    text: format!("info: {text}"),
+                    text: masker.mask(&format!("info: {text}")),
                 });
                 seq += 1;
             }
@@ -948,7 +1068,7 @@ async fn consume_events(
                     seq,
                     stream: LogStream::Protocol,
                     timestamp: Utc::now(),
-                    text: format!("info: pulling {image}: {status}"),
+                    text: masker.mask(&format!("info: pulling {image}: {status}")),
                 });
                 seq += 1;
             }
@@ -956,39 +1076,70 @@ async fn consume_events(
                 stream,
                 timestamp,
                 text,
+                dropped,
             } => {
                 let mut log_stream = match stream {
                     Stream::Stdout => LogStream::Stdout,
                     Stream::Stderr => LogStream::Stderr,
                 };
-                let mut text = redact(text, &secrets);
-                if stream == Stream::Stdout {
-                    match parse_line(&text) {
-                        Some(Message::Log { level, message }) => {
-                            log_stream = LogStream::Protocol;
-                            text = format!("{level}: {message}");
-                        }
-                        Some(Message::Output { key, value }) => {
+                // Parsed before masking (a mask could break the JSON around a value), and
+                // every decoded text masked after.
+                let message = (stream == Stream::Stdout && dropped == 0)
+                    .then(|| parse_line(&text))
+                    .flatten();
+                if stream == Stream::Stdout && dropped > 0 && !broken && looks_like_message(&text) {
+                    broken = true;
+                    rules.broke(format!(
+                        "a protocol message on stdout is over {} bytes (max_output_bytes with its JSON around it)",
+                        limits.line_buffer_bytes()
+                    ));
+                }
+                let mut stored_text = None;
+                match message {
+                    Some(Message::Log { level, message }) => {
+                        log_stream = LogStream::Protocol;
+                        stored_text = Some(masker.mask(&format!("{level}: {message}")));
+                    }
+                    Some(Message::Output { .. } | Message::State { .. }) if broken => {}
+                    Some(Message::Output { key, value }) => {
+                        let key = masker.mask(&key);
+                        let value = masker.mask_json(&value);
+                        if !outputs_seen.contains(&key) && outputs_seen.len() >= limits.max_outputs {
+                            broken = true;
+                            rules.broke(format!(
+                                "the try published more than {} outputs (max_outputs)",
+                                limits.max_outputs
+                            ));
+                        } else if !rules.fits(&format!("output `{key}`"), &value) {
+                            broken = true;
+                        } else {
+                            outputs_seen.insert(key.clone());
                             persist("storing an output", || {
                                 store.put_output(&run_id, &task_id, &key, &value)
                             })
                             .await?
                         }
-                        Some(Message::State { value }) => {
+                    }
+                    Some(Message::State { value }) => {
+                        let value = masker.mask_json(&value);
+                        if rules.fits("the state", &value) {
                             persist("storing the try's state", || {
                                 store.set_pending_state(try_id, &value)
                             })
                             .await?
+                        } else {
+                            broken = true;
                         }
-                        Some(Message::Progress { .. } | Message::Metric { .. }) | None => {}
                     }
+                    Some(Message::Progress { .. } | Message::Metric { .. }) | None => {}
                 }
+                let text = stored_text.unwrap_or_else(|| masker.mask(&text));
                 batch.push(LogLine {
                     try_id,
                     seq,
                     stream: log_stream,
                     timestamp,
-                    text,
+                    text: cut_line(text, limits.max_line_bytes, dropped),
                 });
                 seq += 1;
                 if batch.len() >= LOG_BATCH {
@@ -1002,20 +1153,28 @@ async fn consume_events(
     Ok(recorded)
 }
 
+/// Whether a line cut short began as an output or state message (its `type` among its
+/// first bytes), so that losing its end loses a value the try meant to publish.
+fn looks_like_message(text: &str) -> bool {
+    let head: String = text
+        .trim_start()
+        .chars()
+        .take(512)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    head.starts_with('{')
+        && (head.contains("\"type\":\"output\"") || head.contains("\"type\":\"state\""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redaction_masks_every_occurrence_longest_first() {
-        let secrets = vec!["sk_live_abc123".to_owned(), "abc1".to_owned()];
-        assert_eq!(
-            redact(
-                "token sk_live_abc123 and abc1 and sk_live_abc123".into(),
-                &secrets
-            ),
-            "token *** and *** and ***"
-        );
-        assert_eq!(redact("nothing here".into(), &secrets), "nothing here");
+    fn a_cut_output_or_state_message_is_recognized() {
+        assert!(looks_like_message("{\"type\": \"output\", \"key\": \"k\", \"value\": \"xxx"));
+        assert!(looks_like_message("  {\"key\":\"k\",\"type\":\"state\",\"value\":{"));
+        assert!(!looks_like_message("{\"type\":\"log\",\"message\":\"xxx"));
+        assert!(!looks_like_message("plain text"));
     }
 }

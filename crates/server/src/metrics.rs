@@ -1,11 +1,17 @@
 //! Prometheus `/metrics` (text exposition format 0.0.4): runs and task instances per state,
-//! read from the store at scrape time, and the server's requests per method and status.
+//! read from the store at scrape time, and the server's requests per route, method and
+//! status.
+//!
+//! Request labels come only from bounded sets, so no caller can grow the exposition (or
+//! the server's memory) by sending made-up methods or paths: the route is the matched
+//! route's template (`/api/v1/runs/{run_id}`), never the requested path, and a method
+//! outside HTTP's usual nine is counted as `other`, as is every request no route matched.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use stevedore_domain::role::Role;
@@ -17,7 +23,23 @@ use crate::AppState;
 /// Counters kept in the server's memory.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// (route, method, status) → requests. Routes are the router's templates and methods
+    /// one of [`METHODS`], so the map has a bounded number of keys.
+    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+}
+
+/// The methods counted by name; any other is `other`.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The label of a request's method: one of [`METHODS`], else `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|known| **known == method.as_str())
+        .copied()
+        .unwrap_or("other")
 }
 
 pub async fn count_requests(
@@ -25,11 +47,21 @@ pub async fn count_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
+    // Only a matched route has a template; a request no route matched says nothing about
+    // the server's routes, whatever its path.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|matched| matched.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    let (route, method) = match route {
+        Some(route) => (route, method),
+        None => ("other".to_owned(), "other"),
+    };
     if let Ok(mut requests) = state.metrics.requests.lock() {
-        *requests.entry((method, status)).or_default() += 1;
+        *requests.entry((route, method, status)).or_default() += 1;
     }
     response
 }
@@ -67,14 +99,14 @@ pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiRes
     }
     let _ = writeln!(
         text,
-        "# HELP stevedore_http_requests_total Requests this server answered, by method and status."
+        "# HELP stevedore_http_requests_total Requests this server answered, by route, method and status."
     );
     let _ = writeln!(text, "# TYPE stevedore_http_requests_total counter");
     if let Ok(requests) = state.metrics.requests.lock() {
-        for ((method, status), n) in requests.iter() {
+        for ((route, method, status), n) in requests.iter() {
             let _ = writeln!(
                 text,
-                "stevedore_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+                "stevedore_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
     }

@@ -551,7 +551,54 @@ fn metrics_count_runs_task_instances_and_requests() {
     assert!(
         metrics
             .text
-            .contains("stevedore_http_requests_total{method=\"POST\",status=\"201\"} 2"),
+            .contains("stevedore_http_requests_total{route=\"/api/v1/jobs/{job_id}/runs\",method=\"POST\",status=\"201\"} 2"),
+        "{}",
+        metrics.text
+    );
+}
+
+/// Security review, finding 6: unauthenticated requests with made-up methods and paths
+/// each made a new series in `/metrics`, without bound.
+#[test]
+fn made_up_methods_and_paths_do_not_grow_the_metrics() {
+    let server = Server::start();
+    // A raw request: HTTP clients refuse to send made-up methods.
+    let raw = |method: &str, path: &str| {
+        use std::io::{Read, Write};
+        let address = server.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(stream, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    for n in 0..200 {
+        let answer = raw(&format!("BREW{n}"), "/api/v1/runs");
+        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+        server.call("GET", &format!("/no/such/path/{n}"), None, None);
+        server.call("GET", &format!("/api/v1/runs/made-up-{n}"), None, None);
+    }
+    let metrics = server.get("/metrics", &server.viewer);
+    let series: Vec<&str> = metrics
+        .text
+        .lines()
+        .filter(|line| line.starts_with("stevedore_http_requests_total{"))
+        .collect();
+    assert!(
+        series.len() <= 6,
+        "600 made-up requests made {} series:\n{}",
+        series.len(),
+        series.join("\n")
+    );
+    assert!(
+        !metrics.text.contains("BREW") && !metrics.text.contains("/no/such") && !metrics.text.contains("made-up"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("stevedore_http_requests_total{route=\"other\",method=\"other\",status=\"404\"} 200"),
         "{}",
         metrics.text
     );

@@ -61,6 +61,48 @@ fn pages_need_a_session_and_a_token_opens_one() {
     );
 }
 
+/// Security review, finding 8: `next=/<TAB>/evil.example` passed the check (it does not
+/// start with `//`), and a browser, which drops tabs from URLs, went to evil.example.
+#[test]
+fn a_login_never_redirects_off_site_whatever_next_hides() {
+    let server = Server::start();
+    for next in [
+        "/\t/evil.example/x",
+        "/\n/evil.example",
+        "/\r\n/evil.example",
+        "/\\evil.example",
+        "/.//evil.example",
+        "/./\t/evil.example",
+        "//evil.example",
+        "///evil.example",
+        "https://evil.example/",
+        "/\u{0}/evil.example",
+        "javascript:alert(1)",
+        " /evil",
+    ] {
+        let page = server.browse(
+            "POST",
+            "/login",
+            None,
+            &[("token", &server.viewer), ("next", next)],
+        );
+        assert_eq!(page.status, 303, "{next:?}");
+        let location = page.location.unwrap_or_default();
+        assert!(
+            location.starts_with('/') && !location.starts_with("//") && !location.contains("evil"),
+            "next={next:?} redirected to {location:?}"
+        );
+    }
+    // A path of this site, with its query, is where the login goes.
+    let page = server.browse(
+        "POST",
+        "/login",
+        None,
+        &[("token", &server.viewer), ("next", "/jobs/etl?tab=graph")],
+    );
+    assert_eq!(page.location.as_deref(), Some("/jobs/etl?tab=graph"));
+}
+
 #[test]
 fn forms_need_the_sessions_csrf_token_and_the_role() {
     let server = Server::start();

@@ -1,7 +1,8 @@
 //! Connection secrets at rest: ChaCha20-Poly1305 with a 256-bit key that never enters the
-//! store. The key comes from `STEVEDORE_SECRET_KEY` (base64) or a key file
-//! (`STEVEDORE_SECRET_KEY_FILE`, else a default path), which the first `connections add`
-//! creates with owner-only permissions.
+//! store. The key comes from a [`KeySource`]: the key itself (`STEVEDORE_SECRET_KEY`,
+//! base64) or a key file (`secret_key_file`, else a default path), which the first
+//! `connections add` creates with owner-only permissions. Reading the settings is the
+//! command line's job: this module reads no environment.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,23 @@ const NONCE_LEN: usize = 12;
 
 #[derive(Clone)]
 pub struct SecretKey([u8; 32]);
+
+/// Where the key comes from: the key itself (base64), else the key file. `Debug` never
+/// shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeySource {
+    pub key: Option<String>,
+    pub file: PathBuf,
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySource")
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .field("file", &self.file)
+            .finish()
+    }
+}
 
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,24 +59,17 @@ impl SecretKey {
         base64::engine::general_purpose::STANDARD.encode(self.0)
     }
 
-    /// The key file to use: `STEVEDORE_SECRET_KEY_FILE`, else `default_file`.
-    pub fn key_file(default_file: &Path) -> PathBuf {
-        std::env::var_os("STEVEDORE_SECRET_KEY_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| default_file.to_owned())
-    }
-
-    /// `STEVEDORE_SECRET_KEY`, else the key file; with `create`, a missing key file is made.
-    pub fn load(default_file: &Path, create: bool) -> Result<SecretKey, String> {
-        if let Ok(text) = std::env::var("STEVEDORE_SECRET_KEY") {
-            return SecretKey::from_base64(&text).map_err(|e| format!("STEVEDORE_SECRET_KEY: {e}"));
+    /// The key `source` names; with `create`, a missing key file is made.
+    pub fn load(source: &KeySource, create: bool) -> Result<SecretKey, String> {
+        if let Some(text) = &source.key {
+            return SecretKey::from_base64(text).map_err(|e| format!("STEVEDORE_SECRET_KEY: {e}"));
         }
-        let path = SecretKey::key_file(default_file);
-        match std::fs::read_to_string(&path) {
+        let path = &source.file;
+        match std::fs::read_to_string(path) {
             Ok(text) => SecretKey::from_base64(&text).map_err(|e| format!("{}: {e}", path.display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && create => {
                 let key = SecretKey::generate()?;
-                write_private(&path, &key.to_base64())
+                write_private(path, &key.to_base64())
                     .map_err(|e| format!("cannot create the key file {}: {e}", path.display()))?;
                 Ok(key)
             }

@@ -55,6 +55,19 @@ pub struct SchedulerLock {
     pub path: std::path::PathBuf,
 }
 
+/// Creates `path` empty with owner-only permissions unless it exists.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 impl SqliteStore {
     /// Takes the scheduler lock of the store at `db`, or says who holds it.
     pub fn lock_scheduler(db: impl AsRef<Path>) -> Result<SchedulerLock> {
@@ -62,13 +75,11 @@ impl SqliteStore {
         let db = db.as_ref();
         let path = db.with_extension("scheduler.lock");
         let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {
                 file.set_len(0).map_err(io)?;
@@ -91,8 +102,14 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Opens (creating if needed) the database at `path` and migrates it. A new store file
+    /// is created readable by its owner only (0600): it holds sealed connections, token
+    /// hashes and every try's log lines. SQLite gives its `-wal` and `-shm` files the
+    /// database file's permissions.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = path.as_ref();
+        create_private_file(path)
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

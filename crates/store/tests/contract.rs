@@ -1141,6 +1141,34 @@ async fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
 
 store_contract_suite!(sqlite, sqlite_store());
 
+/// Security review, finding 10: a new SQLite store was created 0644, so every local user
+/// could read its log lines, sealed connections and token hashes.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (store, dir) = sqlite_store().await;
+    // A write makes SQLite create the WAL and its index.
+    store
+        .create_token("t", stevedore_domain::role::Role::Viewer, "hash")
+        .await
+        .unwrap();
+    SqliteStore::lock_scheduler(dir.path().join("stevedore.db")).unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is {mode:o}: others can read it",
+            entry.path().display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 3, "the store file, its WAL and the lock: {seen} files");
+}
+
 /// A PostgreSQL server (Debian's package) of one test's own, in a temporary folder on a free
 /// port, stopped on drop. Without PostgreSQL these tests fail, naming what to install.
 struct PostgresServer {

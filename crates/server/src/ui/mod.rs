@@ -191,13 +191,39 @@ pub struct LoginQuery {
     next: Option<String>,
 }
 
-/// Where to go after logging in: only a path of this site.
+/// Where to go after logging in: only a path of this site, as a browser would read it.
+///
+/// A browser's URL parser drops tabs and newlines and reads `\\` as `/`, so a check of the
+/// raw text (`/<TAB>/evil.example` does not start with `//`) is not enough: `next` is
+/// resolved with a URL parser against a placeholder origin, kept only if it stays on that
+/// origin, and the normalized path (what the browser would request) is what is returned.
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
-            next.to_owned()
+    const FALLBACK: &str = "/jobs";
+    let Some(next) = next else {
+        return FALLBACK.to_owned();
+    };
+    // Only a relative path: no scheme, no `//host`, nothing a parser could read as one
+    // (control characters and backslashes are refused outright).
+    if !next.starts_with('/')
+        || next.len() > 2048
+        || next.chars().any(|c| c.is_control() || c == '\\')
+    {
+        return FALLBACK.to_owned();
+    }
+    let base = url::Url::parse("http://stevedore.invalid/").expect("a valid base");
+    match base.join(next) {
+        Ok(resolved) if resolved.origin() == base.origin() && resolved.username().is_empty() => {
+            let mut path = resolved.path().to_owned();
+            if path.starts_with("//") {
+                return FALLBACK.to_owned();
+            }
+            if let Some(query) = resolved.query() {
+                path.push('?');
+                path.push_str(query);
+            }
+            path
         }
-        _ => "/jobs".to_owned(),
+        _ => FALLBACK.to_owned(),
     }
 }
 
