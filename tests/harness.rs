@@ -295,13 +295,23 @@ impl Harness {
 
     /// `(stream, text)` of every line of a try, in order.
     pub async fn log_lines(&self, attempt: &TryRecord) -> Vec<(String, String)> {
-        self.store
-            .logs(attempt.try_id, None, 1_000_000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|line| (line.stream.as_str().to_owned(), line.text))
-            .collect()
+        let mut lines = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .logs(attempt.try_id, after, 100_000)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else {
+                return lines;
+            };
+            after = Some(last.seq);
+            lines.extend(
+                page.into_iter()
+                    .map(|line| (line.stream.as_str().to_owned(), line.text)),
+            );
+        }
     }
 
     pub async fn outputs(&self, run_id: &str) -> HashMap<(String, String), serde_json::Value> {

@@ -362,3 +362,41 @@ async fn offset_pages_with_an_api_key_header_load_into_a_declared_schema() {
     );
     harness.stop().await;
 }
+
+/// Security review, finding 5: shell-transform passed an upstream output such as
+/// `of[$(id)]` to bash arithmetic, which ran the command. Every number is now checked before
+/// arithmetic sees it: the try fails, naming the argument, and nothing ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_transform_runs_no_command_an_upstream_output_smuggles_in() {
+    require_images().await;
+    let job = format!(
+        r#"id: smuggle
+tasks:
+  - id: count
+    backend: process
+    command: [/bin/sh, -c, "echo '{{\"type\":\"output\",\"key\":\"records\",\"value\":\"of[$(echo INJECTED >&2)]\"}}'"]
+  - id: split
+    image: {SHELL}
+    depends_on: [count]
+    retries: 0
+    args: [--partition, 0, --of, 3, --records, "{{{{ outputs.count.records }}}}"]
+"#
+    );
+    let harness = Harness::start(&[("smuggle.yaml", &job)]).await;
+    let run = harness.trigger("smuggle").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let attempt = &harness.tries(&run.run_id, "split").await[0];
+    assert_eq!(attempt.exit_code, Some(2), "{:?}", attempt.failure_reason);
+    let lines = harness.log_lines(attempt).await;
+    assert!(
+        lines.iter().all(|(_, text)| text != "INJECTED"),
+        "the smuggled command ran: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|(_, text)| text
+            == r#"--records must be a whole number of at most 9 digits, not "of[$(echo INJECTED >&2)]""#),
+        "{lines:?}"
+    );
+    harness.stop().await;
+}

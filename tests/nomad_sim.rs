@@ -1185,7 +1185,10 @@ async fn run_container(
         }),
         env: Some(env),
         labels: Some(labels),
-        user: task["User"].as_str().filter(|u| !u.is_empty()).map(str::to_owned),
+        user: task["User"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned),
         host_config: Some(HostConfig {
             memory: Some((memory * 1024 * 1024) as i64),
             cpu_shares: Some(cpu as i64),
@@ -1345,7 +1348,10 @@ async fn run_container(
 }
 
 async fn remove(docker: &Docker, container: &str) {
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
     let _ = docker.remove_container(container, Some(options)).await;
 }
 

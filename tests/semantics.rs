@@ -492,13 +492,46 @@ async fn an_edited_job_keeps_running_runs_on_their_version() {
     harness.stop().await;
 }
 
+/// Security review, finding 9: an upstream output chose the image that received the task's
+/// connections. With `allowed_images`, an image outside the list fails the try, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_cannot_choose_an_image_outside_allowed_images() {
+    let job = r#"id: chooser
+allowed_images: [stevedore/synth]
+tasks:
+  - id: pick
+    backend: process
+    command: [/bin/sh, -c, "echo '{\"type\":\"output\",\"key\":\"image\",\"value\":\"evil.example/thief:1\"}'"]
+  - id: use
+    depends_on: [pick]
+    image: "{{ outputs.pick.image }}"
+    args: [noop]
+    retries: 0
+"#;
+    let harness = Harness::start(&[("chooser.yaml", job)]).await;
+    let run = harness.trigger("chooser").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let tries = harness.tries(&run.run_id, "use").await;
+    assert_eq!(tries.len(), 1);
+    let reason = tries[0].failure_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(
+            "`evil.example/thief:1` is not among the job's allowed_images (stevedore/synth)"
+        ),
+        "{reason}"
+    );
+    assert!(tries[0].container_id.is_none(), "no container was started");
+    harness.stop().await;
+}
+
 /// Exit 99 marks the try `skipped`; the skip flows on through `all_success` children and
 /// the run still succeeds (its leaves are all skipped or successful). Templates reach
 /// `env` and `image` too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_99_skips_and_templates_reach_env_and_image() {
     let job = format!(
-        "id: skipping\nparams: {{tag: \"0.1.0\", greeting: hello}}\ntasks:\n{}{}{}  - id: templated\n    image: \"stevedore/synth:{{{{ params.tag }}}}\"\n    args: [noop]\n  - id: env_check\n    backend: process\n    command: [/bin/sh, -c, 'echo \"$GREETING for $DAY\"']\n    env: {{GREETING: \"{{{{ params.greeting }}}}\", DAY: \"{{{{ data_interval_start }}}}\"}}\n",
+        "id: skipping\nparams: {{tag: \"0.1.0\", greeting: hello}}\nallowed_images: [stevedore/synth]\ntasks:\n{}{}{}  - id: templated\n    image: \"stevedore/synth:{{{{ params.tag }}}}\"\n    args: [noop]\n  - id: env_check\n    backend: process\n    command: [/bin/sh, -c, 'echo \"$GREETING for $DAY\"']\n    env: {{GREETING: \"{{{{ params.greeting }}}}\", DAY: \"{{{{ data_interval_start }}}}\"}}\n",
         process_task("gate", "[exit, --code, 99]", ""),
         process_task("after_gate", "[noop]", "    depends_on: [gate]\n"),
         process_task("cleanup", "[noop]", "    depends_on: [after_gate]\n    trigger_rule: all_done\n"),

@@ -398,10 +398,7 @@ impl DockerBackend {
             readonly_rootfs: Some(isolation.read_only_rootfs),
             // A read-only image still gets a small private /tmp.
             tmpfs: isolation.read_only_rootfs.then(|| {
-                HashMap::from([(
-                    "/tmp".to_owned(),
-                    "rw,noexec,nosuid,size=64m".to_owned(),
-                )])
+                HashMap::from([("/tmp".to_owned(), "rw,noexec,nosuid,size=64m".to_owned())])
             }),
             // Least privilege: no Linux capabilities, no privilege escalation.
             cap_drop: Some(vec!["ALL".to_owned()]),
@@ -433,38 +430,41 @@ impl DockerBackend {
         }
     }
 
+    /// Copies the state file into the created container. With `into_volume`, the state
+    /// folder is a volume of its own (a read-only container: the engine copies into one
+    /// only inside a volume), so only the file is copied, into that folder.
     async fn upload_state(
         &self,
         docker: &Docker,
         container_id: &str,
         state: &str,
+        into_volume: bool,
     ) -> Result<(), bollard::errors::Error> {
+        let io = |e: std::io::Error| bollard::errors::Error::IOError { err: e };
         let mut archive = tar::Builder::new(Vec::new());
+        let prefix = if into_volume {
+            ""
+        } else {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_path("stevedore/").map_err(io)?;
+            header.set_mode(0o777);
+            header.set_size(0);
+            header.set_cksum();
+            archive.append(&header, std::io::empty()).map_err(io)?;
+            "stevedore/"
+        };
         let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header
-            .set_path("stevedore/")
-            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
-        header.set_mode(0o777);
-        header.set_size(0);
-        header.set_cksum();
-        archive
-            .append(&header, std::io::empty())
-            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
-        let mut header = tar::Header::new_gnu();
-        header
-            .set_path("stevedore/state.json")
-            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        header.set_path(format!("{prefix}state.json")).map_err(io)?;
         header.set_mode(0o666);
         header.set_size(state.len() as u64);
         header.set_cksum();
-        archive
-            .append(&header, state.as_bytes())
-            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
-        let bytes = archive
-            .into_inner()
-            .map_err(|e| bollard::errors::Error::IOError { err: e })?;
-        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        archive.append(&header, state.as_bytes()).map_err(io)?;
+        let bytes = archive.into_inner().map_err(io)?;
+        let path = if into_volume { STATE_DIR } else { "/" };
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(path)
+            .build();
         docker
             .upload_to_container(
                 container_id,
@@ -475,7 +475,10 @@ impl DockerBackend {
     }
 
     async fn remove_quietly(&self, docker: &Docker, container_id: &str) {
-        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
         if let Err(error) = docker.remove_container(container_id, Some(options)).await {
             if status_code(&error) != Some(404) {
                 warn!(container_id, error = %error, "could not remove container");
@@ -794,7 +797,15 @@ impl Backend for DockerBackend {
             .await;
 
         if let Some(state) = &spec.state {
-            if let Err(error) = self.upload_state(docker, &container_id, state).await {
+            if let Err(error) = self
+                .upload_state(
+                    docker,
+                    &container_id,
+                    state,
+                    spec.isolation.read_only_rootfs,
+                )
+                .await
+            {
                 self.remove_quietly(docker, &container_id).await;
                 return failed(FailureReason::Backend(format!(
                     "cannot write the state file: {}",

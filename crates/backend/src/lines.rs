@@ -149,11 +149,17 @@ mod tests {
             splitter.push(Stream::Stdout, now, &piece, &mut |_, _, text, dropped| {
                 lines.push((text, dropped))
             });
-            assert!(splitter.stdout.text.len() <= 1024, "never more than the cap kept");
+            assert!(
+                splitter.stdout.text.len() <= 1024,
+                "never more than the cap kept"
+            );
         }
-        splitter.push(Stream::Stdout, now, b"tail\nnext\n", &mut |_, _, text, dropped| {
-            lines.push((text, dropped))
-        });
+        splitter.push(
+            Stream::Stdout,
+            now,
+            b"tail\nnext\n",
+            &mut |_, _, text, dropped| lines.push((text, dropped)),
+        );
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].0.len(), 1024);
         assert_eq!(lines[0].1, 64 * 1024 * 1024 + 4 - 1024);

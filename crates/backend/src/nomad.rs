@@ -911,9 +911,14 @@ impl NomadBackend {
                     };
                     offset += data.len() as u64;
                     failures = 0;
-                    splitter.push(stream, now, &data, &mut |stream, timestamp, text, dropped| {
-                        pending.extend(keep(stream, timestamp, text, dropped))
-                    });
+                    splitter.push(
+                        stream,
+                        now,
+                        &data,
+                        &mut |stream, timestamp, text, dropped| {
+                            pending.extend(keep(stream, timestamp, text, dropped))
+                        },
+                    );
                 }
                 buffer.drain(..used);
                 for event in pending.drain(..) {

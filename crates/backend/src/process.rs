@@ -250,10 +250,14 @@ impl OutputFiles {
             any = true;
             *offset += chunk.len() as u64;
             let skip = &mut self.skip;
-            self.splitter
-                .push(stream, Utc::now(), &chunk, &mut |stream, timestamp, text, dropped| {
+            self.splitter.push(
+                stream,
+                Utc::now(),
+                &chunk,
+                &mut |stream, timestamp, text, dropped| {
                     pending.extend(line_event(skip, stream, timestamp, text, dropped))
-                });
+                },
+            );
         }
         for event in pending {
             events.send(event).await.map_err(|_| ())?;

@@ -217,7 +217,10 @@ async fn scheduler(
     config.try_defaults = global.try_defaults.clone();
     for (value, setting) in [
         (global.workspace_retention, &mut config.workspace_retention),
-        (global.workspace_sweep_every, &mut config.workspace_sweep_every),
+        (
+            global.workspace_sweep_every,
+            &mut config.workspace_sweep_every,
+        ),
         (global.heartbeat_every, &mut config.heartbeat_every),
         (global.lease, &mut config.lease),
         (global.shutdown_grace, &mut config.shutdown_grace),

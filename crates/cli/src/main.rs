@@ -308,22 +308,25 @@ fn main() -> ExitCode {
         Command::Standalone(serve) | Command::Server(serve) => Some(serve),
         _ => None,
     };
-    let settings = match settings::Settings::resolve(&cli.global, serve, &|name| {
-        std::env::var(name).ok()
-    }) {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let settings =
+        match settings::Settings::resolve(&cli.global, serve, &|name| std::env::var(name).ok()) {
+            Ok(settings) => settings,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
     let long_running = matches!(
         cli.command,
         Command::Standalone(_) | Command::Scheduler | Command::Server(_)
     );
     init_tracing(
         settings.log.as_deref(),
-        if long_running { "info,sqlx=warn" } else { "warn" },
+        if long_running {
+            "info,sqlx=warn"
+        } else {
+            "warn"
+        },
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -197,7 +197,10 @@ impl Settings {
                     .ok()
                     .filter(|n| (1..=100_000).contains(n))
                     .ok_or_else(|| {
-                        format!("{}: `{text}` is not a number in 1..=100000", describe("max_outputs"))
+                        format!(
+                            "{}: `{text}` is not a number in 1..=100000",
+                            describe("max_outputs")
+                        )
                     })?,
                 None => defaults.max_outputs,
             },
@@ -257,7 +260,9 @@ impl Settings {
     }
 
     /// The Docker engine the settings name (`docker_host`, `docker_tls_verify`, ...).
-    pub fn docker(&self) -> Result<stevedore_backend::DockerBackend, stevedore_backend::BackendError> {
+    pub fn docker(
+        &self,
+    ) -> Result<stevedore_backend::DockerBackend, stevedore_backend::BackendError> {
         stevedore_backend::DockerBackend::from_settings(&|name| self.variable(name))
     }
 }
@@ -311,7 +316,13 @@ mod tests {
         assert_eq!(settings.db, "from-file.db");
         assert_eq!(settings.lease, Some(Duration::from_secs(60)));
         assert_eq!(settings.limits.max_line_bytes, 8192);
-        assert_eq!(settings.try_defaults, TryDefaults { pids_limit: None, memory_bytes: None });
+        assert_eq!(
+            settings.try_defaults,
+            TryDefaults {
+                pids_limit: None,
+                memory_bytes: None
+            }
+        );
         assert_eq!(settings.secret_key.file, PathBuf::from("from-file.key"));
         assert_eq!(settings.process_dir, PathBuf::from("from-file.runtime"));
         // The command line wins over both.
@@ -339,7 +350,10 @@ mod tests {
             _ => None,
         };
         let error = Settings::resolve(&global(&[]), None, &environment).unwrap_err();
-        assert!(error.contains("`max_line_bytes` (STEVEDORE_MAX_LINE_BYTES)"), "{error}");
+        assert!(
+            error.contains("`max_line_bytes` (STEVEDORE_MAX_LINE_BYTES)"),
+            "{error}"
+        );
         let environment = |name: &str| match name {
             "STEVEDORE_PROCESS_BACKEND" => Some("maybe".to_owned()),
             _ => None,

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "cli/security.rs"]
+mod security;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -838,7 +841,7 @@ fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
         "{digests:?}"
     );
     assert_eq!(inspected["spec"]["name"], "shell-transform");
-    assert_eq!(inspected["spec"]["version"], "0.1.0");
+    assert_eq!(inspected["spec"]["version"], "0.1.1");
 
     let missing = workspace.run(&["images", "inspect", "stevedore/absent:9"]);
     assert!(!missing.status.success());

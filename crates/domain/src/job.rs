@@ -427,7 +427,13 @@ fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) -> Job {
         let line = task_lines.get(&cycle[0]).copied().unwrap_or(1);
         problems.at(line, format!("tasks form a cycle: {}", cycle.join(" → ")));
     } else {
-        check_templates(&raw.tasks.value, &tasks, &params, !allowed_images.is_empty(), problems);
+        check_templates(
+            &raw.tasks.value,
+            &tasks,
+            &params,
+            !allowed_images.is_empty(),
+            problems,
+        );
     }
 
     let max_active_runs = raw.max_active_runs.unwrap_or(16);
@@ -659,7 +665,9 @@ fn build_task(
             let line = pick!(user).map(line_of).unwrap_or(line);
             problems.at(
                 line,
-                format!("task `{id}`: user `{name}` is not a user such as 1000, 1000:1000 or nobody"),
+                format!(
+                    "task `{id}`: user `{name}` is not a user such as 1000, 1000:1000 or nobody"
+                ),
             );
         }
     }
@@ -1011,9 +1019,16 @@ tasks:
         assert!(parse_job("a.yaml", context).is_ok());
         let allowed = "id: a\nparams: {tag: \"1\"}\nallowed_images: [stevedore/synth, \"localhost:5000/i/x\"]\ntasks:\n  - id: t\n    image: \"stevedore/synth:{{ params.tag }}\"\n";
         let job = parse_job("a.yaml", allowed).unwrap();
-        assert_eq!(job.allowed_images, ["stevedore/synth", "localhost:5000/i/x"]);
+        assert_eq!(
+            job.allowed_images,
+            ["stevedore/synth", "localhost:5000/i/x"]
+        );
         let tagged = "id: a\nallowed_images: [\"x:1\"]\ntasks:\n  - id: t\n    image: x:1\n";
-        assert!(errors(tagged)[0].contains("without a tag"), "{:?}", errors(tagged));
+        assert!(
+            errors(tagged)[0].contains("without a tag"),
+            "{:?}",
+            errors(tagged)
+        );
     }
 
     #[test]
@@ -1027,7 +1042,11 @@ tasks:
         assert!(!u.read_only_rootfs);
         assert_eq!(u.user.as_deref(), Some("nobody:nogroup"));
         let bad = "id: a\ntasks:\n  - id: t\n    image: x:1\n    user: \"root; rm\"\n";
-        assert!(errors(bad)[0].contains("user `root; rm`"), "{:?}", errors(bad));
+        assert!(
+            errors(bad)[0].contains("user `root; rm`"),
+            "{:?}",
+            errors(bad)
+        );
     }
 
     #[test]

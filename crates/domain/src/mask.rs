@@ -262,15 +262,24 @@ mod tests {
             "token *** and *** and ***"
         );
         assert_eq!(masker.mask("nothing here"), "nothing here");
-        assert_eq!(Masker::new(["ab"]).mask("ab ab"), "ab ab", "too short to mask");
+        assert_eq!(
+            Masker::new(["ab"]).mask("ab ab"),
+            "ab ab",
+            "too short to mask"
+        );
     }
 
     #[test]
     fn json_escaped_values_are_masked() {
         let secret = "pa\"ss\\wörd\n2";
         let masker = Masker::new([secret]);
-        let line = serde_json::json!({"type": "log", "message": format!("got {secret}")}).to_string();
-        assert!(!masker.mask(&line).contains("ss\\\\w"), "{}", masker.mask(&line));
+        let line =
+            serde_json::json!({"type": "log", "message": format!("got {secret}")}).to_string();
+        assert!(
+            !masker.mask(&line).contains("ss\\\\w"),
+            "{}",
+            masker.mask(&line)
+        );
         let ascii = format!("\"{}\"", json_escaped(secret, true));
         assert_eq!(masker.mask(&ascii), "\"***\"");
     }
@@ -328,17 +337,33 @@ mod tests {
     fn base64_core_keeps_only_characters_of_the_value() {
         // "abcdef" at offset 0 encodes to YWJjZGVm, every character the value's own.
         assert_eq!(
-            base64_core(&base64::engine::general_purpose::STANDARD_NO_PAD, b"abcdef", 0).unwrap(),
+            base64_core(
+                &base64::engine::general_purpose::STANDARD_NO_PAD,
+                b"abcdef",
+                0
+            )
+            .unwrap(),
             "YWJjZGVm"
         );
         // At offset 1 the first character mixes the filler byte in: it is left out.
-        let core =
-            base64_core(&base64::engine::general_purpose::STANDARD_NO_PAD, b"abcdef", 1).unwrap();
+        let core = base64_core(
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            b"abcdef",
+            1,
+        )
+        .unwrap();
         assert!(base64::engine::general_purpose::STANDARD
             .encode(b"Xabcdef")
             .contains(&core));
         assert!(base64::engine::general_purpose::STANDARD
             .encode(b"??abcdef??")
-            .contains(&base64_core(&base64::engine::general_purpose::STANDARD_NO_PAD, b"abcdef", 2).unwrap()));
+            .contains(
+                &base64_core(
+                    &base64::engine::general_purpose::STANDARD_NO_PAD,
+                    b"abcdef",
+                    2
+                )
+                .unwrap()
+            ));
     }
 }

@@ -153,7 +153,9 @@ pub fn cut_line(text: String, max: usize, dropped: u64) -> String {
     let left_out = dropped + (text.len() - end) as u64;
     let mut cut = text;
     cut.truncate(end);
-    cut.push_str(&format!(" [... {left_out} more bytes not kept: the line is over max_line_bytes]"));
+    cut.push_str(&format!(
+        " [... {left_out} more bytes not kept: the line is over max_line_bytes]"
+    ));
     cut
 }
 

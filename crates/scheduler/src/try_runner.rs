@@ -387,6 +387,7 @@ impl TryRunner {
 
         let Following {
             kill_rx,
+            kill_probe,
             timeout_guard,
             events_tx,
             sink,
@@ -403,6 +404,7 @@ impl TryRunner {
             on_started,
         );
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
+        let kill_rx_probe = kill_probe;
         let followed = follow(
             backend.execute(spec, events_tx, kill_rx),
             sink,
@@ -415,6 +417,7 @@ impl TryRunner {
         };
         let error = match result {
             Ok(exit) => {
+                let exit = with_protocol_failure(exit, &kill_rx_probe);
                 // The end is queued behind the container's record, often into the same group.
                 let end = self
                     .finish(&job, &task, &context, started.try_id, exit)
@@ -523,6 +526,7 @@ impl TryRunner {
             .unwrap_or_default();
         let Following {
             kill_rx,
+            kill_probe,
             timeout_guard,
             events_tx,
             sink,
@@ -554,6 +558,7 @@ impl TryRunner {
         }
         match result {
             Ok(Adopted::Exit(exit)) => {
+                let exit = with_protocol_failure(exit, &kill_probe);
                 let end = self
                     .finish(&job, &task, &context, record.try_id, exit)
                     .await?;
@@ -679,6 +684,7 @@ impl TryRunner {
             },
         ));
         Following {
+            kill_probe: kill_rx.clone(),
             kill_rx,
             timeout_guard,
             events_tx,
@@ -933,6 +939,9 @@ async fn append(
 /// A try being followed: see [`TryRunner::follow_events`].
 struct Following {
     kill_rx: stevedore_backend::KillReceiver,
+    /// Reads the kill switch after the try: the try may have ended by itself after its
+    /// events broke the protocol's limits, before the kill reached it.
+    kill_probe: stevedore_backend::KillReceiver,
     timeout_guard: Option<tokio::task::JoinHandle<()>>,
     events_tx: mpsc::Sender<TryEvent>,
     sink: tokio::task::JoinHandle<anyhow::Result<Recorded>>,
@@ -1104,7 +1113,8 @@ async fn consume_events(
                     Some(Message::Output { key, value }) => {
                         let key = masker.mask(&key);
                         let value = masker.mask_json(&value);
-                        if !outputs_seen.contains(&key) && outputs_seen.len() >= limits.max_outputs {
+                        if !outputs_seen.contains(&key) && outputs_seen.len() >= limits.max_outputs
+                        {
                             broken = true;
                             rules.broke(format!(
                                 "the try published more than {} outputs (max_outputs)",
@@ -1153,6 +1163,15 @@ async fn consume_events(
     Ok(recorded)
 }
 
+/// `exit` failed for breaking the protocol's limits when its events did (they are all
+/// stored before the exit is looked at), even if the try ended before the kill reached it.
+fn with_protocol_failure(mut exit: TryExit, kill: &stevedore_backend::KillReceiver) -> TryExit {
+    if let Some(KillReason::Protocol(why)) = kill.borrow().clone() {
+        exit.failure = Some(FailureReason::Protocol(why));
+    }
+    exit
+}
+
 /// Whether a line cut short began as an output or state message (its `type` among its
 /// first bytes), so that losing its end loses a value the try meant to publish.
 fn looks_like_message(text: &str) -> bool {
@@ -1172,8 +1191,12 @@ mod tests {
 
     #[test]
     fn a_cut_output_or_state_message_is_recognized() {
-        assert!(looks_like_message("{\"type\": \"output\", \"key\": \"k\", \"value\": \"xxx"));
-        assert!(looks_like_message("  {\"key\":\"k\",\"type\":\"state\",\"value\":{"));
+        assert!(looks_like_message(
+            "{\"type\": \"output\", \"key\": \"k\", \"value\": \"xxx"
+        ));
+        assert!(looks_like_message(
+            "  {\"key\":\"k\",\"type\":\"state\",\"value\":{"
+        ));
         assert!(!looks_like_message("{\"type\":\"log\",\"message\":\"xxx"));
         assert!(!looks_like_message("plain text"));
     }

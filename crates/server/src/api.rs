@@ -618,13 +618,19 @@ async fn get_logs(
         n => n,
     };
     let attempt = find_try(&state, &run_id, &task_id, try_number).await?;
-    let lines = state.store.logs(attempt.try_id, query.after, limit).await?;
+    // A page holds at most `limit` lines and about 4 MiB of text (the store's budget): ask
+    // again from `next_after` until `finished`.
+    let page = state
+        .store
+        .log_page(attempt.try_id, query.after, limit)
+        .await?;
+    let lines = page.lines;
     let next_after = lines.last().map(|l| l.seq).or(query.after);
     Ok(Json(json!({
         "lines": lines.iter().map(line_json).collect::<Vec<_>>(),
         "next_after": next_after,
         "try_state": attempt.state.as_str(),
-        "finished": attempt.state != TryState::Running && lines.len() < limit as usize,
+        "finished": attempt.state != TryState::Running && !page.cut && lines.len() < limit as usize,
     })))
 }
 
@@ -678,13 +684,13 @@ async fn follow_logs(
                     continue;
                 }
             };
-            let lines = match follow
+            let (lines, cut) = match follow
                 .state
                 .store
-                .logs(follow.attempt.try_id, follow.after, 1000)
+                .log_page(follow.attempt.try_id, follow.after, 1000)
                 .await
             {
-                Ok(lines) => lines,
+                Ok(page) => (page.lines, page.cut),
                 Err(error) => {
                     tracing::warn!(error = %error, "log follow: store unavailable");
                     follow.done = true;
@@ -694,7 +700,7 @@ async fn follow_logs(
             if let Some(last) = lines.last() {
                 follow.after = Some(last.seq);
             }
-            let full_page = lines.len() == 1000;
+            let full_page = cut || lines.len() == 1000;
             for line in &lines {
                 follow.pending.push_back(
                     Event::default()

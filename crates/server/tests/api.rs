@@ -557,6 +557,43 @@ fn metrics_count_runs_task_instances_and_requests() {
     );
 }
 
+/// Security review, finding 3: three viewers opening a try with a huge line took the server
+/// to gigabytes. A page of lines is bounded in bytes (about 4 MiB), whatever its limit, and
+/// says it is not finished, so a client reads on from `next_after`.
+#[test]
+fn a_log_page_is_bounded_in_bytes_whatever_its_lines() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    let long = "x".repeat(60 * 1024);
+    for chunk in 0..4 {
+        let texts: Vec<&str> = (0..50).map(|_| long.as_str()).collect();
+        server.log(try_id, chunk * 50, &texts);
+    }
+    server.finish(try_id, TryState::Success);
+    let path = format!("/api/v1/runs/{run_id}/tasks/extract/tries/1/logs?limit=10000");
+    let first = server.get(&path, &server.viewer);
+    assert_eq!(first.status, 200);
+    assert!(
+        first.text.len() < 5 * 1024 * 1024,
+        "a page of {} bytes",
+        first.text.len()
+    );
+    assert_eq!(first.body["finished"], false, "more lines follow");
+    let mut seen = first.body["lines"].as_array().unwrap().len();
+    let mut after = first.body["next_after"].as_i64().unwrap();
+    loop {
+        let page = server.get(&format!("{path}&after={after}"), &server.viewer);
+        assert!(page.text.len() < 5 * 1024 * 1024);
+        seen += page.body["lines"].as_array().unwrap().len();
+        after = page.body["next_after"].as_i64().unwrap();
+        if page.body["finished"] == true {
+            break;
+        }
+    }
+    assert_eq!(seen, 200, "every line, once");
+}
+
 /// Security review, finding 6: unauthenticated requests with made-up methods and paths
 /// each made a new series in `/metrics`, without bound.
 #[test]
@@ -567,7 +604,11 @@ fn made_up_methods_and_paths_do_not_grow_the_metrics() {
         use std::io::{Read, Write};
         let address = server.base.trim_start_matches("http://");
         let mut stream = std::net::TcpStream::connect(address).unwrap();
-        write!(stream, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
         answer
@@ -591,14 +632,16 @@ fn made_up_methods_and_paths_do_not_grow_the_metrics() {
         series.join("\n")
     );
     assert!(
-        !metrics.text.contains("BREW") && !metrics.text.contains("/no/such") && !metrics.text.contains("made-up"),
+        !metrics.text.contains("BREW")
+            && !metrics.text.contains("/no/such")
+            && !metrics.text.contains("made-up"),
         "{}",
         metrics.text
     );
     assert!(
-        metrics
-            .text
-            .contains("stevedore_http_requests_total{route=\"other\",method=\"other\",status=\"404\"} 200"),
+        metrics.text.contains(
+            "stevedore_http_requests_total{route=\"other\",method=\"other\",status=\"404\"} 200"
+        ),
         "{}",
         metrics.text
     );

@@ -195,6 +195,21 @@ impl LogStream {
     }
 }
 
+/// The most text one page of log lines holds (see [`Store::log_page`]).
+pub const LOG_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The most of one stored line a page reads (lines are stored cut to `max_line_bytes`;
+/// this bounds what older stores may hold).
+pub const MAX_LINE_READ: usize = 1024 * 1024;
+
+/// One page of a try's log lines.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// The page ended at its byte budget: more lines may follow even if it has fewer than
+    /// the limit.
+    pub cut: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogLine {
     pub try_id: i64,
@@ -603,8 +618,14 @@ pub trait Store: Send + Sync {
     }
     /// How many of the try's container lines are stored (see [`StoredLines`]).
     async fn stored_lines(&self, try_id: i64) -> Result<StoredLines>;
-    /// Lines of a try with `seq > after`, in order, at most `limit`.
-    async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>>;
+    /// Lines of a try with `seq > after`, in order, at most `limit`, and no more text than
+    /// [`LOG_PAGE_BYTES`] (at least one line), each line's text at most [`MAX_LINE_READ`]
+    /// characters: a page never costs more memory than that, whatever the try printed.
+    async fn log_page(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<LogPage>;
+    /// The lines of [`Store::log_page`].
+    async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>> {
+        Ok(self.log_page(try_id, after, limit).await?.lines)
+    }
     /// The `seq` of the try's last stored line (`None` before its first).
     async fn last_log_seq(&self, try_id: i64) -> Result<Option<i64>>;
 

@@ -1151,18 +1151,30 @@ impl Store for $store {
         )
     }
 
-    async fn logs(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<Vec<LogLine>> {
-        sql::query_as::<$dialect, LogRow>(
-            "SELECT try_id, seq, stream, ts, text FROM log_lines WHERE try_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(try_id)
-        .bind(after.unwrap_or(-1))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(LogRow::into_line)
-        .collect()
+    async fn log_page(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<LogPage> {
+        use futures_util::TryStreamExt;
+        // Rows are read one at a time and reading stops at the page's byte budget, so a
+        // page of huge lines is never loaded whole.
+        let query = format!(
+            "SELECT try_id, seq, stream, ts, substr(text, 1, {MAX_LINE_READ}) AS text FROM log_lines WHERE try_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        );
+        let mut rows = sql::query_as::<$dialect, LogRow>(&query)
+            .bind(try_id)
+            .bind(after.unwrap_or(-1))
+            .bind(i64::from(limit))
+            .fetch(&self.pool);
+        let mut page = LogPage::default();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            let line = row.into_line()?;
+            bytes += line.text.len();
+            page.lines.push(line);
+            if bytes >= LOG_PAGE_BYTES {
+                page.cut = page.lines.len() < limit as usize;
+                break;
+            }
+        }
+        Ok(page)
     }
 
     async fn put_output(

@@ -108,8 +108,7 @@ impl SqliteStore {
     /// database file's permissions.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
         let path = path.as_ref();
-        create_private_file(path)
-            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        create_private_file(path).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -1166,7 +1166,10 @@ async fn a_new_sqlite_store_is_readable_by_its_owner_only() {
         );
         seen += 1;
     }
-    assert!(seen >= 3, "the store file, its WAL and the lock: {seen} files");
+    assert!(
+        seen >= 3,
+        "the store file, its WAL and the lock: {seen} files"
+    );
 }
 
 /// A PostgreSQL server (Debian's package) of one test's own, in a temporary folder on a free
