@@ -9,6 +9,8 @@
 
 pub mod docker;
 pub mod docker_hosts;
+#[cfg(test)]
+mod fuzz;
 pub mod instant;
 pub mod lines;
 pub mod nomad;

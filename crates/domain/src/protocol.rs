@@ -4,6 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
+use crate::mask::Masker;
 use crate::schedule::DataInterval;
 
 /// The contract version, passed as `STEVEDORE_CONTRACT_VERSION`.
@@ -133,9 +134,11 @@ impl Default for TryLimits {
 
 impl TryLimits {
     /// The most of one line a backend must keep: a whole log line, or a protocol message
-    /// carrying the largest output (with room for its JSON around it).
+    /// carrying the largest output (with room for its JSON around it). Always 64 KiB more
+    /// than a stored line, so a line cut by the backend is cut again where it is stored,
+    /// never in the middle of a value the masker did not see whole.
     pub fn line_buffer_bytes(&self) -> usize {
-        self.max_line_bytes.max(self.max_output_bytes + 64 * 1024)
+        self.max_line_bytes.max(self.max_output_bytes) + 64 * 1024
     }
 }
 
@@ -157,6 +160,103 @@ pub fn cut_line(text: String, max: usize, dropped: u64) -> String {
         " [... {left_out} more bytes not kept: the line is over max_line_bytes]"
     ));
     cut
+}
+
+/// One line of a try's output as Stevedore keeps it: masked, cut, and what it says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadLine {
+    /// A `{"type":"log"}` message: `text` is `level: message`.
+    pub is_log: bool,
+    /// What to store for the line: masked, then cut to `max_line_bytes`.
+    pub text: String,
+    /// What a protocol message other than `log` says, its values masked; `None` for a plain
+    /// line, a `log` message, and a message that broke the limits.
+    pub message: Option<Message>,
+    /// Why the line breaks the protocol's limits (an output or state over
+    /// `max_output_bytes`, a message cut short), when it does: the try fails for it.
+    pub problem: Option<String>,
+}
+
+/// Reads one line of a try's output (`stdout` or stderr): `text` is what the backend kept
+/// of it and `dropped` how many bytes it did not. A stdout line is parsed first (masking
+/// first could break the JSON around a value), then every text in it is masked: the raw
+/// line as stored, and the decoded message, output and state.
+pub fn read_line(
+    stdout: bool,
+    text: &str,
+    dropped: u64,
+    masker: &Masker,
+    limits: &TryLimits,
+) -> ReadLine {
+    let mut read = ReadLine {
+        is_log: false,
+        text: String::new(),
+        message: None,
+        problem: None,
+    };
+    if stdout && dropped > 0 && looks_like_message(text) {
+        read.problem = Some(format!(
+            "a protocol message on stdout is over {} bytes (max_output_bytes with its JSON around it)",
+            limits.line_buffer_bytes()
+        ));
+    }
+    let message = (stdout && dropped == 0).then(|| parse_line(text)).flatten();
+    let fits = |what: &str, value: &Value| -> Result<(), String> {
+        let size = value.to_string().len();
+        if size > limits.max_output_bytes {
+            return Err(format!(
+                "{what} is {size} bytes of JSON, over max_output_bytes ({})",
+                limits.max_output_bytes
+            ));
+        }
+        Ok(())
+    };
+    let mut stored = None;
+    match message {
+        Some(Message::Log { level, message }) => {
+            read.is_log = true;
+            stored = Some(masker.mask(&format!("{level}: {message}")));
+        }
+        Some(Message::Output { key, value }) => {
+            let key = masker.mask(&key);
+            let value = masker.mask_json(&value);
+            match fits(&format!("output `{key}`"), &value) {
+                Ok(()) => read.message = Some(Message::Output { key, value }),
+                Err(problem) => read.problem = Some(problem),
+            }
+        }
+        Some(Message::State { value }) => {
+            let value = masker.mask_json(&value);
+            match fits("the state", &value) {
+                Ok(()) => read.message = Some(Message::State { value }),
+                Err(problem) => read.problem = Some(problem),
+            }
+        }
+        Some(Message::Metric { name, value }) => {
+            read.message = Some(Message::Metric {
+                name: masker.mask(&name),
+                value,
+            })
+        }
+        Some(progress @ Message::Progress { .. }) => read.message = Some(progress),
+        None => {}
+    }
+    let masked = stored.unwrap_or_else(|| masker.mask(text));
+    read.text = cut_line(masked, limits.max_line_bytes, dropped);
+    read
+}
+
+/// Whether a line cut short began as an output or state message (its `type` among its
+/// first bytes), so that losing its end loses a value the try meant to publish.
+fn looks_like_message(text: &str) -> bool {
+    let head: String = text
+        .trim_start()
+        .chars()
+        .take(512)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    head.starts_with('{')
+        && (head.contains("\"type\":\"output\"") || head.contains("\"type\":\"state\""))
 }
 
 /// Reads a stdout line: `Some` for a protocol message, `None` for a plain log line (any line
@@ -210,6 +310,68 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::json;
+
+    #[test]
+    fn a_cut_output_or_state_message_is_recognized() {
+        assert!(looks_like_message(
+            "{\"type\": \"output\", \"key\": \"k\", \"value\": \"xxx"
+        ));
+        assert!(looks_like_message(
+            "  {\"key\":\"k\",\"type\":\"state\",\"value\":{"
+        ));
+        assert!(!looks_like_message("{\"type\":\"log\",\"message\":\"xxx"));
+        assert!(!looks_like_message("plain text"));
+    }
+
+    #[test]
+    fn lines_are_read_masked_with_their_messages() {
+        let masker = Masker::new(["s3cr3t-value"]);
+        let limits = TryLimits::default();
+        let log = read_line(
+            true,
+            r#"{"type":"log","level":"warn","message":"got \"s3cr3t-value\""}"#,
+            0,
+            &masker,
+            &limits,
+        );
+        assert!(log.is_log);
+        assert_eq!(log.text, "warn: got \"***\"");
+        let output = read_line(
+            true,
+            r#"{"type":"output","key":"k","value":["s3cr3t-value"]}"#,
+            0,
+            &masker,
+            &limits,
+        );
+        assert_eq!(
+            output.message,
+            Some(Message::Output {
+                key: "k".into(),
+                value: json!(["***"])
+            })
+        );
+        assert!(!output.text.contains("s3cr3t"));
+        // Only stdout carries messages.
+        let stderr = read_line(
+            false,
+            r#"{"type":"output","key":"k","value":1}"#,
+            0,
+            &masker,
+            &limits,
+        );
+        assert_eq!(stderr.message, None);
+        let small = TryLimits {
+            max_output_bytes: 1024,
+            ..limits
+        };
+        let big = format!(r#"{{"type":"state","value":"{}"}}"#, "x".repeat(2000));
+        let read = read_line(true, &big, 0, &masker, &small);
+        assert_eq!(read.message, None);
+        assert!(read
+            .problem
+            .unwrap()
+            .contains("the state is 2002 bytes of JSON"));
+    }
 
     #[test]
     fn long_lines_are_cut_at_a_character_boundary_with_a_marker() {

@@ -16,7 +16,7 @@ use stevedore_domain::image::ImageRef;
 use stevedore_domain::job::{Job, Task};
 use stevedore_domain::mask::Masker;
 use stevedore_domain::protocol::{
-    cut_line, output_as_text, parse_line, rfc3339, Message, TryContext, TryLimits,
+    output_as_text, read_line, rfc3339, Message, TryContext, TryLimits,
 };
 use stevedore_domain::retry::RetryKey;
 use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
@@ -978,19 +978,6 @@ impl EventRules {
             true
         });
     }
-
-    /// Whether the value `what` (an output or state) is small enough; stops the try if not.
-    fn fits(&self, what: &str, value: &Value) -> bool {
-        let size = value.to_string().len();
-        if size > self.limits.max_output_bytes {
-            self.broke(format!(
-                "{what} is {size} bytes of JSON, over max_output_bytes ({})",
-                self.limits.max_output_bytes
-            ));
-            return false;
-        }
-        true
-    }
 }
 
 /// Stores the try's events: log lines in batches, outputs and state as they come. Every
@@ -1087,32 +1074,17 @@ async fn consume_events(
                 text,
                 dropped,
             } => {
-                let mut log_stream = match stream {
-                    Stream::Stdout => LogStream::Stdout,
-                    Stream::Stderr => LogStream::Stderr,
-                };
-                // Parsed before masking (a mask could break the JSON around a value), and
-                // every decoded text masked after.
-                let message = (stream == Stream::Stdout && dropped == 0)
-                    .then(|| parse_line(&text))
-                    .flatten();
-                if stream == Stream::Stdout && dropped > 0 && !broken && looks_like_message(&text) {
-                    broken = true;
-                    rules.broke(format!(
-                        "a protocol message on stdout is over {} bytes (max_output_bytes with its JSON around it)",
-                        limits.line_buffer_bytes()
-                    ));
-                }
-                let mut stored_text = None;
-                match message {
-                    Some(Message::Log { level, message }) => {
-                        log_stream = LogStream::Protocol;
-                        stored_text = Some(masker.mask(&format!("{level}: {message}")));
+                let read = read_line(stream == Stream::Stdout, &text, dropped, masker, &limits);
+                if let Some(problem) = read.problem {
+                    if !broken {
+                        broken = true;
+                        rules.broke(problem);
                     }
+                }
+                match read.message {
+                    // After a broken limit nothing more is published.
                     Some(Message::Output { .. } | Message::State { .. }) if broken => {}
                     Some(Message::Output { key, value }) => {
-                        let key = masker.mask(&key);
-                        let value = masker.mask_json(&value);
                         if !outputs_seen.contains(&key) && outputs_seen.len() >= limits.max_outputs
                         {
                             broken = true;
@@ -1120,36 +1092,32 @@ async fn consume_events(
                                 "the try published more than {} outputs (max_outputs)",
                                 limits.max_outputs
                             ));
-                        } else if !rules.fits(&format!("output `{key}`"), &value) {
-                            broken = true;
                         } else {
-                            outputs_seen.insert(key.clone());
                             persist("storing an output", || {
                                 store.put_output(&run_id, &task_id, &key, &value)
                             })
-                            .await?
+                            .await?;
+                            outputs_seen.insert(key);
                         }
                     }
                     Some(Message::State { value }) => {
-                        let value = masker.mask_json(&value);
-                        if rules.fits("the state", &value) {
-                            persist("storing the try's state", || {
-                                store.set_pending_state(try_id, &value)
-                            })
-                            .await?
-                        } else {
-                            broken = true;
-                        }
+                        persist("storing the try's state", || {
+                            store.set_pending_state(try_id, &value)
+                        })
+                        .await?
                     }
-                    Some(Message::Progress { .. } | Message::Metric { .. }) | None => {}
+                    _ => {}
                 }
-                let text = stored_text.unwrap_or_else(|| masker.mask(&text));
                 batch.push(LogLine {
                     try_id,
                     seq,
-                    stream: log_stream,
+                    stream: match stream {
+                        _ if read.is_log => LogStream::Protocol,
+                        Stream::Stdout => LogStream::Stdout,
+                        Stream::Stderr => LogStream::Stderr,
+                    },
                     timestamp,
-                    text: cut_line(text, limits.max_line_bytes, dropped),
+                    text: read.text,
                 });
                 seq += 1;
                 if batch.len() >= LOG_BATCH {
@@ -1170,34 +1138,4 @@ fn with_protocol_failure(mut exit: TryExit, kill: &stevedore_backend::KillReceiv
         exit.failure = Some(FailureReason::Protocol(why));
     }
     exit
-}
-
-/// Whether a line cut short began as an output or state message (its `type` among its
-/// first bytes), so that losing its end loses a value the try meant to publish.
-fn looks_like_message(text: &str) -> bool {
-    let head: String = text
-        .trim_start()
-        .chars()
-        .take(512)
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    head.starts_with('{')
-        && (head.contains("\"type\":\"output\"") || head.contains("\"type\":\"state\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cut_output_or_state_message_is_recognized() {
-        assert!(looks_like_message(
-            "{\"type\": \"output\", \"key\": \"k\", \"value\": \"xxx"
-        ));
-        assert!(looks_like_message(
-            "  {\"key\":\"k\",\"type\":\"state\",\"value\":{"
-        ));
-        assert!(!looks_like_message("{\"type\":\"log\",\"message\":\"xxx"));
-        assert!(!looks_like_message("plain text"));
-    }
 }
