@@ -3,9 +3,10 @@
 
 1. Platform overhead: a chain of 20 no-op tasks run by Stevedore against a shell loop of
    20 `docker run --rm` of the same image, as a ratio (target <= 1.10).
-2. Log throughput: one container prints 1,000,000 lines as fast as it can; lines stored
-   per second (target >= 200,000), lines lost (target 0) and the scheduler's peak RSS
-   (target <= 100 MB).
+2. Log throughput: one container prints 1,000,000 lines as fast as it can, with a
+   connection of 20 values in its task (so every line is masked against 20 values and their
+   encodings); lines stored per second (target >= 200,000), lines lost (target 0) and the
+   scheduler's peak RSS (target <= 100 MB).
 
 Run through scripts/bench.sh, which builds the release binary and the images first.
 """
@@ -13,6 +14,7 @@ Run through scripts/bench.sh, which builds the release binary and the images fir
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ BIN = os.path.join(ROOT, "target", "release", "stevedore")
 IMAGE = "stevedore/synth:0.1.0"
 CHAIN = 20
 LINES = 1_000_000
+# Connection values masked in every line of both benchmarks.
+SECRETS = 20
 # Container start times vary by several percent from one minute to the next here, so the
 # two sides alternate for a few rounds and the ratio is taken over the rounds' totals.
 ROUNDS = 3
@@ -36,14 +40,14 @@ def parse_time(text):
 def chain_job():
     lines = ["id: bench_chain", "tasks:"]
     for index in range(CHAIN):
-        lines += [f"  - id: t{index:02d}", f"    image: {IMAGE}", "    args: [noop]"]
+        lines += [f"  - id: t{index:02d}", f"    image: {IMAGE}", "    args: [noop]", "    connections: [bench]"]
         if index:
             lines.append(f"    depends_on: [t{index - 1:02d}]")
     return "\n".join(lines) + "\n"
 
 
 def logs_job():
-    return f"id: bench_logs\ntasks:\n  - id: spew\n    image: {IMAGE}\n    args: [spew, --lines, {LINES}]\n"
+    return f"id: bench_logs\ntasks:\n  - id: spew\n    image: {IMAGE}\n    args: [spew, --lines, {LINES}]\n    connections: [bench]\n"
 
 
 def main():
@@ -61,6 +65,13 @@ def main():
         return out.stdout
 
     contract = ["run", "--job", "b", "--task", "t", "--run", "r", "--try", "1", "--", "noop"]
+
+    # 20 connection values, 16 to 40 characters, that every line is masked against.
+    values = {f"SECRET_{n:02d}": secrets.token_urlsafe(12 + n) for n in range(SECRETS)}
+    add = [BIN, "connections", "add", "bench"]
+    for name in values:
+        add += ["--env", name]
+    subprocess.run(add, env=dict(env, **values), check=True, capture_output=True)
 
     def docker_loop():
         started = time.monotonic()
@@ -109,7 +120,7 @@ def main():
     baseline = sum(b for _, b in rounds)
     print(f"overhead ratio over {ROUNDS} rounds: {chain / baseline:.3f} (target <= 1.10); per task: "
           f"stevedore {chain / CHAIN / ROUNDS * 1000:.0f} ms, docker run --rm {baseline / CHAIN / ROUNDS * 1000:.0f} ms")
-    print(f"log lines: {LINES} printed, {stored} stored, {LINES - stored} lost (target 0), order kept: {in_order}")
+    print(f"log lines: {LINES} printed, {stored} stored, {LINES - stored} lost (target 0), order kept: {in_order}, masked against {SECRETS} connection values")
     print(f"log throughput:               {stored / try_seconds:,.0f} lines/s over the try's {try_seconds:.2f}s (target >= 200,000)")
     print(f"scheduler peak RSS:           {peak_rss_mb:.1f} MB (target <= 100)")
     return 0 if stored == LINES and in_order else 1

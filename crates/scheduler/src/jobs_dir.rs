@@ -79,22 +79,60 @@ pub fn load_jobs_dir(dir: &Path) -> JobsDir {
     found
 }
 
-/// Loads one job file.
-pub fn load_job_file(path: &Path) -> Result<LoadedJob, Vec<JobError>> {
+/// The largest job (or pools) file read: a job of hundreds of tasks is a few tens of KiB.
+pub const MAX_JOB_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a job or pools file of at most [`MAX_JOB_FILE_BYTES`].
+pub fn read_job_file(path: &Path) -> Result<String, Vec<JobError>> {
+    use std::io::Read;
     let name = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|error| {
+    let problem = |message: String| {
         vec![JobError {
             file: name.clone(),
             line: None,
-            message: format!("cannot read the file: {error}"),
+            message,
         }]
-    })?;
+    };
+    let file = std::fs::File::open(path)
+        .map_err(|error| problem(format!("cannot read the file: {error}")))?;
+    let mut source = String::new();
+    file.take(MAX_JOB_FILE_BYTES + 1)
+        .read_to_string(&mut source)
+        .map_err(|error| problem(format!("cannot read the file: {error}")))?;
+    if source.len() as u64 > MAX_JOB_FILE_BYTES {
+        return Err(problem(format!(
+            "the file is over {} KiB; a job file may hold at most that",
+            MAX_JOB_FILE_BYTES / 1024
+        )));
+    }
+    Ok(source)
+}
+
+/// Loads one job file.
+pub fn load_job_file(path: &Path) -> Result<LoadedJob, Vec<JobError>> {
+    let name = path.display().to_string();
+    let source = read_job_file(path)?;
     let job = parse_job(&name, &source)?;
     Ok(LoadedJob {
         job: Arc::new(job),
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_job_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.yaml");
+        std::fs::write(&path, format!("id: huge\n# {}\n", "x".repeat(2 << 20))).unwrap();
+        let errors = load_job_file(&path).err().unwrap();
+        assert!(errors[0].message.contains("over 1024 KiB"), "{errors:?}");
+        assert!(errors[0].file.ends_with("huge.yaml"));
+    }
 }
 
 #[cfg(test)]

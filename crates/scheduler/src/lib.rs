@@ -363,15 +363,7 @@ impl Scheduler {
             .unwrap_or_default();
         if let Some(path) = self.config.pools_file.as_ref().filter(|p| p.is_file()) {
             let name = path.display().to_string();
-            match std::fs::read_to_string(path)
-                .map_err(|e| {
-                    vec![JobError {
-                        file: name.clone(),
-                        line: None,
-                        message: format!("cannot read the file: {e}"),
-                    }]
-                })
-                .and_then(|text| limits::parse_pools(&name, &text))
+            match jobs_dir::read_job_file(path).and_then(|text| limits::parse_pools(&name, &text))
             {
                 Ok(pools) => {
                     for pool in pools {
