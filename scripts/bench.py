@@ -46,8 +46,9 @@ def chain_job():
     return "\n".join(lines) + "\n"
 
 
-def logs_job():
-    return f"id: bench_logs\ntasks:\n  - id: spew\n    image: {IMAGE}\n    args: [spew, --lines, {LINES}]\n    connections: [bench]\n"
+def logs_job(masked=True):
+    name, connections = ("bench_logs", "    connections: [bench]\n") if masked else ("bench_logs_plain", "")
+    return f"id: {name}\ntasks:\n  - id: spew\n    image: {IMAGE}\n    args: [spew, --lines, {LINES}]\n{connections}"
 
 
 def main():
@@ -58,6 +59,8 @@ def main():
         f.write(chain_job())
     with open(os.path.join(jobs, "bench_logs.yaml"), "w") as f:
         f.write(logs_job())
+    with open(os.path.join(jobs, "bench_logs_plain.yaml"), "w") as f:
+        f.write(logs_job(masked=False))
     env = dict(os.environ, STEVEDORE_DB=os.path.join(work, "bench.db"), STEVEDORE_JOBS=jobs)
 
     def cli(*args):
@@ -93,11 +96,16 @@ def main():
             chain = (parse_time(run["ended_at"]) - parse_time(run["queued_at"])).total_seconds()
             rounds.append((chain, baseline))
 
-        run = json.loads(cli("jobs", "trigger", "bench_logs", "--wait", "-o", "json"))
-        assert run["state"] == "success", run
-        shown = json.loads(cli("runs", "show", run["run_id"], "-o", "json"))
-        attempt = shown["task_instances"][0]["tries"][0]
-        try_seconds = (parse_time(attempt["ended_at"]) - parse_time(attempt["started_at"])).total_seconds()
+        def spew(job):
+            run = json.loads(cli("jobs", "trigger", job, "--wait", "-o", "json"))
+            assert run["state"] == "success", run
+            shown = json.loads(cli("runs", "show", run["run_id"], "-o", "json"))
+            attempt = shown["task_instances"][0]["tries"][0]
+            return run, (parse_time(attempt["ended_at"]) - parse_time(attempt["started_at"])).total_seconds()
+
+        # The same million lines without a connection: the baseline of masking's cost.
+        _, plain_seconds = spew("bench_logs_plain")
+        run, try_seconds = spew("bench_logs")
         with open(f"/proc/{scheduler.pid}/status") as f:
             status = dict(line.split(":", 1) for line in f if ":" in line)
         peak_rss_mb = int(status["VmHWM"].split()[0]) / 1024
@@ -122,6 +130,7 @@ def main():
           f"stevedore {chain / CHAIN / ROUNDS * 1000:.0f} ms, docker run --rm {baseline / CHAIN / ROUNDS * 1000:.0f} ms")
     print(f"log lines: {LINES} printed, {stored} stored, {LINES - stored} lost (target 0), order kept: {in_order}, masked against {SECRETS} connection values")
     print(f"log throughput:               {stored / try_seconds:,.0f} lines/s over the try's {try_seconds:.2f}s (target >= 200,000)")
+    print(f"without masking (same run):   {LINES / plain_seconds:,.0f} lines/s over {plain_seconds:.2f}s; masking 20 values costs {try_seconds / plain_seconds:.3f}x the time")
     print(f"scheduler peak RSS:           {peak_rss_mb:.1f} MB (target <= 100)")
     return 0 if stored == LINES and in_order else 1
 

@@ -11,6 +11,9 @@ cargo fmt --all -- --check
 
 printf '\n==> cargo test\n'
 status=0
+# The fuzz target of the output path (splitter, parser, masker: crates/backend/src/fuzz.rs)
+# runs for this many seconds, beside the other tests.
+export STEVEDORE_FUZZ_SECONDS=${STEVEDORE_FUZZ_SECONDS:-30}
 cargo test --workspace --no-fail-fast || status=$?
 
 printf '\n==> fuzzing the REST API from its OpenAPI document (scripts/fuzz-api.sh)\n'

@@ -159,6 +159,45 @@ async fn a_failed_try_runs_once_and_the_job_is_what_nomad_expects() {
     assert!(sim.job(&job_id).is_none(), "discard purges the job");
 }
 
+/// A confined try (security review, finding 7) asks Nomad's docker driver for a pids
+/// limit, a read-only root filesystem with a tmpfs at /tmp, and a user; it still gets its
+/// state file (in `local/`, which Nomad bind-mounts writable) and its workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confined_try_asks_nomad_for_its_limits_and_still_gets_its_state() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let mut task = spec("confined", "confined", &["extract", "--records", "1"]);
+    task.state = Some("{\"cursor\":\"c-7\"}".to_owned());
+    task.isolation = Isolation {
+        pids_limit: Some(64),
+        read_only_rootfs: true,
+        user: Some("0".to_owned()),
+    };
+    task.keep_exited = true;
+    let (exit, events) = execute(&backend, task).await;
+    assert_eq!(exit.exit_code, Some(0), "{:?}", lines(&events));
+    assert!(
+        lines(&events).iter().any(|l| l.contains("last cursor: c-7")),
+        "{:?}",
+        lines(&events)
+    );
+    let job = sim
+        .job(&nomad::job_id("nomadic", "confined", "confined", 1))
+        .expect("kept until discarded");
+    let task = &job["TaskGroups"][0]["Tasks"][0];
+    assert_eq!(task["Config"]["pids_limit"], 64);
+    assert_eq!(task["Config"]["readonly_rootfs"], true);
+    assert_eq!(task["User"], "0");
+    let mounts = task["Config"]["mount"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["type"] == "tmpfs" && m["target"] == "/tmp"),
+        "{mounts:?}"
+    );
+}
+
 /// A try that no node can take fails with Nomad's own reason once the placement timeout
 /// has passed, and its job is deregistered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ pub struct SchedulerConfig {
     pub sync_every: Duration,
     /// How long a clean stop waits for running tries to end by themselves. After it, the
     /// scheduler stops following them (their containers run on, for the next scheduler to
-    /// re-attach to); tries of a backend that cannot re-attach (`process`) are killed.
+    /// re-attach to); tries of a backend that cannot re-attach are killed.
     pub shutdown_grace: Duration,
     /// How often the scheduler records that it is alive.
     pub heartbeat_every: Duration,
