@@ -176,9 +176,11 @@ async fn a_confined_try_asks_nomad_for_its_limits_and_still_gets_its_state() {
     };
     task.keep_exited = true;
     let (exit, events) = execute(&backend, task).await;
-    assert_eq!(exit.exit_code, Some(0), "{:?}", lines(&events));
+    assert_eq!(exit.exit_code, Some(0), "{exit:?} {events:?}");
     assert!(
-        lines(&events).iter().any(|l| l.contains("last cursor: c-7")),
+        lines(&events)
+            .iter()
+            .any(|l| l.contains("last cursor: c-7")),
         "{:?}",
         lines(&events)
     );

@@ -1221,7 +1221,7 @@ async fn run_container(
             return fail(message);
         }
         let dest = template["DestPath"].as_str().unwrap_or_default();
-        if let Err(error) = upload(docker, &container, dest, text).await {
+        if let Err(error) = upload(docker, &container, dest, text, read_only).await {
             remove(docker, &container).await;
             return fail(format!("Template failed: {error}"));
         }
@@ -1355,7 +1355,21 @@ async fn remove(docker: &Docker, container: &str) {
     let _ = docker.remove_container(container, Some(options)).await;
 }
 
-async fn upload(docker: &Docker, container: &str, dest: &str, text: &str) -> Result<(), String> {
+/// Copies a rendered template to `dest` (relative to the task's root). With `into_local`
+/// (a read-only root filesystem) it goes into the `/local` volume, as Nomad's bind mount of
+/// the task directory stays writable: the engine copies into a read-only container only
+/// inside a volume.
+async fn upload(
+    docker: &Docker,
+    container: &str,
+    dest: &str,
+    text: &str,
+    into_local: bool,
+) -> Result<(), String> {
+    let (root, dest) = match dest.strip_prefix("local/") {
+        Some(inside) if into_local => ("/local", inside),
+        _ => ("/", dest),
+    };
     let mut archive = tar::Builder::new(Vec::new());
     if let Some((dir, _)) = dest.rsplit_once('/') {
         let mut header = tar::Header::new_gnu();
@@ -1379,7 +1393,9 @@ async fn upload(docker: &Docker, container: &str, dest: &str, text: &str) -> Res
         .append(&header, text.as_bytes())
         .map_err(|e| e.to_string())?;
     let bytes = archive.into_inner().map_err(|e| e.to_string())?;
-    let options = UploadToContainerOptionsBuilder::default().path("/").build();
+    let options = UploadToContainerOptionsBuilder::default()
+        .path(root)
+        .build();
     docker
         .upload_to_container(container, Some(options), bollard::body_full(bytes.into()))
         .await

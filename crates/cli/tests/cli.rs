@@ -817,7 +817,7 @@ fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
 
     let inspected = workspace.json(&["images", "inspect", &pushed, "-o", "json"]);
     let labels = &inspected["labels"];
-    assert_eq!(labels["org.opencontainers.image.version"], "0.1.0");
+    assert_eq!(labels["org.opencontainers.image.version"], "0.1.1");
     assert_eq!(labels["org.opencontainers.image.title"], "shell-transform");
     let revision = labels["org.opencontainers.image.revision"]
         .as_str()

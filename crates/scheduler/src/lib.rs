@@ -363,8 +363,7 @@ impl Scheduler {
             .unwrap_or_default();
         if let Some(path) = self.config.pools_file.as_ref().filter(|p| p.is_file()) {
             let name = path.display().to_string();
-            match jobs_dir::read_job_file(path).and_then(|text| limits::parse_pools(&name, &text))
-            {
+            match jobs_dir::read_job_file(path).and_then(|text| limits::parse_pools(&name, &text)) {
                 Ok(pools) => {
                     for pool in pools {
                         let record = stevedore_store::PoolRecord {
