@@ -262,7 +262,7 @@ async fn an_invalid_job_file_is_rejected_and_the_valid_jobs_still_run() {
         "id: broken\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    depends_on: [nope]\n";
     let good = format!("id: good\ntasks:\n  - id: ok\n    image: {SYNTH}\n");
     let harness = Harness::start(&[("broken.yaml", invalid), ("good.yaml", &good)]).await;
-    let found = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
+    let found = stevedore_ops::jobs_dir::load_jobs_dir(&harness.jobs_dir());
     assert_eq!(found.errors.len(), 1);
     let message = found.errors[0].to_string();
     assert!(
@@ -381,7 +381,7 @@ async fn every_job_under_jobs_succeeds_when_triggered() {
         .map(|(n, t)| (n.as_str(), t.as_str()))
         .collect();
     let harness = services.harness(&borrowed).await;
-    let found = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
+    let found = stevedore_ops::jobs_dir::load_jobs_dir(&harness.jobs_dir());
     assert!(found.errors.is_empty(), "{:?}", found.errors);
     let mut runs = Vec::new();
     for loaded in &found.jobs {

@@ -377,7 +377,7 @@ async fn depends_on_past_waits_for_the_previous_runs_task() {
         ok.display()
     );
     let harness = Harness::start(&[("past.yaml", &job)]).await;
-    let loaded = stevedore_scheduler::jobs_dir::load_jobs_dir(&harness.jobs_dir());
+    let loaded = stevedore_ops::jobs_dir::load_jobs_dir(&harness.jobs_dir());
     let job = loaded.get("past").unwrap().job.clone();
     harness
         .store
@@ -394,7 +394,7 @@ async fn depends_on_past_waits_for_the_previous_runs_task() {
         .timetable
         .intervals_from(job.timetable.start_date.unwrap(), 2)
     {
-        let new = stevedore_scheduler::runs::new_run(
+        let new = stevedore_ops::runs::new_run(
             &job,
             stevedore_domain::state::RunTrigger::Backfill,
             interval.start,

@@ -13,8 +13,8 @@ use stevedore_domain::job::{parse_date, Job};
 use stevedore_domain::protocol::rfc3339;
 use stevedore_domain::schedule::Schedule;
 use stevedore_domain::state::{RunState, TryState};
-use stevedore_scheduler::actions;
-use stevedore_scheduler::jobs_dir::{load_job_file, load_jobs_dir};
+use stevedore_ops::actions;
+use stevedore_ops::jobs_dir::{load_job_file, load_jobs_dir};
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::secrets::SecretKey;
 use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
@@ -778,7 +778,7 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
         }
         RunsCommand::Cancel { run } => {
             let run = store.find_run(&run).await?;
-            store.request_cancel(&run.run_id).await?;
+            let run = actions::cancel(store.as_ref(), &run).await?;
             println!(
                 "cancel of run {} requested; the scheduler stops it on its next pass",
                 run.run_id
@@ -942,9 +942,7 @@ pub async fn pools(global: &Global, command: PoolsCommand) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// The most intervals one backfill may create.
-const BACKFILL_LIMIT: usize = 10_000;
-
+/// `jobs backfill`: [`stevedore_ops::backfill`], with progress bars; `wait` waits for the runs.
 async fn backfill(
     global: &Global,
     job_id: &str,
@@ -953,96 +951,35 @@ async fn backfill(
     rerun_failed: bool,
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (job, path, source) = load_job(&global.jobs, job_id)?;
-    let timetable = &job.timetable;
-    if matches!(timetable.schedule, Schedule::Manual) {
-        bail!(
-            "job `{}` has no schedule, so it has no intervals to backfill",
-            job.id
-        );
-    }
-    let from = parse_date(from, timetable.timezone).map_err(|e| anyhow!("--from {e}"))?;
-    let to = parse_date(to, timetable.timezone).map_err(|e| anyhow!("--to {e}"))?;
-    if to < from {
-        bail!("--to is before --from");
-    }
-    let intervals: Vec<_> = timetable
-        .intervals_from(from, BACKFILL_LIMIT + 1)
-        .into_iter()
-        .take_while(|i| i.start <= to)
-        .collect();
-    if intervals.len() > BACKFILL_LIMIT {
-        bail!("the range holds more than {BACKFILL_LIMIT} intervals; backfill it in parts");
-    }
     let store = open_store(&global.db).await?;
-    store
-        .upsert_job(&job.id, &job.version, &path, &source)
-        .await?;
-    let existing = store
-        .list_runs(&RunFilter {
-            job_id: Some(job.id.clone()),
-            ..Default::default()
-        })
-        .await?;
-    let bar = indicatif::ProgressBar::new(intervals.len() as u64).with_style(
+    let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{msg:<16} [{bar:30}] {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message("creating runs");
-    let (mut created, mut rerun, mut kept) = (Vec::new(), Vec::new(), 0usize);
-    for interval in &intervals {
-        let new = stevedore_scheduler::runs::new_run(
-            &job,
-            stevedore_domain::state::RunTrigger::Backfill,
-            interval.start,
-            *interval,
-            job.params.clone(),
-        );
-        match store.create_run(new).await {
-            Ok(run) => created.push(run.run_id),
-            Err(stevedore_store::StoreError::Conflict(_)) => {
-                let Some(run) = existing.iter().find(|r| {
-                    r.logical_date == interval.start
-                        && r.trigger != stevedore_domain::state::RunTrigger::Manual
-                }) else {
-                    kept += 1;
-                    continue;
-                };
-                if rerun_failed && run.state == RunState::Failed {
-                    let failed: Vec<String> = store
-                        .task_instances(&run.run_id)
-                        .await?
-                        .into_iter()
-                        .filter(|ti| {
-                            matches!(
-                                ti.state,
-                                stevedore_domain::state::TaskState::Failed
-                                    | stevedore_domain::state::TaskState::UpstreamFailed
-                            )
-                        })
-                        .map(|ti| ti.task_id)
-                        .collect();
-                    store.clear_task_instances(&run.run_id, &failed).await?;
-                    rerun.push(run.run_id.clone());
-                } else {
-                    kept += 1;
-                }
-            }
-            Err(error) => return Err(error.into()),
-        }
-        bar.inc(1);
-    }
+    let request = stevedore_ops::backfill::BackfillRequest {
+        job_id: job_id.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        rerun_failed,
+    };
+    let done =
+        stevedore_ops::backfill::backfill(store.as_ref(), &global.jobs, &request, |at, of| {
+            bar.set_length(of as u64);
+            bar.set_position(at as u64);
+        })
+        .await?;
     bar.finish_and_clear();
     println!(
         "{} interval(s) from {} to {}: {} run(s) created, {} rerun, {} already there",
-        intervals.len(),
-        rfc3339(from),
-        rfc3339(to),
-        created.len(),
-        rerun.len(),
-        kept
+        done.intervals,
+        done.from.map(rfc3339).unwrap_or_default(),
+        done.to.map(rfc3339).unwrap_or_default(),
+        done.created.len(),
+        done.rerun.len(),
+        done.kept
     );
-    let watched: Vec<String> = created.into_iter().chain(rerun).collect();
+    let watched: Vec<String> = done.runs().cloned().collect();
     if !wait || watched.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }

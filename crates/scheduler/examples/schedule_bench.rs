@@ -18,7 +18,7 @@ use stevedore_backend::instant::InstantBackend;
 use stevedore_backend::Backend;
 use stevedore_domain::job::parse_job;
 use stevedore_domain::state::RunState;
-use stevedore_scheduler::runs::trigger_manual;
+use stevedore_ops::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::{PostgresStore, SqliteStore, Store};
 

@@ -1,20 +1,13 @@
 //! The scheduler: syncs job files into the store, creates due runs, decides which task
 //! instances run, hands tries to the backend and reacts the moment a try ends.
 //!
-//! - [`actions`]: what operators do (trigger, pause, cancel, clear, mark), for the CLI and
-//!   the REST API alike.
 //! - [`group_commit`]: the tries' writes, many at a time in one transaction.
-//! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
-//! - [`runs`]: creating scheduled and manual runs.
 //! - [`try_runner`]: one try from start to end, its logs, outputs and state.
 //!
 //! Everything the scheduler knows lives in the store; its memory holds only caches and
 //! the kill switches of the tries it runs, so a restart loses no decision.
 
-pub mod actions;
 pub mod group_commit;
-pub mod jobs_dir;
-pub mod runs;
 pub mod try_runner;
 
 use std::collections::{HashMap, HashSet};
@@ -32,8 +25,9 @@ use stevedore_store::{Fence, RunRecord, Store, StoreError, TryKey, TryRecord};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::jobs_dir::load_jobs_dir;
 use crate::try_runner::{TryEnd, TryRunner};
+use stevedore_ops::jobs_dir::{self, load_jobs_dir};
+use stevedore_ops::runs;
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {

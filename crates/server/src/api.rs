@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use stevedore_domain::job::Job;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::{RunState, TryState};
-use stevedore_scheduler::actions;
+use stevedore_ops::actions;
 use stevedore_store::{
     ConnectionRecord, LogLine, PoolRecord, RunFilter, RunRecord, TaskInstanceRecord, TryRecord,
 };
@@ -42,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs/{job_id}/pause", post(pause_job))
         .route("/api/v1/jobs/{job_id}/unpause", post(unpause_job))
         .route("/api/v1/jobs/{job_id}/runs", post(trigger_run))
+        .route("/api/v1/jobs/{job_id}/backfill", post(backfill_job))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/runs/{run_id}/cancel", post(cancel_run))
@@ -289,6 +290,51 @@ async fn trigger_run(
     Ok((StatusCode::CREATED, Json(run_json(&run))))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    from: String,
+    to: String,
+    #[serde(default)]
+    rerun_failed: bool,
+}
+
+/// `POST /api/v1/jobs/{job_id}/backfill`: [`stevedore_ops::backfill`], as `jobs backfill`.
+async fn backfill_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    Body(body): Body<BackfillBody>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Role::Operator)?;
+    let request = stevedore_ops::backfill::BackfillRequest {
+        job_id: job_id.clone(),
+        from: body.from,
+        to: body.to,
+        rerun_failed: body.rerun_failed,
+    };
+    let done = stevedore_ops::backfill::backfill(
+        state.store.as_ref(),
+        &state.jobs_dir,
+        &request,
+        |_, _| {},
+    )
+    .await?;
+    tracing::info!(job_id = %job_id, created = done.created.len(), rerun = done.rerun.len(), by = %caller.name, "backfill");
+    Ok((StatusCode::CREATED, Json(backfill_json(&done))))
+}
+
+pub fn backfill_json(done: &stevedore_ops::backfill::Backfill) -> Value {
+    json!({
+        "from": done.from.map(time),
+        "to": done.to.map(time),
+        "intervals": done.intervals,
+        "created": done.created,
+        "rerun": done.rerun,
+        "kept": done.kept,
+    })
+}
+
 // Runs.
 
 pub fn run_json(run: &RunRecord) -> Value {
@@ -435,16 +481,8 @@ async fn cancel_run(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator)?;
     let run = find_run(&state, &run_id).await?;
-    if run.state.is_finished() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("run {} has already ended ({})", run.run_id, run.state),
-        ));
-    }
-    state.store.request_cancel(&run.run_id).await?;
+    let run = actions::cancel(state.store.as_ref(), &run).await?;
     tracing::info!(run_id = %run.run_id, by = %caller.name, "run cancel requested");
-    let run = state.store.get_run(&run.run_id).await?;
     Ok(Json(run_json(&run)))
 }
 

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use stevedore_scheduler::actions::ActionError;
+use stevedore_ops::actions::ActionError;
 use stevedore_store::StoreError;
 
 #[derive(Debug)]

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use stevedore_scheduler::jobs_dir::{load_jobs_dir, JobsDir};
+use stevedore_ops::jobs_dir::{load_jobs_dir, JobsDir};
 use stevedore_store::secrets::SecretKey;
 use stevedore_store::Store;
 

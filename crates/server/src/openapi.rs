@@ -131,6 +131,12 @@ fn build() -> Value {
                 "404": not_found(),
                 "422": error("a param is not the job's, or not of its default's type"),
             }))},
+            "/api/v1/jobs/{job_id}/backfill": {"post": operation("backfillJob", "Creates the runs of every data interval whose start lies in [from, to], in order; with rerun_failed, failed runs of the range run again", operator, vec![job_id()], Some(schema("BackfillRequest")), json!({
+                "201": ok("what the backfill created", schema("Backfill")),
+                "400": error("a body that is not a backfill request"),
+                "404": not_found(),
+                "422": error("a job without a schedule, a date that does not parse, an empty or too long range"),
+            }))},
             "/api/v1/runs": {"get": operation("listRuns", "Runs, newest first, a page at a time", viewer, vec![
                 json!({"name": "job_id", "in": "query", "schema": {"type": "string"}}),
                 json!({"name": "state", "in": "query", "description": "states, comma-separated", "schema": {"type": "string", "pattern": "^(queued|running|success|failed)(,(queued|running|success|failed))*$"}}),
@@ -346,6 +352,19 @@ fn schemas() -> Value {
         "Job": job,
         "Paused": {"type": "object", "required": ["job_id", "paused"], "properties": {"job_id": {"type": "string"}, "paused": {"type": "boolean"}}},
         "Trigger": {"type": "object", "additionalProperties": false, "properties": {"params": {"type": "object", "description": "overrides of the job's params"}}},
+        "BackfillRequest": {"type": "object", "additionalProperties": false, "required": ["from", "to"], "properties": {
+            "from": {"type": "string", "description": "first logical date (the job's timezone unless it has an offset), such as 2024-01-01"},
+            "to": {"type": "string", "description": "last logical date, included"},
+            "rerun_failed": {"type": "boolean", "default": false},
+        }},
+        "Backfill": {"type": "object", "required": ["from", "to", "intervals", "created", "rerun", "kept"], "properties": {
+            "from": maybe_time(),
+            "to": maybe_time(),
+            "intervals": {"type": "integer", "minimum": 0},
+            "created": {"type": "array", "items": {"type": "string"}},
+            "rerun": {"type": "array", "items": {"type": "string"}},
+            "kept": {"type": "integer", "minimum": 0},
+        }},
         "Run": run,
         "RunDetail": run_detail,
         "TaskInstance": instance,

@@ -692,7 +692,7 @@ fn the_openapi_document_describes_what_is_served() {
             );
         }
     }
-    assert_eq!(operations, 25);
+    assert_eq!(operations, 26, "the 25 of before and backfillJob");
 }
 
 /// Pausing a job no scheduler has recorded yet records it paused at once.
@@ -712,4 +712,51 @@ fn pausing_a_job_the_store_has_not_seen_records_it_paused() {
         server.get("/api/v1/jobs", &server.viewer).body["items"][0]["paused"],
         true
     );
+}
+
+/// Issue 14: backfill was the CLI's alone. The one use-case (`stevedore_ops::backfill`) is
+/// reachable from the API too: the runs of every interval of the range, in order; the same
+/// range again keeps them; a bad range is a 422 naming the field.
+#[test]
+fn a_backfill_from_the_api_creates_the_runs_of_its_range_once() {
+    let server = Server::start();
+    let body = json!({"from": "2024-01-01", "to": "2024-01-03"});
+    let first = server.post("/api/v1/jobs/etl/backfill", &server.operator, body.clone());
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.body["intervals"], 3);
+    assert_eq!(first.body["created"].as_array().unwrap().len(), 3);
+    assert_eq!(first.body["from"], "2024-01-01T00:00:00.000000Z");
+    let runs = server.get("/api/v1/runs?job_id=etl", &server.viewer);
+    let mut dates: Vec<&str> = runs.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "backfill")
+        .map(|r| r["logical_date"].as_str().unwrap())
+        .collect();
+    dates.sort();
+    assert_eq!(dates.len(), 3, "{}", runs.text);
+    assert!(dates[0].starts_with("2024-01-01"), "{dates:?}");
+    let again = server.post("/api/v1/jobs/etl/backfill", &server.operator, body.clone());
+    assert_eq!(
+        (
+            again.body["created"].as_array().unwrap().len(),
+            again.body["kept"].as_u64()
+        ),
+        (0, Some(3))
+    );
+    let viewer = server.post("/api/v1/jobs/etl/backfill", &server.viewer, body);
+    assert_eq!(viewer.status, 403);
+    let bad = server.post(
+        "/api/v1/jobs/etl/backfill",
+        &server.operator,
+        json!({"from": "2024-01-05", "to": "2024-01-01"}),
+    );
+    assert_eq!(
+        (bad.status, error_code(&bad)),
+        (422, "invalid"),
+        "{}",
+        bad.text
+    );
+    assert!(bad.text.contains("to is before from"), "{}", bad.text);
 }

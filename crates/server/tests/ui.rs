@@ -338,3 +338,82 @@ fn a_long_log_opens_at_its_end_a_page_at_a_time() {
     assert!(!first.html.contains(">row 5000<"));
     assert!(first.html.contains(&format!("{path}?from=5000\">Later")));
 }
+
+/// Issue 14: cancelling an ended run answered with an error in the CLI, a 409 in the API
+/// and silence in the UI. The one action (`stevedore_ops::actions::cancel`) now answers the
+/// same at every door: a 409 naming the run and its state.
+#[test]
+fn an_ended_run_cannot_be_cancelled_at_any_door() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    server
+        .runtime
+        .block_on(server.store.set_run_state(
+            &run_id,
+            stevedore_domain::state::RunState::Success,
+            chrono::Utc::now(),
+        ))
+        .unwrap();
+    let api = server.post(
+        &format!("/api/v1/runs/{run_id}/cancel"),
+        &server.operator,
+        json!(null),
+    );
+    assert_eq!(
+        (api.status, error_code(&api)),
+        (409, "conflict"),
+        "{}",
+        api.text
+    );
+    let expected = format!("run {run_id} has already ended (success)");
+    assert!(api.text.contains(&expected), "{}", api.text);
+    let cookie = server.login(&server.operator);
+    let page = server.browse("GET", &format!("/runs/{run_id}"), Some(&cookie), &[]);
+    let csrf = csrf_of(&page.html);
+    let ui = server.browse(
+        "POST",
+        &format!("/runs/{run_id}/cancel"),
+        Some(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(ui.status, 409);
+    assert!(ui.html.contains(&expected), "{}", ui.html);
+    assert_eq!(
+        server
+            .get(&format!("/api/v1/runs/{run_id}"), &server.viewer)
+            .body["cancel_requested"],
+        false
+    );
+}
+
+/// Issue 14: the job page's trigger tab backfills a range, as the CLI and the API do.
+#[test]
+fn an_operator_backfills_a_range_from_the_job_page() {
+    let server = Server::start();
+    let cookie = server.login(&server.operator);
+    let page = server.browse("GET", "/jobs/etl?tab=trigger", Some(&cookie), &[]);
+    assert!(page.html.contains("Backfill"), "{}", page.html);
+    let csrf = csrf_of(&page.html);
+    let done = server.browse(
+        "POST",
+        "/jobs/etl/backfill",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("from", "2024-02-01"),
+            ("to", "2024-02-02"),
+        ],
+    );
+    assert_eq!(done.status, 303);
+    let location = done.location.unwrap();
+    let shown = server.browse("GET", &location, Some(&cookie), &[]);
+    assert!(
+        shown
+            .html
+            .contains("2 interval(s): 2 run(s) created, 0 rerun, 0 already there"),
+        "{}",
+        shown.html
+    );
+    let runs = server.get("/api/v1/runs?job_id=etl", &server.viewer);
+    assert_eq!(runs.body["items"].as_array().unwrap().len(), 2);
+}

@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{job_id}", get(pages::job))
         .route("/jobs/{job_id}/trigger", post(pages::trigger))
+        .route("/jobs/{job_id}/backfill", post(pages::backfill))
         .route("/jobs/{job_id}/pause", post(pages::pause))
         .route("/runs/{run_id}", get(pages::run))
         .route("/runs/{run_id}/cancel", post(pages::cancel))
@@ -67,8 +68,8 @@ impl From<stevedore_store::StoreError> for UiError {
     }
 }
 
-impl From<stevedore_scheduler::actions::ActionError> for UiError {
-    fn from(error: stevedore_scheduler::actions::ActionError) -> UiError {
+impl From<stevedore_ops::actions::ActionError> for UiError {
+    fn from(error: stevedore_ops::actions::ActionError) -> UiError {
         ApiError::from(error).into()
     }
 }

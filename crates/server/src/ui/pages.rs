@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use stevedore_domain::job::Job;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::TryState;
-use stevedore_scheduler::actions;
+use stevedore_ops::actions;
 use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
 
 use super::{csrf_field, encode, page, state_class, svg, UiError, UiResult, Viewer};
@@ -126,6 +126,8 @@ pub struct JobQuery {
     run: Option<String>,
     tab: Option<String>,
     error: Option<String>,
+    /// What the last form did (a backfill's counts).
+    notice: Option<String>,
 }
 
 pub async fn job(
@@ -184,7 +186,7 @@ pub async fn job(
                 div.scroll { (svg::graph(&job, selected.and_then(|r| cells.get(&r.run_id)).map(Vec::as_slice).unwrap_or(&[]))) }
             }
             "file" => { pre.source { code { (source) } } }
-            "trigger" => { (trigger_form(&viewer, &job)) }
+            "trigger" => { (trigger_form(&viewer, &job)) (backfill_form(&viewer, &job, query.notice.as_deref())) }
             _ => {
                 @if runs.is_empty() {
                     p.muted { "No runs yet." }
@@ -218,6 +220,83 @@ fn trigger_form(viewer: &Viewer, job: &Job) -> Markup {
         } @else {
             p.muted { "Your token's role (" (viewer.0.caller.role) ") cannot trigger runs." }
         }
+    }
+}
+
+fn backfill_form(viewer: &Viewer, job: &Job, notice: Option<&str>) -> Markup {
+    html! {
+        @if viewer.may(Role::Operator) && job.timetable.schedule.expression().is_some() {
+            h2 { "Backfill" }
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            form.backfill method="post" action={ "/jobs/" (encode(&job.id)) "/backfill" } {
+                (csrf_field(viewer))
+                label for="backfill-from" { "From (logical date)" }
+                input #backfill-from type="text" name="from" placeholder="2024-01-01" required;
+                label for="backfill-to" { "To (included)" }
+                input #backfill-to type="text" name="to" placeholder="2024-01-07" required;
+                label for="backfill-rerun" { "Run failed runs of the range again" }
+                input #backfill-rerun type="checkbox" name="rerun_failed" value="true";
+                button type="submit" { "Backfill" }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct BackfillForm {
+    #[serde(default)]
+    csrf: String,
+    from: String,
+    to: String,
+    #[serde(default)]
+    rerun_failed: Option<String>,
+}
+
+/// The backfill form: [`stevedore_ops::backfill`], as `jobs backfill` and the API.
+pub async fn backfill(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    Form(form): Form<BackfillForm>,
+) -> UiResult<Response> {
+    viewer.authorize(&form.csrf, Role::Operator)?;
+    let request = stevedore_ops::backfill::BackfillRequest {
+        job_id: job_id.clone(),
+        from: form.from,
+        to: form.to,
+        rerun_failed: form.rerun_failed.is_some(),
+    };
+    let back = |key: &str, text: String| {
+        Redirect::to(&format!(
+            "/jobs/{}?tab=trigger&{key}={}",
+            encode(&job_id),
+            encode(&text)
+        ))
+        .into_response()
+    };
+    match stevedore_ops::backfill::backfill(
+        state.store.as_ref(),
+        &state.jobs_dir,
+        &request,
+        |_, _| {},
+    )
+    .await
+    {
+        Ok(done) => {
+            tracing::info!(job_id = %job_id, created = done.created.len(), by = %viewer.0.caller.name, "backfill from the ui");
+            Ok(back(
+                "notice",
+                format!(
+                    "{} interval(s): {} run(s) created, {} rerun, {} already there",
+                    done.intervals,
+                    done.created.len(),
+                    done.rerun.len(),
+                    done.kept
+                ),
+            ))
+        }
+        Err(actions::ActionError::Invalid(message)) => Ok(back("error", message)),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -421,9 +500,7 @@ pub async fn cancel(
 ) -> UiResult<Redirect> {
     viewer.authorize(&form.csrf, Role::Operator)?;
     let run = state.store.get_run(&run_id).await?;
-    if !run.state.is_finished() {
-        state.store.request_cancel(&run.run_id).await?;
-    }
+    let run = stevedore_ops::actions::cancel(state.store.as_ref(), &run).await?;
     Ok(Redirect::to(&run_link(&run)))
 }
 

@@ -146,6 +146,28 @@ pub async fn run_job(store: &dyn Store, run: &RunRecord) -> Result<Job> {
     })
 }
 
+/// Cancels a queued or running run: the scheduler kills its running tries, skips what has
+/// not started and fails the run on its next pass. Returns the run as it is now. A run that
+/// has ended cannot be cancelled, at every door alike: `StoreError::Conflict` ("run … has
+/// already ended (success)"), a 409 in the API and the UI.
+pub async fn cancel(store: &dyn Store, run: &RunRecord) -> Result<RunRecord> {
+    let ended = |run: &RunRecord| {
+        ActionError::Store(StoreError::Conflict(format!(
+            "run {} has already ended ({})",
+            run.run_id, run.state
+        )))
+    };
+    if run.state.is_finished() {
+        return Err(ended(run));
+    }
+    match store.request_cancel(&run.run_id).await {
+        Ok(()) => Ok(store.get_run(&run.run_id).await?),
+        // It ended between the read and the request.
+        Err(StoreError::Conflict(_)) => Err(ended(&store.get_run(&run.run_id).await?)),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Clears a task instance (a new try with a fresh retry budget), and with `downstream`
 /// every task downstream of it; the run runs again. Returns the cleared task ids.
 pub async fn clear(

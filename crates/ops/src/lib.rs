@@ -1,0 +1,15 @@
+//! Stevedore's use-cases: what an operator (or the scheduler on their behalf) does, written
+//! once and called by the CLI, the REST API and the web UI alike, so the same action
+//! answers the same way at every door. It depends on the domain and the store only: no
+//! backend, no engine, no HTTP (windmill's `windmill-queue` between its API and its
+//! workers; see docs/architecture.md).
+//!
+//! - [`actions`]: trigger, pause, cancel, clear, mark.
+//! - [`backfill`]: the runs of a range of data intervals.
+//! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
+//! - [`runs`]: creating scheduled and manual runs.
+
+pub mod actions;
+pub mod backfill;
+pub mod jobs_dir;
+pub mod runs;
