@@ -915,23 +915,7 @@ pub async fn pools(global: &Global, command: PoolsCommand) -> anyhow::Result<Exi
             slots,
             description,
         } => {
-            let file = format!("--pools {name}");
-            let text = format!("{name}: {{slots: {slots}}}");
-            // The same checks as a pools file.
-            if let Err(errors) = stevedore_domain::limits::parse_pools(&file, &text) {
-                bail!(errors
-                    .iter()
-                    .map(|e| e.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "));
-            }
-            store
-                .set_pool(&stevedore_store::PoolRecord {
-                    name: name.clone(),
-                    slots,
-                    description,
-                })
-                .await?;
+            stevedore_ops::pools::set(store.as_ref(), &name, slots, &description).await?;
             println!("pool {name}: {slots} slots");
         }
         PoolsCommand::Delete { name } => {
@@ -1013,14 +997,6 @@ async fn backfill(
     })
 }
 
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
-
 pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
     match command {
@@ -1029,13 +1005,7 @@ pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow
             env,
             description,
         } => {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                bail!("connection name `{name}` may only hold lowercase letters, digits and _");
-            }
+            stevedore_domain::names::check_name("connection", &name).map_err(|e| anyhow!(e))?;
             let mut values = std::collections::BTreeMap::new();
             for pair in &env {
                 // `--env KEY` takes the value from this command's own environment, so the
@@ -1049,25 +1019,14 @@ pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow
                         }
                     },
                 };
-                let key = key.as_str();
-                if !is_env_name(key) {
-                    bail!("`{key}` is not an environment variable name (A-Z, 0-9, _)");
-                }
-                values.insert(key.to_owned(), value);
+                values.insert(key, value);
             }
+            // The CLI makes the key file on first use; the API, which cannot, answers 503.
             let key = SecretKey::load(&global.secret_key, true).map_err(|e| anyhow!(e))?;
-            let sealed = key
-                .seal(&serde_json::to_vec(&values)?)
-                .map_err(|e| anyhow!(e))?;
-            let keys: Vec<String> = values.keys().cloned().collect();
-            store
-                .put_connection(&stevedore_store::ConnectionRecord {
-                    name: name.clone(),
-                    description,
-                    keys: keys.clone(),
-                    sealed,
-                })
-                .await?;
+            let record =
+                stevedore_ops::connections::put(store.as_ref(), &key, &name, &values, &description)
+                    .await?;
+            let keys = record.keys;
             println!("connection {name}: {}", keys.join(", "));
         }
         ConnectionsCommand::List => {
@@ -1101,21 +1060,14 @@ pub async fn connection_values(
     global: &Global,
     names: &[String],
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut values = std::collections::BTreeMap::new();
     if names.is_empty() {
-        return Ok(values);
+        return Ok(Default::default());
     }
     let store = open_store(&global.db).await?;
     let key = SecretKey::load(&global.secret_key, false).map_err(|e| anyhow!(e))?;
-    for name in names {
-        let record = store.get_connection(name).await?;
-        let plain = key
-            .open(&record.sealed)
-            .map_err(|e| anyhow!("connection `{name}`: {e}"))?;
-        let opened: std::collections::BTreeMap<String, String> = serde_json::from_slice(&plain)?;
-        values.extend(opened);
-    }
-    Ok(values)
+    stevedore_ops::connections::open_all(store.as_ref(), Some(&key), names)
+        .await
+        .map_err(|e| anyhow!(e))
 }
 
 /// The registry credentials held by connection `name` (for `images build --push`).
@@ -1123,16 +1075,12 @@ pub async fn registry_auth(
     global: &Global,
     name: &str,
 ) -> anyhow::Result<stevedore_backend::RegistryAuth> {
-    let mut values = connection_values(global, &[name.to_owned()]).await?;
-    match (
-        values.remove("REGISTRY_USERNAME"),
-        values.remove("REGISTRY_PASSWORD"),
-    ) {
-        (Some(username), Some(password)) => Ok(stevedore_backend::RegistryAuth {
-            username,
-            password,
-            server: values.remove("REGISTRY_SERVER"),
-        }),
-        _ => bail!("connection `{name}` needs the keys REGISTRY_USERNAME and REGISTRY_PASSWORD"),
-    }
+    let values = connection_values(global, &[name.to_owned()]).await?;
+    let credentials =
+        stevedore_ops::connections::registry_credentials(name, values).map_err(|e| anyhow!(e))?;
+    Ok(stevedore_backend::RegistryAuth {
+        username: credentials.username,
+        password: credentials.password,
+        server: credentials.server,
+    })
 }

@@ -268,12 +268,7 @@ fn line_of<T>(spanned: &Spanned<T>) -> u64 {
     spanned.referenced.line()
 }
 
-fn is_identifier(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
+use crate::names::is_identifier;
 
 /// Parses and validates one job file. `file` is only used in error messages.
 pub fn parse_job(file: &str, text: &str) -> Result<Job, Vec<JobError>> {

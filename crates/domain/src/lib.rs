@@ -14,12 +14,14 @@
 //! - [`mask`]: hiding connection values (and their common encodings) in what a try prints.
 //! - [`duration`] and [`image`]: small value parsers used by job files.
 //! - [`role`]: API roles and what each may do.
+//! - [`names`]: the naming rules of ids and environment variables.
 
 pub mod duration;
 pub mod image;
 pub mod job;
 pub mod limits;
 pub mod mask;
+pub mod names;
 pub mod protocol;
 pub mod retry;
 pub mod role;

@@ -219,11 +219,7 @@ pub fn parse_pools(file: &str, text: &str) -> Result<Vec<PoolSpec>, Vec<crate::j
             RawPool::Slots(slots) => (slots, String::new()),
             RawPool::Full(full) => (full.slots, full.description),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
+        if !crate::names::is_identifier(&name) {
             errors.push(error(
                 line,
                 format!("pool name `{name}` may only hold lowercase letters, digits and _"),

@@ -65,7 +65,8 @@ fn parse(text: &str) -> Result<Vec<Segment<'_>>, String> {
 }
 
 fn parse_variable(name: &str) -> Result<Variable, String> {
-    let is_identifier = |part: &str| {
+    // Template parts are laxer than ids (`-` too): an output key is the integration's word.
+    let is_part = |part: &str| {
         !part.is_empty()
             && part
                 .chars()
@@ -74,13 +75,11 @@ fn parse_variable(name: &str) -> Result<Variable, String> {
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         [single] if CONTEXT_VARIABLES.contains(single) => Ok(Variable::Context(single.to_string())),
-        ["params", param] if is_identifier(param) => Ok(Variable::Param(param.to_string())),
-        ["outputs", task, key] if is_identifier(task) && is_identifier(key) => {
-            Ok(Variable::Output {
-                task: task.to_string(),
-                key: key.to_string(),
-            })
-        }
+        ["params", param] if is_part(param) => Ok(Variable::Param(param.to_string())),
+        ["outputs", task, key] if is_part(task) && is_part(key) => Ok(Variable::Output {
+            task: task.to_string(),
+            key: key.to_string(),
+        }),
         _ => Err(format!(
             "`{{{{ {name} }}}}` is not a known variable; use one of {}, params.<name> or \
              outputs.<task>.<key>",

@@ -22,6 +22,12 @@ pub enum ActionError {
     /// The request itself is wrong (bad params, a state that cannot be set by hand).
     #[error("{0}")]
     Invalid(String),
+    /// An input that is not of its form (a name, a variable name, a number).
+    #[error("{0}")]
+    BadInput(String),
+    /// Something that should not fail did (no randomness for a nonce, say).
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -6,10 +6,14 @@
 //!
 //! - [`actions`]: trigger, pause, cancel, clear, mark.
 //! - [`backfill`]: the runs of a range of data intervals.
+//! - [`connections`]: sealing, opening and checking connections; registry credentials.
+//! - [`pools`]: pools set by hand.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
 
 pub mod actions;
 pub mod backfill;
+pub mod connections;
 pub mod jobs_dir;
+pub mod pools;
 pub mod runs;

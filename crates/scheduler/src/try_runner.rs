@@ -21,6 +21,7 @@ use stevedore_domain::protocol::{
 use stevedore_domain::retry::RetryKey;
 use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
 use stevedore_domain::template::{self, Variable};
+use stevedore_ops::connections;
 use stevedore_store::secrets::SecretKey;
 use stevedore_store::{
     Fence, LogLine, LogStream, RunRecord, Store, StoreError, TryFinish, TryKey, TryRecord,
@@ -135,18 +136,7 @@ impl TryRunner {
 
     /// A connection's values, unsealed.
     async fn open_connection(&self, name: &str) -> Result<BTreeMap<String, String>, String> {
-        let record = self
-            .store
-            .get_connection(name)
-            .await
-            .map_err(|e| format!("connection `{name}`: {e}"))?;
-        let key = self.secret_key.as_ref().ok_or_else(|| {
-            format!("connection `{name}`: the scheduler has no secret key (STEVEDORE_SECRET_KEY or its key file)")
-        })?;
-        let plain = key
-            .open(&record.sealed)
-            .map_err(|e| format!("connection `{name}`: {e}"))?;
-        serde_json::from_slice(&plain).map_err(|e| format!("connection `{name}`: {e}"))
+        connections::open(self.store.as_ref(), self.secret_key.as_ref(), name).await
     }
 
     /// The registry credentials of the task's `registry_connection`.
@@ -154,18 +144,15 @@ impl TryRunner {
         let Some(name) = &task.registry_connection else {
             return Ok(None);
         };
-        let mut values = self.open_connection(name).await?;
-        let mut take = |key: &str| values.remove(key);
-        match (take("REGISTRY_USERNAME"), take("REGISTRY_PASSWORD")) {
-            (Some(username), Some(password)) => Ok(Some(RegistryAuth {
-                username,
-                password,
-                server: take("REGISTRY_SERVER"),
-            })),
-            _ => Err(format!(
-                "registry_connection `{name}` needs the keys REGISTRY_USERNAME and REGISTRY_PASSWORD"
-            )),
-        }
+        let values = self.open_connection(name).await?;
+        let credentials = connections::registry_credentials(name, values).map_err(|_| {
+            format!("registry_connection `{name}` needs the keys REGISTRY_USERNAME and REGISTRY_PASSWORD")
+        })?;
+        Ok(Some(RegistryAuth {
+            username: credentials.username,
+            password: credentials.password,
+            server: credentials.server,
+        }))
     }
 }
 

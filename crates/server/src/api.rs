@@ -785,21 +785,6 @@ struct PoolBody {
     description: String,
 }
 
-fn check_name(kind: &str, name: &str) -> ApiResult<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{kind} name `{name}` may only hold a-z, 0-9 and _ (at most 64)"
-        )))
-    }
-}
-
 async fn put_pool(
     caller: Caller,
     State(state): State<AppState>,
@@ -807,7 +792,6 @@ async fn put_pool(
     Body(body): Body<PoolBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    check_name("pool", &name)?;
     let slots = body
         .slots
         .as_i64()
@@ -820,15 +804,8 @@ async fn put_pool(
         .ok_or_else(|| {
             ApiError::bad_request(format!("slots `{}` is not a whole number", body.slots))
         })?;
-    if slots < 0 {
-        return Err(ApiError::bad_request("slots must be 0 or more"));
-    }
-    let pool = PoolRecord {
-        name,
-        slots,
-        description: body.description,
-    };
-    state.store.set_pool(&pool).await?;
+    let pool =
+        stevedore_ops::pools::set(state.store.as_ref(), &name, slots, &body.description).await?;
     Ok(Json(pool_json(&pool)))
 }
 
@@ -871,19 +848,8 @@ async fn put_connection(
     Body(body): Body<ConnectionBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    check_name("connection", &name)?;
-    for key in body.values.keys() {
-        let valid = !key.is_empty()
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Err(ApiError::bad_request(format!(
-                "`{key}` is not an environment variable name (A-Z, 0-9, _)"
-            )));
-        }
-    }
+    // A bad name is the caller's mistake whatever the server lacks.
+    stevedore_domain::names::check_name("connection", &name).map_err(ApiError::bad_request)?;
     let key = state.secret_key.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -891,18 +857,14 @@ async fn put_connection(
             "the server has no secret key (STEVEDORE_SECRET_KEY or its key file) to seal connections with",
         )
     })?;
-    let plain =
-        serde_json::to_vec(&body.values).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let sealed = key
-        .seal(&plain)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
-    let record = ConnectionRecord {
-        name,
-        description: body.description,
-        keys: body.values.keys().cloned().collect(),
-        sealed,
-    };
-    state.store.put_connection(&record).await?;
+    let record = stevedore_ops::connections::put(
+        state.store.as_ref(),
+        key,
+        &name,
+        &body.values,
+        &body.description,
+    )
+    .await?;
     tracing::info!(connection = %record.name, by = %caller.name, "connection set");
     Ok(Json(connection_json(&record)))
 }

@@ -85,6 +85,10 @@ impl From<ActionError> for ApiError {
             ActionError::Invalid(message) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
             }
+            ActionError::BadInput(message) => ApiError::bad_request(message),
+            ActionError::Internal(message) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
             ActionError::Store(error) => error.into(),
         }
     }
