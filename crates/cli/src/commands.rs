@@ -12,7 +12,7 @@ use stevedore_backend::ProcessBackend;
 use stevedore_domain::job::{parse_date, Job};
 use stevedore_domain::protocol::rfc3339;
 use stevedore_domain::schedule::Schedule;
-use stevedore_domain::state::{RunState, TryState};
+use stevedore_domain::state::RunState;
 use stevedore_ops::actions;
 use stevedore_ops::jobs_dir::{load_job_file, load_jobs_dir};
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
@@ -841,7 +841,7 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
             None => tries.last().cloned(),
         }
     };
-    let mut attempt = loop {
+    let attempt = loop {
         let tries = store.tries(&run.run_id, &task).await?;
         if let Some(attempt) = pick(&tries) {
             break attempt;
@@ -855,35 +855,30 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let mut after = None;
-    loop {
-        let lines = store.logs(attempt.try_id, after, 10_000).await?;
-        for line in &lines {
-            if global.output == Format::Json {
-                println!(
-                    "{}",
-                    json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text})
-                );
-            } else {
-                println!(
-                    "{} {:<6} {}",
-                    line.timestamp.format("%H:%M:%S%.3f"),
-                    line.stream.as_str(),
-                    line.text
-                );
-            }
-        }
-        after = lines.last().map(|l| l.seq).or(after);
-        if !lines.is_empty() {
-            continue;
-        }
-        if !follow || attempt.state != TryState::Running {
+    use futures_util::StreamExt;
+    let options = stevedore_ops::logs::FollowOptions {
+        after: None,
+        live: follow,
+        poll: Duration::from_millis(250),
+    };
+    let events = stevedore_ops::logs::follow(store.clone(), attempt, options);
+    futures_util::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let stevedore_ops::logs::LogEvent::Line(line) = event? else {
             break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let tries = store.tries(&run.run_id, &task).await?;
-        if let Some(latest) = tries.into_iter().find(|t| t.try_id == attempt.try_id) {
-            attempt = latest;
+        };
+        if global.output == Format::Json {
+            println!(
+                "{}",
+                json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text})
+            );
+        } else {
+            println!(
+                "{} {:<6} {}",
+                line.timestamp.format("%H:%M:%S%.3f"),
+                line.stream.as_str(),
+                line.text
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@
 //! - [`actions`]: trigger, pause, cancel, clear, mark.
 //! - [`backfill`]: the runs of a range of data intervals.
 //! - [`connections`]: sealing, opening and checking connections; registry credentials.
+//! - [`logs`]: following a try's log as it grows.
 //! - [`pools`]: pools set by hand.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
@@ -15,5 +16,6 @@ pub mod actions;
 pub mod backfill;
 pub mod connections;
 pub mod jobs_dir;
+pub mod logs;
 pub mod pools;
 pub mod runs;

@@ -89,3 +89,19 @@ pub async fn create_due_runs(
     }
     Ok(created)
 }
+
+/// The outputs one task of a run published (its latest try's: a new try starts with none),
+/// by key.
+pub async fn task_outputs(
+    store: &dyn Store,
+    run_id: &str,
+    task_id: &str,
+) -> Result<std::collections::BTreeMap<String, Value>, StoreError> {
+    Ok(store
+        .outputs(run_id)
+        .await?
+        .into_iter()
+        .filter(|(task, _, _)| task == task_id)
+        .map(|(_, key, value)| (key, value))
+        .collect())
+}

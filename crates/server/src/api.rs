@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use stevedore_domain::job::Job;
@@ -607,14 +607,8 @@ async fn get_try(
     caller.require(Role::Viewer)?;
     let attempt = find_try(&state, &run_id, &task_id, try_number).await?;
     let mut value = try_json(&attempt);
-    let outputs: BTreeMap<String, Value> = state
-        .store
-        .outputs(&attempt.run_id)
-        .await?
-        .into_iter()
-        .filter(|(task, _, _)| *task == task_id)
-        .map(|(_, key, value)| (key, value))
-        .collect();
+    let outputs =
+        stevedore_ops::runs::task_outputs(state.store.as_ref(), &attempt.run_id, &task_id).await?;
     value["outputs"] = json!(outputs);
     Ok(Json(value))
 }
@@ -682,83 +676,28 @@ async fn follow_logs(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     caller.require(Role::Viewer)?;
     let attempt = find_try(&state, &run_id, &task_id, try_number).await?;
-    struct Follow {
-        state: AppState,
-        attempt: TryRecord,
-        after: Option<i64>,
-        pending: std::collections::VecDeque<Event>,
-        done: bool,
-    }
-    let start = Follow {
-        state,
-        attempt,
+    let options = stevedore_ops::logs::FollowOptions {
         after: query.after,
-        pending: Default::default(),
-        done: false,
+        live: true,
+        poll: Duration::from_millis(200),
     };
-    let events = stream::unfold(start, |mut follow| async move {
-        loop {
-            if let Some(event) = follow.pending.pop_front() {
-                return Some((Ok(event), follow));
-            }
-            if follow.done {
-                return None;
-            }
-            // Read the try's state before its lines: lines stored before it ended are
-            // then all read by this pass or the next one.
-            let current = match follow
-                .state
-                .store
-                .tries(&follow.attempt.run_id, &follow.attempt.task_id)
-                .await
-            {
-                Ok(tries) => tries
-                    .into_iter()
-                    .find(|t| t.try_id == follow.attempt.try_id)
-                    .unwrap_or_else(|| follow.attempt.clone()),
+    let events = stevedore_ops::logs::follow(state.store.clone(), attempt, options).filter_map(
+        |event| async move {
+            match event {
+                Ok(stevedore_ops::logs::LogEvent::Line(line)) => Some(Ok(Event::default()
+                    .event("line")
+                    .id(line.seq.to_string())
+                    .data(line_json(&line).to_string()))),
+                Ok(stevedore_ops::logs::LogEvent::End(current)) => Some(Ok(Event::default()
+                    .event("end")
+                    .data(try_json(&current).to_string()))),
                 Err(error) => {
                     tracing::warn!(error = %error, "log follow: store unavailable");
-                    follow.done = true;
-                    continue;
+                    None
                 }
-            };
-            let (lines, cut) = match follow
-                .state
-                .store
-                .log_page(follow.attempt.try_id, follow.after, 1000)
-                .await
-            {
-                Ok(page) => (page.lines, page.cut),
-                Err(error) => {
-                    tracing::warn!(error = %error, "log follow: store unavailable");
-                    follow.done = true;
-                    continue;
-                }
-            };
-            if let Some(last) = lines.last() {
-                follow.after = Some(last.seq);
             }
-            let full_page = cut || lines.len() == 1000;
-            for line in &lines {
-                follow.pending.push_back(
-                    Event::default()
-                        .event("line")
-                        .id(line.seq.to_string())
-                        .data(line_json(line).to_string()),
-                );
-            }
-            if current.state != TryState::Running && !full_page {
-                follow.pending.push_back(
-                    Event::default()
-                        .event("end")
-                        .data(try_json(&current).to_string()),
-                );
-                follow.done = true;
-            } else if lines.is_empty() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    });
+        },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

@@ -587,14 +587,8 @@ pub async fn try_page(
             try_link(&run.run_id, &task_id, try_number)
         )
     };
-    let outputs: Vec<(String, Value)> = state
-        .store
-        .outputs(&run.run_id)
-        .await?
-        .into_iter()
-        .filter(|(task, _, _)| *task == task_id)
-        .map(|(_, key, value)| (key, value))
-        .collect();
+    let outputs =
+        stevedore_ops::runs::task_outputs(state.store.as_ref(), &run.run_id, &task_id).await?;
     let running = attempt.state == TryState::Running;
     let follow_url = format!(
         "/api/v1/runs/{}/tasks/{}/tries/{try_number}/logs/follow",
