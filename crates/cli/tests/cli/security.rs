@@ -523,7 +523,10 @@ fn a_killed_scheduler_never_runs_a_process_try_twice() {
         &run_id,
         "the try never logged",
         Duration::from_secs(30),
-        |_| stored_log(&workspace, &run_id, "slow").len() >= 3,
+        |shown| {
+            shown["task_instances"][0]["tries"][0]["container_id"].is_string()
+                && stored_log(&workspace, &run_id, "slow").len() >= 3
+        },
     );
     first.child.kill().unwrap();
     first.child.wait().unwrap();
