@@ -78,7 +78,7 @@ async fn execute(
         let kill_tx = kill_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let _ = kill_tx.send(Some(KillReason::Timeout));
+            let _ = kill_tx.send(Some(StopReason::Timeout));
         });
     }
     let exit = backend
@@ -354,16 +354,14 @@ pub async fn a_cancel_stops_the_try_as_killed(backend: &dyn Backend) {
     let started = std::time::Instant::now();
     let cancel = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        kill_tx
-            .send(Some(KillReason::Requested("run cancelled by ops".into())))
-            .unwrap();
+        kill_tx.send(Some(StopReason::Cancelled)).unwrap();
     };
     let (exit, ()) = tokio::join!(backend.execute(task, events_tx, kill_rx), cancel);
     let exit = exit.expect("backend reachable");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(
         exit.failure,
-        Some(FailureReason::Killed("run cancelled by ops".into()))
+        Some(FailureReason::Stopped(StopReason::Cancelled))
     );
     assert_eq!(exit.exit_code, Some(137));
     assert_eq!(collector.await.unwrap(), vec!["sleeping 60s".to_owned()]);

@@ -190,7 +190,7 @@ fn event(kind: &str, message: &str, details: Value) -> Value {
         "Details": details,
         "FailsTask": fails,
         "RestartReason": "", "SetupError": "", "DriverError": "", "DriverMessage": "",
-        "ExitCode": exit_code, "Signal": 0, "KillReason": "", "KillTimeout": 0,
+        "ExitCode": exit_code, "Signal": 0, "StopReason": "", "KillTimeout": 0,
         "KillError": "", "StartDelay": 0, "DownloadError": "", "ValidationError": "",
         "DiskLimit": 0, "DiskSize": 0, "FailedSibling": "", "VaultError": "",
         "TaskSignalReason": "", "TaskSignal": "", "GenericSource": "",

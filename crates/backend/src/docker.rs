@@ -585,7 +585,7 @@ impl DockerBackend {
             .condition("not-running")
             .build();
         let mut wait = Box::pin(docker.wait_container(container_id, Some(options)));
-        let mut killed: Option<KillReason> = kill.borrow().clone();
+        let mut killed: Option<StopReason> = kill.borrow().clone();
         if killed.is_some() {
             self.kill_container(docker, container_id).await;
         }

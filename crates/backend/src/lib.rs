@@ -179,28 +179,13 @@ pub struct TryExit {
     pub failure: Option<FailureReason>,
 }
 
-/// Why the scheduler wants a try stopped.
-#[derive(Clone, Debug, PartialEq)]
-pub enum KillReason {
-    Timeout,
-    Requested(String),
-    /// The try broke the protocol's limits (an output over `max_output_bytes`, ...).
-    Protocol(String),
-}
-
-impl KillReason {
-    pub fn as_failure(&self) -> FailureReason {
-        match self {
-            KillReason::Timeout => FailureReason::Timeout,
-            KillReason::Requested(why) => FailureReason::Killed(why.clone()),
-            KillReason::Protocol(why) => FailureReason::Protocol(why.clone()),
-        }
-    }
-}
+/// Why the scheduler stops a try: the domain's [`StopReason`], carried by the kill switch
+/// and handed back untouched in the try's exit (`reason.as_failure()`).
+pub use stevedore_domain::state::StopReason;
 
 /// The scheduler's side of a kill switch: `kill(reason)` stops the try.
-pub type KillSender = watch::Sender<Option<KillReason>>;
-pub type KillReceiver = watch::Receiver<Option<KillReason>>;
+pub type KillSender = watch::Sender<Option<StopReason>>;
+pub type KillReceiver = watch::Receiver<Option<StopReason>>;
 
 pub fn kill_switch() -> (KillSender, KillReceiver) {
     watch::channel(None)

@@ -336,8 +336,8 @@ impl ProcessBackend {
         mut output: OutputFiles,
         events: &mpsc::Sender<TryEvent>,
         kill: &mut KillReceiver,
-    ) -> Result<(Option<i64>, Option<KillReason>), String> {
-        let mut killed: Option<KillReason> = kill.borrow().clone();
+    ) -> Result<(Option<i64>, Option<StopReason>), String> {
+        let mut killed: Option<StopReason> = kill.borrow().clone();
         if killed.is_some() {
             kill_group(marker.pid);
         }

@@ -338,9 +338,9 @@ pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// Event times in JSON keep milliseconds (logical dates and intervals stay whole seconds).
+/// Event times in JSON, as every view writes them (`stevedore_ops::views::time`).
 fn precise(time: chrono::DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    stevedore_ops::views::time(time)
 }
 
 fn parse_param(text: &str) -> anyhow::Result<(String, Value)> {
@@ -352,35 +352,7 @@ fn parse_param(text: &str) -> anyhow::Result<(String, Value)> {
 }
 
 fn run_json(run: &RunRecord) -> Value {
-    json!({
-        "run_id": run.run_id,
-        "job_id": run.job_id,
-        "job_version": run.job_version,
-        "trigger": run.trigger.as_str(),
-        "state": run.state.as_str(),
-        "logical_date": rfc3339(run.logical_date),
-        "data_interval_start": rfc3339(run.data_interval.start),
-        "data_interval_end": rfc3339(run.data_interval.end),
-        "params": run.params,
-        "queued_at": precise(run.queued_at),
-        "started_at": run.started_at.map(precise),
-        "ended_at": run.ended_at.map(precise),
-    })
-}
-
-fn try_json(attempt: &TryRecord) -> Value {
-    json!({
-        "try_number": attempt.try_number,
-        "state": attempt.state.as_str(),
-        "backend": attempt.backend,
-        "container_id": attempt.container_id,
-        "image": attempt.image_ref,
-        "image_digest": attempt.image_digest,
-        "started_at": precise(attempt.started_at),
-        "ended_at": attempt.ended_at.map(precise),
-        "exit_code": attempt.exit_code,
-        "failure_reason": attempt.failure_reason,
-    })
+    serde_json::to_value(stevedore_ops::views::RunView::from(run)).unwrap_or_default()
 }
 
 /// Loads one job by id from the jobs folder, with its file errors when it is invalid.
@@ -630,27 +602,9 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                 details.push((ti, tries));
             }
             if global.output == Format::Json {
-                let mut value = run_json(&run);
-                value["task_instances"] = Value::Array(
-                    details
-                        .iter()
-                        .map(|(ti, tries)| {
-                            let last = tries.last();
-                            json!({
-                                "task_id": ti.task_id,
-                                "state": ti.state.as_str(),
-                                "try_number": ti.try_number,
-                                "exit_code": last.and_then(|t| t.exit_code),
-                                "image_digest": last.and_then(|t| t.image_digest.clone()),
-                                "failure_reason": last.and_then(|t| t.failure_reason.clone()),
-                                "next_try_at": ti.next_try_at.map(precise),
-                                "started_at": ti.started_at.map(precise),
-                                "ended_at": ti.ended_at.map(precise),
-                                "tries": tries.iter().map(try_json).collect::<Vec<_>>(),
-                            })
-                        })
-                        .collect(),
-                );
+                let value = serde_json::to_value(
+                    stevedore_ops::views::run_detail(store.as_ref(), &run).await?,
+                )?;
                 print_json(&value);
             } else {
                 println!("run:           {}", run.run_id);

@@ -4,7 +4,9 @@
 //!   name the file, the line and what is wrong.
 //! - [`schedule`]: cron schedules and the data intervals they produce, in a job's timezone.
 //! - [`retry`]: when the next try of a failed task instance starts (Airflow's formula).
-//! - [`state`]: run, task-instance and try states, and what an exit code means.
+//! - [`state`]: run, task-instance and try states, what an exit code means, why a try was
+//!   stopped.
+//! - [`attempt`]: what a try's end means (try state, task state, next try, reason).
 //! - [`run`]: what a run does next and when it is over.
 //! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
 //! - [`limits`]: pools, `max_active_tasks` and priority: which ready task instances start.
@@ -16,6 +18,7 @@
 //! - [`role`]: API roles and what each may do.
 //! - [`names`]: the naming rules of ids and environment variables.
 
+pub mod attempt;
 pub mod duration;
 pub mod image;
 pub mod job;

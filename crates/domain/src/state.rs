@@ -131,8 +131,9 @@ pub enum FailureReason {
     Image(String),
     /// The backend failed to create or run the container.
     Backend(String),
-    /// Killed on an operator's request (run cancelled, task marked).
-    Killed(String),
+    /// Stopped by Stevedore before it ended by itself (run cancelled, task marked,
+    /// scheduler stopped).
+    Stopped(StopReason),
     /// The scheduler that ran the try went away and the container could not be adopted.
     Lost(String),
     /// The try broke the entrypoint protocol's limits (an output over `max_output_bytes`,
@@ -149,9 +150,49 @@ impl FailureReason {
             FailureReason::Timeout => "timeout".to_owned(),
             FailureReason::Image(text) => format!("image: {text}"),
             FailureReason::Backend(text) => format!("backend: {text}"),
-            FailureReason::Killed(text) => format!("killed: {text}"),
+            FailureReason::Stopped(reason) => format!("killed: {}", reason.describe()),
             FailureReason::Lost(text) => format!("lost: {text}"),
             FailureReason::Protocol(text) => format!("protocol: {text}"),
+        }
+    }
+}
+
+/// Why Stevedore stops a try that has not ended by itself. The scheduler says it when it
+/// flips a try's kill switch; the backend hands it back untouched with the try's exit; the
+/// domain decides what it means ([`crate::attempt::settle`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The task's `timeout` passed.
+    Timeout,
+    /// An operator cancelled the run: the try fails, without a retry.
+    Cancelled,
+    /// An operator marked the task instance while the try ran: the mark stands.
+    Marked(TaskState),
+    /// The scheduler that followed the try stops and its backend cannot re-attach: the try
+    /// is interrupted, not counted, and its task instance scheduled again.
+    SchedulerStopped,
+    /// The try broke the protocol's limits (an output over `max_output_bytes`, ...).
+    Protocol(String),
+}
+
+impl StopReason {
+    /// The failure a try stopped for this reason ends with.
+    pub fn as_failure(&self) -> FailureReason {
+        match self {
+            StopReason::Timeout => FailureReason::Timeout,
+            StopReason::Protocol(why) => FailureReason::Protocol(why.clone()),
+            other => FailureReason::Stopped(other.clone()),
+        }
+    }
+
+    /// The words stored after `killed: `.
+    fn describe(&self) -> String {
+        match self {
+            StopReason::Timeout => "timeout".to_owned(),
+            StopReason::Cancelled => "run cancelled".to_owned(),
+            StopReason::Marked(state) => format!("task marked {state}"),
+            StopReason::SchedulerStopped => "scheduler stopped".to_owned(),
+            StopReason::Protocol(why) => why.clone(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`pools`]: pools set by hand.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
+//! - [`views`]: the JSON shapes of runs, task instances and tries, for every door.
 
 pub mod actions;
 pub mod backfill;
@@ -19,3 +20,4 @@ pub mod jobs_dir;
 pub mod logs;
 pub mod pools;
 pub mod runs;
+pub mod views;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use stevedore_backend::{Backend, KillReason, KillSender};
+use stevedore_backend::{Backend, KillSender, StopReason};
 use stevedore_domain::job::{parse_job, Job, JobError};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
@@ -855,9 +855,7 @@ impl Scheduler {
             .filter_map(|(_, tracked)| tracked.kill.clone())
             .collect();
         for kill in &switches {
-            let _ = kill.send(Some(KillReason::Requested(
-                try_runner::RUN_CANCELLED.to_owned(),
-            )));
+            let _ = kill.send(Some(StopReason::Cancelled));
         }
         for ti in self.store.task_instances(&run.run_id).await? {
             if !ti.state.is_finished() && !ti.state.is_active() {
@@ -908,10 +906,7 @@ impl Scheduler {
                 .collect()
         };
         for (kill, state) in marked {
-            let _ = kill.send(Some(KillReason::Requested(format!(
-                "{}{state}",
-                try_runner::MARKED
-            ))));
+            let _ = kill.send(Some(StopReason::Marked(state)));
         }
 
         let mut changes: Vec<(String, String, TaskState)> = Vec::new();
@@ -1168,9 +1163,7 @@ impl Scheduler {
             );
         }
         for kill in &switches {
-            let _ = kill.send(Some(KillReason::Requested(
-                try_runner::SCHEDULER_STOPPED.to_owned(),
-            )));
+            let _ = kill.send(Some(StopReason::SchedulerStopped));
         }
         // Wait (bounded) for the killed tries to record their end.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -9,17 +9,17 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use stevedore_backend::{
-    kill_switch, Adopted, Adoption, Backend, BackendError, Isolation, KillReason, KillSender,
-    LaunchSpec, RegistryAuth, Stream, TryEvent, TryExit, STATE_FILE,
+    kill_switch, Adopted, Adoption, Backend, BackendError, Isolation, KillSender, LaunchSpec,
+    RegistryAuth, StopReason, Stream, TryEvent, TryExit, STATE_FILE,
 };
+use stevedore_domain::attempt::{self, Ending, History, Settled, TryIdentity};
 use stevedore_domain::image::ImageRef;
 use stevedore_domain::job::{Job, Task};
 use stevedore_domain::mask::Masker;
 use stevedore_domain::protocol::{
     output_as_text, read_line, rfc3339, Message, TryContext, TryLimits,
 };
-use stevedore_domain::retry::RetryKey;
-use stevedore_domain::state::{state_after_try, FailureReason, TaskState, TryOutcome, TryState};
+use stevedore_domain::state::{FailureReason, TaskState, TryState};
 use stevedore_domain::template::{self, Variable};
 use stevedore_ops::connections;
 use stevedore_store::secrets::SecretKey;
@@ -34,15 +34,6 @@ use crate::group_commit::GroupCommit;
 /// Log lines are written in batches of at most this many, or after [`FLUSH_INTERVAL`].
 const LOG_BATCH: usize = 4096;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The kill reason of tries stopped because their scheduler stops: such a try does not
-/// count against the retries; its task instance is scheduled again.
-pub const SCHEDULER_STOPPED: &str = "scheduler stopped";
-
-/// The kill reason of a try whose task instance an operator marked (`task marked success`).
-pub const MARKED: &str = "task marked ";
-/// The kill reason of the tries of a cancelled run.
-pub const RUN_CANCELLED: &str = "run cancelled";
 
 /// How a try ended, as the scheduler loop needs to know.
 #[derive(Debug)]
@@ -653,7 +644,7 @@ impl TryRunner {
             let kill_tx = kill_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
-                let _ = kill_tx.send(Some(KillReason::Timeout));
+                let _ = kill_tx.send(Some(StopReason::Timeout));
             })
         });
         let protocol_kill = kill_tx.clone();
@@ -735,85 +726,45 @@ impl TryRunner {
         exit: TryExit,
     ) -> anyhow::Result<TryEnd> {
         let now = Utc::now();
-        let outcome = match (&exit.failure, exit.exit_code) {
-            (Some(reason), _) => TryOutcome::Failed(reason.clone()),
-            (None, Some(code)) => TryOutcome::from_exit_code(code),
-            (None, None) => TryOutcome::Failed(FailureReason::Backend(
-                "the container vanished without an exit code".to_owned(),
-            )),
+        let ending = Ending {
+            exit_code: exit.exit_code,
+            failure: exit.failure,
         };
-        // Retries count failed tries only: sensor reschedules and interrupted tries do not
-        // spend the budget. A success or a skip needs no history.
-        let needs_history = matches!(outcome, TryOutcome::Failed(_) | TryOutcome::NotReady);
-        let earlier_tries = if needs_history {
-            self.store.tries(&context.run_id, &task.id).await?
-        } else {
-            Vec::new()
-        };
-        let retry_base = if needs_history {
-            self.store
+        // Only a failure or a sensor's reschedule needs the task instance's history.
+        let history = if attempt::needs_history(&ending) {
+            let earlier_tries = self.store.tries(&context.run_id, &task.id).await?;
+            let retry_base = self
+                .store
                 .task_instances(&context.run_id)
                 .await?
                 .into_iter()
                 .find(|ti| ti.task_id == task.id)
                 .map(|ti| ti.retry_base)
-                .unwrap_or(0)
+                .unwrap_or(0);
+            History {
+                earlier_failures: earlier_tries
+                    .iter()
+                    .filter(|t| {
+                        t.try_id != try_id
+                            && t.try_number > retry_base
+                            && t.state == TryState::Failed
+                    })
+                    .count() as u32,
+                first_started_at: earlier_tries.first().map(|t| t.started_at),
+            }
         } else {
-            0
+            History::default()
         };
-        let earlier_failures = earlier_tries
-            .iter()
-            .filter(|t| {
-                t.try_id != try_id && t.try_number > retry_base && t.state == TryState::Failed
-            })
-            .count() as u32;
-        let failures = earlier_failures + u32::from(matches!(outcome, TryOutcome::Failed(_)));
-        let mut task_state = state_after_try(&outcome, failures, task.retry.retries);
-        let mut try_state = outcome.try_state();
-        let mut next_try_at = None;
-        match &exit.failure {
-            Some(FailureReason::Killed(why)) if why == SCHEDULER_STOPPED => {
-                try_state = TryState::Interrupted;
-                task_state = TaskState::Scheduled;
-            }
-            // Killed on an operator's request (run cancelled): failed, not retried.
-            // Marked by an operator while it ran: the mark stands.
-            Some(FailureReason::Killed(why)) if why.starts_with(MARKED) => {
-                task_state = why[MARKED.len()..].parse().unwrap_or(TaskState::Failed);
-            }
-            Some(FailureReason::Killed(_)) => task_state = TaskState::Failed,
-            _ => {}
-        }
-        match task_state {
-            TaskState::UpForRetry => {
-                let key = RetryKey {
-                    job_id: &job.id,
-                    task_id: &task.id,
-                    logical_date: context.logical_date,
-                    try_number: failures,
-                };
-                next_try_at = Some(task.retry.next_try_at(now, &key));
-            }
-            TaskState::UpForReschedule => {
-                let first_try = earlier_tries.first().map(|t| t.started_at).unwrap_or(now);
-                let sensor_deadline = first_try
-                    + chrono::TimeDelta::from_std(task.sensor_timeout)
-                        .unwrap_or(chrono::TimeDelta::MAX);
-                if now >= sensor_deadline {
-                    task_state = TaskState::Failed;
-                } else {
-                    next_try_at = Some(
-                        now + chrono::TimeDelta::from_std(task.reschedule_interval)
-                            .unwrap_or(chrono::TimeDelta::zero()),
-                    );
-                }
-            }
-            _ => {}
-        }
-        let failure_reason = match &outcome {
-            TryOutcome::Failed(reason) => Some(reason.to_text()),
-            _ => None,
+        let identity = TryIdentity {
+            job_id: &job.id,
+            logical_date: context.logical_date,
         };
+        let Settled {
+            try_state,
+            task_state,
+            next_try_at,
+            failure_reason,
+        } = attempt::settle(&ending, &history, task, identity, now);
         info!(
             run_id = %context.run_id, task_id = %task.id, try_number = context.try_number,
             exit_code = ?exit.exit_code, reason = ?failure_reason, state = %task_state, "try ended"
@@ -961,7 +912,7 @@ impl EventRules {
             if reason.is_some() {
                 return false;
             }
-            *reason = Some(KillReason::Protocol(why));
+            *reason = Some(StopReason::Protocol(why));
             true
         });
     }
@@ -1121,7 +1072,7 @@ async fn consume_events(
 /// `exit` failed for breaking the protocol's limits when its events did (they are all
 /// stored before the exit is looked at), even if the try ended before the kill reached it.
 fn with_protocol_failure(mut exit: TryExit, kill: &stevedore_backend::KillReceiver) -> TryExit {
-    if let Some(KillReason::Protocol(why)) = kill.borrow().clone() {
+    if let Some(StopReason::Protocol(why)) = kill.borrow().clone() {
         exit.failure = Some(FailureReason::Protocol(why));
     }
     exit

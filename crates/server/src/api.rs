@@ -13,14 +13,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures_util::stream::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use stevedore_domain::job::Job;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::{RunState, TryState};
-use stevedore_ops::actions;
+use stevedore_ops::{actions, views};
 use stevedore_store::{
     ConnectionRecord, LogLine, PoolRecord, RunFilter, RunRecord, TaskInstanceRecord, TryRecord,
 };
@@ -85,7 +85,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    views::time(at)
 }
 
 /// A JSON body, with a 400 naming what is wrong when it does not parse.
@@ -326,8 +326,8 @@ async fn backfill_job(
 
 pub fn backfill_json(done: &stevedore_ops::backfill::Backfill) -> Value {
     json!({
-        "from": done.from.map(time),
-        "to": done.to.map(time),
+        "from": done.from.map(views::instant),
+        "to": done.to.map(views::instant),
         "intervals": done.intervals,
         "created": done.created,
         "rerun": done.rerun,
@@ -338,21 +338,7 @@ pub fn backfill_json(done: &stevedore_ops::backfill::Backfill) -> Value {
 // Runs.
 
 pub fn run_json(run: &RunRecord) -> Value {
-    json!({
-        "run_id": run.run_id,
-        "job_id": run.job_id,
-        "job_version": run.job_version,
-        "trigger": run.trigger.as_str(),
-        "state": run.state.as_str(),
-        "logical_date": time(run.logical_date),
-        "data_interval_start": time(run.data_interval.start),
-        "data_interval_end": time(run.data_interval.end),
-        "params": run.params,
-        "queued_at": time(run.queued_at),
-        "started_at": run.started_at.map(time),
-        "ended_at": run.ended_at.map(time),
-        "cancel_requested": run.cancel_requested,
-    })
+    serde_json::to_value(views::RunView::from(run)).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -421,36 +407,11 @@ async fn find_run(state: &AppState, run_id: &str) -> ApiResult<RunRecord> {
 }
 
 fn instance_json(ti: &TaskInstanceRecord, tries: &[TryRecord]) -> Value {
-    let last = tries.last();
-    json!({
-        "run_id": ti.run_id,
-        "task_id": ti.task_id,
-        "state": ti.state.as_str(),
-        "try_number": ti.try_number,
-        "next_try_at": ti.next_try_at.map(time),
-        "started_at": ti.started_at.map(time),
-        "ended_at": ti.ended_at.map(time),
-        "exit_code": last.and_then(|t| t.exit_code),
-        "image_digest": last.and_then(|t| t.image_digest.clone()),
-        "failure_reason": last.and_then(|t| t.failure_reason.clone()),
-    })
+    serde_json::to_value(views::TaskInstanceView::new(ti, tries)).unwrap_or_default()
 }
 
 fn try_json(attempt: &TryRecord) -> Value {
-    json!({
-        "run_id": attempt.run_id,
-        "task_id": attempt.task_id,
-        "try_number": attempt.try_number,
-        "state": attempt.state.as_str(),
-        "backend": attempt.backend,
-        "container_id": attempt.container_id,
-        "image": attempt.image_ref,
-        "image_digest": attempt.image_digest,
-        "started_at": time(attempt.started_at),
-        "ended_at": attempt.ended_at.map(time),
-        "exit_code": attempt.exit_code,
-        "failure_reason": attempt.failure_reason,
-    })
+    serde_json::to_value(views::TryView::from(attempt)).unwrap_or_default()
 }
 
 async fn get_run(
@@ -460,18 +421,8 @@ async fn get_run(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let run = find_run(&state, &run_id).await?;
-    let mut value = run_json(&run);
-    value["task_instances"] = Value::Array(instances_json(&state, &run).await?);
-    Ok(Json(value))
-}
-
-async fn instances_json(state: &AppState, run: &RunRecord) -> ApiResult<Vec<Value>> {
-    let mut items = Vec::new();
-    for ti in state.store.task_instances(&run.run_id).await? {
-        let tries = state.store.tries(&run.run_id, &ti.task_id).await?;
-        items.push(instance_json(&ti, &tries));
-    }
-    Ok(items)
+    let detail = views::run_detail(state.store.as_ref(), &run).await?;
+    Ok(Json(serde_json::to_value(detail).unwrap_or_default()))
 }
 
 async fn cancel_run(
@@ -495,7 +446,13 @@ async fn list_task_instances(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let run = find_run(&state, &run_id).await?;
-    Ok(Json(json!({"items": instances_json(&state, &run).await?})))
+    let detail = views::run_detail(state.store.as_ref(), &run).await?;
+    let items: Vec<Value> = detail
+        .task_instances
+        .into_iter()
+        .map(|ti| serde_json::to_value(ti.instance).unwrap_or_default())
+        .collect();
+    Ok(Json(json!({ "items": items })))
 }
 
 async fn find_instance(

@@ -323,7 +323,7 @@ fn schemas() -> Value {
         .unwrap()
         .push(json!("task_instances"));
     run_detail["properties"]["task_instances"] =
-        json!({"type": "array", "items": schema("TaskInstance")});
+        json!({"type": "array", "items": schema("TaskInstanceDetail")});
     let mut instance_detail = instance.clone();
     instance_detail["required"]
         .as_array_mut()

@@ -1,5 +1,6 @@
 //! Regression tests of the security review (issue 13), each named after its finding and
-//! run on the built binary, as the review was: a job author's tries, a viewer's reads.
+//! run on the built binary, as the review was: a job author's tries, a viewer's reads; and,
+//! with the same helpers, that every door shows a run alike (issue 14).
 
 use std::collections::BTreeMap;
 
@@ -605,5 +606,30 @@ tasks:
     assert_eq!(shown["state"], "success", "{shown}");
     let log = texts(&second);
     assert!(log.iter().any(|l| l == r#"state={"seen":true}"#), "{log:?}");
+    standalone.interrupt();
+}
+
+/// Issue 14: the CLI's `-o json` and the API wrote their JSON by hand and disagreed
+/// (milliseconds against microseconds, fields missing on one side). Both now serialize the
+/// same view types: the same run has the same fields with the same values at both doors.
+#[test]
+fn runs_show_and_the_api_show_a_run_alike() {
+    let job = "id: alike\ntasks:\n  - id: first\n    backend: process\n    command: [/bin/sh, -c, 'echo one']\n  - id: second\n    backend: process\n    depends_on: [first]\n    command: [/bin/sh, -c, 'exit 3']\n    retries: 1\n    retry_delay: 1s\n";
+    let workspace = Workspace::new(&[("alike.yaml", job)]);
+    let token = viewer_token(&workspace);
+    let standalone = workspace.standalone(None);
+    let base = api_base(&standalone);
+    let run_id = trigger(&workspace, "alike");
+    let shown = wait_ended(&workspace, &run_id, Duration::from_secs(60));
+    assert_eq!(shown["state"], "failed", "{shown}");
+    let api = api_get(&base, &format!("/runs/{run_id}"), &token);
+    assert_eq!(
+        shown, api,
+        "runs show -o json and GET /api/v1/runs/{{id}} differ"
+    );
+    assert_eq!(task(&shown, "second")["tries"].as_array().unwrap().len(), 2);
+    let listed = workspace.json(&["runs", "list", "-o", "json"]);
+    let page = api_get(&base, "/runs", &token);
+    assert_eq!(listed[0], page["items"][0]);
     standalone.interrupt();
 }

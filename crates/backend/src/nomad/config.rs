@@ -1,0 +1,125 @@
+//! Where and how to reach Nomad: `NOMAD_*` (Nomad's own CLI's variables) and
+//! Stevedore's `STEVEDORE_NOMAD_*` settings.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Where and how to reach Nomad. [`NomadConfig::from_env`] reads the `NOMAD_*` variables
+/// Nomad's own CLI honours and Stevedore's `STEVEDORE_NOMAD_*` settings. `Debug` never shows the token.
+#[derive(Clone)]
+pub struct NomadConfig {
+    /// `NOMAD_ADDR`, by default `http://127.0.0.1:4646`.
+    pub address: String,
+    /// `NOMAD_TOKEN`, sent as `X-Nomad-Token`. Never logged.
+    pub token: Option<String>,
+    /// `NOMAD_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// `NOMAD_REGION`.
+    pub region: Option<String>,
+    /// `STEVEDORE_NOMAD_DATACENTERS` (comma-separated), by default `*` (every datacenter).
+    pub datacenters: Vec<String>,
+    /// `NOMAD_CACERT`: the CA that signed Nomad's certificate (an `https://` address).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// `NOMAD_CLIENT_CERT` and `NOMAD_CLIENT_KEY`: a client certificate for mTLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `STEVEDORE_NOMAD_PLACEMENT_TIMEOUT`: how long a try may wait for Nomad to place it
+    /// before it fails with Nomad's reason (default 2 minutes).
+    pub placement_timeout: Duration,
+    /// `STEVEDORE_NOMAD_MHZ_PER_CPU`: what one CPU of a task's `resources.cpu` is in Nomad's
+    /// MHz (default 1000).
+    pub mhz_per_cpu: u64,
+    /// `STEVEDORE_NOMAD_WORKSPACE_VOLUMES`: mount the run's workspace as a docker volume
+    /// (needs `volumes { enabled = true }` in the clients' docker plugin config; default on).
+    pub workspace_volumes: bool,
+    /// How long one blocking query waits (`wait`), by default 30 s.
+    pub wait: Duration,
+}
+
+impl std::fmt::Debug for NomadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NomadConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("namespace", &self.namespace)
+            .field("region", &self.region)
+            .field("datacenters", &self.datacenters)
+            .field("placement_timeout", &self.placement_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for NomadConfig {
+    fn default() -> Self {
+        NomadConfig {
+            address: "http://127.0.0.1:4646".to_owned(),
+            token: None,
+            namespace: None,
+            region: None,
+            datacenters: vec!["*".to_owned()],
+            ca_cert: None,
+            client_cert: None,
+            placement_timeout: Duration::from_secs(120),
+            mhz_per_cpu: 1000,
+            workspace_volumes: true,
+            wait: Duration::from_secs(30),
+        }
+    }
+}
+
+impl NomadConfig {
+    /// The configuration from the environment; an error names the variable that is wrong.
+    pub fn from_env() -> Result<NomadConfig, String> {
+        NomadConfig::from_settings(&|name| std::env::var(name).ok())
+    }
+
+    /// The same from `setting(name)`: the value of the variable `name` (`NOMAD_ADDR`, ...)
+    /// as the caller resolved it (the command line gives its settings this way).
+    pub fn from_settings(setting: &dyn Fn(&str) -> Option<String>) -> Result<NomadConfig, String> {
+        let var = |name: &str| setting(name).filter(|v| !v.trim().is_empty());
+        let mut config = NomadConfig::default();
+        if let Some(address) = var("NOMAD_ADDR") {
+            config.address = address.trim_end_matches('/').to_owned();
+        }
+        config.token = var("NOMAD_TOKEN");
+        config.namespace = var("NOMAD_NAMESPACE");
+        config.region = var("NOMAD_REGION");
+        if let Some(list) = var("STEVEDORE_NOMAD_DATACENTERS") {
+            config.datacenters = list
+                .split(',')
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect();
+        }
+        config.ca_cert = var("NOMAD_CACERT").map(Into::into);
+        config.client_cert = match (var("NOMAD_CLIENT_CERT"), var("NOMAD_CLIENT_KEY")) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY must be set together".to_owned(),
+                )
+            }
+        };
+        if let Some(text) = var("STEVEDORE_NOMAD_PLACEMENT_TIMEOUT") {
+            config.placement_timeout = stevedore_domain::duration::parse_duration(&text)
+                .map_err(|e| format!("STEVEDORE_NOMAD_PLACEMENT_TIMEOUT: {e}"))?;
+        }
+        if let Some(text) = var("STEVEDORE_NOMAD_MHZ_PER_CPU") {
+            config.mhz_per_cpu = text.parse().ok().filter(|mhz| *mhz > 0).ok_or_else(|| {
+                format!("STEVEDORE_NOMAD_MHZ_PER_CPU: `{text}` is not a positive number")
+            })?;
+        }
+        if let Some(text) = var("STEVEDORE_NOMAD_WORKSPACE_VOLUMES") {
+            config.workspace_volumes = match text.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => {
+                    return Err(format!(
+                        "STEVEDORE_NOMAD_WORKSPACE_VOLUMES: `{other}` is not true or false"
+                    ))
+                }
+            };
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,94 @@
+//! How a terminal allocation's task ended, from its events; errors with their causes.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// How the task of a terminal allocation ended, from its events.
+pub(crate) fn exit_of(allocation: &Allocation, killed: Option<StopReason>) -> TryExit {
+    let events = allocation.events();
+    let terminated = events.iter().rev().find(|e| e.kind == "Terminated");
+    let exit_code = terminated
+        .and_then(|e| e.detail("exit_code"))
+        .and_then(|code| code.parse::<i64>().ok());
+    if let Some(reason) = killed {
+        return TryExit {
+            exit_code,
+            failure: Some(reason.as_failure()),
+        };
+    }
+    if terminated.and_then(|e| e.detail("oom_killed")) == Some("true") {
+        return TryExit {
+            exit_code,
+            failure: Some(FailureReason::Backend(
+                "killed by the kernel: out of memory".to_owned(),
+            )),
+        };
+    }
+    if exit_code.is_some() {
+        return TryExit {
+            exit_code,
+            failure: None,
+        };
+    }
+    // The task never ran to an exit: the event that failed it says why.
+    // The event that says why comes before `Not Restarting`, which only says it is final.
+    let failing = events
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(
+                e.kind.as_str(),
+                "Driver Failure"
+                    | "Setup Failure"
+                    | "Failed Validation"
+                    | "Failed Artifact Download"
+                    | "Template"
+            )
+        })
+        .or_else(|| events.iter().rev().find(|e| e.fails_task));
+    let failure = match failing {
+        Some(event) => {
+            let message = event.message();
+            let lower = message.to_lowercase();
+            if event.kind == "Driver Failure" && (lower.contains("pull") || lower.contains("image"))
+            {
+                FailureReason::Image(format!("Nomad: {message}"))
+            } else {
+                FailureReason::Backend(format!("Nomad: {}: {message}", event.kind))
+            }
+        }
+        None if allocation.client_status == "lost" => FailureReason::Backend(format!(
+            "Nomad lost the allocation {} on node {}: {}",
+            allocation.id, allocation.node_name, allocation.client_description
+        )),
+        None => FailureReason::Backend(format!(
+            "Nomad allocation {} ended {} without an exit code: {}",
+            allocation.id, allocation.client_status, allocation.client_description
+        )),
+    };
+    TryExit {
+        exit_code: None,
+        failure: Some(failure),
+    }
+}
+
+/// An error and its causes, for a message that says what went wrong.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = cause_of(source);
+    }
+    text
+}
+
+pub(crate) fn cause_of<'a>(
+    error: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    error.and_then(|e| e.source())
+}

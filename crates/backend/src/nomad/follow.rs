@@ -1,0 +1,303 @@
+//! Following a try on Nomad: waiting for its placement, following its allocation with
+//! blocking queries, and streaming its logs (framed, base64, resumed by byte offset).
+
+#[allow(unused_imports)]
+use super::*;
+
+impl NomadBackend {
+    /// Waits until Nomad places the job's allocation: `Ok(None)` when it is not placed within
+    /// the placement timeout.
+    pub(crate) async fn placed(
+        &self,
+        nomad_job: &str,
+        kill: &mut KillReceiver,
+        events: &mpsc::Sender<TryEvent>,
+    ) -> Result<Option<Allocation>, Interrupted> {
+        let deadline = tokio::time::Instant::now() + self.config.placement_timeout;
+        let path = format!("/v1/job/{}/allocations", segment(nomad_job));
+        let mut index = 0;
+        let mut said_waiting = false;
+        let mut listening = true;
+        loop {
+            let asked = kill.borrow().clone();
+            if let Some(reason) = asked {
+                return Err(Interrupted::Killed(reason));
+            }
+            let answer = tokio::select! {
+                answer = self.watch::<Vec<Allocation>>(&path, index) => answer,
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                changed = kill.changed(), if listening => {
+                    // Dropped: nobody will ask for a kill; keep waiting without the switch.
+                    listening = changed.is_ok();
+                    continue;
+                }
+            };
+            let (allocations, next) = answer.map_err(Interrupted::Api)?;
+            if let Some(allocation) = allocations.into_iter().max_by_key(|a| a.create_index) {
+                return Ok(Some(allocation));
+            }
+            if !said_waiting {
+                if let Some(problem) = self.placement_problem(nomad_job).await {
+                    said_waiting = true;
+                    let _ = events
+                        .send(TryEvent::Note(format!(
+                            "waiting for Nomad to place the try: {problem}"
+                        )))
+                        .await;
+                }
+            }
+            index = next;
+        }
+    }
+
+    /// Follows the allocation until it is terminal, deregistering the job when `kill` fires.
+    /// Returns the last allocation read and the kill, if any.
+    pub(crate) async fn follow_allocation(
+        &self,
+        mut allocation: Allocation,
+        nomad_job: &str,
+        kill: &mut KillReceiver,
+        terminal: &watch::Sender<bool>,
+    ) -> Result<(Allocation, Option<StopReason>), ApiError> {
+        let path = format!("/v1/allocation/{}", segment(&allocation.id));
+        let mut index = 0;
+        let mut killed: Option<StopReason> = kill.borrow().clone();
+        let mut listening = true;
+        if killed.is_some() {
+            self.purge(nomad_job).await?;
+        }
+        while !allocation.is_terminal() {
+            let answer = tokio::select! {
+                answer = self.watch::<Allocation>(&path, index) => answer,
+                changed = kill.changed(), if killed.is_none() && listening => {
+                    if changed.is_err() {
+                        listening = false;
+                        continue;
+                    }
+                    let asked = kill.borrow().clone();
+                    if let Some(reason) = asked {
+                        killed = Some(reason);
+                        self.purge(nomad_job).await?;
+                    }
+                    continue;
+                }
+            };
+            let (read, next) = answer?;
+            allocation = read;
+            index = next;
+        }
+        let _ = terminal.send(true);
+        Ok((allocation, killed))
+    }
+
+    /// Streams one of the task's logs as lines until the allocation is terminal and the log
+    /// is read to its end. Resumes by byte offset after a broken connection, so no line is
+    /// sent twice; the first `skip` lines (stored already) are not sent at all.
+    pub(crate) async fn follow_log(
+        &self,
+        allocation_id: &str,
+        stream: Stream,
+        mut skip: u64,
+        max_line_bytes: usize,
+        mut terminal: watch::Receiver<bool>,
+        events: &mpsc::Sender<TryEvent>,
+    ) {
+        let kind = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        let path = format!("/v1/client/fs/logs/{}", segment(allocation_id));
+        let mut offset: u64 = 0;
+        let mut splitter = LineSplitter::new(max_line_bytes);
+        let mut pending: Vec<TryEvent> = Vec::new();
+        let mut failures = 0u32;
+        // The first `skip` lines are stored already.
+        let mut keep = |stream, timestamp, text, dropped| {
+            if skip > 0 {
+                skip -= 1;
+                return None;
+            }
+            Some(TryEvent::Line {
+                stream,
+                timestamp,
+                text,
+                dropped,
+            })
+        };
+        'connect: loop {
+            // Once the allocation is terminal, read what is left without following: that
+            // answer ends at the end of the log (a followed one never does).
+            let follow = !*terminal.borrow();
+            let request = self.request(
+                reqwest::Method::GET,
+                &path,
+                &[
+                    ("task", TASK.to_owned()),
+                    ("type", kind.to_owned()),
+                    ("origin", "start".to_owned()),
+                    ("offset", offset.to_string()),
+                    ("follow", follow.to_string()),
+                ],
+            );
+            let response = match self.send(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // 404: the task has not started yet, or it never wrote this log.
+                    if !follow && (error.is_not_found() || failures >= 5) {
+                        if !error.is_not_found() {
+                            warn!(allocation_id, kind, error = %error, "the rest of the log could not be read");
+                        }
+                        break 'connect;
+                    }
+                    if !error.is_not_found() {
+                        failures += 1;
+                        debug!(allocation_id, kind, error = %error, "log stream refused; retrying");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = terminal.changed() => {}
+                    }
+                    continue 'connect;
+                }
+            };
+            let mut body = response.bytes_stream();
+            let mut buffer: Vec<u8> = Vec::new();
+            loop {
+                let chunk = tokio::select! {
+                    chunk = body.next() => chunk,
+                    changed = terminal.changed(), if follow => {
+                        if changed.is_err() || *terminal.borrow() {
+                            // Terminal: drop the followed stream, read the rest to its end.
+                            continue 'connect;
+                        }
+                        continue;
+                    }
+                };
+                let bytes = match chunk {
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(error)) => {
+                        failures += 1;
+                        debug!(allocation_id, kind, error = %error, "log stream broke; resuming");
+                        if failures > 20 {
+                            warn!(
+                                allocation_id,
+                                kind, "log stream keeps breaking; giving up on the rest"
+                            );
+                            break 'connect;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'connect;
+                    }
+                    None if follow => continue 'connect,
+                    None => break 'connect,
+                };
+                buffer.extend_from_slice(&bytes);
+                // Frames are JSON objects one after another; the last may be incomplete.
+                let mut frames =
+                    serde_json::Deserializer::from_slice(&buffer).into_iter::<StreamFrame>();
+                let mut used = 0;
+                let mut garbled = false;
+                let now = Utc::now();
+                while let Some(frame) = frames.next() {
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        // The rest of this frame is still on its way.
+                        Err(error) if error.is_eof() => break,
+                        Err(error) => {
+                            warn!(allocation_id, kind, error = %error, "a log frame is not JSON; reading again from the last whole frame");
+                            garbled = true;
+                            break;
+                        }
+                    };
+                    used = frames.byte_offset();
+                    if frame.file_event.is_some_and(|e| e == "file truncated") {
+                        warn!(allocation_id, kind, "the task's log was truncated");
+                    }
+                    let Some(data) = frame.data.filter(|d| !d.is_empty()) else {
+                        continue; // a heartbeat
+                    };
+                    let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                        warn!(allocation_id, kind, "a log frame's Data is not base64");
+                        continue;
+                    };
+                    offset += data.len() as u64;
+                    failures = 0;
+                    splitter.push(
+                        stream,
+                        now,
+                        &data,
+                        &mut |stream, timestamp, text, dropped| {
+                            pending.extend(keep(stream, timestamp, text, dropped))
+                        },
+                    );
+                }
+                buffer.drain(..used);
+                for event in pending.drain(..) {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                if garbled {
+                    failures += 1;
+                    if failures > 20 {
+                        break 'connect;
+                    }
+                    continue 'connect;
+                }
+            }
+        }
+        splitter.finish(&mut |stream, timestamp, text, dropped| {
+            pending.extend(keep(stream, timestamp, text, dropped))
+        });
+        for event in pending {
+            let _ = events.send(event).await;
+        }
+    }
+
+    /// Follows a placed allocation to its end: its logs and its exit.
+    pub(crate) async fn run_allocation(
+        &self,
+        allocation: Allocation,
+        nomad_job: &str,
+        skip: (u64, u64),
+        max_line_bytes: usize,
+        kill: &mut KillReceiver,
+        events: &mpsc::Sender<TryEvent>,
+    ) -> Result<TryExit, BackendError> {
+        let (terminal_tx, terminal_rx) = watch::channel(allocation.is_terminal());
+        let allocation_id = allocation.id.clone();
+        let (_, _, followed) = tokio::join!(
+            self.follow_log(
+                &allocation_id,
+                Stream::Stdout,
+                skip.0,
+                max_line_bytes,
+                terminal_rx.clone(),
+                events
+            ),
+            self.follow_log(
+                &allocation_id,
+                Stream::Stderr,
+                skip.1,
+                max_line_bytes,
+                terminal_rx,
+                events
+            ),
+            async {
+                let followed = self
+                    .follow_allocation(allocation, nomad_job, kill, &terminal_tx)
+                    .await;
+                // Let the log followers finish, whatever happened.
+                let _ = terminal_tx.send(true);
+                followed
+            }
+        );
+        let (allocation, killed) = followed.map_err(|error| {
+            BackendError::Disconnected(format!(
+                "lost Nomad at {} while allocation {allocation_id} ran: {error}",
+                self.config.address
+            ))
+        })?;
+        Ok(exit_of(&allocation, killed))
+    }
+}
