@@ -413,7 +413,8 @@ fn chaos(fault: Fault) {
         }
         assert!(
             Instant::now() < deadline,
-            "{left} containers left behind{}",
+            "{left} containers left behind:\n{}{}",
+            left_behind(&cluster, &postgres, job_id),
             cluster.logs()
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -421,6 +422,38 @@ fn chaos(fault: Fault) {
     cluster.stop_all();
     let starts = events.starts();
     check(&postgres, job_id, fault, &run_ids, &starts, &cluster.logs());
+}
+
+/// Each container of the job still in the engine, with its engine state and what the store
+/// says of its try: what a failed sweep check needs to be understood.
+fn left_behind(cluster: &Cluster, postgres: &Postgres, job_id: &str) -> String {
+    let listed = cluster.docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=io.stevedore.job={job_id}"),
+        "--format",
+        "{{.Label \"io.stevedore.run\"}}|{{.Label \"io.stevedore.task\"}}|{{.Label \"io.stevedore.try\"}}|{{.State}}|{{.Status}}",
+    ]);
+    let mut text = String::new();
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let fields: Vec<&str> = line.split('|').collect();
+        let [run_id, task_id, try_number, ..] = fields[..] else {
+            continue;
+        };
+        let try_row = postgres.query(&format!(
+            "SELECT state, COALESCE(container_id, ''), COALESCE(failure_reason, '') FROM tries \
+             WHERE run_id = '{run_id}' AND task_id = '{task_id}' AND try_number = {try_number}"
+        ));
+        let run_state =
+            postgres.query(&format!("SELECT state FROM runs WHERE run_id = '{run_id}'"));
+        text.push_str(&format!(
+            "  {line} | store: try [{}] run [{}]\n",
+            try_row.trim(),
+            run_state.trim()
+        ));
+    }
+    text
 }
 
 /// What the store and the engine's events say at the end of a chaos test.

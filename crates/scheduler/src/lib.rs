@@ -449,7 +449,7 @@ impl Scheduler {
             .keys()
             .cloned()
             .collect();
-        let following = Following::of(&followed);
+        let following = FollowedCounts::of(&followed);
         let live_after = if self.config.exclusive {
             // No other scheduler can be alive: take every run over at once.
             now + chrono::TimeDelta::days(365)
@@ -646,7 +646,7 @@ impl Scheduler {
         plan: &mut Plan,
         run: RunRecord,
         instances: Vec<stevedore_store::TaskInstanceRecord>,
-        following: &Following,
+        following: &FollowedCounts,
         capacity: &mut Capacity,
     ) {
         match self.advance_run(&run, instances, following, capacity).await {
@@ -880,7 +880,7 @@ impl Scheduler {
         &self,
         run: &RunRecord,
         instances: Vec<stevedore_store::TaskInstanceRecord>,
-        following: &Following,
+        following: &FollowedCounts,
         capacity: &mut Capacity,
     ) -> anyhow::Result<Advanced> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
@@ -1194,15 +1194,15 @@ impl Scheduler {
 }
 
 /// The runs and task instances with a try this scheduler follows, for lookups in a pass.
-struct Following {
+struct FollowedCounts {
     runs: HashSet<String>,
     /// The followed try of each task instance.
     task_instances: HashMap<(String, String), TryKey>,
 }
 
-impl Following {
-    fn of(followed: &HashSet<TryKey>) -> Following {
-        Following {
+impl FollowedCounts {
+    fn of(followed: &HashSet<TryKey>) -> FollowedCounts {
+        FollowedCounts {
             runs: followed.iter().map(|key| key.run_id.clone()).collect(),
             task_instances: followed
                 .iter()

@@ -1,0 +1,504 @@
+//! One try from start to end: render the task's templates, start the try in the store, hand
+//! it to the backend, turn its events into log lines, outputs and pending state, enforce the
+//! timeout, and record how it ended.
+//!
+//! This file holds the two ways a try is followed, [`TryRunner::run`] (a new try: started in
+//! the store, then launched) and [`TryRunner::adopt`] (a try a stopped scheduler left
+//! running: re-attached to), and the types they share. Their phases live beside it:
+//! [`prepare`] (templates, connections, registry credentials), [`sink`] (the kill switch,
+//! the timeout and the task storing the try's events), [`finish`] (what the end means, as
+//! `stevedore_domain::attempt` decides, recorded; the container removed) and
+//! [`persistence`] (store writes tried again on a passing error).
+
+mod finish;
+mod persistence;
+mod prepare;
+mod sink;
+
+use finish::with_protocol_failure;
+use persistence::append;
+pub use persistence::{persist, record_finish};
+use prepare::{render_task, RenderedTask};
+use sink::{follow, EventPipe, EventTarget};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use stevedore_backend::{
+    kill_switch, Adopted, Adoption, Backend, BackendError, Isolation, KillSender, LaunchSpec,
+    RegistryAuth, StopReason, Stream, TryEvent, TryExit, STATE_FILE,
+};
+use stevedore_domain::attempt::{self, Ending, History, Settled, TryIdentity};
+use stevedore_domain::image::ImageRef;
+use stevedore_domain::job::{Job, Task};
+use stevedore_domain::mask::Masker;
+use stevedore_domain::protocol::{
+    output_as_text, read_line, rfc3339, Message, TryContext, TryLimits,
+};
+use stevedore_domain::state::{FailureReason, TaskState, TryState};
+use stevedore_domain::template::{self, Variable};
+use stevedore_ops::connections;
+use stevedore_store::secrets::SecretKey;
+use stevedore_store::{
+    Fence, LogLine, LogStream, RunRecord, Store, StoreError, TryFinish, TryKey, TryRecord,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::group_commit::GroupCommit;
+
+/// Log lines are written in batches of at most this many, or after [`FLUSH_INTERVAL`].
+const LOG_BATCH: usize = 4096;
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How a try ended, as the scheduler loop needs to know.
+#[derive(Debug)]
+pub enum TryEnd {
+    Finished(TaskState),
+    /// The backend could not be reached; the task instance was put back to `scheduled`.
+    BackendUnavailable(String),
+    /// Another scheduler took the run over: this one stopped following the try (its
+    /// container runs on, for the new holder) and recorded nothing more.
+    Fenced(String),
+}
+
+pub struct TryRunner {
+    pub store: Arc<dyn Store>,
+    /// Where the try's starts, containers, log lines and ends are written, grouped with
+    /// other tries' writes.
+    pub writes: GroupCommit,
+    /// `None` when the task names a backend this scheduler does not have.
+    pub backend: Option<Arc<dyn Backend>>,
+    pub backend_name: &'static str,
+    /// Opens connections; `None` when the scheduler has no secret key.
+    pub secret_key: Option<SecretKey>,
+    /// The scheduler's claim on the run; every write of the try is fenced by it.
+    pub fence: Option<Fence>,
+    /// Extra labels for the try's container.
+    pub labels: BTreeMap<String, String>,
+    /// What one try's output is held to.
+    pub limits: TryLimits,
+    /// What a task that sets nothing of its own is confined to.
+    pub defaults: TryDefaults,
+}
+
+/// The scheduler's defaults for what a task does not set itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TryDefaults {
+    /// The most processes a try may run (`pids_limit`).
+    pub pids_limit: Option<i64>,
+    /// The memory limit of a task without `resources.memory` (`default_memory`).
+    pub memory_bytes: Option<u64>,
+}
+
+/// The store's refusal of a write by a scheduler that lost the run's claim, if that is
+/// what `error` is.
+pub fn fenced(error: &anyhow::Error) -> Option<String> {
+    match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Fenced(message)) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+/// What the events of a try came to.
+#[derive(Default)]
+struct Recorded {
+    /// The container the try ran in, once the backend said.
+    container_id: Option<String>,
+    /// Its record, queued and perhaps not written yet (see [`TryRunner::settle_container`]).
+    container_write: Option<ContainerWrite>,
+}
+
+/// A try's container record on its way to the store.
+struct ContainerWrite {
+    answer:
+        std::pin::Pin<Box<dyn std::future::Future<Output = stevedore_store::Result<()>> + Send>>,
+    try_id: i64,
+    container_id: String,
+    image_digest: Option<String>,
+    log_seq: i64,
+}
+
+impl TryRunner {
+    /// Runs try `try_number` of `task` in `run`. `on_started` receives the kill switch once
+    /// the try exists, so the scheduler can stop it.
+    pub async fn run(
+        &self,
+        job: Arc<Job>,
+        run: RunRecord,
+        task: Task,
+        try_number: u32,
+        on_started: impl FnOnce(KillSender),
+    ) -> anyhow::Result<TryEnd> {
+        let context = TryContext {
+            job_id: job.id.clone(),
+            task_id: task.id.clone(),
+            run_id: run.run_id.clone(),
+            try_number,
+            logical_date: run.logical_date,
+            data_interval: run.data_interval,
+            params: run.params.clone(),
+        };
+        let key = TryKey {
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number,
+        };
+        // Upstream outputs are read only for a task whose templates use them.
+        let uses_outputs = std::iter::once(&task.image)
+            .chain(&task.args)
+            .chain(task.env.values())
+            .any(|text| {
+                template::variables(text)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|v| matches!(v, Variable::Output { .. }))
+            });
+        let outputs: HashMap<(String, String), Value> = if uses_outputs {
+            self.store
+                .outputs(&run.run_id)
+                .await?
+                .into_iter()
+                .map(|(task, key, value)| ((task, key), value))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let rendered = render_task(&task, &job.allowed_images, &context, &outputs);
+        let image_text = rendered
+            .as_ref()
+            .map(|r| r.image.clone())
+            .unwrap_or_else(|_| task.image.clone());
+        let (started, state) = match self
+            .writes
+            .start_try(
+                &key,
+                self.backend_name,
+                &image_text,
+                Utc::now(),
+                self.fence.as_ref(),
+            )
+            .await
+        {
+            Ok(started) => started,
+            Err(StoreError::Fenced(message)) => return Ok(TryEnd::Fenced(message)),
+            Err(error) => return Err(error.into()),
+        };
+        let RenderedTask {
+            image,
+            args,
+            mut env,
+        } = match rendered {
+            Ok(rendered) => rendered,
+            Err(message) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, error = %message, "template failed");
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(format!("template {message}"))),
+                };
+                return self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await;
+            }
+        };
+        let Some(backend) = self.backend.clone() else {
+            let exit = TryExit {
+                exit_code: None,
+                failure: Some(FailureReason::Backend(if self.backend_name == "process" {
+                    "backend `process` is not enabled in this scheduler: it runs tries as local processes of the scheduler's own user, so `stevedore scheduler` has it only with `process_backend: true` (STEVEDORE_PROCESS_BACKEND=true); docs/security.md says why".to_owned()
+                } else {
+                    format!(
+                        "backend `{}` is not configured in this scheduler (docs/backends.md says how to set it up)",
+                        self.backend_name
+                    )
+                })),
+            };
+            return self
+                .finish(&job, &task, &context, started.try_id, exit)
+                .await;
+        };
+        let (connection_env, masker) = match self.connection_env(&task).await {
+            Ok(found) => found,
+            Err(message) => {
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(message)),
+                };
+                return self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await;
+            }
+        };
+        env.extend(connection_env);
+        let registry_auth = match self.registry_auth(&task).await {
+            Ok(auth) => auth,
+            Err(message) => {
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Backend(message)),
+                };
+                return self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await;
+            }
+        };
+        // The state file exists only once the task has committed state.
+        for (name, value) in context.environment(state.as_ref().map(|_| STATE_FILE)) {
+            env.insert(name, value);
+        }
+        let mut resources = task.resources.clone();
+        if resources.memory_bytes.is_none() {
+            resources.memory_bytes = self.defaults.memory_bytes;
+        }
+        let spec = LaunchSpec {
+            job_id: job.id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number,
+            image,
+            pull_policy: task.pull_policy,
+            command: task.command.clone(),
+            args: context.entrypoint_args(&args),
+            env,
+            resources,
+            state: state.map(|value| value.to_string()),
+            registry_auth,
+            placement: task.placement.clone(),
+            labels: self.labels.clone(),
+            keep_exited: true,
+            max_line_bytes: self.limits.line_buffer_bytes(),
+            isolation: Isolation {
+                pids_limit: self.defaults.pids_limit,
+                read_only_rootfs: task.read_only_rootfs,
+                user: task.user.clone(),
+            },
+        };
+
+        let EventPipe {
+            kill_rx,
+            kill_probe,
+            timeout_guard,
+            events_tx,
+            sink,
+        } = self.open_event_pipe(
+            EventTarget {
+                run_id: run.run_id.clone(),
+                task_id: task.id.clone(),
+                try_id: started.try_id,
+                first_seq: 0,
+                fence: self.fence.clone(),
+            },
+            task.timeout,
+            masker,
+            on_started,
+        );
+        info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
+        let kill_rx_probe = kill_probe;
+        let followed = follow(
+            backend.execute(spec, events_tx, kill_rx),
+            sink,
+            timeout_guard,
+        )
+        .await;
+        let (result, mut recorded) = match followed {
+            Ok(both) => both,
+            Err(message) => return Ok(TryEnd::Fenced(message)),
+        };
+        let error = match result {
+            Ok(exit) => {
+                let exit = with_protocol_failure(exit, &kill_rx_probe);
+                // The end is queued behind the container's record, often into the same group.
+                let end = self
+                    .finish(&job, &task, &context, started.try_id, exit)
+                    .await?;
+                if let Some(message) = self.settle_container(&mut recorded).await? {
+                    return Ok(TryEnd::Fenced(message));
+                }
+                self.discard(&backend, recorded.container_id.as_deref())
+                    .await;
+                return Ok(end);
+            }
+            Err(error) => error,
+        };
+        if let Some(message) = self.settle_container(&mut recorded).await? {
+            return Ok(TryEnd::Fenced(message));
+        }
+        match error {
+            BackendError::Unavailable(message) => {
+                // Nothing started: record the attempt and put the task instance back.
+                self.record(&TryFinish {
+                    try_id: started.try_id,
+                    state: TryState::Interrupted,
+                    ended_at: Utc::now(),
+                    exit_code: None,
+                    failure_reason: Some(format!("backend: {message}")),
+                    task_state: TaskState::Scheduled,
+                    next_try_at: None,
+                })
+                .await?;
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+            BackendError::Disconnected(message) => {
+                // The try runs on (or ended unseen): it stays `running` in the store and is
+                // re-attached to once the backend answers again.
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number, error = %message, "lost the backend while the try ran; re-attaching when it is back");
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+        }
+    }
+
+    /// Follows a try that a scheduler which is gone started (`record`, still `running` in
+    /// the store): re-attaches to its container, stores the output lines the store does not
+    /// hold yet, and records how it ended, even if that happened while no scheduler watched.
+    /// A try whose container vanished is failed as `lost` (and retried per policy); one whose
+    /// container never started is tried again without spending a retry.
+    pub async fn adopt(
+        &self,
+        job: Arc<Job>,
+        run: RunRecord,
+        task: Task,
+        record: TryRecord,
+        on_started: impl FnOnce(KillSender),
+    ) -> anyhow::Result<TryEnd> {
+        let context = TryContext {
+            job_id: job.id.clone(),
+            task_id: task.id.clone(),
+            run_id: run.run_id.clone(),
+            try_number: record.try_number,
+            logical_date: run.logical_date,
+            data_interval: run.data_interval,
+            params: run.params.clone(),
+        };
+        let interrupted = |why: &str| TryFinish {
+            try_id: record.try_id,
+            state: TryState::Interrupted,
+            ended_at: Utc::now(),
+            exit_code: None,
+            failure_reason: Some(FailureReason::Lost(why.to_owned()).to_text()),
+            task_state: TaskState::Scheduled,
+            next_try_at: None,
+        };
+        let backend = match self.backend.clone() {
+            Some(backend) if backend.can_adopt() => backend,
+            _ => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, backend = self.backend_name, "a try left by a stopped scheduler cannot be re-attached; trying again");
+                self.record(&interrupted(&format!(
+                    "its scheduler stopped while it ran, and the `{}` backend cannot re-attach to a try",
+                    self.backend_name
+                )))
+                .await?;
+                return Ok(TryEnd::Finished(TaskState::Scheduled));
+            }
+        };
+        let masker = match self.connection_env(&task).await {
+            Ok((_, masker)) => masker,
+            Err(message) => {
+                // Its lines could not be masked: the try is stopped unread and fails.
+                return self
+                    .stop_unmaskable(&job, &task, &context, &record, backend, message)
+                    .await;
+            }
+        };
+        let stored = self.store.stored_lines(record.try_id).await?;
+        let adoption = Adoption {
+            job_id: job.id.clone(),
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number: record.try_number,
+            stored_stdout: stored.stdout,
+            stored_stderr: stored.stderr,
+            max_line_bytes: self.limits.line_buffer_bytes(),
+        };
+        // The timeout counts from the try's start, not from its adoption.
+        let ran = (Utc::now() - record.started_at)
+            .to_std()
+            .unwrap_or_default();
+        let EventPipe {
+            kill_rx,
+            kill_probe,
+            timeout_guard,
+            events_tx,
+            sink,
+        } = self.open_event_pipe(
+            EventTarget {
+                run_id: run.run_id.clone(),
+                task_id: task.id.clone(),
+                try_id: record.try_id,
+                first_seq: stored.next_seq,
+                fence: self.fence.clone(),
+            },
+            task.timeout.map(|timeout| timeout.saturating_sub(ran)),
+            masker,
+            on_started,
+        );
+        info!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, stored_stdout = stored.stdout, stored_stderr = stored.stderr, "re-attaching to a try a stopped scheduler left running");
+        let followed = follow(
+            backend.adopt(&adoption, events_tx, kill_rx),
+            sink,
+            timeout_guard,
+        )
+        .await;
+        let (result, mut recorded) = match followed {
+            Ok(both) => both,
+            Err(message) => return Ok(TryEnd::Fenced(message)),
+        };
+        if let Some(message) = self.settle_container(&mut recorded).await? {
+            return Ok(TryEnd::Fenced(message));
+        }
+        match result {
+            Ok(Adopted::Exit(exit)) => {
+                let exit = with_protocol_failure(exit, &kill_probe);
+                let end = self
+                    .finish(&job, &task, &context, record.try_id, exit)
+                    .await?;
+                self.discard(&backend, recorded.container_id.as_deref())
+                    .await;
+                Ok(end)
+            }
+            Ok(Adopted::NotStarted) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "a stopped scheduler created the try's container but never started it; trying again");
+                self.record(&interrupted(
+                    "its scheduler stopped before the container started",
+                ))
+                .await?;
+                Ok(TryEnd::Finished(TaskState::Scheduled))
+            }
+            Ok(Adopted::Missing) if record.container_id.is_none() => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "a stopped scheduler never created the try's container; trying again");
+                self.record(&interrupted(
+                    "its scheduler stopped before the container was created",
+                ))
+                .await?;
+                Ok(TryEnd::Finished(TaskState::Scheduled))
+            }
+            Ok(Adopted::Lost(reason)) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, reason, "giving the try up as lost");
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Lost(reason)),
+                };
+                self.finish(&job, &task, &context, record.try_id, exit)
+                    .await
+            }
+            Ok(Adopted::Missing) => {
+                warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "the try's container vanished while no scheduler watched it");
+                let exit = TryExit {
+                    exit_code: None,
+                    failure: Some(FailureReason::Lost(format!(
+                        "its container {} vanished while no scheduler watched it",
+                        record.container_id.as_deref().unwrap_or_default()
+                    ))),
+                };
+                self.finish(&job, &task, &context, record.try_id, exit)
+                    .await
+            }
+            Err(BackendError::Unavailable(message) | BackendError::Disconnected(message)) => {
+                // Leave the try as it is: it is adopted again once the backend is back.
+                Ok(TryEnd::BackendUnavailable(message))
+            }
+        }
+    }
+}
