@@ -485,7 +485,7 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<RunRecord>>;
     /// Moves a run that has not started to another version of its job: task instances of
     /// removed tasks become `removed`, added tasks get task instances.
-    async fn adopt_version(
+    async fn move_to_version(
         &self,
         run_id: &str,
         version: &str,

@@ -756,7 +756,7 @@ impl Store for $store {
         .transpose()
     }
 
-    async fn adopt_version(
+    async fn move_to_version(
         &self,
         run_id: &str,
         version: &str,

@@ -139,7 +139,7 @@ pub async fn scheduled_runs_are_unique_per_logical_date(store: &dyn Store) {
         .is_none());
 
     store
-        .adopt_version(
+        .move_to_version(
             &run.run_id,
             "v2",
             &["load".to_owned()],

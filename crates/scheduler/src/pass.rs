@@ -1,0 +1,489 @@
+//! The pass: claim runs, create due runs, start queued runs, advance each run held (retries
+//! due, trigger rules, the outcome), pick what the pools and limits allow, and launch it.
+//! The rules themselves are the domain's (`stevedore_domain::run`, `limits`); this is the
+//! half that reads and writes the store.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// What `depends_on_past` says of a task instance.
+enum Past {
+    Allows,
+    /// The previous run's task instance has not finished yet.
+    NotYet,
+    /// It finished without success: only an operator can change that.
+    Never,
+}
+
+/// What a pass decides for the runs it holds, gathered to be written at once.
+#[derive(Default)]
+struct Plan {
+    /// Task instances ready to start, for the pools and limits to pick from.
+    candidates: Vec<Candidate>,
+    /// The latest try number of each candidate, so a launch needs no re-read.
+    last_tries: HashMap<(String, String), u32>,
+    /// Each planned run with its job version.
+    jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)>,
+    task_changes: Vec<(String, String, TaskState)>,
+    run_changes: Vec<(String, RunState)>,
+}
+
+/// What a pass decided for one run (see [`Scheduler::advance_run`]).
+struct Advanced {
+    /// The job version the run follows.
+    job: Arc<Job>,
+    /// Its task instances ready to start.
+    ready: Vec<Candidate>,
+    /// The latest try number of each task instance ready to start.
+    tries: Vec<(String, u32)>,
+    /// Task instances whose state changes: retries due, trigger rules decided.
+    changes: Vec<(String, String, TaskState)>,
+    /// How the run ended, once it has.
+    outcome: Option<RunState>,
+}
+
+impl Scheduler {
+    /// One pass: due runs, queued runs started, task instances decided and launched,
+    /// finished runs closed.
+    pub(crate) async fn schedule_once(self: &Arc<Self>) -> anyhow::Result<()> {
+        let now = Utc::now();
+        // What this scheduler follows, before anything is read: a try that ends after this
+        // is still counted as followed, never as left behind by another scheduler.
+        let followed: HashSet<TryKey> = self.followed.keys();
+        let following = FollowedCounts::of(&followed);
+        let live_after = if self.config.exclusive {
+            // No other scheduler can be alive: take every run over at once.
+            now + chrono::TimeDelta::days(365)
+        } else {
+            now - chrono::TimeDelta::from_std(self.config.lease).unwrap_or(chrono::TimeDelta::MAX)
+        };
+        let held: HashMap<String, Fence> = self
+            .store
+            .claim_runs(&self.id, live_after)
+            .await?
+            .into_iter()
+            .map(|fence| (fence.run_id.clone(), fence))
+            .collect();
+        let newly_held = self.lease.hold(&held);
+        let records = self.store.list_jobs().await?;
+        let mut max_runs = HashMap::new();
+        let current_versions: HashMap<&str, &str> = records
+            .iter()
+            .map(|r| (r.job_id.as_str(), r.current_version.as_str()))
+            .collect();
+        for record in &records {
+            let Ok(job) = self
+                .job_version(&record.job_id, &record.current_version)
+                .await
+            else {
+                continue;
+            };
+            max_runs.insert(job.id.clone(), job.max_active_runs);
+            // A scheduled run is unique per job and logical date: schedulers creating the
+            // same one at once make it once.
+            if !record.paused {
+                runs::create_due_runs(self.store.as_ref(), &job, now, 100).await?;
+            }
+        }
+
+        // The runs this scheduler holds, oldest first so queued runs start in order, and
+        // their task instances in one read.
+        let active: Vec<RunRecord> = self
+            .store
+            .held_runs(&self.id)
+            .await?
+            .into_iter()
+            .filter(|run| held.contains_key(&run.run_id))
+            .collect();
+        let mut instances_of: HashMap<String, Vec<stevedore_store::TaskInstanceRecord>> =
+            HashMap::new();
+        for ti in self.store.held_task_instances(&self.id).await? {
+            instances_of.entry(ti.run_id.clone()).or_default().push(ti);
+        }
+        let mut plan = Plan::default();
+        // What this scheduler's own runs take of the pools and of `max_active_tasks`.
+        let mut own = Capacity::default();
+        let mut running_per_job: HashMap<String, u32> = HashMap::new();
+        let mut queued_runs = Vec::new();
+        for run in active {
+            if run.cancel_requested {
+                if let Err(error) = self.cancel_run(&run).await {
+                    error!(run_id = %run.run_id, error = %error, "cannot cancel run");
+                }
+                continue;
+            }
+            if run.state == RunState::Queued {
+                queued_runs.push(run);
+                continue;
+            }
+            *running_per_job.entry(run.job_id.clone()).or_default() += 1;
+            let instances = instances_of.remove(&run.run_id).unwrap_or_default();
+            self.plan_run(&mut plan, run, instances, &following, &mut own)
+                .await;
+        }
+        // What takes no shared slot is written before taking the turn.
+        self.write_changes(&mut plan, now).await?;
+        if self.adoption_due(newly_held) {
+            self.adopt_left_tries(&held, &followed, &plan.jobs_of_runs)
+                .await?;
+        }
+
+        // Schedulers take turns from reading what the others' runs take of the shared limits
+        // to queueing what they picked, so two never fill the same free slot.
+        let turn = self.store.lock_scheduling().await?;
+        let elsewhere = self.store.active_elsewhere(&self.id).await?;
+        for (job_id, count) in &elsewhere.running_runs {
+            *running_per_job.entry(job_id.clone()).or_default() += *count as u32;
+        }
+        let mut capacity = Capacity {
+            pools: HashMap::new(),
+            jobs: own.jobs,
+        };
+        for pool in self.store.list_pools().await? {
+            capacity.pools.insert(pool.name, pool.slots);
+        }
+        for (pool, taken) in own.pools {
+            *capacity.pools.entry(pool).or_insert(0) += taken;
+        }
+        for (job_id, version, task_id, count) in &elsewhere.task_instances {
+            if let Ok(job) = self.job_version(job_id, version).await {
+                count_active(&job, task_id, *count, &mut capacity);
+            }
+        }
+        // Queued runs start while their job is under `max_active_runs`, counting every
+        // scheduler's running runs.
+        for mut run in queued_runs {
+            let limit = max_runs.get(&run.job_id).copied().unwrap_or(16);
+            let running = running_per_job.entry(run.job_id.clone()).or_default();
+            if *running >= limit {
+                continue;
+            }
+            *running += 1;
+            let mut instances = instances_of.remove(&run.run_id).unwrap_or_default();
+            // A run that had not started yet follows the job file as it is now.
+            if let Some(current) = current_versions.get(run.job_id.as_str()) {
+                if *current != run.job_version {
+                    if let Err(error) = self.move_to_current_version(&mut run, current).await {
+                        warn!(run_id = %run.run_id, error = %error, "cannot move the run to the job's current version");
+                    }
+                    // Its task instances changed with the version: read them again.
+                    instances = self.store.task_instances(&run.run_id).await?;
+                }
+            }
+            plan.run_changes
+                .push((run.run_id.clone(), RunState::Running));
+            info!(run_id = %run.run_id, job_id = %run.job_id, "run started");
+            run.state = RunState::Running;
+            self.plan_run(&mut plan, run, instances, &following, &mut capacity)
+                .await;
+        }
+        self.write_changes(&mut plan, now).await?;
+        let (picked, waiting) = limits::select(plan.candidates, &mut capacity);
+        for (candidate, reason) in waiting {
+            if let Held::PoolMissing(pool) = reason {
+                warn!(run_id = %candidate.run_id, task_id = %candidate.task_id, pool, "task instance waits: its pool does not exist (`stevedore pools set`)");
+            }
+        }
+        // Every task instance picked is queued in one write, then launched.
+        let queued: Vec<(String, String, TaskState)> = picked
+            .iter()
+            .filter(|c| held.contains_key(&c.run_id))
+            .map(|c| (c.run_id.clone(), c.task_id.clone(), TaskState::Queued))
+            .collect();
+        self.store.set_task_states(&queued, now).await?;
+        turn.release().await?;
+        for candidate in picked {
+            let Some((job, run)) = plan.jobs_of_runs.get(&candidate.run_id) else {
+                continue;
+            };
+            let Some(task) = job.task(&candidate.task_id) else {
+                continue;
+            };
+            let try_number = plan
+                .last_tries
+                .get(&(candidate.run_id.clone(), candidate.task_id.clone()))
+                .copied()
+                .unwrap_or(0)
+                + 1;
+            let Some(fence) = held.get(&run.run_id) else {
+                continue;
+            };
+            self.spawn_try(
+                job.clone(),
+                run.clone(),
+                task.clone(),
+                fence.clone(),
+                TryStart::New(try_number),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the task instance and run states `plan` changed so far, and forgets them: task
+    /// instances first, as a run's end is recorded after the states that decided it.
+    async fn write_changes(
+        &self,
+        plan: &mut Plan,
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        self.store.set_task_states(&plan.task_changes, now).await?;
+        self.store
+            .set_run_states(&plan.run_changes, Utc::now())
+            .await?;
+        plan.task_changes.clear();
+        plan.run_changes.clear();
+        Ok(())
+    }
+
+    /// Moves one running run forward ([`Scheduler::advance_run`]) and adds what it decided to
+    /// `plan`.
+    async fn plan_run(
+        &self,
+        plan: &mut Plan,
+        run: RunRecord,
+        instances: Vec<stevedore_store::TaskInstanceRecord>,
+        following: &FollowedCounts,
+        capacity: &mut Capacity,
+    ) {
+        match self.advance_run(&run, instances, following, capacity).await {
+            Ok(advanced) => {
+                for (task_id, try_number) in advanced.tries {
+                    plan.last_tries
+                        .insert((run.run_id.clone(), task_id), try_number);
+                }
+                plan.candidates.extend(advanced.ready);
+                plan.task_changes.extend(advanced.changes);
+                if let Some(outcome) = advanced.outcome {
+                    info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
+                    plan.run_changes.push((run.run_id.clone(), outcome));
+                }
+                plan.jobs_of_runs
+                    .insert(run.run_id.clone(), (advanced.job, run));
+            }
+            Err(error) => error!(run_id = %run.run_id, error = %error, "cannot advance run"),
+        }
+    }
+
+    /// Moves one running run forward: due retries and reschedules back to `scheduled`,
+    /// waiting task instances decided by their trigger rules, the run closed when its
+    /// outcome is known. Returns the run's job version, its task instances ready to start
+    /// and each task instance's latest try number; counts the run's active task instances
+    /// against `capacity`.
+    async fn advance_run(
+        &self,
+        run: &RunRecord,
+        instances: Vec<stevedore_store::TaskInstanceRecord>,
+        following: &FollowedCounts,
+        capacity: &mut Capacity,
+    ) -> anyhow::Result<Advanced> {
+        let job = self.job_version(&run.job_id, &run.job_version).await?;
+        let now = Utc::now();
+        let mut states: HashMap<String, TaskState> = instances
+            .iter()
+            .map(|ti| (ti.task_id.clone(), ti.state))
+            .collect();
+
+        // A task instance an operator marked while its try ran: stop the try.
+        let marked: Vec<(KillSender, TaskState)> = instances
+            .iter()
+            .filter(|ti| ti.state.is_finished())
+            .filter_map(|ti| {
+                let key = following
+                    .task_instances
+                    .get(&(ti.run_id.clone(), ti.task_id.clone()))?;
+                Some((self.followed.kill_switch(key)?, ti.state))
+            })
+            .collect();
+        for (kill, state) in marked {
+            let _ = kill.send(Some(StopReason::Marked(state)));
+        }
+
+        let mut changes: Vec<(String, String, TaskState)> = Vec::new();
+        for ti in &instances {
+            // Queued by a scheduler that stopped (or lost the run) before its try started:
+            // nothing runs it, so it is scheduled again rather than stuck in `queued`.
+            let left_queued = ti.state == TaskState::Queued
+                && !following
+                    .task_instances
+                    .contains_key(&(ti.run_id.clone(), ti.task_id.clone()));
+            if left_queued {
+                warn!(run_id = %run.run_id, task_id = %ti.task_id, "task instance was left queued by a stopped scheduler; scheduling it again");
+                changes.push((run.run_id.clone(), ti.task_id.clone(), TaskState::Scheduled));
+                states.insert(ti.task_id.clone(), TaskState::Scheduled);
+                continue;
+            }
+            let waiting = matches!(ti.state, TaskState::UpForRetry | TaskState::UpForReschedule);
+            if waiting && ti.next_try_at.is_none_or(|at| at <= now) {
+                changes.push((run.run_id.clone(), ti.task_id.clone(), TaskState::Scheduled));
+                states.insert(ti.task_id.clone(), TaskState::Scheduled);
+            }
+        }
+        for (task_id, state) in resolve_waiting(&job, &mut states) {
+            changes.push((run.run_id.clone(), task_id, state));
+        }
+
+        let job_free = capacity
+            .jobs
+            .entry(job.id.clone())
+            .or_insert(i64::from(job.max_active_tasks));
+        let weights = self.jobs.weights(&job);
+        let mut ready = Vec::new();
+        let mut blocked_for_good = 0;
+        for (task_id, state) in &states {
+            let Some(task) = job.task(task_id) else {
+                continue;
+            };
+            if state.is_active() {
+                *job_free -= 1;
+                *capacity.pools.entry(task.pool.clone()).or_insert(0) -= i64::from(task.pool_slots);
+                continue;
+            }
+            if *state != TaskState::Scheduled {
+                continue;
+            }
+            if task.depends_on_past {
+                match self.past_allows(run, task_id).await? {
+                    Past::Allows => {}
+                    Past::NotYet => continue,
+                    Past::Never => {
+                        blocked_for_good += 1;
+                        continue;
+                    }
+                }
+            }
+            // A configured backend that is not ready holds its tries; one that is not
+            // configured at all fails them (with a reason saying so) in the try runner.
+            let backend = task.backend.as_str();
+            if self.backends.contains_key(backend) && !self.is_ready(backend) {
+                continue;
+            }
+            ready.push(Candidate {
+                run_id: run.run_id.clone(),
+                task_id: task_id.clone(),
+                job_id: job.id.clone(),
+                pool: task.pool.clone(),
+                pool_slots: i64::from(task.pool_slots),
+                weight: weights.get(task_id).copied().unwrap_or(0),
+                logical_date: run.logical_date,
+            });
+        }
+
+        // A deadlock: everything left waits on a previous run's task that ended without
+        // success; nothing can change that but an operator. The run fails, as in Airflow.
+        let unfinished = states.values().filter(|s| !s.is_finished()).count();
+        let outcome = if blocked_for_good > 0 && blocked_for_good == unfinished {
+            warn!(run_id = %run.run_id, job_id = %run.job_id, "deadlock: depends_on_past can never be met; failing the run");
+            Some(RunState::Failed)
+        } else {
+            run_outcome(&job, &states)
+        };
+        // A run ends once this scheduler has finished with each of its tries, their
+        // containers removed included: the next pass, which the last of them wakes.
+        let still_following = || following.runs.contains(&run.run_id);
+        let outcome = outcome.filter(|_| !still_following());
+        // The latest try number of the task instances about to start, so a launch needs no
+        // re-read.
+        let tries = ready
+            .iter()
+            .filter_map(|candidate| {
+                instances
+                    .iter()
+                    .find(|ti| ti.task_id == candidate.task_id)
+                    .map(|ti| (ti.task_id.clone(), ti.try_number))
+            })
+            .collect();
+        Ok(Advanced {
+            job,
+            ready,
+            tries,
+            changes,
+            outcome,
+        })
+    }
+
+    /// `depends_on_past`: the same task in the job's previous run (by logical date) must
+    /// have succeeded or been skipped; the first run, or a task new in it, may run.
+    async fn past_allows(&self, run: &RunRecord, task_id: &str) -> anyhow::Result<Past> {
+        let Some(previous) = self
+            .store
+            .previous_run(&run.job_id, run.logical_date)
+            .await?
+        else {
+            return Ok(Past::Allows);
+        };
+        let instances = self.store.task_instances(&previous.run_id).await?;
+        Ok(match instances.iter().find(|ti| ti.task_id == task_id) {
+            None => Past::Allows,
+            Some(ti) if matches!(ti.state, TaskState::Success | TaskState::Skipped) => Past::Allows,
+            Some(ti) if ti.state.is_finished() => Past::Never,
+            Some(_) => Past::NotYet,
+        })
+    }
+
+    /// Moves a run that has not started to the job's current version: tasks removed from
+    /// the file leave the run, tasks added join it.
+    pub(crate) async fn move_to_current_version(
+        &self,
+        run: &mut RunRecord,
+        current: &str,
+    ) -> anyhow::Result<()> {
+        let old = self.job_version(&run.job_id, &run.job_version).await?;
+        let new = self.job_version(&run.job_id, current).await?;
+        let removed: Vec<String> = old
+            .tasks
+            .iter()
+            .filter(|t| new.task(&t.id).is_none())
+            .map(|t| t.id.clone())
+            .collect();
+        let added: Vec<String> = new
+            .tasks
+            .iter()
+            .filter(|t| old.task(&t.id).is_none())
+            .map(|t| t.id.clone())
+            .collect();
+        self.store
+            .move_to_version(&run.run_id, current, &removed, &added)
+            .await?;
+        info!(run_id = %run.run_id, version = current, removed = ?removed, added = ?added, "run follows the job's current version");
+        run.job_version = current.to_owned();
+        Ok(())
+    }
+
+    /// Cancels a run: its running tries are killed (and end `failed`), its task instances
+    /// that had not started are `skipped`, and the run is `failed` — as Airflow's "mark run
+    /// failed" does.
+    async fn cancel_run(&self, run: &RunRecord) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let switches: Vec<KillSender> = self
+            .followed
+            .kill_switches(|key, _| key.run_id == run.run_id);
+        for kill in &switches {
+            let _ = kill.send(Some(StopReason::Cancelled));
+        }
+        for ti in self.store.task_instances(&run.run_id).await? {
+            if !ti.state.is_finished() && !ti.state.is_active() {
+                self.store
+                    .set_task_state(&run.run_id, &ti.task_id, TaskState::Skipped, now)
+                    .await?;
+            }
+        }
+        self.store
+            .set_run_state(&run.run_id, RunState::Failed, now)
+            .await?;
+        info!(run_id = %run.run_id, job_id = %run.job_id, killed = switches.len(), "run cancelled");
+        Ok(())
+    }
+}
+
+/// Counts `count` active task instances of `task_id` in another scheduler's runs of `job`
+/// against `capacity`.
+fn count_active(job: &Job, task_id: &str, count: i64, capacity: &mut Capacity) {
+    let Some(task) = job.task(task_id) else {
+        return;
+    };
+    *capacity
+        .jobs
+        .entry(job.id.clone())
+        .or_insert(i64::from(job.max_active_tasks)) -= count;
+    *capacity.pools.entry(task.pool.clone()).or_insert(0) -= count * i64::from(task.pool_slots);
+}
