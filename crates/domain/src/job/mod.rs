@@ -1,0 +1,175 @@
+//! Job files: YAML parsed into a validated [`Job`], or a list of [`JobError`]s that each name
+//! the file, the line and what is wrong. `docs/job-file.md` is the reference for users.
+//!
+//! The types of a validated job are here; the file's raw shape is in `raw.rs`, parsing and
+//! each field's validation in `parse.rs`, the checks across tasks (upstreams, cycles,
+//! template variables) in `checks.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono_tz::Tz;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use crate::duration::parse_duration;
+use crate::image::ImageRef;
+use crate::retry::RetryPolicy;
+use crate::schedule::{local_to_utc, Schedule, Timetable};
+use crate::template::{self, Variable};
+use crate::trigger::TriggerRule;
+
+/// A validated job.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: String,
+    pub description: Option<String>,
+    pub timetable: Timetable,
+    pub max_active_runs: u32,
+    pub max_active_tasks: u32,
+    /// Default params; a manual trigger may override them.
+    pub params: Map<String, Value>,
+    /// In the order of the file.
+    pub tasks: Vec<Task>,
+    /// The image names (`registry/path/name`, no tag) a templated `image` may render to when
+    /// a param or an output chooses it; without it, they may not (docs/security.md).
+    pub allowed_images: Vec<String>,
+    /// SHA-256 of the file's bytes: the job version a run records.
+    pub version: String,
+}
+
+/// A task with the job's `defaults` merged in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: String,
+    /// An image reference, possibly with `{{ }}` templates (validated after rendering).
+    pub image: String,
+    /// Overrides the image's entrypoint when set.
+    pub command: Option<Vec<String>>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub connections: Vec<String>,
+    /// The connection holding the registry credentials the image is pulled with
+    /// (`REGISTRY_USERNAME`, `REGISTRY_PASSWORD`); never put in the container's environment.
+    pub registry_connection: Option<String>,
+    /// Labels the Docker host that runs the task must carry (`placement: {zone: eu}`).
+    pub placement: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub pool: String,
+    pub pool_slots: u32,
+    pub priority: i32,
+    pub depends_on: Vec<String>,
+    pub trigger_rule: TriggerRule,
+    pub retry: RetryPolicy,
+    /// Per try; the container is killed at the deadline.
+    pub timeout: Option<Duration>,
+    pub backend: BackendKind,
+    pub pull_policy: PullPolicy,
+    pub depends_on_past: bool,
+    pub reschedule_interval: Duration,
+    pub sensor_timeout: Duration,
+    /// The image's filesystem is mounted read-only.
+    pub read_only_rootfs: bool,
+    /// The user the try runs as (`uid`, `uid:gid` or a name), instead of the image's.
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    /// CPUs, such as 0.5.
+    pub cpu: Option<f64>,
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Docker,
+    Nomad,
+    Process,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Docker => "docker",
+            BackendKind::Nomad => "nomad",
+            BackendKind::Process => "process",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PullPolicy {
+    #[default]
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+impl Job {
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|task| task.id == id)
+    }
+
+    /// Tasks that no other task depends on: they decide the run's outcome.
+    pub fn leaves(&self) -> Vec<&Task> {
+        let upstreams: BTreeSet<&str> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.depends_on.iter().map(String::as_str))
+            .collect();
+        self.tasks
+            .iter()
+            .filter(|t| !upstreams.contains(t.id.as_str()))
+            .collect()
+    }
+
+    /// Direct downstream task ids of each task.
+    pub fn downstream(&self) -> HashMap<&str, Vec<&str>> {
+        let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
+        for task in &self.tasks {
+            for upstream in &task.depends_on {
+                map.entry(upstream.as_str())
+                    .or_default()
+                    .push(task.id.as_str());
+            }
+        }
+        map
+    }
+}
+
+/// One problem in a job file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    pub file: String,
+    /// 1-based; `None` when the problem has no single place (such as an empty file).
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+mod checks;
+mod parse;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use checks::*;
+use parse::*;
+pub use parse::{parse_date, parse_job, parse_memory};
+use raw::*;

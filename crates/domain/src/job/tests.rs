@@ -1,0 +1,206 @@
+#[allow(unused_imports)]
+use super::*;
+
+const GOOD: &str = r#"
+id: stripe_to_warehouse
+description: Hourly Stripe charges into the warehouse
+schedule: "0 * * * *"
+timezone: Europe/Berlin
+start_date: 2024-01-01T00:00:00
+end_date: null
+catchup: false
+max_active_runs: 1
+max_active_tasks: 16
+params: {lookback_days: 1}
+defaults:
+  retries: 3
+  retry_delay: 30s
+  retry_exponential_backoff: true
+  max_retry_delay: 10m
+  timeout: 1h
+  backend: docker
+tasks:
+  - id: extract
+    image: localhost:5000/integrations/http-extract:1.4.2
+    args: ["--since", "{{ data_interval_start }}", "--stream", "charges", "--days", "{{ params.lookback_days }}"]
+    env: {PAGE_SIZE: 100}
+    connections: [stripe]
+    resources: {cpu: 0.5, memory: 256Mi}
+    pool: stripe_api
+    priority: 10
+  - id: load
+    image: localhost:5000/integrations/postgres-load:0.3.0
+    depends_on: [extract]
+    trigger_rule: all_success
+    retries: 0
+    args: ["--rows", "{{ outputs.extract.rows_file }}"]
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    parse_job("jobs/bad.yaml", text)
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn parses_the_design_example_with_defaults_merged() {
+    let job = parse_job("jobs/stripe.yaml", GOOD).unwrap();
+    assert_eq!(job.id, "stripe_to_warehouse");
+    assert_eq!(job.timetable.timezone, Tz::Europe__Berlin);
+    // Midnight in Berlin in winter is 23:00 UTC the day before.
+    assert_eq!(
+        job.timetable.start_date.unwrap().to_rfc3339(),
+        "2023-12-31T23:00:00+00:00"
+    );
+    let extract = job.task("extract").unwrap();
+    assert_eq!(extract.retry.retries, 3);
+    assert_eq!(extract.retry.retry_delay, Duration::from_secs(30));
+    assert_eq!(
+        extract.retry.max_retry_delay,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(extract.timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(extract.env["PAGE_SIZE"], "100");
+    assert_eq!(extract.resources.memory_bytes, Some(256 << 20));
+    assert_eq!(extract.pool, "stripe_api");
+    let load = job.task("load").unwrap();
+    assert_eq!(load.retry.retries, 0);
+    assert_eq!(load.depends_on, vec!["extract"]);
+    assert_eq!(
+        job.leaves()
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["load"]
+    );
+    assert_eq!(job.version.len(), 64);
+}
+
+/// Security review, finding 9: a param or an upstream output could choose the image
+/// that receives the task's connections and registry credentials.
+#[test]
+fn a_param_or_an_output_chooses_the_image_only_from_the_allow_list() {
+    let by_param =
+        "id: a\nparams: {tag: \"1\"}\ntasks:\n  - id: t\n    image: \"evil/{{ params.tag }}\"\n";
+    let found = errors(by_param);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("jobs/bad.yaml:5:"), "{found:?}");
+    assert!(found[0].contains("image uses `params.tag`"), "{found:?}");
+    assert!(found[0].contains("allowed_images"), "{found:?}");
+    let by_output = "id: a\ntasks:\n  - id: up\n    image: x:1\n  - id: t\n    depends_on: [up]\n    image: \"{{ outputs.up.image }}\"\n";
+    assert!(errors(by_output)[0].contains("image uses `outputs.up.image`"));
+    // The run's own context may shape the image; the allow-list opens params.
+    let context = "id: a\ntasks:\n  - id: t\n    image: \"x:{{ job_id }}\"\n";
+    assert!(parse_job("a.yaml", context).is_ok());
+    let allowed = "id: a\nparams: {tag: \"1\"}\nallowed_images: [stevedore/synth, \"localhost:5000/i/x\"]\ntasks:\n  - id: t\n    image: \"stevedore/synth:{{ params.tag }}\"\n";
+    let job = parse_job("a.yaml", allowed).unwrap();
+    assert_eq!(
+        job.allowed_images,
+        ["stevedore/synth", "localhost:5000/i/x"]
+    );
+    let tagged = "id: a\nallowed_images: [\"x:1\"]\ntasks:\n  - id: t\n    image: x:1\n";
+    assert!(
+        errors(tagged)[0].contains("without a tag"),
+        "{:?}",
+        errors(tagged)
+    );
+}
+
+#[test]
+fn read_only_rootfs_and_user_come_from_the_task_or_defaults() {
+    let text = "id: a\ndefaults: {read_only_rootfs: true, user: 1000}\ntasks:\n  - id: t\n    image: x:1\n  - id: u\n    image: x:1\n    read_only_rootfs: false\n    user: \"nobody:nogroup\"\n";
+    let job = parse_job("a.yaml", text).unwrap();
+    let t = job.task("t").unwrap();
+    assert!(t.read_only_rootfs);
+    assert_eq!(t.user.as_deref(), Some("1000"));
+    let u = job.task("u").unwrap();
+    assert!(!u.read_only_rootfs);
+    assert_eq!(u.user.as_deref(), Some("nobody:nogroup"));
+    let bad = "id: a\ntasks:\n  - id: t\n    image: x:1\n    user: \"root; rm\"\n";
+    assert!(
+        errors(bad)[0].contains("user `root; rm`"),
+        "{:?}",
+        errors(bad)
+    );
+}
+
+#[test]
+fn unknown_keys_name_the_line() {
+    let text = "id: a\ntasks:\n  - id: t\n    image: x:1\n    imgae: y\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("jobs/bad.yaml:5:"), "{errors:?}");
+    assert!(errors[0].contains("imgae"), "{errors:?}");
+}
+
+#[test]
+fn duplicate_ids_cycles_and_unknown_upstreams_are_rejected() {
+    let duplicate = "id: a\ntasks:\n  - id: t\n    image: x:1\n  - id: t\n    image: x:1\n";
+    assert_eq!(
+        errors(duplicate),
+        vec!["jobs/bad.yaml:5: task id `t` is used twice (first on line 3)"]
+    );
+
+    let cycle = "id: a\ntasks:\n  - id: x\n    image: i:1\n    depends_on: [y]\n  - id: y\n    image: i:1\n    depends_on: [x]\n";
+    let cycle_errors = errors(cycle);
+    assert!(
+        cycle_errors[0].contains("tasks form a cycle: x → y → x"),
+        "{cycle_errors:?}"
+    );
+
+    let unknown = "id: a\ntasks:\n  - id: x\n    image: i:1\n    depends_on:\n      - nope\n";
+    assert_eq!(
+        errors(unknown),
+        vec!["jobs/bad.yaml:6: task `x` depends on `nope`, which is not a task of this job"]
+    );
+}
+
+#[test]
+fn bad_cron_duration_image_and_timezone_are_rejected_with_lines() {
+    let text = "id: a\nschedule: \"0 0 * *\"\ntimezone: Mars/Olympus\ntasks:\n  - id: x\n    image: Not/Valid:1\n    retry_delay: 30\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(errors[0].starts_with("jobs/bad.yaml:2: schedule `0 0 * *` has 4 fields"));
+    assert!(errors[1].starts_with("jobs/bad.yaml:3: `Mars/Olympus` is not an IANA timezone"));
+    assert!(errors[2].starts_with("jobs/bad.yaml:6: task `x`: `Not` in the image reference"));
+    assert!(errors[3].starts_with("jobs/bad.yaml:7: task `x`: retry_delay `30` has no unit"));
+}
+
+#[test]
+fn unknown_template_variables_are_load_errors() {
+    let text = "id: a\nparams: {n: 1}\ntasks:\n  - id: x\n    image: i:1\n    args: [\"{{ data_interval_begin }}\"]\n  - id: y\n    image: i:1\n    args: [\"{{ params.m }}\", \"{{ outputs.z.k }}\"]\n  - id: z\n    image: i:1\n    depends_on: [y]\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors[0].starts_with("jobs/bad.yaml:6: task `x`: args:"));
+    assert!(errors[1].contains("`params.m`, which the job's `params` does not declare"));
+    assert!(errors[2].contains("outputs of `z`, which is not upstream of it"));
+}
+
+#[test]
+fn yaml_syntax_errors_carry_a_line() {
+    let errors = parse_job("f.yaml", "id: a\ntasks: [\n").unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].line.is_some(), "{errors:?}");
+    assert!(parse_job("f.yaml", "").unwrap_err()[0]
+        .message
+        .contains("empty"));
+}
+
+#[test]
+fn defaults_cannot_carry_ids_and_process_needs_a_command() {
+    let text =
+        "id: a\ndefaults:\n  id: nope\ntasks:\n  - id: x\n    image: i:1\n    backend: process\n";
+    let errors = errors(text);
+    assert!(
+        errors.iter().any(|e| e.contains("defaults may not set")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("process backend needs a `command`")),
+        "{errors:?}"
+    );
+}
