@@ -1,0 +1,199 @@
+//! The store-facing commands, one file per command group (`jobs.rs`, `runs.rs`, `tasks.rs`,
+//! `pools.rs`, `connections.rs`, and `serve.rs` for the long-running processes); opening the
+//! store, `db migrate`, `schedulers` and `tokens` are here.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use stevedore_backend::ProcessBackend;
+use stevedore_domain::job::{parse_date, Job};
+use stevedore_domain::protocol::rfc3339;
+use stevedore_domain::schedule::Schedule;
+use stevedore_domain::state::RunState;
+use stevedore_ops::actions;
+use stevedore_ops::jobs_dir::{load_job_file, load_jobs_dir};
+use stevedore_scheduler::{Scheduler, SchedulerConfig};
+use stevedore_store::secrets::SecretKey;
+use stevedore_store::{RunFilter, RunRecord, SqliteStore, Store, TryRecord};
+
+use crate::output::{duration, print_json, time, Format, Table};
+use crate::settings::{is_postgres, store_path, Settings as Global};
+use crate::{
+    ConnectionsCommand, JobsCommand, PoolsCommand, RunsCommand, TasksCommand, TokensCommand,
+};
+
+mod connections;
+mod jobs;
+mod pools;
+mod runs;
+mod serve;
+mod tasks;
+
+pub use connections::{connection_values, connections, registry_auth};
+pub use jobs::jobs;
+pub use pools::pools;
+pub use runs::runs;
+use runs::run_json;
+pub use serve::{serve, Serve};
+pub use tasks::tasks;
+
+/// Opens the store named by `--db`: a path, `sqlite://path`, or `postgres://...`.
+pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if is_postgres(db) {
+        let store = stevedore_store::PostgresStore::open(db)
+            .await
+            .context("cannot open the PostgreSQL store (--db)")?;
+        return Ok(Arc::new(store));
+    }
+    let path = store_path(db);
+    let store = SqliteStore::open(path)
+        .await
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Opens a PostgreSQL store for a long-running process: a database that is restarting or
+/// not reachable yet is tried again with backoff for up to two minutes (a wrong password or
+/// address fails at once).
+async fn open_postgres_patiently(db: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match stevedore_store::PostgresStore::open(db).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "the PostgreSQL store cannot be opened yet; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error).context("cannot open the PostgreSQL store (--db)"),
+        }
+    }
+}
+
+/// Opens the store for a scheduler. A SQLite store allows one scheduler: its lock is taken
+/// (a second scheduler refuses to start); PostgreSQL allows several, which share the runs
+/// by claims (`None`).
+async fn open_for_scheduler(
+    db: &str,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Box<dyn std::any::Any + Send>>)> {
+    if is_postgres(db) {
+        return Ok((open_postgres_patiently(db).await?, None));
+    }
+    let lock = SqliteStore::lock_scheduler(store_path(db))?;
+    Ok((open_store(db).await?, Some(Box::new(lock))))
+}
+
+pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
+    open_store(&global.db).await?;
+    println!("store {} is up to date", global.db);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn schedulers(global: &Global) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    let schedulers = store.list_schedulers().await?;
+    if global.output == Format::Json {
+        print_json(&Value::Array(
+            schedulers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": s.id,
+                        "host": s.host,
+                        "pid": s.pid,
+                        "started_at": precise(s.started_at),
+                        "heartbeat_at": precise(s.heartbeat_at),
+                        "runs": s.runs,
+                    })
+                })
+                .collect(),
+        ));
+    } else {
+        let mut table = Table::new(&["SCHEDULER", "HOST", "PID", "STARTED", "HEARTBEAT", "RUNS"]);
+        for s in &schedulers {
+            table.row(vec![
+                s.id.clone(),
+                s.host.clone(),
+                s.pid.to_string(),
+                time(Some(s.started_at)),
+                precise(s.heartbeat_at),
+                s.runs.to_string(),
+            ]);
+        }
+        table.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    match command {
+        TokensCommand::Create { name, role } => {
+            let role: stevedore_domain::role::Role =
+                role.parse().map_err(|e: String| anyhow!(e))?;
+            let (token, hash) = stevedore_server::auth::new_token().map_err(|e| anyhow!(e))?;
+            store.create_token(&name, role, &hash).await?;
+            if global.output == Format::Json {
+                print_json(&json!({"name": name, "role": role.as_str(), "token": token}));
+            } else {
+                eprintln!("token {name} ({role}); it is shown this once:");
+                println!("{token}");
+            }
+        }
+        TokensCommand::List => {
+            let tokens = store.list_tokens().await?;
+            if global.output == Format::Json {
+                print_json(&Value::Array(
+                    tokens
+                        .iter()
+                        .map(|t| {
+                            json!({
+                                "name": t.name,
+                                "role": t.role.as_str(),
+                                "created_at": precise(t.created_at),
+                                "last_used_at": t.last_used_at.map(precise),
+                                "revoked_at": t.revoked_at.map(precise),
+                            })
+                        })
+                        .collect(),
+                ));
+            } else {
+                let mut table = Table::new(&["TOKEN", "ROLE", "CREATED", "LAST USED", "REVOKED"]);
+                for t in &tokens {
+                    table.row(vec![
+                        t.name.clone(),
+                        t.role.to_string(),
+                        time(Some(t.created_at)),
+                        time(t.last_used_at),
+                        time(t.revoked_at),
+                    ]);
+                }
+                table.print();
+            }
+        }
+        TokensCommand::Revoke { name } => {
+            store.revoke_token(&name).await?;
+            println!("token {name} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Event times in JSON, as every view writes them (`stevedore_ops::views::time`).
+fn precise(time: chrono::DateTime<Utc>) -> String {
+    stevedore_ops::views::time(time)
+}
+
+fn parse_param(text: &str) -> anyhow::Result<(String, Value)> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--param `{text}` must look like key=value"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}

@@ -1,0 +1,174 @@
+//! `serve`, `standalone` and `scheduler`: the long-running processes.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// What `serve` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serve {
+    /// Scheduler and server in one process, for a laptop: the `process` backend is on
+    /// unless the settings turn it off.
+    Standalone,
+    /// The scheduler alone: the `process` backend only when the settings turn it on.
+    Scheduler,
+    /// The server alone.
+    Server,
+}
+
+/// Runs the scheduler, the server or both on one store until Ctrl-C or SIGTERM.
+pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
+    let with_scheduler = what != Serve::Server;
+    // A scheduler on SQLite holds its store's scheduler lock for as long as it runs.
+    let (store, lock) = if with_scheduler {
+        open_for_scheduler(&global.db).await?
+    } else {
+        let store = if is_postgres(&global.db) {
+            open_postgres_patiently(&global.db).await?
+        } else {
+            open_store(&global.db).await?
+        };
+        (store, None)
+    };
+    let exclusive = lock.is_some();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let signals = tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    });
+
+    let server = match what {
+        Serve::Standalone | Serve::Server => {
+            let address = std::net::SocketAddr::new(global.bind, global.port);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (--bind, --port)"))?;
+            let address = listener.local_addr()?;
+            let secret_key = SecretKey::load(&global.secret_key, false).ok();
+            let state =
+                stevedore_server::AppState::new(store.clone(), global.jobs.clone(), secret_key);
+            tracing::info!(url = %format!("http://{address}/"), api = %format!("http://{address}/api/v1"), "server listening");
+            eprintln!("stevedore: web UI at http://{address}/ and API at http://{address}/api/v1 (log in with a token: stevedore tokens create NAME --role ROLE)");
+            Some(tokio::spawn(stevedore_server::serve(
+                listener,
+                state,
+                stopped(),
+            )))
+        }
+        Serve::Scheduler => None,
+    };
+    if with_scheduler {
+        let process = global.process_backend.unwrap_or(what == Serve::Standalone);
+        scheduler(global, store, exclusive, process, stopped()).await?;
+    } else {
+        stopped().await;
+    }
+    if let Some(server) = server {
+        // Open log follows end with their tries; do not wait on them for ever.
+        let abort = server.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(error))) => tracing::warn!(error = %error, "server ended with an error"),
+            Err(_) => abort.abort(),
+            _ => {}
+        }
+    }
+    signals.abort();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn scheduler(
+    global: &Global,
+    store: Arc<dyn Store>,
+    exclusive: bool,
+    with_process_backend: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // One Docker engine (`docker_host`), or several with capacities and labels.
+    let backend: Arc<dyn stevedore_backend::Backend> = match &global.docker_hosts {
+        Some(hosts) => {
+            let names: Vec<String> = hosts
+                .iter()
+                .map(|h| format!("{} ({})", h.name, h.endpoint))
+                .collect();
+            tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker_hosts = %names.join(", "), "scheduler starting");
+            Arc::new(stevedore_backend::docker_hosts::DockerHosts::new(
+                hosts.clone(),
+                global.host_lost_after,
+            )?)
+        }
+        None => {
+            let backend = global.docker()?;
+            tracing::info!(db = %global.db, jobs = %global.jobs.display(), docker = backend.endpoint(), "scheduler starting");
+            Arc::new(backend)
+        }
+    };
+    let mut backends: Vec<Arc<dyn stevedore_backend::Backend>> = vec![backend];
+    // Local processes run as the scheduler's own user, outside any container: for
+    // development (on in `standalone`), only on request in a `scheduler`.
+    if with_process_backend {
+        let process = ProcessBackend::new(&global.process_dir);
+        tracing::info!(dir = %global.process_dir.display(), "process backend enabled");
+        backends.push(Arc::new(process));
+    }
+    // A Nomad cluster, when one is configured (`nomad_addr`).
+    if let Some(config) = &global.nomad {
+        let nomad = stevedore_backend::NomadBackend::new(config.clone())?;
+        tracing::info!(nomad = nomad.address(), "nomad backend configured");
+        backends.push(Arc::new(nomad));
+    }
+    let mut config = SchedulerConfig::new(&global.jobs);
+    config.pools_file = Some(global.pools.clone());
+    config.exclusive = exclusive;
+    config.limits = global.limits;
+    config.try_defaults = global.try_defaults.clone();
+    for (value, setting) in [
+        (global.workspace_retention, &mut config.workspace_retention),
+        (
+            global.workspace_sweep_every,
+            &mut config.workspace_sweep_every,
+        ),
+        (global.heartbeat_every, &mut config.heartbeat_every),
+        (global.lease, &mut config.lease),
+        (global.shutdown_grace, &mut config.shutdown_grace),
+    ] {
+        if let Some(value) = value {
+            *setting = value;
+        }
+    }
+    if config.lease <= config.heartbeat_every {
+        return Err(anyhow!(
+            "lease ({:?}) must be longer than heartbeat_every ({:?})",
+            config.lease,
+            config.heartbeat_every
+        ));
+    }
+    config.secret_key = match SecretKey::load(&global.secret_key, false) {
+        Ok(key) => Some(key),
+        Err(message) => {
+            tracing::info!(reason = %message, "no secret key: tasks that use connections will fail");
+            None
+        }
+    };
+    let scheduler = Scheduler::new(store, backends, config);
+    scheduler.run(shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `tasks`: logs (followed or not), tries, outputs.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Fails with a clear message when the run has no task instance of that task.
+pub(super) async fn ensure_task(
+    store: &dyn Store,
+    run: &RunRecord,
+    task: &str,
+) -> anyhow::Result<()> {
+    if !store
+        .task_instances(&run.run_id)
+        .await?
+        .iter()
+        .any(|ti| ti.task_id == task)
+    {
+        bail!("run {} has no task `{task}`", run.run_id);
+    }
+    Ok(())
+}
+
+pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    let (run, task, try_number, follow) = match command {
+        TasksCommand::Logs {
+            run,
+            task,
+            try_number,
+            follow,
+        } => (run, task, try_number, follow),
+        TasksCommand::Clear {
+            run,
+            task,
+            downstream,
+        } => {
+            let run = store.find_run(&run).await?;
+            let cleared = actions::clear(store.as_ref(), &run, &task, downstream).await?;
+            println!("cleared {} in run {}", cleared.join(", "), run.run_id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        TasksCommand::Mark { run, task, state } => {
+            let run = store.find_run(&run).await?;
+            actions::mark(store.as_ref(), &run, &task, &state).await?;
+            println!("task {task} of run {} marked {state}", run.run_id);
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let run = store.find_run(&run).await?;
+    let pick = |tries: &[TryRecord]| -> Option<TryRecord> {
+        match try_number {
+            Some(n) => tries.iter().find(|t| t.try_number == n).cloned(),
+            None => tries.last().cloned(),
+        }
+    };
+    let attempt = loop {
+        let tries = store.tries(&run.run_id, &task).await?;
+        if let Some(attempt) = pick(&tries) {
+            break attempt;
+        }
+        ensure_task(store.as_ref(), &run, &task).await?;
+        if !follow {
+            bail!(match try_number {
+                Some(n) => format!("task `{task}` of run {} has no try {n}", run.run_id),
+                None => format!("task `{task}` of run {} has not started yet", run.run_id),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    use futures_util::StreamExt;
+    let options = stevedore_ops::logs::FollowOptions {
+        after: None,
+        live: follow,
+        poll: Duration::from_millis(250),
+    };
+    let events = stevedore_ops::logs::follow(store.clone(), attempt, options);
+    futures_util::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let stevedore_ops::logs::LogEvent::Line(line) = event? else {
+            break;
+        };
+        if global.output == Format::Json {
+            println!(
+                "{}",
+                json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text})
+            );
+        } else {
+            println!(
+                "{} {:<6} {}",
+                line.timestamp.format("%H:%M:%S%.3f"),
+                line.stream.as_str(),
+                line.text
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
