@@ -900,8 +900,10 @@ impl Backend for DockerBackend {
         let container_id = inspect.id.clone().unwrap_or(name);
         let status = inspect.state.as_ref().and_then(|state| state.status);
         if status == Some(bollard::models::ContainerStateStatusEnum::CREATED) {
-            self.remove_quietly(docker, &container_id).await;
-            return Ok(Adopted::NotStarted);
+            // Removed by the caller once the try is recorded as interrupted: see `NotStarted`.
+            return Ok(Adopted::NotStarted {
+                left: Some(container_id),
+            });
         }
         let _ = events
             .send(TryEvent::Launched {

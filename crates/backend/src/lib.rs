@@ -107,8 +107,13 @@ pub struct Adoption {
 pub enum Adopted {
     /// Its container ran (or still runs): the rest of its output was sent, and how it ended.
     Exit(TryExit),
-    /// Its container was created but never started; it was removed.
-    NotStarted,
+    /// Its container was created but never started. `left` is the container the caller
+    /// removes ([`Backend::discard`]) once the try's end is recorded, so a scheduler that
+    /// stops in between leaves an exited-or-created container of an ended try (which the
+    /// sweep removes), never a running try whose container is gone. `None` when the backend
+    /// removed it itself (a Nomad job not yet placed must go at once, or Nomad could still
+    /// place and run it).
+    NotStarted { left: Option<String> },
     /// No container of the try exists (it was never created, or removed by someone else).
     Missing,
     /// The host the try ran on has not answered for too long: the try is given up as lost.

@@ -301,7 +301,7 @@ impl Backend for NomadBackend {
                         Ok(Some(allocation)) => allocation,
                         Ok(None) => {
                             self.purge_quietly(&nomad_job).await;
-                            return Ok(Adopted::NotStarted);
+                            return Ok(Adopted::NotStarted { left: None });
                         }
                         Err(Interrupted::Killed(reason)) => {
                             self.purge_quietly(&nomad_job).await;

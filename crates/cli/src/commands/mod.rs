@@ -37,8 +37,8 @@ mod tasks;
 pub use connections::{connection_values, connections, registry_auth};
 pub use jobs::jobs;
 pub use pools::pools;
-pub use runs::runs;
 use runs::run_json;
+pub use runs::runs;
 pub use serve::{serve, Serve};
 pub use tasks::tasks;
 

@@ -458,12 +458,15 @@ impl TryRunner {
                     .await;
                 Ok(end)
             }
-            Ok(Adopted::NotStarted) => {
+            Ok(Adopted::NotStarted { left }) => {
                 warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "a stopped scheduler created the try's container but never started it; trying again");
                 self.record(&interrupted(
                     "its scheduler stopped before the container started",
                 ))
                 .await?;
+                // Only now: removed first, a stop before the record would leave a running try
+                // whose container is gone, and the next scheduler would give it up as lost.
+                self.discard(&backend, left.as_deref()).await;
                 Ok(TryEnd::Finished(TaskState::Scheduled))
             }
             Ok(Adopted::Missing) if record.container_id.is_none() => {
