@@ -1,0 +1,408 @@
+//! What the store reads and writes: its records, the tries' writes, fences and errors.
+
+use super::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A write by a scheduler whose claim on the run was taken over.
+    #[error("{0}")]
+    Fenced(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A passing condition worth trying again: the database cannot be reached, is starting
+    /// up or shutting down, or cut the connection (a restart, a failover, a network blip).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            ) => true,
+            StoreError::Database(sqlx::Error::Database(error)) => {
+                // SQLSTATE classes 08 (connection exception) and 57 (operator
+                // intervention: shutting down, starting up), and SQLite's "locked/busy".
+                let code = error.code().unwrap_or_default();
+                code.starts_with("08")
+                    || code.starts_with("57")
+                    || error.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// The same passing error again, for each of several writes that failed together
+    /// (`sqlx::Error` cannot be cloned): still [`StoreError::is_transient`], same message.
+    pub(crate) fn again(&self) -> StoreError {
+        StoreError::passing(self.to_string())
+    }
+
+    /// A passing error with this message ([`StoreError::is_transient`]): the store could not
+    /// be reached through no fault of the write.
+    pub fn passing(message: impl Into<String>) -> StoreError {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            message.into(),
+        )))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub current_version: String,
+    pub file_path: String,
+    pub paused: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A run to create, with the ids of the tasks that get a task instance.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub job_id: String,
+    pub job_version: String,
+    pub trigger: RunTrigger,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval: DataInterval,
+    pub params: Value,
+    pub task_ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job_id: String,
+    pub job_version: String,
+    pub trigger: RunTrigger,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval: DataInterval,
+    pub params: Value,
+    pub state: RunState,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// An operator asked to cancel it (`stevedore runs cancel`).
+    pub cancel_requested: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskInstanceRecord {
+    pub run_id: String,
+    pub task_id: String,
+    pub state: TaskState,
+    /// The latest try's number; 0 before the first try.
+    pub try_number: u32,
+    /// When a task instance in `up_for_retry` or `up_for_reschedule` may be tried again.
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Tries numbered up to this one came before the last clear; retries count after it.
+    pub retry_base: u32,
+}
+
+/// Identifies a try.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TryKey {
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TryRecord {
+    /// Store-assigned id that log lines refer to.
+    pub try_id: i64,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    pub backend: String,
+    pub container_id: Option<String>,
+    pub image_ref: String,
+    /// The registry digest, or the image id of an image that was never pushed.
+    pub image_digest: Option<String>,
+    pub state: TryState,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// A `{"type":"log"}` protocol message; its text is `level: message`.
+    Protocol,
+}
+
+impl LogStream {
+    pub fn code(self) -> i64 {
+        match self {
+            LogStream::Stdout => 1,
+            LogStream::Stderr => 2,
+            LogStream::Protocol => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<LogStream> {
+        match code {
+            1 => Some(LogStream::Stdout),
+            2 => Some(LogStream::Stderr),
+            3 => Some(LogStream::Protocol),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Protocol => "log",
+        }
+    }
+}
+
+/// The most text one page of log lines holds (see [`Store::log_page`]).
+pub const LOG_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The most of one stored line a page reads (lines are stored cut to `max_line_bytes`;
+/// this bounds what older stores may hold).
+pub const MAX_LINE_READ: usize = 1024 * 1024;
+
+/// One page of a try's log lines.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// The page ended at its byte budget: more lines may follow even if it has fewer than
+    /// the limit.
+    pub cut: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub try_id: i64,
+    /// Position in the try's log, from 0, in the order lines arrived.
+    pub seq: i64,
+    pub stream: LogStream,
+    pub timestamp: DateTime<Utc>,
+    pub text: String,
+}
+
+/// How a try ended, written in one transaction with its task instance's new state.
+#[derive(Clone, Debug)]
+pub struct TryFinish {
+    pub try_id: i64,
+    pub state: TryState,
+    pub ended_at: DateTime<Utc>,
+    pub exit_code: Option<i64>,
+    pub failure_reason: Option<String>,
+    pub task_state: TaskState,
+    pub next_try_at: Option<DateTime<Utc>>,
+}
+
+/// One write of a try, for [`Store::write_tries`]: what [`Store::start_try_fenced`],
+/// [`Store::set_try_container_fenced`], [`Store::append_logs_fenced`] and
+/// [`Store::finish_try_fenced`] each write alone.
+#[derive(Clone, Debug)]
+pub enum TryWrite {
+    /// Inserts the try, sets its task instance `running` and clears the outputs of earlier
+    /// tries; answers [`TryWritten::Started`].
+    Start {
+        key: TryKey,
+        backend: String,
+        image_ref: String,
+        at: DateTime<Utc>,
+    },
+    /// Records the try's container; `log_seq` is the seq its first line gets.
+    Container {
+        try_id: i64,
+        container_id: String,
+        image_digest: Option<String>,
+        log_seq: i64,
+    },
+    Logs(Vec<LogLine>),
+    Finish(TryFinish),
+}
+
+impl TryWrite {
+    pub fn start(key: &TryKey, backend: &str, image_ref: &str, at: DateTime<Utc>) -> TryWrite {
+        TryWrite::Start {
+            key: key.clone(),
+            backend: backend.to_owned(),
+            image_ref: image_ref.to_owned(),
+            at,
+        }
+    }
+
+    pub fn container(
+        try_id: i64,
+        container_id: &str,
+        image_digest: Option<&str>,
+        log_seq: i64,
+    ) -> TryWrite {
+        TryWrite::Container {
+            try_id,
+            container_id: container_id.to_owned(),
+            image_digest: image_digest.map(str::to_owned),
+            log_seq,
+        }
+    }
+}
+
+/// A [`TryWrite`] by the holder of `fence` (the run's claim), refused with
+/// [`StoreError::Fenced`] once the run's fencing token has moved on; `None`: unfenced (an
+/// operator, a test).
+#[derive(Clone, Debug)]
+pub struct FencedWrite {
+    pub write: TryWrite,
+    pub fence: Option<Fence>,
+}
+
+/// What a [`TryWrite`] gives back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TryWritten {
+    /// The try just started, and its task's committed state as the try's start saw it (what
+    /// its state file holds).
+    Started {
+        record: TryRecord,
+        committed_state: Option<Value>,
+    },
+    Done,
+}
+
+/// A connection: named secret values injected as environment variables. Only `sealed`
+/// (encrypted with the [`secrets::SecretKey`]) holds the values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub name: String,
+    pub description: String,
+    /// The environment variable names it sets (not secret).
+    pub keys: Vec<String>,
+    pub sealed: Vec<u8>,
+}
+
+/// An API bearer token: its name and role. The token itself is never stored, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub name: String,
+    pub role: stevedore_domain::role::Role,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A web UI session: the token it was opened with, and the CSRF token its forms carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// SHA-256 of the session cookie's value.
+    pub id_hash: String,
+    pub token: TokenRecord,
+    pub csrf: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A pool: how many slots the task instances using it may hold at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub name: String,
+    pub slots: i64,
+    pub description: String,
+}
+
+/// Runs and task instances per state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StateCounts {
+    pub runs: Vec<(RunState, i64)>,
+    pub task_instances: Vec<(TaskState, i64)>,
+}
+
+/// A scheduler's claim on a run: only its holder starts and records the run's tries. Every
+/// claim of a run bumps its `token` (a fencing token), so the writes of a scheduler that
+/// lost the claim (its heartbeat expired and another took the run over) are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub run_id: String,
+    pub token: i64,
+}
+
+/// Held while a scheduling pass decides (see [`Store::lock_scheduling`]).
+pub struct SchedulingLock {
+    /// PostgreSQL: the transaction holding `pg_advisory_xact_lock`; SQLite: nothing (one
+    /// scheduler per store).
+    transaction: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl SchedulingLock {
+    pub(crate) fn none() -> SchedulingLock {
+        SchedulingLock { transaction: None }
+    }
+
+    pub(crate) fn postgres(
+        transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> SchedulingLock {
+        SchedulingLock {
+            transaction: Some(transaction),
+        }
+    }
+
+    /// Lets the next scheduler in.
+    pub async fn release(self) -> Result<()> {
+        if let Some(transaction) = self.transaction {
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A scheduler process, as its heartbeats record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerRecord {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Active runs it holds.
+    pub runs: i64,
+}
+
+/// See [`Store::active_elsewhere`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActiveElsewhere {
+    /// `(job_id, job_version, task_id, count)` of queued or running task instances.
+    pub task_instances: Vec<(String, String, String, i64)>,
+    /// `(job_id, count)` of running runs.
+    pub running_runs: Vec<(String, i64)>,
+}
+
+/// How many of a try's container lines the store holds, per stream (protocol messages
+/// count as stdout, where they came from), and the seq the next line gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredLines {
+    pub stdout: u64,
+    pub stderr: u64,
+    pub next_seq: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub job_id: Option<String>,
+    pub states: Vec<RunState>,
+    pub limit: Option<u32>,
+    /// Only runs whose id sorts before this one: the next page of a newest-first list
+    /// (run ids are UUIDv7, so their order is their creation order).
+    pub before: Option<String>,
+}
