@@ -1,0 +1,274 @@
+//! A run's page (its grid, graph and task instances) and a try's page (its log, outputs),
+//! with the operator's forms: cancel, clear, mark.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub async fn run(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+) -> UiResult<Html<String>> {
+    let run = state.store.get_run(&run_id).await?;
+    let instances = state.store.task_instances(&run.run_id).await?;
+    let mut tries: Vec<(TaskInstanceRecord, Vec<TryRecord>)> = Vec::new();
+    for ti in instances {
+        let attempts = state.store.tries(&run.run_id, &ti.task_id).await?;
+        tries.push((ti, attempts));
+    }
+    let job = actions::run_job(state.store.as_ref(), &run).await.ok();
+    let operator = viewer.may(Role::Operator);
+    let body = html! {
+        div.title-row {
+            h1 { "Run " span.mono { (run.run_id) } }
+            (state_badge(run.state.as_str()))
+        }
+        p.meta {
+            "Job " a href={ "/jobs/" (encode(&run.job_id)) "?run=" (encode(&run.run_id)) } { (run.job_id) }
+            " · " (run.trigger) " · logical date " (when(Some(run.logical_date)))
+            " · interval " (when(Some(run.data_interval.start))) " – " (when(Some(run.data_interval.end)))
+            " · " (took(run.started_at, run.ended_at))
+        }
+        p.meta { "Params " code { (run.params.to_string()) } }
+        @if operator && !run.state.is_finished() {
+            form.inline method="post" action={ (run_link(&run)) "/cancel" } {
+                (csrf_field(&viewer))
+                button.danger type="submit" disabled[run.cancel_requested] {
+                    (if run.cancel_requested { "Cancel requested" } else { "Cancel run" })
+                }
+            }
+        }
+        h2 { "Gantt" }
+        div.scroll { (svg::gantt(&run, job.as_ref(), &tries)) }
+        h2 { "Task instances" }
+        div.table-wrap {
+            table.instances {
+                thead { tr { th { "Task" } th { "State" } th { "Try" } th { "Exit" } th { "Duration" } th { "Image digest" } th { "Reason" } @if operator { th { "Actions" } } } }
+                tbody {
+                    @for (ti, attempts) in &tries {
+                        @let last = attempts.last();
+                        tr {
+                            td {
+                                @if let Some(last) = last {
+                                    a href=(try_link(&run.run_id, &ti.task_id, last.try_number)) { (ti.task_id) }
+                                } @else { (ti.task_id) }
+                            }
+                            td { (state_badge(ti.state.as_str())) }
+                            td { (ti.try_number) }
+                            td { (last.and_then(|t| t.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
+                            td { (took(ti.started_at, ti.ended_at)) }
+                            td.mono.digest { (last.and_then(|t| t.image_digest.clone()).unwrap_or_else(|| "–".into())) }
+                            td { (last.and_then(|t| t.failure_reason.clone()).unwrap_or_default()) }
+                            @if operator {
+                                td.actions {
+                                    form.inline method="post" action={ (run_link(&run)) "/tasks/" (encode(&ti.task_id)) "/clear" } {
+                                        (csrf_field(&viewer))
+                                        label.check { input type="checkbox" name="downstream" value="true"; " downstream" }
+                                        button type="submit" { "Clear" }
+                                    }
+                                    form.inline method="post" action={ (run_link(&run)) "/tasks/" (encode(&ti.task_id)) "/mark" } {
+                                        (csrf_field(&viewer))
+                                        button type="submit" name="state" value="success" { "Mark success" }
+                                        button type="submit" name="state" value="failed" { "Mark failed" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Tries" }
+        div.table-wrap {
+            table.tries {
+                thead { tr { th { "Task" } th { "Try" } th { "State" } th { "Started" } th { "Duration" } th { "Image" } th { "Digest" } } }
+                tbody {
+                    @for (ti, attempts) in &tries {
+                        @for attempt in attempts {
+                            tr {
+                                td { a href=(try_link(&run.run_id, &ti.task_id, attempt.try_number)) { (ti.task_id) } }
+                                td { (attempt.try_number) }
+                                td { (state_badge(attempt.state.as_str())) }
+                                td { (when(Some(attempt.started_at))) }
+                                td { (took(Some(attempt.started_at), attempt.ended_at)) }
+                                td.mono { (attempt.image_ref) }
+                                td.mono.digest { (attempt.image_digest.clone().unwrap_or_else(|| "–".into())) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page(&format!("Run {}", run.run_id), &viewer, body))
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    downstream: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+pub async fn cancel(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> UiResult<Redirect> {
+    viewer.authorize(&form.csrf, Role::Operator)?;
+    let run = state.store.get_run(&run_id).await?;
+    let run = stevedore_ops::actions::cancel(state.store.as_ref(), &run).await?;
+    Ok(Redirect::to(&run_link(&run)))
+}
+
+pub async fn clear(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((run_id, task_id)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> UiResult<Redirect> {
+    viewer.authorize(&form.csrf, Role::Operator)?;
+    let run = state.store.get_run(&run_id).await?;
+    let downstream = form.downstream.as_deref() == Some("true");
+    actions::clear(state.store.as_ref(), &run, &task_id, downstream).await?;
+    Ok(Redirect::to(&run_link(&run)))
+}
+
+pub async fn mark(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((run_id, task_id)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> UiResult<Redirect> {
+    viewer.authorize(&form.csrf, Role::Operator)?;
+    let run = state.store.get_run(&run_id).await?;
+    actions::mark(
+        state.store.as_ref(),
+        &run,
+        &task_id,
+        form.state.as_deref().unwrap_or(""),
+    )
+    .await?;
+    Ok(Redirect::to(&run_link(&run)))
+}
+
+// Tries.
+
+#[derive(Deserialize)]
+pub struct TryQuery {
+    /// The first line shown; by default the page shows the log's last lines.
+    from: Option<i64>,
+}
+
+pub async fn try_page(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((run_id, task_id, try_number)): Path<(String, String, u32)>,
+    Query(query): Query<TryQuery>,
+) -> UiResult<Html<String>> {
+    let run = state.store.get_run(&run_id).await?;
+    let attempts = state.store.tries(&run.run_id, &task_id).await?;
+    let attempt = attempts
+        .iter()
+        .find(|t| t.try_number == try_number)
+        .cloned()
+        .ok_or_else(|| {
+            UiError::Page(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "task `{task_id}` of run {} has no try {try_number}",
+                    run.run_id
+                ),
+            )
+        })?;
+    // A long log opens at its end (where a failure says why), a page at a time.
+    let last = state
+        .store
+        .last_log_seq(attempt.try_id)
+        .await?
+        .unwrap_or(-1);
+    let from = query
+        .from
+        .unwrap_or(last + 1 - i64::from(PAGE_LINES))
+        .clamp(0, last.max(0));
+    let lines = state
+        .store
+        .logs(attempt.try_id, Some(from - 1), PAGE_LINES)
+        .await?;
+    let page_link = |from: i64| {
+        format!(
+            "{}?from={from}",
+            try_link(&run.run_id, &task_id, try_number)
+        )
+    };
+    let outputs =
+        stevedore_ops::runs::task_outputs(state.store.as_ref(), &run.run_id, &task_id).await?;
+    let running = attempt.state == TryState::Running;
+    let follow_url = format!(
+        "/api/v1/runs/{}/tasks/{}/tries/{try_number}/logs/follow",
+        encode(&run.run_id),
+        encode(&task_id)
+    );
+    let body = html! {
+        div.title-row {
+            h1 { (task_id) " · try " (try_number) }
+            (state_badge(attempt.state.as_str()))
+        }
+        p.meta {
+            "Run " a href=(run_link(&run)) { (run.run_id) } " of " a href={ "/jobs/" (encode(&run.job_id)) } { (run.job_id) }
+            @if attempts.len() > 1 {
+                " · tries "
+                @for other in &attempts {
+                    a href=(try_link(&run.run_id, &task_id, other.try_number)) aria-current=[(other.try_number == try_number).then_some("page")] { (other.try_number) } " "
+                }
+            }
+        }
+        dl.facts {
+            dt { "Image" } dd.mono { (attempt.image_ref) }
+            dt { "Digest" } dd.mono { (attempt.image_digest.clone().unwrap_or_else(|| "–".into())) }
+            dt { "Started" } dd { (when(Some(attempt.started_at))) }
+            dt { "Duration" } dd { (took(Some(attempt.started_at), attempt.ended_at)) }
+            dt { "Exit code" } dd #exit-code { (attempt.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
+            dt { "Reason" } dd #reason { (attempt.failure_reason.clone().unwrap_or_else(|| "–".into())) }
+        }
+        @if !outputs.is_empty() {
+            h2 { "Outputs" }
+            table.outputs { tbody { @for (key, value) in &outputs { tr { th { (key) } td.mono { (value.to_string()) } } } } }
+        }
+        h2 { "Log" @if running { " " span.live #live { "live" } } }
+        @if from > 0 || lines.last().is_some_and(|l| l.seq < last) {
+            p.pager {
+                "Lines " (from + 1) "–" (lines.last().map_or(from, |l| l.seq + 1)) " of " (last + 1) ". "
+                @if from > 0 {
+                    a href=(page_link(0)) { "First" } " · "
+                    a href=(page_link((from - i64::from(PAGE_LINES)).max(0))) { "Earlier" }
+                }
+                @if lines.last().is_some_and(|l| l.seq < last) {
+                    " · " a href=(page_link(lines.last().map_or(0, |l| l.seq + 1))) { "Later" }
+                    " · " a href=(try_link(&run.run_id, &task_id, try_number)) { "Last" }
+                }
+            }
+        }
+        div.log #log
+            data-follow=[(running && query.from.is_none()).then_some(follow_url.as_str())]
+            data-after=[lines.last().map(|l| l.seq.to_string())] {
+            @for line in &lines {
+                div class={ "line " (line.stream.as_str()) } data-seq=(line.seq) {
+                    span.ts { (line.timestamp.format("%H:%M:%S%.3f")) }
+                    span.stream { (line.stream.as_str()) }
+                    span.text { (line.text) }
+                }
+            }
+        }
+        @if last + 1 > i64::from(PAGE_LINES) {
+            p.muted { "The whole log: " code { "stevedore tasks logs " (run.run_id) " " (task_id) " --try " (try_number) } "." }
+        }
+    };
+    Ok(page(&format!("{task_id} try {try_number}"), &viewer, body))
+}
+
+// Pools.
