@@ -21,6 +21,10 @@
 //! <runtime>/tries/<job>-<task>-<run>-<try>/{try.json, stdout, stderr, exit, state.json, home/}
 //! <runtime>/workspaces/<run>/
 //! ```
+//!
+//! Why one file of a little over 600 lines: launching, the `/bin/sh` wrapper, re-attaching
+//! and stopping all read and write the folder layout above; split, each part would need the
+//! others open beside it.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};

@@ -6,6 +6,9 @@
 //! `Dockerfile`, the folder is then built by the engine. An image whose build context has
 //! not changed since it was built (same content hash, stored as a label) is not rebuilt.
 //! Images built `FROM` another image of the folder are built after it.
+//!
+//! Why one file of a little over 600 lines: it is one command, read top to bottom (find the
+//! folders, order them by `FROM`, hash, prepare, build); its parts are used nowhere else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
