@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stevedore_e2e::{Postgres, SecondEngine, SYNTH};
+use stevedore_testkit::{Postgres, SecondEngine, SYNTH};
 
 const SCHEDULERS: usize = 3;
 const RUNS: usize = 50;

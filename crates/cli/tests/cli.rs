@@ -793,7 +793,7 @@ fn pools_come_from_the_pools_file_and_the_cli() {
 
 #[test]
 fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
-    let registry = stevedore_e2e::Registry::start();
+    let registry = stevedore_testkit::Registry::start();
     let workspace = Workspace::new(&[]);
     let images = repo_root().join("images");
     let built = workspace.run(&[
@@ -931,7 +931,7 @@ fn connection_secrets_reach_the_task_and_nowhere_else() {
 #[test]
 fn registry_credentials_come_from_a_connection() {
     const PASSWORD: &str = "registry-pass-4c1d9e";
-    let registry = stevedore_e2e::Registry::start_with_login("puller", PASSWORD);
+    let registry = stevedore_testkit::Registry::start_with_login("puller", PASSWORD);
     let image = format!("{}/stevedore/shell-transform:0.1.1", registry.address);
     let job = |id: &str, connection: &str| {
         format!("id: {id}\ntasks:\n  - id: split\n    image: {image}\n    pull_policy: always\n    {connection}args: [--partition, 0, --of, 1, --records, 12]\n")
@@ -1040,7 +1040,7 @@ fn registry_credentials_come_from_a_connection() {
 fn images_check_tries_a_connection_through_the_image() {
     const GOOD: &str = "demo-token";
     const WRONG: &str = "wrong-token-7d3e";
-    let api = stevedore_e2e::DemoApi::start(5);
+    let api = stevedore_testkit::DemoApi::start(5);
     let workspace = Workspace::new(&[]);
     for (name, token) in [("api", GOOD), ("api_wrong", WRONG)] {
         let added = workspace
@@ -1310,7 +1310,7 @@ fn a_second_scheduler_on_a_sqlite_store_refuses_to_start() {
 /// example job to success and the CLI reads it back.
 #[test]
 fn standalone_runs_jobs_on_a_postgresql_store() {
-    let postgres = stevedore_e2e::Postgres::start();
+    let postgres = stevedore_testkit::Postgres::start();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port);
     let workspace = Workspace::new(&[]);
     let on_postgres = |args: &[&str]| {
@@ -1421,7 +1421,7 @@ impl ContainerEvents {
 /// it is, and one naming a label no host has fails saying so.
 #[test]
 fn tries_are_placed_by_capacity_and_labels_across_two_engines() {
-    let second = stevedore_e2e::SecondEngine::start_tls(&[stevedore_e2e::SYNTH]);
+    let second = stevedore_testkit::SecondEngine::start_tls(&[stevedore_testkit::SYNTH]);
     let (tls_endpoint, client) = second.tls.clone().expect("a TLS endpoint");
     let mut spread = "id: spread\ntasks:\n".to_owned();
     for index in 0..6 {
@@ -1536,7 +1536,7 @@ fn tries_are_placed_by_capacity_and_labels_across_two_engines() {
 /// runs on the other host.
 #[test]
 fn a_try_on_a_host_that_goes_away_is_lost_and_retried_on_another() {
-    let mut second = stevedore_e2e::SecondEngine::start(&[stevedore_e2e::SYNTH]);
+    let mut second = stevedore_testkit::SecondEngine::start(&[stevedore_testkit::SYNTH]);
     let job = "id: lonely\ntasks:\n  - id: long\n    image: stevedore/synth:0.1.0\n    args: [count, --lines, \"60\", --every-ms, \"100\"]\n    retries: 1\n    retry_delay: 1s\n";
     let workspace = Workspace::new(&[("lonely.yaml", job)]);
     // The second engine first: with one free slot each, the first try goes there.

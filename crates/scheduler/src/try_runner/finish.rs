@@ -48,6 +48,7 @@ impl TryRunner {
         self.finish(job, task, context, record.try_id, exit).await
     }
 
+    /// Records a try's end, fenced by this runner's claim.
     pub(super) async fn record(&self, finish: &TryFinish) -> anyhow::Result<()> {
         record_finish(&self.writes, finish, self.fence.as_ref()).await
     }
@@ -97,6 +98,8 @@ impl TryRunner {
         }
     }
 
+    /// Records how the try ended, as `stevedore_domain::attempt::settle` decides from its exit
+    /// and the task instance's history (read only for a failure or a reschedule).
     pub(super) async fn finish(
         &self,
         job: &Job,

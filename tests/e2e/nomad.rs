@@ -1,7 +1,7 @@
-//! The nomad backend beyond the shared contract (tests/backends.rs): what it asks Nomad for,
+//! The nomad backend beyond the shared contract (tests/e2e/backends.rs): what it asks Nomad for,
 //! what it does when Nomad cannot place a try, that Nomad never retries on its own, and a
 //! job whose tasks are split between the docker and nomad backends, run by a real scheduler.
-//! Nomad is the simulator in tests/nomad_sim.rs (no Nomad binary can be had here); its tasks
+//! Nomad is the simulator in crates/testkit/src/nomad_sim/ (no Nomad binary can be had here); its tasks
 //! run as real containers on the local engine.
 
 use std::collections::BTreeMap;
@@ -11,8 +11,8 @@ use std::time::Duration;
 use stevedore_backend::*;
 use stevedore_domain::job::{PullPolicy, Resources};
 use stevedore_domain::state::{FailureReason, RunState, TryState};
-use stevedore_e2e::nomad_sim::NomadSim;
-use stevedore_e2e::*;
+use stevedore_testkit::nomad_sim::NomadSim;
+use stevedore_testkit::*;
 use tokio::sync::mpsc;
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -1,6 +1,6 @@
 //! The Backend contract: every backend runs the same `synth` integration (as the image for
 //! `docker` and `nomad`, as the very same static binary for `process`) and must behave the
-//! same. `nomad` runs against the Nomad API simulator (`tests/nomad_sim.rs`), which runs its
+//! same. `nomad` runs against the Nomad API simulator (`crates/testkit/src/nomad_sim/`), which runs its
 //! tasks as real containers on the local engine; deploy/nomad/README.md runs this very suite
 //! against a real `nomad agent -dev` (set `STEVEDORE_TEST_NOMAD_ADDR`).
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 use stevedore_backend::*;
 use stevedore_domain::job::{PullPolicy, Resources};
 use stevedore_domain::state::FailureReason;
-use stevedore_e2e::nomad_sim::NomadSim;
-use stevedore_e2e::*;
+use stevedore_testkit::nomad_sim::NomadSim;
+use stevedore_testkit::*;
 use tokio::sync::mpsc;
 
 /// A try of `task`; tries given the same `run` share a run (and its workspace).
@@ -591,7 +591,7 @@ backend_contract_suite!(
     adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );
 // Nomad's API cannot list or remove docker volumes on its clients, so the workspace case
-// is the docker one's minus listing (tests/nomad.rs).
+// is the docker one's minus listing (tests/e2e/nomad.rs).
 backend_contract_suite!(
     nomad,
     [

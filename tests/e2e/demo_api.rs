@@ -1,7 +1,7 @@
 //! The demo SaaS API behaves like the APIs integrations pull from.
 
 use serde_json::Value;
-use stevedore_e2e::*;
+use stevedore_testkit::*;
 
 const AUTH: (&str, &str) = ("Authorization", "Bearer demo-token");
 

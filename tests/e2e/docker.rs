@@ -6,7 +6,7 @@ use std::time::Duration;
 use stevedore_backend::docker::TlsFiles;
 use stevedore_backend::{Backend, DockerBackend};
 use stevedore_domain::state::{RunState, TaskState, TryState};
-use stevedore_e2e::*;
+use stevedore_testkit::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 

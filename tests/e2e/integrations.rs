@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use stevedore_domain::state::{RunState, TryState};
-use stevedore_e2e::*;
+use stevedore_testkit::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HTTP_EXTRACT: &str = "stevedore/http-extract:0.2.0";

@@ -9,7 +9,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use stevedore_backend::DockerBackend;
 use stevedore_domain::state::RunState;
-use stevedore_e2e::*;
+use stevedore_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_pulled_by_tag_and_its_registry_digest_recorded() {

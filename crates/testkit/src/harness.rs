@@ -1,0 +1,285 @@
+//! The harness: a scheduler on a fresh SQLite store, with a jobs folder of the test's own,
+//! against the real Docker engine (and the process backend); containers it leaves are
+//! removed by their test label.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The label every container of a [`Harness`] carries, with the harness's own id.
+pub(super) const TEST_LABEL: &str = "io.stevedore.test";
+
+pub(super) fn test_id(dir: &tempfile::TempDir) -> String {
+    dir.path()
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A test that ends as soon as it has seen what it checks (a state, a log line) may leave
+/// containers behind: the harness removes whatever carries its label.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let listed = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={TEST_LABEL}={}", test_id(&self.dir)))
+            .output();
+        if let Ok(listed) = listed {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+        }
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    /// The scheduler's key for connections ([`Harness::add_connection`]).
+    pub secret_key: SecretKey,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    /// The backends besides the process one, for [`Harness::restart`].
+    backends: Vec<Arc<dyn Backend>>,
+}
+
+impl Harness {
+    /// A scheduler on the local engine with these job files.
+    pub async fn start(jobs: &[(&str, &str)]) -> Harness {
+        require_images().await;
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        Harness::start_with(jobs, backend).await
+    }
+
+    pub async fn start_with(jobs: &[(&str, &str)], backend: Arc<dyn Backend>) -> Harness {
+        Harness::start_with_backends(jobs, vec![backend]).await
+    }
+
+    /// A scheduler with these backends (and the process backend) and job files.
+    pub async fn start_with_backends(
+        jobs: &[(&str, &str)],
+        backends: Vec<Arc<dyn Backend>>,
+    ) -> Harness {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
+        for (name, text) in jobs {
+            std::fs::write(jobs_dir.join(name), text).unwrap();
+        }
+        Harness::run_in(dir, backends, SecretKey::generate().unwrap()).await
+    }
+
+    /// A scheduler on a folder prepared beforehand (its `stevedore.db` and `jobs/`), for a
+    /// test that must set the store up before any scheduling pass can see it.
+    pub async fn start_in(dir: tempfile::TempDir) -> Harness {
+        require_images().await;
+        init_logging();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        Harness::run_in(dir, vec![backend], SecretKey::generate().unwrap()).await
+    }
+
+    async fn run_in(
+        dir: tempfile::TempDir,
+        mut backends: Vec<Arc<dyn Backend>>,
+        secret_key: SecretKey,
+    ) -> Harness {
+        let jobs_dir = dir.path().join("jobs");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(dir.path().join("stevedore.db"))
+                .await
+                .unwrap(),
+        );
+        let mut config = SchedulerConfig::new(&jobs_dir);
+        config.secret_key = Some(secret_key.clone());
+        config.tick = Duration::from_millis(200);
+        config
+            .container_labels
+            .insert(TEST_LABEL.to_owned(), test_id(&dir));
+        config.sync_every = Duration::from_secs(1);
+        // Tests leave nothing behind: workspaces go as soon as their run has finished.
+        config.workspace_retention = Duration::ZERO;
+        config.workspace_sweep_every = Duration::from_millis(500);
+        let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(dir.path().join("process")));
+        let kept = backends.clone();
+        backends.push(process);
+        let scheduler = Scheduler::new(store.clone(), backends, config);
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            scheduler
+                .run(async move {
+                    let _ = stop.await;
+                })
+                .await
+                .expect("scheduler ended with an error");
+        });
+        Harness {
+            dir,
+            store,
+            secret_key,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+            backends: kept,
+        }
+    }
+
+    /// Stops this scheduler and starts a new one on the same store and jobs folder, as a
+    /// restarted scheduler process would.
+    pub async fn restart(mut self) -> Harness {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("scheduler task panicked");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let backends = std::mem::take(&mut self.backends);
+        // The same key, as a restarted scheduler reads the same key file.
+        Harness::run_in(dir, backends, self.secret_key.clone()).await
+    }
+
+    /// Adds a connection as `stevedore connections add` does.
+    pub async fn add_connection(&self, name: &str, values: &[(&str, &str)]) {
+        let map: std::collections::BTreeMap<&str, &str> = values.iter().copied().collect();
+        let sealed = self
+            .secret_key
+            .seal(&serde_json::to_vec(&map).unwrap())
+            .unwrap();
+        let record = stevedore_store::ConnectionRecord {
+            name: name.to_owned(),
+            description: String::new(),
+            keys: map.keys().map(|k| k.to_string()).collect(),
+            sealed,
+        };
+        self.store.put_connection(&record).await.unwrap();
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    /// Triggers a manual run of `job_id` as `stevedore jobs trigger` does.
+    pub async fn trigger(&self, job_id: &str) -> RunRecord {
+        let found = load_jobs_dir(&self.jobs_dir());
+        let loaded = found
+            .get(job_id)
+            .unwrap_or_else(|| panic!("job {job_id} not loadable: {:?}", found.errors));
+        self.store
+            .upsert_job(
+                &loaded.job.id,
+                &loaded.job.version,
+                &loaded.path.display().to_string(),
+                &loaded.source,
+            )
+            .await
+            .unwrap();
+        trigger_manual(
+            self.store.as_ref(),
+            &loaded.job,
+            &serde_json::Map::new(),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Waits for the run to finish, failing the test after `limit`.
+    pub async fn wait_run(&self, run_id: &str, limit: Duration) -> RunRecord {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let run = self.store.get_run(run_id).await.unwrap();
+            if run.state.is_finished() {
+                return run;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let states = self.store.task_instances(run_id).await.unwrap();
+                panic!("run {run_id} did not finish within {limit:?}: {run:?}\n{states:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn tries(&self, run_id: &str, task_id: &str) -> Vec<TryRecord> {
+        self.store.tries(run_id, task_id).await.unwrap()
+    }
+
+    /// `(stream, text)` of every line of a try, in order.
+    pub async fn log_lines(&self, attempt: &TryRecord) -> Vec<(String, String)> {
+        let mut lines = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .logs(attempt.try_id, after, 100_000)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else {
+                return lines;
+            };
+            after = Some(last.seq);
+            lines.extend(
+                page.into_iter()
+                    .map(|line| (line.stream.as_str().to_owned(), line.text)),
+            );
+        }
+    }
+
+    pub async fn outputs(&self, run_id: &str) -> HashMap<(String, String), serde_json::Value> {
+        self.store
+            .outputs(run_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, k, v)| ((t, k), v))
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("scheduler task panicked");
+        }
+    }
+}
+
+/// Containers (running or not) that carry the run's label.
+pub async fn containers_of_run(run_id: &str) -> Vec<String> {
+    let docker = DockerBackend::from_env().expect("docker client");
+    let label = format!("{LABEL_RUN}={run_id}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .client()
+        .expect("docker client")
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+/// Waits (up to `within`) until no container carries the run's label: a try's exited
+/// container is removed right after its end is recorded, so the two are not one instant.
+pub async fn wait_containers_gone(run_id: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = containers_of_run(run_id).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "containers of run {run_id} left after {within:?}: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

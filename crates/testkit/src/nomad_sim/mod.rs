@@ -1,0 +1,438 @@
+//! A Nomad API simulator, for testing the `nomad` backend where no Nomad binary can be had.
+//! It is test code and never shipped.
+//!
+//! It serves the endpoints the backend uses, with Nomad's own JSON shapes (the Go field names
+//! of Nomad's `api` package, durations and times in nanoseconds), its blocking queries
+//! (`index` / `wait`, the `X-Nomad-Index` header), its framed log stream (`{}` heartbeats,
+//! base64 `Data`, byte `Offset`s, a followed stream that never ends) and its ACL token
+//! header, and it runs each allocation's docker task as a real container on the local Docker
+//! engine: logs and exit codes are real. One node (`sim-node-1`, datacenter `dc1`, 4000 MHz,
+//! 8192 MB) places tasks by their `Resources`; a task that does not fit waits as a blocked
+//! evaluation whose `FailedTGAllocs` say why. It honours `RestartPolicy` and
+//! `ReschedulePolicy` (with Nomad's batch defaults when a job omits them), so a backend that
+//! left Nomad's retries on would be seen running a try twice. docs/backends.md lists the
+//! Nomad sources and docs each part follows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+mod http;
+mod logs;
+mod placement;
+mod runner;
+
+use http::*;
+use logs::*;
+use placement::*;
+use runner::*;
+
+pub const NODE_NAME: &str = "sim-node-1";
+
+pub const NODE_ID: &str = "5a1e0000-0000-4000-8000-000000000001";
+
+pub const DATACENTER: &str = "dc1";
+
+pub const NODE_CPU_MHZ: u64 = 4000;
+
+pub const NODE_MEMORY_MB: u64 = 8192;
+
+/// Labels every container the simulator starts carries, for cleaning up.
+pub const SIM_LABEL: &str = "io.stevedore.nomad-sim";
+
+/// A running simulator; stops (and removes its containers) when dropped.
+pub struct NomadSim {
+    pub address: String,
+    sim: Arc<Sim>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct Sim {
+    docker: Docker,
+    token: Option<String>,
+    /// Bumped on every change; blocking queries wait on it.
+    index: watch::Sender<u64>,
+    state: Mutex<Inner>,
+    instance: String,
+    /// A fault: each log stream breaks (mid-frame) after this many data frames; 0: never.
+    break_logs_after: std::sync::atomic::AtomicUsize,
+    /// Log streams cut by that fault.
+    cut_logs: std::sync::atomic::AtomicUsize,
+    /// A fault: the servers have lost their leader; every call fails with a 500.
+    outage: std::sync::atomic::AtomicBool,
+    outage_began: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<(String, String), SimJob>,
+    allocs: BTreeMap<String, SimAlloc>,
+    evals: Vec<Value>,
+    /// Jobs waiting for room on the node, in order.
+    blocked: Vec<(String, String)>,
+    /// Containers started per job ID (each run of a task, restarts included).
+    runs: HashMap<String, u32>,
+    volumes: Vec<String>,
+    used_cpu: u64,
+    used_memory: u64,
+}
+
+struct SimJob {
+    job: Value,
+    stopped: bool,
+    create_index: u64,
+    modify_index: u64,
+    reschedules_left: u64,
+}
+
+struct SimAlloc {
+    id: String,
+    eval_id: String,
+    namespace: String,
+    job_id: String,
+    group: String,
+    task: String,
+    client_status: String,
+    desired_status: String,
+    client_description: String,
+    task_state: String,
+    failed: bool,
+    restarts: u64,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    events: Vec<Value>,
+    create_index: u64,
+    modify_index: u64,
+    create_time: i64,
+    cpu: u64,
+    memory: u64,
+    logs: [Arc<Log>; 2],
+    stop: Arc<Notify>,
+    stopping: bool,
+}
+
+/// One task log (`alloc/logs/<task>.<stdout|stderr>.0`), kept in memory.
+#[derive(Default)]
+struct Log {
+    data: Mutex<Option<Vec<u8>>>,
+    grew: Notify,
+}
+
+impl Log {
+    fn create(&self) {
+        self.data.lock().unwrap().get_or_insert_with(Vec::new);
+        self.grew.notify_waiters();
+    }
+    fn append(&self, bytes: &[u8]) {
+        self.data
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Vec::new)
+            .extend_from_slice(bytes);
+        self.grew.notify_waiters();
+    }
+}
+
+fn now_nanos() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn uuid() -> String {
+    let bytes: [u8; 16] = rand_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_i64(now_nanos());
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    out
+}
+
+/// A task event as Nomad's `api.TaskEvent` has it (deprecated flat fields included).
+fn event(kind: &str, message: &str, details: Value) -> Value {
+    let details = if details.is_null() {
+        json!({})
+    } else {
+        details
+    };
+    let exit_code = details
+        .get("exit_code")
+        .and_then(|c| c.as_str())
+        .and_then(|c| c.parse::<i64>().ok())
+        .unwrap_or(0);
+    let fails = details.get("fails_task").is_some();
+    json!({
+        "Type": kind,
+        "Time": now_nanos(),
+        "Message": "",
+        "DisplayMessage": message,
+        "Details": details,
+        "FailsTask": fails,
+        "RestartReason": "", "SetupError": "", "DriverError": "", "DriverMessage": "",
+        "ExitCode": exit_code, "Signal": 0, "StopReason": "", "KillTimeout": 0,
+        "KillError": "", "StartDelay": 0, "DownloadError": "", "ValidationError": "",
+        "DiskLimit": 0, "DiskSize": 0, "FailedSibling": "", "VaultError": "",
+        "TaskSignalReason": "", "TaskSignal": "", "GenericSource": "",
+    })
+}
+
+/// Parses a Go duration as Nomad's `wait` takes it: `30s`, `500ms`, `1m`.
+fn go_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let number: u64 = number.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => return None,
+    })
+}
+
+fn error(status: StatusCode, text: &str) -> Response {
+    (status, text.to_owned()).into_response()
+}
+
+impl NomadSim {
+    /// A simulator on 127.0.0.1; with `token`, every call must carry it in `X-Nomad-Token`.
+    pub async fn start(token: Option<&str>) -> NomadSim {
+        let docker = Docker::connect_with_local_defaults().expect("docker client");
+        docker
+            .ping()
+            .await
+            .expect("the Nomad simulator runs tasks on the local Docker engine, which must run");
+        let sim = Arc::new(Sim {
+            docker,
+            token: token.map(str::to_owned),
+            index: watch::channel(1).0,
+            state: Mutex::new(Inner::default()),
+            instance: uuid()[..8].to_owned(),
+            break_logs_after: Default::default(),
+            cut_logs: Default::default(),
+            outage: Default::default(),
+            outage_began: Notify::new(),
+        });
+        let app = Router::new()
+            .route("/v1/status/leader", get(leader))
+            .route("/v1/jobs", get(list_jobs).post(register).put(register))
+            .route("/v1/job/{id}", get(read_job).delete(deregister))
+            .route("/v1/job/{id}/allocations", get(job_allocations))
+            .route("/v1/job/{id}/evaluations", get(job_evaluations))
+            .route("/v1/allocation/{id}", get(read_allocation))
+            .route("/v1/client/fs/logs/{id}", get(logs))
+            .layer(axum::middleware::from_fn_with_state(sim.clone(), acl))
+            .with_state(sim.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        NomadSim {
+            address: format!("http://{address}"),
+            sim,
+            server,
+        }
+    }
+
+    /// A fault: from now on every log stream breaks after `frames` data frames, in the middle
+    /// of the next frame, as a dropped connection would.
+    pub fn break_log_streams_after(&self, frames: usize) {
+        self.sim
+            .break_logs_after
+            .store(frames, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A fault: while on, every call fails as Nomad's HTTP API does without a cluster leader
+    /// (500 `No cluster leader`); allocations keep running meanwhile, as on real clients.
+    pub fn set_outage(&self, on: bool) {
+        self.sim
+            .outage
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            // Calls waiting in blocking queries and log streams fail too.
+            self.sim.outage_began.notify_waiters();
+        }
+    }
+
+    /// How many log streams [`NomadSim::break_log_streams_after`] has cut.
+    pub fn cut_log_streams(&self) -> usize {
+        self.sim.cut_logs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many containers the tasks of a Nomad job have run (restarts included).
+    pub fn runs(&self, job_id: &str) -> u32 {
+        self.sim
+            .state
+            .lock()
+            .unwrap()
+            .runs
+            .get(job_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The registered jobs' IDs.
+    pub fn jobs(&self) -> Vec<String> {
+        let state = self.sim.state.lock().unwrap();
+        state.jobs.keys().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// A registered job as the simulator holds it.
+    pub fn job(&self, job_id: &str) -> Option<Value> {
+        let state = self.sim.state.lock().unwrap();
+        state
+            .jobs
+            .iter()
+            .find(|((_, id), _)| id == job_id)
+            .map(|(_, job)| job.job.clone())
+    }
+
+    /// Allocation IDs of a job, newest last.
+    pub fn allocations(&self, job_id: &str) -> Vec<String> {
+        let state = self.sim.state.lock().unwrap();
+        let mut allocs: Vec<&SimAlloc> = state
+            .allocs
+            .values()
+            .filter(|a| a.job_id == job_id)
+            .collect();
+        allocs.sort_by_key(|a| a.create_index);
+        allocs.iter().map(|a| a.id.clone()).collect()
+    }
+}
+
+impl Drop for NomadSim {
+    fn drop(&mut self) {
+        self.server.abort();
+        // Containers still running and the volumes tasks mounted go with the simulator.
+        let instance = self.sim.instance.clone();
+        let volumes = self.sim.state.lock().unwrap().volumes.clone();
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker rm -f $(docker ps -aq --filter label={SIM_LABEL}={instance}) >/dev/null 2>&1; docker volume rm {} >/dev/null 2>&1; true",
+                volumes.join(" ")
+            ))
+            .status();
+    }
+}
+
+async fn acl(
+    State(sim): State<Arc<Sim>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if sim.outage.load(std::sync::atomic::Ordering::SeqCst) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
+    }
+    // Nomad's status endpoints need no token; everything else does (with ACLs on).
+    let open = request.uri().path().starts_with("/v1/status/");
+    if let Some(token) = sim.token.as_ref().filter(|_| !open) {
+        let given = request
+            .headers()
+            .get("X-Nomad-Token")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(token.as_str()) {
+            return error(StatusCode::FORBIDDEN, "Permission denied");
+        }
+    }
+    next.run(request).await
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn namespace(params: &HashMap<String, String>) -> String {
+    params
+        .get("namespace")
+        .cloned()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+impl Sim {
+    fn bump(&self) -> u64 {
+        let mut next = 0;
+        self.index.send_modify(|index| {
+            *index += 1;
+            next = *index;
+        });
+        next
+    }
+
+    fn current(&self) -> u64 {
+        *self.index.borrow()
+    }
+
+    /// A blocking query: waits until the index passes `index` (or `wait` ends), then
+    /// answers with `read` and the current index in `X-Nomad-Index`.
+    async fn blocking(
+        &self,
+        params: &HashMap<String, String>,
+        read: impl Fn(&Inner) -> Result<Value, Response>,
+    ) -> Response {
+        let min: u64 = params
+            .get("index")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        let wait = params
+            .get("wait")
+            .and_then(|w| go_duration(w))
+            .unwrap_or(Duration::from_secs(300))
+            .min(Duration::from_secs(600));
+        let mut changes = self.index.subscribe();
+        if min > 0 {
+            tokio::select! {
+                _ = tokio::time::timeout(wait, changes.wait_for(|index| *index > min)) => {}
+                _ = self.outage_began.notified() => {}
+            }
+        }
+        if self.outage.load(std::sync::atomic::Ordering::SeqCst) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
+        }
+        let index = self.current();
+        let value = read(&self.state.lock().unwrap());
+        match value {
+            Ok(value) => {
+                let mut headers = HeaderMap::new();
+                headers.insert("X-Nomad-Index", HeaderValue::from(index));
+                headers.insert("X-Nomad-KnownLeader", HeaderValue::from_static("true"));
+                headers.insert("X-Nomad-LastContact", HeaderValue::from_static("0"));
+                (headers, Json(value)).into_response()
+            }
+            Err(response) => response,
+        }
+    }
+}

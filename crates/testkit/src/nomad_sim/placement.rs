@@ -1,0 +1,183 @@
+//! Validating a registered job and placing its allocation on the one node by its
+//! `Resources` (a task that does not fit waits as a blocked evaluation).
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) fn task_resources(task: &Value) -> (u64, u64) {
+    let resources = &task["Resources"];
+    (
+        resources["CPU"].as_u64().unwrap_or(100),
+        resources["MemoryMB"].as_u64().unwrap_or(300),
+    )
+}
+
+/// Checks a job as Nomad's `Job.Validate` would for the parts the simulator runs.
+pub(super) fn validate(job: &Value) -> Result<(), String> {
+    let id = job["ID"].as_str().unwrap_or_default();
+    if id.is_empty() {
+        return Err("1 error occurred:\n\t* Missing job ID".to_owned());
+    }
+    if job["Type"].as_str().unwrap_or("service") != "batch" {
+        return Err(format!(
+            "job {id:?}: the simulator runs batch jobs only (Type {:?}; Nomad's default is service)",
+            job["Type"]
+        ));
+    }
+    let groups = job["TaskGroups"].as_array().cloned().unwrap_or_default();
+    if groups.len() != 1 {
+        return Err(format!(
+            "job {id:?}: the simulator runs jobs of one task group"
+        ));
+    }
+    let group = &groups[0];
+    let restart = &group["RestartPolicy"];
+    if !restart.is_null() {
+        let mode = restart["Mode"].as_str().unwrap_or("");
+        if mode != "fail" && mode != "delay" {
+            return Err(format!("Unsupported restart mode: {mode:?}"));
+        }
+        if restart["Attempts"].as_u64() == Some(0) && mode != "fail" {
+            return Err("Restart policy \"delay\" mode with zero attempts is invalid; use \"fail\" mode instead".to_owned());
+        }
+    }
+    let tasks = group["Tasks"].as_array().cloned().unwrap_or_default();
+    if tasks.len() != 1 {
+        return Err(format!("job {id:?}: the simulator runs groups of one task"));
+    }
+    let task = &tasks[0];
+    if task["Driver"] != "docker" {
+        return Err(format!(
+            "task {:?}: Missing or unsupported driver {:?}",
+            task["Name"], task["Driver"]
+        ));
+    }
+    if task["Config"]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return Err(format!(
+            "task {:?}: docker config: image is required",
+            task["Name"]
+        ));
+    }
+    for template in task["Templates"].as_array().into_iter().flatten() {
+        if template["DestPath"].as_str().unwrap_or_default().is_empty() {
+            return Err("template: must specify a destination".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Places the job's group on the node, or records why not (a blocked evaluation).
+pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, triggered_by: &str) {
+    let mut state = sim.state.lock().unwrap();
+    let Some(job) = state.jobs.get(&(ns.to_owned(), id.to_owned())) else {
+        return;
+    };
+    if job.stopped {
+        return;
+    }
+    let job_value = job.job.clone();
+    let group = job_value["TaskGroups"][0].clone();
+    let task = group["Tasks"][0].clone();
+    let (cpu, memory) = task_resources(&task);
+    let datacenters: Vec<String> = job_value["Datacenters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    let in_datacenter = datacenters.is_empty()
+        || datacenters.iter().any(|d| {
+            d == "*"
+                || d == DATACENTER
+                || (d.ends_with('*') && DATACENTER.starts_with(d.trim_end_matches('*')))
+        });
+    let mut constraint_filtered = serde_json::Map::new();
+    for constraint in job_value["Constraints"].as_array().into_iter().flatten() {
+        // The node has no meta: every `${meta.*}` constraint filters it out.
+        let text = format!(
+            "{} {} {}",
+            constraint["LTarget"].as_str().unwrap_or_default(),
+            constraint["Operand"].as_str().unwrap_or("="),
+            constraint["RTarget"].as_str().unwrap_or_default()
+        );
+        constraint_filtered.insert(text, json!(1));
+    }
+    let mut dimension = serde_json::Map::new();
+    if state.used_cpu + cpu > NODE_CPU_MHZ {
+        dimension.insert("cpu".to_owned(), json!(1));
+    }
+    if state.used_memory + memory > NODE_MEMORY_MB {
+        dimension.insert("memory".to_owned(), json!(1));
+    }
+    let index = sim.bump();
+    let fits = in_datacenter && constraint_filtered.is_empty() && dimension.is_empty();
+    let failed = if fits {
+        Value::Null
+    } else {
+        let metric = json!({
+            "NodesEvaluated": if in_datacenter { 1 } else { 0 },
+            "NodesFiltered": if constraint_filtered.is_empty() { 0 } else { 1 },
+            "NodesAvailable": if in_datacenter { json!({DATACENTER: 1}) } else { json!({}) },
+            "ClassFiltered": null,
+            "ConstraintFiltered": if constraint_filtered.is_empty() { Value::Null } else { Value::Object(constraint_filtered) },
+            "NodesExhausted": if dimension.is_empty() { 0 } else { 1 },
+            "ClassExhausted": null,
+            "DimensionExhausted": if dimension.is_empty() { Value::Null } else { Value::Object(dimension) },
+            "QuotaExhausted": null, "ResourcesExhausted": null, "Scores": null,
+            "AllocationTime": 12_345, "CoalescedFailures": 0, "ScoreMetaData": null,
+        });
+        json!({ group["Name"].as_str().unwrap_or("group"): metric })
+    };
+    state.evals.push(json!({
+        "ID": eval_id, "Priority": 50, "Type": "batch", "TriggeredBy": triggered_by,
+        "Namespace": ns, "JobID": id, "JobModifyIndex": index, "NodeID": "",
+        "Status": "complete", "StatusDescription": "",
+        "BlockedEval": if fits { String::new() } else { uuid() },
+        "FailedTGAllocs": failed, "QueuedAllocations": { group["Name"].as_str().unwrap_or("group"): if fits { 0 } else { 1 } },
+        "CreateIndex": index, "ModifyIndex": index, "CreateTime": now_nanos(), "ModifyTime": now_nanos(),
+    }));
+    if !fits {
+        if !state.blocked.iter().any(|(n, j)| n == ns && j == id) {
+            state.blocked.push((ns.to_owned(), id.to_owned()));
+        }
+        return;
+    }
+    state.blocked.retain(|(n, j)| !(n == ns && j == id));
+    state.used_cpu += cpu;
+    state.used_memory += memory;
+    let alloc_id = uuid();
+    let task_name = task["Name"].as_str().unwrap_or("task").to_owned();
+    let alloc = SimAlloc {
+        id: alloc_id.clone(),
+        eval_id: eval_id.to_owned(),
+        namespace: ns.to_owned(),
+        job_id: id.to_owned(),
+        group: group["Name"].as_str().unwrap_or("group").to_owned(),
+        task: task_name,
+        client_status: "pending".to_owned(),
+        desired_status: "run".to_owned(),
+        client_description: "No tasks have started".to_owned(),
+        task_state: "pending".to_owned(),
+        failed: false,
+        restarts: 0,
+        started_at: None,
+        finished_at: None,
+        events: vec![event("Received", "Task received by client", Value::Null)],
+        create_index: index,
+        modify_index: index,
+        create_time: now_nanos(),
+        cpu,
+        memory,
+        logs: [Arc::new(Log::default()), Arc::new(Log::default())],
+        stop: Arc::new(Notify::new()),
+        stopping: false,
+    };
+    state.allocs.insert(alloc_id.clone(), alloc);
+    drop(state);
+    let sim = sim.clone();
+    tokio::spawn(async move { run_alloc(sim, alloc_id, job_value).await });
+}

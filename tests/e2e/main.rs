@@ -1,0 +1,18 @@
+//! The end-to-end tests, one binary: linking each workspace-sized test binary costs more than
+//! running its tests, so the suites are modules of one. Each needs a running Docker engine
+//! and the images `stevedore images build` makes (`scripts/test.sh` builds them first).
+//!
+//! - `backends`: the contract every backend passes (docker, nomad on the simulator, process).
+//! - `docker`: whole jobs on the Docker engine (logs, workspaces, limits, adoption).
+//! - `nomad`: the Nomad backend against the simulator (`stevedore_testkit::nomad_sim`).
+//! - `semantics`: scheduling semantics (retries, trigger rules, pools, sensors, state).
+//! - `integrations`, `demo_api`, `registry`: the example integrations, the demo API, pulls
+//!   from a registry that needs a login.
+
+mod backends;
+mod demo_api;
+mod docker;
+mod integrations;
+mod nomad;
+mod registry;
+mod semantics;
