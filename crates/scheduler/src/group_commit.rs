@@ -26,7 +26,14 @@ pub struct GroupCommit {
     /// One queue per writer. A run's writes always go to the same writer, so two groups
     /// written at once never hold the same run's fence (on PostgreSQL a row share-locked by
     /// two transactions needs a multixact, which costs more than the lock).
-    queues: Arc<[mpsc::UnboundedSender<Pending>]>,
+    queues: Arc<[mpsc::UnboundedSender<Queued>]>,
+}
+
+/// What waits in a writer's queue.
+enum Queued {
+    Write(Pending),
+    /// Answered once every write queued before it on this writer is written or failed.
+    Barrier(oneshot::Sender<()>),
 }
 
 struct Pending {
@@ -79,10 +86,26 @@ impl GroupCommit {
             },
             reply,
         };
-        let sent = queue.send(pending).map_err(|_| stopped());
+        let sent = queue.send(Queued::Write(pending)).map_err(|_| stopped());
         async move {
             sent?;
             answer.await.map_err(|_| stopped())?
+        }
+    }
+
+    /// Returns once every write queued so far for `run_id`'s fenced writes is written or has
+    /// failed. Re-attaching to a try reads how many of its lines are stored: a write still
+    /// on its way from the scheduler's own earlier follower of that try (given up while the
+    /// store did not answer, the run then claimed again under the same fence) must land
+    /// before that count is read, or its lines would be stored twice.
+    pub async fn barrier(&self, run_id: &str) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        run_id.hash(&mut hasher);
+        let queue = &self.queues[hasher.finish() as usize % self.queues.len()];
+        let (reply, answer) = oneshot::channel();
+        if queue.send(Queued::Barrier(reply)).is_ok() {
+            let _ = answer.await;
         }
     }
 
@@ -160,18 +183,36 @@ fn stopped() -> StoreError {
 }
 
 /// Takes every write waiting (up to the limits), stores them in one group and answers each.
-async fn write_groups(store: Arc<dyn Store>, mut pending: mpsc::UnboundedReceiver<Pending>) {
+/// A write whose requester stopped waiting before it was taken (its try was given up: the
+/// scheduler stopped following it) is not made: the next follower of the try reads what is
+/// stored and goes on from there.
+async fn write_groups(store: Arc<dyn Store>, mut pending: mpsc::UnboundedReceiver<Queued>) {
     while let Some(first) = pending.recv().await {
-        let mut lines = lines_of(&first.write.write);
-        let mut group = vec![first];
-        while group.len() < MAX_WRITES && lines < MAX_LINES {
-            match pending.try_recv() {
-                Ok(next) => {
-                    lines += lines_of(&next.write.write);
-                    group.push(next);
+        let mut group = Vec::new();
+        let mut barriers = Vec::new();
+        let mut lines = 0;
+        let mut next = Some(first);
+        while let Some(queued) = next.take() {
+            match queued {
+                Queued::Write(write) if write.reply.is_closed() => {
+                    tracing::debug!("a write nobody waits for any more is not made");
                 }
-                Err(_) => break,
+                Queued::Write(write) => {
+                    lines += lines_of(&write.write.write);
+                    group.push(write);
+                }
+                Queued::Barrier(reply) => barriers.push(reply),
             }
+            if group.len() >= MAX_WRITES || lines >= MAX_LINES {
+                break;
+            }
+            next = pending.try_recv().ok();
+        }
+        if group.is_empty() {
+            for barrier in barriers {
+                let _ = barrier.send(());
+            }
+            continue;
         }
         let (writes, replies): (Vec<FencedWrite>, Vec<_>) =
             group.into_iter().map(|p| (p.write, p.reply)).unzip();
@@ -197,6 +238,9 @@ async fn write_groups(store: Arc<dyn Store>, mut pending: mpsc::UnboundedReceive
         for (reply, result) in replies.into_iter().zip(results) {
             // A writer that stopped waiting (its try was given up) needs no answer.
             let _ = reply.send(result);
+        }
+        for barrier in barriers {
+            let _ = barrier.send(());
         }
     }
 }

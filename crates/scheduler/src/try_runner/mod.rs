@@ -402,6 +402,9 @@ impl TryRunner {
                     .await;
             }
         };
+        // What this scheduler's earlier follower of the try still had on its way is written
+        // (or has failed) before the stored lines are counted.
+        self.writes.barrier(&run.run_id).await;
         let stored = self.store.stored_lines(record.try_id).await?;
         let adoption = Adoption {
             job_id: job.id.clone(),

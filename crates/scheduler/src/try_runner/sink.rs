@@ -54,6 +54,12 @@ pub(super) async fn follow<T>(
     mut sink: tokio::task::JoinHandle<anyhow::Result<Recorded>>,
     timeout_guard: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(T, Recorded), String> {
+    // Should the try's own task be aborted (its scheduler gave its work up), the sink and the
+    // timer go with it: nothing of a given-up follower writes on (see `GroupCommit::barrier`).
+    let _sink_guard = AbortOnDrop(sink.abort_handle());
+    let _timer_guard = timeout_guard
+        .as_ref()
+        .map(|t| AbortOnDrop(t.abort_handle()));
     tokio::pin!(exit);
     let mut stored = None;
     let result = loop {
@@ -279,4 +285,13 @@ pub(super) async fn consume_events(
     }
     append(&writes, &batch, fence).await?;
     Ok(recorded)
+}
+
+/// Aborts a task when dropped (a finished task is left as it is).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
