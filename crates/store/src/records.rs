@@ -17,6 +17,10 @@ pub enum StoreError {
     Fenced(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The store cannot be reached for now, through no fault of the request: a passing
+    /// error several writes share, or the scheduler's writer stopping. Worth trying again.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -24,6 +28,7 @@ impl StoreError {
     /// up or shutting down, or cut the connection (a restart, a failover, a network blip).
     pub fn is_transient(&self) -> bool {
         match self {
+            StoreError::Unavailable(_) => true,
             StoreError::Database(
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
             ) => true,
@@ -44,16 +49,16 @@ impl StoreError {
     /// The same passing error again, for each of several writes that failed together
     /// (`sqlx::Error` cannot be cloned): still [`StoreError::is_transient`], same message.
     pub(crate) fn again(&self) -> StoreError {
-        StoreError::passing(self.to_string())
+        match self {
+            StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
+            other => StoreError::passing(other.to_string()),
+        }
     }
 
     /// A passing error with this message ([`StoreError::is_transient`]): the store could not
     /// be reached through no fault of the write.
     pub fn passing(message: impl Into<String>) -> StoreError {
-        StoreError::Database(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            message.into(),
-        )))
+        StoreError::Unavailable(message.into())
     }
 }
 
