@@ -268,12 +268,18 @@ impl Settings {
 }
 
 pub fn is_postgres(db: &str) -> bool {
-    db.starts_with("postgres://") || db.starts_with("postgresql://")
+    matches!(
+        stevedore_store::StoreUrl::parse(db),
+        stevedore_store::StoreUrl::Postgres(_)
+    )
 }
 
 /// The file of a SQLite store named by `--db` (a path or `sqlite://path`).
 pub fn store_path(db: &str) -> &Path {
-    Path::new(db.strip_prefix("sqlite://").unwrap_or(db))
+    match stevedore_store::StoreUrl::parse(db) {
+        stevedore_store::StoreUrl::Sqlite(path) => path,
+        stevedore_store::StoreUrl::Postgres(_) => Path::new(db),
+    }
 }
 
 /// A file or folder that belongs to the store: beside a SQLite store (`stevedore.db` →

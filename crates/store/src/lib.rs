@@ -23,6 +23,34 @@ use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// Which store a URL names: `postgres://…` or `postgresql://…` a PostgreSQL one; a path or
+/// `sqlite://path` the SQLite file at that path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreUrl<'a> {
+    Postgres(&'a str),
+    Sqlite(&'a std::path::Path),
+}
+
+impl<'a> StoreUrl<'a> {
+    pub fn parse(url: &'a str) -> StoreUrl<'a> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            StoreUrl::Postgres(url)
+        } else {
+            StoreUrl::Sqlite(std::path::Path::new(
+                url.strip_prefix("sqlite://").unwrap_or(url),
+            ))
+        }
+    }
+}
+
+/// Opens (and migrates) the store a URL names ([`StoreUrl`]).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(match StoreUrl::parse(url) {
+        StoreUrl::Postgres(url) => std::sync::Arc::new(PostgresStore::open(url).await?),
+        StoreUrl::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(path).await?),
+    })
+}
+
 mod records;
 
 pub use records::*;
@@ -306,4 +334,29 @@ pub trait Store: Send + Sync {
     /// Holds state published by a running try until the try ends.
     async fn set_pending_state(&self, try_id: i64, value: &Value) -> Result<()>;
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreUrl;
+
+    #[test]
+    fn a_store_url_names_postgresql_or_a_sqlite_file() {
+        assert_eq!(
+            StoreUrl::parse("postgres://u@h/db"),
+            StoreUrl::Postgres("postgres://u@h/db")
+        );
+        assert_eq!(
+            StoreUrl::parse("postgresql://u@h/db"),
+            StoreUrl::Postgres("postgresql://u@h/db")
+        );
+        assert_eq!(
+            StoreUrl::parse("sqlite:///var/lib/stevedore.db"),
+            StoreUrl::Sqlite(std::path::Path::new("/var/lib/stevedore.db"))
+        );
+        assert_eq!(
+            StoreUrl::parse("stevedore.db"),
+            StoreUrl::Sqlite(std::path::Path::new("stevedore.db"))
+        );
+    }
 }

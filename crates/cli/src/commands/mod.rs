@@ -44,17 +44,13 @@ pub use tasks::tasks;
 
 /// Opens the store named by `--db`: a path, `sqlite://path`, or `postgres://...`.
 pub async fn open_store(db: &str) -> anyhow::Result<Arc<dyn Store>> {
-    if is_postgres(db) {
-        let store = stevedore_store::PostgresStore::open(db)
-            .await
-            .context("cannot open the PostgreSQL store (--db)")?;
-        return Ok(Arc::new(store));
-    }
-    let path = store_path(db);
-    let store = SqliteStore::open(path)
-        .await
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
-    Ok(Arc::new(store))
+    stevedore_store::open(db).await.with_context(|| {
+        if is_postgres(db) {
+            "cannot open the PostgreSQL store (--db)".to_owned()
+        } else {
+            format!("cannot open the store at {}", store_path(db).display())
+        }
+    })
 }
 
 /// Opens a PostgreSQL store for a long-running process: a database that is restarting or
