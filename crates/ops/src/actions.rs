@@ -1,5 +1,6 @@
-//! Operator actions, shared by the CLI and the REST API: trigger, pause, cancel, clear and
-//! mark. Each is a small change to the store; the scheduler picks it up on its next pass.
+//! Operator actions, shared by the CLI, the REST API and the web UI: trigger, pause, cancel,
+//! clear and mark. Each is a small change to the store; the scheduler picks it up on its
+//! next pass.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod paging;
 pub mod ui;
 
 use std::future::Future;

@@ -140,7 +140,7 @@ fn build() -> Value {
             "/api/v1/runs": {"get": operation("listRuns", "Runs, newest first, a page at a time", viewer, vec![
                 json!({"name": "job_id", "in": "query", "schema": {"type": "string"}}),
                 json!({"name": "state", "in": "query", "description": "states, comma-separated", "schema": {"type": "string", "pattern": "^(queued|running|success|failed)(,(queued|running|success|failed))*$"}}),
-                json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": crate::api::MAX_PAGE, "default": 100}}),
+                json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": crate::paging::MAX_PAGE, "default": crate::paging::DEFAULT_PAGE}}),
                 json!({"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page (the last run id it listed)", "schema": {"type": "string"}}),
             ], None, json!({
                 "200": ok("a page of runs", json!({"type": "object", "required": ["items", "next_cursor"], "properties": {

@@ -2,7 +2,11 @@
 //! outputs and committed state, behind one domain-level [`Store`] trait.
 //!
 //! - [`sqlite`]: the embedded default, a single file, created and migrated on open.
+//! - [`postgres`]: PostgreSQL, for several schedulers sharing one store.
+//! - `sql_store.rs`: the one `impl Store` both share; `rows.rs`: their rows.
+//! - `records.rs`: what the store reads and writes, its errors and fences.
 //! - [`secrets`]: how connection values are sealed before they reach any store.
+//! - [`open`]: the store a URL names (`postgres://…`, a path or `sqlite://path`).
 //!
 //! Every implementation passes the same contract suite (`tests/contract.rs`).
 

@@ -38,15 +38,11 @@ mod jobs;
 mod runs;
 mod tries;
 
+use crate::paging::page_size;
 use admin::*;
 use jobs::*;
 use runs::*;
 use tries::*;
-
-/// The most items one page of a list holds, and the default.
-pub const MAX_PAGE: u32 = 500;
-
-const DEFAULT_PAGE: u32 = 100;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -192,16 +188,4 @@ async fn openapi(caller: Caller) -> ApiResult<impl IntoResponse> {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         crate::openapi::document(),
     ))
-}
-
-// Jobs.
-
-fn page_size(limit: Option<u32>) -> ApiResult<u32> {
-    match limit.unwrap_or(DEFAULT_PAGE) {
-        0 => Err(ApiError::bad_request("limit must be at least 1")),
-        n if n > MAX_PAGE => Err(ApiError::bad_request(format!(
-            "limit must be at most {MAX_PAGE}"
-        ))),
-        n => Ok(n),
-    }
 }
