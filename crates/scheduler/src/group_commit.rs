@@ -68,16 +68,13 @@ impl GroupCommit {
         write: TryWrite,
         fence: Option<&Fence>,
     ) -> impl std::future::Future<Output = Result<TryWritten>> + Send + 'static {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        match (fence, &write) {
-            (Some(fence), _) => fence.run_id.hash(&mut hasher),
-            (None, TryWrite::Start { key, .. }) => key.run_id.hash(&mut hasher),
-            (None, TryWrite::Container { try_id, .. }) => try_id.hash(&mut hasher),
-            (None, TryWrite::Finish(finish)) => finish.try_id.hash(&mut hasher),
-            (None, TryWrite::Logs(lines)) => lines.first().map(|l| l.try_id).hash(&mut hasher),
-        }
-        let queue = &self.queues[hasher.finish() as usize % self.queues.len()];
+        let queue = match (fence, &write) {
+            (Some(fence), _) => self.queue_of(&fence.run_id),
+            (None, TryWrite::Start { key, .. }) => self.queue_of(&key.run_id),
+            (None, TryWrite::Container { try_id, .. }) => self.queue_of(try_id),
+            (None, TryWrite::Finish(finish)) => self.queue_of(&finish.try_id),
+            (None, TryWrite::Logs(lines)) => self.queue_of(&lines.first().map(|l| l.try_id)),
+        };
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             write: FencedWrite {
@@ -93,18 +90,22 @@ impl GroupCommit {
         }
     }
 
+    /// The writer whose queue takes what `key` names: a run's fenced writes always share one.
+    fn queue_of(&self, key: &(impl std::hash::Hash + ?Sized)) -> &mpsc::UnboundedSender<Queued> {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.queues[hasher.finish() as usize % self.queues.len()]
+    }
+
     /// Returns once every write queued so far for `run_id`'s fenced writes is written or has
     /// failed. Re-attaching to a try reads how many of its lines are stored: a write still
     /// on its way from the scheduler's own earlier follower of that try (given up while the
     /// store did not answer, the run then claimed again under the same fence) must land
     /// before that count is read, or its lines would be stored twice.
     pub async fn barrier(&self, run_id: &str) {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        run_id.hash(&mut hasher);
-        let queue = &self.queues[hasher.finish() as usize % self.queues.len()];
         let (reply, answer) = oneshot::channel();
-        if queue.send(Queued::Barrier(reply)).is_ok() {
+        if self.queue_of(run_id).send(Queued::Barrier(reply)).is_ok() {
             let _ = answer.await;
         }
     }
