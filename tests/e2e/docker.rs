@@ -580,3 +580,57 @@ async fn an_engine_behind_tls_runs_tries_only_for_clients_of_its_ca() {
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
     harness.stop().await;
 }
+
+/// Cancelling a run on real Docker: the running container is killed and removed, the try
+/// fails with the reason, what had not started is skipped, the run fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_kills_its_containers() {
+    let job = format!(
+        "id: cancellable\ntasks:\n  - id: slow\n    image: {SYNTH}\n    args: [sleep, --seconds, 120]\n    retries: 3\n  - id: after\n    image: {SYNTH}\n    depends_on: [slow]\n"
+    );
+    let harness = Harness::start(&[("cancellable.yaml", &job)]).await;
+    let run = harness.trigger("cancellable").await;
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let tries = harness.tries(&run.run_id, "slow").await;
+        if tries.first().is_some_and(|t| t.container_id.is_some())
+            && !containers_of_run(&run.run_id).await.is_empty()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    harness.store.request_cancel(&run.run_id).await.unwrap();
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    // The try records its end once the container is gone.
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    let tries = loop {
+        let tries = harness.tries(&run.run_id, "slow").await;
+        if tries[0].state != TryState::Running {
+            break tries;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(tries.len(), 1, "a cancelled try is not retried");
+    assert_eq!(
+        (tries[0].state, tries[0].exit_code),
+        (TryState::Failed, Some(137))
+    );
+    assert_eq!(
+        tries[0].failure_reason.as_deref(),
+        Some("killed: run cancelled")
+    );
+    let instances = harness.store.task_instances(&run.run_id).await.unwrap();
+    assert_eq!(
+        (instances[0].state, instances[1].state),
+        (TaskState::Failed, TaskState::Skipped)
+    );
+    // Cancelling fails the run at once; the killed container goes once its end is recorded.
+    wait_containers_gone(&run.run_id, Duration::from_secs(30)).await;
+    harness.stop().await;
+}

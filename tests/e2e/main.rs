@@ -3,9 +3,12 @@
 //! and the images `stevedore images build` makes (`scripts/test.sh` builds them first).
 //!
 //! - `backends`: the contract every backend passes (docker, nomad on the simulator, process).
-//! - `docker`: whole jobs on the Docker engine (logs, workspaces, limits, adoption).
+//! - `docker`: whole jobs on the Docker engine (logs, workspaces, limits, adoption,
+//!   cancelling).
+//!
+//! The scheduling semantics (retries, trigger rules, pools, sensors) are tested without
+//! Docker, on scripted backends and a manual clock: `crates/scheduler/tests/semantics.rs`.
 //! - `nomad`: the Nomad backend against the simulator (`stevedore_testkit::nomad_sim`).
-//! - `semantics`: scheduling semantics (retries, trigger rules, pools, sensors, state).
 //! - `integrations`, `demo_api`, `registry`: the example integrations, the demo API, pulls
 //!   from a registry that needs a login.
 
@@ -15,4 +18,3 @@ mod docker;
 mod integrations;
 mod nomad;
 mod registry;
-mod semantics;

@@ -5,16 +5,18 @@
 //! - [`docker`]: a container per try on a Docker engine, through bollard.
 //! - [`nomad`]: a Nomad batch job per try, through Nomad's HTTP API.
 //! - [`process`]: a local subprocess per try, the same contract without an image.
+//! - [`scripted`]: tries played on the scheduler's clock, for testing the scheduling rules
+//!   without Docker and measuring the scheduler alone.
 //! - [`lines`]: turns the engine's log chunks into whole, timestamped lines.
 
 pub mod docker;
 pub mod docker_hosts;
 #[cfg(test)]
 mod fuzz;
-pub mod instant;
 pub mod lines;
 pub mod nomad;
 pub mod process;
+pub mod scripted;
 
 use std::collections::BTreeMap;
 

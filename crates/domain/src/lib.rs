@@ -7,6 +7,7 @@
 //! - [`state`]: run, task-instance and try states, what an exit code means, why a try was
 //!   stopped.
 //! - [`attempt`]: what a try's end means (try state, task state, next try, reason).
+//! - [`clock`]: where "now" comes from (the system's clock, or a test's).
 //! - [`run`]: what a run does next and when it is over.
 //! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
 //! - [`limits`]: pools, `max_active_tasks` and priority: which ready task instances start.
@@ -19,6 +20,7 @@
 //! - [`names`]: the naming rules of ids and environment variables.
 
 pub mod attempt;
+pub mod clock;
 pub mod duration;
 pub mod image;
 pub mod job;

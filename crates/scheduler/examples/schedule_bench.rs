@@ -1,4 +1,4 @@
-//! Scheduling throughput with the instant backend (every try completes at once): how many
+//! Scheduling throughput with an instant backend (`ScriptedBackend::instant`: every try completes at once): how many
 //! task instances N schedulers take from `none` to `success` per second, over 1,000 runs of
 //! a 10-task fan-out job created up front. Run by `scripts/bench.sh scheduler`.
 //!
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::Map;
-use stevedore_backend::instant::InstantBackend;
+use stevedore_backend::scripted::ScriptedBackend;
 use stevedore_backend::Backend;
 use stevedore_domain::job::parse_job;
 use stevedore_domain::state::RunState;
@@ -116,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             store.clone()
         };
-        let backend: Arc<dyn Backend> = Arc::new(InstantBackend::named("docker"));
+        let backend: Arc<dyn Backend> = Arc::new(ScriptedBackend::instant("docker"));
         instances.push(Scheduler::new(own, vec![backend], config.clone()));
     }
     let cpu_before = cpu_times();

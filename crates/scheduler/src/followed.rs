@@ -166,6 +166,7 @@ impl Scheduler {
                 labels: scheduler.config.container_labels.clone(),
                 limits: scheduler.config.limits,
                 defaults: scheduler.config.try_defaults.clone(),
+                clock: scheduler.config.clock.clone(),
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();
@@ -210,7 +211,7 @@ impl Scheduler {
                                     &key.run_id,
                                     &key.task_id,
                                     TaskState::Scheduled,
-                                    Utc::now(),
+                                    scheduler.now(),
                                 )
                                 .await;
                         }

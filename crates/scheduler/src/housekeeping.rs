@@ -45,7 +45,7 @@ impl Scheduler {
     pub(crate) async fn sweep_workspaces(&self) {
         let retention = chrono::TimeDelta::from_std(self.config.workspace_retention)
             .unwrap_or(chrono::TimeDelta::MAX);
-        let now = Utc::now();
+        let now = self.now();
         for (name, backend) in &self.backends {
             if !self.is_ready(name) {
                 continue;

@@ -65,7 +65,7 @@ impl Scheduler {
             .saturating_sub(self.config.heartbeat_every);
         loop {
             tokio::time::sleep(self.config.heartbeat_every).await;
-            let now = Utc::now();
+            let now = self.now();
             let recorded = match self.store.heartbeat(&self.id, now).await {
                 Err(StoreError::NotFound(_)) => {
                     warn!(scheduler_id = %self.id, "this scheduler's record was removed; registering again");

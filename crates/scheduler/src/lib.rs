@@ -28,8 +28,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use stevedore_backend::{Backend, KillSender, StopReason};
+use stevedore_domain::clock::{Clock, SystemClock};
 use stevedore_domain::job::{parse_job, Job, JobError};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
@@ -87,6 +88,9 @@ pub struct SchedulerConfig {
     /// What a task that sets nothing of its own is confined to (`pids_limit`,
     /// `default_memory`).
     pub try_defaults: try_runner::TryDefaults,
+    /// Where "now" comes from: the system's clock, or a test's
+    /// ([`stevedore_domain::clock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl SchedulerConfig {
@@ -110,6 +114,7 @@ impl SchedulerConfig {
                 pids_limit: Some(1024),
                 memory_bytes: None,
             },
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct Scheduler {
     adoption: AdoptionCheck,
     wake_tx: mpsc::UnboundedSender<Wake>,
     wake_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Wake>>,
+    /// Scheduling passes made so far.
+    passes: std::sync::atomic::AtomicU64,
 }
 
 impl Scheduler {
@@ -163,7 +170,19 @@ impl Scheduler {
             adoption: AdoptionCheck::default(),
             wake_tx,
             wake_rx: tokio::sync::Mutex::new(wake_rx),
+            passes: Default::default(),
         })
+    }
+
+    /// The time of day by the scheduler's clock.
+    fn now(&self) -> DateTime<Utc> {
+        self.config.clock.now()
+    }
+
+    /// How many scheduling passes this scheduler has made (a test that moves a manual
+    /// clock waits for the passes that see it).
+    pub fn passes(&self) -> u64 {
+        self.passes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs until `shutdown` resolves, then stops the tries it started and returns.
@@ -176,7 +195,7 @@ impl Scheduler {
         let host = hostname();
         try_runner::persist("registering the scheduler", || {
             self.store
-                .register_scheduler(&self.id, &host, std::process::id(), Utc::now())
+                .register_scheduler(&self.id, &host, std::process::id(), self.now())
         })
         .await?;
         self.lease.beat();
@@ -204,6 +223,8 @@ impl Scheduler {
             let pass_started = tokio::time::Instant::now();
             let pass = self.schedule_once().await;
             let pass_took = pass_started.elapsed();
+            self.passes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             // A pass costs time in proportion to the active runs. The passes that ending
             // tries call for are spaced by half the last one's duration (100 ms at most), so
             // a stream of ends does not keep the scheduler passing back to back, and the ends

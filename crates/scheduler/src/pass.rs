@@ -46,7 +46,7 @@ impl Scheduler {
     /// One pass: due runs, queued runs started, task instances decided and launched,
     /// finished runs closed.
     pub(crate) async fn schedule_once(self: &Arc<Self>) -> anyhow::Result<()> {
-        let now = Utc::now();
+        let now = self.now();
         // What this scheduler follows, before anything is read: a try that ends after this
         // is still counted as followed, never as left behind by another scheduler.
         let followed: HashSet<TryKey> = self.followed.keys();
@@ -228,7 +228,7 @@ impl Scheduler {
     ) -> anyhow::Result<()> {
         self.store.set_task_states(&plan.task_changes, now).await?;
         self.store
-            .set_run_states(&plan.run_changes, Utc::now())
+            .set_run_states(&plan.run_changes, self.now())
             .await?;
         plan.task_changes.clear();
         plan.run_changes.clear();
@@ -277,7 +277,7 @@ impl Scheduler {
         capacity: &mut Capacity,
     ) -> anyhow::Result<Advanced> {
         let job = self.job_version(&run.job_id, &run.job_version).await?;
-        let now = Utc::now();
+        let now = self.now();
         let mut states: HashMap<String, TaskState> = instances
             .iter()
             .map(|ti| (ti.task_id.clone(), ti.state))
@@ -453,7 +453,7 @@ impl Scheduler {
     /// that had not started are `skipped`, and the run is `failed` — as Airflow's "mark run
     /// failed" does.
     async fn cancel_run(&self, run: &RunRecord) -> anyhow::Result<()> {
-        let now = Utc::now();
+        let now = self.now();
         let switches: Vec<KillSender> = self
             .followed
             .kill_switches(|key, _| key.run_id == run.run_id);

@@ -1,6 +1,12 @@
 //! The harness: a scheduler on a fresh SQLite store, with a jobs folder of the test's own,
 //! against the real Docker engine (and the process backend); containers it leaves are
 //! removed by their test label.
+//!
+//! Or, [`Harness::scripted`], a scheduler whose `docker` and `process` backends are
+//! [`ScriptedBackend`]s on a [`ManualClock`]: nothing runs for real and no time passes
+//! unless the harness moves the clock ([`Harness::wait_run`] and [`Harness::pass_time`] move
+//! it in steps, each seen by the scheduler's passes). The scheduling rules are tested that
+//! way, without Docker and without waiting.
 
 #[allow(unused_imports)]
 use super::*;
@@ -20,6 +26,9 @@ pub(super) fn test_id(dir: &tempfile::TempDir) -> String {
 /// containers behind: the harness removes whatever carries its label.
 impl Drop for Harness {
     fn drop(&mut self) {
+        if self.scripted.is_some() {
+            return;
+        }
         let listed = std::process::Command::new("docker")
             .args(["ps", "-aq", "--filter"])
             .arg(format!("label={TEST_LABEL}={}", test_id(&self.dir)))
@@ -43,7 +52,23 @@ pub struct Harness {
     handle: Option<JoinHandle<()>>,
     /// The backends besides the process one, for [`Harness::restart`].
     backends: Vec<Arc<dyn Backend>>,
+    /// The scheduler, for counting its passes.
+    scheduler: Arc<Scheduler>,
+    /// The clock and backends of a scripted harness.
+    scripted: Option<Scripted>,
 }
+
+/// What a [`Harness::scripted`] runs on.
+#[derive(Clone)]
+struct Scripted {
+    clock: Arc<ManualClock>,
+    /// One standing in for `docker`, one for `process`.
+    backends: Vec<Arc<ScriptedBackend>>,
+}
+
+/// How far [`Harness::wait_run`] and [`Harness::pass_time`] move a scripted harness's clock
+/// at a time: each step is seen by at least one whole scheduling pass before the next.
+pub const CLOCK_STEP: Duration = Duration::from_millis(200);
 
 impl Harness {
     /// A scheduler on the local engine with these job files.
@@ -69,7 +94,87 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
-        Harness::run_in(dir, backends, SecretKey::generate().unwrap()).await
+        Harness::run_in(dir, backends, SecretKey::generate().unwrap(), None).await
+    }
+
+    /// A scheduler whose `docker` and `process` backends are scripted, on a manual clock
+    /// (see the module doc): each try plays its task's script ([`Harness::script`]) or the
+    /// synth modes its args name.
+    pub async fn scripted(jobs: &[(&str, &str)]) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
+        for (name, text) in jobs {
+            std::fs::write(jobs_dir.join(name), text).unwrap();
+        }
+        Harness::scripted_in(dir).await
+    }
+
+    /// [`Harness::scripted`] on a folder prepared beforehand (see [`Harness::start_in`]).
+    pub async fn scripted_in(dir: tempfile::TempDir) -> Harness {
+        init_logging();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        let clock = Arc::new(ManualClock::starting_at(Utc::now()));
+        let backends = ["docker", "process"]
+            .into_iter()
+            .map(|name| Arc::new(ScriptedBackend::new(name, clock.clone())))
+            .collect();
+        let scripted = Scripted { clock, backends };
+        Harness::run_in(
+            dir,
+            Vec::new(),
+            SecretKey::generate().unwrap(),
+            Some(scripted),
+        )
+        .await
+    }
+
+    /// From now on the tries of `task_id` play what `script` says (a scripted harness).
+    pub fn script(
+        &self,
+        task_id: &str,
+        script: impl Fn(&LaunchSpec) -> Play + Send + Sync + 'static,
+    ) {
+        let scripted = self.scripted.as_ref().expect("a scripted harness");
+        let script = Arc::new(script);
+        for backend in &scripted.backends {
+            let script = script.clone();
+            backend.script(task_id, move |spec| script(spec));
+        }
+    }
+
+    /// The time by the scheduler's clock.
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        match &self.scripted {
+            Some(scripted) => scripted.clock.now(),
+            None => Utc::now(),
+        }
+    }
+
+    /// Lets `time` pass: a real sleep, or on a scripted harness the clock moved on in
+    /// steps of [`CLOCK_STEP`], each seen by the scheduler.
+    pub async fn pass_time(&self, time: Duration) {
+        if self.scripted.is_none() {
+            tokio::time::sleep(time).await;
+            return;
+        }
+        let until = self.now() + time;
+        while self.now() < until {
+            let left = (until - self.now()).to_std().unwrap_or_default();
+            self.step(left.min(CLOCK_STEP)).await;
+        }
+    }
+
+    /// Moves a scripted harness's clock on by `by`, then waits for two scheduling passes
+    /// to end: the second began after the move, so the scheduler has seen the new time.
+    async fn step(&self, by: Duration) {
+        let scripted = self.scripted.as_ref().expect("a scripted harness");
+        scripted.clock.advance(by);
+        let seen = self.scheduler.passes();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.scheduler.passes() < seen + 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// A scheduler on a folder prepared beforehand (its `stevedore.db` and `jobs/`), for a
@@ -79,13 +184,14 @@ impl Harness {
         init_logging();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
-        Harness::run_in(dir, vec![backend], SecretKey::generate().unwrap()).await
+        Harness::run_in(dir, vec![backend], SecretKey::generate().unwrap(), None).await
     }
 
     async fn run_in(
         dir: tempfile::TempDir,
         mut backends: Vec<Arc<dyn Backend>>,
         secret_key: SecretKey,
+        scripted: Option<Scripted>,
     ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
@@ -103,12 +209,32 @@ impl Harness {
         // Tests leave nothing behind: workspaces go as soon as their run has finished.
         config.workspace_retention = Duration::ZERO;
         config.workspace_sweep_every = Duration::from_millis(500);
-        let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(dir.path().join("process")));
         let kept = backends.clone();
-        backends.push(process);
+        match &scripted {
+            None => backends.push(Arc::new(ProcessBackend::new(dir.path().join("process")))),
+            Some(scripted) => {
+                // Nothing waits for real: the loop looks often, and its times are the clock's.
+                config.tick = Duration::from_millis(5);
+                config.trigger_poll = Duration::from_millis(5);
+                config.sync_every = Duration::from_millis(5);
+                // Heartbeats are recorded on the clock, which runs far ahead of real time:
+                // a lease of an hour keeps the scheduler's own runs its own.
+                config.lease = Duration::from_secs(3600);
+                config.heartbeat_every = Duration::from_secs(1);
+                config.clock = scripted.clock.clone();
+                backends.extend(
+                    scripted
+                        .backends
+                        .iter()
+                        .map(|backend| backend.clone() as Arc<dyn Backend>),
+                );
+            }
+        }
         let scheduler = Scheduler::new(store.clone(), backends, config);
         let (shutdown, stop) = oneshot::channel::<()>();
+        let running = scheduler.clone();
         let handle = tokio::spawn(async move {
+            let scheduler = running;
             scheduler
                 .run(async move {
                     let _ = stop.await;
@@ -123,6 +249,8 @@ impl Harness {
             shutdown: Some(shutdown),
             handle: Some(handle),
             backends: kept,
+            scheduler,
+            scripted,
         }
     }
 
@@ -138,7 +266,7 @@ impl Harness {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let backends = std::mem::take(&mut self.backends);
         // The same key, as a restarted scheduler reads the same key file.
-        Harness::run_in(dir, backends, self.secret_key.clone()).await
+        Harness::run_in(dir, backends, self.secret_key.clone(), self.scripted.take()).await
     }
 
     /// Adds a connection as `stevedore connections add` does.
@@ -180,25 +308,30 @@ impl Harness {
             self.store.as_ref(),
             &loaded.job,
             &serde_json::Map::new(),
-            Utc::now(),
+            self.now(),
         )
         .await
         .unwrap()
     }
 
-    /// Waits for the run to finish, failing the test after `limit`.
+    /// Waits for the run to finish, failing the test after `limit` (on a scripted harness,
+    /// `limit` on its clock, moved on meanwhile).
     pub async fn wait_run(&self, run_id: &str, limit: Duration) -> RunRecord {
         let deadline = tokio::time::Instant::now() + limit;
+        let clock_deadline = self.now() + limit;
         loop {
             let run = self.store.get_run(run_id).await.unwrap();
             if run.state.is_finished() {
                 return run;
             }
-            if tokio::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline || self.now() > clock_deadline {
                 let states = self.store.task_instances(run_id).await.unwrap();
                 panic!("run {run_id} did not finish within {limit:?}: {run:?}\n{states:#?}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            match self.scripted {
+                Some(_) => self.step(CLOCK_STEP).await,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use chrono::Utc;
-use stevedore_backend::{Backend, DockerBackend, ProcessBackend, LABEL_RUN};
+use stevedore_backend::scripted::ScriptedBackend;
+use stevedore_backend::{Backend, DockerBackend, LaunchSpec, ProcessBackend, LABEL_RUN};
+use stevedore_domain::clock::{Clock, ManualClock};
 use stevedore_ops::jobs_dir::load_jobs_dir;
 use stevedore_ops::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
@@ -34,6 +36,8 @@ pub use harness::*;
 pub use pipeline::*;
 pub use postgres::*;
 pub use registry::*;
+/// What a scripted try plays ([`Harness::script`]).
+pub use stevedore_backend::scripted::Play;
 
 /// The images every end-to-end test uses, built by `stevedore images build`.
 pub const SYNTH: &str = "stevedore/synth:0.1.0";

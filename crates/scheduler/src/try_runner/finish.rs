@@ -108,7 +108,7 @@ impl TryRunner {
         try_id: i64,
         exit: TryExit,
     ) -> anyhow::Result<TryEnd> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let ending = Ending {
             exit_code: exit.exit_code,
             failure: exit.failure,

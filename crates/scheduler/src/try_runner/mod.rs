@@ -25,13 +25,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::Value;
 use stevedore_backend::{
     kill_switch, Adopted, Adoption, Backend, BackendError, Isolation, KillSender, LaunchSpec,
     RegistryAuth, StopReason, Stream, TryEvent, TryExit, STATE_FILE,
 };
 use stevedore_domain::attempt::{self, Ending, History, Settled, TryIdentity};
+use stevedore_domain::clock::Clock;
 use stevedore_domain::image::ImageRef;
 use stevedore_domain::job::{Job, Task};
 use stevedore_domain::mask::Masker;
@@ -83,6 +83,8 @@ pub struct TryRunner {
     pub limits: TryLimits,
     /// What a task that sets nothing of its own is confined to.
     pub defaults: TryDefaults,
+    /// Where the try's start and end times come from.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The scheduler's defaults for what a task does not set itself.
@@ -178,7 +180,7 @@ impl TryRunner {
                 &key,
                 self.backend_name,
                 &image_text,
-                Utc::now(),
+                self.clock.now(),
                 self.fence.as_ref(),
             )
             .await
@@ -332,7 +334,7 @@ impl TryRunner {
                 self.record(&TryFinish {
                     try_id: started.try_id,
                     state: TryState::Interrupted,
-                    ended_at: Utc::now(),
+                    ended_at: self.clock.now(),
                     exit_code: None,
                     failure_reason: Some(format!("backend: {message}")),
                     task_state: TaskState::Scheduled,
@@ -375,7 +377,7 @@ impl TryRunner {
         let interrupted = |why: &str| TryFinish {
             try_id: record.try_id,
             state: TryState::Interrupted,
-            ended_at: Utc::now(),
+            ended_at: self.clock.now(),
             exit_code: None,
             failure_reason: Some(FailureReason::Lost(why.to_owned()).to_text()),
             task_state: TaskState::Scheduled,
@@ -416,7 +418,7 @@ impl TryRunner {
             max_line_bytes: self.limits.line_buffer_bytes(),
         };
         // The timeout counts from the try's start, not from its adoption.
-        let ran = (Utc::now() - record.started_at)
+        let ran = (self.clock.now() - record.started_at)
             .to_std()
             .unwrap_or_default();
         let EventPipe {

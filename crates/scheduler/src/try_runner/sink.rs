@@ -207,7 +207,7 @@ pub(super) async fn consume_events(
                     try_id,
                     seq,
                     stream: LogStream::Protocol,
-                    timestamp: Utc::now(),
+                    timestamp: chrono::Utc::now(),
                     text: masker.mask(&format!("info: {text}")),
                 });
                 seq += 1;
@@ -219,7 +219,7 @@ pub(super) async fn consume_events(
                     try_id,
                     seq,
                     stream: LogStream::Protocol,
-                    timestamp: Utc::now(),
+                    timestamp: chrono::Utc::now(),
                     text: masker.mask(&format!("info: pulling {image}: {status}")),
                 });
                 seq += 1;

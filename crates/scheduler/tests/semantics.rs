@@ -1,6 +1,10 @@
-//! Scheduling semantics end to end through the scheduler: sensors, retries across a
-//! restart, limits. Most use the `process` backend (the synth binary as a local program):
-//! the rules are the scheduler's, whatever runs the try.
+//! Scheduling semantics through a real scheduler on a real SQLite store: sensors, retries
+//! across a restart, pools, limits, pausing, `depends_on_past`, edited jobs, skips and
+//! templates. The tries are played by scripted backends on a manual clock
+//! ([`Harness::scripted`]): the job files are written for the synth integration, whose
+//! modes the scripted backend plays, and no test waits for real time to pass. The rules are
+//! the scheduler's, whatever runs the try; that real backends run tries as these scripts
+//! do is the backend contract suite's part (`tests/e2e/backends.rs`).
 
 use std::time::Duration;
 
@@ -10,10 +14,7 @@ use stevedore_testkit::*;
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn process_task(id: &str, args: &str, extra: &str) -> String {
-    format!(
-        "  - id: {id}\n    backend: process\n    command: [{}]\n    args: {args}\n{extra}",
-        synth_command()
-    )
+    format!("  - id: {id}\n    backend: process\n    command: [synth]\n    args: {args}\n{extra}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +27,7 @@ async fn a_sensor_is_rescheduled_until_ready_without_spending_retries() {
             "    reschedule_interval: 1s\n    retries: 0\n"
         )
     );
-    let harness = Harness::start(&[("sensing.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("sensing.yaml", &job)]).await;
     let run = harness.trigger("sensing").await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
     assert_eq!(run.state, RunState::Success);
@@ -66,7 +67,7 @@ async fn a_sensor_fails_without_retry_once_its_sensor_timeout_has_passed() {
             "    reschedule_interval: 1s\n    sensor_timeout: 2s\n    retries: 3\n"
         )
     );
-    let harness = Harness::start(&[("impatient.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("impatient.yaml", &job)]).await;
     let run = harness.trigger("impatient").await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
     assert_eq!(run.state, RunState::Failed);
@@ -95,7 +96,7 @@ async fn the_retry_wait_survives_a_scheduler_restart() {
             "    retries: 2\n    retry_delay: 4s\n    retry_exponential_backoff: true\n"
         )
     );
-    let harness = Harness::start(&[("retry.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("retry.yaml", &job)]).await;
     let run = harness.trigger("patient_retry").await;
     let deadline = tokio::time::Instant::now() + MINUTE;
     let waiting = loop {
@@ -109,7 +110,7 @@ async fn the_retry_wait_survives_a_scheduler_restart() {
             break ti;
         }
         assert!(tokio::time::Instant::now() < deadline, "{ti:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        harness.pass_time(Duration::from_millis(50)).await;
     };
     let first = harness.tries(&run.run_id, "flaky").await.remove(0);
     let next_try_at = waiting.next_try_at.expect("stored next try time");
@@ -177,7 +178,7 @@ async fn a_pool_of_two_slots_never_runs_three_and_priority_orders_the_queue() {
         );
     }
     let job = format!("id: pooled\ntasks:\n{tasks}");
-    let harness = Harness::start(&[("pooled.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("pooled.yaml", &job)]).await;
     harness
         .store
         .set_pool(&stevedore_store::PoolRecord {
@@ -215,7 +216,7 @@ async fn max_active_tasks_caps_a_jobs_running_task_instances() {
         tasks += &process_task(&format!("t{index}"), "[sleep, --seconds, 1]", "");
     }
     let job = format!("id: capped\nmax_active_tasks: 2\ntasks:\n{tasks}");
-    let harness = Harness::start(&[("capped.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("capped.yaml", &job)]).await;
     let run = harness.trigger("capped").await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
     assert_eq!(run.state, RunState::Success);
@@ -229,13 +230,13 @@ async fn max_active_runs_keeps_extra_runs_queued_in_order() {
         "id: one_at_a_time\nmax_active_runs: 1\ntasks:\n{}",
         process_task("t", "[sleep, --seconds, 1]", "")
     );
-    let harness = Harness::start(&[("one.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("one.yaml", &job)]).await;
     let mut runs = Vec::new();
     for _ in 0..3 {
         runs.push(harness.trigger("one_at_a_time").await);
     }
     // While the first runs, the others wait queued.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    harness.pass_time(Duration::from_millis(500)).await;
     let states: Vec<RunState> =
         futures_util::future::join_all(runs.iter().map(|r| harness.store.get_run(&r.run_id)))
             .await
@@ -257,60 +258,6 @@ async fn max_active_runs_keeps_extra_runs_queued_in_order() {
         );
     }
     assert!(finished.iter().all(|r| r.state == RunState::Success));
-    harness.stop().await;
-}
-
-/// Cancelling a run on real Docker: the running container is killed and removed, the try
-/// fails with the reason, what had not started is skipped, the run fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_run_kills_its_containers() {
-    let job = format!(
-        "id: cancellable\ntasks:\n  - id: slow\n    image: {SYNTH}\n    args: [sleep, --seconds, 120]\n    retries: 3\n  - id: after\n    image: {SYNTH}\n    depends_on: [slow]\n"
-    );
-    let harness = Harness::start(&[("cancellable.yaml", &job)]).await;
-    let run = harness.trigger("cancellable").await;
-    let deadline = tokio::time::Instant::now() + MINUTE;
-    loop {
-        let tries = harness.tries(&run.run_id, "slow").await;
-        if tries.first().is_some_and(|t| t.container_id.is_some())
-            && !containers_of_run(&run.run_id).await.is_empty()
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let started = std::time::Instant::now();
-    harness.store.request_cancel(&run.run_id).await.unwrap();
-    let run = harness.wait_run(&run.run_id, MINUTE).await;
-    assert_eq!(run.state, RunState::Failed);
-    // The try records its end once the container is gone.
-    let deadline = tokio::time::Instant::now() + MINUTE;
-    let tries = loop {
-        let tries = harness.tries(&run.run_id, "slow").await;
-        if tries[0].state != TryState::Running {
-            break tries;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(tries.len(), 1, "a cancelled try is not retried");
-    assert_eq!(
-        (tries[0].state, tries[0].exit_code),
-        (TryState::Failed, Some(137))
-    );
-    assert_eq!(
-        tries[0].failure_reason.as_deref(),
-        Some("killed: run cancelled")
-    );
-    let instances = harness.store.task_instances(&run.run_id).await.unwrap();
-    assert_eq!(
-        (instances[0].state, instances[1].state),
-        (TaskState::Failed, TaskState::Skipped)
-    );
-    // Cancelling fails the run at once; the killed container goes once its end is recorded.
-    wait_containers_gone(&run.run_id, Duration::from_secs(30)).await;
     harness.stop().await;
 }
 
@@ -342,10 +289,10 @@ async fn a_paused_job_makes_no_scheduled_runs_until_unpaused() {
             .unwrap();
         store.set_paused("pausable", true).await.unwrap();
     }
-    let harness = Harness::start_in(dir).await;
+    let harness = Harness::scripted_in(dir).await;
     std::fs::write(&path, &job).unwrap();
     // Several job-folder syncs later: still nothing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    harness.pass_time(Duration::from_secs(3)).await;
     assert!(harness
         .store
         .list_runs(&Default::default())
@@ -360,7 +307,7 @@ async fn a_paused_job_makes_no_scheduled_runs_until_unpaused() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{runs:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        harness.pass_time(Duration::from_millis(200)).await;
     }
     harness.stop().await;
 }
@@ -376,7 +323,12 @@ async fn depends_on_past_waits_for_the_previous_runs_task() {
         "id: past\nschedule: \"@daily\"\nstart_date: 2024-01-01\nmax_active_runs: 3\ntasks:\n  - id: check\n    backend: process\n    command: [/bin/sh, -c, \"test -e {}\"]\n    depends_on_past: true\n",
         ok.display()
     );
-    let harness = Harness::start(&[("past.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("past.yaml", &job)]).await;
+    // What the task's command does: `test -e` the flag.
+    let flag_path = ok.clone();
+    harness.script("check", move |_| {
+        Play::exit(if flag_path.exists() { 0 } else { 1 })
+    });
     let loaded = stevedore_ops::jobs_dir::load_jobs_dir(&harness.jobs_dir());
     let job = loaded.get("past").unwrap().job.clone();
     harness
@@ -456,10 +408,10 @@ async fn an_edited_job_keeps_running_runs_on_their_version() {
         process_task("slow", "[sleep, --seconds, 1]", ""),
         process_task("new_step", "[noop]", "    depends_on: [slow]\n")
     );
-    let harness = Harness::start(&[("evolving.yaml", &v1)]).await;
+    let harness = Harness::scripted(&[("evolving.yaml", &v1)]).await;
     let running = harness.trigger("evolving").await;
     let waiting = harness.trigger("evolving").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    harness.pass_time(Duration::from_millis(500)).await;
     std::fs::write(harness.jobs_dir().join("evolving.yaml"), &v2).unwrap();
     let running = harness.wait_run(&running.run_id, MINUTE).await;
     let waiting = harness.wait_run(&waiting.run_id, MINUTE).await;
@@ -508,7 +460,11 @@ tasks:
     args: [noop]
     retries: 0
 "#;
-    let harness = Harness::start(&[("chooser.yaml", job)]).await;
+    let harness = Harness::scripted(&[("chooser.yaml", job)]).await;
+    // What `pick`'s command prints.
+    harness.script("pick", |_| {
+        Play::exit(0).stdout(r#"{"type":"output","key":"image","value":"evil.example/thief:1"}"#)
+    });
     let run = harness.trigger("chooser").await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
     assert_eq!(run.state, RunState::Failed);
@@ -527,7 +483,7 @@ tasks:
 
 /// Exit 99 marks the try `skipped`; the skip flows on through `all_success` children and
 /// the run still succeeds (its leaves are all skipped or successful). Templates reach
-/// `env` and `image` too.
+/// `env` and `image` too (the image a try is launched with is the rendered one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_99_skips_and_templates_reach_env_and_image() {
     let job = format!(
@@ -536,7 +492,11 @@ async fn exit_99_skips_and_templates_reach_env_and_image() {
         process_task("after_gate", "[noop]", "    depends_on: [gate]\n"),
         process_task("cleanup", "[noop]", "    depends_on: [after_gate]\n    trigger_rule: all_done\n"),
     );
-    let harness = Harness::start(&[("skipping.yaml", &job)]).await;
+    let harness = Harness::scripted(&[("skipping.yaml", &job)]).await;
+    // What `env_check`'s command prints: its environment as the try was given it.
+    harness.script("env_check", |spec| {
+        Play::exit(0).stdout(format!("{} for {}", spec.env["GREETING"], spec.env["DAY"]))
+    });
     let run = harness.trigger("skipping").await;
     let run = harness.wait_run(&run.run_id, MINUTE).await;
     assert_eq!(run.state, RunState::Success);
