@@ -1,6 +1,7 @@
-//! The JSON shapes of runs, task instances and tries: one set of serde types that the CLI's
-//! `-o json`, the REST API and the OpenAPI document all use, so they cannot disagree
-//! (restate's `admin-rest-model`, shared by its server and its CLI).
+//! The JSON shapes of runs, task instances, tries, log lines, pools and connections: one
+//! set of serde types that the CLI's `-o json`, the REST API and the API's OpenAPI document
+//! (their `ToSchema`, through utoipa) all use, so the three cannot disagree (restate's
+//! `admin-rest-model`, shared by its server and its CLI).
 //!
 //! Times are RFC 3339 in UTC: logical dates and data intervals in whole seconds (they are
 //! schedule instants), the times things happened (queued, started, ended, next try) with
@@ -9,7 +10,42 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
+use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
+use stevedore_store::{
+    ConnectionRecord, LogLine, PoolRecord, RunRecord, TaskInstanceRecord, TryRecord,
+};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::ToSchema;
+
+/// The schema of a string that is one of `values`.
+pub fn one_of(values: impl IntoIterator<Item = &'static str>) -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
+/// The schema of a run's state.
+pub fn run_state() -> utoipa::openapi::Object {
+    one_of(RunState::ALL.iter().map(|s| s.as_str()))
+}
+
+fn task_state() -> utoipa::openapi::Object {
+    one_of(TaskState::ALL.iter().map(|s| s.as_str()))
+}
+
+/// The schema of a try's state.
+pub fn try_state() -> utoipa::openapi::Object {
+    one_of(TryState::ALL.iter().map(|s| s.as_str()))
+}
+
+fn trigger() -> utoipa::openapi::Object {
+    one_of(RunTrigger::ALL.iter().map(|s| s.as_str()))
+}
+
+fn stream() -> utoipa::openapi::Object {
+    one_of(["stdout", "stderr", "log"])
+}
 
 /// A schedule instant: `2024-01-01T00:00:00Z`.
 pub fn instant(at: DateTime<Utc>) -> String {
@@ -21,19 +57,30 @@ pub fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A run.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = Run)]
 pub struct RunView {
     pub run_id: String,
     pub job_id: String,
     pub job_version: String,
+    #[schema(schema_with = trigger)]
     pub trigger: String,
+    #[schema(schema_with = run_state)]
     pub state: String,
+    #[schema(format = DateTime)]
     pub logical_date: String,
+    #[schema(format = DateTime)]
     pub data_interval_start: String,
+    #[schema(format = DateTime)]
     pub data_interval_end: String,
+    #[schema(value_type = Object)]
     pub params: Value,
+    #[schema(format = DateTime)]
     pub queued_at: String,
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
+    #[schema(format = DateTime)]
     pub ended_at: Option<String>,
     pub cancel_requested: bool,
 }
@@ -58,17 +105,23 @@ impl From<&RunRecord> for RunView {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A try of a task instance.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = Try)]
 pub struct TryView {
     pub run_id: String,
     pub task_id: String,
+    #[schema(minimum = 1)]
     pub try_number: u32,
+    #[schema(schema_with = try_state)]
     pub state: String,
     pub backend: String,
     pub container_id: Option<String>,
     pub image: String,
     pub image_digest: Option<String>,
+    #[schema(format = DateTime)]
     pub started_at: String,
+    #[schema(format = DateTime)]
     pub ended_at: Option<String>,
     pub exit_code: Option<i64>,
     pub failure_reason: Option<String>,
@@ -94,14 +147,19 @@ impl From<&TryRecord> for TryView {
 }
 
 /// A task instance, with what its latest try says (exit code, digest, reason).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = TaskInstance)]
 pub struct TaskInstanceView {
     pub run_id: String,
     pub task_id: String,
+    #[schema(schema_with = task_state)]
     pub state: String,
     pub try_number: u32,
+    #[schema(format = DateTime)]
     pub next_try_at: Option<String>,
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
+    #[schema(format = DateTime)]
     pub ended_at: Option<String>,
     pub exit_code: Option<i64>,
     pub image_digest: Option<String>,
@@ -126,8 +184,8 @@ impl TaskInstanceView {
     }
 }
 
-/// A task instance of a run's detail: the instance and every try of it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A task instance and every try of it.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct TaskInstanceDetail {
     #[serde(flatten)]
     pub instance: TaskInstanceView,
@@ -135,7 +193,7 @@ pub struct TaskInstanceDetail {
 }
 
 /// A run with its task instances and their tries (`runs show`, `GET /api/v1/runs/{id}`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
@@ -159,4 +217,112 @@ pub async fn run_detail(
         run: RunView::from(run),
         task_instances,
     })
+}
+
+/// A try with the outputs its task published (`tasks show`, `GET .../tries/{n}`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct TryDetail {
+    #[serde(flatten)]
+    pub attempt: TryView,
+    /// Output key to value.
+    #[schema(value_type = Object)]
+    pub outputs: Value,
+}
+
+/// One log line of a try.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = LogLine)]
+pub struct LogLineView {
+    #[schema(minimum = 0)]
+    pub seq: i64,
+    #[schema(schema_with = stream)]
+    pub stream: String,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    pub text: String,
+}
+
+impl From<&LogLine> for LogLineView {
+    fn from(line: &LogLine) -> LogLineView {
+        LogLineView {
+            seq: line.seq,
+            stream: line.stream.as_str().to_owned(),
+            timestamp: time(line.timestamp),
+            text: line.text.clone(),
+        }
+    }
+}
+
+/// A pool.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = Pool)]
+pub struct PoolView {
+    pub name: String,
+    #[schema(minimum = 0)]
+    pub slots: i64,
+    pub description: String,
+}
+
+impl From<&PoolRecord> for PoolView {
+    fn from(pool: &PoolRecord) -> PoolView {
+        PoolView {
+            name: pool.name.clone(),
+            slots: pool.slots,
+            description: pool.description.clone(),
+        }
+    }
+}
+
+/// A connection: its name and variable names, never its values.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = Connection)]
+pub struct ConnectionView {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub description: String,
+}
+
+impl From<&ConnectionRecord> for ConnectionView {
+    fn from(connection: &ConnectionRecord) -> ConnectionView {
+        ConnectionView {
+            name: connection.name.clone(),
+            keys: connection.keys.clone(),
+            description: connection.description.clone(),
+        }
+    }
+}
+
+/// What a backfill created (`jobs backfill`, `POST /api/v1/jobs/{job_id}/backfill`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = Backfill)]
+pub struct BackfillView {
+    /// The first interval's logical date.
+    #[schema(format = DateTime)]
+    pub from: Option<String>,
+    /// The last interval's logical date.
+    #[schema(format = DateTime)]
+    pub to: Option<String>,
+    /// Intervals in the range.
+    #[schema(minimum = 0)]
+    pub intervals: usize,
+    /// Runs created, in logical-date order.
+    pub created: Vec<String>,
+    /// Failed runs cleared to run again.
+    pub rerun: Vec<String>,
+    /// Intervals whose run was left as it is.
+    #[schema(minimum = 0)]
+    pub kept: usize,
+}
+
+impl From<&crate::backfill::Backfill> for BackfillView {
+    fn from(done: &crate::backfill::Backfill) -> BackfillView {
+        BackfillView {
+            from: done.from.map(instant),
+            to: done.to.map(instant),
+            intervals: done.intervals,
+            created: done.created.clone(),
+            rerun: done.rerun.clone(),
+            kept: done.kept,
+        }
+    }
 }

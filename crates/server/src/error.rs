@@ -4,9 +4,39 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use stevedore_ops::actions::ActionError;
 use stevedore_store::StoreError;
+
+/// Every error code the API answers with.
+pub const CODES: &[&str] = &[
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "invalid",
+    "no_secret_key",
+    "internal",
+];
+
+fn codes() -> utoipa::openapi::Object {
+    stevedore_ops::views::one_of(CODES.iter().copied())
+}
+
+/// An error's body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong: a stable code, and a message for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    #[schema(schema_with = codes)]
+    code: &'static str,
+    message: String,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -45,7 +75,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        debug_assert!(CODES.contains(&self.code), "{} is not in CODES", self.code);
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

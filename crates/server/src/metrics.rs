@@ -66,6 +66,12 @@ pub async fn count_requests(
     response
 }
 
+/// Prometheus metrics (text exposition)
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", responses(
+    (status = 200, description = "metrics", body = String, content_type = "text/plain"),
+))]
 pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let counts = state.store.state_counts().await?;

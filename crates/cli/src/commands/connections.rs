@@ -38,9 +38,11 @@ pub async fn connections(global: &Global, command: ConnectionsCommand) -> anyhow
         ConnectionsCommand::List => {
             let connections = store.list_connections().await?;
             if global.output == Format::Json {
-                print_json(&Value::Array(
-                    connections.iter().map(|c| json!({"name": c.name, "keys": c.keys, "description": c.description})).collect(),
-                ));
+                let views: Vec<_> = connections
+                    .iter()
+                    .map(stevedore_ops::views::ConnectionView::from)
+                    .collect();
+                print_json(&json!(views));
             } else {
                 let mut table = Table::new(&["CONNECTION", "VARIABLES", "DESCRIPTION"]);
                 for connection in &connections {

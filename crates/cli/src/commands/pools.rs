@@ -9,9 +9,11 @@ pub async fn pools(global: &Global, command: PoolsCommand) -> anyhow::Result<Exi
         PoolsCommand::List => {
             let pools = store.list_pools().await?;
             if global.output == Format::Json {
-                print_json(&Value::Array(
-                    pools.iter().map(|p| json!({"name": p.name, "slots": p.slots, "description": p.description})).collect(),
-                ));
+                let views: Vec<_> = pools
+                    .iter()
+                    .map(stevedore_ops::views::PoolView::from)
+                    .collect();
+                print_json(&json!(views));
             } else {
                 let mut table = Table::new(&["POOL", "SLOTS", "DESCRIPTION"]);
                 for pool in &pools {

@@ -80,10 +80,7 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
             break;
         };
         if global.output == Format::Json {
-            println!(
-                "{}",
-                json!({"seq": line.seq, "stream": line.stream.as_str(), "timestamp": line.timestamp.to_rfc3339(), "text": line.text})
-            );
+            println!("{}", json!(stevedore_ops::views::LogLineView::from(&line)));
         } else {
             println!(
                 "{} {:<6} {}",

@@ -3,22 +3,64 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn job_summary(job: &Job, paused: bool, last_runs: &[RunRecord]) -> Value {
-    json!({
-        "job_id": job.id,
-        "description": job.description,
-        "schedule": job.timetable.schedule.expression(),
-        "timezone": job.timetable.timezone.name(),
-        "paused": paused,
-        "next_run_at": job.timetable.next_run_at(Utc::now()).map(time),
-        "last_runs": last_runs.iter().map(|r| json!({"run_id": r.run_id, "state": r.state.as_str()})).collect::<Vec<_>>(),
-    })
+/// A job of the jobs folder, with its last runs.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobSummary {
+    job_id: String,
+    description: Option<String>,
+    /// Its cron expression, or none for a job that runs only when triggered.
+    schedule: Option<String>,
+    timezone: String,
+    paused: bool,
+    #[schema(format = DateTime)]
+    next_run_at: Option<String>,
+    /// Newest last.
+    last_runs: Vec<LastRun>,
 }
 
+/// A run among a job's last ones.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LastRun {
+    run_id: String,
+    #[schema(schema_with = views::run_state)]
+    state: String,
+}
+
+pub(super) fn job_summary(job: &Job, paused: bool, last_runs: &[RunRecord]) -> JobSummary {
+    JobSummary {
+        job_id: job.id.clone(),
+        description: job.description.clone(),
+        schedule: job.timetable.schedule.expression().map(str::to_owned),
+        timezone: job.timetable.timezone.name().to_owned(),
+        paused,
+        next_run_at: job.timetable.next_run_at(Utc::now()).map(time),
+        last_runs: last_runs
+            .iter()
+            .map(|r| LastRun {
+                run_id: r.run_id.clone(),
+                state: r.state.as_str().to_owned(),
+            })
+            .collect(),
+    }
+}
+
+/// The jobs of the jobs folder, and the errors of its invalid job files.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobList {
+    items: Vec<JobSummary>,
+    errors: Vec<String>,
+}
+
+/// Jobs of the jobs folder, with their last runs; the errors of invalid job files
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/jobs", operation_id = "listJobs", responses(
+    (status = 200, description = "jobs", body = JobList),
+))]
 pub(super) async fn list_jobs(
     caller: Caller,
     State(state): State<AppState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     caller.require(Role::Viewer)?;
     let found = state.jobs();
     let paused = state.paused_jobs().await?;
@@ -32,54 +74,107 @@ pub(super) async fn list_jobs(
         ));
     }
     let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-    Ok(Json(json!({"items": items, "errors": errors})))
+    Ok(Json(JobList { items, errors }))
 }
 
+/// A job with its tasks (the DAG), params and file.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Job)]
+pub(crate) struct JobDetail {
+    #[serde(flatten)]
+    summary: JobSummary,
+    version: String,
+    file: String,
+    source: String,
+    #[schema(value_type = Object)]
+    params: Value,
+    tasks: Vec<TaskSummary>,
+}
+
+/// A task of a job.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TaskSummary {
+    task_id: String,
+    image: String,
+    depends_on: Vec<String>,
+    trigger_rule: String,
+    pool: String,
+    retries: u32,
+    connections: Vec<String>,
+}
+
+/// A job with its tasks (the DAG), params and file
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/jobs/{job_id}", operation_id = "getJob", params(JobPath), responses(
+    (status = 200, description = "the job", body = JobDetail),
+    (status = 404, description = "no such job", body = ErrorBody),
+))]
 pub(super) async fn get_job(
     caller: Caller,
     State(state): State<AppState>,
-    Path(job_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    Path(JobPath { job_id }): Path<JobPath>,
+) -> ApiResult<Json<JobDetail>> {
     caller.require(Role::Viewer)?;
     let (job, path, source) = actions::load_job(&state.jobs_dir, &job_id)?;
     let paused = state.paused_jobs().await?.contains(&job.id);
     let last_runs = state.last_runs(&job.id, 10).await?;
-    let mut value = job_summary(&job, paused, &last_runs);
-    value["version"] = json!(job.version);
-    value["file"] = json!(path);
-    value["source"] = json!(source);
-    value["params"] = Value::Object(job.params.clone());
-    value["tasks"] = job
-        .tasks
-        .iter()
-        .map(|task| {
-            json!({
-                "task_id": task.id,
-                "image": task.image,
-                "depends_on": task.depends_on,
-                "trigger_rule": task.trigger_rule.as_str(),
-                "pool": task.pool,
-                "retries": task.retry.retries,
-                "connections": task.connections,
+    Ok(Json(JobDetail {
+        summary: job_summary(&job, paused, &last_runs),
+        version: job.version.clone(),
+        file: path,
+        source,
+        params: Value::Object(job.params.clone()),
+        tasks: job
+            .tasks
+            .iter()
+            .map(|task| TaskSummary {
+                task_id: task.id.clone(),
+                image: task.image.clone(),
+                depends_on: task.depends_on.clone(),
+                trigger_rule: task.trigger_rule.as_str().to_owned(),
+                pool: task.pool.clone(),
+                retries: task.retry.retries,
+                connections: task.connections.clone(),
             })
-        })
-        .collect();
-    Ok(Json(value))
+            .collect(),
+    }))
 }
 
+/// Whether a job's schedule makes runs.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Paused {
+    job_id: String,
+    paused: bool,
+}
+
+/// Stops the job's schedule from making runs
+///
+/// Needs a token with the operator role.
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/pause", operation_id = "pauseJob", params(JobPath), responses(
+    (status = 200, description = "paused", body = Paused),
+    (status = 404, description = "no such job", body = ErrorBody),
+))]
 pub(super) async fn pause_job(
     caller: Caller,
     State(state): State<AppState>,
-    Path(job_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    Path(JobPath { job_id }): Path<JobPath>,
+) -> ApiResult<Json<Paused>> {
     set_paused(caller, state, job_id, true).await
 }
 
+/// Lets the job's schedule make runs again
+///
+/// Needs a token with the operator role.
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/unpause", operation_id = "unpauseJob", params(JobPath), responses(
+    (status = 200, description = "unpaused", body = Paused),
+    (status = 404, description = "no such job", body = ErrorBody),
+))]
 pub(super) async fn unpause_job(
     caller: Caller,
     State(state): State<AppState>,
-    Path(job_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    Path(JobPath { job_id }): Path<JobPath>,
+) -> ApiResult<Json<Paused>> {
     set_paused(caller, state, job_id, false).await
 }
 
@@ -88,47 +183,72 @@ pub(super) async fn set_paused(
     state: AppState,
     job_id: String,
     paused: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Paused>> {
     caller.require(Role::Operator)?;
     actions::set_paused(state.store.as_ref(), &state.jobs_dir, &job_id, paused).await?;
     tracing::info!(job_id = %job_id, paused, by = %caller.name, "job paused state set");
-    Ok(Json(json!({"job_id": job_id, "paused": paused})))
+    Ok(Json(Paused { job_id, paused }))
 }
 
-#[derive(Deserialize, Default)]
+/// A manual run's params.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Trigger)]
 pub(super) struct TriggerBody {
+    /// Overrides of the job's params.
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: Map<String, Value>,
 }
 
+/// Creates a manual run; params must be the job's own, of their defaults' types
+///
+/// Needs a token with the operator role.
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/runs", operation_id = "triggerRun", params(JobPath), request_body = TriggerBody, responses(
+    (status = 201, description = "the run, queued", body = views::RunView),
+    (status = 404, description = "no such job", body = ErrorBody),
+    (status = 422, description = "a param is not the job's, or not of its default's type", body = ErrorBody),
+))]
 pub(super) async fn trigger_run(
     caller: Caller,
     State(state): State<AppState>,
-    Path(job_id): Path<String>,
+    Path(JobPath { job_id }): Path<JobPath>,
     Body(body): Body<TriggerBody>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Operator)?;
     let run =
         actions::trigger(state.store.as_ref(), &state.jobs_dir, &job_id, &body.params).await?;
     tracing::info!(run_id = %run.run_id, job_id = %job_id, by = %caller.name, "run triggered");
-    Ok((StatusCode::CREATED, Json(run_json(&run))))
+    Ok((StatusCode::CREATED, Json(views::RunView::from(&run))))
 }
 
-#[derive(Deserialize)]
+/// The range of a backfill.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BackfillRequest)]
 pub(super) struct BackfillBody {
+    /// First logical date (the job's timezone unless it has an offset), such as 2024-01-01.
     from: String,
+    /// Last logical date, included.
     to: String,
     #[serde(default)]
+    #[schema(default = false)]
     rerun_failed: bool,
 }
 
-/// `POST /api/v1/jobs/{job_id}/backfill`: [`stevedore_ops::backfill`], as `jobs backfill`.
+/// Creates the runs of every data interval whose start lies in [from, to], in order; with rerun_failed, failed runs of the range run again
+///
+/// Needs a token with the operator role. [`stevedore_ops::backfill`], as `jobs backfill`.
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/backfill", operation_id = "backfillJob", params(JobPath), request_body = BackfillBody, responses(
+    (status = 201, description = "what the backfill created", body = views::BackfillView),
+    (status = 400, description = "a body that is not a backfill request", body = ErrorBody),
+    (status = 404, description = "no such job", body = ErrorBody),
+    (status = 422, description = "a job without a schedule, a date that does not parse, an empty or too long range", body = ErrorBody),
+))]
 pub(super) async fn backfill_job(
     caller: Caller,
     State(state): State<AppState>,
-    Path(job_id): Path<String>,
+    Path(JobPath { job_id }): Path<JobPath>,
     Body(body): Body<BackfillBody>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Operator)?;
@@ -146,18 +266,7 @@ pub(super) async fn backfill_job(
     )
     .await?;
     tracing::info!(job_id = %job_id, created = done.created.len(), rerun = done.rerun.len(), by = %caller.name, "backfill");
-    Ok((StatusCode::CREATED, Json(backfill_json(&done))))
-}
-
-pub fn backfill_json(done: &stevedore_ops::backfill::Backfill) -> Value {
-    json!({
-        "from": done.from.map(views::instant),
-        "to": done.to.map(views::instant),
-        "intervals": done.intervals,
-        "created": done.created,
-        "rerun": done.rerun,
-        "kept": done.kept,
-    })
+    Ok((StatusCode::CREATED, Json(views::BackfillView::from(&done))))
 }
 
 // Runs.

@@ -19,24 +19,23 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use stevedore_domain::job::Job;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::{RunState, TryState};
 use stevedore_ops::{actions, views};
-use stevedore_store::{
-    ConnectionRecord, LogLine, PoolRecord, RunFilter, RunRecord, TaskInstanceRecord, TryRecord,
-};
+use stevedore_store::{RunFilter, RunRecord, TaskInstanceRecord, TryRecord};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
 mod admin;
 mod jobs;
 mod runs;
-mod tries;
+pub(crate) mod tries;
 
 use crate::paging::page_size;
 use admin::*;
@@ -97,6 +96,98 @@ pub fn routes() -> Router<AppState> {
 
 fn time(at: DateTime<Utc>) -> String {
     views::time(at)
+}
+
+/// Every operation, for the OpenAPI document ([`crate::openapi`]): each handler's
+/// `#[utoipa::path]` says its route, parameters, body and answers by their types, the same
+/// types it answers with, so the document cannot drift from what is served.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    health,
+    openapi,
+    list_jobs,
+    get_job,
+    pause_job,
+    unpause_job,
+    trigger_run,
+    backfill_job,
+    list_runs,
+    get_run,
+    cancel_run,
+    list_task_instances,
+    get_task_instance,
+    clear_task,
+    mark_task,
+    list_tries,
+    get_try,
+    get_logs,
+    follow_logs,
+    list_pools,
+    put_pool,
+    delete_pool,
+    list_connections,
+    put_connection,
+    delete_connection,
+    crate::metrics::exposition,
+))]
+pub(crate) struct Operations;
+
+// Path parameters: the handlers' own extractors, so the document describes what they take.
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct JobPath {
+    /// A job id.
+    #[param(min_length = 1)]
+    job_id: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct RunPath {
+    /// A run id (in full).
+    #[param(min_length = 1)]
+    run_id: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct TaskPath {
+    /// A run id (in full).
+    #[param(min_length = 1)]
+    run_id: String,
+    /// A task id of the run's job.
+    #[param(min_length = 1)]
+    task_id: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct TryPath {
+    /// A run id (in full).
+    #[param(min_length = 1)]
+    run_id: String,
+    /// A task id of the run's job.
+    #[param(min_length = 1)]
+    task_id: String,
+    #[param(minimum = 1)]
+    try_number: u32,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct PoolPath {
+    /// The pool's name: a-z, 0-9 and _.
+    #[param(pattern = "^[a-z0-9_]{1,64}$")]
+    name: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct ConnectionPath {
+    /// The connection's name: a-z, 0-9 and _.
+    #[param(pattern = "^[a-z0-9_]{1,64}$")]
+    name: String,
 }
 
 /// A JSON body, with a 400 naming what is wrong when it does not parse.
@@ -169,19 +260,51 @@ where
 
 // Health and the API's own description.
 
+fn health_status() -> utoipa::openapi::Object {
+    views::one_of(["ok", "unavailable"])
+}
+
+/// Whether the server and its store answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    #[schema(schema_with = health_status)]
+    status: &'static str,
+    store: &'static str,
+}
+
+/// Whether the server and its store answer
+#[utoipa::path(get, path = "/api/v1/health", operation_id = "health", security(()), responses(
+    (status = 200, description = "healthy", body = Health),
+    (status = 503, description = "the store does not answer", body = Health),
+))]
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.runs_marker().await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ok", "store": "ok"}))),
+        Ok(_) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                store: "ok",
+            }),
+        ),
         Err(error) => {
             tracing::warn!(error = %error, "health check: store unavailable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "store": "unavailable"})),
+                Json(Health {
+                    status: "unavailable",
+                    store: "unavailable",
+                }),
             )
         }
     }
 }
 
+/// This document
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", responses(
+    (status = 200, description = "the OpenAPI document", body = Object),
+))]
 async fn openapi(caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Viewer)?;
     Ok((

@@ -3,25 +3,40 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub fn run_json(run: &RunRecord) -> Value {
-    serde_json::to_value(views::RunView::from(run)).unwrap_or_default()
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RunsQuery {
     job_id: Option<String>,
-    /// Comma-separated states.
+    /// States, comma-separated.
+    #[param(pattern = "^(queued|running|success|failed)(,(queued|running|success|failed))*$")]
     state: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 100)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page (the last run id it listed).
     cursor: Option<String>,
 }
 
+/// A page of runs.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RunsPage {
+    items: Vec<views::RunView>,
+    /// Where the next page starts; none on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Runs, newest first, a page at a time
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/runs", operation_id = "listRuns", params(RunsQuery), responses(
+    (status = 200, description = "a page of runs", body = RunsPage),
+    (status = 400, description = "a bad filter, limit or cursor", body = ErrorBody),
+))]
 pub(super) async fn list_runs(
     caller: Caller,
     State(state): State<AppState>,
     Params(query): Params<RunsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunsPage>> {
     caller.require(Role::Viewer)?;
     let limit = page_size(query.limit)?;
     let states = match &query.state {
@@ -50,10 +65,10 @@ pub(super) async fn list_runs(
     } else {
         None
     };
-    Ok(Json(json!({
-        "items": runs.iter().map(run_json).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    })))
+    Ok(Json(RunsPage {
+        items: runs.iter().map(views::RunView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// A run by its full id (the CLI takes prefixes; the API, whose ids come from its own
@@ -62,53 +77,76 @@ pub(super) async fn find_run(state: &AppState, run_id: &str) -> ApiResult<RunRec
     Ok(state.store.get_run(run_id).await?)
 }
 
-pub(super) fn instance_json(ti: &TaskInstanceRecord, tries: &[TryRecord]) -> Value {
-    serde_json::to_value(views::TaskInstanceView::new(ti, tries)).unwrap_or_default()
-}
-
-pub(super) fn try_json(attempt: &TryRecord) -> Value {
-    serde_json::to_value(views::TryView::from(attempt)).unwrap_or_default()
-}
-
+/// A run and its task instances
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", operation_id = "getRun", params(RunPath), responses(
+    (status = 200, description = "the run", body = views::RunDetail),
+    (status = 400, description = "a path parameter is malformed", body = ErrorBody),
+    (status = 404, description = "no such run", body = ErrorBody),
+))]
 pub(super) async fn get_run(
     caller: Caller,
     State(state): State<AppState>,
-    Path(run_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    Path(RunPath { run_id }): Path<RunPath>,
+) -> ApiResult<Json<views::RunDetail>> {
     caller.require(Role::Viewer)?;
     let run = find_run(&state, &run_id).await?;
-    let detail = views::run_detail(state.store.as_ref(), &run).await?;
-    Ok(Json(serde_json::to_value(detail).unwrap_or_default()))
+    Ok(Json(views::run_detail(state.store.as_ref(), &run).await?))
 }
 
+/// Cancels a queued or running run: running tries are killed, the rest skipped
+///
+/// Needs a token with the operator role.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/cancel", operation_id = "cancelRun", params(RunPath), responses(
+    (status = 200, description = "cancel requested", body = views::RunView),
+    (status = 400, description = "a path parameter is malformed", body = ErrorBody),
+    (status = 404, description = "no such run", body = ErrorBody),
+    (status = 409, description = "the run has already ended", body = ErrorBody),
+))]
 pub(super) async fn cancel_run(
     caller: Caller,
     State(state): State<AppState>,
-    Path(run_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    Path(RunPath { run_id }): Path<RunPath>,
+) -> ApiResult<Json<views::RunView>> {
     caller.require(Role::Operator)?;
     let run = find_run(&state, &run_id).await?;
     let run = actions::cancel(state.store.as_ref(), &run).await?;
     tracing::info!(run_id = %run.run_id, by = %caller.name, "run cancel requested");
-    Ok(Json(run_json(&run)))
+    Ok(Json(views::RunView::from(&run)))
 }
 
 // Task instances and tries.
 
+/// A run's task instances.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TaskInstances {
+    items: Vec<views::TaskInstanceView>,
+}
+
+/// The run's task instances
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks", operation_id = "listTaskInstances", params(RunPath), responses(
+    (status = 200, description = "task instances", body = TaskInstances),
+    (status = 400, description = "a path parameter is malformed", body = ErrorBody),
+    (status = 404, description = "no such run", body = ErrorBody),
+))]
 pub(super) async fn list_task_instances(
     caller: Caller,
     State(state): State<AppState>,
-    Path(run_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    Path(RunPath { run_id }): Path<RunPath>,
+) -> ApiResult<Json<TaskInstances>> {
     caller.require(Role::Viewer)?;
     let run = find_run(&state, &run_id).await?;
     let detail = views::run_detail(state.store.as_ref(), &run).await?;
-    let items: Vec<Value> = detail
-        .task_instances
-        .into_iter()
-        .map(|ti| serde_json::to_value(ti.instance).unwrap_or_default())
-        .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(TaskInstances {
+        items: detail
+            .task_instances
+            .into_iter()
+            .map(|ti| ti.instance)
+            .collect(),
+    }))
 }
 
 pub(super) async fn find_instance(
@@ -130,54 +168,99 @@ pub(super) async fn find_instance(
     Ok((run, ti, tries))
 }
 
+/// A task instance and its tries
+///
+/// Needs a token with the viewer role.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks/{task_id}", operation_id = "getTaskInstance", params(TaskPath), responses(
+    (status = 200, description = "the task instance", body = views::TaskInstanceDetail),
+    (status = 400, description = "a path parameter is malformed", body = ErrorBody),
+    (status = 404, description = "no such run or task", body = ErrorBody),
+))]
 pub(super) async fn get_task_instance(
     caller: Caller,
     State(state): State<AppState>,
-    Path((run_id, task_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    Path(TaskPath { run_id, task_id }): Path<TaskPath>,
+) -> ApiResult<Json<views::TaskInstanceDetail>> {
     caller.require(Role::Viewer)?;
     let (_, ti, tries) = find_instance(&state, &run_id, &task_id).await?;
-    let mut value = instance_json(&ti, &tries);
-    value["tries"] = tries.iter().map(try_json).collect();
-    Ok(Json(value))
+    Ok(Json(views::TaskInstanceDetail {
+        instance: views::TaskInstanceView::new(&ti, &tries),
+        tries: tries.iter().map(views::TryView::from).collect(),
+    }))
 }
 
-#[derive(Deserialize, Default)]
+/// Whether clearing a task instance clears its downstream too.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Clear)]
 pub(super) struct ClearBody {
     #[serde(default)]
+    #[schema(default = false)]
     downstream: bool,
 }
 
+/// The task instances a clear ran again.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Cleared {
+    run_id: String,
+    cleared: Vec<String>,
+}
+
+/// Runs the task instance again (a new try, a fresh retry budget), with its downstream if asked
+///
+/// Needs a token with the operator role.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/tasks/{task_id}/clear", operation_id = "clearTask", params(TaskPath), request_body = ClearBody, responses(
+    (status = 200, description = "cleared", body = Cleared),
+    (status = 404, description = "no such run or task", body = ErrorBody),
+    (status = 422, description = "the run's job version no longer parses", body = ErrorBody),
+))]
 pub(super) async fn clear_task(
     caller: Caller,
     State(state): State<AppState>,
-    Path((run_id, task_id)): Path<(String, String)>,
+    Path(TaskPath { run_id, task_id }): Path<TaskPath>,
     Body(body): Body<ClearBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Cleared>> {
     caller.require(Role::Operator)?;
     let run = find_run(&state, &run_id).await?;
     let cleared = actions::clear(state.store.as_ref(), &run, &task_id, body.downstream).await?;
     tracing::info!(run_id = %run.run_id, cleared = ?cleared, by = %caller.name, "task instances cleared");
-    Ok(Json(json!({"run_id": run.run_id, "cleared": cleared})))
+    Ok(Json(Cleared {
+        run_id: run.run_id,
+        cleared,
+    }))
 }
 
-#[derive(Deserialize)]
+fn markable() -> utoipa::openapi::Object {
+    views::one_of(["success", "failed"])
+}
+
+/// The state a task instance is marked with.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Mark)]
 pub(super) struct MarkBody {
+    #[schema(schema_with = markable)]
     state: String,
 }
 
+/// Sets the task instance's state by hand
+///
+/// Needs a token with the operator role.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/tasks/{task_id}/mark", operation_id = "markTask", params(TaskPath), request_body = MarkBody, responses(
+    (status = 200, description = "the task instance", body = views::TaskInstanceView),
+    (status = 404, description = "no such run or task", body = ErrorBody),
+    (status = 422, description = "not a state that can be set by hand", body = ErrorBody),
+))]
 pub(super) async fn mark_task(
     caller: Caller,
     State(state): State<AppState>,
-    Path((run_id, task_id)): Path<(String, String)>,
+    Path(TaskPath { run_id, task_id }): Path<TaskPath>,
     Body(body): Body<MarkBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::TaskInstanceView>> {
     caller.require(Role::Operator)?;
     let run = find_run(&state, &run_id).await?;
     actions::mark(state.store.as_ref(), &run, &task_id, &body.state).await?;
     tracing::info!(run_id = %run.run_id, task_id = %task_id, state = %body.state, by = %caller.name, "task instance marked");
     let (_, ti, tries) = find_instance(&state, &run.run_id, &task_id).await?;
-    Ok(Json(instance_json(&ti, &tries)))
+    Ok(Json(views::TaskInstanceView::new(&ti, &tries)))
 }
