@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+use sqlx::{Postgres, QueryBuilder, SqlSafeStr};
 use stevedore_domain::role::Role;
 use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, TaskState, TryState};
@@ -15,20 +16,49 @@ use crate::rows::*;
 use crate::sql_store::{numbered_placeholders, push_bound_list, sql, Dialect, BULK_ROWS};
 use crate::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../migrations/postgres/0002_claims.sql")),
-    (
-        3,
-        include_str!("../migrations/postgres/0003_scheduling_indexes.sql"),
-    ),
-];
+/// The schema's migrations (`migrations/postgres`, embedded at build time), run by sqlx's
+/// migrator: each in its own transaction, every process in turn under sqlx's advisory lock,
+/// recorded with its checksum in `_sqlx_migrations` (a changed file is refused). The list is
+/// written out rather than read by `sqlx::migrate!`, whose `macros` feature would build
+/// sqlx's query macros for nothing.
+fn migrator() -> &'static Migrator {
+    static MIGRATOR: std::sync::OnceLock<Migrator> = std::sync::OnceLock::new();
+    MIGRATOR.get_or_init(|| {
+        let migration = |version, description: &'static str, sql: &'static str| {
+            Migration::new(
+                version,
+                description.into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        };
+        Migrator::with_migrations(vec![
+            migration(
+                1,
+                "init",
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            migration(
+                2,
+                "claims",
+                include_str!("../migrations/postgres/0002_claims.sql"),
+            ),
+            migration(
+                3,
+                "scheduling indexes",
+                include_str!("../migrations/postgres/0003_scheduling_indexes.sql"),
+            ),
+        ])
+    })
+}
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under PostgreSQL's 65535
 /// parameters).
 const LOG_BATCH_ROWS: usize = 1000;
 
-/// Migrations run under this advisory lock, so processes starting together take turns.
+/// Carrying the records of an older database over (see [`PostgresStore::migrate`]) runs
+/// under this advisory lock, so processes starting together take turns.
 const MIGRATION_LOCK: i64 = 0x5374_6576_6564_6f72;
 
 #[derive(Clone)]
@@ -54,30 +84,65 @@ impl PostgresStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// Brings the schema up to date: sqlx runs the migrations this build holds that the
+    /// database has not had.
     async fn migrate(&self) -> Result<()> {
+        self.carry_over_migration_records().await?;
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(sqlx::Error::from)?;
+        Ok(())
+    }
+
+    /// A database migrated by Stevedore before sqlx ran its migrations recorded them in
+    /// `schema_migrations` (version, time). They are carried over once into sqlx's
+    /// `_sqlx_migrations` (the same versions, with the checksums of the files they ran), so
+    /// sqlx takes up where the old records end instead of running them again.
+    async fn carry_over_migration_records(&self) -> Result<()> {
         let mut tx = self.write_transaction().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)")
-            .execute(&mut *tx)
-            .await?;
+        let (old, new): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT to_regclass('schema_migrations')::text, to_regclass('_sqlx_migrations')::text",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if old.is_none() || new.is_some() {
+            return Ok(());
+        }
+        // sqlx's own table, as `Migrate::ensure_migrations_table` makes it.
+        sqlx::raw_sql(
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
+             checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
             .fetch_all(&mut *tx)
             .await?;
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(version)
-                .bind(ts(Utc::now()))
-                .execute(&mut *tx)
-                .await?;
+        for migration in migrator().iter().filter(|m| applied.contains(&m.version)) {
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES ($1, $2, TRUE, $3, 0)",
+            )
+            .bind(migration.version)
+            .bind(migration.description.as_ref())
+            .bind(migration.checksum.as_ref())
+            .execute(&mut *tx)
+            .await?;
         }
+        sqlx::raw_sql("DROP TABLE schema_migrations")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
+        tracing::info!(
+            versions = ?applied,
+            "migration records carried over from schema_migrations to _sqlx_migrations"
+        );
         Ok(())
     }
 }

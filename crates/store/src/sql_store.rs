@@ -160,16 +160,35 @@ impl $store {
         }
     }
 
+    /// The grouped writes in one transaction, in five steps: fences checked, then starts,
+    /// containers, log lines and ends written, each step leaving out the writes an earlier
+    /// one failed (their errors are their results).
     async fn write_tries_in(
         tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
         writes: &[FencedWrite],
     ) -> Result<Vec<Result<TryWritten>>> {
+        let mut results: Vec<Option<Result<TryWritten>>> = writes.iter().map(|_| None).collect();
+        Self::check_fences(tx, writes, &mut results).await?;
+        Self::write_starts(tx, writes, &mut results).await?;
+        Self::write_containers(tx, writes, &results).await?;
+        Self::write_log_lines(tx, writes, &results).await?;
+        Self::write_finishes(tx, writes, &mut results).await?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or(Ok(TryWritten::Done)))
+            .collect())
+    }
+
+    /// The fences: one read of every fenced run's token; the rows stay share-locked until the
+    /// transaction ends, so a takeover waits for the writes it fences. A write whose fence
+    /// no longer holds gets its error in `results` and is left out of what follows.
+    async fn check_fences(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        writes: &[FencedWrite],
+        results: &mut [Option<Result<TryWritten>>],
+    ) -> Result<()> {
         type Db = <$dialect as Dialect>::DB;
         use std::collections::HashMap;
-        let mut results: Vec<Option<Result<TryWritten>>> = writes.iter().map(|_| None).collect();
-
-        // Fences: one read of every fenced run's token; the rows stay share-locked until the
-        // transaction ends, so a takeover waits for the writes it fences.
         let mut fenced_runs: Vec<&str> = writes
             .iter()
             .filter_map(|w| w.fence.as_ref().map(|f| f.run_id.as_str()))
@@ -200,9 +219,18 @@ impl $store {
                 }
             }
         }
+        Ok(())
+    }
 
-        // Starts: the tries, their task instances `running`, earlier tries' outputs cleared,
-        // and each task's committed state read.
+    /// The starts: the tries, their task instances `running`, earlier tries' outputs
+    /// cleared, and each task's committed state read.
+    async fn write_starts(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        writes: &[FencedWrite],
+        results: &mut [Option<Result<TryWritten>>],
+    ) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
+        use std::collections::HashMap;
         let starts: Vec<(usize, &TryKey, &str, &str, String)> = writes
             .iter()
             .enumerate()
@@ -311,8 +339,16 @@ impl $store {
                 }));
             }
         }
+        Ok(())
+    }
 
-        // Containers.
+    /// The containers the tries run in.
+    async fn write_containers(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        writes: &[FencedWrite],
+        results: &[Option<Result<TryWritten>>],
+    ) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
         let containers: Vec<(i64, &str, Option<&str>, i64)> = writes
             .iter()
             .enumerate()
@@ -341,8 +377,16 @@ impl $store {
             );
             query.build().execute(&mut **tx).await?;
         }
+        Ok(())
+    }
 
-        // Log lines.
+    /// The log lines.
+    async fn write_log_lines(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        writes: &[FencedWrite],
+        results: &[Option<Result<TryWritten>>],
+    ) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
         let lines: Vec<&LogLine> = writes
             .iter()
             .enumerate()
@@ -366,9 +410,18 @@ impl $store {
             });
             query.build().persistent(true).execute(&mut **tx).await?;
         }
+        Ok(())
+    }
 
-        // Ends: the tries, their task instances, and the state a successful try published,
-        // which waits for its run's outcome.
+    /// The ends: the tries, their task instances, and the state a successful try published,
+    /// which waits for its run's outcome.
+    async fn write_finishes(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        writes: &[FencedWrite],
+        results: &mut [Option<Result<TryWritten>>],
+    ) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
+        use std::collections::HashMap;
         let finishes: Vec<(usize, &TryFinish)> = writes
             .iter()
             .enumerate()
@@ -451,11 +504,7 @@ impl $store {
                 query.build().execute(&mut **tx).await?;
             }
         }
-
-        Ok(results
-            .into_iter()
-            .map(|result| result.unwrap_or(Ok(TryWritten::Done)))
-            .collect())
+        Ok(())
     }
 }
 

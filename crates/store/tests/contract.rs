@@ -1180,3 +1180,49 @@ async fn postgres_store() -> (PostgresStore, stevedore_testkit::Postgres) {
 }
 
 store_contract_suite!(postgres, postgres_store());
+
+/// Issue 14: sqlx runs the PostgreSQL migrations now. A database that Stevedore migrated
+/// before (its records in `schema_migrations`) is taken up where it was: nothing runs again,
+/// nothing is lost, and sqlx's records hold the same versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_before_sqlx_ran_the_migrations_is_taken_up_where_it_was() {
+    let server = stevedore_testkit::Postgres::start_local();
+    let url = server.url();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    // What the earlier migration runner left behind: the three migrations applied, and
+    // recorded in its own table.
+    for sql in [
+        include_str!("../migrations/postgres/0001_init.sql"),
+        include_str!("../migrations/postgres/0002_claims.sql"),
+        include_str!("../migrations/postgres/0003_scheduling_indexes.sql"),
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL); \
+         INSERT INTO schema_migrations VALUES (1, '2026-11-01T00:00:00Z'), (2, '2026-11-01T00:00:00Z'), (3, '2026-11-01T00:00:00Z'); \
+         INSERT INTO pools (name, slots, description, updated_at) VALUES ('kept', 3, 'made before', '2026-11-01T00:00:00Z')",
+    ] {
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+    }
+    let store = PostgresStore::open(&url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3]);
+    let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(old, None, "the old records are carried over once");
+    let pools = store.list_pools().await.unwrap();
+    assert!(
+        pools.iter().any(|p| p.name == "kept" && p.slots == 3),
+        "{pools:?}"
+    );
+    // Opened again, on sqlx's records alone: nothing to do, nothing lost.
+    let again = PostgresStore::open(&url).await.unwrap();
+    assert_eq!(again.list_pools().await.unwrap().len(), pools.len());
+}
