@@ -33,7 +33,7 @@ fn migrator() -> &'static Migrator {
                 false,
             )
         };
-        Migrator::with_migrations(vec![
+        let mut migrator = Migrator::with_migrations(vec![
             migration(
                 1,
                 "init",
@@ -49,7 +49,11 @@ fn migrator() -> &'static Migrator {
                 "scheduling indexes",
                 include_str!("../migrations/postgres/0003_scheduling_indexes.sql"),
             ),
-        ])
+        ]);
+        // A newer Stevedore may have migrated the database further while this one still
+        // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.
+        migrator.set_ignore_missing(true);
+        migrator
     })
 }
 
