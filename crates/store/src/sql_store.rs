@@ -2,7 +2,7 @@
 //! SQLite's `?` placeholders, and each store's [`Dialect`] turns them into its own (`$1` for
 //! PostgreSQL) and says the little else that differs.
 //!
-//! Why one file of 1,500 lines: it is the one `impl Store` both SQL stores expand (the
+//! Why one file of some 1,600 lines: it is the one `impl Store` both SQL stores expand (the
 //! `sql_store!` macro), and `#[async_trait]` must see every method of a trait impl in one
 //! block, so the impl cannot be divided among macros in several files without a second,
 //! delegating copy of every method. It reads in sections: jobs, runs, task instances, tries
