@@ -503,3 +503,66 @@ async fn a_nomad_outage_under_a_running_try_loses_nothing() {
     );
     harness.stop().await;
 }
+
+/// Issue 15, item 1: Nomad's client evaluates a docker task's config strings as HCL2
+/// templates, so `${...}` in an arg was replaced (or failed the try, unknown) and `%{` broke
+/// the config. Every string Stevedore puts there is escaped: the try gets its args as
+/// written. (The simulator evaluates the config as the client does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_with_template_marks_reach_the_container_as_written() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let written = "1,${NOMAD_ALLOC_ID}${HOME}%{ if true }";
+    let mut task = spec("templated", "marks", &["load", "--inputs", written]);
+    task.labels.insert(
+        "io.stevedore.note".to_owned(),
+        "${NOMAD_ALLOC_ID}".to_owned(),
+    );
+    let (exit, events) = execute(&backend, task).await;
+    assert_eq!(exit.exit_code, Some(1), "{exit:?}");
+    let printed = lines(&events).join("\n");
+    assert!(
+        printed.contains("input `${NOMAD_ALLOC_ID}${HOME}%{ if true }` is not a count"),
+        "{printed}"
+    );
+}
+
+/// Issue 15, item 5: a prestart hook's failure reaches the backend as a `Task hook failed`
+/// event, then `Not Restarting`, which says only that it is final. The try's reason is the
+/// hook's own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prestart_hook_gives_the_try_its_reason() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    sim.fail_prestart_hook(
+        "template",
+        "Template failed: read local/state.json: permission denied",
+    );
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let (exit, _) = execute(&backend, spec("hooked", "t", &["noop"])).await;
+    assert_eq!(exit.exit_code, None);
+    let reason = format!("{:?}", exit.failure.expect("a reason"));
+    assert!(
+        reason.contains("template: Template failed: read local/state.json: permission denied"),
+        "{reason}"
+    );
+}
+
+/// Issue 15, item 7: on a fresh cluster the allocations table has index 0, and Nomad
+/// answers a query for index 0 at once; a backend that asked again with the index it got
+/// would spin for the whole wait for placement. It keeps its queries blocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_placement_on_a_fresh_cluster_does_not_spin() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let mut config = config(&sim);
+    config.placement_timeout = Duration::from_secs(2);
+    let backend = NomadBackend::new(config).unwrap();
+    let mut task = spec("fresh", "waits", &["noop"]);
+    task.resources.memory_bytes = Some(1 << 40);
+    let (exit, _) = execute(&backend, task).await;
+    assert_eq!(exit.exit_code, None);
+    let queries = sim.blocking_queries();
+    assert!(queries < 20, "{queries} blocking queries in a 2 s wait");
+}

@@ -259,12 +259,17 @@ impl NomadBackend {
             // Nomad adds up to wait/16 of jitter to the wait.
             .timeout(wait + wait / 8 + Duration::from_secs(10));
         let response = self.send(request).await?;
+        // The next query waits for an index past this one; Nomad answers at once for index
+        // 0 (`nomad/rpc.go`, `blockingRPC`), and a table nothing has written yet has index
+        // 0 on a fresh cluster (`Job.Allocations`): waiting past 1 at least keeps the next
+        // query a blocking one instead of a spin.
         let index = response
             .headers()
             .get("X-Nomad-Index")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(index);
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(index)
+            .max(1);
         let value = response
             .json()
             .await

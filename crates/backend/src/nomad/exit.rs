@@ -32,6 +32,8 @@ pub(crate) fn exit_of(allocation: &Allocation, killed: Option<StopReason>) -> Tr
     }
     // The task never ran to an exit: the event that failed it says why.
     // The event that says why comes before `Not Restarting`, which only says it is final.
+    // A prestart hook's failure (`client/allocrunner/taskrunner/task_runner_hooks.go`,
+    // `emitHookError`) is a `Task hook failed` event whose message names the hook.
     let failing = events
         .iter()
         .rev()
@@ -42,13 +44,19 @@ pub(crate) fn exit_of(allocation: &Allocation, killed: Option<StopReason>) -> Tr
                     | "Setup Failure"
                     | "Failed Validation"
                     | "Failed Artifact Download"
+                    | "Task hook failed"
                     | "Template"
             )
         })
         .or_else(|| events.iter().rev().find(|e| e.fails_task));
     let failure = match failing {
         Some(event) => {
-            let message = event.message();
+            // Nomad's multi-errors span lines ("2 errors occurred:\n\t* ..."): one line here.
+            let message = event
+                .message()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             let lower = message.to_lowercase();
             if event.kind == "Driver Failure" && (lower.contains("pull") || lower.contains("image"))
             {

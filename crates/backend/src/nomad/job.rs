@@ -1,5 +1,14 @@
 //! The job a try is: one group, one docker-driver task, Nomad's restarts and reschedules off.
 
+/// `text` as a literal in a docker task's `config`: Nomad's client evaluates every string
+/// there as an HCL2 template (`client/allocrunner/taskrunner/task_runner.go` through
+/// `helper/pluginutils/hclutils.ParseHclInterface`), where `${...}` interpolates (an unknown
+/// name fails the task) and `%{...}` is a directive. Doubled, `$${` and `%%{` are the literal
+/// `${` and `%{`.
+pub(crate) fn hcl_literal(text: &str) -> String {
+    text.replace("${", "$${").replace("%{", "%%{")
+}
+
 #[allow(unused_imports)]
 use super::*;
 
@@ -15,14 +24,21 @@ impl NomadBackend {
         ]);
         let mut labels: BTreeMap<String, String> = spec.labels.clone();
         labels.extend(meta.clone());
+        // A label's name is not a template; its value is.
+        let labels: BTreeMap<String, String> = labels
+            .into_iter()
+            .map(|(name, value)| (name, hcl_literal(&value)))
+            .collect();
         let mut env = spec.env.clone();
+        let args: Vec<String> = spec.args.iter().map(|arg| hcl_literal(arg)).collect();
         let mut config = json!({
-            "image": image.to_string(),
-            "args": spec.args,
+            "image": hcl_literal(&image.to_string()),
+            "args": args,
             "labels": [labels],
             "force_pull": spec.pull_policy == PullPolicy::Always,
         });
         if let Some(command) = &spec.command {
+            let command: Vec<String> = command.iter().map(|part| hcl_literal(part)).collect();
             config["entrypoint"] = json!(command);
         }
         let mut mounts = Vec::new();
@@ -30,7 +46,7 @@ impl NomadBackend {
             mounts.push(json!({
                 "type": "volume",
                 "target": WORKSPACE_DIR,
-                "source": format!("stevedore-run-{}", spec.run_id),
+                "source": hcl_literal(&format!("stevedore-run-{}", spec.run_id)),
                 "readonly": false,
             }));
             env.insert("STEVEDORE_WORKSPACE".to_owned(), WORKSPACE_DIR.to_owned());
@@ -56,9 +72,9 @@ impl NomadBackend {
         if let Some(auth) = &spec.registry_auth {
             let server = auth.server.clone().or_else(|| image.registry.clone());
             config["auth"] = json!({
-                "username": auth.username,
-                "password": auth.password,
-                "server_address": server.unwrap_or_default(),
+                "username": hcl_literal(&auth.username),
+                "password": hcl_literal(&auth.password),
+                "server_address": hcl_literal(&server.unwrap_or_default()),
             });
         }
         let mut templates = Vec::new();

@@ -233,6 +233,10 @@ pub fn parse_date(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
     Ok(local_to_utc(naive, timezone))
 }
 
+/// The least memory Nomad gives a task: 10 MB (its `MinResources`; Stevedore sends memory
+/// in MiB).
+pub const NOMAD_MIN_MEMORY: u64 = 10 * 1024 * 1024;
+
 /// A memory size: bytes, or a number with Ki, Mi, Gi (or K, M, G) after it.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -364,6 +368,17 @@ pub(super) fn build_task(
         }
         if let Some(spanned) = &raw_resources.memory {
             match parse_memory(&spanned.value.0) {
+                // Nomad refuses a task under 10 MB (`nomad/structs/structs.go`,
+                // `MinResources`, checked by `Resources.Validate`): say so when the file is
+                // read, not when the try is registered.
+                Ok(bytes) if backend == BackendKind::Nomad && bytes < NOMAD_MIN_MEMORY => problems
+                    .at(
+                        line_of(spanned),
+                        format!(
+                            "task `{id}`: resources.memory `{}` is under Nomad's minimum of 10Mi",
+                            spanned.value.0
+                        ),
+                    ),
                 Ok(bytes) => resources.memory_bytes = Some(bytes),
                 Err(message) => problems.at(line_of(spanned), format!("task `{id}`: {message}")),
             }

@@ -204,3 +204,16 @@ fn defaults_cannot_carry_ids_and_process_needs_a_command() {
         "{errors:?}"
     );
 }
+
+/// Issue 15, item 7: Nomad refuses a task with less than 10 MB of memory when the try is
+/// registered; the job file says so when it is read, naming the line.
+#[test]
+fn a_nomad_task_under_nomads_least_memory_is_refused_when_the_file_is_read() {
+    let job = "id: tiny\ntasks:\n  - id: t\n    backend: nomad\n    image: stevedore/synth:0.1.0\n    resources: {memory: 8Mi}\n  - id: d\n    image: stevedore/synth:0.1.0\n    resources: {memory: 8Mi}\n";
+    assert_eq!(
+        errors(job),
+        ["jobs/bad.yaml:6: task `t`: resources.memory `8Mi` is under Nomad's minimum of 10Mi"]
+    );
+    let enough = job.replace("8Mi}\n  - id: d", "10Mi}\n  - id: d");
+    assert!(parse_job("jobs/tiny.yaml", &enough).is_ok());
+}

@@ -188,7 +188,7 @@ pub(super) async fn job_allocations(
     Query(params): Params,
 ) -> Response {
     let ns = namespace(&params);
-    sim.blocking(&params, |state| {
+    sim.blocking_on(&params, Some(allocs_index), |state| {
         Ok(Value::Array(
             state
                 .allocs

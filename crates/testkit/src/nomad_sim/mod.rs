@@ -36,6 +36,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
+mod hcl;
 mod http;
 mod logs;
 mod placement;
@@ -79,7 +80,22 @@ struct Sim {
     cut_logs: std::sync::atomic::AtomicUsize,
     /// A fault: the servers have lost their leader; every call fails with a 500.
     outage: std::sync::atomic::AtomicBool,
+    /// Blocking queries answered so far.
+    queries: std::sync::atomic::AtomicUsize,
+    /// A fault: the client's prestart hook of this name fails every task with this error.
+    failing_hook: Mutex<Option<(String, String)>>,
     outage_began: Notify,
+}
+
+/// The index of the allocations table: the last index that wrote an allocation, 0 while
+/// none has been.
+fn allocs_index(state: &Inner) -> u64 {
+    state
+        .allocs
+        .values()
+        .map(|alloc| alloc.modify_index)
+        .max()
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -245,6 +261,8 @@ impl NomadSim {
             break_logs_after: Default::default(),
             cut_logs: Default::default(),
             outage: Default::default(),
+            failing_hook: Default::default(),
+            queries: Default::default(),
             outage_began: Notify::new(),
         });
         let app = Router::new()
@@ -279,6 +297,19 @@ impl NomadSim {
 
     /// A fault: while on, every call fails as Nomad's HTTP API does without a cluster leader
     /// (500 `No cluster leader`); allocations keep running meanwhile, as on real clients.
+    /// Makes the client's prestart hook `hook` fail every task from now on with `error`, as
+    /// a hook that cannot do its part does (a template that cannot render, a volume that
+    /// cannot be claimed).
+    pub fn fail_prestart_hook(&self, hook: &str, error: &str) {
+        *self.sim.failing_hook.lock().unwrap() = Some((hook.to_owned(), error.to_owned()));
+    }
+
+    /// How many blocking queries the simulator has answered (a client that spins asks
+    /// thousands).
+    pub fn blocking_queries(&self) -> usize {
+        self.sim.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn set_outage(&self, on: bool) {
         self.sim
             .outage
@@ -403,6 +434,21 @@ impl Sim {
         params: &HashMap<String, String>,
         read: impl Fn(&Inner) -> Result<Value, Response>,
     ) -> Response {
+        self.blocking_on(params, None, read).await
+    }
+
+    /// A blocking query on one table's index (`table`; the latest index of all when `None`),
+    /// as `nomad/rpc.go`'s `blockingRPC` runs it: with `index` 0 it answers at once; else it
+    /// answers once the table's index passes `index`, or when `wait` (at most 300 s,
+    /// `structs.MaxBlockingRPCQueryTime`) ends. The index it answers with is the table's,
+    /// which is 0 on a fresh cluster for a table nothing has written yet (`Job.Allocations`
+    /// reads `state.Index("allocs")` and does not raise it to 1).
+    async fn blocking_on(
+        &self,
+        params: &HashMap<String, String>,
+        table: Option<fn(&Inner) -> u64>,
+        read: impl Fn(&Inner) -> Result<Value, Response>,
+    ) -> Response {
         let min: u64 = params
             .get("index")
             .and_then(|i| i.parse().ok())
@@ -411,18 +457,30 @@ impl Sim {
             .get("wait")
             .and_then(|w| go_duration(w))
             .unwrap_or(Duration::from_secs(300))
-            .min(Duration::from_secs(600));
+            .min(Duration::from_secs(300));
+        let table_index = |sim: &Sim| match table {
+            Some(table) => table(&sim.state.lock().unwrap()),
+            None => sim.current(),
+        };
+        self.queries
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut changes = self.index.subscribe();
-        if min > 0 {
+        let deadline = tokio::time::Instant::now() + wait;
+        while min > 0 && table_index(self) <= min {
+            let seen = self.current();
             tokio::select! {
-                _ = tokio::time::timeout(wait, changes.wait_for(|index| *index > min)) => {}
-                _ = self.outage_began.notified() => {}
+                changed = tokio::time::timeout_at(deadline, changes.wait_for(|index| *index > seen)) => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = self.outage_began.notified() => break,
             }
         }
         if self.outage.load(std::sync::atomic::Ordering::SeqCst) {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
         }
-        let index = self.current();
+        let index = table_index(self);
         let value = read(&self.state.lock().unwrap());
         match value {
             Ok(value) => {

@@ -30,6 +30,9 @@ pub(super) enum Ran {
         killed: bool,
     },
     DriverFailure,
+    /// Failed before the driver could start it, in a way no restart mends (a config that
+    /// does not evaluate): Nomad does not restart it.
+    Unrecoverable,
     /// Stopped before its container started.
     NeverStarted,
 }
@@ -55,16 +58,33 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
         &alloc_id,
         event("Task Setup", "Building Task Directory", Value::Null),
     );
+    let failing_hook = sim.failing_hook.lock().unwrap().clone();
     let (logs, stop) = {
         let state = sim.state.lock().unwrap();
         let alloc = &state.allocs[&alloc_id];
         (alloc.logs.clone(), alloc.stop.clone())
     };
     let outcome = loop {
-        let ran = run_container(&sim, &alloc_id, &job, task, &logs, &stop).await;
+        let ran = match &failing_hook {
+            // task_runner_hooks.go, emitHookError: "<hook>: <error>" as the event's message.
+            Some((hook, error)) => {
+                push_event(
+                    &sim,
+                    &alloc_id,
+                    event(
+                        "Task hook failed",
+                        &format!("{hook}: {error}"),
+                        json!({"message": format!("{hook}: {error}")}),
+                    ),
+                );
+                Ran::DriverFailure
+            }
+            None => run_container(&sim, &alloc_id, &job, task, &logs, &stop).await,
+        };
         let failed = match &ran {
             Ran::Exited { code, killed, .. } => *code != 0 && !killed,
             Ran::DriverFailure => true,
+            Ran::Unrecoverable => false,
             Ran::NeverStarted => false,
         };
         let stopping = sim.state.lock().unwrap().allocs[&alloc_id].stopping;
@@ -87,17 +107,23 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
     };
     let failed = match &outcome {
         Ran::Exited { code, killed, .. } => *code != 0 && !killed,
-        Ran::DriverFailure => true,
+        Ran::DriverFailure | Ran::Unrecoverable => true,
         Ran::NeverStarted => false,
     };
     if failed {
+        // client/allocrunner/taskrunner/restarts/restarts.go: ReasonUnrecoverableErrror.
+        let reason = if matches!(outcome, Ran::Unrecoverable) {
+            "Error was unrecoverable"
+        } else {
+            "Exceeded allowed attempts 0 in interval 24h0m0s and mode is \"fail\""
+        };
         push_event(
             &sim,
             &alloc_id,
             event(
                 "Not Restarting",
-                "Exceeded allowed attempts 0 in interval 24h0m0s and mode is \"fail\"",
-                json!({"fails_task": "true", "restart_reason": "Exceeded allowed attempts 0 in interval 24h0m0s and mode is \"fail\""}),
+                reason,
+                json!({"fails_task": "true", "restart_reason": reason}),
             ),
         );
     }
@@ -169,7 +195,41 @@ pub(super) async fn run_container(
         );
         return Ran::NeverStarted;
     }
-    let config = &task["Config"];
+    let job_id = job["ID"].as_str().unwrap_or_default();
+    let task_name = task["Name"].as_str().unwrap_or_default();
+    // The client's variables: the task's NOMAD_* environment and its env, and the node's.
+    let mut nomad_env: Vec<(String, String)> = vec![
+        ("NOMAD_ALLOC_ID".to_owned(), alloc_id.to_owned()),
+        ("NOMAD_JOB_ID".to_owned(), job_id.to_owned()),
+        ("NOMAD_TASK_NAME".to_owned(), task_name.to_owned()),
+        ("NOMAD_ALLOC_DIR".to_owned(), "/alloc".to_owned()),
+        ("NOMAD_TASK_DIR".to_owned(), "/local".to_owned()),
+        ("NOMAD_DC".to_owned(), DATACENTER.to_owned()),
+    ];
+    let mut vars: HashMap<String, String> = nomad_env.iter().cloned().collect();
+    for (k, v) in task["Env"].as_object().into_iter().flatten() {
+        vars.insert(k.clone(), v.as_str().unwrap_or_default().to_owned());
+    }
+    vars.insert("node.unique.name".to_owned(), NODE_NAME.to_owned());
+    vars.insert("node.datacenter".to_owned(), DATACENTER.to_owned());
+    vars.insert("attr.kernel.name".to_owned(), "linux".to_owned());
+    let config = match hcl::evaluate(&task["Config"], &vars) {
+        Ok(config) => config,
+        Err(message) => {
+            // task_runner.go: TaskFailedValidation, SetValidationError.
+            push_event(
+                sim,
+                alloc_id,
+                event(
+                    "Failed Validation",
+                    &message,
+                    json!({"validation_error": message}),
+                ),
+            );
+            return Ran::Unrecoverable;
+        }
+    };
+    let config = &config;
     let image = config["image"].as_str().unwrap_or_default().to_owned();
     let fail = |message: String| {
         push_event(
@@ -229,20 +289,14 @@ pub(super) async fn run_container(
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                hcl::replace_env(v.as_str().unwrap_or_default(), &vars)
+            )
+        })
         .collect();
-    let job_id = job["ID"].as_str().unwrap_or_default();
-    env.extend([
-        format!("NOMAD_ALLOC_ID={alloc_id}"),
-        format!("NOMAD_JOB_ID={job_id}"),
-        format!(
-            "NOMAD_TASK_NAME={}",
-            task["Name"].as_str().unwrap_or_default()
-        ),
-        "NOMAD_ALLOC_DIR=/alloc".to_owned(),
-        "NOMAD_TASK_DIR=/local".to_owned(),
-        format!("NOMAD_DC={DATACENTER}"),
-    ]);
+    env.extend(nomad_env.drain(..).map(|(k, v)| format!("{k}={v}")));
     let mut labels: HashMap<String, String> = HashMap::new();
     for map in config["labels"].as_array().into_iter().flatten() {
         for (k, v) in map.as_object().into_iter().flatten() {
