@@ -566,3 +566,36 @@ async fn waiting_for_placement_on_a_fresh_cluster_does_not_spin() {
     let queries = sim.blocking_queries();
     assert!(queries < 20, "{queries} blocking queries in a 2 s wait");
 }
+
+/// Issue 15, item 8: Nomad answers 500 both for a job it refuses (validation) and when it has
+/// no leader. A refused job fails the try with Nomad's words; an outage at registration
+/// holds the try (the backend is unavailable, nothing was registered), as it holds any try
+/// while Nomad cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_job_fails_the_try_and_an_outage_at_registration_holds_it() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let mut tiny = spec("refused", "tiny", &["noop"]);
+    tiny.resources.memory_bytes = Some(1024 * 1024);
+    let (exit, _) = execute(&backend, tiny).await;
+    let Some(FailureReason::Backend(reason)) = &exit.failure else {
+        panic!("{exit:?}");
+    };
+    assert!(
+        reason.contains("minimum MemoryMB value is 10; got 1"),
+        "{reason}"
+    );
+    sim.set_outage(true);
+    let (events_tx, _events) = mpsc::channel(16);
+    let (_kill_tx, kill_rx) = kill_switch();
+    let held = backend
+        .execute(spec("held", "t", &["noop"]), events_tx, kill_rx)
+        .await;
+    assert!(
+        matches!(&held, Err(BackendError::Unavailable(message)) if message.contains("No cluster leader")),
+        "{held:?}"
+    );
+    sim.set_outage(false);
+    assert!(sim.jobs().is_empty(), "{:?}", sim.jobs());
+}

@@ -18,6 +18,23 @@ impl ApiError {
     pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, ApiError::Status(404, _))
     }
+
+    /// Nomad's servers cannot answer for now (no leader, no path to one, a proxy in front
+    /// without Nomad behind it), rather than refusing what was asked: `structs.ErrNoLeader`
+    /// ("No cluster leader"), `ErrNoRegionPath`, and RPC errors (`nomad/structs/errors.go`).
+    pub(crate) fn is_outage(&self) -> bool {
+        match self {
+            ApiError::Unreachable(_) => true,
+            ApiError::Status(502..=504, _) => true,
+            ApiError::Status(500, body) => {
+                let body = body.to_lowercase();
+                ["no cluster leader", "no path to region", "rpc error", "eof"]
+                    .iter()
+                    .any(|mark| body.contains(mark))
+            }
+            ApiError::Status(..) => false,
+        }
+    }
 }
 
 impl std::fmt::Display for ApiError {

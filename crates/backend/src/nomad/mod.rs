@@ -191,6 +191,12 @@ impl Backend for NomadBackend {
         match self.register(self.job_body(&spec, &image)).await {
             Ok(()) => {}
             Err(ApiError::Unreachable(error)) => return Err(self.unavailable(error)),
+            // Nomad answers 500 both for a job it refuses and for an outage: a cluster
+            // without a leader, or a server that cannot reach one, holds the try (it was not
+            // registered) instead of failing it.
+            Err(error @ ApiError::Status(500 | 502 | 503 | 504, _)) if error.is_outage() => {
+                return Err(self.unavailable(error))
+            }
             Err(ApiError::Status(code, body))
                 if body.contains("job already exists")
                     || (code == 500 && body.contains("enforcing job modify index")) =>

@@ -85,8 +85,10 @@ pub(super) async fn register(
     Json(body): Json<Value>,
 ) -> Response {
     let job = body["Job"].clone();
+    // A job Nomad will not take is a 500 with the reason, as every error the agent has no
+    // code for (`command/agent/http.go`, `wrap`): not a 400.
     if let Err(problem) = validate(&job) {
-        return error(StatusCode::BAD_REQUEST, &problem);
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &problem);
     }
     let ns = job["Namespace"]
         .as_str()
@@ -245,10 +247,17 @@ pub(super) async fn deregister(
     let index = {
         let mut state = sim.state.lock().unwrap();
         let key = (ns.clone(), id.clone());
-        if !state.jobs.contains_key(&key) {
-            return error(StatusCode::NOT_FOUND, "job not found");
-        }
         let index = sim.bump();
+        // Deregistering a job Nomad does not have is no error (`nomad/job_endpoint.go`,
+        // `Deregister`: a missing job still gets its evaluation).
+        if !state.jobs.contains_key(&key) {
+            drop(state);
+            return Json(json!({
+                "EvalID": uuid(), "EvalCreateIndex": index, "JobModifyIndex": 0,
+                "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": index, "LastContact": 0, "KnownLeader": true,
+            }))
+            .into_response();
+        }
         if purge {
             state.jobs.remove(&key);
         } else if let Some(job) = state.jobs.get_mut(&key) {

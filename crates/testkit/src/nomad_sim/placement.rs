@@ -46,6 +46,15 @@ pub(super) fn validate(job: &Value) -> Result<(), String> {
         return Err(format!("job {id:?}: the simulator runs groups of one task"));
     }
     let task = &tasks[0];
+    // nomad/structs/structs.go: MinResources, Resources.Validate.
+    let memory = task["Resources"]["MemoryMB"].as_u64().unwrap_or(300);
+    if memory < 10 {
+        return Err(format!(
+            "1 error occurred:\n\t* Task group {:?} validation failed: 1 error occurred:\n\t* Task {:?} validation failed: 1 error occurred:\n\t* minimum MemoryMB value is 10; got {memory}\n\n",
+            group["Name"].as_str().unwrap_or_default(),
+            task["Name"].as_str().unwrap_or_default()
+        ));
+    }
     if task["Driver"] != "docker" {
         return Err(format!(
             "task {:?}: Missing or unsupported driver {:?}",
