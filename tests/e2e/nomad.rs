@@ -599,3 +599,66 @@ async fn a_refused_job_fails_the_try_and_an_outage_at_registration_holds_it() {
     sim.set_outage(false);
     assert!(sim.jobs().is_empty(), "{:?}", sim.jobs());
 }
+
+/// The capabilities of the policy Stevedore documents for its token
+/// (`deploy/nomad/stevedore-policy.hcl`).
+fn documented_capabilities() -> Vec<String> {
+    let policy = std::fs::read_to_string(repo_root().join("deploy/nomad/stevedore-policy.hcl"))
+        .expect("the documented policy");
+    let line = policy
+        .lines()
+        .find(|line| line.trim_start().starts_with("capabilities"))
+        .expect("a capabilities line");
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 15, item 2: the documented token lacked `list-jobs`, which the health check needs,
+/// and a token without `read-logs` lost every line in silence. The simulator checks each
+/// endpoint's capability as Nomad does: a try runs whole with exactly the documented
+/// policy, a token without `read-logs` fails its try saying so, and one without `list-jobs`
+/// is told what it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_token_policy_is_enough_and_a_missing_capability_is_named() {
+    require_images().await;
+    let granted = documented_capabilities();
+    assert_eq!(
+        granted,
+        ["list-jobs", "read-job", "submit-job", "read-logs"]
+    );
+    let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
+    let sim = NomadSim::start_with_policy(TOKEN, &granted).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    backend.health().await.unwrap();
+    let (exit, events) = execute(&backend, spec("policy", "t", &["exit", "--code", "0"])).await;
+    assert_eq!(
+        exit,
+        TryExit {
+            exit_code: Some(0),
+            failure: None
+        }
+    );
+    assert_eq!(lines(&events), ["exiting with 0"]);
+
+    let sim = NomadSim::start_with_policy(TOKEN, &["list-jobs", "read-job", "submit-job"]).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let (exit, _) = execute(&backend, spec("nologs", "t", &["exit", "--code", "0"])).await;
+    let Some(FailureReason::Backend(reason)) = &exit.failure else {
+        panic!("{exit:?}");
+    };
+    assert!(
+        reason.contains("the token needs the read-logs capability"),
+        "{reason}"
+    );
+
+    let sim = NomadSim::start_with_policy(TOKEN, &["read-job", "submit-job", "read-logs"]).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let error = backend.health().await.unwrap_err().to_string();
+    assert!(
+        error.contains("403") && error.contains("the token needs list-jobs"),
+        "{error}"
+    );
+}

@@ -101,7 +101,7 @@ impl NomadBackend {
         max_line_bytes: usize,
         mut terminal: watch::Receiver<bool>,
         events: &mpsc::Sender<TryEvent>,
-    ) {
+    ) -> Option<String> {
         let kind = match stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -141,6 +141,19 @@ impl NomadBackend {
             );
             let response = match self.send(request).await {
                 Ok(response) => response,
+                // The token may not read logs: no retry mends that, and the lines are lost
+                // to Stevedore. Said as the try's reason, never dropped in silence.
+                Err(ApiError::Status(code @ (403 | 500), body))
+                    if body.contains("Permission denied") =>
+                {
+                    warn!(
+                        allocation_id,
+                        kind, code, "Nomad refuses the token the try's log"
+                    );
+                    return Some(format!(
+                        "Nomad refused to stream the try's {kind} ({code} Permission denied): the token needs the read-logs capability in the namespace"
+                    ));
+                }
                 Err(error) => {
                     // 404: the task has not started yet, or it never wrote this log.
                     if !follow && (error.is_not_found() || failures >= 5) {
@@ -234,7 +247,7 @@ impl NomadBackend {
                 buffer.drain(..used);
                 for event in pending.drain(..) {
                     if events.send(event).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
                 if garbled {
@@ -252,6 +265,7 @@ impl NomadBackend {
         for event in pending {
             let _ = events.send(event).await;
         }
+        None
     }
 
     /// Follows a placed allocation to its end: its logs and its exit.
@@ -266,7 +280,7 @@ impl NomadBackend {
     ) -> Result<TryExit, BackendError> {
         let (terminal_tx, terminal_rx) = watch::channel(allocation.is_terminal());
         let allocation_id = allocation.id.clone();
-        let (_, _, followed) = tokio::join!(
+        let (stdout, stderr, followed) = tokio::join!(
             self.follow_log(
                 &allocation_id,
                 Stream::Stdout,
@@ -298,6 +312,13 @@ impl NomadBackend {
                 self.config.address
             ))
         })?;
-        Ok(exit_of(&allocation, killed))
+        let mut exit = exit_of(&allocation, killed);
+        if let Some(refused) = stdout.or(stderr) {
+            // The try's own failure, if it has one, stands; else the lost log is its reason.
+            if exit.failure.is_none() {
+                exit.failure = Some(FailureReason::Backend(refused));
+            }
+        }
+        Ok(exit)
     }
 }

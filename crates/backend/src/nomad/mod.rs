@@ -154,7 +154,12 @@ impl Backend for NomadBackend {
         )
         .await
         .map(|_| ())
-        .map_err(|error| self.unavailable(error))
+        .map_err(|error| match error {
+            ApiError::Status(403, _) => self.unavailable(format!(
+                "{error} (the token needs list-jobs, read-job, submit-job and read-logs in the namespace: deploy/nomad/stevedore-policy.hcl)"
+            )),
+            error => self.unavailable(error),
+        })
     }
 
     async fn execute(

@@ -70,6 +70,8 @@ pub struct NomadSim {
 struct Sim {
     docker: Docker,
     token: Option<String>,
+    /// The namespace capabilities the token's policy grants (`None`: every one).
+    capabilities: Option<Vec<String>>,
     /// Bumped on every change; blocking queries wait on it.
     index: watch::Sender<u64>,
     state: Mutex<Inner>,
@@ -247,6 +249,21 @@ fn error(status: StatusCode, text: &str) -> Response {
 impl NomadSim {
     /// A simulator on 127.0.0.1; with `token`, every call must carry it in `X-Nomad-Token`.
     pub async fn start(token: Option<&str>) -> NomadSim {
+        NomadSim::start_with(token, None).await
+    }
+
+    /// A simulator whose token's policy grants only these namespace capabilities
+    /// (`list-jobs`, `read-job`, `submit-job`, `read-logs`, ...): each endpoint checks the one
+    /// Nomad checks, and answers a denial as Nomad does.
+    pub async fn start_with_policy(token: &str, capabilities: &[&str]) -> NomadSim {
+        NomadSim::start_with(
+            Some(token),
+            Some(capabilities.iter().map(|c| c.to_string()).collect()),
+        )
+        .await
+    }
+
+    async fn start_with(token: Option<&str>, capabilities: Option<Vec<String>>) -> NomadSim {
         let docker = Docker::connect_with_local_defaults().expect("docker client");
         docker
             .ping()
@@ -255,6 +272,7 @@ impl NomadSim {
         let sim = Arc::new(Sim {
             docker,
             token: token.map(str::to_owned),
+            capabilities,
             index: watch::channel(1).0,
             state: Mutex::new(Inner::default()),
             instance: uuid()[..8].to_owned(),
@@ -401,7 +419,45 @@ async fn acl(
             return error(StatusCode::FORBIDDEN, "Permission denied");
         }
     }
+    if let (Some(granted), Some(needed)) = (&sim.capabilities, capability(&request)) {
+        if !granted.iter().any(|c| c == needed) {
+            // The HTTP endpoints answer `structs.ErrPermissionDenied` with 403; the log
+            // stream, a streaming RPC to the client, fails with a 500 whose body says it
+            // (`command/agent/fs_endpoint.go`, `streamFile`: the RPC's error is not coded).
+            let status = if needed == "read-logs" {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            return error(status, "Permission denied");
+        }
+    }
     next.run(request).await
+}
+
+/// The namespace capability Nomad checks for a request (`nomad/job_endpoint.go`: `List`
+/// list-jobs, `GetJob`, `Allocations`, `Evaluations` read-job, `Register`, `Deregister`
+/// submit-job; `nomad/alloc_endpoint.go`: `GetAlloc` read-job; `client/fs_endpoint.go`:
+/// `logs` read-logs).
+fn capability(request: &axum::extract::Request) -> Option<&'static str> {
+    let path = request.uri().path();
+    let method = request.method();
+    if path.starts_with("/v1/status/") {
+        return None;
+    }
+    Some(if path.starts_with("/v1/client/fs/logs/") {
+        "read-logs"
+    } else if path == "/v1/jobs" {
+        if method == axum::http::Method::GET {
+            "list-jobs"
+        } else {
+            "submit-job"
+        }
+    } else if path.starts_with("/v1/job/") && method == axum::http::Method::DELETE {
+        "submit-job"
+    } else {
+        "read-job"
+    })
 }
 
 type Params = Query<HashMap<String, String>>;
