@@ -21,6 +21,18 @@ variable "datacenters" {
   default = ["*"]
 }
 
+variable "docker_gid" {
+  type        = string
+  default     = "999"
+  description = "The GID of the Docker socket's group on the clients (stat -c %g /var/run/docker.sock). A number: Docker looks a group name up in the image's /etc/group, which has no docker group."
+}
+
+variable "tries_namespace" {
+  type        = string
+  default     = "stevedore"
+  description = "The namespace the tries of backend: nomad tasks run in, the one the token's policy names (deploy/nomad/stevedore-policy.hcl)."
+}
+
 variable "jobs_dir" {
   type        = string
   default     = "/etc/stevedore/jobs"
@@ -57,8 +69,10 @@ job "stevedore" {
           "/var/run/docker.sock:/var/run/docker.sock",
           "${var.jobs_dir}:/etc/stevedore/jobs:ro",
         ]
-        # The socket's group on the clients (often 999 or `docker`): the image runs as uid 10001.
-        group_add = ["docker"]
+        # The socket's group on the clients, by number: the image runs as uid 10001, and
+        # Docker resolves a group name in the image's /etc/group (drivers/docker/driver.go
+        # hands group_add to the container's HostConfig.GroupAdd as it is).
+        group_add = [var.docker_gid]
       }
 
       env {
@@ -66,8 +80,12 @@ job "stevedore" {
         STEVEDORE_HEARTBEAT_EVERY = "5s"
         STEVEDORE_LEASE           = "30s"
         STEVEDORE_SHUTDOWN_GRACE  = "0s"
-        # Tries of `backend: nomad` tasks are submitted to this cluster.
+        # Tries of `backend: nomad` tasks are submitted to this cluster, in their own
+        # namespace. Nomad sets NOMAD_NAMESPACE in every task to the task's own job's
+        # namespace; a task's env overrides it (client/taskenv/env.go, buildEnv), so the
+        # schedulers do not submit tries into their own namespace.
         NOMAD_ADDR                = "http://${attr.unique.network.ip-address}:4646"
+        NOMAD_NAMESPACE           = var.tries_namespace
         STEVEDORE_NOMAD_DATACENTERS = join(",", var.datacenters)
       }
 

@@ -662,3 +662,82 @@ async fn the_documented_token_policy_is_enough_and_a_missing_capability_is_named
         "{error}"
     );
 }
+
+/// The block `kind "label"` of `body`.
+fn hcl_block<'a>(body: &'a hcl::Body, kind: &str, label: &str) -> &'a hcl::Body {
+    body.blocks()
+        .find(|b| b.identifier() == kind && b.labels().first().map(|l| l.as_str()) == Some(label))
+        .map(|b| b.body())
+        .unwrap_or_else(|| panic!("no {kind} \"{label}\" block"))
+}
+
+/// The unlabelled block `kind` of `body`.
+fn hcl_section<'a>(body: &'a hcl::Body, kind: &str) -> &'a hcl::Body {
+    body.blocks()
+        .find(|b| b.identifier() == kind && b.labels().is_empty())
+        .map(|b| b.body())
+        .unwrap_or_else(|| panic!("no {kind} block"))
+}
+
+/// The attribute `key` of `body`, as HCL writes it.
+fn hcl_attribute(body: &hcl::Body, key: &str) -> String {
+    body.attributes()
+        .find(|a| a.key() == key)
+        .map(|a| a.expr().to_string())
+        .unwrap_or_else(|| panic!("no attribute {key}"))
+}
+
+/// Issue 15, item 3: `deploy/nomad/stevedore.nomad.hcl` is HCL2 that parses (as Nomad's
+/// jobspec parser reads it), and sets what Stevedore relies on: the socket's group by number
+/// (Docker looks a name up in the image's /etc/group, which has no `docker` group), the
+/// tries' namespace set explicitly (Nomad sets NOMAD_NAMESPACE in every task to its own
+/// job's namespace), the secrets from a Nomad Variable, two schedulers, the server's health
+/// check.
+#[test]
+fn the_nomad_deploy_spec_parses_and_sets_what_stevedore_relies_on() {
+    let text = std::fs::read_to_string(repo_root().join("deploy/nomad/stevedore.nomad.hcl"))
+        .expect("the spec");
+    let spec = hcl::parse(&text).expect("deploy/nomad/stevedore.nomad.hcl is valid HCL2");
+    let job = hcl_block(&spec, "job", "stevedore");
+    let scheduler_group = hcl_block(job, "group", "scheduler");
+    assert_eq!(hcl_attribute(scheduler_group, "count"), "2");
+    let scheduler = hcl_block(scheduler_group, "task", "scheduler");
+    let config = hcl_section(scheduler, "config");
+    let group_add: String = hcl_attribute(config, "group_add")
+        .split_whitespace()
+        .collect();
+    assert_eq!(group_add, "[var.docker_gid]");
+    let gid = hcl_attribute(hcl_block(&spec, "variable", "docker_gid"), "default");
+    assert!(
+        gid.trim_matches('"').chars().all(|c| c.is_ascii_digit()),
+        "the socket's group is a number: {gid}"
+    );
+    let env = hcl_section(scheduler, "env");
+    assert_eq!(hcl_attribute(env, "NOMAD_NAMESPACE"), "var.tries_namespace");
+    let namespace = hcl_attribute(hcl_block(&spec, "variable", "tries_namespace"), "default");
+    let policy =
+        std::fs::read_to_string(repo_root().join("deploy/nomad/stevedore-policy.hcl")).unwrap();
+    let policy = hcl::parse(&policy).expect("the policy is valid HCL2");
+    assert!(
+        policy.blocks().any(|b| b.identifier() == "namespace"
+            && b.labels().first().map(|l| format!("\"{}\"", l.as_str()))
+                == Some(namespace.clone())),
+        "the policy names the tries' namespace {namespace}"
+    );
+    let secrets = hcl_section(scheduler, "template");
+    let data = hcl_attribute(secrets, "data");
+    for needed in [
+        "nomadVar \"nomad/jobs/stevedore\"",
+        "STEVEDORE_DB=",
+        "NOMAD_TOKEN=",
+    ] {
+        assert!(
+            data.contains(needed),
+            "the scheduler's secrets template lacks {needed}"
+        );
+    }
+    assert_eq!(hcl_attribute(secrets, "env"), "true");
+    let server = hcl_block(job, "group", "server");
+    let check = hcl_section(hcl_section(server, "service"), "check");
+    assert_eq!(hcl_attribute(check, "path"), "\"/api/v1/health\"");
+}

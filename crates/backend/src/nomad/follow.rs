@@ -148,7 +148,7 @@ impl NomadBackend {
                 {
                     warn!(
                         allocation_id,
-                        kind, code, "Nomad refuses the token the try's log"
+                        kind, code, "Nomad will not stream the try's log to this token"
                     );
                     return Some(format!(
                         "Nomad refused to stream the try's {kind} ({code} Permission denied): the token needs the read-logs capability in the namespace"
