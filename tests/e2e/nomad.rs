@@ -741,3 +741,49 @@ fn the_nomad_deploy_spec_parses_and_sets_what_stevedore_relies_on() {
     let check = hcl_section(hcl_section(server, "service"), "check");
     assert_eq!(hcl_attribute(check, "path"), "\"/api/v1/health\"");
 }
+
+/// Waits until Nomad has run the job's task `count` times (containers started).
+async fn wait_for_runs(sim: &NomadSim, job_id: &str, count: u32) {
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    while sim.runs(job_id) < count {
+        assert!(tokio::time::Instant::now() < deadline, "the task never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 15, item 4: Nomad replaces a lost node's allocation, and a preempted one, whatever
+/// the reschedule policy says. The try ends as a backend failure naming what Nomad did
+/// (never the task's exit 137), and the job is stopped at once, so no replacement runs
+/// beside Stevedore's own retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_preempted_allocation_fails_the_try_and_is_never_replaced() {
+    require_images().await;
+    let sim = Arc::new(NomadSim::start(Some(TOKEN)).await);
+    let backend = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    for (run, fault) in [("lost", "lose the node"), ("preempted", "preempt")] {
+        let nomad_job = nomad::job_id("nomadic", "t", run, 1);
+        let running = tokio::spawn({
+            let backend = backend.clone();
+            async move { execute(&backend, spec(run, "t", &["sleep", "--seconds", "60"])).await }
+        });
+        wait_for_runs(&sim, &nomad_job, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match fault {
+            "lose the node" => sim.lose_node(),
+            _ => sim.preempt(&nomad_job),
+        }
+        let (exit, _) = running.await.unwrap();
+        assert_eq!(exit.exit_code, None, "{fault}: {exit:?}");
+        let Some(FailureReason::Backend(reason)) = &exit.failure else {
+            panic!("{fault}: {exit:?}");
+        };
+        let expected = match fault {
+            "lose the node" => "Nomad lost the allocation",
+            _ => "Nomad evicted the allocation",
+        };
+        assert!(reason.contains(expected), "{reason}");
+        // Past the moment Nomad would have placed the replacement.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(sim.runs(&nomad_job), 1, "{fault}: Nomad ran a replacement");
+    }
+}

@@ -57,6 +57,11 @@ pub(crate) struct Allocation {
     pub(crate) node_name: String,
     pub(crate) client_status: String,
     pub(crate) client_description: String,
+    /// `run`, `stop` or `evict` (preempted, or drained off its node).
+    #[serde(default)]
+    pub(crate) desired_status: String,
+    #[serde(default)]
+    pub(crate) desired_description: String,
     pub(crate) task_states: Option<BTreeMap<String, TaskState>>,
     pub(crate) create_index: u64,
 }
@@ -300,6 +305,24 @@ impl NomadBackend {
                 reqwest::Method::DELETE,
                 &format!("/v1/job/{}", segment(nomad_job)),
                 &[("purge", "true".to_owned())],
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Stops the job without purging it: Nomad places no allocation for a stopped job (a
+    /// lost node's, a preempted one's replacement included), and its allocations stay
+    /// readable for the exit and the logs until [`NomadBackend::purge`].
+    pub(crate) async fn stop_job(&self, nomad_job: &str) -> Result<(), ApiError> {
+        match self
+            .send(self.request(
+                reqwest::Method::DELETE,
+                &format!("/v1/job/{}", segment(nomad_job)),
+                &[],
             ))
             .await
         {

@@ -6,6 +6,41 @@ use super::*;
 /// How the task of a terminal allocation ended, from its events.
 pub(crate) fn exit_of(allocation: &Allocation, killed: Option<StopReason>) -> TryExit {
     let events = allocation.events();
+    // Nomad ended it, not the task: a lost node, or an eviction (preemption, a drain). Its
+    // task's exit (137 from the kill, if any) is Nomad's doing, not the task's result.
+    if killed.is_none() && allocation.client_status == "lost" {
+        return TryExit {
+            exit_code: None,
+            failure: Some(FailureReason::Backend(format!(
+                "Nomad lost the allocation {} on node {}: {}",
+                allocation.id,
+                allocation.node_name,
+                [
+                    &allocation.desired_description,
+                    &allocation.client_description
+                ]
+                .into_iter()
+                .find(|d| !d.is_empty())
+                .cloned()
+                .unwrap_or_default()
+            ))),
+        };
+    }
+    if killed.is_none() && allocation.desired_status == "evict" {
+        return TryExit {
+            exit_code: None,
+            failure: Some(FailureReason::Backend(format!(
+                "Nomad evicted the allocation {} from node {}: {}",
+                allocation.id,
+                allocation.node_name,
+                if allocation.desired_description.is_empty() {
+                    "preempted or drained"
+                } else {
+                    &allocation.desired_description
+                }
+            ))),
+        };
+    }
     let terminated = events.iter().rev().find(|e| e.kind == "Terminated");
     let exit_code = terminated
         .and_then(|e| e.detail("exit_code"))

@@ -86,6 +86,14 @@ impl NomadBackend {
             allocation = read;
             index = next;
         }
+        // Nomad replaces a lost node's allocation, and a preempted one, whatever the
+        // reschedule policy says (`scheduler/reconciler`): the job stops as soon as its one
+        // allocation has ended, so no replacement runs beside Stevedore's own retry.
+        if killed.is_none() {
+            if let Err(error) = self.stop_job(nomad_job).await {
+                warn!(nomad_job, error = %error, "could not stop the try's Nomad job after its allocation ended");
+            }
+        }
         let _ = terminal.send(true);
         Ok((allocation, killed))
     }

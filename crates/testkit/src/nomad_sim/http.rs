@@ -169,7 +169,12 @@ pub(super) fn alloc_json(alloc: &SimAlloc) -> Value {
         "Namespace": alloc.namespace, "NodeID": NODE_ID, "NodeName": NODE_NAME,
         "JobID": alloc.job_id, "JobType": "batch", "JobVersion": 0, "TaskGroup": alloc.group,
         "AllocatedResources": {"Tasks": {alloc.task.clone(): {"Cpu": {"CpuShares": alloc.cpu}, "Memory": {"MemoryMB": alloc.memory}}}},
-        "DesiredStatus": alloc.desired_status, "DesiredDescription": if alloc.desired_status == "stop" { "alloc is being stopped" } else { "" },
+        "DesiredStatus": alloc.desired_status, "DesiredDescription": match (&alloc.evicted, alloc.lost) {
+            (Some(why), _) => why.as_str(),
+            (None, true) => "alloc is lost since its node is down",
+            _ if alloc.desired_status == "stop" => "alloc is being stopped",
+            _ => "",
+        },
         "ClientStatus": alloc.client_status, "ClientDescription": alloc.client_description,
         "TaskStates": { alloc.task.clone(): {
             "State": alloc.task_state, "Failed": alloc.failed, "Restarts": alloc.restarts,

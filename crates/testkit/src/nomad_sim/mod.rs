@@ -146,6 +146,10 @@ struct SimAlloc {
     logs: [Arc<Log>; 2],
     stop: Arc<Notify>,
     stopping: bool,
+    /// Its node went away: its client reports nothing more, and Nomad replaces it.
+    lost: bool,
+    /// Why it is evicted (preempted), if it is: Nomad kills it and replaces it.
+    evicted: Option<String>,
 }
 
 /// One task log (`alloc/logs/<task>.<stdout|stderr>.0`), kept in memory.
@@ -326,6 +330,43 @@ impl NomadSim {
     /// thousands).
     pub fn blocking_queries(&self) -> usize {
         self.sim.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The node goes away: every running allocation is lost (its client reports no more
+    /// events; the container is gone) and, as `scheduler/reconciler` does for a lost node
+    /// whatever the reschedule policy, replaced unless its job is stopped.
+    pub fn lose_node(&self) {
+        self.mark_running(|alloc| alloc.lost = true);
+    }
+
+    /// The running allocation of `job_id` is preempted by a higher-priority one: evicted
+    /// (`DesiredStatus` `evict`), its task killed, and, being a batch allocation, replaced
+    /// unless its job is stopped.
+    pub fn preempt(&self, job_id: &str) {
+        let preemptor = uuid();
+        let job_id = job_id.to_owned();
+        let mut state = self.sim.state.lock().unwrap();
+        for alloc in state.allocs.values_mut() {
+            if alloc.job_id == job_id && !is_terminal(alloc) {
+                alloc.evicted = Some(format!("Preempted by alloc ID {preemptor}"));
+                alloc.desired_status = "evict".to_owned();
+                alloc.stop.notify_one();
+            }
+        }
+        drop(state);
+        self.sim.bump();
+    }
+
+    fn mark_running(&self, change: impl Fn(&mut SimAlloc)) {
+        let mut state = self.sim.state.lock().unwrap();
+        for alloc in state.allocs.values_mut() {
+            if !is_terminal(alloc) {
+                change(alloc);
+                alloc.stop.notify_one();
+            }
+        }
+        drop(state);
+        self.sim.bump();
     }
 
     pub fn set_outage(&self, on: bool) {

@@ -184,6 +184,8 @@ pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, trigge
         logs: [Arc::new(Log::default()), Arc::new(Log::default())],
         stop: Arc::new(Notify::new()),
         stopping: false,
+        lost: false,
+        evicted: None,
     };
     state.allocs.insert(alloc_id.clone(), alloc);
     drop(state);

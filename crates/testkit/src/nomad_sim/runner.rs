@@ -20,7 +20,12 @@ pub(super) fn update(sim: &Sim, alloc_id: &str, change: impl FnOnce(&mut SimAllo
 }
 
 pub(super) fn push_event(sim: &Sim, alloc_id: &str, value: Value) {
-    update(sim, alloc_id, |alloc| alloc.events.push(value));
+    // A lost node's client reports nothing more.
+    update(sim, alloc_id, |alloc| {
+        if !alloc.lost {
+            alloc.events.push(value)
+        }
+    });
 }
 
 /// What running one container of the task ended with.
@@ -131,6 +136,24 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
         outcome,
         Ran::Exited { killed: true, .. } | Ran::NeverStarted
     );
+    let (lost, evicted) = {
+        let state = sim.state.lock().unwrap();
+        let alloc = &state.allocs[&alloc_id];
+        (alloc.lost, alloc.evicted.is_some())
+    };
+    if lost {
+        update(&sim, &alloc_id, |alloc| {
+            // What the servers record once the node misses its heartbeats: the client
+            // itself never reports the end.
+            alloc.client_status = "lost".to_owned();
+            alloc.client_description = "alloc is lost since its node is down".to_owned();
+            alloc.desired_status = "stop".to_owned();
+        });
+    }
+    if lost {
+        free_and_replace(sim, alloc_id).await;
+        return;
+    }
     update(&sim, &alloc_id, |alloc| {
         alloc.task_state = "dead".to_owned();
         alloc.failed = failed;
@@ -141,10 +164,14 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
         } else {
             "All tasks have completed".to_owned()
         };
-        if killed {
+        if killed && alloc.evicted.is_none() {
             alloc.desired_status = "stop".to_owned();
         }
     });
+    if evicted {
+        free_and_replace(sim, alloc_id).await;
+        return;
+    }
     // Free the node and place what waits; reschedule a failed allocation if allowed.
     let (waiting, reschedule) = {
         let mut state = sim.state.lock().unwrap();
@@ -176,6 +203,30 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
     for (ns, job_id) in waiting {
         evaluate(&sim, &ns, &job_id, &uuid(), "queued-allocs");
     }
+}
+
+/// A lost or evicted allocation's resources go back to the node, and its job gets a
+/// replacement whatever its reschedule policy says (`scheduler/reconciler`: lost and
+/// preempted allocations are replaced), once a scheduler worker has processed the
+/// evaluation (half a second here), unless the job is stopped by then.
+async fn free_and_replace(sim: Arc<Sim>, alloc_id: String) {
+    let (ns, job_id) = {
+        let mut state = sim.state.lock().unwrap();
+        let (cpu, memory, ns, job_id) = {
+            let alloc = &state.allocs[&alloc_id];
+            (
+                alloc.cpu,
+                alloc.memory,
+                alloc.namespace.clone(),
+                alloc.job_id.clone(),
+            )
+        };
+        state.used_cpu -= cpu;
+        state.used_memory -= memory;
+        (ns, job_id)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    evaluate(&sim, &ns, &job_id, &uuid(), "node-update");
 }
 
 pub(super) async fn run_container(
