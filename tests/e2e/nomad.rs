@@ -256,6 +256,14 @@ async fn the_token_and_namespace_reach_nomad() {
     let mut config = config(&sim);
     config.namespace = Some("data".into());
     let backend = NomadBackend::new(config).unwrap();
+    // Issue 15, item 8: Nomad's namespaces must exist; the health check says which is missing.
+    let missing = backend.health().await.unwrap_err().to_string();
+    assert!(
+        missing.contains("Nomad has no namespace `data`")
+            && missing.contains("nomad namespace apply data"),
+        "{missing}"
+    );
+    sim.create_namespace("data");
     backend.health().await.unwrap();
     let mut task = spec("ns", "listed", &["sleep", "--seconds", "2"]);
     task.keep_exited = true;
@@ -786,4 +794,248 @@ async fn a_lost_or_preempted_allocation_fails_the_try_and_is_never_replaced() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(sim.runs(&nomad_job), 1, "{fault}: Nomad ran a replacement");
     }
+}
+
+/// The stdout lines and the notes of a try's events, in order.
+fn stdout_and_notes(events: &[TryEvent]) -> (Vec<String>, Vec<String>) {
+    let mut stdout = Vec::new();
+    let mut notes = Vec::new();
+    for event in events {
+        match event {
+            TryEvent::Line {
+                stream: Stream::Stdout,
+                text,
+                ..
+            } => stdout.push(text.clone()),
+            TryEvent::Note(text) if !text.starts_with("Nomad placed the try") => {
+                notes.push(text.clone())
+            }
+            _ => {}
+        }
+    }
+    (stdout, notes)
+}
+
+/// Issue 15, item 6: Nomad's logmon rotates a task's log into numbered files and deletes the
+/// oldest, and `origin=start&offset=N` counts from the oldest file still there, so a byte
+/// count kept since the task began points past what was not read yet once a file is gone.
+/// With small files and every stream cut after two frames, the log still arrives whole,
+/// in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_resumes_without_loss_across_nomads_rotation() {
+    init_logging();
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    sim.rotate_logs(512, 4);
+    sim.break_log_streams_after(2);
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let (exit, events) = execute(
+        &backend,
+        spec(
+            "rotated",
+            "counts",
+            &["count", "--lines", "600", "--every-ms", "4"],
+        ),
+    )
+    .await;
+    assert_eq!(
+        exit,
+        TryExit {
+            exit_code: Some(0),
+            failure: None
+        }
+    );
+    let (stdout, notes) = stdout_and_notes(&events);
+    assert_eq!(notes, Vec::<String>::new());
+    assert_eq!(stdout, counted(600).0);
+    assert!(
+        sim.cut_log_streams() >= 10,
+        "only {} cuts",
+        sim.cut_log_streams()
+    );
+}
+
+/// Issue 15, item 6: what Nomad deleted before it was read (here: the log rotates while
+/// the servers have no path to the client) is said in the try's log, and the log goes on
+/// after it, never repeating a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_nomad_rotated_away_unread_is_said_and_the_log_goes_on() {
+    require_images().await;
+    let sim = Arc::new(NomadSim::start(Some(TOKEN)).await);
+    sim.rotate_logs(256, 2);
+    let backend = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let nomad_job = nomad::job_id("nomadic", "counts", "gap", 1);
+    let running = tokio::spawn({
+        let backend = backend.clone();
+        async move {
+            execute(
+                &backend,
+                spec(
+                    "gap",
+                    "counts",
+                    &["count", "--lines", "400", "--every-ms", "10"],
+                ),
+            )
+            .await
+        }
+    });
+    wait_for_runs(&sim, &nomad_job, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.disconnect_client(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sim.disconnect_client(false);
+    let (exit, events) = running.await.unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    let (stdout, notes) = stdout_and_notes(&events);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("Nomad no longer has part of the try's stdout")),
+        "{notes:?}"
+    );
+    assert_eq!(stdout.last().map(String::as_str), Some("out 400"));
+    assert!(
+        stdout.len() < 300,
+        "{} lines: nothing was rotated away",
+        stdout.len()
+    );
+    let numbers: Vec<u32> = stdout
+        .iter()
+        .map(|line| line.trim_start_matches("out ").parse().expect(line))
+        .collect();
+    assert!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "a line repeated or came out of order: {numbers:?}"
+    );
+    assert_eq!(numbers[0], 1, "the log's start was read before the outage");
+}
+
+/// Issue 15, item 6: an ended allocation the client garbage-collected before its log was
+/// read answers 404 `Unknown allocation`; the try keeps its exit code and its log says Nomad
+/// no longer has the rest, rather than ending short in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_collected_with_its_allocation_is_said_lost() {
+    require_images().await;
+    let sim = Arc::new(NomadSim::start(Some(TOKEN)).await);
+    let backend = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let nomad_job = nomad::job_id("nomadic", "counts", "collected", 1);
+    let running = tokio::spawn({
+        let backend = backend.clone();
+        async move {
+            execute(
+                &backend,
+                spec(
+                    "collected",
+                    "counts",
+                    &["count", "--lines", "20", "--every-ms", "100"],
+                ),
+            )
+            .await
+        }
+    });
+    wait_for_runs(&sim, &nomad_job, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.disconnect_client(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sim.collect_on_client(&nomad_job);
+    sim.disconnect_client(false);
+    let (exit, events) = running.await.unwrap();
+    assert_eq!(
+        exit,
+        TryExit {
+            exit_code: Some(0),
+            failure: None
+        }
+    );
+    let (stdout, notes) = stdout_and_notes(&events);
+    assert!(
+        notes.iter().any(
+            |n| n.contains("Nomad no longer has the try's stdout past byte")
+                && n.contains("its client garbage-collected allocation")
+        ),
+        "{notes:?}"
+    );
+    assert!(stdout.len() < 20, "{stdout:?}");
+    assert_eq!(stdout, counted(20).0[..stdout.len()].to_vec());
+}
+
+/// Issue 15, item 8: Nomad's framer beats every second on a log stream with nothing to send
+/// (`{}`); a task silent for seconds keeps its stream, and no beat becomes a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_task_keeps_its_log_stream_through_heartbeats() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let (exit, events) = execute(
+        &backend,
+        spec(
+            "quiet",
+            "counts",
+            &["count", "--lines", "3", "--every-ms", "2500"],
+        ),
+    )
+    .await;
+    assert_eq!(exit.exit_code, Some(0));
+    let (stdout, notes) = stdout_and_notes(&events);
+    assert_eq!(stdout, counted(3).0);
+    assert_eq!(notes, Vec::<String>::new());
+    assert!(
+        sim.log_heartbeats() >= 4,
+        "{} heartbeats",
+        sim.log_heartbeats()
+    );
+}
+
+/// Issue 15, item 7: Nomad's agents serve TLS with certificates for `server.<region>.nomad`,
+/// not for the address a scheduler dials. `NOMAD_TLS_SERVER_NAME` checks the certificate
+/// against that name (a try runs through it, logs and all), `NOMAD_CAPATH` trusts a folder
+/// of CAs, `NOMAD_SKIP_VERIFY` checks nothing; without them the certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nomad_over_tls_checks_the_server_name_it_is_given() {
+    require_images().await;
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates_for(dir.path(), "DNS:server.global.nomad");
+    let tls = dir.path().join("tls");
+    let front = TlsFront::start(
+        sim.address.trim_start_matches("http://"),
+        &tls.join("server-cert.pem"),
+        &tls.join("server-key.pem"),
+    )
+    .await;
+    let over_tls = |change: &dyn Fn(&mut NomadConfig)| {
+        let mut config = config(&sim);
+        config.address = front.address.clone();
+        change(&mut config);
+        NomadBackend::new(config).unwrap()
+    };
+    let trusted = over_tls(&|c| c.ca_cert = Some(tls.join("ca.pem")));
+    let refused = trusted.health().await.unwrap_err().to_string();
+    assert!(refused.contains("cannot reach Nomad"), "{refused}");
+
+    let named = over_tls(&|c| {
+        c.ca_cert = Some(tls.join("ca.pem"));
+        c.tls_server_name = Some("server.global.nomad".into());
+    });
+    named.health().await.unwrap();
+    let (exit, events) = execute(&named, spec("tls", "counts", &["count", "--lines", "5"])).await;
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    assert_eq!(stdout_and_notes(&events).0, counted(5).0);
+
+    let authorities = dir.path().join("authorities");
+    std::fs::create_dir(&authorities).unwrap();
+    std::fs::copy(tls.join("ca.pem"), authorities.join("nomad-ca.pem")).unwrap();
+    let folder = over_tls(&|c| {
+        c.ca_path = Some(authorities.clone());
+        c.tls_server_name = Some("server.global.nomad".into());
+    });
+    folder.health().await.unwrap();
+
+    let unknown_ca = over_tls(&|c| c.tls_server_name = Some("server.global.nomad".into()));
+    assert!(
+        unknown_ca.health().await.is_err(),
+        "a CA nobody named is trusted"
+    );
+    let unchecked = over_tls(&|c| c.skip_verify = true);
+    unchecked.health().await.unwrap();
 }

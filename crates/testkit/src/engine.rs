@@ -211,6 +211,22 @@ impl SecondEngine {
 /// `dir/tls`; the TCP port the engine listens on with them goes to `dir/tls/port`. Returns
 /// the engine's TLS endpoint and the folder of the client's files.
 pub fn make_certificates(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    make_certificates_for(dir, "IP:127.0.0.1");
+    let tls = dir.join("tls");
+    let client = tls.join("client");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(tls.join("port"), port.to_string()).unwrap();
+    (format!("tcp://127.0.0.1:{port}"), client)
+}
+
+/// A CA (`dir/tls/ca.pem`), a server certificate for `subject_alt_name` (`IP:127.0.0.1`,
+/// `DNS:server.global.nomad`; `server-cert.pem`, `server-key.pem`) and a client
+/// certificate (`dir/tls/client/{ca,cert,key}.pem`), made with openssl.
+pub fn make_certificates_for(dir: &std::path::Path, subject_alt_name: &str) {
     let tls = dir.join("tls");
     let client = tls.join("client");
     std::fs::create_dir_all(&client).unwrap();
@@ -252,11 +268,14 @@ pub fn make_certificates(dir: &std::path::Path) -> (String, std::path::PathBuf) 
     );
     std::fs::write(
         tls.join("server.ext"),
-        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+        format!("subjectAltName = {subject_alt_name}\nextendedKeyUsage = serverAuth\n"),
     )
     .unwrap();
     std::fs::write(tls.join("client.ext"), "extendedKeyUsage = clientAuth\n").unwrap();
-    for (name, subject) in [("server", "/CN=127.0.0.1"), ("client", "/CN=stevedore")] {
+    for (name, subject) in [
+        ("server", "/CN=stevedore test server"),
+        ("client", "/CN=stevedore"),
+    ] {
         openssl(
             &[
                 &["req"][..],
@@ -293,13 +312,6 @@ pub fn make_certificates(dir: &std::path::Path) -> (String, std::path::PathBuf) 
     std::fs::copy(tls.join("ca.pem"), client.join("ca.pem")).unwrap();
     std::fs::copy(tls.join("client-cert.pem"), client.join("cert.pem")).unwrap();
     std::fs::copy(tls.join("client-key.pem"), client.join("key.pem")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(tls.join("port"), port.to_string()).unwrap();
-    (format!("tcp://127.0.0.1:{port}"), client)
 }
 
 /// The `dockerd` arguments of an engine made with TLS (none otherwise).

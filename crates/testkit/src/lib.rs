@@ -29,6 +29,7 @@ pub mod nomad_sim;
 mod pipeline;
 mod postgres;
 mod registry;
+mod tls_front;
 
 pub use demo_api::*;
 pub use engine::*;
@@ -38,6 +39,7 @@ pub use postgres::*;
 pub use registry::*;
 /// What a scripted try plays ([`Harness::script`]).
 pub use stevedore_backend::scripted::Play;
+pub use tls_front::TlsFront;
 
 /// The images every end-to-end test uses, built by `stevedore images build`.
 pub const SYNTH: &str = "stevedore/synth:0.1.0";

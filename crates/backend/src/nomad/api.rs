@@ -119,6 +119,10 @@ impl TaskEvent {
 pub(crate) struct StreamFrame {
     pub(crate) data: Option<String>,
     pub(crate) file_event: Option<String>,
+    /// The log file the data is from (`alloc/logs/<task>.<type>.<n>`).
+    pub(crate) file: Option<String>,
+    /// Where the frame's data ends in that file.
+    pub(crate) offset: u64,
 }
 
 /// A job as listed (`api.JobListStub`, with `meta=true`).
@@ -208,9 +212,7 @@ impl NomadBackend {
         path: &str,
         query: &[(&str, String)],
     ) -> reqwest::RequestBuilder {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.config.address));
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.config.token {
             request = request.header("X-Nomad-Token", token);
         }

@@ -20,8 +20,16 @@ pub struct NomadConfig {
     pub datacenters: Vec<String>,
     /// `NOMAD_CACERT`: the CA that signed Nomad's certificate (an `https://` address).
     pub ca_cert: Option<std::path::PathBuf>,
+    /// `NOMAD_CAPATH`: a folder of CA certificates (PEM files), each trusted.
+    pub ca_path: Option<std::path::PathBuf>,
     /// `NOMAD_CLIENT_CERT` and `NOMAD_CLIENT_KEY`: a client certificate for mTLS.
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `NOMAD_TLS_SERVER_NAME`: the name Nomad's certificate is checked against (and sent
+    /// as SNI) instead of the address's host; Nomad's own certificates name
+    /// `server.<region>.nomad`, so an address by IP needs it.
+    pub tls_server_name: Option<String>,
+    /// `NOMAD_SKIP_VERIFY`: do not check Nomad's certificate at all (for a trial only).
+    pub skip_verify: bool,
     /// `STEVEDORE_NOMAD_PLACEMENT_TIMEOUT`: how long a try may wait for Nomad to place it
     /// before it fails with Nomad's reason (default 2 minutes).
     pub placement_timeout: Duration,
@@ -43,6 +51,8 @@ impl std::fmt::Debug for NomadConfig {
             .field("namespace", &self.namespace)
             .field("region", &self.region)
             .field("datacenters", &self.datacenters)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("skip_verify", &self.skip_verify)
             .field("placement_timeout", &self.placement_timeout)
             .finish_non_exhaustive()
     }
@@ -57,7 +67,10 @@ impl Default for NomadConfig {
             region: None,
             datacenters: vec!["*".to_owned()],
             ca_cert: None,
+            ca_path: None,
             client_cert: None,
+            tls_server_name: None,
+            skip_verify: false,
             placement_timeout: Duration::from_secs(120),
             mhz_per_cpu: 1000,
             workspace_volumes: true,
@@ -91,6 +104,16 @@ impl NomadConfig {
                 .collect();
         }
         config.ca_cert = var("NOMAD_CACERT").map(Into::into);
+        config.ca_path = var("NOMAD_CAPATH").map(Into::into);
+        config.tls_server_name = var("NOMAD_TLS_SERVER_NAME").map(|n| n.trim().to_owned());
+        if let Some(text) = var("NOMAD_SKIP_VERIFY") {
+            // As Nomad's `api` package reads it: Go's `strconv.ParseBool`.
+            config.skip_verify = match text.trim() {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+                "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
+                other => return Err(format!("NOMAD_SKIP_VERIFY: `{other}` is not true or false")),
+            };
+        }
         config.client_cert = match (var("NOMAD_CLIENT_CERT"), var("NOMAD_CLIENT_KEY")) {
             (Some(cert), Some(key)) => Some((cert.into(), key.into())),
             (None, None) => None,

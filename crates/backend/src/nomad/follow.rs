@@ -3,6 +3,11 @@
 
 #[allow(unused_imports)]
 use super::*;
+use cursor::{LogCursor, Take};
+
+/// How long the rest of an ended allocation's log is asked for while Nomad cannot give it
+/// (its client unreachable, no leader) before the try's log says it could not be read.
+const REST_OF_LOG_PATIENCE: Duration = Duration::from_secs(30);
 
 impl NomadBackend {
     /// Waits until Nomad places the job's allocation: `Ok(None)` when it is not placed within
@@ -58,6 +63,7 @@ impl NomadBackend {
         nomad_job: &str,
         kill: &mut KillReceiver,
         terminal: &watch::Sender<bool>,
+        started: &std::sync::atomic::AtomicBool,
     ) -> Result<(Allocation, Option<StopReason>), ApiError> {
         let path = format!("/v1/allocation/{}", segment(&allocation.id));
         let mut index = 0;
@@ -94,13 +100,22 @@ impl NomadBackend {
                 warn!(nomad_job, error = %error, "could not stop the try's Nomad job after its allocation ended");
             }
         }
+        let ran = allocation
+            .events()
+            .iter()
+            .any(|event| event.kind == "Started");
+        started.store(ran, std::sync::atomic::Ordering::SeqCst);
         let _ = terminal.send(true);
         Ok((allocation, killed))
     }
 
     /// Streams one of the task's logs as lines until the allocation is terminal and the log
-    /// is read to its end. Resumes by byte offset after a broken connection, so no line is
-    /// sent twice; the first `skip` lines (stored already) are not sent at all.
+    /// is read to its end. Resumes at the next byte after a broken connection, across Nomad's
+    /// log rotation too ([`LogCursor`]), so no line is sent twice; what Nomad no longer has
+    /// (rotated away, or garbage-collected with the allocation) is said in the try's log. The
+    /// first `skip` lines (stored already) are not sent at all. `started`: the task started
+    /// (set before `terminal` turns true).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn follow_log(
         &self,
         allocation_id: &str,
@@ -108,6 +123,7 @@ impl NomadBackend {
         mut skip: u64,
         max_line_bytes: usize,
         mut terminal: watch::Receiver<bool>,
+        started: &std::sync::atomic::AtomicBool,
         events: &mpsc::Sender<TryEvent>,
     ) -> Option<String> {
         let kind = match stream {
@@ -115,14 +131,16 @@ impl NomadBackend {
             Stream::Stderr => "stderr",
         };
         let path = format!("/v1/client/fs/logs/{}", segment(allocation_id));
-        let mut offset: u64 = 0;
+        let mut cursor = LogCursor::default();
         let mut splitter = LineSplitter::new(max_line_bytes);
         let mut pending: Vec<TryEvent> = Vec::new();
         let mut failures = 0u32;
+        let mut refused_since: Option<tokio::time::Instant> = None;
+        let stored = skip;
         // The first `skip` lines are stored already.
-        let mut keep = |stream, timestamp, text, dropped| {
-            if skip > 0 {
-                skip -= 1;
+        let keep = |stream, timestamp, text, dropped, skip: &mut u64| {
+            if *skip > 0 {
+                *skip -= 1;
                 return None;
             }
             Some(TryEvent::Line {
@@ -143,7 +161,7 @@ impl NomadBackend {
                     ("task", TASK.to_owned()),
                     ("type", kind.to_owned()),
                     ("origin", "start".to_owned()),
-                    ("offset", offset.to_string()),
+                    ("offset", cursor.connect().to_string()),
                     ("follow", follow.to_string()),
                 ],
             );
@@ -162,16 +180,47 @@ impl NomadBackend {
                         "Nomad refused to stream the try's {kind} ({code} Permission denied): the token needs the read-logs capability in the namespace"
                     ));
                 }
+                // The client garbage-collected the ended allocation (its `gc_max_allocs`, or
+                // disk pressure) before the rest was read: said in the try's log.
+                Err(ApiError::Status(404, body))
+                    if !follow
+                        && started.load(std::sync::atomic::Ordering::SeqCst)
+                        && (body.contains("Unknown allocation")
+                            || body.contains("not found on client")) =>
+                {
+                    warn!(
+                        allocation_id,
+                        kind, "Nomad collected the allocation before its log was read"
+                    );
+                    pending.push(TryEvent::Note(format!(
+                        "Nomad no longer has the try's {kind} past byte {}: its client garbage-collected allocation {allocation_id} (what the task wrote after that, if anything, is lost)",
+                        cursor.bytes_read()
+                    )));
+                    break 'connect;
+                }
                 Err(error) => {
-                    // 404: the task has not started yet, or it never wrote this log.
-                    if !follow && (error.is_not_found() || failures >= 5) {
-                        if !error.is_not_found() {
-                            warn!(allocation_id, kind, error = %error, "the rest of the log could not be read");
-                        }
+                    // A client the servers have no connection to answers 404 `No path to
+                    // node` (nomad/client_fs_endpoint.go): it may come back. Any other 404:
+                    // the task has not started yet, or it never wrote this log (or, while
+                    // following, the client has not received the allocation yet).
+                    let transient = match &error {
+                        ApiError::Status(404, body) => body.contains("No path to node"),
+                        _ => true,
+                    };
+                    if !follow && !transient {
                         break 'connect;
                     }
-                    if !error.is_not_found() {
-                        failures += 1;
+                    if transient {
+                        let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                        if !follow && since.elapsed() > REST_OF_LOG_PATIENCE {
+                            warn!(allocation_id, kind, error = %error, "the rest of the log could not be read");
+                            pending.push(TryEvent::Note(format!(
+                                "could not read the try's {kind} past byte {} from Nomad for {}s: {error}",
+                                cursor.bytes_read(),
+                                REST_OF_LOG_PATIENCE.as_secs()
+                            )));
+                            break 'connect;
+                        }
                         debug!(allocation_id, kind, error = %error, "log stream refused; retrying");
                     }
                     tokio::select! {
@@ -181,6 +230,7 @@ impl NomadBackend {
                     continue 'connect;
                 }
             };
+            refused_since = None;
             let mut body = response.bytes_stream();
             let mut buffer: Vec<u8> = Vec::new();
             loop {
@@ -218,6 +268,7 @@ impl NomadBackend {
                     serde_json::Deserializer::from_slice(&buffer).into_iter::<StreamFrame>();
                 let mut used = 0;
                 let mut garbled = false;
+                let mut reconnect = false;
                 let now = Utc::now();
                 while let Some(frame) = frames.next() {
                     let frame = match frame {
@@ -231,32 +282,67 @@ impl NomadBackend {
                         }
                     };
                     used = frames.byte_offset();
-                    if frame.file_event.is_some_and(|e| e == "file truncated") {
+                    if frame.file_event.as_deref() == Some("file truncated") {
                         warn!(allocation_id, kind, "the task's log was truncated");
                     }
                     let Some(data) = frame.data.filter(|d| !d.is_empty()) else {
-                        continue; // a heartbeat
+                        continue; // a heartbeat, or a file event
                     };
                     let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data) else {
                         warn!(allocation_id, kind, "a log frame's Data is not base64");
                         continue;
                     };
-                    offset += data.len() as u64;
+                    let name = frame.file.unwrap_or_default();
+                    let file = cursor::file_index(&name).unwrap_or(0);
+                    let data = match cursor.take(file, &name, frame.offset, data.len() as u64) {
+                        Take::Seen => continue,
+                        Take::Reconnect => {
+                            reconnect = true;
+                            break;
+                        }
+                        Take::Data { skip: seen, lost } => {
+                            if let Some(lost) = lost {
+                                // Never join the pieces either side of the gap into one line.
+                                splitter.finish(&mut |stream, timestamp, text, dropped| {
+                                    pending
+                                        .extend(keep(stream, timestamp, text, dropped, &mut skip))
+                                });
+                                warn!(allocation_id, kind, file = %lost.from_file, "Nomad rotated part of the try's log away before it was read");
+                                let note = if lost.start && stored > 0 {
+                                    // The stored lines can no longer be counted off: some
+                                    // may come again rather than any be dropped.
+                                    skip = 0;
+                                    format!("Nomad no longer has the start of the try's {kind} (its log files rotate): reading it again from {}, lines stored before may repeat", lost.from_file)
+                                } else if lost.start {
+                                    format!("Nomad no longer has the start of the try's {kind} (its log files rotate): the log begins at {}", lost.from_file)
+                                } else {
+                                    format!("Nomad no longer has part of the try's {kind} (its log files rotate, and were deleted before they were read): the log goes on from {}", lost.from_file)
+                                };
+                                pending.push(TryEvent::Note(note));
+                            }
+                            data.get(seen..).unwrap_or_default().to_vec()
+                        }
+                    };
                     failures = 0;
                     splitter.push(
                         stream,
                         now,
                         &data,
                         &mut |stream, timestamp, text, dropped| {
-                            pending.extend(keep(stream, timestamp, text, dropped))
+                            pending.extend(keep(stream, timestamp, text, dropped, &mut skip))
                         },
                     );
                 }
-                buffer.drain(..used);
+                if !reconnect {
+                    buffer.drain(..used);
+                }
                 for event in pending.drain(..) {
                     if events.send(event).await.is_err() {
                         return None;
                     }
+                }
+                if reconnect {
+                    continue 'connect;
                 }
                 if garbled {
                     failures += 1;
@@ -268,7 +354,7 @@ impl NomadBackend {
             }
         }
         splitter.finish(&mut |stream, timestamp, text, dropped| {
-            pending.extend(keep(stream, timestamp, text, dropped))
+            pending.extend(keep(stream, timestamp, text, dropped, &mut skip))
         });
         for event in pending {
             let _ = events.send(event).await;
@@ -288,6 +374,7 @@ impl NomadBackend {
     ) -> Result<TryExit, BackendError> {
         let (terminal_tx, terminal_rx) = watch::channel(allocation.is_terminal());
         let allocation_id = allocation.id.clone();
+        let started = std::sync::atomic::AtomicBool::new(false);
         let (stdout, stderr, followed) = tokio::join!(
             self.follow_log(
                 &allocation_id,
@@ -295,6 +382,7 @@ impl NomadBackend {
                 skip.0,
                 max_line_bytes,
                 terminal_rx.clone(),
+                &started,
                 events
             ),
             self.follow_log(
@@ -303,11 +391,12 @@ impl NomadBackend {
                 skip.1,
                 max_line_bytes,
                 terminal_rx,
+                &started,
                 events
             ),
             async {
                 let followed = self
-                    .follow_allocation(allocation, nomad_job, kill, &terminal_tx)
+                    .follow_allocation(allocation, nomad_job, kill, &terminal_tx, &started)
                     .await;
                 // Let the log followers finish, whatever happened.
                 let _ = terminal_tx.send(true);

@@ -18,9 +18,11 @@
 
 mod api;
 mod config;
+mod cursor;
 mod exit;
 mod follow;
 mod job;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,6 +62,9 @@ const RIGHT_DELIM: &str = "stevedore-state-not-a-template]]";
 pub struct NomadBackend {
     config: NomadConfig,
     http: reqwest::Client,
+    /// What request URLs begin with: the address, or with `NOMAD_TLS_SERVER_NAME` the
+    /// address with that name for its host (resolved to the address's host).
+    base: String,
 }
 
 /// A try's Nomad job ID: derived from the try itself (like the docker backend's container
@@ -90,34 +95,63 @@ pub(crate) enum Interrupted {
 
 impl NomadBackend {
     pub fn new(config: NomadConfig) -> Result<NomadBackend, BackendError> {
+        let unavailable = |message: String| BackendError::Unavailable(message);
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(path) = &config.ca_cert {
-            let pem = std::fs::read(path).map_err(|e| {
-                BackendError::Unavailable(format!("NOMAD_CACERT {}: {e}", path.display()))
-            })?;
-            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                BackendError::Unavailable(format!("NOMAD_CACERT {}: {e}", path.display()))
-            })?;
-            builder = builder.add_root_certificate(certificate);
+        let mut authorities: Vec<std::path::PathBuf> = config.ca_cert.iter().cloned().collect();
+        if let Some(folder) = &config.ca_path {
+            // As go-rootcerts' `LoadCAPath` (Nomad's `api`): every file in the folder.
+            let entries = std::fs::read_dir(folder)
+                .map_err(|e| unavailable(format!("NOMAD_CAPATH {}: {e}", folder.display())))?;
+            let mut files: Vec<std::path::PathBuf> = entries
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| path.is_file())
+                .collect();
+            files.sort();
+            authorities.extend(files);
+        }
+        for path in &authorities {
+            let pem = std::fs::read(path)
+                .map_err(|e| unavailable(format!("CA certificate {}: {e}", path.display())))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certificates| !certificates.is_empty())
+                .ok_or_else(|| {
+                    unavailable(format!(
+                        "CA certificate {}: no PEM certificate in it",
+                        path.display()
+                    ))
+                })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
         }
         if let Some((cert, key)) = &config.client_cert {
-            let mut pem = std::fs::read(cert).map_err(|e| {
-                BackendError::Unavailable(format!("NOMAD_CLIENT_CERT {}: {e}", cert.display()))
-            })?;
-            pem.extend(std::fs::read(key).map_err(|e| {
-                BackendError::Unavailable(format!("NOMAD_CLIENT_KEY {}: {e}", key.display()))
-            })?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                BackendError::Unavailable(format!("NOMAD_CLIENT_CERT/NOMAD_CLIENT_KEY: {e}"))
-            })?;
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| unavailable(format!("NOMAD_CLIENT_CERT {}: {e}", cert.display())))?;
+            pem.extend(
+                std::fs::read(key)
+                    .map_err(|e| unavailable(format!("NOMAD_CLIENT_KEY {}: {e}", key.display())))?,
+            );
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| unavailable(format!("NOMAD_CLIENT_CERT/NOMAD_CLIENT_KEY: {e}")))?;
             builder = builder.identity(identity);
         }
-        let http = builder.build().map_err(|e| {
-            BackendError::Unavailable(format!("cannot build the Nomad client: {e}"))
-        })?;
-        Ok(NomadBackend { config, http })
+        if config.skip_verify {
+            warn!("NOMAD_SKIP_VERIFY: Nomad's certificate is not checked");
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let mut base = config.address.clone();
+        if let Some(name) = config.tls_server_name.as_deref().filter(|n| !n.is_empty()) {
+            let (named, resolver) = tls::server_name(&config.address, name).map_err(unavailable)?;
+            base = named;
+            builder = builder.dns_resolver(std::sync::Arc::new(resolver));
+        }
+        let http = builder
+            .build()
+            .map_err(|e| unavailable(format!("cannot build the Nomad client: {e}")))?;
+        Ok(NomadBackend { config, http, base })
     }
 
     pub fn from_env() -> Result<NomadBackend, BackendError> {
@@ -145,6 +179,7 @@ impl Backend for NomadBackend {
     /// Lists the tries' jobs (one at most): unlike `/v1/status/leader`, that needs the
     /// token's `read-job` in the namespace, so a wrong token or namespace shows up here.
     async fn health(&self) -> Result<(), BackendError> {
+        let capabilities = "the token needs list-jobs, read-job, submit-job and read-logs in the namespace: deploy/nomad/stevedore-policy.hcl";
         self.get::<Value>(
             "/v1/jobs",
             &[
@@ -153,13 +188,25 @@ impl Backend for NomadBackend {
             ],
         )
         .await
-        .map(|_| ())
         .map_err(|error| match error {
-            ApiError::Status(403, _) => self.unavailable(format!(
-                "{error} (the token needs list-jobs, read-job, submit-job and read-logs in the namespace: deploy/nomad/stevedore-policy.hcl)"
-            )),
+            ApiError::Status(403, _) => self.unavailable(format!("{error} ({capabilities})")),
             error => self.unavailable(error),
-        })
+        })?;
+        // Nomad lists the jobs of a namespace that does not exist as none, and refuses
+        // every job registered into it: said here, before any try is.
+        if let Some(namespace) = self.config.namespace.as_deref() {
+            let path = format!("/v1/namespace/{}", segment(namespace));
+            self.get::<Value>(&path, &[]).await.map_err(|error| match error {
+                ApiError::Status(404, _) => self.unavailable(format!(
+                    "Nomad has no namespace `{namespace}` (NOMAD_NAMESPACE): create it with `nomad namespace apply {namespace}`"
+                )),
+                ApiError::Status(403, _) => {
+                    self.unavailable(format!("{error} (namespace `{namespace}`: {capabilities})"))
+                }
+                error => self.unavailable(error),
+            })?;
+        }
+        Ok(())
     }
 
     async fn execute(

@@ -95,6 +95,13 @@ pub(super) async fn register(
         .map(str::to_owned)
         .unwrap_or_else(|| namespace(&params));
     let id = job["ID"].as_str().unwrap().to_owned();
+    // nomad/job_endpoint_validators.go: an uncoded error, so a 500.
+    if !sim.state.lock().unwrap().has_namespace(&ns) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("job {id:?} is in nonexistent namespace {ns:?}"),
+        );
+    }
     let enforce = body["EnforceIndex"].as_bool().unwrap_or(false);
     let expected = body["JobModifyIndex"].as_u64().unwrap_or(0);
     let (eval_id, index) = {
@@ -286,4 +293,24 @@ pub(super) async fn deregister(
         "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": index, "LastContact": 0, "KnownLeader": true,
     }))
     .into_response()
+}
+
+/// `GET /v1/namespace/:name` (`command/agent/namespace_endpoint.go`): the namespace, or 404
+/// `Namespace not found`.
+pub(super) async fn read_namespace(
+    State(sim): State<Arc<Sim>>,
+    Path(name): Path<String>,
+    Query(params): Params,
+) -> Response {
+    sim.blocking(&params, |state| {
+        if !state.has_namespace(&name) {
+            return Err(error(StatusCode::NOT_FOUND, "Namespace not found"));
+        }
+        Ok(json!({
+            "Name": name, "Description": "", "Quota": "", "Meta": null,
+            "Capabilities": null, "NodePoolConfiguration": null,
+            "CreateIndex": 1, "ModifyIndex": 1,
+        }))
+    })
+    .await
 }

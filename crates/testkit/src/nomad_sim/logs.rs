@@ -59,8 +59,9 @@ pub(super) async fn upload(
         .map_err(|e| e.to_string())
 }
 
-/// `GET /v1/client/fs/logs/:alloc`: frames of the task's log from `offset` (from the start),
-/// heartbeats while nothing is written, and with `follow=true` no end.
+/// `GET /v1/client/fs/logs/:alloc`: frames of the task's log files from `offset` (from the
+/// start of the oldest file still there), heartbeats while nothing is written, and with
+/// `follow=true` no end.
 pub(super) async fn logs(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
@@ -92,9 +93,14 @@ pub(super) async fn logs(
         .get("offset")
         .and_then(|o| o.parse().ok())
         .unwrap_or(0);
+    if sim.client_away.load(std::sync::atomic::Ordering::SeqCst) {
+        // `structs.ErrNoNodeConn`, coded 404.
+        return error(StatusCode::NOT_FOUND, "No path to node");
+    }
     let log = {
         let state = sim.state.lock().unwrap();
-        let Some(alloc) = state.allocs.get(&id) else {
+        let Some(alloc) = state.allocs.get(&id).filter(|alloc| !alloc.collected) else {
+            // `structs.NewErrUnknownAllocation`, coded 404 by the client's log handler.
             return error(
                 StatusCode::NOT_FOUND,
                 &format!("Unknown allocation \"{id}\""),
@@ -106,63 +112,76 @@ pub(super) async fn logs(
                 &format!("unknown task name {task:?}"),
             );
         }
-        alloc.logs[which].clone()
-    };
-    let size = match log.data.lock().unwrap().as_ref() {
-        Some(data) => data.len() as u64,
-        // client/fs_endpoint.go notFoundErr
-        None => {
+        if alloc.started_at.is_none() {
             return error(
                 StatusCode::NOT_FOUND,
-                &format!("log entry for task {task:?} and log type {kind:?} not found"),
-            )
+                &format!("task {task:?} not started yet. No logs available"),
+            );
         }
+        alloc.logs[which].clone()
     };
-    let start = if origin_end {
-        size.saturating_sub(offset)
+    let Some(files) = log.list() else {
+        // client/fs_endpoint.go notFoundErr
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("log entry for task {task:?} and log type {kind:?} not found"),
+        );
+    };
+    // `logsImpl`: `origin=start` counts from the oldest file still there, `end` back from
+    // the newest; without `follow` the stream ends with the file newest when asked.
+    let (at, start) = if origin_end {
+        find_closest(&files, u64::MAX, -(offset as i64))
     } else {
-        offset.min(size)
-    };
-    let file = format!("alloc/logs/{task}.{kind}.0");
+        find_closest(&files, 0, offset as i64)
+    }
+    .expect("a log has a file");
+    let last = files.last().map(|f| f.index).unwrap_or_default();
+    let reading = files[at].clone();
+    let prefix = format!("alloc/logs/{task}.{kind}");
     let cuts = sim.clone();
     let break_after = sim
         .break_logs_after
         .load(std::sync::atomic::Ordering::SeqCst);
-    // State: the log, where the next frame starts, data frames sent, broken mid-frame.
+    // State: the log, the file being read, where the next frame starts, data frames sent,
+    // broken mid-frame.
     let frames = futures_util::stream::unfold(
-        (log, start, 0usize, false),
-        move |(log, mut position, mut sent, broken)| {
-            let file = file.clone();
+        (log, reading, start, 0usize, false),
+        move |(log, mut reading, mut position, mut sent, broken)| {
+            let prefix = prefix.clone();
             let cuts = cuts.clone();
             async move {
                 if broken {
+                    // Pending a moment first, so the server flushes what went before (a
+                    // stream that fails at once loses the response's head with it).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     let cut =
                         std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated cut");
-                    return Some((Err(cut), (log, position, sent, true)));
+                    return Some((Err(cut), (log, reading, position, sent, true)));
                 }
                 loop {
-                    if cuts.outage.load(std::sync::atomic::Ordering::SeqCst) {
+                    if cuts.outage.load(std::sync::atomic::Ordering::SeqCst)
+                        || cuts.client_away.load(std::sync::atomic::Ordering::SeqCst)
+                    {
                         let cut = std::io::Error::new(
                             std::io::ErrorKind::ConnectionReset,
                             "no cluster leader",
                         );
-                        return Some((Err(cut), (log, position, sent, true)));
+                        return Some((Err(cut), (log, reading, position, sent, true)));
                     }
                     let watched = log.clone();
                     let grew = watched.grew.notified();
                     let chunk = {
-                        let data = log.data.lock().unwrap();
-                        let data = data.as_deref().unwrap_or_default();
+                        let data = reading.data.lock().unwrap();
                         let end = (position as usize + 64 * 1024).min(data.len());
-                        data[position as usize..end].to_vec()
+                        data[(position as usize).min(end)..end].to_vec()
                     };
                     if !chunk.is_empty() {
                         position += chunk.len() as u64;
-                        // Offset: where the frame's data ends in the file (client/lib/streamframer).
+                        // Offset: where the frame's data ends in its file (client/lib/streamframer).
                         let frame = json!({
                             "Offset": position,
                             "Data": base64::engine::general_purpose::STANDARD.encode(&chunk),
-                            "File": file,
+                            "File": format!("{prefix}.{}", reading.index),
                         });
                         let mut bytes = serde_json::to_vec(&frame).unwrap();
                         bytes.push(b'\n');
@@ -170,23 +189,39 @@ pub(super) async fn logs(
                             cuts.cut_logs
                                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             bytes.truncate(bytes.len() / 2);
-                            return Some((Ok(bytes), (log, position, sent, true)));
+                            return Some((Ok(bytes), (log, reading, position, sent, true)));
                         }
                         sent += 1;
                         return Some((
                             Ok::<_, std::io::Error>(bytes),
-                            (log, position, sent, false),
+                            (log, reading, position, sent, false),
                         ));
+                    }
+                    // At the end of this file: on to the next one still there, if there is
+                    // one (a file with a successor is complete). Nomad lists the files again
+                    // and takes the first from the next index on: one deleted meanwhile is
+                    // skipped.
+                    let files = log.list().unwrap_or_default();
+                    let newer = files.iter().any(|f| f.index > reading.index);
+                    if newer && (follow || reading.index < last) {
+                        if let Some((at, _)) = find_closest(&files, reading.index + 1, 0) {
+                            reading = files[at].clone();
+                            position = 0;
+                            continue;
+                        }
                     }
                     if !follow {
                         return None;
                     }
-                    // Nomad batches for 200 ms and beats every 10 s; a shorter beat here.
+                    // The framer beats every `streamHeartbeatRate`, 1 s, when it has sent
+                    // nothing (client/fs_endpoint.go).
                     if tokio::time::timeout(Duration::from_secs(1), grew)
                         .await
                         .is_err()
                     {
-                        return Some((Ok(b"{}\n".to_vec()), (log, position, sent, false)));
+                        cuts.heartbeats
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return Some((Ok(b"{}\n".to_vec()), (log, reading, position, sent, false)));
                     }
                 }
             }

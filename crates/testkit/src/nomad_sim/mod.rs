@@ -13,7 +13,7 @@
 //! left Nomad's retries on would be seen running a try twice. docs/backends.md lists the
 //! Nomad sources and docs each part follows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,6 +84,14 @@ struct Sim {
     outage: std::sync::atomic::AtomicBool,
     /// Blocking queries answered so far.
     queries: std::sync::atomic::AtomicUsize,
+    /// A fault: the servers have no connection to the client; its log streams are cut and
+    /// refused, while the servers answer for its allocations.
+    client_away: std::sync::atomic::AtomicBool,
+    /// Heartbeat frames sent on log streams.
+    heartbeats: std::sync::atomic::AtomicUsize,
+    /// Log files of allocations placed from now on: bytes per file and files kept (`None`:
+    /// the task's `LogConfig`, else Nomad's defaults, 10 files of 10 MB).
+    log_rotation: Mutex<Option<(usize, usize)>>,
     /// A fault: the client's prestart hook of this name fails every task with this error.
     failing_hook: Mutex<Option<(String, String)>>,
     outage_began: Notify,
@@ -110,6 +118,8 @@ struct Inner {
     /// Containers started per job ID (each run of a task, restarts included).
     runs: HashMap<String, u32>,
     volumes: Vec<String>,
+    /// Namespaces created besides `default`, which every cluster has.
+    namespaces: Vec<String>,
     used_cpu: u64,
     used_memory: u64,
 }
@@ -148,30 +158,140 @@ struct SimAlloc {
     stopping: bool,
     /// Its node went away: its client reports nothing more, and Nomad replaces it.
     lost: bool,
+    /// Its client garbage-collected it (ended, its directory deleted): the servers still
+    /// know it, its files are gone.
+    collected: bool,
     /// Why it is evicted (preempted), if it is: Nomad kills it and replaces it.
     evicted: Option<String>,
 }
 
-/// One task log (`alloc/logs/<task>.<stdout|stderr>.0`), kept in memory.
-#[derive(Default)]
+/// One task log as Nomad's logmon writes it (`client/logmon/logging/rotator.go`), kept in
+/// memory: numbered files `alloc/logs/<task>.<stdout|stderr>.<n>`, the next begun once the
+/// current one is full (at a line's end where a line fits), only the newest `max_files`
+/// kept. A reader holds the file it reads, as an open descriptor keeps a deleted file.
 struct Log {
-    data: Mutex<Option<Vec<u8>>>,
+    /// `None` until logmon creates the first file, as the task starts.
+    files: Mutex<Option<VecDeque<LogFile>>>,
     grew: Notify,
+    file_bytes: usize,
+    max_files: usize,
+}
+
+#[derive(Clone)]
+struct LogFile {
+    index: u64,
+    data: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogFile {
+    fn new(index: u64) -> LogFile {
+        LogFile {
+            index,
+            data: Default::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.data.lock().unwrap().len()
+    }
 }
 
 impl Log {
-    fn create(&self) {
-        self.data.lock().unwrap().get_or_insert_with(Vec::new);
-        self.grew.notify_waiters();
+    fn new(file_bytes: usize, max_files: usize) -> Log {
+        Log {
+            files: Mutex::new(None),
+            grew: Notify::new(),
+            file_bytes: file_bytes.max(1),
+            max_files: max_files.max(1),
+        }
     }
-    fn append(&self, bytes: &[u8]) {
-        self.data
+
+    fn create(&self) {
+        self.files
             .lock()
             .unwrap()
-            .get_or_insert_with(Vec::new)
-            .extend_from_slice(bytes);
+            .get_or_insert_with(|| VecDeque::from([LogFile::new(0)]));
         self.grew.notify_waiters();
     }
+
+    fn append(&self, bytes: &[u8]) {
+        let mut files = self.files.lock().unwrap();
+        let files = files.get_or_insert_with(|| VecDeque::from([LogFile::new(0)]));
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let current = files.back().expect("a log file").clone();
+            let mut data = current.data.lock().unwrap();
+            let room = self.file_bytes.saturating_sub(data.len());
+            let n = if rest.len() <= room {
+                rest.len()
+            } else if let Some(newline) = rest[..room].iter().rposition(|b| *b == b'\n') {
+                newline + 1
+            } else if rest.len() > self.file_bytes {
+                room // no line fits in any file: fill this one
+            } else {
+                0
+            };
+            data.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            drop(data);
+            if !rest.is_empty() {
+                files.push_back(LogFile::new(current.index + 1));
+                while files.len() > self.max_files {
+                    files.pop_front();
+                }
+            }
+        }
+        self.grew.notify_waiters();
+    }
+
+    /// The files on disk, oldest first; `None` before the first is created.
+    fn list(&self) -> Option<Vec<LogFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|files| files.iter().cloned().collect())
+    }
+}
+
+/// The file to read from and where, as `client/fs_endpoint.go`'s `findClosest` picks it:
+/// the first file whose index is at least `index` (else the newest), then `offset` bytes on
+/// through the files after it (back through the files before it when negative), clamped to
+/// the ends.
+fn find_closest(files: &[LogFile], index: u64, offset: i64) -> Option<(usize, u64)> {
+    if files.is_empty() {
+        return None;
+    }
+    let mut at = files
+        .iter()
+        .position(|f| f.index >= index)
+        .unwrap_or(files.len() - 1);
+    let mut offset = offset;
+    loop {
+        let size = files[at].len() as i64;
+        if offset == 0 {
+            break;
+        } else if offset < 0 {
+            if size + offset >= 0 {
+                offset += size;
+                break;
+            } else if at == 0 {
+                offset = 0;
+                break;
+            }
+            offset += size;
+            at -= 1;
+        } else if offset <= size {
+            break;
+        } else if at == files.len() - 1 {
+            offset = size;
+            break;
+        } else {
+            offset -= size;
+            at += 1;
+        }
+    }
+    Some((at, offset as u64))
 }
 
 fn now_nanos() -> i64 {
@@ -285,6 +405,9 @@ impl NomadSim {
             outage: Default::default(),
             failing_hook: Default::default(),
             queries: Default::default(),
+            heartbeats: Default::default(),
+            client_away: Default::default(),
+            log_rotation: Default::default(),
             outage_began: Notify::new(),
         });
         let app = Router::new()
@@ -295,6 +418,7 @@ impl NomadSim {
             .route("/v1/job/{id}/evaluations", get(job_evaluations))
             .route("/v1/allocation/{id}", get(read_allocation))
             .route("/v1/client/fs/logs/{id}", get(logs))
+            .route("/v1/namespace/{name}", get(read_namespace))
             .layer(axum::middleware::from_fn_with_state(sim.clone(), acl))
             .with_state(sim.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -324,6 +448,52 @@ impl NomadSim {
     /// cannot be claimed).
     pub fn fail_prestart_hook(&self, hook: &str, error: &str) {
         *self.sim.failing_hook.lock().unwrap() = Some((hook.to_owned(), error.to_owned()));
+    }
+
+    /// Creates a namespace (`nomad namespace apply`): a job registers only into one that
+    /// exists.
+    pub fn create_namespace(&self, name: &str) {
+        let mut state = self.sim.state.lock().unwrap();
+        if !state.has_namespace(name) {
+            state.namespaces.push(name.to_owned());
+        }
+        drop(state);
+        self.sim.bump();
+    }
+
+    /// Allocations placed from now on rotate their logs every `file_bytes`, keeping
+    /// `max_files` files, as logmon does with a task's `LogConfig` (whose least is 1 MB, so
+    /// a test would write tens of MB to see a rotation at Nomad's sizes).
+    pub fn rotate_logs(&self, file_bytes: usize, max_files: usize) {
+        *self.sim.log_rotation.lock().unwrap() = Some((file_bytes, max_files));
+    }
+
+    /// The client garbage-collects the ended allocations of `job_id` (as it does past
+    /// `gc_max_allocs`, or short of disk: `client/gc.go`): their logs are gone, the servers
+    /// still answer for them.
+    pub fn collect_on_client(&self, job_id: &str) {
+        let mut state = self.sim.state.lock().unwrap();
+        for alloc in state.allocs.values_mut() {
+            if alloc.job_id == job_id && is_terminal(alloc) {
+                alloc.collected = true;
+            }
+        }
+    }
+
+    /// A fault: while on, the servers have no connection to the client (its RPC connection
+    /// dropped; it still runs its tasks): log streams are cut, and asked for again they
+    /// answer 404 `No path to node` (nomad/client_fs_endpoint.go); allocations are answered.
+    pub fn disconnect_client(&self, on: bool) {
+        self.sim
+            .client_away
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Heartbeat frames (`{}`) sent on log streams so far.
+    pub fn log_heartbeats(&self) -> usize {
+        self.sim
+            .heartbeats
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many blocking queries the simulator has answered (a client that spins asks
@@ -461,7 +631,13 @@ async fn acl(
         }
     }
     if let (Some(granted), Some(needed)) = (&sim.capabilities, capability(&request)) {
-        if !granted.iter().any(|c| c == needed) {
+        // `AllowNamespace`: any capability in the namespace will do.
+        let allowed = if needed == "any" {
+            !granted.is_empty()
+        } else {
+            granted.iter().any(|c| c == needed)
+        };
+        if !allowed {
             // The HTTP endpoints answer `structs.ErrPermissionDenied` with 403; the log
             // stream, a streaming RPC to the client, fails with a 500 whose body says it
             // (`command/agent/fs_endpoint.go`, `streamFile`: the RPC's error is not coded).
@@ -488,6 +664,9 @@ fn capability(request: &axum::extract::Request) -> Option<&'static str> {
     }
     Some(if path.starts_with("/v1/client/fs/logs/") {
         "read-logs"
+    } else if path.starts_with("/v1/namespace/") {
+        // nomad/namespace_endpoint.go `GetNamespace`: `AllowNamespace`.
+        "any"
     } else if path == "/v1/jobs" {
         if method == axum::http::Method::GET {
             "list-jobs"
@@ -508,6 +687,12 @@ fn namespace(params: &HashMap<String, String>) -> String {
         .get("namespace")
         .cloned()
         .unwrap_or_else(|| "default".to_owned())
+}
+
+impl Inner {
+    fn has_namespace(&self, name: &str) -> bool {
+        name == "default" || self.namespaces.iter().any(|n| n == name)
+    }
 }
 
 impl Sim {

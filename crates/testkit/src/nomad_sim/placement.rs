@@ -160,6 +160,14 @@ pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, trigge
     state.used_memory += memory;
     let alloc_id = uuid();
     let task_name = task["Name"].as_str().unwrap_or("task").to_owned();
+    // logmon's files: the task's `LogConfig`, else Nomad's defaults (`api/tasks.go`).
+    let (file_bytes, max_files) = sim.log_rotation.lock().unwrap().unwrap_or_else(|| {
+        let config = &task["LogConfig"];
+        (
+            config["MaxFileSizeMB"].as_u64().unwrap_or(10) as usize * 1024 * 1024,
+            config["MaxFiles"].as_u64().unwrap_or(10) as usize,
+        )
+    });
     let alloc = SimAlloc {
         id: alloc_id.clone(),
         eval_id: eval_id.to_owned(),
@@ -181,10 +189,14 @@ pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, trigge
         create_time: now_nanos(),
         cpu,
         memory,
-        logs: [Arc::new(Log::default()), Arc::new(Log::default())],
+        logs: [
+            Arc::new(Log::new(file_bytes, max_files)),
+            Arc::new(Log::new(file_bytes, max_files)),
+        ],
         stop: Arc::new(Notify::new()),
         stopping: false,
         lost: false,
+        collected: false,
         evicted: None,
     };
     state.allocs.insert(alloc_id.clone(), alloc);
