@@ -1039,3 +1039,53 @@ async fn nomad_over_tls_checks_the_server_name_it_is_given() {
     let unchecked = over_tls(&|c| c.skip_verify = true);
     unchecked.health().await.unwrap();
 }
+
+/// Issue 15, item 7: Nomad's docker driver pulls an image tagged `latest` every time, the
+/// node's copy notwithstanding, so `pull_policy: if_not_present` means `always` for it on
+/// Nomad (docs/backends.md); any other tag is taken from the node. Here the image's registry
+/// does not answer: the `latest` try fails to pull, the versioned one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nomad_pulls_a_latest_image_whatever_the_pull_policy() {
+    use bollard::query_parameters::{RemoveImageOptionsBuilder, TagImageOptionsBuilder};
+    require_images().await;
+    let docker = DockerBackend::from_env().unwrap().client().unwrap();
+    let repository = "127.0.0.1:9/stevedore/synth-on-the-node";
+    for tag in ["latest", "0.1.0"] {
+        let options = TagImageOptionsBuilder::default()
+            .repo(repository)
+            .tag(tag)
+            .build();
+        docker.tag_image(SYNTH, Some(options)).await.unwrap();
+    }
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let mut versioned = spec("tags", "versioned", &["noop"]);
+    versioned.image = format!("{repository}:0.1.0");
+    let (exit, _) = execute(&backend, versioned).await;
+    assert_eq!(
+        exit,
+        TryExit {
+            exit_code: Some(0),
+            failure: None
+        }
+    );
+    let mut latest = spec("tags", "latest", &["noop"]);
+    latest.image = format!("{repository}:latest");
+    let (exit, _) = execute(&backend, latest).await;
+    for tag in ["latest", "0.1.0"] {
+        let _ = docker
+            .remove_image(
+                &format!("{repository}:{tag}"),
+                Some(RemoveImageOptionsBuilder::default().build()),
+                None,
+            )
+            .await;
+    }
+    match &exit.failure {
+        Some(FailureReason::Image(message)) => assert!(
+            message.contains(&format!("Failed to pull `{repository}:latest`")),
+            "{message}"
+        ),
+        other => panic!("the node's `latest` image was used: {other:?}"),
+    }
+}

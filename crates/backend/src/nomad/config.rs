@@ -146,3 +146,42 @@ impl NomadConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<NomadConfig, String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        NomadConfig::from_settings(&|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn the_tls_settings_are_read_as_nomads_cli_reads_them() {
+        let config = from(&[
+            ("NOMAD_ADDR", "https://10.0.0.5:4646"),
+            ("NOMAD_CAPATH", "/etc/nomad.d/cas"),
+            ("NOMAD_TLS_SERVER_NAME", "server.global.nomad"),
+            ("NOMAD_SKIP_VERIFY", "T"),
+        ])
+        .unwrap();
+        assert_eq!(config.ca_path, Some("/etc/nomad.d/cas".into()));
+        assert_eq!(
+            config.tls_server_name.as_deref(),
+            Some("server.global.nomad")
+        );
+        assert!(config.skip_verify);
+        assert!(!from(&[("NOMAD_SKIP_VERIFY", "0")]).unwrap().skip_verify);
+        assert!(!from(&[]).unwrap().skip_verify);
+        let error = from(&[("NOMAD_SKIP_VERIFY", "maybe")]).unwrap_err();
+        assert!(error.contains("NOMAD_SKIP_VERIFY: `maybe`"), "{error}");
+    }
+}

@@ -70,8 +70,8 @@ impl LogCursor {
     pub(crate) fn connect(&mut self) -> u64 {
         self.fresh = true;
         let probed = std::mem::take(&mut self.probed);
-        self.probing = !probed
-            && matches!(self.current, Some((file, _)) if self.probe || file > self.oldest);
+        self.probing =
+            !probed && matches!(self.current, Some((file, _)) if self.probe || file > self.oldest);
         match self.current {
             Some((file, read)) if !self.probing => {
                 self.finished

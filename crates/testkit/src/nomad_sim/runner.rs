@@ -294,9 +294,16 @@ pub(super) async fn run_container(
         );
         Ran::DriverFailure
     };
-    // The docker driver pulls an image the node does not have, or every time with force_pull.
+    // The docker driver pulls an image the node does not have, and every time with
+    // force_pull or when its tag is `latest` (said or implied): `drivers/docker/driver.go`
+    // (`createImage`) inspects the node's images only for another tag.
+    let (name, tag) = match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
+        _ => (image.clone(), "latest".to_owned()),
+    };
+    let latest = tag == "latest" && !image.contains('@');
     let present = docker.inspect_image(&image).await.is_ok();
-    if !present || config["force_pull"].as_bool() == Some(true) {
+    if !present || latest || config["force_pull"].as_bool() == Some(true) {
         push_event(
             sim,
             alloc_id,
@@ -306,10 +313,6 @@ pub(super) async fn run_container(
                 json!({"image": image}),
             ),
         );
-        let (name, tag) = match image.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
-            _ => (image.clone(), "latest".to_owned()),
-        };
         let options = CreateImageOptionsBuilder::default()
             .from_image(&name)
             .tag(&tag)
