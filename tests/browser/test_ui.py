@@ -12,7 +12,7 @@ import time
 import unittest
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -24,7 +24,11 @@ SHOTS = os.environ["SCREENSHOTS_DIR"]
 def wait_for(what, condition, timeout=120, every=0.25):
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            # The page re-rendered between finding an element and reading it: look again.
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
