@@ -31,6 +31,14 @@ if ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 
+# An S3-compatible server for the artifact store's tests (moto's server mode, from PyPI).
+venv=.stevedore/venv-s3
+if [ ! -x "$venv/bin/moto_server" ]; then
+  say "virtualenv $venv: moto (an S3-compatible server for the tests)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]==5.2.5'
+fi
+
 say "building stevedore"
 cargo build --workspace --bins
 

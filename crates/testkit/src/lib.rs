@@ -1,6 +1,6 @@
 //! Test support for every crate's tests (`stevedore-testkit`): the end-to-end harness (a
 //! scheduler on a fresh SQLite store and a jobs folder of the test's own, against the real
-//! Docker engine), a throwaway PostgreSQL server and image registry, a second Docker engine,
+//! Docker engine), a throwaway PostgreSQL server, image registry and S3 server, a second Docker engine,
 //! the demo API, certificates and the Nomad API simulator. Each starts on 127.0.0.1 for one
 //! test and is removed when dropped; each fails loudly when what it needs is missing.
 
@@ -29,6 +29,7 @@ pub mod nomad_sim;
 mod pipeline;
 mod postgres;
 mod registry;
+mod s3;
 mod tls_front;
 
 pub use demo_api::*;
@@ -37,6 +38,7 @@ pub use harness::*;
 pub use pipeline::*;
 pub use postgres::*;
 pub use registry::*;
+pub use s3::*;
 /// What a scripted try plays ([`Harness::script`]).
 pub use stevedore_backend::scripted::Play;
 pub use tls_front::TlsFront;

@@ -1,0 +1,378 @@
+//! The artifact store (`stevedore-artifacts`): where the files a try writes under its
+//! workspace are kept, so its run's downstream tries get them wherever they run.
+//!
+//! One abstraction over Apache Arrow's `object_store` crate: a folder (`file:///srv/x`, the
+//! embedded default beside the SQLite store) or any S3-compatible service
+//! (`s3://bucket/prefix`, with an endpoint, a region, path-style addressing and credentials
+//! from the settings or the environment). Blobs are content-addressed per run:
+//! `<prefix>/runs/<run>/blobs/<sha256>`. A blob is written by streaming it (multipart above
+//! 10 MiB) while hashing it, to an upload name first and then renamed to its digest, so a
+//! reader never sees half a blob; it is read back as a stream that checks its size and
+//! sha256 at the end. Nothing is ever held whole in memory.
+//!
+//! Credentials are never part of what [`ArtifactStore`] shows (`Display`, `Debug`, errors).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+mod error;
+pub use error::ArtifactError;
+
+/// How much of a blob is read from its source at a time.
+const CHUNK: usize = 256 * 1024;
+
+/// A stored blob: its sha256 (hex) and size in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Where the store is and how to reach it: `artifact_store` and the S3 settings.
+#[derive(Clone, Default)]
+pub struct StoreSettings {
+    /// `file:///path` or `s3://bucket[/prefix]`.
+    pub url: String,
+    /// An S3-compatible service's endpoint (`http://127.0.0.1:9000`); AWS's when unset.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible services want.
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "***"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .finish()
+    }
+}
+
+/// The artifact store of one Stevedore installation.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// The URL, for messages (it holds no credentials).
+    url: String,
+}
+
+impl fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactStore({})", self.url)
+    }
+}
+
+impl fmt::Display for ArtifactStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl ArtifactStore {
+    /// Opens the store `settings.url` names; an error names what is wrong with it. A folder
+    /// is created when missing.
+    pub fn open(settings: &StoreSettings) -> Result<ArtifactStore, ArtifactError> {
+        let url = settings.url.trim();
+        let bad = |why: String| ArtifactError::Config(format!("artifact_store `{url}`: {why}"));
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                let folder = parsed
+                    .to_file_path()
+                    .map_err(|()| bad("not a folder path".to_owned()))?;
+                std::fs::create_dir_all(&folder)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", folder.display())))?;
+                let store = LocalFileSystem::new_with_prefix(&folder)
+                    .map_err(|e| bad(e.to_string()))?
+                    .with_automatic_cleanup(true);
+                Ok(ArtifactStore {
+                    store: Arc::new(store),
+                    prefix: Path::default(),
+                    url: url.to_owned(),
+                })
+            }
+            "s3" => {
+                let bucket = parsed
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| bad("names no bucket (s3://bucket/prefix)".to_owned()))?;
+                // A store that does not answer fails the call within about half a minute
+                // (object_store's default waits up to 3 minutes).
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(30),
+                    ..Default::default()
+                };
+                let client = object_store::ClientOptions::new()
+                    .with_connect_timeout(std::time::Duration::from_secs(5));
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_virtual_hosted_style_request(!settings.path_style)
+                    .with_retry(retry)
+                    .with_client_options(client);
+                if let Some(endpoint) = &settings.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(region) = &settings.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(key) = &settings.access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = &settings.secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                let store = builder.build().map_err(|e| bad(e.to_string()))?;
+                let prefix = parsed.path().trim_matches('/');
+                Ok(ArtifactStore {
+                    store: Arc::new(store),
+                    prefix: Path::parse(prefix).map_err(|e| bad(e.to_string()))?,
+                    url: format!("s3://{bucket}/{prefix}")
+                        .trim_end_matches('/')
+                        .to_owned(),
+                })
+            }
+            other => Err(bad(format!(
+                "`{other}:` is not a store Stevedore knows (file:// or s3://)"
+            ))),
+        }
+    }
+
+    fn run_path(&self, run_id: &str) -> Path {
+        self.prefix.child("runs").child(run_id)
+    }
+
+    fn blob_path(&self, run_id: &str, sha256: &str) -> Path {
+        self.run_path(run_id).child("blobs").child(sha256)
+    }
+
+    fn failed(&self, what: &str, error: object_store::Error) -> ArtifactError {
+        ArtifactError::Unreachable(format!("artifact store {}: {what}: {error}", self.url))
+    }
+
+    /// Whether the store answers: lists (at most) one object of the prefix.
+    pub async fn check(&self) -> Result<(), ArtifactError> {
+        let mut listed = self.store.list(Some(&self.prefix));
+        match listed.next().await {
+            Some(Err(error)) => Err(self.failed("cannot list", error)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Streams `source` into a blob of `run_id`, hashing it on the way: at most `limit`
+    /// bytes, else [`ArtifactError::TooLarge`] (and nothing is kept).
+    pub async fn put(
+        &self,
+        run_id: &str,
+        mut source: impl AsyncRead + Unpin,
+        limit: u64,
+    ) -> Result<Blob, ArtifactError> {
+        let upload = self.run_path(run_id).child("uploads").child(upload_name());
+        let mut writer = object_store::buffered::BufWriter::new(self.store.clone(), upload.clone());
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut buffer = vec![0u8; CHUNK];
+        let cannot_write = |e: std::io::Error| {
+            ArtifactError::Unreachable(format!("artifact store {}: cannot write: {e}", self.url))
+        };
+        let written: Result<(), ArtifactError> = async {
+            loop {
+                let n = source
+                    .read(&mut buffer)
+                    .await
+                    .map_err(|e| ArtifactError::Source(e.to_string()))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                size += n as u64;
+                if size > limit {
+                    return Err(ArtifactError::TooLarge { limit, size });
+                }
+                hasher.update(&buffer[..n]);
+                writer.write_all(&buffer[..n]).await.map_err(cannot_write)?;
+            }
+        }
+        .await;
+        if let Err(error) = written {
+            // Abandons a multipart upload begun; nothing of the file is kept.
+            let _ = writer.abort().await;
+            let _ = self.store.delete(&upload).await;
+            return Err(error);
+        }
+        if let Err(error) = writer.shutdown().await {
+            let _ = self.store.delete(&upload).await;
+            return Err(cannot_write(error));
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        let blob = self.blob_path(run_id, &sha256);
+        // The same content twice is the same blob: the rename replaces it with itself.
+        if let Err(error) = self.store.rename(&upload, &blob).await {
+            let _ = self.store.delete(&upload).await;
+            return Err(self.failed("cannot store a blob", error));
+        }
+        Ok(Blob { sha256, size })
+    }
+
+    /// Reads a blob back as a stream of chunks that ends with an error when the stored
+    /// bytes are not `blob`'s (size or sha256): a caller that copies it somewhere must not
+    /// use the copy until the stream ended without one.
+    pub async fn get(
+        &self,
+        run_id: &str,
+        blob: &Blob,
+    ) -> Result<impl Stream<Item = Result<Bytes, ArtifactError>> + Send + 'static, ArtifactError>
+    {
+        let path = self.blob_path(run_id, &blob.sha256);
+        let answer = match self.store.get(&path).await {
+            Ok(answer) => answer,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ArtifactError::Missing {
+                    sha256: blob.sha256.clone(),
+                })
+            }
+            Err(error) => return Err(self.failed("cannot read a blob", error)),
+        };
+        let url = self.url.clone();
+        let chunks = answer
+            .into_stream()
+            .map(move |chunk| {
+                chunk.map(Some).map_err(|e| {
+                    ArtifactError::Unreachable(format!("artifact store {url}: reading a blob: {e}"))
+                })
+            })
+            // The end, so the check runs after the last chunk.
+            .chain(futures_util::stream::once(futures_util::future::ready(Ok(
+                None,
+            ))));
+        Ok(checked(chunks, blob.clone()))
+    }
+
+    /// Copies a blob into `dest`, then checks it: the size and sha256 must be `blob`'s.
+    pub async fn copy_to(
+        &self,
+        run_id: &str,
+        blob: &Blob,
+        dest: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<(), ArtifactError> {
+        let stream = self.get(run_id, blob).await?;
+        futures_util::pin_mut!(stream);
+        while let Some(chunk) = stream.next().await {
+            dest.write_all(&chunk?)
+                .await
+                .map_err(|e| ArtifactError::Source(e.to_string()))?;
+        }
+        dest.flush()
+            .await
+            .map_err(|e| ArtifactError::Source(e.to_string()))
+    }
+
+    /// Deletes every blob of `run_id`; returns how many there were.
+    pub async fn remove_run(&self, run_id: &str) -> Result<u64, ArtifactError> {
+        let prefix = self.run_path(run_id);
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.failed("cannot list a run's blobs", e))?;
+        let count = paths.len() as u64;
+        for path in paths {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(self.failed("cannot delete a blob", error)),
+            }
+        }
+        Ok(count)
+    }
+
+    /// The blobs a run has: digest and size, for listing and tests.
+    pub async fn blobs(&self, run_id: &str) -> Result<Vec<Blob>, ArtifactError> {
+        let prefix = self.run_path(run_id).child("blobs");
+        let mut blobs: Vec<Blob> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| Blob {
+                sha256: meta.location.filename().unwrap_or_default().to_owned(),
+                size: meta.size,
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.failed("cannot list a run's blobs", e))?;
+        blobs.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        Ok(blobs)
+    }
+}
+
+/// Passes the chunks on (`None`: the end) and checks them against `expected`: the stream's
+/// last item is an error when they were not the blob's size and sha256 (found as soon as
+/// there are too many bytes).
+fn checked(
+    chunks: impl Stream<Item = Result<Option<Bytes>, ArtifactError>> + Send + 'static,
+    expected: Blob,
+) -> impl Stream<Item = Result<Bytes, ArtifactError>> + Send + 'static {
+    let state = (Box::pin(chunks), Some(Sha256::new()), 0u64);
+    futures_util::stream::unfold(state, move |(mut chunks, mut hasher, mut size)| {
+        let expected = expected.clone();
+        async move {
+            let corrupt = |size| ArtifactError::Corrupt {
+                sha256: expected.sha256.clone(),
+                size,
+                expected_size: expected.size,
+            };
+            let hashing = hasher.as_mut()?;
+            match chunks.next().await? {
+                Ok(Some(bytes)) => {
+                    size += bytes.len() as u64;
+                    if size > expected.size {
+                        return Some((Err(corrupt(size)), (chunks, None, size)));
+                    }
+                    hashing.update(&bytes);
+                    Some((Ok(bytes), (chunks, hasher, size)))
+                }
+                Ok(None) => {
+                    let digest = hex::encode(hasher.take()?.finalize());
+                    if size != expected.size || digest != expected.sha256 {
+                        return Some((Err(corrupt(size)), (chunks, None, size)));
+                    }
+                    None
+                }
+                Err(error) => Some((Err(error), (chunks, None, size))),
+            }
+        }
+    })
+}
+
+fn upload_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}-{}", hasher.finish(), std::process::id())
+}
