@@ -54,6 +54,7 @@ fn spec(backend: &str, run: &str, task: &str, args: &[&str], state: Option<&str>
         keep_exited: false,
         max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         isolation: Default::default(),
+        workspace: None,
     }
 }
 
@@ -142,10 +143,6 @@ pub async fn a_successful_try_reports_exit_zero_and_its_lines(backend: &dyn Back
         )),
         "{lines:?}"
     );
-    backend
-        .remove_workspace(&format!("ok-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 pub async fn a_non_zero_exit_is_a_result(backend: &dyn Backend) {
@@ -169,10 +166,6 @@ pub async fn a_non_zero_exit_is_a_result(backend: &dyn Backend) {
         }
     );
     assert_eq!(lines, vec![(Stream::Stdout, "exiting with 3".to_owned())]);
-    backend
-        .remove_workspace(&format!("fails-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 pub async fn a_kill_stops_the_try_with_its_reason(backend: &dyn Backend) {
@@ -198,10 +191,6 @@ pub async fn a_kill_stops_the_try_with_its_reason(backend: &dyn Backend) {
         }
     );
     assert_eq!(lines, vec![(Stream::Stdout, "sleeping 60s".to_owned())]);
-    backend
-        .remove_workspace(&format!("slow-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 pub async fn the_state_file_reaches_the_try(backend: &dyn Backend) {
@@ -222,10 +211,6 @@ pub async fn the_state_file_reaches_the_try(backend: &dyn Backend) {
         lines.iter().any(|(_, l)| l.contains("last cursor: c-42")),
         "{lines:?}"
     );
-    backend
-        .remove_workspace(&format!("stateful-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 pub async fn running_tries_are_listed_by_their_labels(backend: &dyn Backend) {
@@ -265,47 +250,135 @@ pub async fn running_tries_are_listed_by_their_labels(backend: &dyn Backend) {
         !after.iter().any(|r| r.run_id == run_id),
         "still listed after the end: {after:?}"
     );
-    backend
-        .remove_workspace(&format!("listed-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
-pub async fn tries_of_a_run_share_its_workspace(backend: &dyn Backend) {
-    let (exit, lines, _) = execute(
-        backend,
-        spec(
-            backend.name(),
-            "shared",
-            "writer",
-            &["write", "--file", "rows.jsonl", "--text", "{\"id\":1}"],
-            None,
-        ),
+/// The container id a try's events announced.
+fn launched(events: &[TryEvent]) -> String {
+    events
+        .iter()
+        .find_map(|event| match event {
+            TryEvent::Launched { container_id, .. } => Some(container_id.clone()),
+            _ => None,
+        })
+        .expect("the try was launched")
+}
+
+/// A try's files are captured from where it ran into the artifact store (an over-size one
+/// refused naming it), staged into the next try at the same paths, not captured again when
+/// unchanged; a corrupt one fails the next try naming it.
+pub async fn a_try_s_files_travel_to_the_next_try(backend: &dyn Backend) {
+    let folder = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+        url: format!("file://{}", folder.path().display()),
+        ..Default::default()
+    })
+    .unwrap();
+    let name = backend.name();
+    let run_id = format!("files-{name}");
+    let with_store = |mut spec: LaunchSpec, inputs: Vec<StagedFile>| {
+        spec.keep_exited = true;
+        spec.workspace = Some(WorkspaceExchange {
+            store: store.clone(),
+            inputs,
+        });
+        spec
+    };
+    let writer = spec(
+        name,
+        "files",
+        "writer",
+        &["write", "--file", "out/rows.jsonl", "--text", "{\"id\":1}"],
         None,
-    )
-    .await;
+    );
+    let (exit, lines, events) = execute(backend, with_store(writer, Vec::new()), None).await;
     assert_eq!(exit.exit_code, Some(0), "{lines:?}");
-    let (exit, lines, _) = execute(
-        backend,
-        spec(
-            backend.name(),
-            "shared",
-            "reader",
-            &["read", "--file", "rows.jsonl"],
-            None,
-        ),
+    let writer = launched(&events);
+    let small = CaptureLimits {
+        max_file_size: 4,
+        max_files: 100,
+    };
+    assert_eq!(
+        backend
+            .capture(&writer, &run_id, &store, &[], &small)
+            .await
+            .unwrap_err(),
+        CaptureFailure::Capture(CaptureError::TooLarge {
+            path: "out/rows.jsonl".into(),
+            size: 8,
+            limit: 4
+        })
+    );
+    let limits = CaptureLimits {
+        max_file_size: 1 << 20,
+        max_files: 100,
+    };
+    let files = backend
+        .capture(&writer, &run_id, &store, &[], &limits)
+        .await
+        .unwrap();
+    backend.discard(&writer).await.unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        (files[0].path.as_str(), files[0].size),
+        ("out/rows.jsonl", 8)
+    );
+    assert!(files[0].modified > 1_600_000_000, "{files:?}");
+
+    let inputs: Vec<StagedFile> = files
+        .iter()
+        .map(|file| StagedFile {
+            file: file.clone(),
+            task_id: "writer".into(),
+        })
+        .collect();
+    let reader = spec(
+        name,
+        "files",
+        "reader",
+        &["read", "--file", "out/rows.jsonl"],
         None,
-    )
-    .await;
+    );
+    let (exit, lines, events) = execute(backend, with_store(reader, inputs.clone()), None).await;
     assert_eq!(exit.exit_code, Some(0), "{lines:?}");
     assert_eq!(
         lines,
-        vec![(Stream::Stdout, "read rows.jsonl: {\"id\":1}".to_owned())]
+        vec![(Stream::Stdout, "read out/rows.jsonl: {\"id\":1}".to_owned())]
     );
-    let run_id = format!("shared-{}", backend.name());
-    assert!(backend.workspaces().await.unwrap().contains(&run_id));
-    backend.remove_workspace(&run_id).await.unwrap();
-    assert!(!backend.workspaces().await.unwrap().contains(&run_id));
+    let reader = launched(&events);
+    // What it was staged with, unchanged, is not its own.
+    assert_eq!(
+        backend
+            .capture(&reader, &run_id, &store, &files, &limits)
+            .await
+            .unwrap(),
+        []
+    );
+    backend.discard(&reader).await.unwrap();
+
+    // The stored blob is damaged: the next try fails naming the file and who wrote it.
+    let blob = folder
+        .path()
+        .join("runs")
+        .join(&run_id)
+        .join("blobs")
+        .join(&files[0].sha256);
+    std::fs::write(&blob, "{\"id\":2}").unwrap();
+    let again = spec(
+        name,
+        "files",
+        "again",
+        &["read", "--file", "out/rows.jsonl"],
+        None,
+    );
+    let (exit, lines, _) = execute(backend, with_store(again, inputs), None).await;
+    match &exit.failure {
+        Some(FailureReason::Artifact(why)) => assert!(
+            why.contains("`out/rows.jsonl` (written by task `writer`) is corrupt"),
+            "{why}"
+        ),
+        other => panic!("not an artifact failure: {other:?} {lines:?}"),
+    }
+    assert!(lines.is_empty(), "the try must not start: {lines:?}");
 }
 
 pub async fn both_streams_arrive_whole_and_in_order(backend: &dyn Backend) {
@@ -326,10 +399,6 @@ pub async fn both_streams_arrive_whole_and_in_order(backend: &dyn Backend) {
     let (stdout, stderr) = counted(12);
     assert_eq!(of(Stream::Stdout), stdout);
     assert_eq!(of(Stream::Stderr), stderr);
-    backend
-        .remove_workspace(&format!("ordered-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 pub async fn a_cancel_stops_the_try_as_killed(backend: &dyn Backend) {
@@ -365,10 +434,6 @@ pub async fn a_cancel_stops_the_try_as_killed(backend: &dyn Backend) {
     );
     assert_eq!(exit.exit_code, Some(137));
     assert_eq!(collector.await.unwrap(), vec!["sleeping 60s".to_owned()]);
-    backend
-        .remove_workspace(&format!("cancelled-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 pub async fn a_missing_image_fails_the_try_naming_it(backend: &dyn Backend) {
@@ -385,10 +450,6 @@ pub async fn a_missing_image_fails_the_try_naming_it(backend: &dyn Backend) {
         other => panic!("not an image failure: {other:?}"),
     }
     assert!(lines.is_empty(), "{lines:?}");
-    backend
-        .remove_workspace(&format!("missing-{}", backend.name()))
-        .await
-        .unwrap();
 }
 
 /// A scheduler stops while its try runs (its `execute` is dropped); a new backend client,
@@ -482,7 +543,6 @@ pub async fn a_try_is_adopted_after_its_scheduler_stops(make: &dyn Fn() -> Arc<d
             .any(|r| r.run_id == adoption.run_id),
         "discarded"
     );
-    second.remove_workspace(&adoption.run_id).await.unwrap();
 }
 
 /// How a suite makes its backend: a new client each call (as a restarted scheduler makes
@@ -570,7 +630,7 @@ backend_contract_suite!(
         a_missing_image_fails_the_try_naming_it,
         the_state_file_reaches_the_try,
         running_tries_are_listed_by_their_labels,
-        tries_of_a_run_share_its_workspace,
+        a_try_s_files_travel_to_the_next_try,
     ],
     adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );
@@ -586,12 +646,12 @@ backend_contract_suite!(
         a_cancel_stops_the_try_as_killed,
         the_state_file_reaches_the_try,
         running_tries_are_listed_by_their_labels,
-        tries_of_a_run_share_its_workspace,
+        a_try_s_files_travel_to_the_next_try,
     ],
     adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );
-// Nomad's API cannot list or remove docker volumes on its clients, so the workspace case
-// is the docker one's minus listing (tests/e2e/nomad.rs).
+// Nomad still shares a run's workspace as a docker volume on one client (tests/e2e/nomad.rs);
+// its files travelling through the artifact store is issue 16's next step.
 backend_contract_suite!(
     nomad,
     [

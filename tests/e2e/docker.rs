@@ -459,10 +459,12 @@ async fn cron_schedules_create_runs_for_their_data_intervals() {
     harness.stop().await;
 }
 
-/// Tasks of one run share a workspace (a volume per run), so extract can hand a file to
-/// load; it is removed once the run is past its retention (zero in these tests).
+/// A run's files travel from extract to load through the artifact store, each run its own
+/// (content-addressed per run): recorded on extract's try with their size and sha256, and
+/// deleted once the run is past `artifact_retention` (5 s in these tests). Each try's
+/// workspace is its own volume, gone with its container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_of_a_run_share_a_workspace_removed_after_retention() {
+async fn a_run_s_files_travel_from_extract_to_load_and_expire() {
     let job = format!(
         "id: handoff\ntasks:\n  - id: extract\n    image: {SYNTH}\n    args: [write, --file, records.jsonl, --text, \"{{{{ run_id }}}}\"]\n  - id: load\n    image: {SYNTH}\n    depends_on: [extract]\n    args: [read, --file, records.jsonl]\n"
     );
@@ -473,7 +475,7 @@ async fn tasks_of_a_run_share_a_workspace_removed_after_retention() {
         let run = harness.wait_run(&run.run_id, MINUTE).await;
         assert_eq!(run.state, RunState::Success);
         let load = &harness.tries(&run.run_id, "load").await[0];
-        // Each run reads its own file: workspaces are per run.
+        // Each run reads its own file.
         assert_eq!(
             harness.log_lines(load).await,
             vec![(
@@ -481,17 +483,49 @@ async fn tasks_of_a_run_share_a_workspace_removed_after_retention() {
                 format!("read records.jsonl: {}", run.run_id)
             )]
         );
+        let artifacts = harness.store.run_artifacts(&run.run_id).await.unwrap();
+        let extract = &harness.tries(&run.run_id, "extract").await[0];
+        let listed: Vec<_> = artifacts
+            .iter()
+            .map(|a| (a.try_id, a.path.as_str(), a.size))
+            .collect();
+        // load read the file and wrote none: only extract's is recorded.
+        assert_eq!(
+            listed,
+            [(extract.try_id, "records.jsonl", run.run_id.len() as u64)]
+        );
+        assert_eq!(artifacts[0].sha256.len(), 64);
     }
-    let docker = DockerBackend::from_env().unwrap();
+    let folder = harness.dir.path().join("artifacts/runs");
     let deadline = tokio::time::Instant::now() + MINUTE;
     loop {
-        let left = docker.workspaces().await.unwrap();
-        if !left.contains(&first.run_id) && !left.contains(&second.run_id) {
+        let mut left = Vec::new();
+        for run in [&first, &second] {
+            left.extend(harness.store.run_artifacts(&run.run_id).await.unwrap());
+            if folder
+                .join(&run.run_id)
+                .join("blobs")
+                .read_dir()
+                .is_ok_and(|mut d| d.next().is_some())
+            {
+                left.push(stevedore_store::ArtifactRecord {
+                    try_id: 0,
+                    run_id: run.run_id.clone(),
+                    task_id: "(blob)".into(),
+                    try_number: 0,
+                    path: String::new(),
+                    size: 0,
+                    sha256: String::new(),
+                    modified: 0,
+                });
+            }
+        }
+        if left.is_empty() {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "workspaces not removed: {left:?}"
+            "artifacts not removed: {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -52,6 +52,7 @@ fn spec(run: &str, task: &str, args: &[&str]) -> LaunchSpec {
         keep_exited: false,
         max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         isolation: Default::default(),
+        workspace: None,
     }
 }
 

@@ -25,7 +25,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 mod error;
+pub mod workspace;
 pub use error::ArtifactError;
+pub use workspace::{CaptureError, CaptureLimits, StageError, StagedFile, WorkspaceFile};
 
 /// How much of a blob is read from its source at a time.
 const CHUNK: usize = 256 * 1024;

@@ -1,9 +1,9 @@
 //! Several Docker engines as one `docker` backend. Each host has a name, an endpoint, a
 //! capacity (tries running on it at once) and labels; a try goes to the host with the most
-//! free slots among those whose labels match the task's `placement`, preferring the host
-//! that already holds its run's workspace (workspaces are per host). When every matching
-//! host is full, the try waits for a slot (and says so in its log). Adoption, clean-up and
-//! workspaces span every host. Configured by `STEVEDORE_DOCKER_HOSTS` (docs/configuration.md).
+//! free slots among those whose labels match the task's `placement`; the tries of one run
+//! may land on different hosts, their files travel through the artifact store. When every
+//! matching host is full, the try waits for a slot (and says so in its log). Adoption,
+//! capture and clean-up span every host. Configured by `STEVEDORE_DOCKER_HOSTS` (docs/configuration.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,8 +80,6 @@ pub struct DockerHosts {
     /// How long a host may not answer before the tries on it are given up as lost (and
     /// retried, on another host).
     lost_after: Duration,
-    /// The host each run's first try went to: its workspace is there.
-    workspace_of: Mutex<HashMap<String, usize>>,
     /// Held from counting a host's free slots to taking one, so two tries never take the
     /// same slot.
     placing: tokio::sync::Mutex<()>,
@@ -115,7 +113,6 @@ impl DockerHosts {
             hosts,
             unreachable_since: Mutex::new(HashMap::new()),
             lost_after,
-            workspace_of: Mutex::new(HashMap::new()),
             placing: tokio::sync::Mutex::new(()),
         })
     }
@@ -136,8 +133,7 @@ impl DockerHosts {
         }
     }
 
-    /// The host with the most free slots among those that match `spec`'s placement (its
-    /// run's workspace host first, while it has a free slot).
+    /// The host with the most free slots among those that match `spec`'s placement.
     async fn pick(&self, spec: &LaunchSpec) -> Result<usize, NoHost> {
         let matching: Vec<usize> = (0..self.hosts.len())
             .filter(|&i| {
@@ -157,12 +153,6 @@ impl DockerHosts {
                 wanted.join(", ")
             )));
         }
-        let home = self
-            .workspace_of
-            .lock()
-            .expect("poisoned")
-            .get(&spec.run_id)
-            .copied();
         let mut best: Option<(usize, usize)> = None;
         let mut unreachable = Vec::new();
         for &index in &matching {
@@ -183,9 +173,6 @@ impl DockerHosts {
             let free = host.config.capacity.saturating_sub(busy);
             if free == 0 {
                 continue;
-            }
-            if home == Some(index) {
-                return Ok(index);
             }
             if best.is_none_or(|(_, most)| free > most) {
                 best = Some((index, free));
@@ -271,11 +258,6 @@ impl Backend for DockerHosts {
             }
         };
         let host = &self.hosts[index];
-        self.workspace_of
-            .lock()
-            .expect("poisoned")
-            .entry(spec.run_id.clone())
-            .or_insert(index);
         let _ = events
             .send(TryEvent::Note(format!(
                 "placed on Docker host {}",
@@ -355,24 +337,35 @@ impl Backend for DockerHosts {
         self.discard(container_id).await
     }
 
-    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
-        let mut all = Vec::new();
+    async fn capture(
+        &self,
+        container_id: &str,
+        run_id: &str,
+        store: &ArtifactStore,
+        staged: &[WorkspaceFile],
+        limits: &CaptureLimits,
+    ) -> Result<Vec<WorkspaceFile>, CaptureFailure> {
+        let mut unreachable = Vec::new();
         for host in &self.hosts {
-            if let Ok(found) = host.engine.workspaces().await {
-                all.extend(found);
+            match host.engine.has_container(container_id).await {
+                Ok(true) => {
+                    return host
+                        .engine
+                        .capture(container_id, run_id, store, staged, limits)
+                        .await
+                }
+                Ok(false) => {}
+                Err(error) => unreachable.push(format!("{}: {error}", host.config.name)),
             }
         }
-        all.sort();
-        all.dedup();
-        Ok(all)
-    }
-
-    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError> {
-        for host in &self.hosts {
-            let _ = host.engine.remove_workspace(run_id).await;
+        if unreachable.is_empty() {
+            Err(CaptureFailure::Gone(format!(
+                "the try's container {container_id} is on no Docker host"
+            )))
+        } else {
+            // It may be on a host that does not answer.
+            Err(CaptureFailure::Unavailable(unreachable.join("; ")))
         }
-        self.workspace_of.lock().expect("poisoned").remove(run_id);
-        Ok(())
     }
 }
 

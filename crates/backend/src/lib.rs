@@ -26,6 +26,11 @@ use stevedore_domain::job::{PullPolicy, Resources};
 use stevedore_domain::state::FailureReason;
 use tokio::sync::{mpsc, watch};
 
+pub use stevedore_artifacts::{
+    ArtifactError, ArtifactStore, CaptureError, CaptureLimits, StageError, StagedFile,
+    WorkspaceFile,
+};
+
 pub use docker::DockerBackend;
 pub use nomad::{NomadBackend, NomadConfig};
 pub use process::ProcessBackend;
@@ -69,6 +74,64 @@ pub struct LaunchSpec {
     pub max_line_bytes: usize,
     /// How the try is confined beyond its resources.
     pub isolation: Isolation,
+    /// The artifact store the try's workspace is staged from (and, once it ends, captured
+    /// into, [`Backend::capture`]), with the files it starts with. `None`: the workspace
+    /// starts empty (backends' own tests).
+    pub workspace: Option<WorkspaceExchange>,
+}
+
+/// What a try's workspace starts with, and where its files go when it ends.
+#[derive(Clone, Debug)]
+pub struct WorkspaceExchange {
+    pub store: ArtifactStore,
+    /// The files of the run's upstream tasks, put at their paths before the try starts.
+    pub inputs: Vec<StagedFile>,
+}
+
+/// Why the files a try left could not be captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureFailure {
+    /// The backend (or the host the try ran on) does not answer: its files are still
+    /// there, so the capture can be tried again.
+    Unavailable(String),
+    /// The try's container is gone: there is nothing to capture.
+    Gone(String),
+    /// Reading or storing them failed (see [`CaptureError`]).
+    Capture(CaptureError),
+}
+
+impl std::fmt::Display for CaptureFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaptureFailure::Unavailable(message) | CaptureFailure::Gone(message) => {
+                f.write_str(message)
+            }
+            CaptureFailure::Capture(error) => error.fmt(f),
+        }
+    }
+}
+
+impl CaptureFailure {
+    /// Whether trying again later can succeed (the backend or the store did not answer).
+    pub fn is_passing(&self) -> bool {
+        matches!(
+            self,
+            CaptureFailure::Unavailable(_)
+                | CaptureFailure::Capture(CaptureError::Store(ArtifactError::Unreachable(_)))
+        )
+    }
+}
+
+/// A staging problem as the try's failure: the store not answering is the backend being
+/// unavailable (the try waits and is launched again); a missing or corrupt file fails it.
+pub fn stage_failure(error: StageError) -> Result<TryExit, BackendError> {
+    if error.is_unreachable() {
+        return Err(BackendError::Unavailable(error.to_string()));
+    }
+    Ok(TryExit {
+        exit_code: None,
+        failure: Some(FailureReason::Artifact(error.to_string())),
+    })
 }
 
 /// The most of one output line a backend keeps unless told otherwise: a protocol message
@@ -141,7 +204,8 @@ impl std::fmt::Debug for RegistryAuth {
     }
 }
 
-/// Where every try of a run finds the run's shared workspace (also `STEVEDORE_WORKSPACE`).
+/// Where a try finds its workspace in a container (also `STEVEDORE_WORKSPACE`): its run's
+/// upstream files staged into it, its own files captured from it when it ends.
 pub const WORKSPACE_DIR: &str = "/workspace";
 
 /// Where the state file sits inside a container.
@@ -268,9 +332,18 @@ pub trait Backend: Send + Sync {
     /// Stops and removes a try's container found by [`Backend::list_running`].
     async fn remove(&self, container_id: &str) -> Result<(), BackendError>;
 
-    /// Runs that have a workspace here (the folder all tries of a run share).
-    async fn workspaces(&self) -> Result<Vec<String>, BackendError>;
-
-    /// Removes a run's workspace (its retention is over).
-    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError>;
+    /// Stores the files the exited try `container_id` left under its workspace into
+    /// `store` (all but those of `staged` unchanged) and returns them. Called after the try
+    /// ended and before [`Backend::discard`]; a backend without workspaces has none.
+    async fn capture(
+        &self,
+        container_id: &str,
+        run_id: &str,
+        store: &ArtifactStore,
+        staged: &[WorkspaceFile],
+        limits: &CaptureLimits,
+    ) -> Result<Vec<WorkspaceFile>, CaptureFailure> {
+        let _ = (container_id, run_id, store, staged, limits);
+        Ok(Vec::new())
+    }
 }

@@ -18,9 +18,10 @@
 //!
 //! Layout of the runtime folder (created owner-only, 0700):
 //! ```text
-//! <runtime>/tries/<job>-<task>-<run>-<try>/{try.json, stdout, stderr, exit, state.json, home/}
-//! <runtime>/workspaces/<run>/
+//! <runtime>/tries/<job>-<task>-<run>-<try>/{try.json, stdout, stderr, exit, state.json, home/, workspace/}
 //! ```
+//! A try's `workspace/` starts with its run's upstream files (copied from the artifact
+//! store, each checked) and what it leaves there is captured when it ends.
 //!
 //! Why one file of a little over 600 lines: launching, the `/bin/sh` wrapper, re-attaching
 //! and stopping all read and write the folder layout above; split, each part would need the
@@ -97,10 +98,6 @@ impl ProcessBackend {
 
     pub fn runtime_dir(&self) -> &Path {
         &self.runtime_dir
-    }
-
-    fn workspace(&self, run_id: &str) -> PathBuf {
-        self.runtime_dir.join("workspaces").join(run_id)
     }
 
     fn try_dir(&self, job_id: &str, task_id: &str, run_id: &str, try_number: u32) -> PathBuf {
@@ -438,13 +435,26 @@ impl Backend for ProcessBackend {
         // A folder left by an earlier launch of this very try (that never started) goes.
         let _ = std::fs::remove_dir_all(&dir);
         let home = dir.join("home");
-        let workspace = self.workspace(&spec.run_id);
+        let workspace = dir.join("workspace");
         for folder in [&home, &workspace] {
             if let Err(error) = create_private_dir(folder) {
                 return failed(FailureReason::Backend(format!(
                     "cannot create {}: {error}",
                     folder.display()
                 )));
+            }
+        }
+        if let Some(exchange) = &spec.workspace {
+            if let Err(error) = stevedore_artifacts::workspace::stage_dir(
+                &exchange.store,
+                &spec.run_id,
+                &workspace,
+                &exchange.inputs,
+            )
+            .await
+            {
+                let _ = std::fs::remove_dir_all(&dir);
+                return stage_failure(error);
             }
         }
         let mut env = try_environment(&spec, &home);
@@ -602,19 +612,28 @@ impl Backend for ProcessBackend {
             .collect())
     }
 
-    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
-        let Ok(entries) = std::fs::read_dir(self.runtime_dir.join("workspaces")) else {
-            return Ok(Vec::new());
+    async fn capture(
+        &self,
+        container_id: &str,
+        run_id: &str,
+        store: &ArtifactStore,
+        staged: &[WorkspaceFile],
+        limits: &CaptureLimits,
+    ) -> Result<Vec<WorkspaceFile>, CaptureFailure> {
+        let Some((dir, _)) = self.find(container_id) else {
+            return Err(CaptureFailure::Gone(format!(
+                "the try's folder ({container_id}) is gone"
+            )));
         };
-        Ok(entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect())
-    }
-
-    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError> {
-        let _ = std::fs::remove_dir_all(self.workspace(run_id));
-        Ok(())
+        stevedore_artifacts::workspace::capture_dir(
+            store,
+            run_id,
+            &dir.join("workspace"),
+            staged,
+            limits,
+        )
+        .await
+        .map_err(CaptureFailure::Capture)
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {

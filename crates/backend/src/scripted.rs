@@ -280,14 +280,6 @@ impl Backend for ScriptedBackend {
     async fn remove(&self, _container_id: &str) -> Result<(), BackendError> {
         Ok(())
     }
-
-    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
-        Ok(Vec::new())
-    }
-
-    async fn remove_workspace(&self, _run_id: &str) -> Result<(), BackendError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -314,6 +306,7 @@ mod tests {
             keep_exited: false,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             isolation: Default::default(),
+            workspace: None,
         }
     }
 

@@ -22,6 +22,27 @@ pub const KEYS: &[(&str, &str)] = &[
     ("heartbeat_every", "STEVEDORE_HEARTBEAT_EVERY"),
     ("lease", "STEVEDORE_LEASE"),
     ("shutdown_grace", "STEVEDORE_SHUTDOWN_GRACE"),
+    ("artifact_store", "STEVEDORE_ARTIFACT_STORE"),
+    (
+        "artifact_store_endpoint",
+        "STEVEDORE_ARTIFACT_STORE_ENDPOINT",
+    ),
+    ("artifact_store_region", "STEVEDORE_ARTIFACT_STORE_REGION"),
+    (
+        "artifact_store_path_style",
+        "STEVEDORE_ARTIFACT_STORE_PATH_STYLE",
+    ),
+    (
+        "artifact_store_access_key_id",
+        "STEVEDORE_ARTIFACT_STORE_ACCESS_KEY_ID",
+    ),
+    (
+        "artifact_store_secret_access_key",
+        "STEVEDORE_ARTIFACT_STORE_SECRET_ACCESS_KEY",
+    ),
+    ("artifact_retention", "STEVEDORE_ARTIFACT_RETENTION"),
+    ("sweep_every", "STEVEDORE_SWEEP_EVERY"),
+    // Their names before artifacts travelled (a run's workspace was a volume).
     ("workspace_retention", "STEVEDORE_WORKSPACE_RETENTION"),
     ("workspace_sweep_every", "STEVEDORE_WORKSPACE_SWEEP_EVERY"),
     ("docker_host", "DOCKER_HOST"),

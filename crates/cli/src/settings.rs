@@ -45,8 +45,10 @@ pub struct Settings {
     pub heartbeat_every: Option<Duration>,
     pub lease: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
-    pub workspace_retention: Option<Duration>,
-    pub workspace_sweep_every: Option<Duration>,
+    /// Where tries' files travel (`artifact_store` and its S3 settings).
+    pub artifact_store: stevedore_artifacts::StoreSettings,
+    pub artifact_retention: Option<Duration>,
+    pub sweep_every: Option<Duration>,
     /// Several Docker hosts, when `docker_hosts` lists them.
     pub docker_hosts: Option<Vec<DockerHostConfig>>,
     pub host_lost_after: Duration,
@@ -233,8 +235,26 @@ impl Settings {
             heartbeat_every: duration("heartbeat_every")?,
             lease: duration("lease")?,
             shutdown_grace: duration("shutdown_grace")?,
-            workspace_retention: duration("workspace_retention")?,
-            workspace_sweep_every: duration("workspace_sweep_every")?,
+            artifact_store: stevedore_artifacts::StoreSettings {
+                url: get("artifact_store").unwrap_or_else(|| {
+                    let folder = beside_store(&db, "artifacts");
+                    let folder = std::path::absolute(&folder).unwrap_or(folder);
+                    format!("file://{}", folder.display())
+                }),
+                endpoint: get("artifact_store_endpoint"),
+                region: get("artifact_store_region"),
+                path_style: flag("artifact_store_path_style")?.unwrap_or(false),
+                access_key_id: get("artifact_store_access_key_id"),
+                secret_access_key: get("artifact_store_secret_access_key"),
+            },
+            artifact_retention: match duration("artifact_retention")? {
+                Some(value) => Some(value),
+                None => duration("workspace_retention")?,
+            },
+            sweep_every: match duration("sweep_every")? {
+                Some(value) => Some(value),
+                None => duration("workspace_sweep_every")?,
+            },
             docker_hosts,
             host_lost_after: duration("host_lost_after")?.unwrap_or(Duration::from_secs(300)),
             nomad,
@@ -257,6 +277,11 @@ impl Settings {
     /// The resolved value of a setting's variable (`DOCKER_HOST`, `NOMAD_TOKEN`, ...).
     pub fn variable(&self, name: &str) -> Option<String> {
         self.variables.get(name).cloned()
+    }
+
+    /// The artifact store the settings name, opened (a folder is created when missing).
+    pub fn artifacts(&self) -> Result<stevedore_artifacts::ArtifactStore, String> {
+        stevedore_artifacts::ArtifactStore::open(&self.artifact_store).map_err(|e| e.to_string())
     }
 
     /// The Docker engine the settings name (`docker_host`, `docker_tls_verify`, ...).

@@ -139,6 +139,10 @@ pub enum FailureReason {
     /// The try broke the entrypoint protocol's limits (an output over `max_output_bytes`,
     /// too many outputs): it was stopped, and is retried by policy like any failure.
     Protocol(String),
+    /// The try's files could not travel: an input missing or corrupt in the artifact store,
+    /// an output over `max_artifact_size`, a store that stayed unreachable. Retried by
+    /// policy like any failure.
+    Artifact(String),
 }
 
 impl FailureReason {
@@ -153,6 +157,7 @@ impl FailureReason {
             FailureReason::Stopped(reason) => format!("killed: {}", reason.describe()),
             FailureReason::Lost(text) => format!("lost: {text}"),
             FailureReason::Protocol(text) => format!("protocol: {text}"),
+            FailureReason::Artifact(text) => format!("artifacts: {text}"),
         }
     }
 }

@@ -95,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = SchedulerConfig::new(&jobs);
     config.tick = Duration::from_millis(200);
-    config.workspace_sweep_every = Duration::from_secs(3600);
+    config.sweep_every = Duration::from_secs(3600);
     config.exclusive = schedulers == 1 && !target.starts_with("postgres://");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The schedulers' address of the database: direct, or through the delaying proxy.

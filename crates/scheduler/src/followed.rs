@@ -167,6 +167,7 @@ impl Scheduler {
                 limits: scheduler.config.limits,
                 defaults: scheduler.config.try_defaults.clone(),
                 clock: scheduler.config.clock.clone(),
+                artifacts: scheduler.config.artifacts.clone(),
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();

@@ -1,5 +1,5 @@
-//! Housekeeping: containers of tries whose end is recorded, and workspaces of runs past
-//! their retention, removed at every sweep (`workspace_sweep_every`) and at a clean stop.
+//! Housekeeping: containers of tries whose end is recorded, and the files of runs past
+//! `artifact_retention`, removed at every sweep (`sweep_every`) and at a clean stop.
 
 #[allow(unused_imports)]
 use super::*;
@@ -39,30 +39,45 @@ impl Scheduler {
         }
     }
 
-    /// Removes the workspaces of runs that finished longer than the retention ago. A
-    /// workspace whose run this store does not know is left alone (another installation
-    /// may share the engine).
-    pub(crate) async fn sweep_workspaces(&self) {
-        let retention = chrono::TimeDelta::from_std(self.config.workspace_retention)
+    /// Deletes the files of runs that ended longer than `artifact_retention` ago (a
+    /// failed try's too: they are kept as long, for a user to look at), blobs first and
+    /// then their records, a batch at a time. A store that does not answer is tried again
+    /// at the next sweep.
+    pub(crate) async fn sweep_artifacts(&self) {
+        let Some(artifacts) = &self.config.artifacts else {
+            return;
+        };
+        let retention = chrono::TimeDelta::from_std(self.config.artifact_retention)
             .unwrap_or(chrono::TimeDelta::MAX);
-        let now = self.now();
-        for (name, backend) in &self.backends {
-            if !self.is_ready(name) {
-                continue;
+        let Some(cutoff) = self.now().checked_sub_signed(retention) else {
+            return;
+        };
+        let run_ids = match self
+            .store
+            .runs_with_artifacts_ended_before(cutoff, 100)
+            .await
+        {
+            Ok(run_ids) => run_ids,
+            Err(error) => {
+                warn!(error = %error, "cannot look for expired artifacts");
+                return;
             }
-            let Ok(run_ids) = backend.workspaces().await else {
-                continue;
-            };
-            for run_id in run_ids {
-                let Ok(run) = self.store.get_run(&run_id).await else {
-                    continue;
-                };
-                let expired = run.state.is_finished()
-                    && run.ended_at.is_some_and(|ended| ended + retention <= now);
-                if expired {
-                    if let Err(error) = backend.remove_workspace(&run_id).await {
-                        warn!(backend = name, run_id, error = %error, "cannot remove a run's workspace");
+        };
+        for run_id in run_ids {
+            match artifacts.remove_run(&run_id).await {
+                Ok(blobs) => {
+                    if let Err(error) = self.store.delete_run_artifacts(&run_id).await {
+                        warn!(run_id, error = %error, "cannot forget a run's artifacts");
+                        return;
                     }
+                    info!(
+                        run_id,
+                        blobs, "deleted the files of a run past artifact_retention"
+                    );
+                }
+                Err(error) => {
+                    warn!(run_id, error = %error, "cannot delete a run's files from the artifact store");
+                    return;
                 }
             }
         }

@@ -56,10 +56,14 @@ pub struct SchedulerConfig {
     pub pools_file: Option<PathBuf>,
     /// Opens connections; tasks that use one fail without it.
     pub secret_key: Option<stevedore_store::secrets::SecretKey>,
-    /// How long a finished run's workspace is kept before it is removed.
-    pub workspace_retention: Duration,
-    /// How often workspaces past their retention are looked for.
-    pub workspace_sweep_every: Duration,
+    /// Where tries' files travel between them (`artifact_store`); `None`: each try's
+    /// workspace starts empty and nothing of it is kept.
+    pub artifacts: Option<stevedore_backend::ArtifactStore>,
+    /// How long the files of a run that ended are kept before they are deleted
+    /// (`artifact_retention`).
+    pub artifact_retention: Duration,
+    /// How often the sweep looks for ended tries' containers and expired files.
+    pub sweep_every: Duration,
     /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
     pub tick: Duration,
     /// How often the loop checks, with one cheap query, whether another process created a
@@ -99,8 +103,9 @@ impl SchedulerConfig {
             jobs_dir: jobs_dir.into(),
             pools_file: None,
             secret_key: None,
-            workspace_retention: Duration::from_secs(24 * 3600),
-            workspace_sweep_every: Duration::from_secs(60),
+            artifacts: None,
+            artifact_retention: Duration::from_secs(7 * 24 * 3600),
+            sweep_every: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             trigger_poll: Duration::from_millis(100),
             sync_every: Duration::from_secs(5),
@@ -205,15 +210,15 @@ impl Scheduler {
         let mut last_sync = tokio::time::Instant::now();
         // The first pass sweeps: an earlier scheduler may have left containers behind.
         let mut last_sweep = tokio::time::Instant::now()
-            .checked_sub(self.config.workspace_sweep_every)
+            .checked_sub(self.config.sweep_every)
             .unwrap_or_else(tokio::time::Instant::now);
         let mut health = HealthChecks::new();
         let mut runs_marker = self.store.runs_marker().await.ok().flatten();
         'passes: loop {
             self.check_backends(&mut health).await;
-            if last_sweep.elapsed() >= self.config.workspace_sweep_every {
+            if last_sweep.elapsed() >= self.config.sweep_every {
                 self.sweep_containers().await;
-                self.sweep_workspaces().await;
+                self.sweep_artifacts().await;
                 last_sweep = tokio::time::Instant::now();
             }
             if last_sync.elapsed() >= self.config.sync_every {
@@ -266,7 +271,7 @@ impl Scheduler {
         self.stop_following_tries().await;
         // Containers of tries that ended while the scheduler stopped go with it.
         self.sweep_containers().await;
-        self.sweep_workspaces().await;
+        self.sweep_artifacts().await;
         // Hand the runs back (fenced), so other schedulers take them at once.
         if let Err(error) = try_runner::persist("handing claims back", || {
             self.store.deregister_scheduler(&self.id)

@@ -337,6 +337,22 @@ pub trait Store: Send + Sync {
     async fn outputs(&self, run_id: &str) -> Result<Vec<(String, String, Value)>>;
     /// Holds state published by a running try until the try ends.
     async fn set_pending_state(&self, try_id: i64, value: &Value) -> Result<()>;
+
+    /// Records the files a try's workspace held when it ended (a path recorded again for the
+    /// same try takes the new size and digest).
+    async fn record_artifacts(&self, try_id: i64, files: &[CapturedFile]) -> Result<()>;
+    /// A run's artifacts, by task, try and path.
+    async fn run_artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRecord>>;
+    /// Forgets a run's artifacts (their blobs are deleted from the artifact store first);
+    /// returns how many rows there were.
+    async fn delete_run_artifacts(&self, run_id: &str) -> Result<u64>;
+    /// Runs that ended before `ended_before` and still have artifacts, oldest first, at
+    /// most `limit` (the artifact retention's sweep).
+    async fn runs_with_artifacts_ended_before(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>>;
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
 }
 

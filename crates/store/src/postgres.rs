@@ -49,6 +49,11 @@ fn migrator() -> &'static Migrator {
                 "scheduling indexes",
                 include_str!("../migrations/postgres/0003_scheduling_indexes.sql"),
             ),
+            migration(
+                4,
+                "artifacts",
+                include_str!("../migrations/postgres/0004_artifacts.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

@@ -411,3 +411,29 @@ pub struct RunFilter {
     /// (run ids are UUIDv7, so their order is their creation order).
     pub before: Option<String>,
 }
+
+/// A file a try wrote under its workspace, kept in the artifact store: the blob of its run
+/// whose digest is `sha256`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub try_id: i64,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    /// Where it is under the workspace (`records.jsonl`, `out/part-1.csv`).
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Its modification time where it was written (Unix seconds).
+    pub modified: i64,
+}
+
+/// One captured file of a try, to record: its path under the workspace, size and sha256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Its modification time where it was written (Unix seconds).
+    pub modified: i64,
+}

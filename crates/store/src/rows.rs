@@ -211,3 +211,30 @@ pub(crate) const TRY_COLUMNS: &str = "try_id, run_id, task_id, try_number, backe
 pub(crate) fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+#[derive(FromRow)]
+pub(crate) struct ArtifactRow {
+    try_id: i64,
+    run_id: String,
+    task_id: String,
+    try_number: i64,
+    path: String,
+    size: i64,
+    sha256: String,
+    mtime: i64,
+}
+
+impl ArtifactRow {
+    pub(crate) fn into_record(self) -> ArtifactRecord {
+        ArtifactRecord {
+            try_id: self.try_id,
+            run_id: self.run_id,
+            task_id: self.task_id,
+            try_number: self.try_number as u32,
+            path: self.path,
+            size: self.size.max(0) as u64,
+            sha256: self.sha256,
+            modified: self.mtime,
+        }
+    }
+}

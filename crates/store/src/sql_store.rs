@@ -1265,6 +1265,69 @@ impl Store for $store {
             .collect()
     }
 
+    async fn record_artifacts(&self, try_id: i64, files: &[CapturedFile]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for file in files {
+            let size = i64::try_from(file.size).map_err(|_| {
+                StoreError::Conflict(format!("artifact {}: size {} is too large", file.path, file.size))
+            })?;
+            let written = sql::query::<$dialect>(
+                "INSERT INTO artifacts (try_id, run_id, task_id, path, size, sha256, mtime) \
+                 SELECT try_id, run_id, task_id, ?, ?, ?, ? FROM tries WHERE try_id = ? \
+                 ON CONFLICT (try_id, path) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256, mtime = excluded.mtime",
+            )
+            .bind(&file.path)
+            .bind(size)
+            .bind(&file.sha256)
+            .bind(file.modified)
+            .bind(try_id)
+            .execute(&mut *tx)
+            .await?;
+            if written.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("try {try_id}")));
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn run_artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRecord>> {
+        let rows: Vec<ArtifactRow> = sql::query_as::<$dialect, _>(
+            "SELECT a.try_id, a.run_id, a.task_id, t.try_number, a.path, a.size, a.sha256, a.mtime \
+             FROM artifacts a JOIN tries t ON t.try_id = a.try_id \
+             WHERE a.run_id = ? ORDER BY a.task_id, t.try_number, a.path",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(ArtifactRow::into_record).collect())
+    }
+
+    async fn runs_with_artifacts_ended_before(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sql::query_as::<$dialect, _>(
+            "SELECT r.run_id FROM runs r WHERE r.ended_at IS NOT NULL AND r.ended_at < ? \
+             AND EXISTS (SELECT 1 FROM artifacts a WHERE a.run_id = r.run_id) \
+             ORDER BY r.ended_at LIMIT ?",
+        )
+        .bind(ts(ended_before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(run_id,)| run_id).collect())
+    }
+
+    async fn delete_run_artifacts(&self, run_id: &str) -> Result<u64> {
+        let done = sql::query::<$dialect>("DELETE FROM artifacts WHERE run_id = ?")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn set_pending_state(&self, try_id: i64, value: &Value) -> Result<()> {
         sql::query::<$dialect>("UPDATE tries SET pending_state = ? WHERE try_id = ?")
             .bind(value.to_string())

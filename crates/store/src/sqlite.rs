@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../migrations/sqlite/0009_scheduling_indexes.sql"),
     ),
+    (10, include_str!("../migrations/sqlite/0010_artifacts.sql")),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

@@ -1101,6 +1101,102 @@ pub async fn a_group_of_try_writes_keeps_each_result(store: &dyn Store) {
     );
 }
 
+pub async fn artifacts_are_recorded_per_try_and_listed_per_run(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("files", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let other = store
+        .create_run(new_run("files", 2, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let start = |run_id: &str, task: &str, n| {
+        let key = TryKey {
+            run_id: run_id.to_owned(),
+            task_id: task.into(),
+            try_number: n,
+        };
+        async move {
+            store
+                .start_try(&key, "docker", "synth:1", Utc::now())
+                .await
+                .unwrap()
+        }
+    };
+    let file = |path: &str, size, sha: &str| CapturedFile {
+        path: path.into(),
+        size,
+        sha256: sha.into(),
+        modified: 1_700_000_000 + size as i64 % 1000,
+    };
+    let load = start(&run.run_id, "load", 1).await;
+    let extract_1 = start(&run.run_id, "extract", 1).await;
+    let extract_2 = start(&run.run_id, "extract", 2).await;
+    let elsewhere = start(&other.run_id, "extract", 1).await;
+    store
+        .record_artifacts(extract_1.try_id, &[file("records.jsonl", 10, "aa")])
+        .await
+        .unwrap();
+    // 5 GiB: sizes are 64-bit.
+    let big = 5 * 1024 * 1024 * 1024u64;
+    store
+        .record_artifacts(
+            extract_2.try_id,
+            &[
+                file("records.jsonl", big, "bb"),
+                file("out/part-1.csv", 3, "cc"),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .record_artifacts(load.try_id, &[file("loaded.txt", 0, "dd")])
+        .await
+        .unwrap();
+    store
+        .record_artifacts(elsewhere.try_id, &[file("records.jsonl", 1, "ee")])
+        .await
+        .unwrap();
+    // Recorded again for the same try: the new size and digest.
+    store
+        .record_artifacts(extract_2.try_id, &[file("out/part-1.csv", 4, "cd")])
+        .await
+        .unwrap();
+    let listed: Vec<(String, u32, String, u64, String)> = store
+        .run_artifacts(&run.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            assert_eq!(a.run_id, run.run_id);
+            assert_eq!(a.modified, 1_700_000_000 + a.size as i64 % 1000);
+            (a.task_id, a.try_number, a.path, a.size, a.sha256)
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("extract".into(), 1, "records.jsonl".into(), 10, "aa".into()),
+            ("extract".into(), 2, "out/part-1.csv".into(), 4, "cd".into()),
+            (
+                "extract".into(),
+                2,
+                "records.jsonl".into(),
+                big,
+                "bb".into()
+            ),
+            ("load".into(), 1, "loaded.txt".into(), 0, "dd".into()),
+        ]
+    );
+    assert!(matches!(
+        store.record_artifacts(987_654, &[file("x", 1, "ff")]).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.delete_run_artifacts(&run.run_id).await.unwrap(), 4);
+    assert!(store.run_artifacts(&run.run_id).await.unwrap().is_empty());
+    assert_eq!(store.run_artifacts(&other.run_id).await.unwrap().len(), 1);
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -1127,6 +1223,7 @@ macro_rules! store_contract_suite {
             case!(claims_are_exclusive_fair_and_fenced);
             case!(stored_lines_count_container_lines_per_stream);
             case!(a_group_of_try_writes_keeps_each_result);
+            case!(artifacts_are_recorded_per_try_and_listed_per_run);
         }
     };
 }
@@ -1211,7 +1308,8 @@ async fn a_database_migrated_before_sqlx_ran_the_migrations_is_taken_up_where_it
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    // The three carried over, and the newer ones run after them.
+    assert_eq!(versions, [1, 2, 3, 4]);
     let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
         .fetch_one(&pool)
         .await

@@ -206,12 +206,24 @@ impl Harness {
             .container_labels
             .insert(TEST_LABEL.to_owned(), test_id(&dir));
         config.sync_every = Duration::from_secs(1);
-        // Tests leave nothing behind: workspaces go as soon as their run has finished.
-        config.workspace_retention = Duration::ZERO;
-        config.workspace_sweep_every = Duration::from_millis(500);
+        config.sweep_every = Duration::from_millis(500);
+        // Tests leave little behind: a run's files go 5 s after it ended (long enough to look
+        // at them once the run is seen to end).
+        config.artifact_retention = Duration::from_secs(5);
         let kept = backends.clone();
         match &scripted {
-            None => backends.push(Arc::new(ProcessBackend::new(dir.path().join("process")))),
+            None => {
+                backends.push(Arc::new(ProcessBackend::new(dir.path().join("process"))));
+                // Tries' files travel through a folder of the test's own.
+                let url = format!("file://{}", dir.path().join("artifacts").display());
+                config.artifacts = Some(
+                    stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+                        url,
+                        ..Default::default()
+                    })
+                    .unwrap(),
+                );
+            }
             Some(scripted) => {
                 // Nothing waits for real: the loop looks often, and its times are the clock's.
                 config.tick = Duration::from_millis(5);

@@ -125,7 +125,17 @@ fn main() {
                     let name = ctx.arg("file").ok_or("--file is required")?;
                     let path = std::path::Path::new(&workspace).join(name);
                     if mode == "write" {
-                        std::fs::write(&path, ctx.arg("text").unwrap_or_default()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                        if let Some(parent) = path.parent() {
+                            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                        }
+                        match ctx.arg("bytes") {
+                            // --bytes N: N bytes of a repeating pattern, written a chunk at a time.
+                            Some(_) => {
+                                let total = number(ctx, "bytes", 0)?;
+                                write_bytes(&path, total).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                            }
+                            None => std::fs::write(&path, ctx.arg("text").unwrap_or_default()).map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                        }
                         println!("wrote {name}");
                     } else {
                         let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -175,4 +185,18 @@ fn main() {
                 )),
             }
         })
+}
+
+/// Writes `total` bytes of a repeating pattern to `path`, 1 MiB at a time.
+fn write_bytes(path: &std::path::Path, total: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let chunk: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        out.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    out.flush()
 }

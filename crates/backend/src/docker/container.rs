@@ -1,27 +1,10 @@
-//! The try's container: its workspace volume, its body (command, environment, mounts,
-//! limits, isolation, labels), the state file uploaded into it, killed, listed, removed.
+//! The try's container: its body (command, environment, mounts, limits, isolation,
+//! labels), the state file uploaded into it, killed, listed, removed.
 
 #[allow(unused_imports)]
 use super::*;
 
 impl DockerBackend {
-    /// Creates the run's workspace volume (a no-op when it exists).
-    pub(super) async fn ensure_workspace(
-        &self,
-        docker: &Docker,
-        spec: &LaunchSpec,
-    ) -> Result<(), bollard::errors::Error> {
-        let request = bollard::models::VolumeCreateRequest {
-            name: Some(workspace_volume(&spec.run_id)),
-            labels: Some(HashMap::from([
-                (LABEL_JOB.to_owned(), spec.job_id.clone()),
-                (LABEL_RUN.to_owned(), spec.run_id.clone()),
-            ])),
-            ..Default::default()
-        };
-        docker.create_volume(request).await.map(|_| ())
-    }
-
     pub(super) fn container_body(&self, spec: &LaunchSpec, image: &str) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.extend([
@@ -31,9 +14,11 @@ impl DockerBackend {
             (LABEL_TRY.to_owned(), spec.try_number.to_string()),
         ]);
         let isolation = &spec.isolation;
+        // The try's own workspace: an anonymous volume, removed with the container, so files
+        // can be staged into it even when the image is read-only (the engine copies into a
+        // read-only container only inside a volume).
         let mut mounts = vec![bollard::models::Mount {
             typ: Some(bollard::models::MountType::VOLUME),
-            source: Some(workspace_volume(&spec.run_id)),
             target: Some(WORKSPACE_DIR.to_owned()),
             ..Default::default()
         }];

@@ -6,8 +6,9 @@
 //!
 //! This file holds the backend's trait implementation (launch, re-attach, list, remove); its
 //! parts are beside it: `connect.rs` (endpoint, TLS), `image.rs` (resolve, pull),
-//! `container.rs` (workspace, container body, state file, kill, list) and `output.rs`
-//! (streams into lines, the exit).
+//! `container.rs` (container body, state file, kill, list), `workspace.rs` (the try's files
+//! staged in and captured out through the archive API) and `output.rs` (streams into lines,
+//! the exit).
 
 use std::collections::HashMap;
 
@@ -34,6 +35,7 @@ mod connect;
 mod container;
 mod image;
 mod output;
+mod workspace;
 
 pub use connect::TlsFiles;
 use output::Output;
@@ -155,15 +157,6 @@ impl Backend for DockerBackend {
             Err(ImageProblem::Image(message)) => return failed(FailureReason::Image(message)),
         };
 
-        if let Err(error) = self.ensure_workspace(docker, &spec).await {
-            if is_connection_error(&error) {
-                return Err(self.unavailable(&error));
-            }
-            return failed(FailureReason::Backend(format!(
-                "cannot create the run's workspace: {}",
-                engine_message(&error)
-            )));
-        }
         let name = container_name(&spec.job_id, &spec.task_id, &spec.run_id, spec.try_number);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let phase = |name: &str| debug!(container = %spec.task_id, phase = name, elapsed_ms = timer.elapsed().as_millis() as u64, "try phase");
@@ -199,6 +192,16 @@ impl Backend for DockerBackend {
             })
             .await;
 
+        if let Some(workspace) = spec.workspace.as_ref().filter(|w| !w.inputs.is_empty()) {
+            if let Err(problem) = self
+                .stage_inputs(docker, &container_id, &spec.run_id, workspace)
+                .await
+            {
+                self.remove_quietly(docker, &container_id).await;
+                return problem;
+            }
+            phase("staged");
+        }
         if let Some(state) = &spec.state {
             if let Err(error) = self
                 .upload_state(
@@ -348,42 +351,19 @@ impl Backend for DockerBackend {
         self.containers(false).await
     }
 
-    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
-        let docker = self.client()?;
-        let filters = HashMap::from([("label", vec![LABEL_RUN])]);
-        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let listed = docker
-            .list_volumes(Some(options))
+    async fn capture(
+        &self,
+        container_id: &str,
+        run_id: &str,
+        store: &ArtifactStore,
+        staged: &[WorkspaceFile],
+        limits: &CaptureLimits,
+    ) -> Result<Vec<WorkspaceFile>, CaptureFailure> {
+        let docker = self
+            .client()
+            .map_err(|e| CaptureFailure::Unavailable(e.to_string()))?;
+        self.capture_workspace(&docker, container_id, run_id, store, staged, limits)
             .await
-            .map_err(|e| self.unavailable(&e))?;
-        Ok(listed
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| v.labels.get(LABEL_RUN).cloned())
-            .collect())
-    }
-
-    async fn remove_workspace(&self, run_id: &str) -> Result<(), BackendError> {
-        let docker = self.client()?;
-        match docker
-            .remove_volume(
-                &workspace_volume(run_id),
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(error) if status_code(&error) == Some(404) => Ok(()),
-            Err(error) if is_connection_error(&error) => Err(self.unavailable(&error)),
-            // In use (a try still runs) or refused: try again at the next sweep.
-            Err(error) => {
-                debug!(run_id, error = %error, "workspace not removed yet");
-                Ok(())
-            }
-        }
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
@@ -396,9 +376,4 @@ impl Backend for DockerBackend {
 /// container of the same try whoever asks.
 pub fn container_name(job_id: &str, task_id: &str, run_id: &str, try_number: u32) -> String {
     format!("stevedore-{job_id}-{task_id}-{run_id}-{try_number}")
-}
-
-/// The volume holding a run's workspace.
-fn workspace_volume(run_id: &str) -> String {
-    format!("stevedore-run-{run_id}")
 }

@@ -443,16 +443,6 @@ impl Backend for NomadBackend {
             .await
             .map_err(|e| self.unavailable(e))
     }
-
-    /// Nomad's API cannot list or remove the docker volumes on its clients: workspaces of
-    /// tries run on Nomad are left to the operator (docs/backends.md).
-    async fn workspaces(&self) -> Result<Vec<String>, BackendError> {
-        Ok(Vec::new())
-    }
-
-    async fn remove_workspace(&self, _run_id: &str) -> Result<(), BackendError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -542,6 +532,7 @@ mod tests {
             keep_exited: false,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             isolation: Default::default(),
+            workspace: None,
         };
         let job = backend.job_body(&spec, &ImageRef::parse(&spec.image).unwrap());
         assert_eq!(job["Type"], "batch");

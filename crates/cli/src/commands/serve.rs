@@ -140,12 +140,12 @@ pub(super) async fn scheduler(
     config.exclusive = exclusive;
     config.limits = global.limits;
     config.try_defaults = global.try_defaults.clone();
+    let artifacts = global.artifacts().map_err(|e| anyhow!(e))?;
+    tracing::info!(artifact_store = %artifacts, "artifact store");
+    config.artifacts = Some(artifacts);
     for (value, setting) in [
-        (global.workspace_retention, &mut config.workspace_retention),
-        (
-            global.workspace_sweep_every,
-            &mut config.workspace_sweep_every,
-        ),
+        (global.artifact_retention, &mut config.artifact_retention),
+        (global.sweep_every, &mut config.sweep_every),
         (global.heartbeat_every, &mut config.heartbeat_every),
         (global.lease, &mut config.lease),
         (global.shutdown_grace, &mut config.shutdown_grace),

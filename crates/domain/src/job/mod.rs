@@ -77,7 +77,13 @@ pub struct Task {
     pub read_only_rootfs: bool,
     /// The user the try runs as (`uid`, `uid:gid` or a name), instead of the image's.
     pub user: Option<String>,
+    /// The largest file a try may leave in its workspace (`max_artifact_size`, default
+    /// 10 GiB): a larger one fails the try, naming the file and its size.
+    pub max_artifact_size: u64,
 }
+
+/// `max_artifact_size` when a task sets none: 10 GiB.
+pub const DEFAULT_MAX_ARTIFACT_SIZE: u64 = 10 * 1024 * 1024 * 1024;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
@@ -127,6 +133,15 @@ impl Job {
             .iter()
             .filter(|t| !upstreams.contains(t.id.as_str()))
             .collect()
+    }
+
+    /// Every task `task_id` depends on, directly or not (its run's files it is staged with).
+    pub fn ancestors(&self, task_id: &str) -> BTreeSet<&str> {
+        let index: HashMap<&str, &Task> = self.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        match index.get(task_id) {
+            Some(task) => checks::ancestors(task, &index),
+            None => BTreeSet::new(),
+        }
     }
 
     /// Direct downstream task ids of each task.

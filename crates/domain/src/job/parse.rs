@@ -385,6 +385,24 @@ pub(super) fn build_task(
         }
     }
 
+    let mut max_artifact_size = DEFAULT_MAX_ARTIFACT_SIZE;
+    if let Some(spanned) = pick!(max_artifact_size) {
+        match parse_memory(&spanned.value.0) {
+            Ok(0) => problems.at(
+                line_of(spanned),
+                format!("task `{id}`: max_artifact_size must be above 0"),
+            ),
+            Ok(bytes) => max_artifact_size = bytes,
+            Err(_) => problems.at(
+                line_of(spanned),
+                format!(
+                    "task `{id}`: max_artifact_size `{}` is not a size such as 512Mi or 10Gi",
+                    spanned.value.0
+                ),
+            ),
+        }
+    }
+
     let connections = pick!(connections)
         .map(|c| c.value.clone())
         .unwrap_or_default();
@@ -485,6 +503,7 @@ pub(super) fn build_task(
             .or(defaults.read_only_rootfs)
             .unwrap_or(false),
         user,
+        max_artifact_size,
     })
 }
 

@@ -83,6 +83,7 @@ pub(super) struct RawTask {
     pub(super) sensor_timeout: Option<Spanned<Scalar>>,
     pub(super) read_only_rootfs: Option<bool>,
     pub(super) user: Option<Spanned<Scalar>>,
+    pub(super) max_artifact_size: Option<Spanned<Scalar>>,
 }
 
 #[derive(Deserialize, Default, Clone)]

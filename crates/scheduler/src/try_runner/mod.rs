@@ -10,6 +10,7 @@
 //! `stevedore_domain::attempt` decides, recorded; the container removed) and
 //! [`persistence`] (store writes tried again on a passing error).
 
+mod files;
 mod finish;
 mod persistence;
 mod prepare;
@@ -27,8 +28,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stevedore_backend::{
-    kill_switch, Adopted, Adoption, Backend, BackendError, Isolation, KillSender, LaunchSpec,
-    RegistryAuth, StopReason, Stream, TryEvent, TryExit, STATE_FILE,
+    kill_switch, Adopted, Adoption, ArtifactStore, Backend, BackendError, Isolation, KillSender,
+    LaunchSpec, RegistryAuth, StopReason, Stream, TryEvent, TryExit, WorkspaceExchange, STATE_FILE,
 };
 use stevedore_domain::attempt::{self, Ending, History, Settled, TryIdentity};
 use stevedore_domain::clock::Clock;
@@ -85,6 +86,9 @@ pub struct TryRunner {
     pub defaults: TryDefaults,
     /// Where the try's start and end times come from.
     pub clock: Arc<dyn Clock>,
+    /// Where tries' files travel between them; `None`: each try's workspace starts empty
+    /// and nothing of it is kept.
+    pub artifacts: Option<ArtifactStore>,
 }
 
 /// The scheduler's defaults for what a task does not set itself.
@@ -169,6 +173,7 @@ impl TryRunner {
         } else {
             HashMap::new()
         };
+        let inputs = self.staged_inputs(&job, &task, &run.run_id).await?;
         let rendered = render_task(&task, &job.allowed_images, &context, &outputs);
         let image_text = rendered
             .as_ref()
@@ -277,6 +282,10 @@ impl TryRunner {
                 read_only_rootfs: task.read_only_rootfs,
                 user: task.user.clone(),
             },
+            workspace: self.artifacts.clone().map(|store| WorkspaceExchange {
+                store,
+                inputs: inputs.clone(),
+            }),
         };
 
         let EventPipe {
@@ -312,6 +321,17 @@ impl TryRunner {
         let error = match result {
             Ok(exit) => {
                 let exit = with_protocol_failure(exit, &kill_rx_probe);
+                let exit = self
+                    .capture_files(
+                        &backend,
+                        recorded.container_id.as_deref(),
+                        &context,
+                        &task,
+                        started.try_id,
+                        &inputs,
+                        exit,
+                    )
+                    .await?;
                 // The end is queued behind the container's record, often into the same group.
                 let end = self
                     .finish(&job, &task, &context, started.try_id, exit)
@@ -456,6 +476,18 @@ impl TryRunner {
         match result {
             Ok(Adopted::Exit(exit)) => {
                 let exit = with_protocol_failure(exit, &kill_probe);
+                let inputs = self.staged_inputs(&job, &task, &run.run_id).await?;
+                let exit = self
+                    .capture_files(
+                        &backend,
+                        recorded.container_id.as_deref(),
+                        &context,
+                        &task,
+                        record.try_id,
+                        &inputs,
+                        exit,
+                    )
+                    .await?;
                 let end = self
                     .finish(&job, &task, &context, record.try_id, exit)
                     .await?;
