@@ -102,8 +102,15 @@ impl ArtifactStore {
                 let folder = parsed
                     .to_file_path()
                     .map_err(|()| bad("not a folder path".to_owned()))?;
-                std::fs::create_dir_all(&folder)
-                    .map_err(|e| bad(format!("cannot create {}: {e}", folder.display())))?;
+                if !folder.exists() {
+                    // The owner's only: it holds the data the runs moved.
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&folder)
+                        .map_err(|e| bad(format!("cannot create {}: {e}", folder.display())))?;
+                }
                 let store = LocalFileSystem::new_with_prefix(&folder)
                     .map_err(|e| bad(e.to_string()))?
                     .with_automatic_cleanup(true);
@@ -330,41 +337,54 @@ impl ArtifactStore {
 
 /// Passes the chunks on (`None`: the end) and checks them against `expected`: the stream's
 /// last item is an error when they were not the blob's size and sha256 (found as soon as
-/// there are too many bytes).
+/// there are too many bytes). The last chunk is held back until the check has passed, so a
+/// reader of a damaged blob never receives all of its bytes, only an error after part of
+/// them.
 fn checked(
     chunks: impl Stream<Item = Result<Option<Bytes>, ArtifactError>> + Send + 'static,
     expected: Blob,
 ) -> impl Stream<Item = Result<Bytes, ArtifactError>> + Send + 'static {
-    let state = (Box::pin(chunks), Some(Sha256::new()), 0u64);
-    futures_util::stream::unfold(state, move |(mut chunks, mut hasher, mut size)| {
-        let expected = expected.clone();
-        async move {
-            let corrupt = |size| ArtifactError::Corrupt {
-                sha256: expected.sha256.clone(),
-                size,
-                expected_size: expected.size,
-            };
-            let hashing = hasher.as_mut()?;
-            match chunks.next().await? {
-                Ok(Some(bytes)) => {
-                    size += bytes.len() as u64;
-                    if size > expected.size {
-                        return Some((Err(corrupt(size)), (chunks, None, size)));
+    let state = (Box::pin(chunks), Some(Sha256::new()), 0u64, None::<Bytes>);
+    futures_util::stream::unfold(
+        state,
+        move |(mut chunks, mut hasher, mut size, mut held)| {
+            let expected = expected.clone();
+            async move {
+                let corrupt = |size| ArtifactError::Corrupt {
+                    sha256: expected.sha256.clone(),
+                    size,
+                    expected_size: expected.size,
+                };
+                loop {
+                    let Some(hashing) = hasher.as_mut() else {
+                        // Checked and ended: the chunk held back, if any, goes last.
+                        return held
+                            .take()
+                            .map(|last| (Ok(last), (chunks, None, size, None)));
+                    };
+                    match chunks.next().await? {
+                        Ok(Some(bytes)) => {
+                            size += bytes.len() as u64;
+                            if size > expected.size {
+                                return Some((Err(corrupt(size)), (chunks, None, size, None)));
+                            }
+                            hashing.update(&bytes);
+                            if let Some(previous) = held.replace(bytes) {
+                                return Some((Ok(previous), (chunks, hasher, size, held)));
+                            }
+                        }
+                        Ok(None) => {
+                            let digest = hex::encode(hasher.take()?.finalize());
+                            if size != expected.size || digest != expected.sha256 {
+                                return Some((Err(corrupt(size)), (chunks, None, size, None)));
+                            }
+                        }
+                        Err(error) => return Some((Err(error), (chunks, None, size, None))),
                     }
-                    hashing.update(&bytes);
-                    Some((Ok(bytes), (chunks, hasher, size)))
                 }
-                Ok(None) => {
-                    let digest = hex::encode(hasher.take()?.finalize());
-                    if size != expected.size || digest != expected.sha256 {
-                        return Some((Err(corrupt(size)), (chunks, None, size)));
-                    }
-                    None
-                }
-                Err(error) => Some((Err(error), (chunks, None, size))),
             }
-        }
-    })
+        },
+    )
 }
 
 fn upload_name() -> String {

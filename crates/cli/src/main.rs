@@ -173,6 +173,21 @@ pub enum RunsCommand {
     /// Cancels a queued or running run: kills its running tries, skips what has not
     /// started, fails the run.
     Cancel { run: String },
+    /// The files a run's tries left in their workspaces (kept in the artifact store); with
+    /// `--get PATH`, one of them written to `--out FILE` (standard output without it),
+    /// checked against its sha256.
+    Artifacts {
+        run: String,
+        /// Only this task's files (and, with `--get`, the task whose file it is).
+        #[arg(long)]
+        task: Option<String>,
+        /// A file's path under the workspace: the latest try's that has it.
+        #[arg(long)]
+        get: Option<String>,
+        /// Where `--get` writes the file (`-o` is the output format of every command).
+        #[arg(long, value_name = "FILE", requires = "get")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Waits until a run has finished and prints its state; exits non-zero unless it
     /// succeeded. With `--job` instead of a run: the job's newest run, waiting for one to
     /// be created (by its schedule, say) if there is none yet.

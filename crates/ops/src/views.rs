@@ -198,6 +198,37 @@ pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
     pub task_instances: Vec<TaskInstanceDetail>,
+    /// The files the run's tries left in their workspaces, kept in the artifact store.
+    pub artifacts: Vec<ArtifactView>,
+}
+
+/// A file a try left in its workspace (`runs artifacts`, `GET /api/v1/runs/{id}/artifacts`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ArtifactView {
+    pub task_id: String,
+    pub try_number: u32,
+    /// Its path under the workspace.
+    pub path: String,
+    /// In bytes.
+    pub size: u64,
+    /// Its content's sha256, hex.
+    pub sha256: String,
+    /// When it was last written where the try ran.
+    #[schema(format = DateTime)]
+    pub modified: String,
+}
+
+impl From<&stevedore_store::ArtifactRecord> for ArtifactView {
+    fn from(record: &stevedore_store::ArtifactRecord) -> Self {
+        ArtifactView {
+            task_id: record.task_id.clone(),
+            try_number: record.try_number,
+            path: record.path.clone(),
+            size: record.size,
+            sha256: record.sha256.clone(),
+            modified: time(DateTime::from_timestamp(record.modified, 0).unwrap_or_default()),
+        }
+    }
 }
 
 /// The detail of `run`, read from the store.
@@ -213,9 +244,16 @@ pub async fn run_detail(
             tries: tries.iter().map(TryView::from).collect(),
         });
     }
+    let artifacts = store
+        .run_artifacts(&run.run_id)
+        .await?
+        .iter()
+        .map(ArtifactView::from)
+        .collect();
     Ok(RunDetail {
         run: RunView::from(run),
         task_instances,
+        artifacts,
     })
 }
 

@@ -16,6 +16,7 @@ pub const CODES: &[&str] = &[
     "conflict",
     "invalid",
     "no_secret_key",
+    "unavailable",
     "internal",
 ];
 

@@ -36,6 +36,8 @@ pub struct AppState {
     /// Seals connection values written through the API; `None` refuses such writes.
     pub secret_key: Option<SecretKey>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Where the runs' files are, for downloads; `None` answers 503 for them.
+    pub artifacts: Option<stevedore_artifacts::ArtifactStore>,
 }
 
 impl AppState {
@@ -45,7 +47,14 @@ impl AppState {
             jobs_dir,
             secret_key,
             metrics: Arc::default(),
+            artifacts: None,
         }
+    }
+
+    /// The artifact store runs' files are downloaded from.
+    pub fn with_artifacts(mut self, artifacts: stevedore_artifacts::ArtifactStore) -> Self {
+        self.artifacts = Some(artifacts);
+        self
     }
 
     /// The jobs folder as it is now (valid jobs and the errors of the others).

@@ -654,6 +654,7 @@ fn the_openapi_document_describes_what_is_served() {
     let server = Server::start();
     let run_id = server.trigger();
     let try_id = server.start_try(&run_id, "extract");
+    server.put_artifact(&run_id, try_id, "out/records.jsonl", b"{}\n");
     server.finish(try_id, TryState::Success);
     let document = server.get("/api/v1/openapi.json", &server.viewer);
     assert_eq!(document.status, 200);
@@ -666,6 +667,7 @@ fn the_openapi_document_describes_what_is_served() {
             .replace("{run_id}", &run_id)
             .replace("{task_id}", "extract")
             .replace("{try_number}", "1")
+            .replace("{path}", "out/records.jsonl")
             .replace("{name}", "default");
         for (method, operation) in methods.as_object().unwrap() {
             operations += 1;
@@ -692,7 +694,10 @@ fn the_openapi_document_describes_what_is_served() {
             );
         }
     }
-    assert_eq!(operations, 26, "the 25 of before and backfillJob");
+    assert_eq!(
+        operations, 28,
+        "the 26 of before, listArtifacts and downloadArtifact"
+    );
 }
 
 /// Pausing a job no scheduler has recorded yet records it paused at once.
@@ -759,4 +764,118 @@ fn a_backfill_from_the_api_creates_the_runs_of_its_range_once() {
         bad.text
     );
     assert!(bad.text.contains("to is before from"), "{}", bad.text);
+}
+
+/// GET with a token, the raw reply: status, headers and the body's bytes (or the error
+/// reading it ended with).
+fn get_bytes(
+    server: &Server,
+    path: &str,
+    token: &str,
+) -> (u16, ureq::http::HeaderMap, Result<Vec<u8>, String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("{}{path}", server.base))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .map_err(|e| e.to_string());
+    (status, headers, body)
+}
+
+/// A run's artifacts are listed to a viewer and downloaded by an operator, whole and with
+/// their sha256; a viewer may not download; an unknown file is a 404 naming it; a damaged
+/// blob is never served as if whole (the body is cut short).
+#[test]
+fn artifacts_are_listed_and_downloaded_by_role() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let sha = server.put_artifact(&run_id, try_id, "out/part 1.bin", &big);
+    server.put_artifact(&run_id, try_id, "small.txt", b"hello");
+    server.finish(try_id, TryState::Success);
+
+    let listed = server.get(&format!("/api/v1/runs/{run_id}/artifacts"), &server.viewer);
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let items = listed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", listed.text);
+    assert_eq!(items[0]["task_id"], "extract");
+    assert_eq!(items[0]["try_number"], 1);
+    assert_eq!(items[0]["path"], "out/part 1.bin");
+    assert_eq!(items[0]["size"], big.len() as u64);
+    assert_eq!(items[0]["sha256"], sha.as_str());
+    assert_eq!(items[0]["modified"], "2026-01-01T00:00:00.000000Z");
+    let none = server.get(
+        &format!("/api/v1/runs/{run_id}/artifacts?task_id=load"),
+        &server.viewer,
+    );
+    assert_eq!(none.body["items"], json!([]));
+    // The run's detail lists them too.
+    let detail = server.get(&format!("/api/v1/runs/{run_id}"), &server.viewer);
+    assert_eq!(detail.body["artifacts"].as_array().unwrap().len(), 2);
+
+    let url = format!("/api/v1/runs/{run_id}/artifacts/extract/out/part%201.bin");
+    let (status, _, _) = get_bytes(&server, &url, &server.viewer);
+    assert_eq!(status, 403);
+    let (status, headers, body) = get_bytes(&server, &url, &server.operator);
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-stevedore-sha256"], sha.as_str());
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert!(body.unwrap() == big, "the file comes back whole");
+    let (status, _, body) = get_bytes(
+        &server,
+        &format!("/api/v1/runs/{run_id}/artifacts/extract/small.txt?try=1"),
+        &server.operator,
+    );
+    assert_eq!((status, body.unwrap()), (200, b"hello".to_vec()));
+
+    let missing = server.get(
+        &format!("/api/v1/runs/{run_id}/artifacts/extract/nope.txt"),
+        &server.operator,
+    );
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.text.contains("left no file `nope.txt`"),
+        "{}",
+        missing.text
+    );
+    let other_try = server.get(
+        &format!("/api/v1/runs/{run_id}/artifacts/extract/small.txt?try=2"),
+        &server.operator,
+    );
+    assert_eq!(other_try.status, 404);
+
+    // The stored bytes are damaged: the download never completes as if they were the file.
+    let blob = server
+        .artifacts_dir
+        .join("runs")
+        .join(&run_id)
+        .join("blobs")
+        .join(&sha);
+    let mut damaged = big.clone();
+    damaged[1000] ^= 0xff;
+    std::fs::write(&blob, &damaged).unwrap();
+    let (status, _, body) = get_bytes(&server, &url, &server.operator);
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "a damaged file was served whole");
+    // Gone from the store: a 404 naming it.
+    std::fs::remove_file(&blob).unwrap();
+    let gone = server.get(&url, &server.operator);
+    assert_eq!(gone.status, 404);
+    assert!(
+        gone.text.contains("missing from the artifact store"),
+        "{}",
+        gone.text
+    );
 }

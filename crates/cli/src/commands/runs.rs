@@ -132,6 +132,72 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                     }
                 }
                 tries.print();
+                let artifacts = store.run_artifacts(&run.run_id).await?;
+                if !artifacts.is_empty() {
+                    println!();
+                    artifacts_table(&artifacts).print();
+                }
+            }
+        }
+        RunsCommand::Artifacts {
+            run,
+            task,
+            get,
+            out,
+        } => {
+            let run = store.find_run(&run).await?;
+            let artifacts: Vec<_> = store
+                .run_artifacts(&run.run_id)
+                .await?
+                .into_iter()
+                .filter(|a| task.as_ref().is_none_or(|t| &a.task_id == t))
+                .collect();
+            let Some(path) = get else {
+                if global.output == Format::Json {
+                    let views: Vec<_> = artifacts
+                        .iter()
+                        .map(stevedore_ops::views::ArtifactView::from)
+                        .collect();
+                    print_json(&serde_json::to_value(views)?);
+                } else {
+                    artifacts_table(&artifacts).print();
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let found = pick_artifact(&artifacts, &path, task.as_deref(), &run.run_id)?;
+            let out = out.unwrap_or_else(|| "-".into());
+            let artifact_store = global.artifacts().map_err(|e| anyhow!(e))?;
+            let blob = stevedore_artifacts::Blob {
+                sha256: found.sha256.clone(),
+                size: found.size,
+            };
+            if out.as_os_str() == "-" {
+                let mut stdout = tokio::io::stdout();
+                artifact_store
+                    .copy_to(&run.run_id, &blob, &mut stdout)
+                    .await
+                    .map_err(|e| anyhow!("{path}: {e}"))?;
+            } else {
+                // Written beside the target and renamed once checked: a corrupt blob leaves
+                // nothing at FILE.
+                let part = out.with_extension("stevedore-part");
+                let mut file = tokio::fs::File::create(&part)
+                    .await
+                    .map_err(|e| anyhow!("cannot create {}: {e}", part.display()))?;
+                if let Err(error) = artifact_store.copy_to(&run.run_id, &blob, &mut file).await {
+                    drop(file);
+                    let _ = std::fs::remove_file(&part);
+                    return Err(anyhow!("{path}: {error}"));
+                }
+                std::fs::rename(&part, &out)
+                    .map_err(|e| anyhow!("cannot write {}: {e}", out.display()))?;
+                eprintln!(
+                    "{path} of task {} (try {}): {} bytes to {}",
+                    found.task_id,
+                    found.try_number,
+                    found.size,
+                    out.display()
+                );
             }
         }
         RunsCommand::Wait { run, job, timeout } => {
@@ -197,5 +263,48 @@ pub(super) fn short_digest(digest: &str) -> String {
     match digest.split_once(':') {
         Some((algorithm, hex)) => format!("{algorithm}:{}", &hex[..12.min(hex.len())]),
         None => digest.to_owned(),
+    }
+}
+
+/// The artifacts of a run as a table: task, try, path, size and a short sha256.
+fn artifacts_table(artifacts: &[stevedore_store::ArtifactRecord]) -> Table {
+    let mut table = Table::new(&["TASK", "TRY", "PATH", "SIZE", "SHA256"]);
+    for artifact in artifacts {
+        table.row(vec![
+            artifact.task_id.clone(),
+            artifact.try_number.to_string(),
+            artifact.path.clone(),
+            artifact.size.to_string(),
+            artifact.sha256[..12.min(artifact.sha256.len())].to_owned(),
+        ]);
+    }
+    table
+}
+
+/// The artifact at `path`: of `task` when given, else of the one task that has it; the
+/// latest try's.
+fn pick_artifact<'a>(
+    artifacts: &'a [stevedore_store::ArtifactRecord],
+    path: &str,
+    task: Option<&str>,
+    run_id: &str,
+) -> anyhow::Result<&'a stevedore_store::ArtifactRecord> {
+    let matching: Vec<&stevedore_store::ArtifactRecord> =
+        artifacts.iter().filter(|a| a.path == path).collect();
+    let mut tasks: Vec<&str> = matching.iter().map(|a| a.task_id.as_str()).collect();
+    tasks.dedup();
+    match (matching.is_empty(), tasks.len(), task) {
+        (true, _, Some(task)) => Err(anyhow!(
+            "task `{task}` of run {run_id} left no file `{path}`"
+        )),
+        (true, _, None) => Err(anyhow!("no try of run {run_id} left a file `{path}`")),
+        (false, n, None) if n > 1 => Err(anyhow!(
+            "tasks {} of run {run_id} each left a file `{path}`: say which with --task",
+            tasks.join(", ")
+        )),
+        _ => Ok(matching
+            .into_iter()
+            .max_by_key(|a| a.try_number)
+            .expect("not empty")),
     }
 }

@@ -63,8 +63,14 @@ pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {address} (--bind, --port)"))?;
             let address = listener.local_addr()?;
             let secret_key = SecretKey::load(&global.secret_key, false).ok();
-            let state =
+            let mut state =
                 stevedore_server::AppState::new(store.clone(), global.jobs.clone(), secret_key);
+            match global.artifacts() {
+                Ok(artifacts) => state = state.with_artifacts(artifacts),
+                Err(message) => {
+                    tracing::warn!(error = %message, "no artifact store: downloads answer 503")
+                }
+            }
             tracing::info!(url = %format!("http://{address}/"), api = %format!("http://{address}/api/v1"), "server listening");
             eprintln!("stevedore: web UI at http://{address}/ and API at http://{address}/api/v1 (log in with a token: stevedore tokens create NAME --role ROLE)");
             Some(tokio::spawn(stevedore_server::serve(

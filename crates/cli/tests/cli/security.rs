@@ -203,11 +203,17 @@ fn a_process_try_gets_none_of_the_schedulers_environment() {
     // Finding 10: the runtime folder is private and beside the store, not in /tmp.
     let runtime = workspace.dir.path().join("stevedore.runtime");
     use std::os::unix::fs::PermissionsExt;
-    for folder in [runtime.clone(), runtime.join("workspaces").join(&run_id)] {
+    // The try's own folder (its home and workspace) went with it; the folders holding tries
+    // and the run's files are the owner's only.
+    let artifacts = workspace.dir.path().join("stevedore.artifacts");
+    for folder in [runtime.clone(), runtime.join("tries"), artifacts] {
         let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{} is {mode:o}", folder.display());
     }
     assert!(variables["HOME"].starts_with(&runtime.display().to_string()));
+    assert!(
+        variables["STEVEDORE_WORKSPACE"].starts_with(&runtime.join("tries").display().to_string())
+    );
     let mode = std::fs::metadata(workspace.dir.path().join("stevedore.db"))
         .unwrap()
         .permissions()

@@ -217,3 +217,24 @@ fn a_nomad_task_under_nomads_least_memory_is_refused_when_the_file_is_read() {
     let enough = job.replace("8Mi}\n  - id: d", "10Mi}\n  - id: d");
     assert!(parse_job("jobs/tiny.yaml", &enough).is_ok());
 }
+
+/// `max_artifact_size`: a size, on a task or in `defaults`, 10 GiB when unset; a bad one is
+/// named with its line.
+#[test]
+fn max_artifact_size_is_a_size_with_a_default() {
+    let job = "id: files\ndefaults:\n  max_artifact_size: 2Gi\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n  - id: b\n    image: stevedore/synth:0.1.0\n    max_artifact_size: 512Mi\n";
+    let parsed = parse_job("jobs/files.yaml", job).unwrap();
+    assert_eq!(parsed.tasks[0].max_artifact_size, 2 << 30);
+    assert_eq!(parsed.tasks[1].max_artifact_size, 512 << 20);
+    let plain = parse_job(
+        "jobs/files.yaml",
+        "id: files\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n",
+    )
+    .unwrap();
+    assert_eq!(plain.tasks[0].max_artifact_size, DEFAULT_MAX_ARTIFACT_SIZE);
+    let bad = "id: files\ntasks:\n  - id: a\n    image: stevedore/synth:0.1.0\n    max_artifact_size: lots\n";
+    assert_eq!(
+        errors(bad),
+        ["jobs/bad.yaml:5: task `a`: max_artifact_size `lots` is not a size such as 512Mi or 10Gi"]
+    );
+}

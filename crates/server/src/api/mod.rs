@@ -33,12 +33,14 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
 mod admin;
+mod artifacts;
 mod jobs;
 mod runs;
 pub(crate) mod tries;
 
 use crate::paging::page_size;
 use admin::*;
+use artifacts::*;
 use jobs::*;
 use runs::*;
 use tries::*;
@@ -57,6 +59,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/runs/{run_id}/cancel", post(cancel_run))
         .route("/api/v1/runs/{run_id}/tasks", get(list_task_instances))
+        .route("/api/v1/runs/{run_id}/artifacts", get(list_artifacts))
+        .route(
+            "/api/v1/runs/{run_id}/artifacts/{task_id}/{*path}",
+            get(download_artifact),
+        )
         .route(
             "/api/v1/runs/{run_id}/tasks/{task_id}",
             get(get_task_instance),
@@ -114,6 +121,8 @@ fn time(at: DateTime<Utc>) -> String {
     list_runs,
     get_run,
     cancel_run,
+    list_artifacts,
+    download_artifact,
     list_task_instances,
     get_task_instance,
     clear_task,
