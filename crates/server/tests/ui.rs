@@ -417,3 +417,41 @@ fn an_operator_backfills_a_range_from_the_job_page() {
     let runs = server.get("/api/v1/runs?job_id=etl", &server.viewer);
     assert_eq!(runs.body["items"].as_array().unwrap().len(), 2);
 }
+
+/// The run page lists the files its tries left, with sizes; an operator's browser downloads
+/// them through its session, a viewer sees them without a link and may not download.
+#[test]
+fn run_pages_list_artifacts_and_operators_download_them() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    let bytes = vec![7u8; 1536];
+    let sha = server.put_artifact(&run_id, try_id, "out/<b>rows</b>.jsonl", &bytes);
+    server.finish(try_id, TryState::Success);
+    let link = format!("/runs/{run_id}/artifacts/extract/out/%3Cb%3Erows%3C/b%3E.jsonl?try=1");
+
+    let operator = server.login(&server.operator);
+    let page = server.browse("GET", &format!("/runs/{run_id}"), Some(&operator), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.html.contains("<h2>Artifacts</h2>"), "{}", page.html);
+    assert!(page.html.contains(&link), "no download link: {}", page.html);
+    assert!(
+        page.html.contains("out/&lt;b&gt;rows&lt;/b&gt;.jsonl"),
+        "the path as text"
+    );
+    assert!(page.html.contains("1.5 KiB"));
+    assert!(page.html.contains(&sha[..12]));
+    let download = server.browse("GET", &link, Some(&operator), &[]);
+    assert_eq!(download.status, 200);
+    assert_eq!(download.html.as_bytes(), &bytes[..]);
+
+    let viewer = server.login(&server.viewer);
+    let page = server.browse("GET", &format!("/runs/{run_id}"), Some(&viewer), &[]);
+    assert!(page.html.contains("out/&lt;b&gt;rows&lt;/b&gt;.jsonl"));
+    assert!(!page.html.contains(&link), "a viewer gets no link");
+    assert!(page
+        .html
+        .contains("Downloading a file needs the operator role."));
+    let refused = server.browse("GET", &link, Some(&viewer), &[]);
+    assert_eq!(refused.status, 403);
+}

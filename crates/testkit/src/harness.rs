@@ -56,6 +56,8 @@ pub struct Harness {
     scheduler: Arc<Scheduler>,
     /// The clock and backends of a scripted harness.
     scripted: Option<Scripted>,
+    /// The artifact store, when not a folder of the harness's own.
+    artifacts: Option<stevedore_artifacts::StoreSettings>,
 }
 
 /// What a [`Harness::scripted`] runs on.
@@ -87,6 +89,16 @@ impl Harness {
         jobs: &[(&str, &str)],
         backends: Vec<Arc<dyn Backend>>,
     ) -> Harness {
+        Harness::start_with_store(jobs, backends, None).await
+    }
+
+    /// [`Harness::start_with_backends`] with its tries' files in this artifact store (a
+    /// folder of the harness's own when `None`).
+    pub async fn start_with_store(
+        jobs: &[(&str, &str)],
+        backends: Vec<Arc<dyn Backend>>,
+        artifacts: Option<stevedore_artifacts::StoreSettings>,
+    ) -> Harness {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let jobs_dir = dir.path().join("jobs");
@@ -94,7 +106,14 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
-        Harness::run_in(dir, backends, SecretKey::generate().unwrap(), None).await
+        Harness::run_in(
+            dir,
+            backends,
+            SecretKey::generate().unwrap(),
+            None,
+            artifacts,
+        )
+        .await
     }
 
     /// A scheduler whose `docker` and `process` backends are scripted, on a manual clock
@@ -125,6 +144,7 @@ impl Harness {
             Vec::new(),
             SecretKey::generate().unwrap(),
             Some(scripted),
+            None,
         )
         .await
     }
@@ -184,7 +204,14 @@ impl Harness {
         init_logging();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
-        Harness::run_in(dir, vec![backend], SecretKey::generate().unwrap(), None).await
+        Harness::run_in(
+            dir,
+            vec![backend],
+            SecretKey::generate().unwrap(),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn run_in(
@@ -192,6 +219,7 @@ impl Harness {
         mut backends: Vec<Arc<dyn Backend>>,
         secret_key: SecretKey,
         scripted: Option<Scripted>,
+        artifacts: Option<stevedore_artifacts::StoreSettings>,
     ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
@@ -214,15 +242,16 @@ impl Harness {
         match &scripted {
             None => {
                 backends.push(Arc::new(ProcessBackend::new(dir.path().join("process"))));
-                // Tries' files travel through a folder of the test's own.
-                let url = format!("file://{}", dir.path().join("artifacts").display());
-                config.artifacts = Some(
-                    stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
-                        url,
-                        ..Default::default()
-                    })
-                    .unwrap(),
-                );
+                // Tries' files travel through a folder of the test's own, unless told.
+                let settings =
+                    artifacts
+                        .clone()
+                        .unwrap_or_else(|| stevedore_artifacts::StoreSettings {
+                            url: format!("file://{}", dir.path().join("artifacts").display()),
+                            ..Default::default()
+                        });
+                config.artifacts =
+                    Some(stevedore_artifacts::ArtifactStore::open(&settings).unwrap());
             }
             Some(scripted) => {
                 // Nothing waits for real: the loop looks often, and its times are the clock's.
@@ -263,6 +292,7 @@ impl Harness {
             backends: kept,
             scheduler,
             scripted,
+            artifacts,
         }
     }
 
@@ -278,7 +308,14 @@ impl Harness {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let backends = std::mem::take(&mut self.backends);
         // The same key, as a restarted scheduler reads the same key file.
-        Harness::run_in(dir, backends, self.secret_key.clone(), self.scripted.take()).await
+        Harness::run_in(
+            dir,
+            backends,
+            self.secret_key.clone(),
+            self.scripted.take(),
+            self.artifacts.take(),
+        )
+        .await
     }
 
     /// Adds a connection as `stevedore connections add` does.

@@ -49,7 +49,19 @@ impl PipelineServices {
     /// services, given the job files only once those exist (they are read at the next
     /// sync), so no try can start without them.
     pub async fn harness(&self, jobs: &[(&str, &str)]) -> Harness {
-        let harness = Harness::start(&[]).await;
+        require_images().await;
+        let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().expect("docker client"));
+        self.harness_on(jobs, vec![backend], None).await
+    }
+
+    /// [`PipelineServices::harness`] on these backends and artifact store.
+    pub async fn harness_on(
+        &self,
+        jobs: &[(&str, &str)],
+        backends: Vec<Arc<dyn Backend>>,
+        artifacts: Option<stevedore_artifacts::StoreSettings>,
+    ) -> Harness {
+        let harness = Harness::start_with_store(&[], backends, artifacts).await;
         let api_url = self.api.container_url();
         let api = [
             ("API_BASE_URL", api_url.as_str()),

@@ -83,6 +83,8 @@ impl Postgres {
                 .unwrap();
             use std::io::Write;
             writeln!(hba, "host all all {gateway}/16 trust").unwrap();
+            // The bridges of the tests' second engines (`SecondEngine`: 10.213.N.0/24).
+            writeln!(hba, "host all all 10.213.0.0/16 trust").unwrap();
             listen.push(',');
             listen.push_str(&gateway);
         }

@@ -96,14 +96,27 @@ pub(super) async fn download_artifact(
     Params(query): Params<DownloadQuery>,
 ) -> ApiResult<Response> {
     caller.require(Role::Operator)?;
-    let run = find_run(&state, &run_id).await?;
+    artifact_response(&state, &run_id, &task_id, &path, query.try_number).await
+}
+
+/// The file `path` task `task_id` of run `run_id` left (its try `try_number`, or the latest
+/// that left one), streamed from the artifact store: for the API and the UI's download
+/// links alike.
+pub(crate) async fn artifact_response(
+    state: &AppState,
+    run_id: &str,
+    task_id: &str,
+    path: &str,
+    try_number: Option<u32>,
+) -> ApiResult<Response> {
+    let run = find_run(state, run_id).await?;
     let found = state
         .store
         .run_artifacts(&run.run_id)
         .await?
         .into_iter()
         .filter(|a| a.task_id == task_id && a.path == path)
-        .filter(|a| query.try_number.is_none_or(|n| a.try_number == n))
+        .filter(|a| try_number.is_none_or(|n| a.try_number == n))
         .max_by_key(|a| a.try_number)
         .ok_or_else(|| {
             ApiError::not_found(format!(

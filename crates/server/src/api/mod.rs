@@ -33,7 +33,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
 mod admin;
-mod artifacts;
+pub(crate) mod artifacts;
 mod jobs;
 mod runs;
 pub(crate) mod tries;

@@ -40,6 +40,10 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{job_id}/pause", post(pages::pause))
         .route("/runs/{run_id}", get(pages::run))
         .route("/runs/{run_id}/cancel", post(pages::cancel))
+        .route(
+            "/runs/{run_id}/artifacts/{task_id}/{*path}",
+            get(pages::artifact),
+        )
         .route("/runs/{run_id}/tasks/{task_id}/clear", post(pages::clear))
         .route("/runs/{run_id}/tasks/{task_id}/mark", post(pages::mark))
         .route(

@@ -18,6 +18,7 @@ pub async fn run(
     }
     let job = actions::run_job(state.store.as_ref(), &run).await.ok();
     let operator = viewer.may(Role::Operator);
+    let artifacts = state.store.run_artifacts(&run.run_id).await?;
     let body = html! {
         div.title-row {
             h1 { "Run " span.mono { (run.run_id) } }
@@ -98,6 +99,32 @@ pub async fn run(
                     }
                 }
             }
+        }
+        h2 { "Artifacts" }
+        @if artifacts.is_empty() {
+            p.meta { "No try of this run left files in its workspace." }
+        } @else {
+            div.table-wrap {
+                table.artifacts {
+                    thead { tr { th { "Task" } th { "Try" } th { "File" } th { "Size" } th { "SHA-256" } } }
+                    tbody {
+                        @for artifact in &artifacts {
+                            tr {
+                                td { (artifact.task_id) }
+                                td { (artifact.try_number) }
+                                td.mono {
+                                    @if operator {
+                                        a href=(artifact_link(&run.run_id, artifact)) download { (artifact.path) }
+                                    } @else { (artifact.path) }
+                                }
+                                td title={ (artifact.size) " bytes" } { (size_text(artifact.size)) }
+                                td.mono.digest title=(artifact.sha256) { (artifact.sha256[..12.min(artifact.sha256.len())]) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !operator { p.meta { "Downloading a file needs the operator role." } }
         }
     };
     Ok(page(&format!("Run {}", run.run_id), &viewer, body))
@@ -272,3 +299,52 @@ pub async fn try_page(
 }
 
 // Pools.
+
+/// Where the UI downloads one artifact (the session's, operator role).
+fn artifact_link(run_id: &str, artifact: &stevedore_store::ArtifactRecord) -> String {
+    let path: Vec<String> = artifact.path.split('/').map(encode).collect();
+    format!(
+        "/runs/{}/artifacts/{}/{}?try={}",
+        encode(run_id),
+        encode(&artifact.task_id),
+        path.join("/"),
+        artifact.try_number
+    )
+}
+
+/// A size for people: bytes, KiB, MiB or GiB with one decimal.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B")
+}
+
+#[derive(Deserialize)]
+pub struct ArtifactQuery {
+    #[serde(rename = "try")]
+    try_number: Option<u32>,
+}
+
+/// One artifact, downloaded by an operator's browser.
+pub async fn artifact(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((run_id, task_id, path)): Path<(String, String, String)>,
+    Query(query): Query<ArtifactQuery>,
+) -> UiResult<axum::response::Response> {
+    viewer.0.caller.require(Role::Operator)?;
+    Ok(
+        crate::api::artifacts::artifact_response(
+            &state,
+            &run_id,
+            &task_id,
+            &path,
+            query.try_number,
+        )
+        .await?,
+    )
+}
