@@ -400,3 +400,94 @@ tasks:
     );
     harness.stop().await;
 }
+
+/// Issue 16, must show 1: the quickstart's job with `extract` placed on this machine's
+/// engine and `load` on a second engine of the test's own, which shares no volume with the
+/// first: load gets extract's records file through the artifact store (a folder, or a real
+/// S3-compatible server), and the warehouse holds every record exactly once.
+async fn the_main_job_split_across_two_engines(s3: Option<&S3Server>) {
+    let second = SecondEngine::start(&[]);
+    let services = PipelineServices::start(300);
+    let job = services
+        .job(&read_repo_job("charges_to_warehouse.yaml"))
+        .await
+        .replace(
+            "    args: [--url,",
+            "    placement: {engine: main}\n    args: [--url,",
+        )
+        .replace(
+            "    depends_on: [extract]\n",
+            "    depends_on: [extract]\n    placement: {engine: second}\n",
+        );
+    assert_eq!(job.matches("placement").count(), 2, "{job}");
+    let hosts = stevedore_backend::docker_hosts::parse_hosts(&format!(
+        r#"[{{"name": "main", "endpoint": "unix:///var/run/docker.sock", "labels": {{"engine": "main"}}}},
+            {{"name": "second", "endpoint": "{}", "labels": {{"engine": "second"}}}}]"#,
+        second.host
+    ))
+    .unwrap();
+    let backend: std::sync::Arc<dyn stevedore_backend::Backend> = std::sync::Arc::new(
+        stevedore_backend::docker_hosts::DockerHosts::new(hosts, Duration::from_secs(300))
+            .unwrap(),
+    );
+    let artifacts = s3.map(|server| stevedore_artifacts::StoreSettings {
+        url: format!("s3://{}/split", server.bucket),
+        endpoint: Some(server.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        access_key_id: Some(S3_ACCESS_KEY.into()),
+        secret_access_key: Some(S3_SECRET_KEY.into()),
+    });
+    let harness = services
+        .harness_on(&[("charges.yaml", &job)], vec![backend], artifacts)
+        .await;
+    let run = harness.trigger("charges_to_warehouse").await;
+    let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+    let extract = &harness.tries(&run.run_id, "extract").await[0];
+    let load = &harness.tries(&run.run_id, "load").await[0];
+    let (extract_log, load_log) = (
+        harness.log_lines(extract).await,
+        harness.log_lines(load).await,
+    );
+    assert_eq!(
+        run.state,
+        RunState::Success,
+        "{:?} {load_log:?}",
+        load.failure_reason
+    );
+    // Each ran where it was placed.
+    let placed = |log: &[(String, String)], host: &str| {
+        log.iter()
+            .any(|(_, text)| text.contains(&format!("placed on Docker host {host}")))
+    };
+    assert!(placed(&extract_log, "main"), "{extract_log:?}");
+    assert!(placed(&load_log, "second"), "{load_log:?}");
+    // The records file went from the one engine to the other through the store.
+    let (records, file) = outputs_of(&harness, &run.run_id).await;
+    assert_eq!(records, 300);
+    let artifacts = harness.store.run_artifacts(&run.run_id).await.unwrap();
+    let kept: Vec<_> = artifacts
+        .iter()
+        .map(|a| (a.task_id.as_str(), a.path.as_str()))
+        .collect();
+    let name = file.rsplit('/').next().unwrap();
+    assert!(kept.contains(&("extract", name)), "{kept:?} {file}");
+    assert_eq!(
+        services
+            .warehouse
+            .query("SELECT count(*), count(DISTINCT id), min(id), max(id) FROM charges"),
+        "300|300|1|300"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_main_job_split_across_two_engines_loads_every_record_once() {
+    the_main_job_split_across_two_engines(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_main_job_split_across_two_engines_with_an_s3_store_loads_every_record_once() {
+    let s3 = S3Server::start();
+    the_main_job_split_across_two_engines(Some(&s3)).await;
+}
