@@ -668,3 +668,164 @@ async fn cancelling_a_run_kills_its_containers() {
     wait_containers_gone(&run.run_id, Duration::from_secs(30)).await;
     harness.stop().await;
 }
+
+/// Issue 16, must show 4: a file over the task's `max_artifact_size` fails its try naming the
+/// file and its size (and nothing of it is kept); a file missing from the store when its
+/// downstream try starts fails that try naming the file and its writer, retried per policy,
+/// never an empty input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_size_output_or_a_missing_input_fails_the_try_naming_the_file() {
+    let big = format!(
+        "id: big\ntasks:\n  - id: extract\n    image: {SYNTH}\n    max_artifact_size: 1Ki\n    args: [write, --file, out/big.bin, --bytes, 2048]\n  - id: load\n    image: {SYNTH}\n    depends_on: [extract]\n    args: [read, --file, out/big.bin]\n"
+    );
+    let gap = format!(
+        "id: gap\ntasks:\n  - id: extract\n    image: {SYNTH}\n    args: [write, --file, records.jsonl, --text, hello]\n  - id: wait\n    image: {SYNTH}\n    depends_on: [extract]\n    args: [sleep, --seconds, 3]\n  - id: load\n    image: {SYNTH}\n    depends_on: [wait]\n    retries: 1\n    retry_delay: 1s\n    args: [read, --file, records.jsonl]\n"
+    );
+    let harness = Harness::start(&[("big.yaml", &big), ("gap.yaml", &gap)]).await;
+
+    let run = harness.trigger("big").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let extract = &harness.tries(&run.run_id, "extract").await[0];
+    assert_eq!(extract.state, TryState::Failed);
+    assert_eq!(extract.exit_code, Some(0), "the try itself succeeded");
+    assert_eq!(
+        extract.failure_reason.as_deref(),
+        Some("artifacts: output file `out/big.bin` is 2048 bytes, over max_artifact_size (1024 bytes)")
+    );
+    assert!(harness
+        .store
+        .run_artifacts(&run.run_id)
+        .await
+        .unwrap()
+        .is_empty());
+    let blobs = harness
+        .dir
+        .path()
+        .join("artifacts/runs")
+        .join(&run.run_id)
+        .join("blobs");
+    assert!(!blobs.exists() || blobs.read_dir().unwrap().next().is_none());
+    let instances = harness.store.task_instances(&run.run_id).await.unwrap();
+    let load = instances.iter().find(|ti| ti.task_id == "load").unwrap();
+    assert_eq!(load.state, TaskState::UpstreamFailed);
+
+    let run = harness.trigger("gap").await;
+    // While `wait` sleeps (it was staged with the file), extract's file disappears from
+    // the store.
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let waiting = harness.tries(&run.run_id, "wait").await;
+        if let Some(attempt) = waiting.first() {
+            let log = harness.log_lines(attempt).await;
+            if log.iter().any(|(_, text)| text.starts_with("sleeping")) {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "wait did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = harness.store.run_artifacts(&run.run_id).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    std::fs::remove_file(
+        harness
+            .dir
+            .path()
+            .join("artifacts/runs")
+            .join(&run.run_id)
+            .join("blobs")
+            .join(&kept[0].sha256),
+    )
+    .unwrap();
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let tries = harness.tries(&run.run_id, "load").await;
+    assert_eq!(tries.len(), 2, "retried per its policy: {tries:?}");
+    for attempt in &tries {
+        assert_eq!(attempt.state, TryState::Failed);
+        assert_eq!(
+            attempt.failure_reason.as_deref(),
+            Some("artifacts: input file `records.jsonl` (written by task `extract`) is missing from the artifact store"),
+        );
+        assert!(
+            harness.log_lines(attempt).await.is_empty(),
+            "it never started"
+        );
+    }
+    harness.stop().await;
+}
+
+/// Issue 16, must show 4: the S3 store stops answering as a try ends. The try's files are
+/// waited for (the try stays running, its container kept), the scheduler goes on serving
+/// another job meanwhile, and once the store is back the files are kept, the downstream try
+/// gets them and the run succeeds: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_s3_store_holds_the_files_until_it_is_back() {
+    let mut s3 = S3Server::start();
+    let job = format!(
+        "id: handoff\ntasks:\n  - id: extract\n    image: {SYNTH}\n    args: [write, --file, records.jsonl, --text, kept]\n  - id: load\n    image: {SYNTH}\n    depends_on: [extract]\n    args: [read, --file, records.jsonl]\n"
+    );
+    let other = format!("id: other\ntasks:\n  - id: t\n    image: {SYNTH}\n    args: [noop]\n");
+    let backend: Arc<dyn Backend> = Arc::new(DockerBackend::from_env().unwrap());
+    let settings = stevedore_artifacts::StoreSettings {
+        url: format!("s3://{}/outage", s3.bucket),
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        access_key_id: Some(S3_ACCESS_KEY.into()),
+        secret_access_key: Some(S3_SECRET_KEY.into()),
+    };
+    let harness = Harness::start_with_store(
+        &[("handoff.yaml", &job), ("other.yaml", &other)],
+        vec![backend],
+        Some(settings),
+    )
+    .await;
+    s3.stop();
+    let run = harness.trigger("handoff").await;
+    // extract ran and exited; its files cannot be kept yet, so it is still running.
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    loop {
+        let tries = harness.tries(&run.run_id, "extract").await;
+        if !containers_of_run(&run.run_id).await.is_empty()
+            && tries.first().is_some_and(|t| t.container_id.is_some())
+        {
+            let log = harness.log_lines(&tries[0]).await;
+            if log.iter().any(|(_, text)| text == "wrote records.jsonl") {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "extract did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let extract = &harness.tries(&run.run_id, "extract").await[0];
+    assert_eq!(extract.state, TryState::Running, "{extract:?}");
+    assert_eq!(
+        containers_of_run(&run.run_id).await.len(),
+        1,
+        "its container is kept"
+    );
+    // Other work goes on meanwhile.
+    let unrelated = harness.trigger("other").await;
+    let unrelated = harness.wait_run(&unrelated.run_id, MINUTE).await;
+    assert_eq!(unrelated.state, RunState::Success);
+    assert_eq!(
+        harness.store.get_run(&run.run_id).await.unwrap().state,
+        RunState::Running
+    );
+    s3.restart();
+    let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+    assert_eq!(run.state, RunState::Success);
+    let extract = &harness.tries(&run.run_id, "extract").await[0];
+    assert_eq!(extract.state, TryState::Success);
+    let load = &harness.tries(&run.run_id, "load").await[0];
+    assert_eq!(
+        harness.log_lines(load).await,
+        vec![("stdout".to_owned(), "read records.jsonl: kept".to_owned())]
+    );
+    harness.stop().await;
+}

@@ -427,8 +427,7 @@ async fn the_main_job_split_across_two_engines(s3: Option<&S3Server>) {
     ))
     .unwrap();
     let backend: std::sync::Arc<dyn stevedore_backend::Backend> = std::sync::Arc::new(
-        stevedore_backend::docker_hosts::DockerHosts::new(hosts, Duration::from_secs(300))
-            .unwrap(),
+        stevedore_backend::docker_hosts::DockerHosts::new(hosts, Duration::from_secs(300)).unwrap(),
     );
     let artifacts = s3.map(|server| stevedore_artifacts::StoreSettings {
         url: format!("s3://{}/split", server.bucket),
