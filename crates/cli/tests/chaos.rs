@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stevedore_testkit::{Postgres, SecondEngine, SYNTH};
+use stevedore_testkit::{Postgres, S3Server, SecondEngine, S3_ACCESS_KEY, S3_SECRET_KEY, SYNTH};
 
 const SCHEDULERS: usize = 3;
 const RUNS: usize = 50;
@@ -70,6 +70,8 @@ struct Cluster {
     docker_host: Option<String>,
     schedulers: Vec<Option<Child>>,
     started: usize,
+    /// More settings of every scheduler and command (an artifact store, say).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -93,6 +95,7 @@ impl Cluster {
             docker_host,
             schedulers: (0..SCHEDULERS).map(|_| None).collect(),
             started: 0,
+            env: Vec::new(),
         }
     }
 
@@ -111,6 +114,7 @@ impl Cluster {
         if let Some(host) = &self.docker_host {
             command.env("DOCKER_HOST", host);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -699,4 +703,129 @@ fn a_pool_holds_across_schedulers() {
     }
     assert!(most <= 2, "{most} tries of a two-slot pool ran at once");
     assert_eq!(most, 2, "the pool was never full: the test shows nothing");
+}
+
+/// Issue 16, must show 3: two schedulers on PostgreSQL with an S3 artifact store (moto's
+/// server). The scheduler that holds the run watches `extract` write its file and is
+/// SIGKILLed while `wait` runs, before `load` starts; the other one takes the run over and
+/// runs `load` with extract's file from the store: the run succeeds, load reads the file
+/// once, and load ran once.
+#[test]
+fn a_downstream_try_gets_the_files_of_an_upstream_try_another_scheduler_watched() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let postgres = Postgres::start();
+    let s3 = S3Server::start();
+    let job_id = "handover";
+    let mut cluster = Cluster::new(&postgres, job_id, Fault::None, None);
+    std::fs::write(
+        cluster.dir.path().join("jobs").join(format!("{job_id}.yaml")),
+        format!(
+            "id: {job_id}\ntasks:\n  - id: extract\n    image: {SYNTH}\n    args: [write, --file, out/records.jsonl, --text, \"{{{{ run_id }}}}\"]\n  - id: wait\n    image: {SYNTH}\n    depends_on: [extract]\n    args: [sleep, --seconds, \"6\"]\n  - id: load\n    image: {SYNTH}\n    depends_on: [wait]\n    args: [read, --file, out/records.jsonl]\n"
+        ),
+    )
+    .unwrap();
+    cluster.env = [
+        (
+            "STEVEDORE_ARTIFACT_STORE",
+            format!("s3://{}/handover", s3.bucket),
+        ),
+        ("STEVEDORE_ARTIFACT_STORE_ENDPOINT", s3.endpoint.clone()),
+        ("STEVEDORE_ARTIFACT_STORE_REGION", "us-east-1".to_owned()),
+        ("STEVEDORE_ARTIFACT_STORE_PATH_STYLE", "true".to_owned()),
+        (
+            "STEVEDORE_ARTIFACT_STORE_ACCESS_KEY_ID",
+            S3_ACCESS_KEY.to_owned(),
+        ),
+        (
+            "STEVEDORE_ARTIFACT_STORE_SECRET_ACCESS_KEY",
+            S3_SECRET_KEY.to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    // The store is made (migrated) before anything polls it.
+    let listed = cluster.command(&["schedulers"]).output().unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    cluster.start(0);
+    cluster.start(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postgres.query("SELECT count(*) FROM schedulers") != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "the schedulers did not start{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run_id = cluster.trigger();
+    let of = |task: &str, column: &str| {
+        postgres.query(&format!(
+            "SELECT {column} FROM tries WHERE run_id = '{run_id}' AND task_id = '{task}' ORDER BY try_number"
+        ))
+    };
+    // extract has ended with its file kept, and wait runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(of("extract", "state") == "success" && !of("wait", "container_id").is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "extract did not end{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        postgres.query(&format!(
+            "SELECT task_id, path FROM artifacts WHERE run_id = '{run_id}'"
+        )),
+        "extract|out/records.jsonl"
+    );
+    let holder: u32 = postgres
+        .query(&format!(
+            "SELECT s.pid FROM runs r JOIN schedulers s ON s.id = r.owner WHERE r.run_id = '{run_id}'"
+        ))
+        .parse()
+        .expect("the run has a holder");
+    let slot = (0..2)
+        .find(|&slot| {
+            cluster.schedulers[slot]
+                .as_ref()
+                .is_some_and(|c| c.id() == holder)
+        })
+        .expect("the holder is one of the two");
+    cluster.kill(slot);
+    assert_eq!(of("load", "state"), "", "load must not have started yet");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let terminal = format!(
+        "SELECT state FROM runs WHERE run_id = '{run_id}' AND state IN ('success', 'failed')"
+    );
+    while postgres.query(&terminal).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivor = 1 - slot;
+    let survivor_pid = cluster.schedulers[survivor].as_ref().unwrap().id();
+    assert_eq!(postgres.query(&terminal), "success", "{}", cluster.logs());
+    assert_eq!(of("load", "state"), "success", "load ran once");
+    let read = postgres.query(&format!(
+        "SELECT l.text FROM log_lines l JOIN tries t ON t.try_id = l.try_id WHERE t.run_id = '{run_id}' AND t.task_id = 'load'"
+    ));
+    assert_eq!(read, format!("read out/records.jsonl: {run_id}"));
+    // The one left is the one that launched load.
+    assert_eq!(
+        postgres.query(&format!(
+            "SELECT pid FROM schedulers WHERE pid = {survivor_pid}"
+        )),
+        survivor_pid.to_string()
+    );
+    cluster.stop_all();
 }
