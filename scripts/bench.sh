@@ -6,7 +6,9 @@
 #   scripts/bench.sh ui         the grid page, the runs list API and a 100,000-line log page
 #                               on a store of 10,000 runs (wrk from Debian)
 #   scripts/bench.sh scheduler  task instances/s with the instant backend, SQLite and PostgreSQL
-#   scripts/bench.sh            all four
+#   scripts/bench.sh artifacts  the 100,000-record pipeline with a folder and an S3 artifact
+#                               store; 1 GiB between two engines against `docker cp`
+#   scripts/bench.sh            all five
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -43,5 +45,9 @@ if [ "$what" = scheduler ] || [ "$what" = all ]; then
   cargo build --release -p stevedore-scheduler --example schedule_bench
   printf '\n==> scheduling benchmark\n'
   python3 scripts/bench_scheduler.py || status=$?
+fi
+if [ "$what" = artifacts ] || [ "$what" = all ]; then
+  printf '\n==> artifacts benchmark (tests/e2e/bench_artifacts.rs)\n'
+  cargo test --release -p stevedore-e2e --test e2e bench_artifacts -- --ignored --nocapture || status=$?
 fi
 exit $status

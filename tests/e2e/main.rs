@@ -13,6 +13,7 @@
 //!   from a registry that needs a login.
 
 mod backends;
+mod bench_artifacts;
 mod demo_api;
 mod docker;
 mod integrations;

@@ -143,6 +143,16 @@ fn main() {
                     }
                     Ok(Outcome::Success)
                 }
+                "measure" => {
+                    // Reads a workspace file a chunk at a time and says how big it is.
+                    let workspace = std::env::var("STEVEDORE_WORKSPACE").map_err(|_| "STEVEDORE_WORKSPACE is not set")?;
+                    let name = ctx.arg("file").ok_or("--file is required")?;
+                    let path = std::path::Path::new(&workspace).join(name);
+                    let mut file = std::fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let size = std::io::copy(&mut file, &mut std::io::sink()).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    println!("measured {name}: {size} bytes");
+                    Ok(Outcome::Success)
+                }
                 "sleep" => {
                     let seconds = number(ctx, "seconds", 1)?;
                     println!("sleeping {seconds}s");
@@ -181,7 +191,7 @@ fn main() {
                 }
                 "noop" => Ok(Outcome::Success),
                 other => Err(format!(
-                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, sleep, count, exit, spew or noop"
+                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, measure, sleep, count, exit, spew or noop"
                 )),
             }
         })
