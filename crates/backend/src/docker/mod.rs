@@ -249,7 +249,7 @@ impl Backend for DockerBackend {
         }
 
         phase("started");
-        let (_, waited) = tokio::join!(
+        let (whole, waited) = tokio::join!(
             self.forward_output(
                 &container_id,
                 output,
@@ -260,6 +260,13 @@ impl Backend for DockerBackend {
             self.wait_exit(docker, &container_id, &mut kill)
         );
         let (exit_code, failure) = waited?;
+        if !whole {
+            // The engine went away after the exit was read but before all the output was: the
+            // try's end is left for re-attaching, which reads the rest from the engine's log.
+            return Err(BackendError::Disconnected(format!(
+                "the output of container {container_id} broke off before its end"
+            )));
+        }
 
         phase("exited");
         let failure = self
@@ -325,7 +332,7 @@ impl Backend for DockerBackend {
             .build();
         let output = Box::pin(docker.logs(&container_id, Some(options)));
         let skip = (adoption.stored_stdout, adoption.stored_stderr);
-        let (_, waited) = tokio::join!(
+        let (whole, waited) = tokio::join!(
             self.forward_output(
                 &container_id,
                 output,
@@ -336,6 +343,13 @@ impl Backend for DockerBackend {
             self.wait_exit(docker, &container_id, &mut kill)
         );
         let (exit_code, failure) = waited?;
+        if !whole {
+            // The engine went away after the exit was read but before all the output was: the
+            // try's end is left for re-attaching, which reads the rest from the engine's log.
+            return Err(BackendError::Disconnected(format!(
+                "the output of container {container_id} broke off before its end"
+            )));
+        }
         let failure = self
             .out_of_memory(docker, &container_id, exit_code, failure)
             .await;

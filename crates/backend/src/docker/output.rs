@@ -16,7 +16,8 @@ impl DockerBackend {
     ///   already, are skipped.
     ///
     /// When the stream breaks, a partial last line is not sent: it is read again, whole,
-    /// from the engine's log when the scheduler re-attaches.
+    /// from the engine's log when the scheduler re-attaches. Returns whether the stream
+    /// reached its end (`false`: it broke, and lines may be missing).
     pub(super) async fn forward_output(
         &self,
         container_id: &str,
@@ -31,7 +32,7 @@ impl DockerBackend {
         kind: Output,
         max_line_bytes: usize,
         events: &mpsc::Sender<TryEvent>,
-    ) {
+    ) -> bool {
         let mut splitter = LineSplitter::new(max_line_bytes);
         let mut pending: Vec<TryEvent> = Vec::new();
         let (mut skip_stdout, mut skip_stderr) = match kind {
@@ -61,7 +62,7 @@ impl DockerBackend {
                 Ok(_) => continue,
                 Err(error) => {
                     warn!(container_id, error = %error, "output stream ended early");
-                    return;
+                    return false;
                 }
             };
             // With `timestamps`, each logged message (a line, or a part of a long one) starts
@@ -80,7 +81,7 @@ impl DockerBackend {
             );
             for event in pending.drain(..) {
                 if events.send(event).await.is_err() {
-                    return;
+                    return true;
                 }
             }
         }
@@ -90,6 +91,7 @@ impl DockerBackend {
         for event in pending.drain(..) {
             let _ = events.send(event).await;
         }
+        true
     }
 
     /// Waits for the container to stop, killing it if `kill` fires first. `Err` when the
