@@ -56,6 +56,26 @@ pub struct CaptureLimits {
     pub max_files: usize,
 }
 
+impl CaptureLimits {
+    /// Whether one more file, of `size` bytes, may be kept after `kept` others: the path is
+    /// named when it may not.
+    fn admit(&self, path: &str, size: u64, kept: usize) -> Result<(), CaptureError> {
+        if size > self.max_file_size {
+            return Err(CaptureError::TooLarge {
+                path: path.to_owned(),
+                size,
+                limit: self.max_file_size,
+            });
+        }
+        if kept >= self.max_files {
+            return Err(CaptureError::TooMany {
+                limit: self.max_files,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The most files one try's workspace may hold when it ends.
 pub const MAX_FILES: usize = 10_000;
 
@@ -270,18 +290,7 @@ pub async fn capture_tar(
             skip(&mut archive, size + padding).await.map_err(source)?;
             continue;
         }
-        if size > limits.max_file_size {
-            return Err(CaptureError::TooLarge {
-                path,
-                size,
-                limit: limits.max_file_size,
-            });
-        }
-        if files.len() >= limits.max_files {
-            return Err(CaptureError::TooMany {
-                limit: limits.max_files,
-            });
-        }
+        limits.admit(&path, size, files.len())?;
         let file = put_file(
             store,
             run_id,
@@ -533,18 +542,7 @@ pub async fn capture_dir(
         if unchanged(staged, &path, size, modified) {
             continue;
         }
-        if size > limits.max_file_size {
-            return Err(CaptureError::TooLarge {
-                path,
-                size,
-                limit: limits.max_file_size,
-            });
-        }
-        if files.len() >= limits.max_files {
-            return Err(CaptureError::TooMany {
-                limit: limits.max_files,
-            });
-        }
+        limits.admit(&path, size, files.len())?;
         files.push(put_file(store, run_id, &path, file, size, modified, limits).await?);
     }
     Ok(files)

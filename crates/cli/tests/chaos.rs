@@ -144,6 +144,22 @@ impl Cluster {
         self.schedulers[slot] = Some(child);
     }
 
+    /// Starts schedulers in the first `count` slots and waits until all are registered.
+    fn start_registered(&mut self, postgres: &Postgres, count: usize) {
+        for slot in 0..count {
+            self.start(slot);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while postgres.query("SELECT count(*) FROM schedulers") != count.to_string() {
+            assert!(
+                Instant::now() < deadline,
+                "the schedulers did not start{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn kill(&mut self, slot: usize) {
         if let Some(mut child) = self.schedulers[slot].take() {
             let _ = child.kill();
@@ -644,18 +660,8 @@ fn a_pool_holds_across_schedulers() {
         "{}",
         String::from_utf8_lossy(&set.stderr)
     );
-    cluster.start(0);
-    cluster.start(1);
     // Both registered before the runs exist, so each claims its share.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while postgres.query("SELECT count(*) FROM schedulers") != "2" {
-        assert!(
-            Instant::now() < deadline,
-            "the schedulers did not start{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.start_registered(&postgres, 2);
     let runs = 4;
     for _ in 0..runs {
         cluster.trigger();
@@ -751,17 +757,7 @@ fn a_downstream_try_gets_the_files_of_an_upstream_try_another_scheduler_watched(
         "{}",
         String::from_utf8_lossy(&listed.stderr)
     );
-    cluster.start(0);
-    cluster.start(1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while postgres.query("SELECT count(*) FROM schedulers") != "2" {
-        assert!(
-            Instant::now() < deadline,
-            "the schedulers did not start{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.start_registered(&postgres, 2);
     let run_id = cluster.trigger();
     let of = |task: &str, column: &str| {
         postgres.query(&format!(
