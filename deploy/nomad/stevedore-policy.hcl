@@ -9,6 +9,9 @@
 #               (nomad/job_endpoint.go, Register, Deregister)
 #   read-logs   GET /v1/client/fs/logs/:alloc: the try's stdout and stderr
 #               (client/fs_endpoint.go, logs)
+#   read-fs     GET /v1/client/fs/ls/:alloc and /v1/client/fs/cat/:alloc: reading back the
+#               files a try left in its workspace, with an S3 artifact store
+#               (client/fs_endpoint.go, List, Stream)
 #
 #   nomad acl policy apply -namespace stevedore -description "Stevedore's tries" \
 #     stevedore deploy/nomad/stevedore-policy.hcl
@@ -16,5 +19,5 @@
 #
 # tests/e2e/nomad.rs runs a try against the simulator with exactly these capabilities.
 namespace "stevedore" {
-  capabilities = ["list-jobs", "read-job", "submit-job", "read-logs"]
+  capabilities = ["list-jobs", "read-job", "submit-job", "read-logs", "read-fs"]
 }

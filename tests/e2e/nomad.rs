@@ -638,7 +638,13 @@ async fn the_documented_token_policy_is_enough_and_a_missing_capability_is_named
     let granted = documented_capabilities();
     assert_eq!(
         granted,
-        ["list-jobs", "read-job", "submit-job", "read-logs"]
+        [
+            "list-jobs",
+            "read-job",
+            "submit-job",
+            "read-logs",
+            "read-fs"
+        ]
     );
     let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
     let sim = NomadSim::start_with_policy(TOKEN, &granted).await;
@@ -1091,4 +1097,201 @@ async fn nomad_pulls_a_latest_image_whatever_the_pull_policy() {
         ),
         other => panic!("the node's `latest` image was used: {other:?}"),
     }
+}
+
+/// Issue 16, must show 2: the quickstart's job on Nomad with `extract` placed on one client
+/// node and `load` on another, whose tasks share nothing (each allocation has directories of
+/// its own, and no docker volume is used): load's client fetches extract's records file
+/// through an `artifact` block from a URL the S3 store pre-signed, checked by its sha256,
+/// and the file went into the store through the first client's file system API. The
+/// warehouse holds every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_main_job_split_across_two_nomad_clients_loads_every_record_once() {
+    require_images().await;
+    let s3 = S3Server::start();
+    let sim =
+        NomadSim::start_with_nodes(Some(TOKEN), &[&[("node", "one")], &[("node", "two")]]).await;
+    let services = PipelineServices::start(300);
+    let job = services
+        .job(&read_repo_job("charges_to_warehouse.yaml"))
+        .await
+        .replace(
+            "    args: [--url,",
+            "    backend: nomad\n    placement: {node: one}\n    args: [--url,",
+        )
+        .replace(
+            "    depends_on: [extract]\n",
+            "    depends_on: [extract]\n    backend: nomad\n    placement: {node: two}\n",
+        );
+    assert_eq!(job.matches("backend: nomad").count(), 2, "{job}");
+    let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let artifacts = stevedore_artifacts::StoreSettings {
+        url: format!("s3://{}/nomad", s3.bucket),
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        access_key_id: Some(S3_ACCESS_KEY.into()),
+        secret_access_key: Some(S3_SECRET_KEY.into()),
+    };
+    let harness = services
+        .harness_on(&[("charges.yaml", &job)], vec![nomad], Some(artifacts))
+        .await;
+    let run = harness.trigger("charges_to_warehouse").await;
+    let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+    let extract = &harness.tries(&run.run_id, "extract").await[0];
+    let load = &harness.tries(&run.run_id, "load").await[0];
+    let (extract_log, load_log) = (
+        harness.log_lines(extract).await,
+        harness.log_lines(load).await,
+    );
+    assert_eq!(
+        run.state,
+        RunState::Success,
+        "{:?} {:?} {load_log:?}",
+        extract.failure_reason,
+        load.failure_reason
+    );
+    let on_node = |log: &[(String, String)], node: &str| {
+        log.iter()
+            .any(|(_, text)| text.contains(&format!("on node {node}")))
+    };
+    assert!(on_node(&extract_log, "sim-node-1"), "{extract_log:?}");
+    assert!(on_node(&load_log, "sim-node-2"), "{load_log:?}");
+    // No try used a docker volume: the file went through the store.
+    for task in ["extract", "load"] {
+        let nomad_job = sim
+            .job(&nomad::job_id("charges_to_warehouse", task, &run.run_id, 1))
+            .map(|job| job["TaskGroups"][0]["Tasks"][0]["Config"]["mount"].clone());
+        assert!(
+            nomad_job.is_none() || nomad_job == Some(serde_json::Value::Null),
+            "{task}: {nomad_job:?}"
+        );
+    }
+    let artifacts = harness.store.run_artifacts(&run.run_id).await.unwrap();
+    let kept: Vec<_> = artifacts
+        .iter()
+        .map(|a| (a.task_id.as_str(), a.path.as_str()))
+        .collect();
+    assert!(
+        kept.iter()
+            .any(|(task, path)| *task == "extract" && path.ends_with(".jsonl")),
+        "{kept:?}"
+    );
+    assert_eq!(
+        services
+            .warehouse
+            .query("SELECT count(*), count(DISTINCT id), min(id), max(id) FROM charges"),
+        "300|300|1|300"
+    );
+    harness.stop().await;
+}
+
+/// Issue 16, must show 4 on Nomad: an input the store does not have fails the try before
+/// its task starts, with a reason naming the file and the task that wrote it, and never the
+/// signed URL; the try's files that were written are captured through the client's file
+/// system API with their sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nomad_a_missing_input_fails_naming_it_and_outputs_are_read_back() {
+    require_images().await;
+    let s3 = S3Server::start();
+    let sim = NomadSim::start(Some(TOKEN)).await;
+    let backend = NomadBackend::new(config(&sim)).unwrap();
+    let store = stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+        url: format!("s3://{}/missing", s3.bucket),
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        access_key_id: Some(S3_ACCESS_KEY.into()),
+        secret_access_key: Some(S3_SECRET_KEY.into()),
+    })
+    .unwrap();
+    let run = format!("fs-{}", std::process::id());
+    // A writer: its file is read back through /v1/client/fs.
+    let mut writer = spec(
+        &run,
+        "writer",
+        &["write", "--file", "out/rows.jsonl", "--text", "{\"id\":7}"],
+    );
+    writer.keep_exited = true;
+    writer.workspace = Some(WorkspaceExchange {
+        store: store.clone(),
+        inputs: Vec::new(),
+    });
+    let (exit, events) = execute(&backend, writer).await;
+    assert_eq!(exit.exit_code, Some(0), "{exit:?} {events:?}");
+    let allocation = events
+        .iter()
+        .find_map(|e| match e {
+            TryEvent::Launched { container_id, .. } => Some(container_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let limits = CaptureLimits {
+        max_file_size: 1 << 20,
+        max_files: 10,
+    };
+    let files = backend
+        .capture(&allocation, &run, &store, &[], &limits)
+        .await
+        .unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].path, "out/rows.jsonl");
+    assert_eq!(files[0].size, "{\"id\":7}".len() as u64);
+    let tight = CaptureLimits {
+        max_file_size: 3,
+        max_files: 10,
+    };
+    let over = backend
+        .capture(&allocation, &run, &store, &[], &tight)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        over.contains("out/rows.jsonl") && over.contains("max_artifact_size"),
+        "{over}"
+    );
+    backend.discard(&allocation).await.unwrap();
+
+    // A reader on another try: its input is there, then one that is not.
+    let mut reader = spec(&run, "reader", &["read", "--file", "out/rows.jsonl"]);
+    reader.try_number = 1;
+    reader.workspace = Some(WorkspaceExchange {
+        store: store.clone(),
+        inputs: vec![StagedFile {
+            file: files[0].clone(),
+            task_id: "writer".into(),
+        }],
+    });
+    let (exit, events) = execute(&backend, reader.clone()).await;
+    assert_eq!(exit.exit_code, Some(0), "{exit:?} {events:?}");
+    assert_eq!(lines(&events), vec!["read out/rows.jsonl: {\"id\":7}"]);
+
+    let mut missing = reader;
+    missing.task_id = "reader2".into();
+    missing.workspace = Some(WorkspaceExchange {
+        store,
+        inputs: vec![StagedFile {
+            file: WorkspaceFile {
+                path: "gone.jsonl".into(),
+                size: 5,
+                sha256: "0".repeat(64),
+                modified: 0,
+            },
+            task_id: "writer".into(),
+        }],
+    });
+    let (exit, events) = execute(&backend, missing).await;
+    let Some(FailureReason::Artifact(reason)) = &exit.failure else {
+        panic!("{exit:?} {events:?}");
+    };
+    assert!(
+        reason.contains("input file `gone.jsonl` (written by task `writer`)")
+            && reason.contains("404"),
+        "{reason}"
+    );
+    assert!(!reason.contains("X-Amz-Signature"), "{reason}");
+    assert!(
+        lines(&events).is_empty(),
+        "the task never started: {events:?}"
+    );
 }

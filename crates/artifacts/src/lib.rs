@@ -76,6 +76,8 @@ pub struct ArtifactStore {
     prefix: Path,
     /// The URL, for messages (it holds no credentials).
     url: String,
+    /// An S3 store's own client, which pre-signs URLs for a reader without credentials.
+    signer: Option<Arc<object_store::aws::AmazonS3>>,
 }
 
 impl fmt::Debug for ArtifactStore {
@@ -118,6 +120,7 @@ impl ArtifactStore {
                     store: Arc::new(store),
                     prefix: Path::default(),
                     url: url.to_owned(),
+                    signer: None,
                 })
             }
             "s3" => {
@@ -153,10 +156,11 @@ impl ArtifactStore {
                 if let Some(secret) = &settings.secret_access_key {
                     builder = builder.with_secret_access_key(secret);
                 }
-                let store = builder.build().map_err(|e| bad(e.to_string()))?;
+                let store = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
                 let prefix = parsed.path().trim_matches('/');
                 Ok(ArtifactStore {
-                    store: Arc::new(store),
+                    signer: Some(store.clone()),
+                    store,
                     prefix: Path::parse(prefix).map_err(|e| bad(e.to_string()))?,
                     url: format!("s3://{bucket}/{prefix}")
                         .trim_end_matches('/')
@@ -295,6 +299,38 @@ impl ArtifactStore {
         dest.flush()
             .await
             .map_err(|e| ArtifactError::Source(e.to_string()))
+    }
+
+    /// A URL from which a reader without the store's credentials (a Nomad client's
+    /// artifact fetcher) can `GET` the blob for `expires_in`: pre-signed by S3 (SigV4 query
+    /// parameters). A folder store has none to give ([`ArtifactError::Config`]).
+    pub async fn signed_url(
+        &self,
+        run_id: &str,
+        blob: &Blob,
+        expires_in: std::time::Duration,
+    ) -> Result<String, ArtifactError> {
+        use object_store::signer::Signer;
+        let Some(signer) = &self.signer else {
+            return Err(ArtifactError::Config(format!(
+                "artifact store {}: a folder store cannot hand out signed URLs (an s3:// store can)",
+                self.url
+            )));
+        };
+        signer
+            .signed_url(
+                http::Method::GET,
+                &self.blob_path(run_id, &blob.sha256),
+                expires_in,
+            )
+            .await
+            .map(|url| url.to_string())
+            .map_err(|e| self.failed("cannot sign a URL", e))
+    }
+
+    /// Whether [`ArtifactStore::signed_url`] can give URLs.
+    pub fn signs_urls(&self) -> bool {
+        self.signer.is_some()
     }
 
     /// Deletes every blob of `run_id`; returns how many there were.

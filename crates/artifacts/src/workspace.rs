@@ -59,7 +59,7 @@ pub struct CaptureLimits {
 impl CaptureLimits {
     /// Whether one more file, of `size` bytes, may be kept after `kept` others: the path is
     /// named when it may not.
-    fn admit(&self, path: &str, size: u64, kept: usize) -> Result<(), CaptureError> {
+    pub fn admit(&self, path: &str, size: u64, kept: usize) -> Result<(), CaptureError> {
         if size > self.max_file_size {
             return Err(CaptureError::TooLarge {
                 path: path.to_owned(),
@@ -161,6 +161,21 @@ pub fn clean_path(path: &str) -> Option<String> {
         }
     }
     (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// Stores one file read from `source` (a file of a workspace that was listed as `size`
+/// bytes), for a backend that reads a try's files one by one (Nomad's file system API):
+/// the size read must be the size listed.
+pub async fn capture_file(
+    store: &ArtifactStore,
+    run_id: &str,
+    path: &str,
+    source: impl AsyncRead + Unpin,
+    size: u64,
+    modified: i64,
+    limits: &CaptureLimits,
+) -> Result<WorkspaceFile, CaptureError> {
+    put_file(store, run_id, path, source, size, modified, limits).await
 }
 
 fn unchanged(staged: &[WorkspaceFile], path: &str, size: u64, modified: i64) -> bool {

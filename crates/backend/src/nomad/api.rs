@@ -94,6 +94,8 @@ pub(crate) struct TaskEvent {
     pub(crate) display_message: String,
     pub(crate) details: Option<BTreeMap<String, String>>,
     pub(crate) fails_task: bool,
+    /// When it happened, in Unix nanoseconds.
+    pub(crate) time: i64,
 }
 
 impl TaskEvent {

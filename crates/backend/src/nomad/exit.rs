@@ -92,6 +92,12 @@ pub(crate) fn exit_of(allocation: &Allocation, killed: Option<StopReason>) -> Tr
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ");
+            // A download's error quotes its URL, whose query is a signature while it lives.
+            let message = if event.kind == "Failed Artifact Download" {
+                super::files::redact_urls(&message)
+            } else {
+                message
+            };
             let lower = message.to_lowercase();
             if event.kind == "Driver Failure" && (lower.contains("pull") || lower.contains("image"))
             {

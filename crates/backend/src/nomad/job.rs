@@ -14,7 +14,12 @@ use super::*;
 
 impl NomadBackend {
     /// The job a try is: one group, one docker task, Nomad's restarts and reschedules off.
-    pub(crate) fn job_body(&self, spec: &LaunchSpec, image: &ImageRef) -> Value {
+    pub(crate) fn job_body(
+        &self,
+        spec: &LaunchSpec,
+        image: &ImageRef,
+        artifacts: &[Value],
+    ) -> Value {
         let id = job_id(&spec.job_id, &spec.task_id, &spec.run_id, spec.try_number);
         let meta = BTreeMap::from([
             (LABEL_JOB.to_owned(), spec.job_id.clone()),
@@ -42,7 +47,12 @@ impl NomadBackend {
             config["entrypoint"] = json!(command);
         }
         let mut mounts = Vec::new();
-        if self.config.workspace_volumes {
+        if files::exchanges(spec.workspace.as_ref()).is_some() {
+            // The task directory's `local/workspace`: the client fetches the inputs into it
+            // and serves what the try left through its file system API.
+            config["volumes"] = json!([format!("{}:{WORKSPACE_DIR}", files::TASK_WORKSPACE)]);
+            env.insert("STEVEDORE_WORKSPACE".to_owned(), WORKSPACE_DIR.to_owned());
+        } else if self.config.workspace_volumes {
             mounts.push(json!({
                 "type": "volume",
                 "target": WORKSPACE_DIR,
@@ -130,6 +140,7 @@ impl NomadBackend {
                     "KillSignal": "SIGKILL",
                     "KillTimeout": 5_000_000_000u64,
                     "Templates": templates,
+                    "Artifacts": artifacts,
                 }],
             }],
         });

@@ -20,6 +20,7 @@ mod api;
 mod config;
 mod cursor;
 mod exit;
+mod files;
 mod follow;
 mod job;
 mod tls;
@@ -240,7 +241,23 @@ impl Backend for NomadBackend {
             ));
         }
         let nomad_job = job_id(&spec.job_id, &spec.task_id, &spec.run_id, spec.try_number);
-        match self.register(self.job_body(&spec, &image)).await {
+        let artifacts = match files::exchanges(spec.workspace.as_ref()) {
+            Some(exchange) => match self.input_artifacts(&spec.run_id, exchange).await {
+                Ok(artifacts) => artifacts,
+                Err(Ok(reason)) => return failed(reason),
+                Err(Err(error)) => return Err(error),
+            },
+            None => Vec::new(),
+        };
+        let inputs = spec
+            .workspace
+            .as_ref()
+            .map(|exchange| exchange.inputs.clone())
+            .unwrap_or_default();
+        match self
+            .register(self.job_body(&spec, &image, &artifacts))
+            .await
+        {
             Ok(()) => {}
             Err(ApiError::Unreachable(error)) => return Err(self.unavailable(error)),
             // Nomad answers 500 both for a job it refuses and for an outage: a cluster
@@ -314,7 +331,7 @@ impl Backend for NomadBackend {
         if !spec.keep_exited {
             self.purge_quietly(&nomad_job).await;
         }
-        Ok(exit)
+        Ok(files::artifact_failure(exit, &inputs))
     }
 
     fn can_adopt(&self) -> bool {
@@ -426,6 +443,23 @@ impl Backend for NomadBackend {
             .collect())
     }
 
+    /// Reads the files through the client's file system API (`container_id` is the
+    /// allocation ID), when the try exchanged them through the store (see `files.rs`).
+    async fn capture(
+        &self,
+        container_id: &str,
+        run_id: &str,
+        store: &ArtifactStore,
+        staged: &[WorkspaceFile],
+        limits: &CaptureLimits,
+    ) -> Result<Vec<WorkspaceFile>, CaptureFailure> {
+        if !store.signs_urls() || container_id.starts_with("stevedore-") {
+            return Ok(Vec::new());
+        }
+        self.capture_allocation(container_id, run_id, store, staged, limits)
+            .await
+    }
+
     async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
         let nomad_job = if container_id.starts_with("stevedore-") {
             container_id.to_owned()
@@ -534,7 +568,7 @@ mod tests {
             isolation: Default::default(),
             workspace: None,
         };
-        let job = backend.job_body(&spec, &ImageRef::parse(&spec.image).unwrap());
+        let job = backend.job_body(&spec, &ImageRef::parse(&spec.image).unwrap(), &[]);
         assert_eq!(job["Type"], "batch");
         let group = &job["TaskGroups"][0];
         assert_eq!(group["RestartPolicy"]["Attempts"], 0);

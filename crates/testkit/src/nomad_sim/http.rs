@@ -169,11 +169,12 @@ pub(super) async fn register(
         .into_response()
 }
 
-pub(super) fn alloc_json(alloc: &SimAlloc) -> Value {
+pub(super) fn alloc_json(sim: &Sim, alloc: &SimAlloc) -> Value {
+    let node = &sim.nodes[alloc.node];
     json!({
         "ID": alloc.id, "EvalID": alloc.eval_id,
         "Name": format!("{}.{}[0]", alloc.job_id, alloc.group),
-        "Namespace": alloc.namespace, "NodeID": NODE_ID, "NodeName": NODE_NAME,
+        "Namespace": alloc.namespace, "NodeID": node.id, "NodeName": node.name,
         "JobID": alloc.job_id, "JobType": "batch", "JobVersion": 0, "TaskGroup": alloc.group,
         "AllocatedResources": {"Tasks": {alloc.task.clone(): {"Cpu": {"CpuShares": alloc.cpu}, "Memory": {"MemoryMB": alloc.memory}}}},
         "DesiredStatus": alloc.desired_status, "DesiredDescription": match (&alloc.evicted, alloc.lost) {
@@ -208,7 +209,7 @@ pub(super) async fn job_allocations(
                 .allocs
                 .values()
                 .filter(|a| a.namespace == ns && a.job_id == id)
-                .map(alloc_json)
+                .map(|alloc| alloc_json(&sim, alloc))
                 .collect(),
         ))
     })
@@ -243,7 +244,7 @@ pub(super) async fn read_allocation(
         state
             .allocs
             .get(&id)
-            .map(alloc_json)
+            .map(|alloc| alloc_json(&sim, alloc))
             .ok_or_else(|| error(StatusCode::NOT_FOUND, "alloc not found"))
     })
     .await

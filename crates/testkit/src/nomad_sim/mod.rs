@@ -36,12 +36,14 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
+mod files;
 mod hcl;
 mod http;
 mod logs;
 mod placement;
 mod runner;
 
+use files::*;
 use http::*;
 use logs::*;
 use placement::*;
@@ -67,8 +69,20 @@ pub struct NomadSim {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// A client node: its name, ID and `meta` (for constraints), and where its allocations'
+/// directories are (nothing of one node's is seen by another's tasks).
+pub(super) struct Node {
+    name: String,
+    id: String,
+    meta: BTreeMap<String, String>,
+    dir: std::path::PathBuf,
+}
+
 struct Sim {
     docker: Docker,
+    nodes: Vec<Node>,
+    /// The nodes' folders, removed with the simulator.
+    _dir: tempfile::TempDir,
     token: Option<String>,
     /// The namespace capabilities the token's policy grants (`None`: every one).
     capabilities: Option<Vec<String>>,
@@ -120,8 +134,8 @@ struct Inner {
     volumes: Vec<String>,
     /// Namespaces created besides `default`, which every cluster has.
     namespaces: Vec<String>,
-    used_cpu: u64,
-    used_memory: u64,
+    /// CPU and memory taken on each node, by index.
+    used: Vec<(u64, u64)>,
 }
 
 struct SimJob {
@@ -153,6 +167,8 @@ struct SimAlloc {
     create_time: i64,
     cpu: u64,
     memory: u64,
+    /// The node it is placed on, by index.
+    node: usize,
     logs: [Arc<Log>; 2],
     stop: Arc<Notify>,
     stopping: bool,
@@ -387,18 +403,66 @@ impl NomadSim {
         .await
     }
 
+    /// A simulator with one client node per entry, each with that `meta` (`sim-node-1`,
+    /// `sim-node-2`, ...): a try lands on the first node its constraints and resources allow,
+    /// and each node's allocations have directories of their own.
+    pub async fn start_with_nodes(token: Option<&str>, nodes: &[&[(&str, &str)]]) -> NomadSim {
+        NomadSim::start_full(token, None, nodes).await
+    }
+
     async fn start_with(token: Option<&str>, capabilities: Option<Vec<String>>) -> NomadSim {
+        NomadSim::start_full(token, capabilities, &[&[]]).await
+    }
+
+    async fn start_full(
+        token: Option<&str>,
+        capabilities: Option<Vec<String>>,
+        nodes: &[&[(&str, &str)]],
+    ) -> NomadSim {
+        let dir = tempfile::tempdir().expect("the nodes' folders");
+        let nodes: Vec<Node> = nodes
+            .iter()
+            .enumerate()
+            .map(|(at, meta)| {
+                let name = if at == 0 {
+                    NODE_NAME.to_owned()
+                } else {
+                    format!("sim-node-{}", at + 1)
+                };
+                let node_dir = dir.path().join(&name);
+                std::fs::create_dir_all(&node_dir).unwrap();
+                Node {
+                    id: if at == 0 {
+                        NODE_ID.to_owned()
+                    } else {
+                        format!("5a1e0000-0000-4000-8000-{:012}", at + 1)
+                    },
+                    name,
+                    meta: meta
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    dir: node_dir,
+                }
+            })
+            .collect();
         let docker = Docker::connect_with_local_defaults().expect("docker client");
         docker
             .ping()
             .await
             .expect("the Nomad simulator runs tasks on the local Docker engine, which must run");
+        let state = Inner {
+            used: vec![(0, 0); nodes.len()],
+            ..Default::default()
+        };
         let sim = Arc::new(Sim {
             docker,
+            nodes,
+            _dir: dir,
             token: token.map(str::to_owned),
             capabilities,
             index: watch::channel(1).0,
-            state: Mutex::new(Inner::default()),
+            state: Mutex::new(state),
             instance: uuid()[..8].to_owned(),
             break_logs_after: Default::default(),
             cut_logs: Default::default(),
@@ -418,6 +482,8 @@ impl NomadSim {
             .route("/v1/job/{id}/evaluations", get(job_evaluations))
             .route("/v1/allocation/{id}", get(read_allocation))
             .route("/v1/client/fs/logs/{id}", get(logs))
+            .route("/v1/client/fs/ls/{id}", get(list_files))
+            .route("/v1/client/fs/cat/{id}", get(cat_file))
             .route("/v1/namespace/{name}", get(read_namespace))
             .layer(axum::middleware::from_fn_with_state(sim.clone(), acl))
             .with_state(sim.clone());
@@ -664,6 +730,9 @@ fn capability(request: &axum::extract::Request) -> Option<&'static str> {
     }
     Some(if path.starts_with("/v1/client/fs/logs/") {
         "read-logs"
+    } else if path.starts_with("/v1/client/fs/") {
+        // client/fs_endpoint.go: List, Stat, Stream (cat) need read-fs.
+        "read-fs"
     } else if path.starts_with("/v1/namespace/") {
         // nomad/namespace_endpoint.go `GetNamespace`: `AllowNamespace`.
         "any"

@@ -104,36 +104,63 @@ pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, trigge
                 || d == DATACENTER
                 || (d.ends_with('*') && DATACENTER.starts_with(d.trim_end_matches('*')))
         });
+    // The first node the constraints (`${meta.KEY} = value`) and the resources left allow.
     let mut constraint_filtered = serde_json::Map::new();
-    for constraint in job_value["Constraints"].as_array().into_iter().flatten() {
-        // The node has no meta: every `${meta.*}` constraint filters it out.
-        let text = format!(
-            "{} {} {}",
-            constraint["LTarget"].as_str().unwrap_or_default(),
-            constraint["Operand"].as_str().unwrap_or("="),
-            constraint["RTarget"].as_str().unwrap_or_default()
-        );
-        constraint_filtered.insert(text, json!(1));
-    }
     let mut dimension = serde_json::Map::new();
-    if state.used_cpu + cpu > NODE_CPU_MHZ {
-        dimension.insert("cpu".to_owned(), json!(1));
+    let mut filtered = 0;
+    let mut exhausted = 0;
+    let mut chosen = None;
+    for (at, node) in sim.nodes.iter().enumerate() {
+        let mut passes = true;
+        for constraint in job_value["Constraints"].as_array().into_iter().flatten() {
+            let target = constraint["LTarget"].as_str().unwrap_or_default();
+            let wanted = constraint["RTarget"].as_str().unwrap_or_default();
+            let operand = constraint["Operand"].as_str().unwrap_or("=");
+            let value = target
+                .strip_prefix("${meta.")
+                .and_then(|key| key.strip_suffix('}'))
+                .and_then(|key| node.meta.get(key));
+            let holds = operand == "=" && value.is_some_and(|v| v == wanted);
+            if !holds {
+                passes = false;
+                constraint_filtered.insert(format!("{target} {operand} {wanted}"), json!(1));
+                break;
+            }
+        }
+        if !passes {
+            filtered += 1;
+            continue;
+        }
+        let (used_cpu, used_memory) = state.used[at];
+        let mut fits = true;
+        if used_cpu + cpu > NODE_CPU_MHZ {
+            *dimension.entry("cpu").or_insert(json!(0)) = json!(exhausted + 1);
+            fits = false;
+        }
+        if used_memory + memory > NODE_MEMORY_MB {
+            *dimension.entry("memory").or_insert(json!(0)) = json!(exhausted + 1);
+            fits = false;
+        }
+        if !fits {
+            exhausted += 1;
+            continue;
+        }
+        chosen = Some(at);
+        break;
     }
-    if state.used_memory + memory > NODE_MEMORY_MB {
-        dimension.insert("memory".to_owned(), json!(1));
-    }
+    let nodes = sim.nodes.len();
     let index = sim.bump();
-    let fits = in_datacenter && constraint_filtered.is_empty() && dimension.is_empty();
+    let fits = in_datacenter && chosen.is_some();
     let failed = if fits {
         Value::Null
     } else {
         let metric = json!({
-            "NodesEvaluated": if in_datacenter { 1 } else { 0 },
-            "NodesFiltered": if constraint_filtered.is_empty() { 0 } else { 1 },
-            "NodesAvailable": if in_datacenter { json!({DATACENTER: 1}) } else { json!({}) },
+            "NodesEvaluated": if in_datacenter { nodes } else { 0 },
+            "NodesFiltered": filtered,
+            "NodesAvailable": if in_datacenter { json!({DATACENTER: nodes}) } else { json!({}) },
             "ClassFiltered": null,
             "ConstraintFiltered": if constraint_filtered.is_empty() { Value::Null } else { Value::Object(constraint_filtered) },
-            "NodesExhausted": if dimension.is_empty() { 0 } else { 1 },
+            "NodesExhausted": exhausted,
             "ClassExhausted": null,
             "DimensionExhausted": if dimension.is_empty() { Value::Null } else { Value::Object(dimension) },
             "QuotaExhausted": null, "ResourcesExhausted": null, "Scores": null,
@@ -156,8 +183,9 @@ pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, trigge
         return;
     }
     state.blocked.retain(|(n, j)| !(n == ns && j == id));
-    state.used_cpu += cpu;
-    state.used_memory += memory;
+    let node = chosen.expect("a node that fits");
+    state.used[node].0 += cpu;
+    state.used[node].1 += memory;
     let alloc_id = uuid();
     let task_name = task["Name"].as_str().unwrap_or("task").to_owned();
     // logmon's files: the task's `LogConfig`, else Nomad's defaults (`api/tasks.go`).
@@ -189,6 +217,7 @@ pub(super) fn evaluate(sim: &Arc<Sim>, ns: &str, id: &str, eval_id: &str, trigge
         create_time: now_nanos(),
         cpu,
         memory,
+        node,
         logs: [
             Arc::new(Log::new(file_bytes, max_files)),
             Arc::new(Log::new(file_bytes, max_files)),

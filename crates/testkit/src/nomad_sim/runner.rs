@@ -64,6 +64,23 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
         event("Task Setup", "Building Task Directory", Value::Null),
     );
     let failing_hook = sim.failing_hook.lock().unwrap().clone();
+    // The artifact hook: the task's artifacts fetched into its directory before it starts;
+    // its failure is its own event (`TaskArtifactDownloadFailed`), not `Task hook failed`.
+    let mut artifacts_failed = false;
+    if failing_hook.is_none() {
+        if let Err(error) = fetch_artifacts(&sim, &alloc_id, task).await {
+            push_event(
+                &sim,
+                &alloc_id,
+                event(
+                    "Failed Artifact Download",
+                    &error,
+                    json!({"download_error": error, "fails_task": "true"}),
+                ),
+            );
+            artifacts_failed = true;
+        }
+    }
     let (logs, stop) = {
         let state = sim.state.lock().unwrap();
         let alloc = &state.allocs[&alloc_id];
@@ -71,6 +88,7 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
     };
     let outcome = loop {
         let ran = match &failing_hook {
+            _ if artifacts_failed => Ran::DriverFailure,
             // task_runner_hooks.go, emitHookError: "<hook>: <error>" as the event's message.
             Some((hook, error)) => {
                 push_event(
@@ -184,8 +202,9 @@ pub(super) async fn run_alloc(sim: Arc<Sim>, alloc_id: String, job: Value) {
                 alloc.job_id.clone(),
             )
         };
-        state.used_cpu -= cpu;
-        state.used_memory -= memory;
+        let node = state.allocs[&alloc_id].node;
+        state.used[node].0 -= cpu;
+        state.used[node].1 -= memory;
         let mut reschedule = None;
         if failed {
             if let Some(job) = state.jobs.get_mut(&(ns.clone(), job_id.clone())) {
@@ -221,8 +240,9 @@ async fn free_and_replace(sim: Arc<Sim>, alloc_id: String) {
                 alloc.job_id.clone(),
             )
         };
-        state.used_cpu -= cpu;
-        state.used_memory -= memory;
+        let node = state.allocs[&alloc_id].node;
+        state.used[node].0 -= cpu;
+        state.used[node].1 -= memory;
         (ns, job_id)
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -261,7 +281,8 @@ pub(super) async fn run_container(
     for (k, v) in task["Env"].as_object().into_iter().flatten() {
         vars.insert(k.clone(), v.as_str().unwrap_or_default().to_owned());
     }
-    vars.insert("node.unique.name".to_owned(), NODE_NAME.to_owned());
+    let node = &sim.nodes[sim.state.lock().unwrap().allocs[alloc_id].node];
+    vars.insert("node.unique.name".to_owned(), node.name.clone());
     vars.insert("node.datacenter".to_owned(), DATACENTER.to_owned());
     vars.insert("attr.kernel.name".to_owned(), "linux".to_owned());
     let config = match hcl::evaluate(&task["Config"], &vars) {
@@ -400,6 +421,27 @@ pub(super) async fn run_container(
             ..Default::default()
         });
     }
+    // The docker driver's `volumes`: without `volumes.enabled`, only paths inside the task
+    // directory (relative ones are relative to it), created when missing as the engine
+    // does for a bind.
+    let task_dir = task_dir(sim, alloc_id);
+    let mut binds = Vec::new();
+    for volume in config["volumes"].as_array().into_iter().flatten() {
+        let text = volume.as_str().unwrap_or_default();
+        let Some((source, target)) = text.split_once(':') else {
+            return fail(format!("invalid docker volume {text:?}"));
+        };
+        if source.starts_with('/') || source.split('/').any(|part| part == "..") {
+            return fail(format!(
+                "volumes are not enabled; cannot mount host path: {text:?}"
+            ));
+        }
+        let host = task_dir.join(source);
+        if let Err(error) = std::fs::create_dir_all(&host) {
+            return fail(format!("cannot create {}: {error}", host.display()));
+        }
+        binds.push(format!("{}:{target}", host.display()));
+    }
     let (cpu, memory) = task_resources(task);
     let name = format!(
         "{}-{alloc_id}-{}",
@@ -434,6 +476,7 @@ pub(super) async fn run_container(
             memory: Some((memory * 1024 * 1024) as i64),
             cpu_shares: Some(cpu as i64),
             mounts: Some(mounts),
+            binds: (!binds.is_empty()).then_some(binds),
             readonly_rootfs: Some(read_only),
             tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
             pids_limit: config["pids_limit"].as_i64(),
