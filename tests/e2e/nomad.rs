@@ -1295,3 +1295,72 @@ async fn on_nomad_a_missing_input_fails_naming_it_and_outputs_are_read_back() {
         "the task never started: {events:?}"
     );
 }
+
+/// Issue 16, must show 2 with the embedded default store (a folder): the Nomad clients
+/// fetch a try's inputs from links `stevedore server` serves (signed with a key derived
+/// from the secret key, short-lived), so a reader on the second client gets the file a
+/// writer on the first left, read back through the first client's file system API. No
+/// docker volume is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_store_s_links_carry_files_between_two_nomad_clients() {
+    require_images().await;
+    let sim =
+        NomadSim::start_with_nodes(Some(TOKEN), &[&[("node", "one")], &[("node", "two")]]).await;
+    let folder = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let store = stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+        url: format!("file://{}", folder.path().join("artifacts").display()),
+        ..Default::default()
+    })
+    .unwrap()
+    .with_links(&base, [5; 32]);
+    // The server: only its link route is used (the store it reads runs from is its own).
+    let server_store: Arc<dyn stevedore_store::Store> = Arc::new(
+        stevedore_store::SqliteStore::open(folder.path().join("server.db"))
+            .await
+            .unwrap(),
+    );
+    let state = stevedore_server::AppState::new(server_store, folder.path().join("jobs"), None)
+        .with_artifacts(store.clone());
+    tokio::spawn(stevedore_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let job = format!(
+        "id: links\ntasks:\n  - id: writer\n    backend: nomad\n    placement: {{node: one}}\n    image: {SYNTH}\n    args: [write, --file, out/rows.jsonl, --text, '{{\"id\":7}}']\n  - id: reader\n    backend: nomad\n    placement: {{node: two}}\n    image: {SYNTH}\n    args: [read, --file, out/rows.jsonl]\n    depends_on: [writer]\n"
+    );
+    let harness =
+        Harness::start_with_artifact_store(&[("links.yaml", &job)], vec![nomad], store).await;
+    let run = harness.trigger("links").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    let reader = &harness.tries(&run.run_id, "reader").await[0];
+    let logged = harness.log_lines(reader).await;
+    assert_eq!(
+        run.state,
+        RunState::Success,
+        "{:?} {logged:?}",
+        reader.failure_reason
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|(_, text)| text == "read out/rows.jsonl: {\"id\":7}"),
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|(_, text)| text.contains("on node sim-node-2")),
+        "{logged:?}"
+    );
+    let artifacts = harness.store.run_artifacts(&run.run_id).await.unwrap();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert_eq!(
+        (artifacts[0].task_id.as_str(), artifacts[0].path.as_str()),
+        ("writer", "out/rows.jsonl")
+    );
+    harness.stop().await;
+}

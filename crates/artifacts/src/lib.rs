@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 mod error;
 pub mod workspace;
 pub use error::ArtifactError;
+
 pub use workspace::{CaptureError, CaptureLimits, StageError, StagedFile, WorkspaceFile};
 
 /// How much of a blob is read from its source at a time.
@@ -78,6 +79,72 @@ pub struct ArtifactStore {
     url: String,
     /// An S3 store's own client, which pre-signs URLs for a reader without credentials.
     signer: Option<Arc<object_store::aws::AmazonS3>>,
+    /// For a folder store: links `stevedore server` serves, signed with a key it shares.
+    links: Option<Arc<Links>>,
+}
+
+/// Signed links to blobs, served by `stevedore server` at `base` (its `public_url`):
+/// `{base}/api/v1/artifact-links/{run}/{sha256}?size=N&expires=T&signature=HMAC`, where
+/// the HMAC-SHA256 under `key` covers the run, digest, size and expiry.
+struct Links {
+    base: String,
+    key: [u8; 32],
+}
+
+/// Why a signed link is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// Not signed with this installation's key (or altered).
+    BadSignature,
+    /// Past its expiry.
+    Expired,
+    /// This store gives no links.
+    NoLinks,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LinkError::BadSignature => "the link's signature is not valid",
+            LinkError::Expired => "the link has expired",
+            LinkError::NoLinks => "this server signs no artifact links (a folder artifact_store with public_url and a secret key)",
+        })
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut inner = Sha256::new();
+    let mut outer = Sha256::new();
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(message);
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn link_message(run_id: &str, blob: &Blob, expires: i64) -> Vec<u8> {
+    format!(
+        "stevedore-artifact-link\n{run_id}\n{}\n{}\n{expires}",
+        blob.sha256, blob.size
+    )
+    .into_bytes()
+}
+
+/// A run ID as one URL path segment.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
 }
 
 impl fmt::Debug for ArtifactStore {
@@ -121,6 +188,7 @@ impl ArtifactStore {
                     prefix: Path::default(),
                     url: url.to_owned(),
                     signer: None,
+                    links: None,
                 })
             }
             "s3" => {
@@ -160,6 +228,7 @@ impl ArtifactStore {
                 let prefix = parsed.path().trim_matches('/');
                 Ok(ArtifactStore {
                     signer: Some(store.clone()),
+                    links: None,
                     store,
                     prefix: Path::parse(prefix).map_err(|e| bad(e.to_string()))?,
                     url: format!("s3://{bucket}/{prefix}")
@@ -301,9 +370,23 @@ impl ArtifactStore {
             .map_err(|e| ArtifactError::Source(e.to_string()))
     }
 
+    /// A folder store gives out links `stevedore server` serves at `public_url` (`base`),
+    /// signed with `key` (which the server holds too).
+    pub fn with_links(mut self, base: &str, key: [u8; 32]) -> ArtifactStore {
+        if self.signer.is_none() {
+            self.links = Some(Arc::new(Links {
+                base: base.trim_end_matches('/').to_owned(),
+                key,
+            }));
+        }
+        self
+    }
+
     /// A URL from which a reader without the store's credentials (a Nomad client's
     /// artifact fetcher) can `GET` the blob for `expires_in`: pre-signed by S3 (SigV4 query
-    /// parameters). A folder store has none to give ([`ArtifactError::Config`]).
+    /// parameters), or for a folder store a link `stevedore server` serves
+    /// ([`ArtifactStore::with_links`]); a folder store without links has none to give
+    /// ([`ArtifactError::Config`]).
     pub async fn signed_url(
         &self,
         run_id: &str,
@@ -311,9 +394,23 @@ impl ArtifactStore {
         expires_in: std::time::Duration,
     ) -> Result<String, ArtifactError> {
         use object_store::signer::Signer;
+        if let Some(links) = &self.links {
+            let expires = unix_now() + expires_in.as_secs() as i64;
+            let signature = hex::encode(hmac_sha256(
+                &links.key,
+                &link_message(run_id, blob, expires),
+            ));
+            return Ok(format!(
+                "{}/api/v1/artifact-links/{}/{}?size={}&expires={expires}&signature={signature}",
+                links.base,
+                path_segment(run_id),
+                blob.sha256,
+                blob.size
+            ));
+        }
         let Some(signer) = &self.signer else {
             return Err(ArtifactError::Config(format!(
-                "artifact store {}: a folder store cannot hand out signed URLs (an s3:// store can)",
+                "artifact store {}: a folder store hands out signed URLs only through `stevedore server` (set public_url and the secret key), or use an s3:// store",
                 self.url
             )));
         };
@@ -330,7 +427,36 @@ impl ArtifactStore {
 
     /// Whether [`ArtifactStore::signed_url`] can give URLs.
     pub fn signs_urls(&self) -> bool {
-        self.signer.is_some()
+        self.signer.is_some() || self.links.is_some()
+    }
+
+    /// Checks a link [`ArtifactStore::signed_url`] gave (its signature, in constant time,
+    /// and its expiry): the blob it names.
+    pub fn check_link(
+        &self,
+        run_id: &str,
+        blob: &Blob,
+        expires: i64,
+        signature: &str,
+    ) -> Result<(), LinkError> {
+        let links = self.links.as_ref().ok_or(LinkError::NoLinks)?;
+        let expected = hex::encode(hmac_sha256(
+            &links.key,
+            &link_message(run_id, blob, expires),
+        ));
+        let same = expected.len() == signature.len()
+            && expected
+                .bytes()
+                .zip(signature.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(LinkError::BadSignature);
+        }
+        if unix_now() > expires {
+            return Err(LinkError::Expired);
+        }
+        Ok(())
     }
 
     /// Deletes every blob of `run_id`; returns how many there were.
@@ -423,6 +549,13 @@ fn checked(
     )
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
 fn upload_name() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -433,4 +566,82 @@ fn upload_name() -> String {
             .unwrap_or_default(),
     );
     format!("{:016x}-{}", hasher.finish(), std::process::id())
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231 test case 2 has a 4-byte key; HMAC pads keys to the block, so a 32-byte
+        // key of "Jefe" and zeros is the same key.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_link_holds_only_as_signed_and_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&StoreSettings {
+            url: format!("file://{}", dir.path().display()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!store.signs_urls());
+        let store = store.with_links("http://10.0.0.5:8080/", [7; 32]);
+        let blob = Blob {
+            sha256: "ab".repeat(32),
+            size: 12,
+        };
+        let url = store
+            .signed_url(
+                "manual__2026-12-01T10:00:00+00:00",
+                &blob,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(
+            url.starts_with("http://10.0.0.5:8080/api/v1/artifact-links/manual__2026-12-01T10%3A00%3A00%2B00%3A00/abab"),
+            "{url}"
+        );
+        let query: std::collections::HashMap<String, String> = url::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        let expires: i64 = query["expires"].parse().unwrap();
+        let run = "manual__2026-12-01T10:00:00+00:00";
+        assert_eq!(
+            store.check_link(run, &blob, expires, &query["signature"]),
+            Ok(())
+        );
+        let bigger = Blob {
+            size: 13,
+            ..blob.clone()
+        };
+        assert_eq!(
+            store.check_link(run, &bigger, expires, &query["signature"]),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            store.check_link("other", &blob, expires, &query["signature"]),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            store.check_link(run, &blob, expires + 1, &query["signature"]),
+            Err(LinkError::BadSignature)
+        );
+        let old = unix_now() - 5;
+        let signature = hex::encode(hmac_sha256(&[7; 32], &link_message(run, &blob, old)));
+        assert_eq!(
+            store.check_link(run, &blob, old, &signature),
+            Err(LinkError::Expired)
+        );
+    }
 }

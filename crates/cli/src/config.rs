@@ -41,6 +41,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "STEVEDORE_ARTIFACT_STORE_SECRET_ACCESS_KEY",
     ),
     ("artifact_retention", "STEVEDORE_ARTIFACT_RETENTION"),
+    ("public_url", "STEVEDORE_PUBLIC_URL"),
     ("sweep_every", "STEVEDORE_SWEEP_EVERY"),
     // Their names before artifacts travelled (a run's workspace was a volume).
     ("workspace_retention", "STEVEDORE_WORKSPACE_RETENTION"),

@@ -48,6 +48,9 @@ pub struct Settings {
     /// Where tries' files travel (`artifact_store` and its S3 settings).
     pub artifact_store: stevedore_artifacts::StoreSettings,
     pub artifact_retention: Option<Duration>,
+    /// Where `stevedore server` is reached from outside (`public_url`): the base of the
+    /// signed links a folder artifact store gives Nomad clients.
+    pub public_url: Option<String>,
     pub sweep_every: Option<Duration>,
     /// Several Docker hosts, when `docker_hosts` lists them.
     pub docker_hosts: Option<Vec<DockerHostConfig>>,
@@ -251,6 +254,14 @@ impl Settings {
                 Some(value) => Some(value),
                 None => duration("workspace_retention")?,
             },
+            public_url: match get("public_url") {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(format!(
+                        "public_url `{url}`: must be an http:// or https:// URL"
+                    ))
+                }
+                other => other,
+            },
             sweep_every: match duration("sweep_every")? {
                 Some(value) => Some(value),
                 None => duration("workspace_sweep_every")?,
@@ -280,8 +291,21 @@ impl Settings {
     }
 
     /// The artifact store the settings name, opened (a folder is created when missing).
+    /// A folder store with `public_url` and the secret key gives signed links that
+    /// `stevedore server` serves (for Nomad clients to fetch inputs from).
     pub fn artifacts(&self) -> Result<stevedore_artifacts::ArtifactStore, String> {
-        stevedore_artifacts::ArtifactStore::open(&self.artifact_store).map_err(|e| e.to_string())
+        let store = stevedore_artifacts::ArtifactStore::open(&self.artifact_store)
+            .map_err(|e| e.to_string())?;
+        if store.signs_urls() {
+            return Ok(store);
+        }
+        match (
+            &self.public_url,
+            stevedore_store::secrets::SecretKey::load(&self.secret_key, false),
+        ) {
+            (Some(url), Ok(key)) => Ok(store.with_links(url, key.derive(ARTIFACT_LINK_KEY))),
+            _ => Ok(store),
+        }
     }
 
     /// The Docker engine the settings name (`docker_host`, `docker_tls_verify`, ...).
@@ -291,6 +315,9 @@ impl Settings {
         stevedore_backend::DockerBackend::from_settings(&|name| self.variable(name))
     }
 }
+
+/// What the artifact links' key is derived for (from the secret key).
+pub const ARTIFACT_LINK_KEY: &str = "stevedore artifact links v1";
 
 pub fn is_postgres(db: &str) -> bool {
     matches!(

@@ -695,7 +695,7 @@ fn the_openapi_document_describes_what_is_served() {
         }
     }
     assert_eq!(
-        operations, 28,
+        operations, 29,
         "the 26 of before, listArtifacts and downloadArtifact"
     );
 }
@@ -791,6 +791,66 @@ fn get_bytes(
         .read_to_vec()
         .map_err(|e| e.to_string());
     (status, headers, body)
+}
+
+/// A signed artifact link (what a Nomad client fetches a try's input from) serves the blob
+/// without a token; an altered link is refused 403, a blob the store lacks is a 404.
+#[test]
+fn a_signed_artifact_link_serves_its_blob_and_nothing_else() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    let bytes: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = server.put_artifact(&run_id, try_id, "records.jsonl", &bytes);
+    let blob = stevedore_artifacts::Blob {
+        sha256: sha.clone(),
+        size: bytes.len() as u64,
+    };
+    let url = server
+        .runtime
+        .block_on(
+            server
+                .artifacts
+                .signed_url(&run_id, &blob, std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
+    let path = url
+        .strip_prefix(&server.base)
+        .expect("a link to this server")
+        .to_owned();
+    let reply = server.call("GET", &path, None, None);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let (status, headers, body) = get_bytes(&server, &path, "no-token-needed");
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-stevedore-sha256"], sha.as_str());
+    assert!(body.unwrap() == bytes, "the blob comes back whole");
+    let tampered = path.replace("expires=", "expires=9");
+    let refused = server.call("GET", &tampered, None, None);
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(
+        refused.text.contains("signature is not valid"),
+        "{}",
+        refused.text
+    );
+    let bigger = path.replace(
+        &format!("size={}", bytes.len()),
+        &format!("size={}", bytes.len() + 1),
+    );
+    assert_eq!(server.call("GET", &bigger, None, None).status, 403);
+    let gone = stevedore_artifacts::Blob {
+        sha256: "0".repeat(64),
+        size: 3,
+    };
+    let url = server
+        .runtime
+        .block_on(
+            server
+                .artifacts
+                .signed_url(&run_id, &gone, std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
+    let missing = server.call("GET", url.strip_prefix(&server.base).unwrap(), None, None);
+    assert_eq!(missing.status, 404, "{}", missing.text);
 }
 
 /// A run's artifacts are listed to a viewer and downloaded by an operator, whole and with

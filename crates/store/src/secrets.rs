@@ -55,6 +55,21 @@ impl SecretKey {
         Ok(SecretKey(key))
     }
 
+    /// A key for another use, derived from this one (HMAC-SHA256 of `purpose`): the
+    /// sealing key itself never leaves this module.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&self.0);
+        let mut inner = Sha256::new();
+        inner.update(block.map(|b| b ^ 0x36));
+        inner.update(purpose.as_bytes());
+        let mut outer = Sha256::new();
+        outer.update(block.map(|b| b ^ 0x5c));
+        outer.update(inner.finalize());
+        outer.finalize().into()
+    }
+
     pub fn to_base64(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.0)
     }

@@ -57,7 +57,7 @@ pub struct Harness {
     /// The clock and backends of a scripted harness.
     scripted: Option<Scripted>,
     /// The artifact store, when not a folder of the harness's own.
-    artifacts: Option<stevedore_artifacts::StoreSettings>,
+    artifacts: Option<stevedore_artifacts::ArtifactStore>,
 }
 
 /// What a [`Harness::scripted`] runs on.
@@ -106,12 +106,39 @@ impl Harness {
         for (name, text) in jobs {
             std::fs::write(jobs_dir.join(name), text).unwrap();
         }
+        let artifacts = artifacts.map(|settings| {
+            stevedore_artifacts::ArtifactStore::open(&settings).expect("the artifact store")
+        });
         Harness::run_in(
             dir,
             backends,
             SecretKey::generate().unwrap(),
             None,
             artifacts,
+        )
+        .await
+    }
+
+    /// [`Harness::start_with_backends`] with its tries' files in this artifact store, as
+    /// opened (with signed links, say).
+    pub async fn start_with_artifact_store(
+        jobs: &[(&str, &str)],
+        backends: Vec<Arc<dyn Backend>>,
+        artifacts: stevedore_artifacts::ArtifactStore,
+    ) -> Harness {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
+        for (name, text) in jobs {
+            std::fs::write(jobs_dir.join(name), text).unwrap();
+        }
+        Harness::run_in(
+            dir,
+            backends,
+            SecretKey::generate().unwrap(),
+            None,
+            Some(artifacts),
         )
         .await
     }
@@ -219,7 +246,7 @@ impl Harness {
         mut backends: Vec<Arc<dyn Backend>>,
         secret_key: SecretKey,
         scripted: Option<Scripted>,
-        artifacts: Option<stevedore_artifacts::StoreSettings>,
+        artifacts: Option<stevedore_artifacts::ArtifactStore>,
     ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
@@ -243,15 +270,13 @@ impl Harness {
             None => {
                 backends.push(Arc::new(ProcessBackend::new(dir.path().join("process"))));
                 // Tries' files travel through a folder of the test's own, unless told.
-                let settings =
-                    artifacts
-                        .clone()
-                        .unwrap_or_else(|| stevedore_artifacts::StoreSettings {
-                            url: format!("file://{}", dir.path().join("artifacts").display()),
-                            ..Default::default()
-                        });
-                config.artifacts =
-                    Some(stevedore_artifacts::ArtifactStore::open(&settings).unwrap());
+                config.artifacts = Some(artifacts.clone().unwrap_or_else(|| {
+                    stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+                        url: format!("file://{}", dir.path().join("artifacts").display()),
+                        ..Default::default()
+                    })
+                    .unwrap()
+                }));
             }
             Some(scripted) => {
                 // Nothing waits for real: the loop looks often, and its times are the clock's.

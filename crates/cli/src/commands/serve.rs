@@ -148,6 +148,11 @@ pub(super) async fn scheduler(
     config.try_defaults = global.try_defaults.clone();
     let artifacts = global.artifacts().map_err(|e| anyhow!(e))?;
     tracing::info!(artifact_store = %artifacts, "artifact store");
+    if global.nomad.is_some() && !artifacts.signs_urls() {
+        tracing::warn!(
+            "Nomad tries cannot fetch their inputs from this artifact store (a folder without public_url and a secret key): they share a docker volume on the client instead, so a run's tasks on different clients do not get each other's files (docs/backends.md)"
+        );
+    }
     config.artifacts = Some(artifacts);
     for (value, setting) in [
         (global.artifact_retention, &mut config.artifact_retention),

@@ -163,3 +163,83 @@ pub(crate) async fn artifact_response(
         .body(Body::from_stream(chunks))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct LinkPath {
+    /// A run id (in full).
+    #[param(min_length = 1)]
+    run_id: String,
+    /// The blob's sha256 (hex).
+    #[param(min_length = 64, max_length = 64)]
+    sha256: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LinkQuery {
+    /// The blob's size in bytes.
+    size: u64,
+    /// When the link stops working (Unix seconds).
+    expires: i64,
+    /// HMAC-SHA256 (hex) of the run, digest, size and expiry, under a key derived from the
+    /// installation's secret key.
+    signature: String,
+}
+
+/// A blob of a run, through a short-lived signed link
+///
+/// The links a folder artifact store gives (with `public_url` and the secret key) to
+/// fetchers without a token, such as a Nomad client fetching a try's inputs through the
+/// task's `artifact` blocks. Needs no token: the signature is the authority. The body is
+/// the blob's bytes; should the stored bytes not be the blob's, it is cut short.
+#[utoipa::path(get, path = "/api/v1/artifact-links/{run_id}/{sha256}", operation_id = "fetchArtifactLink", params(LinkPath, LinkQuery), responses(
+    (status = 200, description = "the blob's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+    (status = 400, description = "a path or query parameter is malformed", body = ErrorBody),
+    (status = 403, description = "the signature is not valid or the link has expired", body = ErrorBody),
+    (status = 404, description = "the blob is not in the artifact store", body = ErrorBody),
+    (status = 503, description = "no artifact store signs links here, or it does not answer", body = ErrorBody),
+), security(()))]
+pub(super) async fn fetch_artifact_link(
+    State(state): State<AppState>,
+    Path(LinkPath { run_id, sha256 }): Path<LinkPath>,
+    Params(query): Params<LinkQuery>,
+) -> ApiResult<Response> {
+    let unavailable =
+        |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    let Some(store) = &state.artifacts else {
+        return Err(unavailable(
+            "this server has no artifact store (artifact_store)".to_owned(),
+        ));
+    };
+    let blob = stevedore_artifacts::Blob {
+        sha256,
+        size: query.size,
+    };
+    match store.check_link(&run_id, &blob, query.expires, &query.signature) {
+        Ok(()) => {}
+        Err(error @ stevedore_artifacts::LinkError::NoLinks) => {
+            return Err(unavailable(error.to_string()))
+        }
+        Err(error) => return Err(ApiError::forbidden(error.to_string())),
+    }
+    let chunks = store
+        .get(&run_id, &blob)
+        .await
+        .map_err(|error| match error {
+            stevedore_artifacts::ArtifactError::Missing { .. } => ApiError::not_found(format!(
+                "the artifact store has no blob sha256:{} of run {run_id}",
+                blob.sha256
+            )),
+            other => {
+                tracing::warn!(error = %other, "artifact store");
+                unavailable(other.to_string())
+            }
+        })?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, blob.size)
+        .header("X-Stevedore-Sha256", &blob.sha256)
+        .body(Body::from_stream(chunks))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}

@@ -65,6 +65,10 @@ pub fn routes() -> Router<AppState> {
             get(download_artifact),
         )
         .route(
+            "/api/v1/artifact-links/{run_id}/{sha256}",
+            get(fetch_artifact_link),
+        )
+        .route(
             "/api/v1/runs/{run_id}/tasks/{task_id}",
             get(get_task_instance),
         )
@@ -123,6 +127,7 @@ fn time(at: DateTime<Utc>) -> String {
     cancel_run,
     list_artifacts,
     download_artifact,
+    fetch_artifact_link,
     list_task_instances,
     get_task_instance,
     clear_task,

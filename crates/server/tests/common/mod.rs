@@ -15,6 +15,9 @@ use stevedore_store::{LogLine, LogStream, SqliteStore, Store, TryFinish, TryKey}
 
 pub const JOB: &str = "id: etl\ndescription: extract and load\nschedule: \"@daily\"\nparams: {records: 10, mode: full}\ntasks:\n  - id: extract\n    image: stevedore/synth:0.1.0\n  - id: load\n    image: stevedore/synth:0.1.0\n    depends_on: [extract]\n  - id: report\n    image: stevedore/synth:0.1.0\n    depends_on: [load]\n";
 
+/// The key the test server's artifact links are signed with.
+pub const LINK_KEY: [u8; 32] = [9; 32];
+
 pub struct Server {
     pub base: String,
     pub jobs: std::path::PathBuf,
@@ -54,19 +57,21 @@ impl Server {
                 ..Default::default()
             })
             .unwrap();
-        let (store, base) = runtime.block_on(async {
+        let (store, base, artifacts) = runtime.block_on(async {
             let store: Arc<dyn Store> =
                 Arc::new(SqliteStore::open(dir.path().join("s.db")).await.unwrap());
-            let state = AppState::new(store.clone(), jobs, Some(SecretKey::generate().unwrap()))
-                .with_artifacts(artifacts.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
+            // The folder store gives links this server serves, as with `public_url`.
+            let artifacts = artifacts.with_links(&base, LINK_KEY);
+            let state = AppState::new(store.clone(), jobs, Some(SecretKey::generate().unwrap()))
+                .with_artifacts(artifacts.clone());
             tokio::spawn(stevedore_server::serve(
                 listener,
                 state,
                 std::future::pending(),
             ));
-            (store, base)
+            (store, base, artifacts)
         });
         let mut tokens = Vec::new();
         for role in Role::ALL {
