@@ -6,7 +6,7 @@
 //! (`s3://bucket/prefix`, with an endpoint, a region, path-style addressing and credentials
 //! from the settings or the environment). Blobs are content-addressed per run:
 //! `<prefix>/runs/<run>/blobs/<sha256>`. A blob is written by streaming it (multipart above
-//! 10 MiB) while hashing it, to an upload name first and then renamed to its digest, so a
+//! 8 MiB) while hashing it, to an upload name first and then renamed to its digest, so a
 //! reader never sees half a blob; it is read back as a stream that checks its size and
 //! sha256 at the end. Nothing is ever held whole in memory.
 //!
@@ -29,6 +29,9 @@ pub mod workspace;
 pub use error::ArtifactError;
 
 pub use workspace::{CaptureError, CaptureLimits, StageError, StagedFile, WorkspaceFile};
+
+/// The part size of a multipart upload (S3's least is 5 MiB).
+const UPLOAD_PART: usize = 8 * 1024 * 1024;
 
 /// How much of a blob is read from its source at a time.
 const CHUNK: usize = 256 * 1024;
@@ -272,7 +275,14 @@ impl ArtifactStore {
         limit: u64,
     ) -> Result<Blob, ArtifactError> {
         let upload = self.run_path(run_id).child("uploads").child(upload_name());
-        let mut writer = object_store::buffered::BufWriter::new(self.store.clone(), upload.clone());
+        // Parts of 8 MiB, at most two in flight: a file moves with about 24 MiB of buffers
+        // whatever its size (object_store's default, 8 parts of 10 MiB, would hold 80).
+        let mut writer = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            upload.clone(),
+            UPLOAD_PART,
+        )
+        .with_max_concurrency(2);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut buffer = vec![0u8; CHUNK];
