@@ -8,7 +8,7 @@
 #   scripts/bench.sh scheduler  task instances/s with the instant backend, SQLite and PostgreSQL
 #   scripts/bench.sh artifacts  the 100,000-record pipeline with a folder and an S3 artifact
 #                               store; 1 GiB between two engines against `docker cp`
-#   scripts/bench.sh            all five
+#   scripts/bench.sh            all six
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}

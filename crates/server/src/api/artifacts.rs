@@ -196,9 +196,9 @@ pub(super) struct LinkQuery {
 #[utoipa::path(get, path = "/api/v1/artifact-links/{run_id}/{sha256}", operation_id = "fetchArtifactLink", params(LinkPath, LinkQuery), responses(
     (status = 200, description = "the blob's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
     (status = 400, description = "a path or query parameter is malformed", body = ErrorBody),
-    (status = 403, description = "the signature is not valid or the link has expired", body = ErrorBody),
+    (status = 403, description = "the signature is not valid, the link has expired, or this server signs no links", body = ErrorBody),
     (status = 404, description = "the blob is not in the artifact store", body = ErrorBody),
-    (status = 503, description = "no artifact store signs links here, or it does not answer", body = ErrorBody),
+    (status = 503, description = "the artifact store does not answer", body = ErrorBody),
 ), security(()))]
 pub(super) async fn fetch_artifact_link(
     State(state): State<AppState>,
@@ -207,21 +207,18 @@ pub(super) async fn fetch_artifact_link(
 ) -> ApiResult<Response> {
     let unavailable =
         |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    // A server that signs no links has none that can be valid: 403, as for a bad signature.
     let Some(store) = &state.artifacts else {
-        return Err(unavailable(
-            "this server has no artifact store (artifact_store)".to_owned(),
+        return Err(ApiError::forbidden(
+            "this server has no artifact store (artifact_store), so no artifact link is valid here",
         ));
     };
     let blob = stevedore_artifacts::Blob {
         sha256,
         size: query.size,
     };
-    match store.check_link(&run_id, &blob, query.expires, &query.signature) {
-        Ok(()) => {}
-        Err(error @ stevedore_artifacts::LinkError::NoLinks) => {
-            return Err(unavailable(error.to_string()))
-        }
-        Err(error) => return Err(ApiError::forbidden(error.to_string())),
+    if let Err(error) = store.check_link(&run_id, &blob, query.expires, &query.signature) {
+        return Err(ApiError::forbidden(error.to_string()));
     }
     let chunks = store
         .get(&run_id, &blob)
