@@ -136,8 +136,8 @@ fn link_message(run_id: &str, blob: &Blob, expires: i64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A run ID as one URL path segment.
-fn path_segment(text: &str) -> String {
+/// `text` as one URL path segment (percent-encoding all but unreserved characters).
+pub fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {

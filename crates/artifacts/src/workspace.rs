@@ -163,28 +163,16 @@ pub fn clean_path(path: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-/// Stores one file read from `source` (a file of a workspace that was listed as `size`
-/// bytes), for a backend that reads a try's files one by one (Nomad's file system API):
-/// the size read must be the size listed.
-pub async fn capture_file(
-    store: &ArtifactStore,
-    run_id: &str,
-    path: &str,
-    source: impl AsyncRead + Unpin,
-    size: u64,
-    modified: i64,
-    limits: &CaptureLimits,
-) -> Result<WorkspaceFile, CaptureError> {
-    put_file(store, run_id, path, source, size, modified, limits).await
-}
-
 fn unchanged(staged: &[WorkspaceFile], path: &str, size: u64, modified: i64) -> bool {
     staged
         .iter()
         .any(|f| f.path == path && f.size == size && f.modified == modified)
 }
 
-async fn put_file(
+/// Stores one file read from `source` (a file of a workspace that was listed as `size`
+/// bytes), for the tar and folder captures and for a backend that reads a try's files one
+/// by one (Nomad's file system API): the size read must be the size listed.
+pub async fn capture_file(
     store: &ArtifactStore,
     run_id: &str,
     path: &str,
@@ -306,7 +294,7 @@ pub async fn capture_tar(
             continue;
         }
         limits.admit(&path, size, files.len())?;
-        let file = put_file(
+        let file = capture_file(
             store,
             run_id,
             &path,
@@ -558,7 +546,7 @@ pub async fn capture_dir(
             continue;
         }
         limits.admit(&path, size, files.len())?;
-        files.push(put_file(store, run_id, &path, file, size, modified, limits).await?);
+        files.push(capture_file(store, run_id, &path, file, size, modified, limits).await?);
     }
     Ok(files)
 }

@@ -76,16 +76,7 @@ pub fn job_id(job_id: &str, task_id: &str, run_id: &str, try_number: u32) -> Str
 
 /// Percent-encodes one path segment (job IDs may hold `:` or `+` from run IDs).
 fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
+    stevedore_artifacts::path_segment(text)
 }
 
 /// Why a wait for the allocation ended early.
