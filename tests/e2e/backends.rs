@@ -268,11 +268,7 @@ fn launched(events: &[TryEvent]) -> String {
 /// unchanged; a corrupt one fails the next try naming it.
 pub async fn a_try_s_files_travel_to_the_next_try(backend: &dyn Backend) {
     let folder = tempfile::tempdir().unwrap();
-    let store = ArtifactStore::open(&stevedore_artifacts::StoreSettings {
-        url: format!("file://{}", folder.path().display()),
-        ..Default::default()
-    })
-    .unwrap();
+    let store = served_folder_store(folder.path()).await;
     let name = backend.name();
     let run_id = format!("files-{name}");
     let with_store = |mut spec: LaunchSpec, inputs: Vec<StagedFile>| {
@@ -358,6 +354,7 @@ pub async fn a_try_s_files_travel_to_the_next_try(backend: &dyn Backend) {
     // The stored blob is damaged: the next try fails naming the file and who wrote it.
     let blob = folder
         .path()
+        .join("artifacts")
         .join("runs")
         .join(&run_id)
         .join("blobs")
@@ -371,14 +368,48 @@ pub async fn a_try_s_files_travel_to_the_next_try(backend: &dyn Backend) {
         None,
     );
     let (exit, lines, _) = execute(backend, with_store(again, inputs), None).await;
+    // Staged by the scheduler's side (docker, process) the store says the file is corrupt;
+    // fetched by a Nomad client, the server cuts the link's body short and the client says
+    // the download failed.
     match &exit.failure {
         Some(FailureReason::Artifact(why)) => assert!(
-            why.contains("`out/rows.jsonl` (written by task `writer`) is corrupt"),
+            why.contains("`out/rows.jsonl` (written by task `writer`) is corrupt")
+                || why.contains(
+                    "`out/rows.jsonl` (written by task `writer`) could not be fetched by the Nomad client"
+                ),
             "{why}"
         ),
         other => panic!("not an artifact failure: {other:?} {lines:?}"),
     }
     assert!(lines.is_empty(), "the try must not start: {lines:?}");
+}
+
+/// A folder artifact store under `folder` whose signed links (the ones a Nomad client fetches
+/// a try's inputs from) a `stevedore server` on 127.0.0.1 serves, as with `public_url`. The
+/// server lives as long as the test's runtime.
+pub(crate) async fn served_folder_store(folder: &std::path::Path) -> ArtifactStore {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let store = ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+        url: format!("file://{}", folder.join("artifacts").display()),
+        ..Default::default()
+    })
+    .unwrap()
+    .with_links(&base, [5; 32]);
+    // Only its link route is used: the store it reads runs from is its own.
+    let server_store: Arc<dyn stevedore_store::Store> = Arc::new(
+        stevedore_store::SqliteStore::open(folder.join("server.db"))
+            .await
+            .unwrap(),
+    );
+    let state = stevedore_server::AppState::new(server_store, folder.join("jobs"), None)
+        .with_artifacts(store.clone());
+    tokio::spawn(stevedore_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    store
 }
 
 pub async fn both_streams_arrive_whole_and_in_order(backend: &dyn Backend) {
@@ -650,8 +681,6 @@ backend_contract_suite!(
     ],
     adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );
-// Nomad still shares a run's workspace as a docker volume on one client (tests/e2e/nomad.rs);
-// its files travelling through the artifact store is issue 16's next step.
 backend_contract_suite!(
     nomad,
     [
@@ -663,6 +692,7 @@ backend_contract_suite!(
         a_missing_image_fails_the_try_naming_it,
         the_state_file_reaches_the_try,
         running_tries_are_listed_by_their_labels,
+        a_try_s_files_travel_to_the_next_try,
     ],
     adopt: [a_try_is_adopted_after_its_scheduler_stops]
 );

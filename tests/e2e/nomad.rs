@@ -283,30 +283,66 @@ async fn the_token_and_namespace_reach_nomad() {
     backend.remove(&listed[0].container_id).await.unwrap();
 }
 
-/// Tries of one run share its workspace (a docker volume on the client), as with docker.
+/// No volume is shared between a run's tries on Nomad, whatever the artifact store: with a
+/// folder store that cannot give the clients links (no `public_url`), a try's files are
+/// still read back through the client's file system API, and a downstream try that needs
+/// them fails before it starts, naming the file, its writer and what to set, instead of
+/// starting on an empty workspace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tries_of_a_run_share_its_workspace_on_a_client() {
+async fn without_links_a_nomad_try_with_inputs_fails_naming_what_to_set() {
     require_images().await;
     let sim = NomadSim::start(Some(TOKEN)).await;
-    let backend = NomadBackend::new(config(&sim)).unwrap();
-    let run = format!("ws-{}", std::process::id());
-    let (exit, events) = execute(
-        &backend,
-        spec(
-            &run,
-            "writer",
-            &["write", "--file", "rows.jsonl", "--text", "{\"id\":7}"],
-        ),
-    )
-    .await;
-    assert_eq!(exit.exit_code, Some(0), "{events:?}");
-    let (exit, events) = execute(
-        &backend,
-        spec(&run, "reader", &["read", "--file", "rows.jsonl"]),
-    )
-    .await;
-    assert_eq!(exit.exit_code, Some(0), "{events:?}");
-    assert_eq!(lines(&events), vec!["read rows.jsonl: {\"id\":7}"]);
+    let folder = tempfile::tempdir().unwrap();
+    let store = stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
+        url: format!("file://{}", folder.path().join("artifacts").display()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!store.signs_urls());
+    let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
+    let job = format!(
+        "id: unlinked\ntasks:\n  - id: writer\n    backend: nomad\n    image: {SYNTH}\n    args: [write, --file, out/rows.jsonl, --text, '{{\"id\":7}}']\n  - id: reader\n    backend: nomad\n    image: {SYNTH}\n    args: [read, --file, out/rows.jsonl]\n    depends_on: [writer]\n"
+    );
+    let harness =
+        Harness::start_with_artifact_store(&[("unlinked.yaml", &job)], vec![nomad], store).await;
+    let run = harness.trigger("unlinked").await;
+    let run = harness.wait_run(&run.run_id, MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let writer = &harness.tries(&run.run_id, "writer").await[0];
+    assert_eq!(
+        writer.state,
+        TryState::Success,
+        "{:?}",
+        writer.failure_reason
+    );
+    let artifacts = harness.store.run_artifacts(&run.run_id).await.unwrap();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert_eq!(artifacts[0].path, "out/rows.jsonl");
+    let reader = &harness.tries(&run.run_id, "reader").await[0];
+    let reason = reader.failure_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("input file `out/rows.jsonl` (written by task `writer`)")
+            && reason.contains("public_url"),
+        "{reason}"
+    );
+    assert!(
+        harness.log_lines(reader).await.is_empty(),
+        "it never started"
+    );
+    // The writer's job was the only one registered: the reader failed before.
+    let job = sim
+        .registered_job(&nomad::job_id("unlinked", "writer", &run.run_id, 1))
+        .expect("the writer's job was registered");
+    let config = &job["TaskGroups"][0]["Tasks"][0]["Config"];
+    assert_eq!(config["mount"], serde_json::Value::Null, "{config}");
+    assert_eq!(
+        config["volumes"],
+        serde_json::json!(["local/workspace:/workspace"])
+    );
+    assert!(sim
+        .registered_job(&nomad::job_id("unlinked", "reader", &run.run_id, 1))
+        .is_none());
+    harness.stop().await;
 }
 
 /// A job whose tasks are split between the docker and nomad backends runs end to end in a
@@ -1159,13 +1195,11 @@ async fn the_main_job_split_across_two_nomad_clients_loads_every_record_once() {
     assert!(on_node(&load_log, "sim-node-2"), "{load_log:?}");
     // No try used a docker volume: the file went through the store.
     for task in ["extract", "load"] {
-        let nomad_job = sim
-            .job(&nomad::job_id("charges_to_warehouse", task, &run.run_id, 1))
-            .map(|job| job["TaskGroups"][0]["Tasks"][0]["Config"]["mount"].clone());
-        assert!(
-            nomad_job.is_none() || nomad_job == Some(serde_json::Value::Null),
-            "{task}: {nomad_job:?}"
-        );
+        let job = sim
+            .registered_job(&nomad::job_id("charges_to_warehouse", task, &run.run_id, 1))
+            .expect("registered");
+        let config = &job["TaskGroups"][0]["Tasks"][0]["Config"];
+        assert_eq!(config["mount"], serde_json::Value::Null, "{task}: {config}");
     }
     let artifacts = harness.store.run_artifacts(&run.run_id).await.unwrap();
     let kept: Vec<_> = artifacts
@@ -1307,27 +1341,7 @@ async fn a_folder_store_s_links_carry_files_between_two_nomad_clients() {
     let sim =
         NomadSim::start_with_nodes(Some(TOKEN), &[&[("node", "one")], &[("node", "two")]]).await;
     let folder = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let store = stevedore_artifacts::ArtifactStore::open(&stevedore_artifacts::StoreSettings {
-        url: format!("file://{}", folder.path().join("artifacts").display()),
-        ..Default::default()
-    })
-    .unwrap()
-    .with_links(&base, [5; 32]);
-    // The server: only its link route is used (the store it reads runs from is its own).
-    let server_store: Arc<dyn stevedore_store::Store> = Arc::new(
-        stevedore_store::SqliteStore::open(folder.path().join("server.db"))
-            .await
-            .unwrap(),
-    );
-    let state = stevedore_server::AppState::new(server_store, folder.path().join("jobs"), None)
-        .with_artifacts(store.clone());
-    tokio::spawn(stevedore_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let store = crate::backends::served_folder_store(folder.path()).await;
     let nomad: Arc<dyn Backend> = Arc::new(NomadBackend::new(config(&sim)).unwrap());
     let job = format!(
         "id: links\ntasks:\n  - id: writer\n    backend: nomad\n    placement: {{node: one}}\n    image: {SYNTH}\n    args: [write, --file, out/rows.jsonl, --text, '{{\"id\":7}}']\n  - id: reader\n    backend: nomad\n    placement: {{node: two}}\n    image: {SYNTH}\n    args: [read, --file, out/rows.jsonl]\n    depends_on: [writer]\n"

@@ -291,16 +291,20 @@ impl Settings {
     }
 
     /// The artifact store the settings name, opened (a folder is created when missing).
-    /// A folder store with `public_url` and the secret key gives signed links that
-    /// `stevedore server` serves (for Nomad clients to fetch inputs from).
-    pub fn artifacts(&self) -> Result<stevedore_artifacts::ArtifactStore, String> {
+    /// A folder store with `public_url` (else `own_url`, the address of a server in the same
+    /// process) and the secret key gives signed links that `stevedore server` serves (for
+    /// Nomad clients to fetch inputs from).
+    pub fn artifacts(
+        &self,
+        own_url: Option<&str>,
+    ) -> Result<stevedore_artifacts::ArtifactStore, String> {
         let store = stevedore_artifacts::ArtifactStore::open(&self.artifact_store)
             .map_err(|e| e.to_string())?;
         if store.signs_urls() {
             return Ok(store);
         }
         match (
-            &self.public_url,
+            self.public_url.as_deref().or(own_url),
             stevedore_store::secrets::SecretKey::load(&self.secret_key, false),
         ) {
             (Some(url), Ok(key)) => Ok(store.with_links(url, key.derive(ARTIFACT_LINK_KEY))),

@@ -36,9 +36,6 @@ pub struct NomadConfig {
     /// `STEVEDORE_NOMAD_MHZ_PER_CPU`: what one CPU of a task's `resources.cpu` is in Nomad's
     /// MHz (default 1000).
     pub mhz_per_cpu: u64,
-    /// `STEVEDORE_NOMAD_WORKSPACE_VOLUMES`: mount the run's workspace as a docker volume
-    /// (needs `volumes { enabled = true }` in the clients' docker plugin config; default on).
-    pub workspace_volumes: bool,
     /// How long one blocking query waits (`wait`), by default 30 s.
     pub wait: Duration,
 }
@@ -73,7 +70,6 @@ impl Default for NomadConfig {
             skip_verify: false,
             placement_timeout: Duration::from_secs(120),
             mhz_per_cpu: 1000,
-            workspace_volumes: true,
             wait: Duration::from_secs(30),
         }
     }
@@ -131,17 +127,6 @@ impl NomadConfig {
             config.mhz_per_cpu = text.parse().ok().filter(|mhz| *mhz > 0).ok_or_else(|| {
                 format!("STEVEDORE_NOMAD_MHZ_PER_CPU: `{text}` is not a positive number")
             })?;
-        }
-        if let Some(text) = var("STEVEDORE_NOMAD_WORKSPACE_VOLUMES") {
-            config.workspace_volumes = match text.as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                other => {
-                    return Err(format!(
-                        "STEVEDORE_NOMAD_WORKSPACE_VOLUMES: `{other}` is not true or false"
-                    ))
-                }
-            };
         }
         Ok(config)
     }

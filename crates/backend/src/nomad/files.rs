@@ -32,13 +32,6 @@ struct AllocFileInfo {
     mod_time: Option<chrono::DateTime<Utc>>,
 }
 
-/// Whether a try exchanges its files through the artifact store on Nomad: only with a store
-/// that can sign URLs for the clients (an S3 one). Otherwise the run's tries share a docker
-/// volume on the client (`nomad_workspace_volumes`), which only works on one client.
-pub(crate) fn exchanges(exchange: Option<&WorkspaceExchange>) -> Option<&WorkspaceExchange> {
-    exchange.filter(|exchange| exchange.store.signs_urls())
-}
-
 impl NomadBackend {
     /// The `artifact` blocks that fetch the try's inputs into its workspace; `Err` holds
     /// the try's end (a reason) or a store that cannot answer for now.

@@ -47,20 +47,11 @@ impl NomadBackend {
             config["entrypoint"] = json!(command);
         }
         let mut mounts = Vec::new();
-        if files::exchanges(spec.workspace.as_ref()).is_some() {
-            // The task directory's `local/workspace`: the client fetches the inputs into it
-            // and serves what the try left through its file system API.
-            config["volumes"] = json!([format!("{}:{WORKSPACE_DIR}", files::TASK_WORKSPACE)]);
-            env.insert("STEVEDORE_WORKSPACE".to_owned(), WORKSPACE_DIR.to_owned());
-        } else if self.config.workspace_volumes {
-            mounts.push(json!({
-                "type": "volume",
-                "target": WORKSPACE_DIR,
-                "source": hcl_literal(&format!("stevedore-run-{}", spec.run_id)),
-                "readonly": false,
-            }));
-            env.insert("STEVEDORE_WORKSPACE".to_owned(), WORKSPACE_DIR.to_owned());
-        }
+        // The task directory's `local/workspace`: the client fetches the inputs into it and
+        // serves what the try left through its file system API. One mechanism whatever the
+        // store: no volume is shared between tries.
+        config["volumes"] = json!([format!("{}:{WORKSPACE_DIR}", files::TASK_WORKSPACE)]);
+        env.insert("STEVEDORE_WORKSPACE".to_owned(), WORKSPACE_DIR.to_owned());
         let isolation = &spec.isolation;
         if let Some(limit) = isolation.pids_limit {
             config["pids_limit"] = json!(limit);

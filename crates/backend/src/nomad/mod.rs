@@ -232,7 +232,9 @@ impl Backend for NomadBackend {
             ));
         }
         let nomad_job = job_id(&spec.job_id, &spec.task_id, &spec.run_id, spec.try_number);
-        let artifacts = match files::exchanges(spec.workspace.as_ref()) {
+        // Inputs need URLs the client can fetch; a store that cannot sign them fails the try
+        // naming the file and what to set (`input_artifacts`), never an empty workspace.
+        let artifacts = match spec.workspace.as_ref() {
             Some(exchange) => match self.input_artifacts(&spec.run_id, exchange).await {
                 Ok(artifacts) => artifacts,
                 Err(Ok(reason)) => return failed(reason),
@@ -435,7 +437,7 @@ impl Backend for NomadBackend {
     }
 
     /// Reads the files through the client's file system API (`container_id` is the
-    /// allocation ID), when the try exchanged them through the store (see `files.rs`).
+    /// allocation ID; a Nomad job's ID when no allocation was ever placed: nothing to read).
     async fn capture(
         &self,
         container_id: &str,
@@ -444,7 +446,7 @@ impl Backend for NomadBackend {
         staged: &[WorkspaceFile],
         limits: &CaptureLimits,
     ) -> Result<Vec<WorkspaceFile>, CaptureFailure> {
-        if !store.signs_urls() || container_id.starts_with("stevedore-") {
+        if container_id.starts_with("stevedore-") {
             return Ok(Vec::new());
         }
         self.capture_allocation(container_id, run_id, store, staged, limits)

@@ -166,7 +166,7 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
             };
             let found = pick_artifact(&artifacts, &path, task.as_deref(), &run.run_id)?;
             let out = out.unwrap_or_else(|| "-".into());
-            let artifact_store = global.artifacts().map_err(|e| anyhow!(e))?;
+            let artifact_store = global.artifacts(None).map_err(|e| anyhow!(e))?;
             let blob = stevedore_artifacts::Blob {
                 sha256: found.sha256.clone(),
                 size: found.size,

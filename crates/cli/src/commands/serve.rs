@@ -55,18 +55,38 @@ pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.send(true);
     });
 
-    let server = match what {
+    let listener = match what {
         Serve::Standalone | Serve::Server => {
             let address = std::net::SocketAddr::new(global.bind, global.port);
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (--bind, --port)"))?;
+            Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (--bind, --port)"))?,
+            )
+        }
+        Serve::Scheduler => None,
+    };
+    let own_url = match &listener {
+        Some(listener) => Some(own_url(listener.local_addr()?)),
+        None => None,
+    };
+    if what == Serve::Standalone && global.nomad.is_some() && global.public_url.is_none() {
+        // Nomad clients fetch a try's inputs through links this server signs and serves:
+        // on one laptop they reach it at its own address, with a key made now if there is
+        // none yet (as `connections set` makes one).
+        if let Err(message) = SecretKey::load(&global.secret_key, true) {
+            tracing::warn!(reason = %message, "no secret key: Nomad tries get no links to their inputs");
+        }
+    }
+    let artifacts = global.artifacts(own_url.as_deref());
+    let server = match listener {
+        Some(listener) => {
             let address = listener.local_addr()?;
             let secret_key = SecretKey::load(&global.secret_key, false).ok();
             let mut state =
                 stevedore_server::AppState::new(store.clone(), global.jobs.clone(), secret_key);
-            match global.artifacts() {
-                Ok(artifacts) => state = state.with_artifacts(artifacts),
+            match &artifacts {
+                Ok(artifacts) => state = state.with_artifacts(artifacts.clone()),
                 Err(message) => {
                     tracing::warn!(error = %message, "no artifact store: downloads answer 503")
                 }
@@ -79,11 +99,12 @@ pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
                 stopped(),
             )))
         }
-        Serve::Scheduler => None,
+        None => None,
     };
     if with_scheduler {
         let process = global.process_backend.unwrap_or(what == Serve::Standalone);
-        scheduler(global, store, exclusive, process, stopped()).await?;
+        let artifacts = artifacts.map_err(|e| anyhow!(e))?;
+        scheduler(global, store, artifacts, exclusive, process, stopped()).await?;
     } else {
         stopped().await;
     }
@@ -104,6 +125,7 @@ pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
 pub(super) async fn scheduler(
     global: &Global,
     store: Arc<dyn Store>,
+    artifacts: stevedore_artifacts::ArtifactStore,
     exclusive: bool,
     with_process_backend: bool,
     shutdown: impl std::future::Future<Output = ()>,
@@ -146,12 +168,17 @@ pub(super) async fn scheduler(
     config.exclusive = exclusive;
     config.limits = global.limits;
     config.try_defaults = global.try_defaults.clone();
-    let artifacts = global.artifacts().map_err(|e| anyhow!(e))?;
     tracing::info!(artifact_store = %artifacts, "artifact store");
     if global.nomad.is_some() && !artifacts.signs_urls() {
         tracing::warn!(
-            "Nomad tries cannot fetch their inputs from this artifact store (a folder without public_url and a secret key): they share a docker volume on the client instead, so a run's tasks on different clients do not get each other's files (docs/backends.md)"
+            "Nomad tries cannot be given their inputs from this artifact store (a folder without public_url and a secret key): a Nomad try whose upstream tasks left files fails naming them; set public_url (stevedore server serves the links) or use an s3:// store (docs/backends.md)"
         );
+    }
+    if global
+        .variable("STEVEDORE_NOMAD_WORKSPACE_VOLUMES")
+        .is_some()
+    {
+        tracing::warn!("nomad_workspace_volumes is no longer used: tries on Nomad exchange their files through the artifact store (docs/backends.md)");
     }
     config.artifacts = Some(artifacts);
     for (value, setting) in [
@@ -182,4 +209,37 @@ pub(super) async fn scheduler(
     let scheduler = Scheduler::new(store, backends, config);
     scheduler.run(shutdown).await?;
     Ok(())
+}
+
+/// The address a server in this process is reached at from this machine: its own, with an
+/// unspecified bind address (`0.0.0.0`, `::`) read as loopback.
+fn own_url(address: std::net::SocketAddr) -> String {
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, address.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_url;
+
+    #[test]
+    fn a_server_s_own_url_reads_an_unspecified_bind_as_loopback() {
+        assert_eq!(
+            own_url("0.0.0.0:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(own_url("[::]:8080".parse().unwrap()), "http://[::1]:8080");
+        assert_eq!(
+            own_url("10.1.2.3:80".parse().unwrap()),
+            "http://10.1.2.3:80"
+        );
+    }
 }

@@ -144,6 +144,7 @@ pub(super) async fn register(
         } else {
             reschedule["Attempts"].as_u64().unwrap_or(0)
         };
+        state.registered.insert(id.clone(), job.clone());
         state.jobs.insert(
             (ns.clone(), id.clone()),
             SimJob {

@@ -125,6 +125,8 @@ fn allocs_index(state: &Inner) -> u64 {
 #[derive(Default)]
 struct Inner {
     jobs: BTreeMap<(String, String), SimJob>,
+    /// Every job as it was registered, purged ones included, by job ID.
+    registered: BTreeMap<String, Value>,
     allocs: BTreeMap<String, SimAlloc>,
     evals: Vec<Value>,
     /// Jobs waiting for room on the node, in order.
@@ -636,6 +638,12 @@ impl NomadSim {
     pub fn jobs(&self) -> Vec<String> {
         let state = self.sim.state.lock().unwrap();
         state.jobs.keys().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// A job as it was last registered, even once it has been purged.
+    pub fn registered_job(&self, job_id: &str) -> Option<Value> {
+        let state = self.sim.state.lock().unwrap();
+        state.registered.get(job_id).cloned()
     }
 
     /// A registered job as the simulator holds it.
