@@ -18,6 +18,7 @@
 //! - [`duration`] and [`image`]: small value parsers used by job files.
 //! - [`role`]: API roles and what each may do.
 //! - [`names`]: the naming rules of ids and environment variables.
+//! - [`notify`]: alert events and the `notify:` rules that route them to connections.
 
 pub mod attempt;
 pub mod clock;
@@ -27,6 +28,7 @@ pub mod job;
 pub mod limits;
 pub mod mask;
 pub mod names;
+pub mod notify;
 pub mod protocol;
 pub mod retry;
 pub mod role;

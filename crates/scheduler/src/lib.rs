@@ -14,6 +14,7 @@
 //! the kill switches of the tries it runs, so a restart loses no decision.
 
 mod adoption;
+mod alerts;
 mod followed;
 pub mod group_commit;
 mod health;

@@ -103,6 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             TaskState::Success
                         },
                         next_try_at: None,
+                        notifications: Vec::new(),
                     })
                     .await?;
                 if log_try.is_none() {

@@ -59,6 +59,11 @@ mod records;
 
 pub use records::*;
 
+/// A time as the store writes it: fixed-width RFC 3339 in UTC, microseconds.
+pub fn timestamp(time: DateTime<Utc>) -> String {
+    rows::ts(time)
+}
+
 /// The metadata store. Methods are small domain operations; each is atomic.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -104,8 +109,33 @@ pub trait Store: Send + Sync {
     }
     /// Sets the states of several runs in one transaction (a scheduling pass), as
     /// [`Store::set_run_state`] would one after the other.
-    async fn set_run_states(&self, changes: &[(String, RunState)], at: DateTime<Utc>)
-        -> Result<()>;
+    async fn set_run_states(
+        &self,
+        changes: &[(String, RunState)],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.set_run_states_notifying(changes, &[], at).await
+    }
+    /// [`Store::set_run_states`], with the events the runs' ends make written into the
+    /// outbox in the same transaction: a notification of a run is kept only if this write
+    /// ended the run (a run already ended makes its events once).
+    async fn set_run_states_notifying(
+        &self,
+        changes: &[(String, RunState)],
+        notifications: &[NewNotification],
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Records that the run's `deadline` passed while it had not ended, with its
+    /// `deadline_missed` notifications, once: `false` (and nothing written) when it was
+    /// recorded before or the run has ended.
+    async fn mark_deadline_missed(
+        &self,
+        run_id: &str,
+        notifications: &[NewNotification],
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// The job's latest ended runs, newest end first, at most `limit`, with their states.
+    async fn job_outcomes(&self, job_id: &str, limit: u32) -> Result<Vec<(String, RunState)>>;
     /// Changes whenever a run is created (the newest run id; ids are time-ordered), so a
     /// scheduler can notice a trigger from another process with one cheap query.
     async fn runs_marker(&self) -> Result<Option<String>>;
@@ -354,6 +384,50 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<String>>;
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
+
+    // Task instances waiting for a backend.
+    /// Records which task instances wait for a backend that does not answer (`Some`: since
+    /// when and its answer; a task instance already waiting keeps its `since`) or no longer
+    /// do (`None`).
+    async fn set_waiting(&self, changes: &[(String, String, Option<Waiting>)]) -> Result<()>;
+    /// Fails a task instance that waited for its backend past `backend_unavailable_timeout`:
+    /// a try `try_number` is recorded `failed` with `reason` (never started), the task
+    /// instance takes `task_state` (`up_for_retry` with `next_try_at`, or `failed`) and stops
+    /// waiting, and its `stuck` notifications are written, all at once. `false` when the task
+    /// instance no longer waits (another scheduler got there first, or it started).
+    async fn give_up_waiting(&self, give_up: &GiveUp) -> Result<bool>;
+
+    // Notifications (the outbox).
+    /// Claims, for scheduler `owner` until `until`, up to `limit` pending notifications due
+    /// at `now` that no live claim holds, oldest first, each the oldest pending one of its
+    /// run and connection (so a run's events reach a receiver in the order they happened).
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>>;
+    /// Records a delivery attempt (numbered by the store) and what it leaves the
+    /// notification as; its claim is released.
+    async fn record_delivery(
+        &self,
+        seq: i64,
+        attempt: &NotificationAttempt,
+        outcome: DeliveryOutcome,
+    ) -> Result<()>;
+    /// Newest first.
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> Result<Vec<NotificationRecord>>;
+    /// By its id or a unique prefix of it.
+    async fn find_notification(&self, id_or_prefix: &str) -> Result<NotificationRecord>;
+    async fn notification_attempts(&self, seq: i64) -> Result<Vec<NotificationAttempt>>;
+    /// Sends a notification again: pending, due at `at`, whatever it was.
+    async fn retry_notification(&self, seq: i64, at: DateTime<Utc>) -> Result<()>;
+    /// Delivery attempts counted by channel and whether they succeeded (for metrics).
+    async fn delivery_counts(&self) -> Result<Vec<(String, bool, u64)>>;
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, TaskState, TryState};
 
 use crate::rows::*;
-use crate::sql_store::{numbered_placeholders, push_bound_list, sql, Dialect, BULK_ROWS};
+use crate::sql_store::{numbered_placeholders, prefixed, push_bound_list, sql, Dialect, BULK_ROWS};
 use crate::*;
 
 /// The schema's migrations (`migrations/postgres`, embedded at build time), run by sqlx's
@@ -53,6 +53,11 @@ fn migrator() -> &'static Migrator {
                 4,
                 "artifacts",
                 include_str!("../migrations/postgres/0004_artifacts.sql"),
+            ),
+            migration(
+                5,
+                "notifications",
+                include_str!("../migrations/postgres/0005_notifications.sql"),
             ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
@@ -164,6 +169,7 @@ impl Dialect for PostgresDialect {
     const TASK_ORDER: &'static str = "position";
     const SHARE_LOCK: &'static str = " FOR SHARE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const ROW_LOCK: &'static str = " FOR UPDATE";
     // Measured with the scheduling benchmark: two writers 6,700-7,100 task instances/s,
     // one 5,200-5,500, three no better than two.
     const WRITE_CONCURRENCY: usize = 2;

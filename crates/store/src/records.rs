@@ -1,6 +1,7 @@
 //! What the store reads and writes: its records, the tries' writes, fences and errors.
 
 use super::*;
+use stevedore_domain::notify::NotifyEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +101,8 @@ pub struct RunRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// An operator asked to cancel it (`stevedore runs cancel`).
     pub cancel_requested: bool,
+    /// When its job's `deadline` passed while it had not ended.
+    pub deadline_missed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +118,15 @@ pub struct TaskInstanceRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// Tries numbered up to this one came before the last clear; retries count after it.
     pub retry_base: u32,
+    /// Since when it waits for a backend that does not answer, and that backend's answer.
+    pub waiting: Option<Waiting>,
+}
+
+/// A task instance waiting for its backend (see [`TaskInstanceRecord::waiting`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    pub since: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// Identifies a try.
@@ -215,6 +227,9 @@ pub struct TryFinish {
     pub failure_reason: Option<String>,
     pub task_state: TaskState,
     pub next_try_at: Option<DateTime<Utc>>,
+    /// The events this end makes (`retry`, `failure`, `success`), written into the outbox
+    /// with it.
+    pub notifications: Vec<NewNotification>,
 }
 
 /// One write of a try, for [`Store::write_tries`]: what [`Store::start_try_fenced`],
@@ -436,4 +451,165 @@ pub struct CapturedFile {
     pub sha256: String,
     /// Its modification time where it was written (Unix seconds).
     pub modified: i64,
+}
+
+/// An event for the outbox: one notification per event and connection, written with the
+/// state change that made the event ([`Store::set_run_states_notifying`], a try's end).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewNotification {
+    /// The id receivers see (a UUIDv7), the same at every delivery attempt.
+    pub id: String,
+    /// What makes the event one: the same key written twice is kept once.
+    pub dedupe_key: String,
+    pub event: NotifyEvent,
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub try_number: Option<u32>,
+    pub connection: String,
+    /// The run's or task instance's state the event tells of.
+    pub state: String,
+    pub reason: Option<String>,
+    pub logical_date: DateTime<Utc>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl NewNotification {
+    /// A new event's notification to `connection`: a fresh id, and a dedupe key made of
+    /// what identifies the event (`what`: `run:<id>:<ended_at>`, `try:<id>`, ...).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        what: &str,
+        event: NotifyEvent,
+        connection: &str,
+        job_id: &str,
+        run_id: &str,
+        task: Option<(&str, u32)>,
+        state: &str,
+        reason: Option<String>,
+        logical_date: DateTime<Utc>,
+        occurred_at: DateTime<Utc>,
+    ) -> NewNotification {
+        NewNotification {
+            id: uuid::Uuid::now_v7().to_string(),
+            dedupe_key: format!("{what}:{event}:{connection}"),
+            event,
+            job_id: job_id.to_owned(),
+            run_id: run_id.to_owned(),
+            task_id: task.map(|(task_id, _)| task_id.to_owned()),
+            try_number: task.map(|(_, try_number)| try_number),
+            connection: connection.to_owned(),
+            state: state.to_owned(),
+            reason,
+            logical_date,
+            occurred_at,
+        }
+    }
+}
+
+/// Where a notification's delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotificationStatus {
+    /// Not delivered yet: waiting for its next attempt (or its first).
+    Pending,
+    Delivered,
+    /// Given up after its attempts; `stevedore notifications retry` sends it again.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Pending => "pending",
+            NotificationStatus::Delivered => "delivered",
+            NotificationStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for NotificationStatus {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "pending" => Ok(NotificationStatus::Pending),
+            "delivered" => Ok(NotificationStatus::Delivered),
+            "failed" => Ok(NotificationStatus::Failed),
+            other => Err(format!("notification status `{other}`")),
+        }
+    }
+}
+
+/// A notification in the outbox, with where its delivery stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotificationRecord {
+    /// Its place in the outbox: events are delivered in this order per run and connection.
+    pub seq: i64,
+    pub id: String,
+    pub event: NotifyEvent,
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub try_number: Option<u32>,
+    pub connection: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub logical_date: DateTime<Utc>,
+    pub occurred_at: DateTime<Utc>,
+    pub status: NotificationStatus,
+    /// The channel its connection chose at its last attempt (`webhook`, `slack`, `email`).
+    pub channel: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// One delivery attempt of a notification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotificationAttempt {
+    /// From 1; given by the store when the attempt is recorded.
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub channel: Option<String>,
+    pub ok: bool,
+    /// The receiver's HTTP status (webhook, Slack) or SMTP reply code (email).
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// What a delivery attempt leaves the notification as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Failed; tried again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Failed for the last time: the notification is `failed`.
+    GiveUp,
+}
+
+/// Which notifications to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct NotificationFilter {
+    pub job_id: Option<String>,
+    pub run_id: Option<String>,
+    /// Only those whose delivery failed: given up, or pending after a failed attempt.
+    pub failed: bool,
+    /// Only those older than this `seq` (the next page).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// A task instance given up on after waiting for its backend ([`Store::give_up_waiting`]).
+#[derive(Clone, Debug)]
+pub struct GiveUp {
+    pub key: TryKey,
+    pub backend: String,
+    pub image_ref: String,
+    pub reason: String,
+    pub task_state: TaskState,
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+    pub notifications: Vec<NewNotification>,
 }

@@ -91,6 +91,7 @@ pub(crate) struct RunRow {
     started_at: Option<String>,
     ended_at: Option<String>,
     cancel_requested: bool,
+    deadline_missed_at: Option<String>,
 }
 
 impl RunRow {
@@ -111,6 +112,7 @@ impl RunRow {
             started_at: parse_opt_ts(self.started_at)?,
             ended_at: parse_opt_ts(self.ended_at)?,
             cancel_requested: self.cancel_requested,
+            deadline_missed_at: parse_opt_ts(self.deadline_missed_at)?,
         })
     }
 }
@@ -125,6 +127,8 @@ pub(crate) struct TaskInstanceRow {
     started_at: Option<String>,
     ended_at: Option<String>,
     retry_base: i64,
+    waiting_since: Option<String>,
+    waiting_reason: Option<String>,
 }
 
 impl TaskInstanceRow {
@@ -138,6 +142,13 @@ impl TaskInstanceRow {
             started_at: parse_opt_ts(self.started_at)?,
             ended_at: parse_opt_ts(self.ended_at)?,
             retry_base: self.retry_base as u32,
+            waiting: match (parse_opt_ts(self.waiting_since)?, self.waiting_reason) {
+                (Some(since), reason) => Some(Waiting {
+                    since,
+                    reason: reason.unwrap_or_default(),
+                }),
+                (None, _) => None,
+            },
         })
     }
 }
@@ -204,7 +215,9 @@ impl LogRow {
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, job_version, run_trigger, logical_date, \
     data_interval_start, data_interval_end, params, state, queued_at, started_at, ended_at, \
-    cancel_requested";
+    cancel_requested, deadline_missed_at";
+pub(crate) const TASK_INSTANCE_COLUMNS: &str = "run_id, task_id, state, try_number, next_try_at, \
+    started_at, ended_at, retry_base, waiting_since, waiting_reason";
 pub(crate) const TRY_COLUMNS: &str = "try_id, run_id, task_id, try_number, backend, container_id, \
     image_ref, image_digest, state, started_at, ended_at, exit_code, failure_reason";
 
@@ -236,5 +249,84 @@ impl ArtifactRow {
             sha256: self.sha256,
             modified: self.mtime,
         }
+    }
+}
+
+pub(crate) const NOTIFICATION_COLUMNS: &str =
+    "seq, id, event, job_id, run_id, task_id, try_number, \
+    connection, state, reason, logical_date, occurred_at, status, channel, attempts, \
+    next_attempt_at, last_status_code, last_error, delivered_at";
+
+#[derive(FromRow)]
+pub(crate) struct NotificationRow {
+    seq: i64,
+    id: String,
+    event: String,
+    job_id: String,
+    run_id: String,
+    task_id: Option<String>,
+    try_number: Option<i64>,
+    connection: String,
+    state: String,
+    reason: Option<String>,
+    logical_date: String,
+    occurred_at: String,
+    status: String,
+    channel: Option<String>,
+    attempts: i64,
+    next_attempt_at: String,
+    last_status_code: Option<i64>,
+    last_error: Option<String>,
+    delivered_at: Option<String>,
+}
+
+impl NotificationRow {
+    pub(crate) fn into_record(self) -> Result<NotificationRecord> {
+        Ok(NotificationRecord {
+            seq: self.seq,
+            id: self.id,
+            event: parse_enum(&self.event)?,
+            job_id: self.job_id,
+            run_id: self.run_id,
+            task_id: self.task_id,
+            try_number: self.try_number.map(|n| n as u32),
+            connection: self.connection,
+            state: self.state,
+            reason: self.reason,
+            logical_date: parse_ts(&self.logical_date)?,
+            occurred_at: parse_ts(&self.occurred_at)?,
+            status: parse_enum(&self.status)?,
+            channel: self.channel,
+            attempts: self.attempts.max(0) as u32,
+            next_attempt_at: parse_ts(&self.next_attempt_at)?,
+            last_status_code: self.last_status_code.and_then(|c| u16::try_from(c).ok()),
+            last_error: self.last_error,
+            delivered_at: parse_opt_ts(self.delivered_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct AttemptRow {
+    attempt: i64,
+    at: String,
+    channel: Option<String>,
+    ok: bool,
+    status_code: Option<i64>,
+    error: Option<String>,
+    duration_ms: i64,
+}
+
+impl AttemptRow {
+    pub(crate) fn into_record(self) -> Result<NotificationAttempt> {
+        Ok(NotificationAttempt {
+            attempt: self.attempt.max(0) as u32,
+            at: parse_ts(&self.at)?,
+            channel: self.channel,
+            ok: self.ok,
+            status_code: self.status_code.and_then(|c| u16::try_from(c).ok()),
+            error: self.error,
+            duration_ms: self.duration_ms.max(0) as u64,
+        })
     }
 }

@@ -22,6 +22,9 @@ pub(crate) trait Dialect {
     /// Appended to the `SELECT` of runs to claim, so schedulers claiming at once skip each
     /// other's rows instead of waiting.
     const SKIP_LOCKED: &'static str;
+    /// Appended to a `SELECT` of rows the transaction is about to change, so a second
+    /// writer waits for the first (SQLite's writers take turns anyway).
+    const ROW_LOCK: &'static str;
     /// See [`Store::write_concurrency`].
     const WRITE_CONCURRENCY: usize;
     /// A statement written with `?` and `?N` placeholders, in this database's syntax.
@@ -58,6 +61,15 @@ pub(crate) mod sql {
 /// Rows per statement of a bulk write (a few values each: well under SQLite's 32766 and
 /// PostgreSQL's 65535 parameters).
 pub(crate) const BULK_ROWS: usize = 500;
+
+/// `columns` (`a, b`) each with `table.` before it.
+pub(crate) fn prefixed(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|column| format!("{table}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Appends `(?, ?, …)` with `values` bound, for `IN` lists of a bulk statement.
 pub(crate) fn push_bound_list<'t, DB, T>(
@@ -142,6 +154,40 @@ impl $store {
 }
 
 impl $store {
+    /// Writes notifications into the outbox; one whose dedupe key is there already is
+    /// kept once.
+    async fn insert_notifications(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        notifications: &[&NewNotification],
+    ) -> Result<()> {
+        type Db = <$dialect as Dialect>::DB;
+        for chunk in notifications.chunks(BULK_ROWS / 2) {
+            let mut query = QueryBuilder::<Db>::new(
+                "INSERT INTO notifications (id, dedupe_key, event, job_id, run_id, task_id, try_number, \
+                 connection, state, reason, logical_date, occurred_at, next_attempt_at) ",
+            );
+            query.push_values(chunk, |mut row, n| {
+                let occurred_at = ts(n.occurred_at);
+                row.push_bind(n.id.clone())
+                    .push_bind(n.dedupe_key.clone())
+                    .push_bind(n.event.as_str())
+                    .push_bind(n.job_id.clone())
+                    .push_bind(n.run_id.clone())
+                    .push_bind(n.task_id.clone())
+                    .push_bind(n.try_number.map(i64::from))
+                    .push_bind(n.connection.clone())
+                    .push_bind(n.state.clone())
+                    .push_bind(n.reason.clone())
+                    .push_bind(ts(n.logical_date))
+                    .push_bind(occurred_at.clone())
+                    .push_bind(occurred_at);
+            });
+            query.push(" ON CONFLICT (dedupe_key) DO NOTHING");
+            query.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     /// Every write of `writes` in one transaction (see [`Store::write_tries`]); `Err` when the
     /// transaction as a whole failed (nothing of it is kept then).
     async fn write_tries_together(&self, writes: &[FencedWrite]) -> Result<Vec<Result<TryWritten>>> {
@@ -481,10 +527,15 @@ impl $store {
             });
             query.push(
                 ") UPDATE task_instances SET state = v.state, next_try_at = v.next_try_at, \
-                 ended_at = v.ended_at FROM v \
+                 ended_at = v.ended_at, waiting_since = NULL, waiting_reason = NULL FROM v \
                  WHERE task_instances.run_id = v.run_id AND task_instances.task_id = v.task_id",
             );
             query.build().execute(&mut **tx).await?;
+            let notifications: Vec<&NewNotification> = ending
+                .iter()
+                .flat_map(|(_, finish, ..)| finish.notifications.iter())
+                .collect();
+            Self::insert_notifications(tx, &notifications).await?;
             let published: Vec<(&str, &str, &str)> = ending
                 .iter()
                 .filter(|(_, finish, ..)| finish.state == TryState::Success)
@@ -608,10 +659,11 @@ impl Store for $store {
             started_at: None,
             ended_at: None,
             cancel_requested: false,
+            deadline_missed_at: None,
         };
         let mut tx = self.write_transaction().await?;
         let inserted = sql::query::<$dialect>(&(format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, FALSE)"
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, FALSE, NULL)"
         )))
         .bind(&record.run_id)
         .bind(&record.job_id)
@@ -731,13 +783,37 @@ impl Store for $store {
         })
     }
 
-    async fn set_run_states(&self, changes: &[(String, RunState)], at: DateTime<Utc>) -> Result<()> {
+    async fn set_run_states_notifying(
+        &self,
+        changes: &[(String, RunState)],
+        notifications: &[NewNotification],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         type Db = <$dialect as Dialect>::DB;
         if changes.is_empty() {
             return Ok(());
         }
         let at = ts(at);
         let mut tx = self.write_transaction().await?;
+        // The runs this write ends (not ended already): only their events are kept. Their
+        // rows stay locked until the transaction ends, so two writers cannot both end one.
+        let mut ended_now: Vec<String> = Vec::new();
+        if !notifications.is_empty() {
+            let ending: Vec<&str> = changes
+                .iter()
+                .filter(|(_, state)| state.is_finished())
+                .map(|(run_id, _)| run_id.as_str())
+                .collect();
+            for chunk in ending.chunks(BULK_ROWS) {
+                let mut query = QueryBuilder::<Db>::new(
+                    "SELECT run_id FROM runs WHERE state NOT IN ('success', 'failed') AND run_id IN ",
+                );
+                push_bound_list(&mut query, chunk.iter().copied());
+                query.push(<$dialect>::ROW_LOCK);
+                let rows: Vec<(String,)> = query.build_query_as().fetch_all(&mut *tx).await?;
+                ended_now.extend(rows.into_iter().map(|(run_id,)| run_id));
+            }
+        }
         for state in [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed] {
             let run_ids: Vec<&str> = changes
                 .iter()
@@ -791,8 +867,51 @@ impl Store for $store {
                 }
             }
         }
+        let kept: Vec<&NewNotification> = notifications
+            .iter()
+            .filter(|n| ended_now.contains(&n.run_id))
+            .collect();
+        Self::insert_notifications(&mut tx, &kept).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_deadline_missed(
+        &self,
+        run_id: &str,
+        notifications: &[NewNotification],
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.write_transaction().await?;
+        let done = sql::query::<$dialect>(
+            "UPDATE runs SET deadline_missed_at = ? WHERE run_id = ? AND deadline_missed_at IS NULL \
+             AND state IN ('queued', 'running')",
+        )
+        .bind(ts(at))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let notifications: Vec<&NewNotification> = notifications.iter().collect();
+        Self::insert_notifications(&mut tx, &notifications).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn job_outcomes(&self, job_id: &str, limit: u32) -> Result<Vec<(String, RunState)>> {
+        let rows: Vec<(String, String)> = sql::query_as::<$dialect, _>(
+            "SELECT run_id, state FROM runs WHERE job_id = ? AND state IN ('success', 'failed') \
+             ORDER BY ended_at DESC, run_id DESC LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(run_id, state)| Ok((run_id, parse_enum::<RunState>(&state)?)))
+            .collect()
     }
 
     async fn previous_run(
@@ -868,8 +987,7 @@ impl Store for $store {
 
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
         sql::query_as::<$dialect, TaskInstanceRow>(&format!(
-            "SELECT run_id, task_id, state, try_number, next_try_at, started_at, ended_at, retry_base \
-             FROM task_instances WHERE run_id = ? ORDER BY {}",
+            "SELECT {TASK_INSTANCE_COLUMNS} FROM task_instances WHERE run_id = ? ORDER BY {}",
             <$dialect>::TASK_ORDER
         ))
         .bind(run_id)
@@ -894,9 +1012,9 @@ impl Store for $store {
 
     async fn held_task_instances(&self, owner: &str) -> Result<Vec<TaskInstanceRecord>> {
         sql::query_as::<$dialect, TaskInstanceRow>(&format!(
-            "SELECT ti.run_id, ti.task_id, ti.state, ti.try_number, ti.next_try_at, ti.started_at, \
-             ti.ended_at, ti.retry_base FROM task_instances ti JOIN runs r ON r.run_id = ti.run_id \
+            "SELECT {} FROM task_instances ti JOIN runs r ON r.run_id = ti.run_id \
              WHERE r.owner = ? AND r.state IN ('queued', 'running') ORDER BY ti.run_id, ti.{}",
+            prefixed("ti", TASK_INSTANCE_COLUMNS),
             <$dialect>::TASK_ORDER
         ))
         .bind(owner)
@@ -1006,11 +1124,7 @@ impl Store for $store {
 
     async fn running_tries(&self) -> Result<Vec<TryRecord>> {
         // Through the active runs' task instances: the tries table keeps every try ever made.
-        let columns = TRY_COLUMNS
-            .split(", ")
-            .map(|column| format!("t.{}", column.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = prefixed("t", TRY_COLUMNS);
         sql::query_as::<$dialect, TryRow>(&(format!(
             "SELECT {columns} FROM runs r JOIN task_instances ti ON ti.run_id = r.run_id \
              JOIN tries t ON t.run_id = ti.run_id AND t.task_id = ti.task_id AND t.try_number = ti.try_number \
@@ -1628,6 +1742,264 @@ impl Store for $store {
                 .fetch_optional(&self.pool)
                 .await?;
         value.as_deref().map(parse_json).transpose()
+    }
+
+    async fn set_waiting(&self, changes: &[(String, String, Option<Waiting>)]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_transaction().await?;
+        for (run_id, task_id, waiting) in changes {
+            match waiting {
+                Some(waiting) => {
+                    sql::query::<$dialect>(
+                        "UPDATE task_instances SET waiting_since = COALESCE(waiting_since, ?), \
+                         waiting_reason = ? WHERE run_id = ? AND task_id = ?",
+                    )
+                    .bind(ts(waiting.since))
+                    .bind(&waiting.reason)
+                    .bind(run_id)
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sql::query::<$dialect>(
+                        "UPDATE task_instances SET waiting_since = NULL, waiting_reason = NULL \
+                         WHERE run_id = ? AND task_id = ?",
+                    )
+                    .bind(run_id)
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn give_up_waiting(&self, give_up: &GiveUp) -> Result<bool> {
+        let mut tx = self.write_transaction().await?;
+        let key = &give_up.key;
+        let at = ts(give_up.at);
+        let done = sql::query::<$dialect>(
+            "UPDATE task_instances SET state = ?, try_number = ?, next_try_at = ?, \
+             ended_at = ?, waiting_since = NULL, waiting_reason = NULL \
+             WHERE run_id = ? AND task_id = ? AND waiting_since IS NOT NULL AND state = 'scheduled'",
+        )
+        .bind(give_up.task_state.as_str())
+        .bind(i64::from(key.try_number))
+        .bind(give_up.next_try_at.map(ts))
+        .bind(give_up.task_state.is_finished().then(|| at.clone()))
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sql::query::<$dialect>(
+            "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at, \
+             ended_at, failure_reason) VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?)",
+        )
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.try_number))
+        .bind(&give_up.backend)
+        .bind(&give_up.image_ref)
+        .bind(&at)
+        .bind(&at)
+        .bind(&give_up.reason)
+        .execute(&mut *tx)
+        .await?;
+        let notifications: Vec<&NewNotification> = give_up.notifications.iter().collect();
+        Self::insert_notifications(&mut tx, &notifications).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>> {
+        type Db = <$dialect as Dialect>::DB;
+        let now = ts(now);
+        let mut tx = self.write_transaction().await?;
+        let seqs: Vec<(i64,)> = sql::query_as::<$dialect, _>(&format!(
+            "SELECT n.seq FROM notifications n WHERE n.status = 'pending' AND n.next_attempt_at <= ? \
+             AND (n.claimed_until IS NULL OR n.claimed_until < ?) \
+             AND NOT EXISTS (SELECT 1 FROM notifications e WHERE e.run_id = n.run_id \
+             AND e.connection = n.connection AND e.status = 'pending' AND e.seq < n.seq) \
+             ORDER BY n.seq LIMIT ?{}",
+            <$dialect>::SKIP_LOCKED
+        ))
+        .bind(&now)
+        .bind(&now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Db>::new("UPDATE notifications SET claimed_by = ");
+        query
+            .push_bind(owner)
+            .push(", claimed_until = ")
+            .push_bind(ts(until))
+            .push(" WHERE seq IN ");
+        push_bound_list(&mut query, seqs.iter().map(|(seq,)| *seq));
+        query.build().execute(&mut *tx).await?;
+        let mut query = QueryBuilder::<Db>::new(format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE seq IN "
+        ));
+        push_bound_list(&mut query, seqs.iter().map(|(seq,)| *seq));
+        query.push(" ORDER BY seq");
+        let rows: Vec<NotificationRow> = query.build_query_as().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.into_iter().map(NotificationRow::into_record).collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        seq: i64,
+        attempt: &NotificationAttempt,
+        outcome: DeliveryOutcome,
+    ) -> Result<()> {
+        let (status, next_attempt_at, delivered_at) = match outcome {
+            DeliveryOutcome::Delivered => ("delivered", None, Some(ts(attempt.at))),
+            DeliveryOutcome::RetryAt(at) => ("pending", Some(ts(at)), None),
+            DeliveryOutcome::GiveUp => ("failed", None, None),
+        };
+        let mut tx = self.write_transaction().await?;
+        // A notification delivered by another scheduler (whose claim had run out) stays
+        // delivered whatever this attempt did.
+        let attempts: Option<i64> = sql::query_scalar::<$dialect, _>(
+            "UPDATE notifications SET attempts = attempts + 1, channel = COALESCE(?, channel), \
+             last_status_code = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL, \
+             status = CASE WHEN status = 'delivered' THEN 'delivered' ELSE ? END, \
+             next_attempt_at = COALESCE(?, next_attempt_at), \
+             delivered_at = COALESCE(delivered_at, ?) WHERE seq = ? RETURNING attempts",
+        )
+        .bind(attempt.channel.as_deref())
+        .bind(attempt.status_code.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .bind(status)
+        .bind(next_attempt_at)
+        .bind(delivered_at)
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(number) = attempts else {
+            return Err(StoreError::NotFound(format!("notification {seq}")));
+        };
+        sql::query::<$dialect>(
+            "INSERT INTO notification_attempts (notification_seq, attempt, at, channel, ok, \
+             status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(number)
+        .bind(ts(attempt.at))
+        .bind(attempt.channel.as_deref())
+        .bind(attempt.ok)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .bind(attempt.duration_ms.min(i64::MAX as u64) as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> Result<Vec<NotificationRecord>> {
+        type Db = <$dialect as Dialect>::DB;
+        let mut query = QueryBuilder::<Db>::new(format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE 1 = 1"
+        ));
+        if let Some(job_id) = &filter.job_id {
+            query.push(" AND job_id = ").push_bind(job_id.clone());
+        }
+        if let Some(run_id) = &filter.run_id {
+            query.push(" AND run_id = ").push_bind(run_id.clone());
+        }
+        if filter.failed {
+            query.push(
+                " AND (status = 'failed' OR (status = 'pending' AND attempts > 0))",
+            );
+        }
+        if let Some(before) = filter.before_seq {
+            query.push(" AND seq < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(filter.limit.max(1)));
+        let rows: Vec<NotificationRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter().map(NotificationRow::into_record).collect()
+    }
+
+    async fn find_notification(&self, id_or_prefix: &str) -> Result<NotificationRecord> {
+        let rows: Vec<NotificationRow> = sql::query_as::<$dialect, NotificationRow>(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id LIKE ? ORDER BY seq LIMIT 2"
+        ))
+        .bind(format!("{}%", id_or_prefix.replace(['%', '_'], "")))
+        .fetch_all(&self.pool)
+        .await?;
+        match rows.len() {
+            0 => Err(StoreError::NotFound(format!("notification `{id_or_prefix}`"))),
+            1 => rows.into_iter().next().expect("one row").into_record(),
+            _ => Err(StoreError::Ambiguous(format!(
+                "`{id_or_prefix}` is the start of more than one notification id; give more of it"
+            ))),
+        }
+    }
+
+    async fn notification_attempts(&self, seq: i64) -> Result<Vec<NotificationAttempt>> {
+        sql::query_as::<$dialect, AttemptRow>(
+            "SELECT attempt, at, channel, ok, status_code, error, duration_ms \
+             FROM notification_attempts WHERE notification_seq = ? ORDER BY attempt",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(AttemptRow::into_record)
+        .collect()
+    }
+
+    async fn retry_notification(&self, seq: i64, at: DateTime<Utc>) -> Result<()> {
+        let done = sql::query::<$dialect>(
+            "UPDATE notifications SET status = 'pending', next_attempt_at = ?, claimed_by = NULL, \
+             claimed_until = NULL WHERE seq = ?",
+        )
+        .bind(ts(at))
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("notification {seq}")));
+        }
+        Ok(())
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<(String, bool, u64)>> {
+        let rows: Vec<(Option<String>, bool, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT channel, ok, count(*) FROM notification_attempts GROUP BY channel, ok \
+             ORDER BY channel, ok",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(channel, ok, count)| {
+                (channel.unwrap_or_else(|| "none".to_owned()), ok, count.max(0) as u64)
+            })
+            .collect())
     }
 }
     };

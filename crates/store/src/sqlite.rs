@@ -14,7 +14,7 @@ use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, TaskState, TryState};
 
 use crate::rows::*;
-use crate::sql_store::{push_bound_list, sql, Dialect, BULK_ROWS};
+use crate::sql_store::{prefixed, push_bound_list, sql, Dialect, BULK_ROWS};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -37,6 +37,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0009_scheduling_indexes.sql"),
     ),
     (10, include_str!("../migrations/sqlite/0010_artifacts.sql")),
+    (
+        11,
+        include_str!("../migrations/sqlite/0011_notifications.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -192,6 +196,7 @@ impl Dialect for SqliteDialect {
     // One writer at a time (`BEGIN IMMEDIATE`): no row locks needed.
     const SHARE_LOCK: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
+    const ROW_LOCK: &'static str = "";
     // One writer at a time: a second would only wait for the lock.
     const WRITE_CONCURRENCY: usize = 1;
 

@@ -3,6 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use serde_json::json;
+use stevedore_domain::notify::NotifyEvent;
 use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
 use stevedore_store::*;
@@ -33,6 +34,7 @@ fn succeeded(try_id: i64) -> TryFinish {
         failure_reason: None,
         task_state: TaskState::Success,
         next_try_at: None,
+        notifications: Vec::new(),
     }
 }
 
@@ -256,6 +258,7 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
             failure_reason: Some("exit_code: 3".into()),
             task_state: TaskState::UpForRetry,
             next_try_at: Some(Utc::now()),
+            notifications: Vec::new(),
         })
         .await
         .unwrap();
@@ -1006,6 +1009,7 @@ pub async fn a_group_of_try_writes_keeps_each_result(store: &dyn Store) {
                     failure_reason: Some("exit_code: 2".to_owned()),
                     task_state: TaskState::UpForRetry,
                     next_try_at: Some(t0),
+                    notifications: Vec::new(),
                 }),
                 fence: own,
             },
@@ -1198,6 +1202,398 @@ pub async fn artifacts_are_recorded_per_try_and_listed_per_run(store: &dyn Store
 }
 
 #[macro_export]
+/// A notification of `event` about `run` to `connection`, made now.
+fn notification(
+    run: &RunRecord,
+    what: &str,
+    event: NotifyEvent,
+    connection: &str,
+) -> NewNotification {
+    NewNotification::new(
+        what,
+        event,
+        connection,
+        &run.job_id,
+        &run.run_id,
+        None,
+        "failed",
+        Some("task `load` failed".into()),
+        run.logical_date,
+        Utc::now(),
+    )
+}
+
+/// Issue 17: events enter the outbox with the state change that makes them, once each:
+/// a run's end only if that write ended it, a try's end with the try, a missed deadline once.
+pub async fn notifications_are_written_with_their_state_change_once(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("alerts", 1, RunTrigger::Scheduled))
+        .await
+        .unwrap();
+    store
+        .set_run_state(&run.run_id, RunState::Running, Utc::now())
+        .await
+        .unwrap();
+    // A try's end carries its task instance's events.
+    let key = TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "extract".into(),
+        try_number: 1,
+    };
+    let started = store
+        .start_try(&key, "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    let mut retry = notification(
+        &run,
+        &format!("try:{}", started.try_id),
+        NotifyEvent::Retry,
+        "ops",
+    );
+    retry.task_id = Some("extract".into());
+    retry.try_number = Some(1);
+    let finish = TryFinish {
+        try_id: started.try_id,
+        state: TryState::Failed,
+        ended_at: Utc::now(),
+        exit_code: Some(1),
+        failure_reason: Some("exit_code: 1".into()),
+        task_state: TaskState::UpForRetry,
+        next_try_at: Some(Utc::now()),
+        notifications: vec![retry.clone()],
+    };
+    store.finish_try(&finish).await.unwrap();
+    // Written again (a write retried after its answer was lost): kept once.
+    let mut again = finish.clone();
+    again.notifications[0].id = "another-id".into();
+    store.finish_try(&again).await.unwrap();
+    // A deadline is missed once.
+    let deadline = notification(
+        &run,
+        &format!("run:{}:deadline", run.run_id),
+        NotifyEvent::DeadlineMissed,
+        "ops",
+    );
+    assert!(store
+        .mark_deadline_missed(&run.run_id, &[deadline.clone()], Utc::now())
+        .await
+        .unwrap());
+    assert!(!store
+        .mark_deadline_missed(&run.run_id, &[deadline], Utc::now())
+        .await
+        .unwrap());
+    assert!(store
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .deadline_missed_at
+        .is_some());
+    // A run's end, written by two writers: the second finds it ended and adds nothing.
+    let failure = notification(
+        &run,
+        &format!("run:{}:end", run.run_id),
+        NotifyEvent::Failure,
+        "ops",
+    );
+    store
+        .set_run_states_notifying(
+            &[(run.run_id.clone(), RunState::Failed)],
+            &[failure.clone()],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let mut late = notification(
+        &run,
+        &format!("run:{}:end-2", run.run_id),
+        NotifyEvent::Failure,
+        "ops",
+    );
+    late.dedupe_key = "another key".into();
+    store
+        .set_run_states_notifying(
+            &[(run.run_id.clone(), RunState::Failed)],
+            &[late],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let listed = store
+        .list_notifications(&NotificationFilter {
+            run_id: Some(run.run_id.clone()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let events: Vec<(NotifyEvent, &str)> =
+        listed.iter().map(|n| (n.event, n.id.as_str())).collect();
+    assert_eq!(
+        events,
+        [
+            (NotifyEvent::Failure, failure.id.as_str()),
+            (NotifyEvent::DeadlineMissed, listed[1].id.as_str()),
+            (NotifyEvent::Retry, retry.id.as_str()),
+        ],
+        "newest first"
+    );
+    let retry_record = &listed[2];
+    assert_eq!(retry_record.task_id.as_deref(), Some("extract"));
+    assert_eq!(retry_record.try_number, Some(1));
+    assert_eq!(retry_record.status, NotificationStatus::Pending);
+    assert_eq!(retry_record.attempts, 0);
+    assert_eq!(
+        store.find_notification(&retry.id[..13]).await.unwrap().seq,
+        retry_record.seq
+    );
+    // The same job filter, and nothing of other jobs.
+    let of_job = store
+        .list_notifications(&NotificationFilter {
+            job_id: Some("alerts".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_job.len(), 2);
+    let outcomes = store.job_outcomes("alerts", 10).await.unwrap();
+    assert_eq!(outcomes, [(run.run_id.clone(), RunState::Failed)]);
+}
+
+/// Issue 17: delivery claims take each run's events to a connection in order (the next
+/// waits for the one before to be delivered or given up), skip live claims, and record every
+/// attempt; a failed delivery is due again at its retry time and can be retried by hand.
+pub async fn notifications_are_claimed_in_order_and_their_attempts_recorded(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("outbox", 2, RunTrigger::Scheduled))
+        .await
+        .unwrap();
+    let other = store
+        .create_run(new_run("outbox", 3, RunTrigger::Scheduled))
+        .await
+        .unwrap();
+    let first = notification(&run, "a", NotifyEvent::Retry, "ops");
+    let second = notification(&run, "b", NotifyEvent::Failure, "ops");
+    let elsewhere = notification(&run, "c", NotifyEvent::Failure, "team");
+    let other_run = notification(&other, "d", NotifyEvent::Failure, "ops");
+    assert!(store
+        .mark_deadline_missed(
+            &run.run_id,
+            &[first.clone(), second.clone(), elsewhere.clone()],
+            Utc::now()
+        )
+        .await
+        .unwrap());
+    assert!(store
+        .mark_deadline_missed(&other.run_id, &[other_run.clone()], Utc::now())
+        .await
+        .unwrap());
+    let now = Utc::now() + chrono::TimeDelta::seconds(1);
+    let until = now + chrono::TimeDelta::seconds(30);
+    let claimed = store
+        .claim_notifications("s1", now, until, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|n| n.id.as_str()).collect();
+    // `second` waits behind `first` (same run, same connection).
+    assert_eq!(
+        ids,
+        [
+            first.id.as_str(),
+            elsewhere.id.as_str(),
+            other_run.id.as_str()
+        ]
+    );
+    // Claimed: another scheduler gets none of them, nor `second`.
+    assert!(store
+        .claim_notifications("s2", now, until, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The first attempt fails and is due again later; `second` still waits.
+    let failed = NotificationAttempt {
+        attempt: 0,
+        at: now,
+        channel: Some("webhook".into()),
+        ok: false,
+        status_code: Some(503),
+        error: Some("receiver answered 503".into()),
+        duration_ms: 12,
+    };
+    let retry_at = now + chrono::TimeDelta::seconds(60);
+    store
+        .record_delivery(claimed[0].seq, &failed, DeliveryOutcome::RetryAt(retry_at))
+        .await
+        .unwrap();
+    assert!(store
+        .claim_notifications("s2", now, until, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let later = retry_at + chrono::TimeDelta::seconds(1);
+    let again = store
+        .claim_notifications("s2", later, later + chrono::TimeDelta::seconds(30), 10)
+        .await
+        .unwrap();
+    // The other claims ran out by then: they come back too, in order.
+    let ids: Vec<&str> = again.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            first.id.as_str(),
+            elsewhere.id.as_str(),
+            other_run.id.as_str()
+        ]
+    );
+    let delivered = NotificationAttempt {
+        ok: true,
+        status_code: Some(200),
+        error: None,
+        ..failed.clone()
+    };
+    store
+        .record_delivery(again[0].seq, &delivered, DeliveryOutcome::Delivered)
+        .await
+        .unwrap();
+    store
+        .record_delivery(again[1].seq, &failed, DeliveryOutcome::GiveUp)
+        .await
+        .unwrap();
+    // Now `second` is the head of its run and connection.
+    let next = store
+        .claim_notifications("s2", later, later + chrono::TimeDelta::seconds(30), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = next.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, [second.id.as_str()]);
+    let first_record = store.find_notification(&first.id).await.unwrap();
+    assert_eq!(first_record.status, NotificationStatus::Delivered);
+    assert_eq!(first_record.attempts, 2);
+    assert_eq!(first_record.channel.as_deref(), Some("webhook"));
+    assert!(first_record.delivered_at.is_some());
+    let attempts = store.notification_attempts(first_record.seq).await.unwrap();
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| (a.attempt, a.ok, a.status_code))
+            .collect::<Vec<_>>(),
+        [(1, false, Some(503)), (2, true, Some(200))]
+    );
+    assert_eq!(attempts[0].error.as_deref(), Some("receiver answered 503"));
+    // The failed ones: given up, and pending after a failed attempt.
+    let failing = store
+        .list_notifications(&NotificationFilter {
+            failed: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failing.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        [elsewhere.id.as_str()]
+    );
+    let gave_up = &failing[0];
+    assert_eq!(gave_up.status, NotificationStatus::Failed);
+    assert_eq!(gave_up.last_status_code, Some(503));
+    store.retry_notification(gave_up.seq, later).await.unwrap();
+    let retried = store.find_notification(&gave_up.id).await.unwrap();
+    assert_eq!(retried.status, NotificationStatus::Pending);
+    let counts = store.delivery_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("webhook".to_owned(), false, 2),
+            ("webhook".to_owned(), true, 1)
+        ]
+    );
+}
+
+/// Issue 17: a task instance waiting for its backend keeps when it began waiting; given up
+/// on, it gets a failed try with the backend's answer and its task state, once.
+pub async fn a_waiting_task_instance_is_given_up_on_once(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("waits", 4, RunTrigger::Scheduled))
+        .await
+        .unwrap();
+    let since = Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap();
+    store
+        .set_task_state(&run.run_id, "extract", TaskState::Scheduled, Utc::now())
+        .await
+        .unwrap();
+    let waiting = |at| {
+        Some(Waiting {
+            since: at,
+            reason: "cannot reach Nomad".into(),
+        })
+    };
+    store
+        .set_waiting(&[(run.run_id.clone(), "extract".into(), waiting(since))])
+        .await
+        .unwrap();
+    store
+        .set_waiting(&[(
+            run.run_id.clone(),
+            "extract".into(),
+            waiting(since + chrono::TimeDelta::hours(1)),
+        )])
+        .await
+        .unwrap();
+    let ti = &store.task_instances(&run.run_id).await.unwrap()[0];
+    assert_eq!(ti.waiting, waiting(since), "the wait keeps its start");
+    let give_up = GiveUp {
+        key: TryKey {
+            run_id: run.run_id.clone(),
+            task_id: "extract".into(),
+            try_number: 1,
+        },
+        backend: "nomad".into(),
+        image_ref: "synth:1".into(),
+        reason: "backend: cannot reach Nomad (waited 10m)".into(),
+        task_state: TaskState::Failed,
+        next_try_at: None,
+        at: Utc::now(),
+        notifications: vec![notification(&run, "stuck", NotifyEvent::Stuck, "ops")],
+    };
+    assert!(store.give_up_waiting(&give_up).await.unwrap());
+    assert!(!store.give_up_waiting(&give_up).await.unwrap(), "once");
+    let ti = &store.task_instances(&run.run_id).await.unwrap()[0];
+    assert_eq!(
+        (ti.state, ti.try_number, ti.waiting.clone()),
+        (TaskState::Failed, 1, None)
+    );
+    let tries = store.tries(&run.run_id, "extract").await.unwrap();
+    assert_eq!(tries.len(), 1);
+    assert_eq!(tries[0].state, TryState::Failed);
+    assert_eq!(
+        tries[0].failure_reason.as_deref(),
+        Some("backend: cannot reach Nomad (waited 10m)")
+    );
+    let listed = store
+        .list_notifications(&NotificationFilter {
+            run_id: Some(run.run_id.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].event, NotifyEvent::Stuck);
+    // A try that starts ends the wait.
+    store
+        .set_waiting(&[(run.run_id.clone(), "load".into(), waiting(since))])
+        .await
+        .unwrap();
+    store
+        .set_waiting(&[(run.run_id.clone(), "load".into(), None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.task_instances(&run.run_id).await.unwrap()[1].waiting,
+        None
+    );
+}
+
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -1224,6 +1620,9 @@ macro_rules! store_contract_suite {
             case!(stored_lines_count_container_lines_per_stream);
             case!(a_group_of_try_writes_keeps_each_result);
             case!(artifacts_are_recorded_per_try_and_listed_per_run);
+            case!(notifications_are_written_with_their_state_change_once);
+            case!(notifications_are_claimed_in_order_and_their_attempts_recorded);
+            case!(a_waiting_task_instance_is_given_up_on_once);
         }
     };
 }
@@ -1309,7 +1708,7 @@ async fn a_database_migrated_before_sqlx_ran_the_migrations_is_taken_up_where_it
             .await
             .unwrap();
     // The three carried over, and the newer ones run after them.
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
         .fetch_one(&pool)
         .await

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::duration::parse_duration;
 use crate::image::ImageRef;
+use crate::notify::{NotifyEvent, NotifyRule};
 use crate::retry::RetryPolicy;
 use crate::schedule::{local_to_utc, Schedule, Timetable};
 use crate::template::{self, Variable};
@@ -41,6 +42,16 @@ pub struct Job {
     pub allowed_images: Vec<String>,
     /// SHA-256 of the file's bytes: the job version a run records.
     pub version: String,
+    /// The job's `notify:` rules: they hear the run's events ([`crate::notify`]).
+    pub notify: Vec<NotifyRule>,
+    /// A run not ended this long after its data interval ended (scheduled runs) or after
+    /// it was queued (manual, backfill) makes a `deadline_missed` event, once; it goes on.
+    pub deadline: Option<Duration>,
+    /// A run not ended this long after it started is failed, its running tries killed
+    /// (reason `run timeout`), as Airflow's `dagrun_timeout`.
+    pub run_timeout: Option<Duration>,
+    /// How many failed runs in a row make a `repeated_failure` event (default 3).
+    pub repeated_failure_after: u32,
 }
 
 /// A task with the job's `defaults` merged in.
@@ -80,6 +91,8 @@ pub struct Task {
     /// The largest file a try may leave in its workspace (`max_artifact_size`, default
     /// 10 GiB): a larger one fails the try, naming the file and its size.
     pub max_artifact_size: u64,
+    /// The task's `notify:` rules (its own, else the `defaults`'): they hear its events.
+    pub notify: Vec<NotifyRule>,
 }
 
 /// `max_artifact_size` when a task sets none: 10 GiB.

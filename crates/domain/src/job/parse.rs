@@ -187,6 +187,40 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         );
     }
 
+    let notify = raw
+        .notify
+        .as_ref()
+        .map(|rules| build_rules(rules, None, problems))
+        .unwrap_or_default();
+    let job_duration =
+        |field: &str, value: &Option<Spanned<Scalar>>, problems: &mut Problems<'_>| {
+            let spanned = value.as_ref()?;
+            match parse_duration(&spanned.value.0) {
+                Ok(duration) if duration.is_zero() => {
+                    problems.at(line_of(spanned), format!("{field} must be above 0"));
+                    None
+                }
+                Ok(duration) => Some(duration),
+                Err(message) => {
+                    problems.at(line_of(spanned), format!("{field} {message}"));
+                    None
+                }
+            }
+        };
+    let deadline = job_duration("deadline", &raw.deadline, problems);
+    let run_timeout = job_duration("run_timeout", &raw.run_timeout, problems);
+    let repeated_failure_after = match &raw.repeated_failure_after {
+        Some(spanned) if spanned.value == 0 => {
+            problems.at(
+                line_of(spanned),
+                "repeated_failure_after must be at least 1",
+            );
+            3
+        }
+        Some(spanned) => spanned.value,
+        None => 3,
+    };
+
     let max_active_runs = raw.max_active_runs.unwrap_or(16);
     let max_active_tasks = raw.max_active_tasks.unwrap_or(16);
     if max_active_runs == 0 || max_active_tasks == 0 {
@@ -209,7 +243,63 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         tasks,
         allowed_images,
         version: hex(&Sha256::digest(text.as_bytes())),
+        notify,
+        deadline,
+        run_timeout,
+        repeated_failure_after,
     }
+}
+
+/// The `notify:` rules of the job (`task` is `None`) or of a task: each event known, a task's
+/// rules without the run-only ones, each connection a valid name.
+pub(super) fn build_rules(
+    rules: &[Spanned<RawRule>],
+    task: Option<&str>,
+    problems: &mut Problems<'_>,
+) -> Vec<NotifyRule> {
+    let whose = |message: String| match task {
+        Some(id) => format!("task `{id}`: notify: {message}"),
+        None => format!("notify: {message}"),
+    };
+    let mut built = Vec::with_capacity(rules.len());
+    for spanned in rules {
+        let rule = &spanned.value;
+        let mut on = Vec::new();
+        if rule.on.value.is_empty() {
+            problems.at(
+                line_of(&rule.on),
+                whose("`on` needs at least one event".to_owned()),
+            );
+        }
+        for event in &rule.on.value {
+            match event.value.parse::<NotifyEvent>() {
+                Ok(parsed) if task.is_some() && parsed.is_run_only() => problems.at(
+                    line_of(event),
+                    whose(format!(
+                        "`{parsed}` is an event of the run: put it in the job's `notify`"
+                    )),
+                ),
+                Ok(parsed) if !on.contains(&parsed) => on.push(parsed),
+                Ok(_) => {}
+                Err(message) => problems.at(line_of(event), whose(message)),
+            }
+        }
+        let connection = rule.connection.value.clone();
+        if !is_identifier(&connection) {
+            problems.at(
+                line_of(&rule.connection),
+                whose(format!(
+                    "connection name `{connection}` may only hold a-z, 0-9 and _"
+                )),
+            );
+        }
+        built.push(NotifyRule {
+            on,
+            connection,
+            line: line_of(spanned),
+        });
+    }
+    built
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {
@@ -456,6 +546,9 @@ pub(super) fn build_task(
         }
     }
 
+    let notify = pick!(notify)
+        .map(|rules| build_rules(rules, Some(&id), problems))
+        .unwrap_or_default();
     let env = pick!(env).map(scalar_texts).unwrap_or_default();
     let args = pick!(args)
         .map(|spanned| spanned.value.iter().map(|v| v.0.clone()).collect())
@@ -504,6 +597,7 @@ pub(super) fn build_task(
             .unwrap_or(false),
         user,
         max_artifact_size,
+        notify,
     })
 }
 

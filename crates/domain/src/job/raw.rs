@@ -50,7 +50,19 @@ pub(super) struct RawJob {
     pub(super) params: Option<Map<String, Value>>,
     pub(super) defaults: Option<Spanned<RawTask>>,
     pub(super) allowed_images: Option<Spanned<Vec<String>>>,
+    pub(super) notify: Option<Vec<Spanned<RawRule>>>,
+    pub(super) deadline: Option<Spanned<Scalar>>,
+    pub(super) run_timeout: Option<Spanned<Scalar>>,
+    pub(super) repeated_failure_after: Option<Spanned<u32>>,
     pub(super) tasks: Spanned<Vec<Spanned<RawTask>>>,
+}
+
+/// A `notify:` rule as written: `{on: [failure, retry], connection: ops}`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) on: Spanned<Vec<Spanned<String>>>,
+    pub(super) connection: Spanned<String>,
 }
 
 /// A task entry, or the `defaults` block (which may not carry `id` or `depends_on`).
@@ -84,6 +96,7 @@ pub(super) struct RawTask {
     pub(super) read_only_rootfs: Option<bool>,
     pub(super) user: Option<Spanned<Scalar>>,
     pub(super) max_artifact_size: Option<Spanned<Scalar>>,
+    pub(super) notify: Option<Vec<Spanned<RawRule>>>,
 }
 
 #[derive(Deserialize, Default, Clone)]

@@ -238,3 +238,58 @@ fn max_artifact_size_is_a_size_with_a_default() {
         ["jobs/bad.yaml:5: task `a`: max_artifact_size `lots` is not a size such as 512Mi or 10Gi"]
     );
 }
+
+#[test]
+fn notify_rules_deadlines_and_run_timeouts_are_read_with_their_lines() {
+    let job = parse_job(
+        "j.yaml",
+        "id: j\ndeadline: 2h\nrun_timeout: 3h\nrepeated_failure_after: 5\nnotify:\n  - {on: [failure, recovery], connection: ops}\ntasks:\n  - id: a\n    image: x:1\n",
+    )
+    .unwrap();
+    assert_eq!(job.deadline, Some(Duration::from_secs(7200)));
+    assert_eq!(job.run_timeout, Some(Duration::from_secs(10800)));
+    assert_eq!(job.repeated_failure_after, 5);
+    assert_eq!(
+        job.notify,
+        vec![NotifyRule {
+            on: vec![NotifyEvent::Failure, NotifyEvent::Recovery],
+            connection: "ops".into(),
+            line: 6,
+        }]
+    );
+    let plain = parse_job("j.yaml", "id: j\ntasks:\n  - id: a\n    image: x:1\n").unwrap();
+    assert_eq!((plain.deadline, plain.run_timeout), (None, None));
+    assert_eq!(plain.repeated_failure_after, 3);
+    assert!(plain.notify.is_empty() && plain.tasks[0].notify.is_empty());
+}
+
+#[test]
+fn bad_notify_rules_are_load_errors_naming_the_line() {
+    let errors = errors(
+        "id: j\ndeadline: soon\nrun_timeout: 0s\nnotify:\n  - on: [failed]\n    connection: ops\n  - {on: [], connection: Bad-Name}\ndefaults:\n  notify:\n    - {on: [recovery], connection: team}\ntasks:\n  - id: a\n    image: x:1\n    notify:\n      - {on: [success], connection: ops, channel: slack}\n",
+    );
+    let expected = [
+        "jobs/bad.yaml:2: deadline `soon` is not a duration",
+        "jobs/bad.yaml:3: run_timeout must be above 0",
+        "jobs/bad.yaml:5: notify: `failed` is not an event",
+        "jobs/bad.yaml:7: notify: `on` needs at least one event",
+        "jobs/bad.yaml:7: notify: connection name `Bad-Name` may only hold a-z, 0-9 and _",
+    ];
+    // `channel` is no field of a rule: the YAML is refused before anything else.
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("channel"), "{errors:?}");
+    let errors = self::errors(
+        "id: j\ndeadline: soon\nrun_timeout: 0s\nnotify:\n  - on: [failed]\n    connection: ops\n  - {on: [], connection: Bad-Name}\ndefaults:\n  notify:\n    - {on: [recovery], connection: team}\ntasks:\n  - id: a\n    image: x:1\n",
+    );
+    for expected in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected}: {errors:?}"
+        );
+    }
+    assert!(
+        errors.iter().any(|e| e
+            .starts_with("jobs/bad.yaml:10: task `a`: notify: `recovery` is an event of the run")),
+        "{errors:?}"
+    );
+}

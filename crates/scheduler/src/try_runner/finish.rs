@@ -152,6 +152,24 @@ impl TryRunner {
             run_id = %context.run_id, task_id = %task.id, try_number = context.try_number,
             exit_code = ?exit.exit_code, reason = ?failure_reason, state = %task_state, "try ended"
         );
+        let notifications = match crate::alerts::task_event(task_state) {
+            Some(event) => crate::alerts::for_task(
+                job,
+                task,
+                crate::alerts::RunRef {
+                    job_id: &job.id,
+                    run_id: &context.run_id,
+                    logical_date: context.logical_date,
+                },
+                event,
+                Some(try_id),
+                context.try_number,
+                task_state,
+                failure_reason.as_deref(),
+                now,
+            ),
+            None => Vec::new(),
+        };
         let finish = TryFinish {
             try_id,
             state: try_state,
@@ -160,6 +178,7 @@ impl TryRunner {
             failure_reason,
             task_state,
             next_try_at,
+            notifications,
         };
         match self.record(&finish).await {
             Ok(()) => Ok(TryEnd::Finished(task_state)),

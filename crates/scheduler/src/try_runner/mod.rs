@@ -359,6 +359,7 @@ impl TryRunner {
                     failure_reason: Some(format!("backend: {message}")),
                     task_state: TaskState::Scheduled,
                     next_try_at: None,
+                    notifications: Vec::new(),
                 })
                 .await?;
                 Ok(TryEnd::BackendUnavailable(message))
@@ -402,6 +403,7 @@ impl TryRunner {
             failure_reason: Some(FailureReason::Lost(why.to_owned()).to_text()),
             task_state: TaskState::Scheduled,
             next_try_at: None,
+            notifications: Vec::new(),
         };
         let backend = match self.backend.clone() {
             Some(backend) if backend.can_adopt() => backend,

@@ -219,6 +219,7 @@ impl Server {
                 TaskState::Failed
             },
             next_try_at: None,
+            notifications: Vec::new(),
         };
         self.runtime
             .block_on(self.store.finish_try(&finish))
