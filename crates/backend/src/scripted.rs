@@ -136,6 +136,8 @@ pub struct ScriptedBackend {
     scripts: Mutex<HashMap<String, Script>>,
     /// The tries playing now, by container id.
     playing: Mutex<HashMap<String, RunningTry>>,
+    /// `Some(answer)` while it plays a backend that does not answer.
+    down: Mutex<Option<String>>,
 }
 
 impl ScriptedBackend {
@@ -147,6 +149,20 @@ impl ScriptedBackend {
             clock,
             scripts: Mutex::default(),
             playing: Mutex::default(),
+            down: Mutex::default(),
+        }
+    }
+
+    /// From now on it answers neither health checks nor launches, with `answer` (`Some`),
+    /// or answers again (`None`): a Nomad cluster that is unreachable, a refused token.
+    pub fn set_down(&self, answer: Option<&str>) {
+        *self.down.lock().expect("poisoned") = answer.map(str::to_owned);
+    }
+
+    fn unavailable(&self) -> Result<(), BackendError> {
+        match self.down.lock().expect("poisoned").clone() {
+            Some(answer) => Err(BackendError::Unavailable(answer)),
+            None => Ok(()),
         }
     }
 
@@ -203,7 +219,7 @@ impl Backend for ScriptedBackend {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
-        Ok(())
+        self.unavailable()
     }
 
     async fn execute(
@@ -212,6 +228,7 @@ impl Backend for ScriptedBackend {
         events: mpsc::Sender<TryEvent>,
         mut kill: KillReceiver,
     ) -> Result<TryExit, BackendError> {
+        self.unavailable()?;
         let play = self.play_for(&spec);
         let container_id = format!(
             "{}-{}-{}-{}",

@@ -73,7 +73,8 @@ pub fn needs_history(ending: &Ending) -> bool {
 ///   anything else fails and is retried while `retries` allow, after the retry delay.
 /// - A try stopped because its scheduler stopped is `interrupted` and does not count: its
 ///   task instance is scheduled again.
-/// - A try stopped on an operator's request fails without a retry; one whose task instance
+/// - A try stopped on an operator's request, or by its run's `run_timeout`, fails without
+///   a retry; one whose task instance
 ///   an operator marked while it ran keeps the mark.
 pub fn settle(
     ending: &Ending,
@@ -92,7 +93,9 @@ pub fn settle(
             task_state = TaskState::Scheduled;
         }
         Some(FailureReason::Stopped(StopReason::Marked(mark))) => task_state = *mark,
-        Some(FailureReason::Stopped(StopReason::Cancelled)) => task_state = TaskState::Failed,
+        Some(FailureReason::Stopped(StopReason::Cancelled | StopReason::RunTimeout)) => {
+            task_state = TaskState::Failed
+        }
         _ => {}
     }
     let mut next_try_at = None;

@@ -171,6 +171,8 @@ pub enum StopReason {
     Timeout,
     /// An operator cancelled the run: the try fails, without a retry.
     Cancelled,
+    /// The run passed its job's `run_timeout`: the try fails, without a retry.
+    RunTimeout,
     /// An operator marked the task instance while the try ran: the mark stands.
     Marked(TaskState),
     /// The scheduler that followed the try stops and its backend cannot re-attach: the try
@@ -195,6 +197,7 @@ impl StopReason {
         match self {
             StopReason::Timeout => "timeout".to_owned(),
             StopReason::Cancelled => "run cancelled".to_owned(),
+            StopReason::RunTimeout => "run timeout".to_owned(),
             StopReason::Marked(state) => format!("task marked {state}"),
             StopReason::SchedulerStopped => "scheduler stopped".to_owned(),
             StopReason::Protocol(why) => why.clone(),

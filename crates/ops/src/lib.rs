@@ -8,6 +8,8 @@
 //! - [`backfill`]: the runs of a range of data intervals.
 //! - [`connections`]: sealing, opening and checking connections; registry credentials.
 //! - [`logs`]: following a try's log as it grows.
+//! - [`notifications`]: alert rules checked against the connections; the outbox listed and
+//!   retried.
 //! - [`pools`]: pools set by hand.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
@@ -18,6 +20,7 @@ pub mod backfill;
 pub mod connections;
 pub mod jobs_dir;
 pub mod logs;
+pub mod notifications;
 pub mod pools;
 pub mod runs;
 pub mod views;

@@ -180,6 +180,8 @@ impl Scheduler {
                 TryStart::Adopt(record) => runner.adopt(job, run, task, record, on_started).await,
             };
             scheduler.followed.forget(&key);
+            // Its end may have made events: the notifier looks at once.
+            scheduler.notifications_waiting.notify_one();
             match result {
                 Ok(TryEnd::Finished(_)) => {}
                 Ok(TryEnd::Fenced(message)) => {
@@ -192,7 +194,7 @@ impl Scheduler {
                 }
                 Ok(TryEnd::BackendUnavailable(message)) => {
                     warn!(backend = backend_name, error = %message, "backend became unavailable");
-                    scheduler.health.mark_unavailable(backend_name);
+                    scheduler.health.mark_unavailable(backend_name, &message);
                 }
                 Err(error) if adopted => {
                     error!(run_id = %key.run_id, task_id = %key.task_id, error = %error, "a left try could not be followed; a later pass tries again");

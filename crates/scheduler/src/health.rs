@@ -9,6 +9,8 @@ use super::*;
 pub(crate) struct BackendHealth {
     /// Backends that answered their last health check; tries of the others wait.
     ready: Mutex<HashSet<&'static str>>,
+    /// What each backend that is not ready answered last (its own words).
+    why: Mutex<HashMap<String, String>>,
     turned_ready: std::sync::atomic::AtomicBool,
 }
 
@@ -17,14 +19,29 @@ impl BackendHealth {
         self.ready.lock().expect("poisoned").contains(backend)
     }
 
+    /// Why `backend` is not ready, in its own words, once it has said.
+    pub(crate) fn why_not_ready(&self, backend: &str) -> String {
+        self.why
+            .lock()
+            .expect("poisoned")
+            .get(backend)
+            .cloned()
+            .unwrap_or_else(|| format!("the {backend} backend has not answered a health check yet"))
+    }
+
     fn mark_ready(&self, backend: &'static str) {
+        self.why.lock().expect("poisoned").remove(backend);
         self.ready.lock().expect("poisoned").insert(backend);
         self.turned_ready
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A backend that stopped answering: its tries wait until a health check passes again.
-    pub(crate) fn mark_unavailable(&self, backend: &str) {
+    pub(crate) fn mark_unavailable(&self, backend: &str, why: &str) {
+        self.why
+            .lock()
+            .expect("poisoned")
+            .insert(backend.to_owned(), why.to_owned());
         self.ready.lock().expect("poisoned").remove(backend);
     }
 
@@ -63,6 +80,7 @@ impl Scheduler {
                     checks.remove(name);
                 }
                 Err(error) => {
+                    self.health.mark_unavailable(name, &error.to_string());
                     error!(backend = name, error = %error, retry_in_secs = delay.as_secs(), "backend unavailable; its tries wait until it is back");
                     *next_check = tokio::time::Instant::now() + *delay;
                     *delay = (*delay * 2).min(Duration::from_secs(30));

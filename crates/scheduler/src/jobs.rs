@@ -79,6 +79,34 @@ impl Scheduler {
                 Err(errors) => found.errors.extend(errors),
             }
         }
+        // Alert rules must name connections that exist and choose a channel: a job whose
+        // rules do not is a bad file (it keeps its last good version, if any).
+        if found.jobs.iter().any(|loaded| {
+            stevedore_domain::notify::rules(&loaded.job)
+                .next()
+                .is_some()
+        }) {
+            match self.store.list_connections().await {
+                Ok(connections) => {
+                    let mut errors = Vec::new();
+                    found.jobs.retain(|loaded| {
+                        let file = loaded.path.display().to_string();
+                        let problems = stevedore_ops::notifications::check_rules(
+                            &loaded.job,
+                            &file,
+                            &connections,
+                        );
+                        let good = problems.is_empty();
+                        errors.extend(problems);
+                        good
+                    });
+                    found.errors.extend(errors);
+                }
+                Err(error) => {
+                    error!(error = %error, "cannot read the connections to check the jobs' notify rules")
+                }
+            }
+        }
         self.jobs.report(&found.errors);
         let mut jobs = Vec::new();
         for loaded in found.jobs {

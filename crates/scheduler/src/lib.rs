@@ -21,6 +21,7 @@ mod health;
 mod housekeeping;
 mod jobs;
 mod lease;
+pub mod notifier;
 mod pass;
 pub mod try_runner;
 
@@ -32,11 +33,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use stevedore_backend::{Backend, KillSender, StopReason};
 use stevedore_domain::clock::{Clock, SystemClock};
-use stevedore_domain::job::{parse_job, Job, JobError};
+use stevedore_domain::job::{parse_job, Job, JobError, Task};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
-use stevedore_domain::state::{RunState, TaskState, TryState};
-use stevedore_store::{Fence, RunRecord, Store, StoreError, TryKey, TryRecord};
+use stevedore_domain::state::{FailureReason, RunState, TaskState, TryState};
+use stevedore_store::{
+    Fence, GiveUp, NewNotification, RunRecord, Store, StoreError, TryKey, TryRecord, Waiting,
+};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -96,6 +99,12 @@ pub struct SchedulerConfig {
     /// Where "now" comes from: the system's clock, or a test's
     /// ([`stevedore_domain::clock`]).
     pub clock: Arc<dyn Clock>,
+    /// How long a task instance waits for a backend that does not answer before its try
+    /// fails with the backend's answer (retried per policy) and a `stuck` event is made
+    /// (`backend_unavailable_timeout`).
+    pub backend_unavailable_timeout: Duration,
+    /// How notifications are delivered (`public_url`, `notification_give_up_after`).
+    pub notifier: notifier::NotifierConfig,
 }
 
 impl SchedulerConfig {
@@ -121,6 +130,8 @@ impl SchedulerConfig {
                 memory_bytes: None,
             },
             clock: Arc::new(SystemClock),
+            backend_unavailable_timeout: Duration::from_secs(600),
+            notifier: Default::default(),
         }
     }
 }
@@ -154,6 +165,8 @@ pub struct Scheduler {
     wake_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Wake>>,
     /// Scheduling passes made so far.
     passes: std::sync::atomic::AtomicU64,
+    /// Woken when events may have entered the outbox, so the notifier looks at once.
+    notifications_waiting: tokio::sync::Notify,
 }
 
 impl Scheduler {
@@ -177,6 +190,7 @@ impl Scheduler {
             wake_tx,
             wake_rx: tokio::sync::Mutex::new(wake_rx),
             passes: Default::default(),
+            notifications_waiting: tokio::sync::Notify::new(),
         })
     }
 
@@ -207,6 +221,7 @@ impl Scheduler {
         self.lease.beat();
         info!(scheduler_id = %self.id, host, heartbeat_secs = self.config.heartbeat_every.as_secs_f64(), lease_secs = self.config.lease.as_secs_f64(), "scheduler registered");
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
+        let notifier = tokio::spawn(self.clone().notify_loop());
         self.sync_jobs().await;
         let mut last_sync = tokio::time::Instant::now();
         // The first pass sweeps: an earlier scheduler may have left containers behind.
@@ -269,6 +284,7 @@ impl Scheduler {
             }
         }
         heartbeat.abort();
+        notifier.abort();
         self.stop_following_tries().await;
         // Containers of tries that ended while the scheduler stopped go with it.
         self.sweep_containers().await;

@@ -26,6 +26,12 @@ struct Plan {
     jobs_of_runs: HashMap<String, (Arc<Job>, RunRecord)>,
     task_changes: Vec<(String, String, TaskState)>,
     run_changes: Vec<(String, RunState)>,
+    /// The events of the runs that end, written with their ends.
+    run_notifications: Vec<NewNotification>,
+    /// Task instances that begin or stop waiting for a backend that does not answer.
+    waiting_changes: Vec<(String, String, Option<Waiting>)>,
+    /// Task instances that waited for their backend too long.
+    give_ups: Vec<GiveUp>,
 }
 
 /// What a pass decided for one run (see [`Scheduler::advance_run`]).
@@ -38,8 +44,12 @@ struct Advanced {
     tries: Vec<(String, u32)>,
     /// Task instances whose state changes: retries due, trigger rules decided.
     changes: Vec<(String, String, TaskState)>,
-    /// How the run ended, once it has.
-    outcome: Option<RunState>,
+    /// How the run ended, once it has, and why when it failed.
+    outcome: Option<(RunState, Option<String>)>,
+    /// Task instances that begin or stop waiting for their backend.
+    waiting: Vec<(String, Option<Waiting>)>,
+    /// Task instances that waited for their backend too long.
+    give_ups: Vec<GiveUp>,
 }
 
 impl Scheduler {
@@ -107,10 +117,17 @@ impl Scheduler {
         let mut queued_runs = Vec::new();
         for run in active {
             if run.cancel_requested {
-                if let Err(error) = self.cancel_run(&run).await {
+                if let Err(error) = self.stop_run(&run, StopReason::Cancelled).await {
                     error!(run_id = %run.run_id, error = %error, "cannot cancel run");
                 }
                 continue;
+            }
+            match self.check_run_clocks(&run, now).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    error!(run_id = %run.run_id, error = %error, "cannot check the run's deadline and timeout")
+                }
             }
             if run.state == RunState::Queued {
                 queued_runs.push(run);
@@ -228,10 +245,21 @@ impl Scheduler {
     ) -> anyhow::Result<()> {
         self.store.set_task_states(&plan.task_changes, now).await?;
         self.store
-            .set_run_states(&plan.run_changes, self.now())
+            .set_run_states_notifying(&plan.run_changes, &plan.run_notifications, self.now())
             .await?;
+        if !plan.run_notifications.is_empty() {
+            self.notifications_waiting.notify_one();
+        }
+        self.store.set_waiting(&plan.waiting_changes).await?;
+        for give_up in plan.give_ups.drain(..) {
+            if self.store.give_up_waiting(&give_up).await? {
+                warn!(run_id = %give_up.key.run_id, task_id = %give_up.key.task_id, try_number = give_up.key.try_number, reason = %give_up.reason, state = %give_up.task_state, "task instance waited too long for its backend");
+            }
+        }
         plan.task_changes.clear();
         plan.run_changes.clear();
+        plan.run_notifications.clear();
+        plan.waiting_changes.clear();
         Ok(())
     }
 
@@ -253,9 +281,25 @@ impl Scheduler {
                 }
                 plan.candidates.extend(advanced.ready);
                 plan.task_changes.extend(advanced.changes);
-                if let Some(outcome) = advanced.outcome {
+                plan.waiting_changes.extend(
+                    advanced
+                        .waiting
+                        .into_iter()
+                        .map(|(task_id, waiting)| (run.run_id.clone(), task_id, waiting)),
+                );
+                plan.give_ups.extend(advanced.give_ups);
+                if let Some((outcome, reason)) = advanced.outcome {
                     info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
                     plan.run_changes.push((run.run_id.clone(), outcome));
+                    match self
+                        .run_end_notifications(&advanced.job, &run, outcome, reason)
+                        .await
+                    {
+                        Ok(notifications) => plan.run_notifications.extend(notifications),
+                        Err(error) => {
+                            error!(run_id = %run.run_id, error = %error, "cannot read the job's earlier runs: the run's end is told of without recovery or repeated_failure")
+                        }
+                    }
                 }
                 plan.jobs_of_runs
                     .insert(run.run_id.clone(), (advanced.job, run));
@@ -329,6 +373,8 @@ impl Scheduler {
         let weights = self.jobs.weights(&job);
         let mut ready = Vec::new();
         let mut blocked_for_good = 0;
+        let mut waiting = Vec::new();
+        let mut give_ups = Vec::new();
         for (task_id, state) in &states {
             let Some(task) = job.task(task_id) else {
                 continue;
@@ -354,8 +400,23 @@ impl Scheduler {
             // A configured backend that is not ready holds its tries; one that is not
             // configured at all fails them (with a reason saying so) in the try runner.
             let backend = task.backend.as_str();
+            let record = instances.iter().find(|ti| &ti.task_id == task_id);
+            let waited = record.and_then(|ti| ti.waiting.clone());
             if self.backends.contains_key(backend) && !self.is_ready(backend) {
+                let reason = self.health.why_not_ready(backend);
+                match waited {
+                    Some(since) if self.waited_too_long(since.since, now) => {
+                        if let Some(ti) = record {
+                            give_ups.push(self.give_up(&job, task, run, ti, &since, now).await?);
+                        }
+                    }
+                    Some(since) if since.reason == reason => {}
+                    _ => waiting.push((task_id.clone(), Some(Waiting { since: now, reason }))),
+                }
                 continue;
+            }
+            if waited.is_some() {
+                waiting.push((task_id.clone(), None));
             }
             ready.push(Candidate {
                 run_id: run.run_id.clone(),
@@ -373,9 +434,15 @@ impl Scheduler {
         let unfinished = states.values().filter(|s| !s.is_finished()).count();
         let outcome = if blocked_for_good > 0 && blocked_for_good == unfinished {
             warn!(run_id = %run.run_id, job_id = %run.job_id, "deadlock: depends_on_past can never be met; failing the run");
-            Some(RunState::Failed)
+            Some((
+                RunState::Failed,
+                Some(
+                    "depends_on_past can never be met: a previous run's task ended without success"
+                        .to_owned(),
+                ),
+            ))
         } else {
-            run_outcome(&job, &states)
+            run_outcome(&job, &states).map(|outcome| (outcome, failure_of(&job, &states, outcome)))
         };
         // A run ends once this scheduler has finished with each of its tries, their
         // containers removed included: the next pass, which the last of them wakes.
@@ -398,6 +465,8 @@ impl Scheduler {
             tries,
             changes,
             outcome,
+            waiting,
+            give_ups,
         })
     }
 
@@ -449,16 +518,17 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Cancels a run: its running tries are killed (and end `failed`), its task instances
-    /// that had not started are `skipped`, and the run is `failed` — as Airflow's "mark run
-    /// failed" does.
-    async fn cancel_run(&self, run: &RunRecord) -> anyhow::Result<()> {
+    /// Stops a run: its running tries are killed (and end `failed`, without a retry), its
+    /// task instances that had not started are `skipped`, and the run is `failed` — as
+    /// Airflow's "mark run failed" (an operator's cancel) and `dagrun_timeout` do. A
+    /// timeout makes the run's `failure` event; a cancel, an operator's own act, none.
+    async fn stop_run(&self, run: &RunRecord, why: StopReason) -> anyhow::Result<()> {
         let now = self.now();
         let switches: Vec<KillSender> = self
             .followed
             .kill_switches(|key, _| key.run_id == run.run_id);
         for kill in &switches {
-            let _ = kill.send(Some(StopReason::Cancelled));
+            let _ = kill.send(Some(why.clone()));
         }
         for ti in self.store.task_instances(&run.run_id).await? {
             if !ti.state.is_finished() && !ti.state.is_active() {
@@ -467,12 +537,199 @@ impl Scheduler {
                     .await?;
             }
         }
+        let notifications = if why == StopReason::RunTimeout {
+            let job = self.job_version(&run.job_id, &run.job_version).await?;
+            let reason = format!(
+                "run timeout: not ended {} after it started",
+                alerts::humantime(job.run_timeout.unwrap_or_default())
+            );
+            self.run_end_notifications(&job, run, RunState::Failed, Some(reason))
+                .await?
+        } else {
+            Vec::new()
+        };
         self.store
-            .set_run_state(&run.run_id, RunState::Failed, now)
+            .set_run_states_notifying(
+                &[(run.run_id.clone(), RunState::Failed)],
+                &notifications,
+                now,
+            )
             .await?;
-        info!(run_id = %run.run_id, job_id = %run.job_id, killed = switches.len(), "run cancelled");
+        info!(run_id = %run.run_id, job_id = %run.job_id, killed = switches.len(), reason = %why.as_failure().to_text(), "run stopped");
         Ok(())
     }
+
+    /// Checks a held run against its job's `deadline` (a `deadline_missed` event, once) and
+    /// `run_timeout` (the run is stopped): a comparison with times the run already carries,
+    /// and a write only when one has passed. `true` when the run was stopped.
+    async fn check_run_clocks(&self, run: &RunRecord, now: DateTime<Utc>) -> anyhow::Result<bool> {
+        let job = self.job_version(&run.job_id, &run.job_version).await?;
+        if job.deadline.is_none() && job.run_timeout.is_none() {
+            return Ok(false);
+        }
+        if run.deadline_missed_at.is_none() {
+            if let Some(deadline) = alerts::deadline_of(&job, run).filter(|d| *d <= now) {
+                let notifications = alerts::for_deadline(&job, run, deadline, now);
+                if self
+                    .store
+                    .mark_deadline_missed(&run.run_id, &notifications, now)
+                    .await?
+                {
+                    warn!(run_id = %run.run_id, job_id = %run.job_id, deadline = %deadline, "run missed its deadline");
+                }
+            }
+        }
+        if run.state == RunState::Running
+            && alerts::timeout_of(&job, run).is_some_and(|at| at <= now)
+        {
+            warn!(run_id = %run.run_id, job_id = %run.job_id, "run timeout: failing the run");
+            self.stop_run(run, StopReason::RunTimeout).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The events a run's end makes, with the job's earlier runs read only when a rule hears
+    /// `recovery` or `repeated_failure`.
+    async fn run_end_notifications(
+        &self,
+        job: &Job,
+        run: &RunRecord,
+        outcome: RunState,
+        reason: Option<String>,
+    ) -> anyhow::Result<Vec<NewNotification>> {
+        use stevedore_domain::notify::{anyone_hears, NotifyEvent};
+        if job.notify.is_empty() {
+            return Ok(Vec::new());
+        }
+        let earlier: Vec<RunState> = if anyone_hears(job, NotifyEvent::Recovery)
+            || anyone_hears(job, NotifyEvent::RepeatedFailure)
+        {
+            self.store
+                .job_outcomes(&job.id, job.repeated_failure_after + 1)
+                .await?
+                .into_iter()
+                .filter(|(run_id, _)| *run_id != run.run_id)
+                .map(|(_, state)| state)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(alerts::for_run_end(
+            job,
+            alerts::RunRef::from(run),
+            outcome,
+            reason,
+            &earlier,
+            self.now(),
+        ))
+    }
+
+    /// Whether a task instance waiting for its backend since `since` has waited past
+    /// `backend_unavailable_timeout`.
+    fn waited_too_long(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        chrono::TimeDelta::from_std(self.config.backend_unavailable_timeout)
+            .is_ok_and(|limit| now - since >= limit)
+    }
+
+    /// A task instance that waited for its backend too long: a failed try with the backend's
+    /// answer, retried per policy, and its `stuck` event (with its `retry` or `failure`).
+    async fn give_up(
+        &self,
+        job: &Job,
+        task: &Task,
+        run: &RunRecord,
+        ti: &stevedore_store::TaskInstanceRecord,
+        waited: &Waiting,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<GiveUp> {
+        use stevedore_domain::attempt::{self, Ending, TryIdentity};
+        let try_number = ti.try_number + 1;
+        let history =
+            try_runner::task_history(self.store.as_ref(), &run.run_id, &task.id, None).await?;
+        let reason = format!(
+            "{} (waited {} for the {} backend)",
+            waited.reason,
+            alerts::humantime(self.config.backend_unavailable_timeout),
+            task.backend.as_str()
+        );
+        let settled = attempt::settle(
+            &Ending {
+                exit_code: None,
+                failure: Some(FailureReason::Backend(reason)),
+            },
+            &history,
+            task,
+            TryIdentity {
+                job_id: &job.id,
+                logical_date: run.logical_date,
+            },
+            now,
+        );
+        let reason = settled.failure_reason.unwrap_or_default();
+        let run_ref = || alerts::RunRef::from(run);
+        let what = format!("stuck:{}:{}:{try_number}", run.run_id, task.id);
+        let mut notifications = alerts::for_task(
+            job,
+            task,
+            run_ref(),
+            stevedore_domain::notify::NotifyEvent::Stuck,
+            None,
+            try_number,
+            settled.task_state,
+            Some(&reason),
+            now,
+        );
+        if let Some(event) = alerts::task_event(settled.task_state) {
+            notifications.extend(alerts::for_task(
+                job,
+                task,
+                run_ref(),
+                event,
+                None,
+                try_number,
+                settled.task_state,
+                Some(&reason),
+                now,
+            ));
+        }
+        for notification in &mut notifications {
+            notification.dedupe_key =
+                format!("{what}:{}:{}", notification.event, notification.connection);
+        }
+        Ok(GiveUp {
+            key: TryKey {
+                run_id: run.run_id.clone(),
+                task_id: task.id.clone(),
+                try_number,
+            },
+            backend: task.backend.as_str().to_owned(),
+            image_ref: task.image.clone(),
+            reason,
+            task_state: settled.task_state,
+            next_try_at: settled.next_try_at,
+            at: now,
+            notifications,
+        })
+    }
+}
+
+/// Why a run failed, for its `failure` event: the task instances that failed.
+fn failure_of(job: &Job, states: &HashMap<String, TaskState>, outcome: RunState) -> Option<String> {
+    if outcome != RunState::Failed {
+        return None;
+    }
+    let failed: Vec<String> = job
+        .tasks
+        .iter()
+        .filter(|task| states.get(&task.id) == Some(&TaskState::Failed))
+        .map(|task| format!("`{}`", task.id))
+        .collect();
+    Some(match failed.len() {
+        0 => "a task it ends with did not succeed (upstream_failed)".to_owned(),
+        1 => format!("task {} failed", failed[0]),
+        _ => format!("tasks {} failed", failed.join(", ")),
+    })
 }
 
 /// Counts `count` active task instances of `task_id` in another scheduler's runs of `job`

@@ -335,7 +335,8 @@ impl $store {
             });
             query.push(
                 ") UPDATE task_instances SET state = 'running', try_number = v.try_number, \
-                 next_try_at = NULL, started_at = COALESCE(task_instances.started_at, v.at), ended_at = NULL \
+                 next_try_at = NULL, started_at = COALESCE(task_instances.started_at, v.at), ended_at = NULL, \
+                 waiting_since = NULL, waiting_reason = NULL \
                  FROM v WHERE task_instances.run_id = v.run_id AND task_instances.task_id = v.task_id",
             );
             query.build().execute(&mut **tx).await?;
@@ -1489,6 +1490,7 @@ impl Store for $store {
             }
             sql::query::<$dialect>(
                 "UPDATE task_instances SET state = 'none', next_try_at = NULL, ended_at = NULL, \
+                 waiting_since = NULL, waiting_reason = NULL, \
                  retry_base = try_number WHERE run_id = ? AND task_id = ?",
             )
             .bind(run_id)

@@ -190,6 +190,14 @@ impl Harness {
         }
     }
 
+    /// A scripted harness's backend `name` stops answering (`Some(answer)`) or answers again.
+    pub fn set_backend_down(&self, name: &str, answer: Option<&str>) {
+        let scripted = self.scripted.as_ref().expect("a scripted harness");
+        for backend in scripted.backends.iter().filter(|b| b.name() == name) {
+            backend.set_down(answer);
+        }
+    }
+
     /// The time by the scheduler's clock.
     pub fn now(&self) -> chrono::DateTime<Utc> {
         match &self.scripted {
@@ -288,6 +296,8 @@ impl Harness {
                 config.lease = Duration::from_secs(3600);
                 config.heartbeat_every = Duration::from_secs(1);
                 config.clock = scripted.clock.clone();
+                // A wait for a backend that does not answer is given up on soon.
+                config.backend_unavailable_timeout = Duration::from_secs(5);
                 backends.extend(
                     scripted
                         .backends

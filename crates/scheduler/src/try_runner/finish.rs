@@ -115,26 +115,7 @@ impl TryRunner {
         };
         // Only a failure or a sensor's reschedule needs the task instance's history.
         let history = if attempt::needs_history(&ending) {
-            let earlier_tries = self.store.tries(&context.run_id, &task.id).await?;
-            let retry_base = self
-                .store
-                .task_instances(&context.run_id)
-                .await?
-                .into_iter()
-                .find(|ti| ti.task_id == task.id)
-                .map(|ti| ti.retry_base)
-                .unwrap_or(0);
-            History {
-                earlier_failures: earlier_tries
-                    .iter()
-                    .filter(|t| {
-                        t.try_id != try_id
-                            && t.try_number > retry_base
-                            && t.state == TryState::Failed
-                    })
-                    .count() as u32,
-                first_started_at: earlier_tries.first().map(|t| t.started_at),
-            }
+            task_history(self.store.as_ref(), &context.run_id, &task.id, Some(try_id)).await?
         } else {
             History::default()
         };
@@ -200,4 +181,33 @@ pub(super) fn with_protocol_failure(
         exit.failure = Some(FailureReason::Protocol(why));
     }
     exit
+}
+
+/// What a task instance went through since it was last cleared: its failed tries (all but
+/// `this_try`) and when its first try started.
+pub async fn task_history(
+    store: &dyn Store,
+    run_id: &str,
+    task_id: &str,
+    this_try: Option<i64>,
+) -> anyhow::Result<History> {
+    let earlier_tries = store.tries(run_id, task_id).await?;
+    let retry_base = store
+        .task_instances(run_id)
+        .await?
+        .into_iter()
+        .find(|ti| ti.task_id == task_id)
+        .map(|ti| ti.retry_base)
+        .unwrap_or(0);
+    Ok(History {
+        earlier_failures: earlier_tries
+            .iter()
+            .filter(|t| {
+                Some(t.try_id) != this_try
+                    && t.try_number > retry_base
+                    && t.state == TryState::Failed
+            })
+            .count() as u32,
+        first_started_at: earlier_tries.first().map(|t| t.started_at),
+    })
 }

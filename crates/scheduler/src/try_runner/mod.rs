@@ -16,6 +16,7 @@ mod persistence;
 mod prepare;
 mod sink;
 
+pub use finish::task_history;
 use finish::with_protocol_failure;
 use persistence::append;
 pub use persistence::{persist, record_finish};

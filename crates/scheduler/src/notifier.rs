@@ -1,0 +1,311 @@
+//! The notifier: delivers the outbox's notifications in the background, never in the way of
+//! scheduling. It claims a batch of due ones (each the oldest undelivered of its run and
+//! connection, so a receiver hears a run's events in the order they happened), sends them
+//! at once on their channels (`stevedore_notify`), and records every attempt; a failed one
+//! is due again after an exponential backoff (`backon`: 1 s doubling to a minute, with
+//! jitter) until it is `notification_give_up_after` old. A claim runs out after a minute:
+//! a scheduler that dies mid-delivery leaves its claims to the others, which send the same
+//! event (same `id`) again. So each event is delivered at least once.
+//!
+//! Every text an event carries (its reason, the log lines of an email) is masked against
+//! the values of the job's connections before it leaves, as everywhere else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::stream::{self, StreamExt};
+use stevedore_domain::mask::Masker;
+use stevedore_domain::notify::Channel;
+use stevedore_notify::{cut, rfc3339, Event, Sender, LOG_TAIL_LINES};
+use stevedore_ops::connections;
+use stevedore_store::{DeliveryOutcome, NotificationAttempt, NotificationRecord};
+use tracing::{debug, info, warn};
+
+use super::*;
+
+/// How many notifications one claim takes, and how many are sent at once.
+const BATCH: u32 = 64;
+const IN_FLIGHT: usize = 16;
+/// How long a claim holds: longer than a delivery may take (15 s) with room to record it.
+const CLAIM_FOR: Duration = Duration::from_secs(60);
+/// How long a job's masker is kept before its connections are read again.
+const MASKER_TTL: Duration = Duration::from_secs(30);
+
+/// The notifier's settings, from the scheduler's.
+#[derive(Clone, Debug)]
+pub struct NotifierConfig {
+    /// The web UI's address as users reach it (`public_url`): events link to their run.
+    pub public_url: Option<String>,
+    /// How long an event is tried before it is given up (`failed`).
+    pub give_up_after: Duration,
+    /// How often the outbox is looked at when nothing woke the notifier.
+    pub poll: Duration,
+    /// The backoff between attempts: from `min_backoff`, doubling, to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig {
+            public_url: None,
+            give_up_after: Duration::from_secs(24 * 3600),
+            poll: Duration::from_millis(500),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The delay before attempt `attempts + 1`, after `attempts` failed ones.
+pub fn backoff(config: &NotifierConfig, attempts: u32) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(config.min_backoff)
+        .with_max_delay(config.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempts.saturating_sub(1) as usize)
+        .unwrap_or(config.max_backoff)
+}
+
+/// A job version's masker, with when it was made.
+type Maskers = Mutex<HashMap<(String, String), (tokio::time::Instant, Arc<Masker>)>>;
+
+impl Scheduler {
+    /// Delivers notifications until the scheduler stops.
+    pub(crate) async fn notify_loop(self: Arc<Self>) {
+        let sender = Sender::new();
+        let maskers: Maskers = Mutex::default();
+        loop {
+            let now = self.now();
+            let until = now + chrono::TimeDelta::from_std(CLAIM_FOR).unwrap_or_default();
+            let claimed = match self
+                .store
+                .claim_notifications(&self.id, now, until, BATCH)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    warn!(error = %error, "cannot claim notifications; trying again");
+                    Vec::new()
+                }
+            };
+            let full = claimed.len() as u32 == BATCH;
+            stream::iter(claimed)
+                .for_each_concurrent(IN_FLIGHT, |notification| {
+                    let (this, sender, maskers) = (&self, &sender, &maskers);
+                    async move { this.deliver(sender, maskers, notification).await }
+                })
+                .await;
+            if !full {
+                // Nothing more due now: wait for the next poll or a new event.
+                let _ = tokio::time::timeout(
+                    self.config.notifier.poll,
+                    self.notifications_waiting.notified(),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// One attempt at one notification, recorded.
+    async fn deliver(&self, sender: &Sender, maskers: &Maskers, notification: NotificationRecord) {
+        let started = self.now();
+        let (channel, delivery) = match self.prepare(maskers, &notification).await {
+            Ok((channel, values, event, log_tail)) => {
+                let delivery = sender.deliver(channel, &values, &event, &log_tail).await;
+                (Some(channel), delivery)
+            }
+            Err(message) => (
+                None,
+                stevedore_notify::Delivery {
+                    ok: false,
+                    status_code: None,
+                    error: Some(message),
+                    took: Duration::ZERO,
+                },
+            ),
+        };
+        let now = self.now();
+        let outcome = if delivery.ok {
+            DeliveryOutcome::Delivered
+        } else if (now - notification.occurred_at)
+            .to_std()
+            .unwrap_or_default()
+            >= self.config.notifier.give_up_after
+        {
+            DeliveryOutcome::GiveUp
+        } else {
+            let delay = backoff(&self.config.notifier, notification.attempts + 1);
+            DeliveryOutcome::RetryAt(now + chrono::TimeDelta::from_std(delay).unwrap_or_default())
+        };
+        let channel_name = channel.map(|c| c.as_str().to_owned());
+        match outcome {
+            DeliveryOutcome::Delivered => {
+                debug!(id = %notification.id, event = %notification.event, channel = ?channel_name, "notification delivered")
+            }
+            DeliveryOutcome::RetryAt(at) => {
+                warn!(id = %notification.id, event = %notification.event, connection = %notification.connection, channel = ?channel_name, status = ?delivery.status_code, error = ?delivery.error, retry_at = %at, "notification not delivered; trying again")
+            }
+            DeliveryOutcome::GiveUp => {
+                warn!(id = %notification.id, event = %notification.event, connection = %notification.connection, channel = ?channel_name, error = ?delivery.error, "notification given up after its last attempt")
+            }
+        }
+        let attempt = NotificationAttempt {
+            attempt: 0,
+            at: started,
+            channel: channel_name,
+            ok: delivery.ok,
+            status_code: delivery.status_code,
+            error: delivery.error.map(|e| cut(&e)),
+            duration_ms: delivery.took.as_millis() as u64,
+        };
+        if let Err(error) = try_runner::persist("recording a notification's delivery", || {
+            self.store
+                .record_delivery(notification.seq, &attempt, outcome)
+        })
+        .await
+        {
+            // Its claim runs out and the next claim sends it again: at least once.
+            warn!(id = %notification.id, error = %error, "cannot record a notification's delivery");
+        }
+    }
+
+    /// What a notification needs to go out: its channel, its connection's values, the event
+    /// (masked) and, for an email of a task event, the try's last log lines (masked).
+    async fn prepare(
+        &self,
+        maskers: &Maskers,
+        notification: &NotificationRecord,
+    ) -> Result<(Channel, BTreeMap<String, String>, Event, Vec<String>), String> {
+        let values = connections::open(
+            self.store.as_ref(),
+            self.config.secret_key.as_ref(),
+            &notification.connection,
+        )
+        .await?;
+        let keys: Vec<&str> = values.keys().map(String::as_str).collect();
+        let channel = Channel::of(&keys)
+            .map_err(|why| format!("connection `{}` {why}", notification.connection))?;
+        let masker = self.masker(maskers, notification).await?;
+        let mask = |text: &str| cut(&masker.mask(text));
+        let url = self.config.notifier.public_url.as_deref().map(|base| {
+            let base = base.trim_end_matches('/');
+            match (&notification.task_id, notification.try_number) {
+                (Some(task_id), Some(try_number)) => format!(
+                    "{base}/runs/{}/tasks/{task_id}/tries/{try_number}",
+                    notification.run_id
+                ),
+                _ => format!("{base}/runs/{}", notification.run_id),
+            }
+        });
+        let event = Event {
+            id: notification.id.clone(),
+            event: notification.event.as_str().to_owned(),
+            job_id: notification.job_id.clone(),
+            run_id: notification.run_id.clone(),
+            task_id: notification.task_id.clone(),
+            try_number: notification.try_number,
+            state: notification.state.clone(),
+            reason: notification.reason.as_deref().map(mask),
+            logical_date: rfc3339(notification.logical_date),
+            url,
+            occurred_at: rfc3339(notification.occurred_at),
+        };
+        let log_tail = match (channel, &notification.task_id, notification.try_number) {
+            (Channel::Email, Some(task_id), Some(try_number)) => self
+                .log_tail(&notification.run_id, task_id, try_number)
+                .await
+                .into_iter()
+                .map(|line| mask(&line))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok((channel, values, event, log_tail))
+    }
+
+    /// The masker of the job version the run ran: every value of every connection its tasks
+    /// use (a run's event may quote any of them), kept for [`MASKER_TTL`].
+    async fn masker(
+        &self,
+        maskers: &Maskers,
+        notification: &NotificationRecord,
+    ) -> Result<Arc<Masker>, String> {
+        let run = self
+            .store
+            .get_run(&notification.run_id)
+            .await
+            .map_err(|e| format!("run {}: {e}", notification.run_id))?;
+        let key = (run.job_id.clone(), run.job_version.clone());
+        if let Some((made, masker)) = maskers.lock().expect("poisoned").get(&key) {
+            if made.elapsed() < MASKER_TTL {
+                return Ok(masker.clone());
+            }
+        }
+        let job = self
+            .job_version(&run.job_id, &run.job_version)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut names: Vec<String> = job
+            .tasks
+            .iter()
+            .flat_map(|task| task.connections.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        let values =
+            connections::open_all(self.store.as_ref(), self.config.secret_key.as_ref(), &names)
+                .await?;
+        let masker = Arc::new(Masker::new(values.into_values()));
+        maskers
+            .lock()
+            .expect("poisoned")
+            .insert(key, (tokio::time::Instant::now(), masker.clone()));
+        Ok(masker)
+    }
+
+    /// The last [`LOG_TAIL_LINES`] lines of a try (none when it has no lines or is gone).
+    async fn log_tail(&self, run_id: &str, task_id: &str, try_number: u32) -> Vec<String> {
+        let Ok(tries) = self.store.tries(run_id, task_id).await else {
+            return Vec::new();
+        };
+        let Some(attempt) = tries.iter().find(|t| t.try_number == try_number) else {
+            return Vec::new();
+        };
+        let Ok(Some(last)) = self.store.last_log_seq(attempt.try_id).await else {
+            return Vec::new();
+        };
+        let after = last - LOG_TAIL_LINES as i64;
+        match self
+            .store
+            .logs(attempt.try_id, Some(after), LOG_TAIL_LINES as u32)
+            .await
+        {
+            Ok(lines) => lines.into_iter().map(|line| line.text).collect(),
+            Err(error) => {
+                info!(error = %error, "cannot read the try's last lines for an email");
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_its_least_to_its_most_with_jitter() {
+        let config = NotifierConfig::default();
+        for (attempts, least) in [(1, 1), (2, 2), (3, 4), (4, 8), (7, 60), (30, 60)] {
+            let delay = backoff(&config, attempts);
+            assert!(
+                delay >= Duration::from_secs(least) && delay <= Duration::from_secs(least * 2),
+                "after {attempts} failures: {delay:?}"
+            );
+        }
+    }
+}
