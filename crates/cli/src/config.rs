@@ -43,6 +43,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("artifact_retention", "STEVEDORE_ARTIFACT_RETENTION"),
     ("public_url", "STEVEDORE_PUBLIC_URL"),
     ("sweep_every", "STEVEDORE_SWEEP_EVERY"),
+    (
+        "backend_unavailable_timeout",
+        "STEVEDORE_BACKEND_UNAVAILABLE_TIMEOUT",
+    ),
+    (
+        "notification_give_up_after",
+        "STEVEDORE_NOTIFICATION_GIVE_UP_AFTER",
+    ),
     // Their names before artifacts travelled (a run's workspace was a volume).
     ("workspace_retention", "STEVEDORE_WORKSPACE_RETENTION"),
     ("workspace_sweep_every", "STEVEDORE_WORKSPACE_SWEEP_EVERY"),

@@ -79,6 +79,9 @@ enum Command {
     /// Connections: named secret sets injected into the tasks that list them.
     #[command(subcommand)]
     Connections(ConnectionsCommand),
+    /// Alerts the `notify:` rules made, and their delivery.
+    #[command(subcommand)]
+    Notifications(NotificationsCommand),
     /// Integration images under images/.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -251,6 +254,27 @@ pub enum ConnectionsCommand {
 }
 
 #[derive(Subcommand)]
+pub enum NotificationsCommand {
+    /// Newest first, with where each delivery stands.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this run's (a unique prefix of its id is enough).
+        #[arg(long)]
+        run: Option<String>,
+        /// Only those whose delivery failed: given up, or failing and tried again.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One notification and every delivery attempt (a unique prefix of its id is enough).
+    Show { id: String },
+    /// Sends a notification again at once (the receiver sees the same id).
+    Retry { id: String },
+}
+
+#[derive(Subcommand)]
 pub enum PoolsCommand {
     List,
     /// Creates or resizes a pool (a pools file, if it names the pool, wins at the next sync).
@@ -366,6 +390,7 @@ fn main() -> ExitCode {
             Command::Tasks(command) => commands::tasks(&global, command).await,
             Command::Pools(command) => commands::pools(&global, command).await,
             Command::Connections(command) => commands::connections(&global, command).await,
+            Command::Notifications(command) => commands::notifications(&global, command).await,
             Command::Images(ImagesCommand::Build {
                 names,
                 dir,

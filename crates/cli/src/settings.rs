@@ -52,6 +52,11 @@ pub struct Settings {
     /// signed links a folder artifact store gives Nomad clients.
     pub public_url: Option<String>,
     pub sweep_every: Option<Duration>,
+    /// How long a try waits for a backend that does not answer before it fails
+    /// (`backend_unavailable_timeout`).
+    pub backend_unavailable_timeout: Option<Duration>,
+    /// How long a notification is tried before it is given up (`notification_give_up_after`).
+    pub notification_give_up_after: Option<Duration>,
     /// Several Docker hosts, when `docker_hosts` lists them.
     pub docker_hosts: Option<Vec<DockerHostConfig>>,
     pub host_lost_after: Duration,
@@ -266,6 +271,8 @@ impl Settings {
                 Some(value) => Some(value),
                 None => duration("workspace_sweep_every")?,
             },
+            backend_unavailable_timeout: duration("backend_unavailable_timeout")?,
+            notification_give_up_after: duration("notification_give_up_after")?,
             docker_hosts,
             host_lost_after: duration("host_lost_after")?.unwrap_or(Duration::from_secs(300)),
             nomad,

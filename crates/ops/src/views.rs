@@ -83,6 +83,9 @@ pub struct RunView {
     #[schema(format = DateTime)]
     pub ended_at: Option<String>,
     pub cancel_requested: bool,
+    /// When its job's `deadline` passed while it had not ended.
+    #[schema(format = DateTime)]
+    pub deadline_missed_at: Option<String>,
 }
 
 impl From<&RunRecord> for RunView {
@@ -101,6 +104,7 @@ impl From<&RunRecord> for RunView {
             started_at: run.started_at.map(time),
             ended_at: run.ended_at.map(time),
             cancel_requested: run.cancel_requested,
+            deadline_missed_at: run.deadline_missed_at.map(time),
         }
     }
 }
@@ -164,6 +168,12 @@ pub struct TaskInstanceView {
     pub exit_code: Option<i64>,
     pub image_digest: Option<String>,
     pub failure_reason: Option<String>,
+    /// Since when it waits for a backend that does not answer (it fails after
+    /// `backend_unavailable_timeout`).
+    #[schema(format = DateTime)]
+    pub waiting_since: Option<String>,
+    /// What that backend answered.
+    pub waiting_reason: Option<String>,
 }
 
 impl TaskInstanceView {
@@ -180,6 +190,8 @@ impl TaskInstanceView {
             exit_code: last.and_then(|t| t.exit_code),
             image_digest: last.and_then(|t| t.image_digest.clone()),
             failure_reason: last.and_then(|t| t.failure_reason.clone()),
+            waiting_since: ti.waiting.as_ref().map(|w| time(w.since)),
+            waiting_reason: ti.waiting.as_ref().map(|w| w.reason.clone()),
         }
     }
 }
@@ -200,6 +212,8 @@ pub struct RunDetail {
     pub task_instances: Vec<TaskInstanceDetail>,
     /// The files the run's tries left in their workspaces, kept in the artifact store.
     pub artifacts: Vec<ArtifactView>,
+    /// The alerts the run made (oldest first), with where their delivery stands.
+    pub notifications: Vec<NotificationView>,
 }
 
 /// A file a try left in its workspace (`runs artifacts`, `GET /api/v1/runs/{id}/artifacts`).
@@ -250,10 +264,22 @@ pub async fn run_detail(
         .iter()
         .map(ArtifactView::from)
         .collect();
+    let mut notifications: Vec<NotificationView> = store
+        .list_notifications(&stevedore_store::NotificationFilter {
+            run_id: Some(run.run_id.clone()),
+            limit: 200,
+            ..Default::default()
+        })
+        .await?
+        .iter()
+        .map(NotificationView::from)
+        .collect();
+    notifications.reverse();
     Ok(RunDetail {
         run: RunView::from(run),
         task_instances,
         artifacts,
+        notifications,
     })
 }
 
@@ -361,6 +387,131 @@ impl From<&crate::backfill::Backfill> for BackfillView {
             created: done.created.clone(),
             rerun: done.rerun.clone(),
             kept: done.kept,
+        }
+    }
+}
+
+fn notification_event() -> utoipa::openapi::Object {
+    one_of(
+        stevedore_domain::notify::ALL_EVENTS
+            .iter()
+            .map(|event| event.as_str()),
+    )
+}
+
+fn notification_status() -> utoipa::openapi::Object {
+    one_of(["pending", "delivered", "failed"])
+}
+
+/// An alert in the outbox and where its delivery stands (`notifications list`,
+/// `GET /api/v1/notifications`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = Notification)]
+pub struct NotificationView {
+    /// The event's id, the same at every delivery (receivers drop repeats by it).
+    pub id: String,
+    #[schema(schema_with = notification_event)]
+    pub event: String,
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub try_number: Option<u32>,
+    /// The connection the rule named.
+    pub connection: String,
+    /// `webhook`, `slack` or `email`, once an attempt has been made.
+    pub channel: Option<String>,
+    /// The run's or task instance's state the event tells of.
+    pub state: String,
+    pub reason: Option<String>,
+    #[schema(format = DateTime)]
+    pub logical_date: String,
+    #[schema(format = DateTime)]
+    pub occurred_at: String,
+    #[schema(schema_with = notification_status)]
+    pub status: String,
+    pub attempts: u32,
+    /// When it is tried next (pending ones).
+    #[schema(format = DateTime)]
+    pub next_attempt_at: Option<String>,
+    /// The receiver's last answer: an HTTP status or an SMTP reply code.
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    #[schema(format = DateTime)]
+    pub delivered_at: Option<String>,
+}
+
+impl From<&stevedore_store::NotificationRecord> for NotificationView {
+    fn from(n: &stevedore_store::NotificationRecord) -> Self {
+        NotificationView {
+            id: n.id.clone(),
+            event: n.event.as_str().to_owned(),
+            job_id: n.job_id.clone(),
+            run_id: n.run_id.clone(),
+            task_id: n.task_id.clone(),
+            try_number: n.try_number,
+            connection: n.connection.clone(),
+            channel: n.channel.clone(),
+            state: n.state.clone(),
+            reason: n.reason.clone(),
+            logical_date: instant(n.logical_date),
+            occurred_at: time(n.occurred_at),
+            status: n.status.as_str().to_owned(),
+            attempts: n.attempts,
+            next_attempt_at: (n.status == stevedore_store::NotificationStatus::Pending)
+                .then(|| time(n.next_attempt_at)),
+            last_status_code: n.last_status_code,
+            last_error: n.last_error.clone(),
+            delivered_at: n.delivered_at.map(time),
+        }
+    }
+}
+
+/// One delivery attempt of a notification.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = NotificationAttempt)]
+pub struct NotificationAttemptView {
+    pub attempt: u32,
+    #[schema(format = DateTime)]
+    pub at: String,
+    pub channel: Option<String>,
+    pub ok: bool,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl From<&stevedore_store::NotificationAttempt> for NotificationAttemptView {
+    fn from(a: &stevedore_store::NotificationAttempt) -> Self {
+        NotificationAttemptView {
+            attempt: a.attempt,
+            at: time(a.at),
+            channel: a.channel.clone(),
+            ok: a.ok,
+            status_code: a.status_code,
+            error: a.error.clone(),
+            duration_ms: a.duration_ms,
+        }
+    }
+}
+
+/// A notification with every delivery attempt (`notifications show`,
+/// `GET /api/v1/notifications/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct NotificationDetailView {
+    #[serde(flatten)]
+    pub notification: NotificationView,
+    pub attempts: Vec<NotificationAttemptView>,
+}
+
+impl From<&crate::notifications::NotificationDetail> for NotificationDetailView {
+    fn from(detail: &crate::notifications::NotificationDetail) -> Self {
+        NotificationDetailView {
+            notification: NotificationView::from(&detail.notification),
+            attempts: detail
+                .attempts
+                .iter()
+                .map(NotificationAttemptView::from)
+                .collect(),
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Prometheus `/metrics` (text exposition format 0.0.4): runs and task instances per state,
-//! read from the store at scrape time, and the server's requests per route, method and
-//! status.
+//! Prometheus `/metrics` (text exposition format 0.0.4): runs and task instances per state
+//! and notification deliveries per channel and outcome, read from the store at scrape time,
+//! and the server's requests per route, method and status.
 //!
 //! Request labels come only from bounded sets, so no caller can grow the exposition (or
 //! the server's memory) by sending made-up methods or paths: the route is the matched
@@ -102,6 +102,28 @@ pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiRes
             "stevedore_task_instances{{state=\"{}\"}} {n}",
             state.as_str()
         );
+    }
+    // Deliveries are counted by the store (every attempt of every scheduler is recorded),
+    // so the counters hold across schedulers and restarts.
+    let deliveries = state.store.delivery_counts().await?;
+    let _ = writeln!(
+        text,
+        "# HELP stevedore_notification_deliveries_total Notification delivery attempts, by channel and outcome (sent or failed)."
+    );
+    let _ = writeln!(text, "# TYPE stevedore_notification_deliveries_total counter");
+    for channel in ["webhook", "slack", "email", "none"] {
+        for (ok, outcome) in [(true, "sent"), (false, "failed")] {
+            let n = deliveries
+                .iter()
+                .find(|(c, o, _)| c == channel && *o == ok)
+                .map_or(0, |(_, _, n)| *n);
+            if n > 0 || channel != "none" {
+                let _ = writeln!(
+                    text,
+                    "stevedore_notification_deliveries_total{{channel=\"{channel}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
     }
     let _ = writeln!(
         text,

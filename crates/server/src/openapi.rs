@@ -141,6 +141,7 @@ mod tests {
             started_at: None,
             ended_at: None,
             cancel_requested: false,
+            deadline_missed_at: None,
         })
         .unwrap();
         let mut fields: Vec<&String> = view.as_object().unwrap().keys().collect();

@@ -1201,7 +1201,6 @@ pub async fn artifacts_are_recorded_per_try_and_listed_per_run(store: &dyn Store
     assert_eq!(store.run_artifacts(&other.run_id).await.unwrap().len(), 1);
 }
 
-#[macro_export]
 /// A notification of `event` about `run` to `connection`, made now.
 fn notification(
     run: &RunRecord,
@@ -1594,6 +1593,7 @@ pub async fn a_waiting_task_instance_is_given_up_on_once(store: &dyn Store) {
     );
 }
 
+#[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
         mod $name {

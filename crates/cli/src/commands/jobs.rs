@@ -15,18 +15,41 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
     match command {
         JobsCommand::Validate { path } => {
             let path = path.unwrap_or_else(|| global.jobs.clone());
-            let (jobs, errors) = if path.is_dir() {
+            let (loaded, mut errors) = if path.is_dir() {
                 let found = load_jobs_dir(&path);
-                (
-                    found.jobs.into_iter().map(|l| l.job).collect::<Vec<_>>(),
-                    found.errors,
-                )
+                (found.jobs, found.errors)
             } else {
                 match load_job_file(&path) {
-                    Ok(loaded) => (vec![loaded.job], Vec::new()),
+                    Ok(loaded) => (vec![loaded], Vec::new()),
                     Err(errors) => (Vec::new(), errors),
                 }
             };
+            // Alert rules name connections, which live in the store: checked when there is
+            // one (a SQLite file that does not exist is not created for it).
+            let has_rules = loaded
+                .iter()
+                .any(|l| stevedore_domain::notify::rules(&l.job).next().is_some());
+            let mut jobs = Vec::new();
+            if has_rules && (is_postgres(&global.db) || store_path(&global.db).exists()) {
+                let store = open_store(&global.db).await?;
+                let connections = store.list_connections().await?;
+                for loaded in loaded {
+                    let file = loaded.path.display().to_string();
+                    let problems = stevedore_ops::notifications::check_rules(&loaded.job, &file, &connections);
+                    if problems.is_empty() {
+                        jobs.push(loaded.job);
+                    }
+                    errors.extend(problems);
+                }
+            } else {
+                if has_rules {
+                    eprintln!(
+                        "note: notify rules' connections not checked: no store at {}",
+                        store_path(&global.db).display()
+                    );
+                }
+                jobs = loaded.into_iter().map(|l| l.job).collect();
+            }
             if global.output == Format::Json {
                 print_json(&json!({
                     "valid": jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),

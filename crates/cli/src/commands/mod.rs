@@ -29,6 +29,7 @@ use crate::{
 
 mod connections;
 mod jobs;
+mod notifications;
 mod pools;
 mod runs;
 mod serve;
@@ -36,6 +37,7 @@ mod tasks;
 
 pub use connections::{connection_values, connections, registry_auth};
 pub use jobs::jobs;
+pub use notifications::notifications;
 pub use pools::pools;
 use runs::run_json;
 pub use runs::runs;

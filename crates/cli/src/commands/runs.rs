@@ -132,10 +132,38 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                     }
                 }
                 tries.print();
+                // Task instances waiting for a backend that does not answer: since when, why.
+                for (ti, _) in &details {
+                    if let Some(waiting) = &ti.waiting {
+                        println!();
+                        println!(
+                            "{} waits for its backend since {}: {}",
+                            ti.task_id,
+                            time(Some(waiting.since)),
+                            waiting.reason
+                        );
+                    }
+                }
+                if let Some(at) = run.deadline_missed_at {
+                    println!();
+                    println!("deadline missed at {}", time(Some(at)));
+                }
                 let artifacts = store.run_artifacts(&run.run_id).await?;
                 if !artifacts.is_empty() {
                     println!();
                     artifacts_table(&artifacts).print();
+                }
+                let mut notifications = store
+                    .list_notifications(&stevedore_store::NotificationFilter {
+                        run_id: Some(run.run_id.clone()),
+                        limit: 200,
+                        ..Default::default()
+                    })
+                    .await?;
+                if !notifications.is_empty() {
+                    notifications.reverse();
+                    println!();
+                    super::notifications::notifications_table(&notifications).print();
                 }
             }
         }

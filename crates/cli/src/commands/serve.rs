@@ -104,7 +104,16 @@ pub async fn serve(global: &Global, what: Serve) -> anyhow::Result<ExitCode> {
     if with_scheduler {
         let process = global.process_backend.unwrap_or(what == Serve::Standalone);
         let artifacts = artifacts.map_err(|e| anyhow!(e))?;
-        scheduler(global, store, artifacts, exclusive, process, stopped()).await?;
+        scheduler(
+            global,
+            store,
+            artifacts,
+            own_url.clone(),
+            exclusive,
+            process,
+            stopped(),
+        )
+        .await?;
     } else {
         stopped().await;
     }
@@ -126,6 +135,7 @@ pub(super) async fn scheduler(
     global: &Global,
     store: Arc<dyn Store>,
     artifacts: stevedore_artifacts::ArtifactStore,
+    own_url: Option<String>,
     exclusive: bool,
     with_process_backend: bool,
     shutdown: impl std::future::Future<Output = ()>,
@@ -181,12 +191,23 @@ pub(super) async fn scheduler(
         tracing::warn!("nomad_workspace_volumes is no longer used: tries on Nomad exchange their files through the artifact store (docs/backends.md)");
     }
     config.artifacts = Some(artifacts);
+    // Events link to their run's page in the web UI: `public_url`, else (standalone) the
+    // server in this process.
+    config.notifier.public_url = global.public_url.clone().or(own_url);
     for (value, setting) in [
         (global.artifact_retention, &mut config.artifact_retention),
         (global.sweep_every, &mut config.sweep_every),
         (global.heartbeat_every, &mut config.heartbeat_every),
         (global.lease, &mut config.lease),
         (global.shutdown_grace, &mut config.shutdown_grace),
+        (
+            global.backend_unavailable_timeout,
+            &mut config.backend_unavailable_timeout,
+        ),
+        (
+            global.notification_give_up_after,
+            &mut config.notifier.give_up_after,
+        ),
     ] {
         if let Some(value) = value {
             *setting = value;

@@ -5,7 +5,8 @@
 //!
 //! The routes, the extractors (bodies, paths and queries with JSON errors) and paging are
 //! here; the handlers are beside it by resource: `jobs.rs`, `runs.rs` (runs and their task
-//! instances), `tries.rs` (tries and logs), `admin.rs` (pools, connections).
+//! instances), `tries.rs` (tries and logs), `notifications.rs` (alerts), `admin.rs` (pools,
+//! connections).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -35,6 +36,7 @@ use crate::AppState;
 mod admin;
 pub(crate) mod artifacts;
 mod jobs;
+mod notifications;
 mod runs;
 pub(crate) mod tries;
 
@@ -42,6 +44,7 @@ use crate::paging::page_size;
 use admin::*;
 use artifacts::*;
 use jobs::*;
+use notifications::*;
 use runs::*;
 use tries::*;
 
@@ -96,6 +99,12 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/runs/{run_id}/tasks/{task_id}/tries/{try_number}/logs/follow",
             get(follow_logs),
         )
+        .route("/api/v1/notifications", get(list_notifications))
+        .route("/api/v1/notifications/{id}", get(get_notification))
+        .route(
+            "/api/v1/notifications/{id}/retry",
+            post(retry_notification),
+        )
         .route("/api/v1/pools", get(list_pools))
         .route("/api/v1/pools/{name}", put(put_pool).delete(delete_pool))
         .route("/api/v1/connections", get(list_connections))
@@ -136,6 +145,9 @@ fn time(at: DateTime<Utc>) -> String {
     get_try,
     get_logs,
     follow_logs,
+    list_notifications,
+    get_notification,
+    retry_notification,
     list_pools,
     put_pool,
     delete_pool,

@@ -51,6 +51,11 @@ pub fn routes() -> Router<AppState> {
             get(pages::try_page),
         )
         .route("/pools", get(pages::pools))
+        .route("/notifications", get(pages::notifications))
+        .route(
+            "/notifications/{id}/retry",
+            post(pages::retry_notification),
+        )
 }
 
 /// A UI error: a page saying what went wrong (a redirect to the login page for a browser
@@ -167,6 +172,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                     nav {
                         a href="/jobs" { "Jobs" }
                         a href="/pools" { "Pools" }
+                        a href="/notifications" { "Alerts" }
                     }
                     @if let Some(viewer) = viewer {
                         form.logout method="post" action="/logout" {

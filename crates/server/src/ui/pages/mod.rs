@@ -21,9 +21,11 @@ use super::{csrf_field, encode, page, state_class, svg, UiError, UiResult, Viewe
 use crate::AppState;
 
 mod jobs;
+mod notifications;
 mod runs;
 
 pub use jobs::*;
+pub use notifications::*;
 pub use runs::*;
 
 /// Runs shown in a job's grid and on the jobs list.

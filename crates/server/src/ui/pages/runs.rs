@@ -19,6 +19,15 @@ pub async fn run(
     let job = actions::run_job(state.store.as_ref(), &run).await.ok();
     let operator = viewer.may(Role::Operator);
     let artifacts = state.store.run_artifacts(&run.run_id).await?;
+    let mut alerts = state
+        .store
+        .list_notifications(&stevedore_store::NotificationFilter {
+            run_id: Some(run.run_id.clone()),
+            limit: 200,
+            ..Default::default()
+        })
+        .await?;
+    alerts.reverse();
     let body = html! {
         div.title-row {
             h1 { "Run " span.mono { (run.run_id) } }
@@ -31,6 +40,9 @@ pub async fn run(
             " · " (took(run.started_at, run.ended_at))
         }
         p.meta { "Params " code { (run.params.to_string()) } }
+        @if let Some(at) = run.deadline_missed_at {
+            p.warning { "Deadline missed at " (when(Some(at))) "." }
+        }
         @if operator && !run.state.is_finished() {
             form.inline method="post" action={ (run_link(&run)) "/cancel" } {
                 (csrf_field(&viewer))
@@ -59,7 +71,13 @@ pub async fn run(
                             td { (last.and_then(|t| t.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
                             td { (took(ti.started_at, ti.ended_at)) }
                             td.mono.digest { (last.and_then(|t| t.image_digest.clone()).unwrap_or_else(|| "–".into())) }
-                            td { (last.and_then(|t| t.failure_reason.clone()).unwrap_or_default()) }
+                            td {
+                                @if let Some(waiting) = &ti.waiting {
+                                    span.waiting { "waiting for its backend since " (when(Some(waiting.since))) ": " (waiting.reason) }
+                                } @else {
+                                    (last.and_then(|t| t.failure_reason.clone()).unwrap_or_default())
+                                }
+                            }
                             @if operator {
                                 td.actions {
                                     form.inline method="post" action={ (run_link(&run)) "/tasks/" (encode(&ti.task_id)) "/clear" } {
@@ -125,6 +143,12 @@ pub async fn run(
                 }
             }
             @if !operator { p.meta { "Downloading a file needs the operator role." } }
+        }
+        h2 { "Alerts" }
+        @if alerts.is_empty() {
+            p.meta { "This run made no alerts (the job's " code { "notify:" } " rules)." }
+        } @else {
+            (notifications_table(&alerts, operator, &viewer, false))
         }
     };
     Ok(page(&format!("Run {}", run.run_id), &viewer, body))
@@ -234,6 +258,13 @@ pub async fn try_page(
     };
     let outputs =
         stevedore_ops::runs::task_outputs(state.store.as_ref(), &run.run_id, &task_id).await?;
+    let waiting = state
+        .store
+        .task_instances(&run.run_id)
+        .await?
+        .into_iter()
+        .find(|ti| ti.task_id == task_id)
+        .and_then(|ti| ti.waiting);
     let running = attempt.state == TryState::Running;
     let follow_url = format!(
         "/api/v1/runs/{}/tasks/{}/tries/{try_number}/logs/follow",
@@ -253,6 +284,9 @@ pub async fn try_page(
                     a href=(try_link(&run.run_id, &task_id, other.try_number)) aria-current=[(other.try_number == try_number).then_some("page")] { (other.try_number) } " "
                 }
             }
+        }
+        @if let Some(waiting) = waiting.as_ref().filter(|_| attempt.try_number == attempts.last().map_or(0, |t| t.try_number)) {
+            p.warning { "The task instance waits for its backend since " (when(Some(waiting.since))) ": " (waiting.reason) }
         }
         dl.facts {
             dt { "Image" } dd.mono { (attempt.image_ref) }
