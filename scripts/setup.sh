@@ -38,6 +38,11 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]==5.2.5'
 fi
+# A real SMTP server for the alert tests' emails (aiosmtpd, from PyPI), in the same venv.
+if [ ! -x "$venv/bin/aiosmtpd" ]; then
+  say "virtualenv $venv: aiosmtpd (an SMTP server for the alert tests)"
+  "$venv/bin/pip" install -q 'aiosmtpd==1.4.6'
+fi
 
 say "building stevedore"
 cargo build --workspace --bins

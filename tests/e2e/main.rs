@@ -2,6 +2,7 @@
 //! running its tests, so the suites are modules of one. Each needs a running Docker engine
 //! and the images `stevedore images build` makes (`scripts/test.sh` builds them first).
 //!
+//! - `alerts`: alerts delivered to a webhook, Slack-format and SMTP receivers.
 //! - `backends`: the contract every backend passes (docker, nomad on the simulator, process).
 //! - `docker`: whole jobs on the Docker engine (logs, workspaces, limits, adoption,
 //!   cancelling).
@@ -12,6 +13,7 @@
 //! - `integrations`, `demo_api`, `registry`: the example integrations, the demo API, pulls
 //!   from a registry that needs a login.
 
+mod alerts;
 mod backends;
 mod bench_artifacts;
 mod demo_api;

@@ -110,7 +110,10 @@ pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiRes
         text,
         "# HELP stevedore_notification_deliveries_total Notification delivery attempts, by channel and outcome (sent or failed)."
     );
-    let _ = writeln!(text, "# TYPE stevedore_notification_deliveries_total counter");
+    let _ = writeln!(
+        text,
+        "# TYPE stevedore_notification_deliveries_total counter"
+    );
     for channel in ["webhook", "slack", "email", "none"] {
         for (ok, outcome) in [(true, "sent"), (false, "failed")] {
             let n = deliveries

@@ -68,6 +68,9 @@ struct Scripted {
     backends: Vec<Arc<ScriptedBackend>>,
 }
 
+/// The web UI's address a harness's scheduler links its events to (`public_url`).
+pub const HARNESS_PUBLIC_URL: &str = "http://stevedore.test";
+
 /// How far [`Harness::wait_run`] and [`Harness::pass_time`] move a scripted harness's clock
 /// at a time: each step is seen by at least one whole scheduling pass before the next.
 pub const CLOCK_STEP: Duration = Duration::from_millis(200);
@@ -273,6 +276,11 @@ impl Harness {
         // Tests leave little behind: a run's files go 5 s after it ended (long enough to look
         // at them once the run is seen to end).
         config.artifact_retention = Duration::from_secs(5);
+        // A receiver that was down is tried again within 5 s (a minute in production), so
+        // the alert tests need not wait out the longest backoff.
+        config.notifier.max_backoff = Duration::from_secs(5);
+        // Events link to their pages under the web UI's address.
+        config.notifier.public_url = Some(HARNESS_PUBLIC_URL.to_owned());
         let kept = backends.clone();
         match &scripted {
             None => {
@@ -375,6 +383,15 @@ impl Harness {
 
     /// Triggers a manual run of `job_id` as `stevedore jobs trigger` does.
     pub async fn trigger(&self, job_id: &str) -> RunRecord {
+        self.trigger_with(job_id, serde_json::Map::new()).await
+    }
+
+    /// [`Harness::trigger`] with params overriding the job's.
+    pub async fn trigger_with(
+        &self,
+        job_id: &str,
+        params: serde_json::Map<String, serde_json::Value>,
+    ) -> RunRecord {
         let found = load_jobs_dir(&self.jobs_dir());
         let loaded = found
             .get(job_id)
@@ -388,14 +405,9 @@ impl Harness {
             )
             .await
             .unwrap();
-        trigger_manual(
-            self.store.as_ref(),
-            &loaded.job,
-            &serde_json::Map::new(),
-            self.now(),
-        )
-        .await
-        .unwrap()
+        trigger_manual(self.store.as_ref(), &loaded.job, &params, self.now())
+            .await
+            .unwrap()
     }
 
     /// Waits for the run to finish, failing the test after `limit` (on a scripted harness,

@@ -28,6 +28,7 @@ mod harness;
 pub mod nomad_sim;
 mod pipeline;
 mod postgres;
+mod receivers;
 mod registry;
 mod s3;
 mod tls_front;
@@ -37,6 +38,7 @@ pub use engine::*;
 pub use harness::*;
 pub use pipeline::*;
 pub use postgres::*;
+pub use receivers::*;
 pub use registry::*;
 pub use s3::*;
 /// What a scripted try plays ([`Harness::script`]).

@@ -35,7 +35,8 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
                 let connections = store.list_connections().await?;
                 for loaded in loaded {
                     let file = loaded.path.display().to_string();
-                    let problems = stevedore_ops::notifications::check_rules(&loaded.job, &file, &connections);
+                    let problems =
+                        stevedore_ops::notifications::check_rules(&loaded.job, &file, &connections);
                     if problems.is_empty() {
                         jobs.push(loaded.job);
                     }

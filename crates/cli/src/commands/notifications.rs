@@ -45,7 +45,9 @@ pub async fn notifications(
         NotificationsCommand::Show { id } => {
             let detail = stevedore_ops::notifications::show(store.as_ref(), &id).await?;
             if global.output == Format::Json {
-                print_json(&serde_json::to_value(NotificationDetailView::from(&detail))?);
+                print_json(&serde_json::to_value(NotificationDetailView::from(
+                    &detail,
+                ))?);
             } else {
                 let n = &detail.notification;
                 println!("id:           {}", n.id);
@@ -65,7 +67,8 @@ pub async fn notifications(
                 println!("occurred at:  {}", time(Some(n.occurred_at)));
                 println!("status:       {}", status_text(n));
                 println!();
-                let mut table = Table::new(&["ATTEMPT", "AT", "CHANNEL", "OK", "CODE", "TOOK", "ERROR"]);
+                let mut table =
+                    Table::new(&["ATTEMPT", "AT", "CHANNEL", "OK", "CODE", "TOOK", "ERROR"]);
                 for attempt in &detail.attempts {
                     table.row(vec![
                         attempt.attempt.to_string(),
@@ -107,7 +110,10 @@ fn status_text(n: &NotificationRecord) -> String {
             n.delivered_at.map(|at| time(Some(at))).unwrap_or_default()
         ),
         stevedore_store::NotificationStatus::Failed => {
-            format!("failed after {} attempts (notifications retry {})", n.attempts, n.id)
+            format!(
+                "failed after {} attempts (notifications retry {})",
+                n.attempts, n.id
+            )
         }
         stevedore_store::NotificationStatus::Pending if n.attempts == 0 => "pending".to_owned(),
         stevedore_store::NotificationStatus::Pending => format!(
@@ -121,8 +127,17 @@ fn status_text(n: &NotificationRecord) -> String {
 /// The table `notifications list` and `runs show` print.
 pub(super) fn notifications_table(listed: &[NotificationRecord]) -> Table {
     let mut table = Table::new(&[
-        "ID", "EVENT", "JOB", "RUN", "TASK", "CONNECTION", "CHANNEL", "STATUS", "TRIES",
-        "OCCURRED", "LAST ERROR",
+        "ID",
+        "EVENT",
+        "JOB",
+        "RUN",
+        "TASK",
+        "CONNECTION",
+        "CHANNEL",
+        "STATUS",
+        "TRIES",
+        "OCCURRED",
+        "LAST ERROR",
     ]);
     for n in listed {
         table.row(vec![

@@ -101,10 +101,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/notifications", get(list_notifications))
         .route("/api/v1/notifications/{id}", get(get_notification))
-        .route(
-            "/api/v1/notifications/{id}/retry",
-            post(retry_notification),
-        )
+        .route("/api/v1/notifications/{id}/retry", post(retry_notification))
         .route("/api/v1/pools", get(list_pools))
         .route("/api/v1/pools/{name}", put(put_pool).delete(delete_pool))
         .route("/api/v1/connections", get(list_connections))

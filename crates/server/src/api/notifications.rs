@@ -80,7 +80,10 @@ pub(super) async fn list_notifications(
 }
 
 /// The notification with this exact id.
-async fn find(state: &AppState, id: &str) -> ApiResult<stevedore_ops::notifications::NotificationDetail> {
+async fn find(
+    state: &AppState,
+    id: &str,
+) -> ApiResult<stevedore_ops::notifications::NotificationDetail> {
     let detail = stevedore_ops::notifications::show(state.store.as_ref(), id)
         .await
         .map_err(|error| match error {
@@ -90,7 +93,9 @@ async fn find(state: &AppState, id: &str) -> ApiResult<stevedore_ops::notificati
             other => other.into(),
         })?;
     if detail.notification.id != id {
-        return Err(ApiError::not_found(format!("notification `{id}` not found")));
+        return Err(ApiError::not_found(format!(
+            "notification `{id}` not found"
+        )));
     }
     Ok(detail)
 }

@@ -52,10 +52,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/pools", get(pages::pools))
         .route("/notifications", get(pages::notifications))
-        .route(
-            "/notifications/{id}/retry",
-            post(pages::retry_notification),
-        )
+        .route("/notifications/{id}/retry", post(pages::retry_notification))
 }
 
 /// A UI error: a page saying what went wrong (a redirect to the login page for a browser

@@ -125,6 +125,7 @@ pub async fn retry_notification(
     Form(form): Form<RetryForm>,
 ) -> UiResult<Redirect> {
     viewer.authorize(&form.csrf, Role::Operator)?;
-    let retried = stevedore_ops::notifications::retry(state.store.as_ref(), &id, Utc::now()).await?;
+    let retried =
+        stevedore_ops::notifications::retry(state.store.as_ref(), &id, Utc::now()).await?;
     Ok(Redirect::to(&format!("/runs/{}", encode(&retried.run_id))))
 }
