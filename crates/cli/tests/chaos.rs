@@ -825,3 +825,164 @@ fn a_downstream_try_gets_the_files_of_an_upstream_try_another_scheduler_watched(
     );
     cluster.stop_all();
 }
+
+/// Issue 17, must show 3: three schedulers on PostgreSQL, one SIGKILLed and started again
+/// every few seconds, make and deliver the alerts of 20 failing runs (a retry, the task's
+/// failure and the run's, each): every event reaches the webhook at least once, and after
+/// dropping repeats by `id`, exactly the expected set is left.
+#[test]
+fn alerts_from_schedulers_killed_at_random_arrive_at_least_once_and_exactly_as_made() {
+    const ALERT_RUNS: usize = 20;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let receiver = runtime.block_on(stevedore_testkit::Receiver::start(
+        stevedore_testkit::ReceiverKind::Webhook,
+    ));
+    let postgres = Postgres::start();
+    let job_id = "chaos_alerts";
+    let mut cluster = Cluster::new(&postgres, job_id, Fault::None, None);
+    std::fs::write(
+        cluster.dir.path().join("jobs").join(format!("{job_id}.yaml")),
+        format!(
+            "id: {job_id}\nmax_active_runs: 16\nnotify:\n  - {{on: [failure], connection: ops}}\ndefaults:\n  notify:\n    - {{on: [retry, failure], connection: ops}}\ntasks:\n  - id: load\n    image: {SYNTH}\n    args: [count, --lines, \"30\", --every-ms, \"100\", --exit, \"2\"]\n    retries: 1\n    retry_delay: 1s\n"
+        ),
+    )
+    .unwrap();
+    let migrated = cluster.command(&["db", "migrate"]).output().unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let added = cluster
+        .command(&[
+            "connections",
+            "add",
+            "ops",
+            "--env",
+            &format!("WEBHOOK_URL={}", receiver.url),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    cluster.start_registered(&postgres, SCHEDULERS);
+    let run_ids: Vec<String> = (0..ALERT_RUNS).map(|_| cluster.trigger()).collect();
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("alert chaos seed {seed}");
+    let mut random = Lcg(seed);
+    let expected_events = 3 * ALERT_RUNS;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut kills = 0;
+    // Runs end, then their events are delivered; the kills go on until both are done.
+    loop {
+        let ended: usize = postgres
+            .query(&format!(
+                "SELECT count(*) FROM runs WHERE job_id = '{job_id}' AND state IN ('success', 'failed')"
+            ))
+            .parse()
+            .unwrap();
+        let delivered: usize = postgres
+            .query(&format!(
+                "SELECT count(*) FROM notifications WHERE job_id = '{job_id}' AND status = 'delivered'"
+            ))
+            .parse()
+            .unwrap();
+        if ended == ALERT_RUNS && delivered == expected_events {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ended} of {ALERT_RUNS} runs ended, {delivered} of {expected_events} events delivered (seed {seed}, {kills} kills){}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(2000 + random.next(2000)));
+        let slot = random.next(SCHEDULERS as u64) as usize;
+        cluster.kill(slot);
+        kills += 1;
+        cluster.start(slot);
+    }
+    cluster.stop_all();
+    eprintln!(
+        "{ALERT_RUNS} runs ended and their alerts were delivered after {kills} scheduler kills"
+    );
+
+    // What was made: each run's three events, once each.
+    let made = postgres.query(&format!(
+        "SELECT id, run_id, event, coalesce(task_id, '-'), coalesce(try_number, 0) FROM notifications WHERE job_id = '{job_id}' ORDER BY seq"
+    ));
+    let made: Vec<Vec<String>> = made
+        .lines()
+        .map(|line| line.split('|').map(str::to_owned).collect())
+        .collect();
+    let mut expected: Vec<(String, String, String, String)> = Vec::new();
+    for run_id in &run_ids {
+        expected.push((run_id.clone(), "retry".into(), "load".into(), "1".into()));
+        expected.push((run_id.clone(), "failure".into(), "load".into(), "2".into()));
+        expected.push((run_id.clone(), "failure".into(), "-".into(), "0".into()));
+    }
+    expected.sort();
+    let mut made_set: Vec<(String, String, String, String)> = made
+        .iter()
+        .map(|row| {
+            (
+                row[1].clone(),
+                row[2].clone(),
+                row[3].clone(),
+                row[4].clone(),
+            )
+        })
+        .collect();
+    made_set.sort();
+    assert_eq!(made_set, expected, "each event made once");
+
+    // What arrived: at least once each, and after dropping repeats, exactly what was made.
+    let received = receiver.received();
+    let mut arrived: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
+    for request in &received {
+        let body = request.json();
+        let id = body["id"].as_str().unwrap().to_owned();
+        let key = (
+            body["run_id"].as_str().unwrap().to_owned(),
+            body["event"].as_str().unwrap().to_owned(),
+            body["task_id"].as_str().unwrap_or("-").to_owned(),
+            body["try_number"].as_u64().unwrap_or(0).to_string(),
+        );
+        if let Some(before) = arrived.insert(id.clone(), key.clone()) {
+            assert_eq!(before, key, "event {id} arrived with different contents");
+        }
+    }
+    let made_ids: BTreeMap<String, (String, String, String, String)> = made
+        .iter()
+        .map(|row| {
+            (
+                row[0].clone(),
+                (
+                    row[1].clone(),
+                    row[2].clone(),
+                    row[3].clone(),
+                    row[4].clone(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        arrived, made_ids,
+        "every event at least once, and nothing else"
+    );
+    eprintln!(
+        "{} deliveries for {} events ({} repeats)",
+        received.len(),
+        made_ids.len(),
+        received.len() - made_ids.len()
+    );
+    drop(receiver);
+    drop(runtime);
+}
