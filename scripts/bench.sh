@@ -5,7 +5,9 @@
 #                               pipeline (tap-rest-api-msdk | target-postgres from PyPI)
 #   scripts/bench.sh ui         the grid page, the runs list API and a 100,000-line log page
 #                               on a store of 10,000 runs (wrk from Debian)
-#   scripts/bench.sh scheduler  task instances/s with the instant backend, SQLite and PostgreSQL
+#   scripts/bench.sh scheduler  task instances/s with the instant backend, SQLite and PostgreSQL;
+#                               then with alert rules against without, and 11,000 events
+#                               delivered (BENCH_ONLY=alerts: that part alone)
 #   scripts/bench.sh artifacts  the 100,000-record pipeline with a folder and an S3 artifact
 #                               store; 1 GiB between two engines against `docker cp`
 #   scripts/bench.sh            all six

@@ -25,16 +25,24 @@ BENCH = os.path.join(ROOT, "target", "release", "examples", "schedule_bench")
 TARGET = 5000
 DELAY_MS = 0.25
 trips = []
+deliveries = []
 
 
-def measure(*args):
-    out = subprocess.run([BENCH, *args], check=True, capture_output=True, text=True).stdout.strip()
+def measure(*args, alerts=None):
+    env = dict(os.environ)
+    if alerts:
+        env["STEVEDORE_BENCH_ALERTS"] = alerts
+    out = subprocess.run([BENCH, *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
     print("  " + out, flush=True)
     busy = re.search(r"cores (\d+)% busy", out)
     trip = re.search(r"([\d.]+) ms round trip", out)
     if trip:
         trips.append(float(trip.group(1)))
-    return float(re.search(r"= (\d+) task instances/s", out).group(1)), float(busy.group(1)) if busy else 0.0
+    rate = float(re.search(r"= (\d+) task instances/s", out).group(1))
+    delivered = re.search(r"([\d.]+) events/s delivered.*median (\d+) ms, p95 (\d+) ms", out)
+    if delivered:
+        deliveries.append(tuple(float(x) for x in delivered.groups()))
+    return rate, float(busy.group(1)) if busy else 0.0
 
 
 def main():
@@ -43,6 +51,9 @@ def main():
     # The database on this machine, then a link that holds every packet DELAY_MS each way
     # (the schedulers go through a proxy of the benchmark's own), as if it ran on another
     # machine: this machine's timers make that a round trip of about 2.5 ms.
+    alert_rounds = int(os.environ.get("BENCH_ALERT_ROUNDS", "9"))
+    if os.environ.get("BENCH_ONLY") == "alerts":
+        return alerts(alert_rounds, work)
     configs = [("SQLite, 1 scheduler", None, 1, None)] + [
         (f"PostgreSQL, {n} scheduler{'s' if n > 1 else ''}", "pg", n, None) for n in (1, 2, 3)] + [
         (f"PostgreSQL away, {n} sched.", "pg", n, DELAY_MS) for n in (1, 2, 3)]
@@ -78,6 +89,52 @@ def main():
         print(line)
     print(f"(away: every packet held {DELAY_MS} ms each way, a round trip of "
           f"{statistics.median(trips):.1f} ms measured)" if trips else "")
+    return alerts(alert_rounds, work)
+
+
+def alerts(rounds, work):
+    """Issue 17: the same benchmark with alert rules on the job and every task, against
+    without, in the same rounds (the configurations taking turns): `failures` (the rules
+    teams write: failure and retry; the runs succeed, so no event is made) and `all` (the
+    rules hear every success too: 11,000 events, delivered to a receiver on 127.0.0.1 while
+    the scheduler works). Target: with rules / without >= 0.95. Figures drift by 20% from
+    run to run on two cores, so each round's configurations run back to back and the ratio
+    is taken per round (BENCH_ALERT_ROUNDS, default 9)."""
+    modes = [("no rules", None), ("failure rules", "failures"), ("rules on every event", "all")]
+    stores = ["SQLite", "PostgreSQL"]
+    figures = {(store, name): [] for store in stores for name, _ in modes}
+    server = Warehouse(docker_gateway())
+    try:
+        for round_number in range(rounds):
+            print(f"alerts round {round_number + 1} of {rounds}", flush=True)
+            for store in stores:
+                for index, (name, mode) in enumerate(modes):
+                    if store == "SQLite":
+                        target = os.path.join(work, f"alerts-{round_number}-{index}.db")
+                    else:
+                        database = f"alerts_{round_number}_{index}"
+                        server.query(f"CREATE DATABASE {database}")
+                        target = f"postgres://postgres@127.0.0.1:{server.port}/{database}"
+                    figures[(store, name)].append(measure(target, alerts=mode)[0])
+    finally:
+        server.stop()
+    print(f"\nalert rules, 1 scheduler, {rounds} rounds (median task instances/s, range; the ratio"
+          " is the median of each round's ratio to that round's run without rules):")
+    for store in stores:
+        base = figures[(store, "no rules")]
+        for name, _ in modes:
+            values = figures[(store, name)]
+            median = statistics.median(values)
+            ratio = statistics.median(v / b for v, b in zip(values, base))
+            print(f"  {store:<10} {name:<22} {median:7.0f}  ({min(values):.0f}-{max(values):.0f})"
+                  f"  ratio to no rules {ratio:4.2f}" + ("  (target >= 0.95)" if name == "failure rules" else ""))
+    if deliveries:
+        rates = [d[0] for d in deliveries]
+        medians = [d[1] for d in deliveries]
+        p95s = [d[2] for d in deliveries]
+        print(f"  11,000 events through the outbox to a receiver on 127.0.0.1 ({len(deliveries)} runs):"
+              f" {statistics.median(rates):.0f} events/s delivered (range {min(rates):.0f}-{max(rates):.0f}),"
+              f" made -> delivered median {statistics.median(medians):.0f} ms, p95 {statistics.median(p95s):.0f} ms")
     return 0
 
 

@@ -8,6 +8,14 @@
 //! schedulers reach PostgreSQL through a proxy that holds every packet that long in each
 //! direction, as a database on another machine would be (the store's own setup and the
 //! clock's checks go direct).
+//!
+//! With `STEVEDORE_BENCH_ALERTS=failures`, the job and every task have the rules teams
+//! write (`failure` and `retry`, to a webhook): the runs succeed, so they cost their
+//! evaluation and no event. With `STEVEDORE_BENCH_ALERTS=all`, the rules hear `success`
+//! too: 11 events a run (11,000 in all), made in the transactions of the tries' and runs'
+//! ends and delivered in the background to a receiver on 127.0.0.1. It prints the
+//! scheduling throughput as without, then how fast the events were delivered and how long
+//! after it happened each one reached the receiver (issue 17).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +61,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jobs = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs)?;
     // A fan-out: t0, then t1..t8 in parallel, then t9.
-    let mut text = format!("id: fanout\nmax_active_runs: {RUNS}\nmax_active_tasks: 100000\ntasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n");
+    let mode = std::env::var("STEVEDORE_BENCH_ALERTS").unwrap_or_default();
+    let rules = match mode.as_str() {
+        "" => "",
+        "failures" => "notify:\n  - {on: [failure, repeated_failure], connection: bench}\ndefaults:\n  notify:\n    - {on: [failure, retry], connection: bench}\n",
+        "all" => "notify:\n  - {on: [success, failure], connection: bench}\ndefaults:\n  notify:\n    - {on: [success, failure, retry], connection: bench}\n",
+        other => return Err(format!("STEVEDORE_BENCH_ALERTS `{other}`: failures or all").into()),
+    };
+    let alerts = !rules.is_empty();
+    let expected_events = if mode == "all" { RUNS * (TASKS + 1) } else { 0 };
+    let mut text = format!("id: fanout\nmax_active_runs: {RUNS}\nmax_active_tasks: 100000\n{rules}tasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n");
     for index in 1..TASKS - 1 {
         text.push_str(&format!(
             "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
@@ -94,6 +111,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         trigger_manual(store.as_ref(), &job, &Map::new(), Utc::now()).await?;
     }
     let mut config = SchedulerConfig::new(&jobs);
+    let receiver = if alerts {
+        let receiver =
+            stevedore_testkit::Receiver::start(stevedore_testkit::ReceiverKind::Webhook).await;
+        let key = stevedore_store::secrets::SecretKey::generate()?;
+        let values =
+            std::collections::BTreeMap::from([("WEBHOOK_URL".to_owned(), receiver.url.clone())]);
+        stevedore_ops::connections::put(store.as_ref(), &key, "bench", &values, "")
+            .await
+            .map_err(|e| e.to_string())?;
+        config.secret_key = Some(key);
+        Some(receiver)
+    } else {
+        None
+    };
     config.tick = Duration::from_millis(200);
     config.sweep_every = Duration::from_secs(3600);
     config.exclusive = schedulers == 1 && !target.starts_with("postgres://");
@@ -146,12 +177,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = cpu_times();
-    let _ = stop_tx.send(true);
-    for scheduler in running {
-        scheduler.await??;
-    }
-    let counts = store.state_counts().await?;
-    let succeeded = counts
+    let succeeded_now = store
+        .state_counts()
+        .await?
         .runs
         .iter()
         .find(|(state, _)| *state == RunState::Success)
@@ -173,9 +201,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => String::new(),
     };
     println!(
-        "{kind}, {schedulers} scheduler(s): {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded} runs succeeded{busy}{link})",
+        "{kind}, {schedulers} scheduler(s){}: {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded_now} runs succeeded{busy}{link})",
+        match mode.as_str() {
+            "failures" => " with failure rules",
+            "all" => " with rules on every event",
+            _ => "",
+        },
         (RUNS * TASKS) as f64 / elapsed
     );
+    // The events go on being delivered after the last run ended: wait for every one.
+    let delivery = match receiver.as_ref().filter(|_| expected_events > 0) {
+        Some(receiver) => {
+            let expected = expected_events;
+            let received = receiver
+                .wait_for(expected, Duration::from_secs(600))
+                .await
+                .len();
+            let all_delivered = started.elapsed().as_secs_f64();
+            let listed = store
+                .list_notifications(&stevedore_store::NotificationFilter {
+                    limit: (expected * 2) as u32,
+                    ..Default::default()
+                })
+                .await?;
+            let mut latencies: Vec<f64> = listed
+                .iter()
+                .filter_map(|n| Some((n.delivered_at? - n.occurred_at).as_seconds_f64() * 1000.0))
+                .collect();
+            latencies.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                latencies
+                    .get(((latencies.len() as f64 - 1.0) * q) as usize)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            let first = listed.iter().map(|n| n.occurred_at).min();
+            let last = listed.iter().filter_map(|n| n.delivered_at).max();
+            let span = match (first, last) {
+                (Some(first), Some(last)) => (last - first).as_seconds_f64(),
+                _ => f64::NAN,
+            };
+            format!(
+                "alerts: {} events made, {received} received in {all_delivered:.2}s from the start; {:.0} events/s delivered (first made to last delivered {span:.2}s); latency made -> delivered: median {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+                listed.len(),
+                listed.len() as f64 / span,
+                at(0.5),
+                at(0.95),
+                at(1.0),
+            )
+        }
+        None => String::new(),
+    };
+    if !delivery.is_empty() {
+        println!("{}", delivery.trim_start());
+    }
+    let _ = stop_tx.send(true);
+    for scheduler in running {
+        scheduler.await??;
+    }
+    let counts = store.state_counts().await?;
+    let succeeded = counts
+        .runs
+        .iter()
+        .find(|(state, _)| *state == RunState::Success)
+        .map_or(0, |(_, n)| *n);
     if succeeded as usize != RUNS {
         return Err(format!("{} runs did not succeed", RUNS - succeeded as usize).into());
     }

@@ -12,6 +12,7 @@ use stevedore_store::{NewNotification, RunRecord};
 /// The run an event is about: what every notification of it carries.
 pub(crate) struct RunRef<'a> {
     pub job_id: &'a str,
+    pub job_version: &'a str,
     pub run_id: &'a str,
     pub logical_date: DateTime<Utc>,
 }
@@ -20,6 +21,7 @@ impl<'a> From<&'a RunRecord> for RunRef<'a> {
     fn from(run: &'a RunRecord) -> RunRef<'a> {
         RunRef {
             job_id: &run.job_id,
+            job_version: &run.job_version,
             run_id: &run.run_id,
             logical_date: run.logical_date,
         }
@@ -61,7 +63,7 @@ pub(crate) fn for_task(
                 &what,
                 event,
                 connection,
-                run.job_id,
+                (run.job_id, run.job_version),
                 run.run_id,
                 Some((&task.id, try_number)),
                 state.as_str(),
@@ -90,7 +92,7 @@ fn for_run(
                 what,
                 event,
                 connection,
-                run.job_id,
+                (run.job_id, run.job_version),
                 run.run_id,
                 None,
                 state,
@@ -248,6 +250,7 @@ mod tests {
         let at = Utc::now();
         let run = || RunRef {
             job_id: "j",
+            job_version: "v",
             run_id: "r",
             logical_date: at,
         };
@@ -287,9 +290,11 @@ mod tests {
         assert!(all
             .iter()
             .all(|n| n.connection == "ops" && n.task_id.is_none()));
-        // Every event of one end has its own key, the same for the same end.
-        assert_ne!(all[0].dedupe_key, all[1].dedupe_key);
+        // Every event of one end has its own id, the same for the same end (written twice,
+        // it is kept once).
         assert_ne!(all[0].id, all[1].id);
+        let again = for_run_end(&job, run(), failed, None, &[failed], at);
+        assert_eq!(all[0].id, again[0].id);
     }
 
     #[test]

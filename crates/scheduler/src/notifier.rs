@@ -26,12 +26,12 @@ use tracing::{debug, info, warn};
 use super::*;
 
 /// How many notifications one claim takes, and how many are sent at once.
-const BATCH: u32 = 64;
+const BATCH: u32 = 128;
 const IN_FLIGHT: usize = 16;
 /// How long a claim holds: longer than a delivery may take (15 s) with room to record it.
 const CLAIM_FOR: Duration = Duration::from_secs(60);
-/// How long a job's masker is kept before its connections are read again.
-const MASKER_TTL: Duration = Duration::from_secs(30);
+/// How long a job's masker, and a connection's values, are kept before they are read again.
+const CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// The notifier's settings, from the scheduler's.
 #[derive(Clone, Debug)]
@@ -71,14 +71,30 @@ pub fn backoff(config: &NotifierConfig, attempts: u32) -> Duration {
         .unwrap_or(config.max_backoff)
 }
 
-/// A job version's masker, with when it was made.
-type Maskers = Mutex<HashMap<(String, String), (tokio::time::Instant, Arc<Masker>)>>;
+/// What the notifier keeps for [`CACHE_TTL`], so a burst of events does not read and open
+/// the same connections once per event: each job version's masker, each connection's
+/// values.
+#[derive(Default)]
+struct Caches {
+    maskers: Mutex<HashMap<(String, String), (tokio::time::Instant, Arc<Masker>)>>,
+    connections: Mutex<HashMap<String, (tokio::time::Instant, Arc<BTreeMap<String, String>>)>>,
+}
+
+/// A cached value still fresh.
+fn fresh<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &Mutex<HashMap<K, (tokio::time::Instant, V)>>,
+    key: &K,
+) -> Option<V> {
+    let cache = cache.lock().expect("poisoned");
+    let (made, value) = cache.get(key)?;
+    (made.elapsed() < CACHE_TTL).then(|| value.clone())
+}
 
 impl Scheduler {
     /// Delivers notifications until the scheduler stops.
     pub(crate) async fn notify_loop(self: Arc<Self>) {
         let sender = Sender::new();
-        let maskers: Maskers = Mutex::default();
+        let caches = Caches::default();
         loop {
             let now = self.now();
             let until = now + chrono::TimeDelta::from_std(CLAIM_FOR).unwrap_or_default();
@@ -94,12 +110,24 @@ impl Scheduler {
                 }
             };
             let full = claimed.len() as u32 == BATCH;
-            stream::iter(claimed)
-                .for_each_concurrent(IN_FLIGHT, |notification| {
-                    let (this, sender, maskers) = (&self, &sender, &maskers);
-                    async move { this.deliver(sender, maskers, notification).await }
+            let attempts: Vec<(i64, NotificationAttempt, DeliveryOutcome)> = stream::iter(claimed)
+                .map(|notification| {
+                    let (this, sender, caches) = (&self, &sender, &caches);
+                    async move { this.deliver(sender, caches, notification).await }
                 })
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
                 .await;
+            // One transaction for the batch: on SQLite's single writer, one per event would
+            // take the scheduler's turns.
+            if let Err(error) = try_runner::persist("recording notifications' deliveries", || {
+                self.store.record_deliveries(&attempts)
+            })
+            .await
+            {
+                // Their claims run out and the next claims send them again: at least once.
+                warn!(count = attempts.len(), error = %error, "cannot record notifications' deliveries");
+            }
             if !full {
                 // Nothing more due now: wait for the next poll or a new event.
                 let _ = tokio::time::timeout(
@@ -111,10 +139,15 @@ impl Scheduler {
         }
     }
 
-    /// One attempt at one notification, recorded.
-    async fn deliver(&self, sender: &Sender, maskers: &Maskers, notification: NotificationRecord) {
+    /// One attempt at one notification: what to record of it.
+    async fn deliver(
+        &self,
+        sender: &Sender,
+        caches: &Caches,
+        notification: NotificationRecord,
+    ) -> (i64, NotificationAttempt, DeliveryOutcome) {
         let started = self.now();
-        let (channel, delivery) = match self.prepare(maskers, &notification).await {
+        let (channel, delivery) = match self.prepare(caches, &notification).await {
             Ok((channel, values, event, log_tail)) => {
                 let delivery = sender.deliver(channel, &values, &event, &log_tail).await;
                 (Some(channel), delivery)
@@ -163,34 +196,38 @@ impl Scheduler {
             error: delivery.error.map(|e| cut(&e)),
             duration_ms: delivery.took.as_millis() as u64,
         };
-        if let Err(error) = try_runner::persist("recording a notification's delivery", || {
-            self.store
-                .record_delivery(notification.seq, &attempt, outcome)
-        })
-        .await
-        {
-            // Its claim runs out and the next claim sends it again: at least once.
-            warn!(id = %notification.id, error = %error, "cannot record a notification's delivery");
-        }
+        (notification.seq, attempt, outcome)
     }
 
     /// What a notification needs to go out: its channel, its connection's values, the event
     /// (masked) and, for an email of a task event, the try's last log lines (masked).
     async fn prepare(
         &self,
-        maskers: &Maskers,
+        caches: &Caches,
         notification: &NotificationRecord,
-    ) -> Result<(Channel, BTreeMap<String, String>, Event, Vec<String>), String> {
-        let values = connections::open(
-            self.store.as_ref(),
-            self.config.secret_key.as_ref(),
-            &notification.connection,
-        )
-        .await?;
+    ) -> Result<(Channel, Arc<BTreeMap<String, String>>, Event, Vec<String>), String> {
+        let values = match fresh(&caches.connections, &notification.connection) {
+            Some(values) => values,
+            None => {
+                let values = Arc::new(
+                    connections::open(
+                        self.store.as_ref(),
+                        self.config.secret_key.as_ref(),
+                        &notification.connection,
+                    )
+                    .await?,
+                );
+                caches.connections.lock().expect("poisoned").insert(
+                    notification.connection.clone(),
+                    (tokio::time::Instant::now(), values.clone()),
+                );
+                values
+            }
+        };
         let keys: Vec<&str> = values.keys().map(String::as_str).collect();
         let channel = Channel::of(&keys)
             .map_err(|why| format!("connection `{}` {why}", notification.connection))?;
-        let masker = self.masker(maskers, notification).await?;
+        let masker = self.masker(caches, notification).await?;
         let mask = |text: &str| cut(&masker.mask(text));
         let url = self.config.notifier.public_url.as_deref().map(|base| {
             let base = base.trim_end_matches('/');
@@ -228,25 +265,21 @@ impl Scheduler {
     }
 
     /// The masker of the job version the run ran: every value of every connection its tasks
-    /// use (a run's event may quote any of them), kept for [`MASKER_TTL`].
+    /// use (a run's event may quote any of them), kept for [`CACHE_TTL`].
     async fn masker(
         &self,
-        maskers: &Maskers,
+        caches: &Caches,
         notification: &NotificationRecord,
     ) -> Result<Arc<Masker>, String> {
-        let run = self
-            .store
-            .get_run(&notification.run_id)
-            .await
-            .map_err(|e| format!("run {}: {e}", notification.run_id))?;
-        let key = (run.job_id.clone(), run.job_version.clone());
-        if let Some((made, masker)) = maskers.lock().expect("poisoned").get(&key) {
-            if made.elapsed() < MASKER_TTL {
-                return Ok(masker.clone());
-            }
+        let key = (
+            notification.job_id.clone(),
+            notification.job_version.clone(),
+        );
+        if let Some(masker) = fresh(&caches.maskers, &key) {
+            return Ok(masker);
         }
         let job = self
-            .job_version(&run.job_id, &run.job_version)
+            .job_version(&notification.job_id, &notification.job_version)
             .await
             .map_err(|e| e.to_string())?;
         let mut names: Vec<String> = job
@@ -260,7 +293,8 @@ impl Scheduler {
             connections::open_all(self.store.as_ref(), self.config.secret_key.as_ref(), &names)
                 .await?;
         let masker = Arc::new(Masker::new(values.into_values()));
-        maskers
+        caches
+            .maskers
             .lock()
             .expect("poisoned")
             .insert(key, (tokio::time::Instant::now(), masker.clone()));

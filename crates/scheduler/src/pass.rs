@@ -589,8 +589,8 @@ impl Scheduler {
         Ok(false)
     }
 
-    /// The events a run's end makes, with the job's earlier runs read only when a rule hears
-    /// `recovery` or `repeated_failure`.
+    /// The events a run's end makes, with the job's earlier runs read only when they can
+    /// matter: a success heard as `recovery`, a failure heard as `repeated_failure`.
     async fn run_end_notifications(
         &self,
         job: &Job,
@@ -602,11 +602,16 @@ impl Scheduler {
         if job.notify.is_empty() {
             return Ok(Vec::new());
         }
-        let earlier: Vec<RunState> = if anyone_hears(job, NotifyEvent::Recovery)
-            || anyone_hears(job, NotifyEvent::RepeatedFailure)
-        {
+        let needed = match outcome {
+            RunState::Success if anyone_hears(job, NotifyEvent::Recovery) => 2,
+            RunState::Failed if anyone_hears(job, NotifyEvent::RepeatedFailure) => {
+                job.repeated_failure_after + 1
+            }
+            _ => 0,
+        };
+        let earlier: Vec<RunState> = if needed > 0 {
             self.store
-                .job_outcomes(&job.id, job.repeated_failure_after + 1)
+                .job_outcomes(&job.id, needed)
                 .await?
                 .into_iter()
                 .filter(|(run_id, _)| *run_id != run.run_id)
@@ -668,7 +673,6 @@ impl Scheduler {
         );
         let reason = settled.failure_reason.unwrap_or_default();
         let run_ref = || alerts::RunRef::from(run);
-        let what = format!("stuck:{}:{}:{try_number}", run.run_id, task.id);
         let mut notifications = alerts::for_task(
             job,
             task,
@@ -692,10 +696,6 @@ impl Scheduler {
                 Some(&reason),
                 now,
             ));
-        }
-        for notification in &mut notifications {
-            notification.dedupe_key =
-                format!("{what}:{}:{}", notification.event, notification.connection);
         }
         Ok(GiveUp {
             key: TryKey {

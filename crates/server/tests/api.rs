@@ -695,8 +695,8 @@ fn the_openapi_document_describes_what_is_served() {
         }
     }
     assert_eq!(
-        operations, 29,
-        "the 26 of before, listArtifacts and downloadArtifact"
+        operations, 32,
+        "the 29 of before, listNotifications, getNotification and retryNotification"
     );
 }
 
@@ -938,4 +938,161 @@ fn artifacts_are_listed_and_downloaded_by_role() {
         "{}",
         gone.text
     );
+}
+
+/// Issue 17: the outbox through the API — listed newest first and paged, filtered by job,
+/// run and failure, shown with every attempt, sent again by an operator (not a viewer), in
+/// the run's detail, and counted per channel and outcome in the metrics.
+#[test]
+fn notifications_are_listed_shown_retried_and_counted() {
+    use chrono::Utc;
+    use stevedore_domain::notify::NotifyEvent;
+    use stevedore_store::{DeliveryOutcome, NewNotification, NotificationAttempt};
+    let server = Server::start();
+    let run_id = server.trigger();
+    let run = server
+        .runtime
+        .block_on(server.store.get_run(&run_id))
+        .unwrap();
+    let make = |what: &str, event: NotifyEvent| {
+        NewNotification::new(
+            what,
+            event,
+            "ops",
+            (&run.job_id, &run.job_version),
+            &run.run_id,
+            Some(("extract", 1)),
+            "up_for_retry",
+            Some("exit_code: 3".into()),
+            run.logical_date,
+            Utc::now(),
+        )
+    };
+    let made = [
+        make("a", NotifyEvent::Retry),
+        make("b", NotifyEvent::Failure),
+        make("c", NotifyEvent::Stuck),
+    ];
+    server
+        .runtime
+        .block_on(
+            server
+                .store
+                .mark_deadline_missed(&run_id, &made, Utc::now()),
+        )
+        .unwrap();
+    // The first is delivered, the second given up after a 503.
+    let claimed = server
+        .runtime
+        .block_on(server.store.claim_notifications(
+            "s",
+            Utc::now() + chrono::TimeDelta::seconds(1),
+            Utc::now() + chrono::TimeDelta::seconds(60),
+            10,
+        ))
+        .unwrap();
+    let attempt = |ok: bool, code: u16| NotificationAttempt {
+        attempt: 0,
+        at: Utc::now(),
+        channel: Some("webhook".into()),
+        ok,
+        status_code: Some(code),
+        error: (!ok).then(|| "the webhook answered 503".to_owned()),
+        duration_ms: 3,
+    };
+    server
+        .runtime
+        .block_on(server.store.record_deliveries(&[(
+            claimed[0].seq,
+            attempt(true, 200),
+            DeliveryOutcome::Delivered,
+        )]))
+        .unwrap();
+    let claimed = server
+        .runtime
+        .block_on(server.store.claim_notifications(
+            "s",
+            Utc::now() + chrono::TimeDelta::seconds(1),
+            Utc::now() + chrono::TimeDelta::seconds(60),
+            10,
+        ))
+        .unwrap();
+    server
+        .runtime
+        .block_on(server.store.record_deliveries(&[(
+            claimed[0].seq,
+            attempt(false, 503),
+            DeliveryOutcome::GiveUp,
+        )]))
+        .unwrap();
+
+    let page = server.get("/api/v1/notifications?limit=2", &server.viewer);
+    assert_eq!(page.status, 200, "{}", page.text);
+    let items = page.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["id"], made[2].id.as_str(), "newest first");
+    assert_eq!(items[0]["status"], "pending");
+    let cursor = page.body["next_cursor"].as_str().unwrap();
+    let rest = server.get(
+        &format!("/api/v1/notifications?limit=2&cursor={cursor}"),
+        &server.viewer,
+    );
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(rest.body["items"][0]["id"], made[0].id.as_str());
+    assert_eq!(rest.body["items"][0]["status"], "delivered");
+    assert_eq!(rest.body["next_cursor"], Value::Null);
+    let failed = server.get("/api/v1/notifications?failed=true", &server.viewer);
+    let failed = failed.body["items"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["id"], made[1].id.as_str());
+    assert_eq!(failed[0]["status"], "failed");
+    assert_eq!(failed[0]["last_status_code"], 503);
+    let elsewhere = server.get("/api/v1/notifications?job_id=other", &server.viewer);
+    assert_eq!(elsewhere.body["items"], json!([]));
+    let bad = server.get("/api/v1/notifications?cursor=x1", &server.viewer);
+    assert_eq!(bad.status, 400);
+
+    let shown = server.get(
+        &format!("/api/v1/notifications/{}", made[1].id),
+        &server.viewer,
+    );
+    assert_eq!(shown.status, 200, "{}", shown.text);
+    assert_eq!(shown.body["event"], "failure");
+    assert_eq!(shown.body["task_id"], "extract");
+    assert_eq!(shown.body["attempts"][0]["status_code"], 503);
+    assert_eq!(
+        shown.body["attempts"][0]["error"],
+        "the webhook answered 503"
+    );
+    let prefix = server.get(
+        &format!("/api/v1/notifications/{}", &made[1].id[..8]),
+        &server.viewer,
+    );
+    assert_eq!(prefix.status, 404, "the API takes whole ids");
+
+    let path = format!("/api/v1/notifications/{}/retry", made[1].id);
+    assert_eq!(server.post(&path, &server.viewer, json!({})).status, 403);
+    let retried = server.post(&path, &server.operator, json!({}));
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(retried.body["status"], "pending");
+    assert_eq!(retried.body["attempts"], 1);
+
+    let detail = server.get(&format!("/api/v1/runs/{run_id}"), &server.viewer);
+    let listed: Vec<&str> = detail.body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["retry", "failure", "stuck"], "oldest first");
+    assert!(detail.body["deadline_missed_at"].is_string());
+
+    let metrics = server.get("/metrics", &server.viewer);
+    for line in [
+        "stevedore_notification_deliveries_total{channel=\"webhook\",outcome=\"sent\"} 1",
+        "stevedore_notification_deliveries_total{channel=\"webhook\",outcome=\"failed\"} 1",
+        "stevedore_notification_deliveries_total{channel=\"email\",outcome=\"sent\"} 0",
+    ] {
+        assert!(metrics.text.contains(line), "{line}: {}", metrics.text);
+    }
 }

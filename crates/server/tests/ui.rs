@@ -455,3 +455,117 @@ fn run_pages_list_artifacts_and_operators_download_them() {
     let refused = server.browse("GET", &link, Some(&viewer), &[]);
     assert_eq!(refused.status, 403);
 }
+
+/// Issue 17: the Alerts page lists the outbox with where each delivery stands (a failed one
+/// marked), filters failed deliveries, and lets an operator send one again; a run's page
+/// lists its own alerts and a task instance's wait for its backend.
+#[test]
+fn the_alerts_page_lists_deliveries_and_an_operator_sends_one_again() {
+    use chrono::Utc;
+    use stevedore_domain::notify::NotifyEvent;
+    use stevedore_store::{DeliveryOutcome, NewNotification, NotificationAttempt, Waiting};
+    let server = Server::start();
+    let run_id = server.trigger();
+    let run = server
+        .runtime
+        .block_on(server.store.get_run(&run_id))
+        .unwrap();
+    let notification = NewNotification::new(
+        "t",
+        NotifyEvent::Failure,
+        "oncall",
+        (&run.job_id, &run.job_version),
+        &run.run_id,
+        None,
+        "failed",
+        Some("task `load` failed".into()),
+        run.logical_date,
+        Utc::now(),
+    );
+    server.runtime.block_on(async {
+        server
+            .store
+            .mark_deadline_missed(&run_id, std::slice::from_ref(&notification), Utc::now())
+            .await
+            .unwrap();
+        let claimed = server
+            .store
+            .claim_notifications(
+                "s",
+                Utc::now() + chrono::TimeDelta::seconds(1),
+                Utc::now() + chrono::TimeDelta::seconds(60),
+                10,
+            )
+            .await
+            .unwrap();
+        let attempt = NotificationAttempt {
+            attempt: 0,
+            at: Utc::now(),
+            channel: Some("slack".into()),
+            ok: false,
+            status_code: Some(400),
+            error: Some("Slack answered 400 Bad Request: invalid_blocks".into()),
+            duration_ms: 5,
+        };
+        server
+            .store
+            .record_deliveries(&[(claimed[0].seq, attempt, DeliveryOutcome::GiveUp)])
+            .await
+            .unwrap();
+        server
+            .store
+            .set_waiting(&[(
+                run_id.clone(),
+                "extract".into(),
+                Some(Waiting {
+                    since: Utc::now(),
+                    reason: "Nomad at http://10.0.0.9:4646 is unreachable".into(),
+                }),
+            )])
+            .await
+            .unwrap();
+    });
+    let viewer = server.login(&server.viewer);
+    let page = server.browse("GET", "/notifications?failed=1", Some(&viewer), &[]);
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(page.html.contains("delivery-failed"), "{}", page.html);
+    assert!(page.html.contains("invalid_blocks"));
+    assert!(page.html.contains("failed after 1 attempts"));
+    assert!(
+        !page.html.contains("Send again"),
+        "a viewer cannot send again"
+    );
+    let run_page = server.browse("GET", &format!("/runs/{run_id}"), Some(&viewer), &[]);
+    assert!(run_page.html.contains("Alerts"));
+    assert!(run_page.html.contains("oncall"));
+    assert!(run_page.html.contains("Deadline missed at"));
+    assert!(run_page.html.contains("waiting for its backend since"));
+    assert!(run_page
+        .html
+        .contains("Nomad at http://10.0.0.9:4646 is unreachable"));
+
+    let operator = server.login(&server.operator);
+    let page = server.browse("GET", "/notifications", Some(&operator), &[]);
+    assert!(page.html.contains("Send again"), "{}", page.html);
+    let csrf = csrf_of(&page.html);
+    let sent = server.browse(
+        "POST",
+        &format!("/notifications/{}/retry", notification.id),
+        Some(&operator),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(sent.status, 303, "{}", sent.html);
+    let again = server
+        .runtime
+        .block_on(server.store.find_notification(&notification.id))
+        .unwrap();
+    assert_eq!(again.status, stevedore_store::NotificationStatus::Pending);
+    // Without the session's CSRF token, nothing is sent.
+    let forged = server.browse(
+        "POST",
+        &format!("/notifications/{}/retry", notification.id),
+        Some(&operator),
+        &[("csrf", "0")],
+    );
+    assert_eq!(forged.status, 403);
+}

@@ -415,6 +415,15 @@ pub trait Store: Send + Sync {
         seq: i64,
         attempt: &NotificationAttempt,
         outcome: DeliveryOutcome,
+    ) -> Result<()> {
+        self.record_deliveries(&[(seq, attempt.clone(), outcome)])
+            .await
+    }
+    /// [`Store::record_delivery`] for several notifications in one transaction (a batch the
+    /// notifier sent together).
+    async fn record_deliveries(
+        &self,
+        deliveries: &[(i64, NotificationAttempt, DeliveryOutcome)],
     ) -> Result<()>;
     /// Newest first.
     async fn list_notifications(

@@ -457,12 +457,14 @@ pub struct CapturedFile {
 /// state change that made the event ([`Store::set_run_states_notifying`], a try's end).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewNotification {
-    /// The id receivers see (a UUIDv7), the same at every delivery attempt.
+    /// The id receivers see, the same at every delivery attempt: a UUID derived from what
+    /// makes the event one (`what`, the event, the connection), so the same event written
+    /// twice (a write retried after its answer was lost, two schedulers racing) is kept once.
     pub id: String,
-    /// What makes the event one: the same key written twice is kept once.
-    pub dedupe_key: String,
     pub event: NotifyEvent,
     pub job_id: String,
+    /// The job version the run ran.
+    pub job_version: String,
     pub run_id: String,
     pub task_id: Option<String>,
     pub try_number: Option<u32>,
@@ -475,14 +477,15 @@ pub struct NewNotification {
 }
 
 impl NewNotification {
-    /// A new event's notification to `connection`: a fresh id, and a dedupe key made of
-    /// what identifies the event (`what`: `run:<id>:<ended_at>`, `try:<id>`, ...).
+    /// A new event's notification to `connection`; `what` identifies what happened
+    /// (`run:<id>:<ended_at>`, `try:<id>`, ...), and with the event and the connection, the
+    /// notification's id.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         what: &str,
         event: NotifyEvent,
         connection: &str,
-        job_id: &str,
+        (job_id, job_version): (&str, &str),
         run_id: &str,
         task: Option<(&str, u32)>,
         state: &str,
@@ -491,10 +494,10 @@ impl NewNotification {
         occurred_at: DateTime<Utc>,
     ) -> NewNotification {
         NewNotification {
-            id: uuid::Uuid::now_v7().to_string(),
-            dedupe_key: format!("{what}:{event}:{connection}"),
+            id: event_id(&format!("{what}:{event}:{connection}")),
             event,
             job_id: job_id.to_owned(),
+            job_version: job_version.to_owned(),
             run_id: run_id.to_owned(),
             task_id: task.map(|(task_id, _)| task_id.to_owned()),
             try_number: task.map(|(_, try_number)| try_number),
@@ -547,6 +550,7 @@ pub struct NotificationRecord {
     pub id: String,
     pub event: NotifyEvent,
     pub job_id: String,
+    pub job_version: String,
     pub run_id: String,
     pub task_id: Option<String>,
     pub try_number: Option<u32>,
@@ -612,4 +616,16 @@ pub struct GiveUp {
     pub next_try_at: Option<DateTime<Utc>>,
     pub at: DateTime<Utc>,
     pub notifications: Vec<NewNotification>,
+}
+
+/// A UUID (version 8, RFC 9562's custom kind) made of the first 16 bytes of the key's
+/// SHA-256: the same key, the same id.
+pub fn event_id(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(bytes).to_string()
 }

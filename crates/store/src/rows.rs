@@ -253,7 +253,7 @@ impl ArtifactRow {
 }
 
 pub(crate) const NOTIFICATION_COLUMNS: &str =
-    "seq, id, event, job_id, run_id, task_id, try_number, \
+    "seq, id, event, job_id, job_version, run_id, task_id, try_number, \
     connection, state, reason, logical_date, occurred_at, status, channel, attempts, \
     next_attempt_at, last_status_code, last_error, delivered_at";
 
@@ -263,6 +263,7 @@ pub(crate) struct NotificationRow {
     id: String,
     event: String,
     job_id: String,
+    job_version: String,
     run_id: String,
     task_id: Option<String>,
     try_number: Option<i64>,
@@ -287,6 +288,7 @@ impl NotificationRow {
             id: self.id,
             event: parse_enum(&self.event)?,
             job_id: self.job_id,
+            job_version: self.job_version,
             run_id: self.run_id,
             task_id: self.task_id,
             try_number: self.try_number.map(|n| n as u32),

@@ -154,8 +154,8 @@ impl $store {
 }
 
 impl $store {
-    /// Writes notifications into the outbox; one whose dedupe key is there already is
-    /// kept once.
+    /// Writes notifications into the outbox; one whose id is there already (the same
+    /// event written again) is kept once.
     async fn insert_notifications(
         tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
         notifications: &[&NewNotification],
@@ -163,15 +163,15 @@ impl $store {
         type Db = <$dialect as Dialect>::DB;
         for chunk in notifications.chunks(BULK_ROWS / 2) {
             let mut query = QueryBuilder::<Db>::new(
-                "INSERT INTO notifications (id, dedupe_key, event, job_id, run_id, task_id, try_number, \
+                "INSERT INTO notifications (id, event, job_id, job_version, run_id, task_id, try_number, \
                  connection, state, reason, logical_date, occurred_at, next_attempt_at) ",
             );
             query.push_values(chunk, |mut row, n| {
                 let occurred_at = ts(n.occurred_at);
                 row.push_bind(n.id.clone())
-                    .push_bind(n.dedupe_key.clone())
                     .push_bind(n.event.as_str())
                     .push_bind(n.job_id.clone())
+                    .push_bind(n.job_version.clone())
                     .push_bind(n.run_id.clone())
                     .push_bind(n.task_id.clone())
                     .push_bind(n.try_number.map(i64::from))
@@ -182,7 +182,7 @@ impl $store {
                     .push_bind(occurred_at.clone())
                     .push_bind(occurred_at);
             });
-            query.push(" ON CONFLICT (dedupe_key) DO NOTHING");
+            query.push(" ON CONFLICT (id) DO NOTHING");
             query.build().execute(&mut **tx).await?;
         }
         Ok(())
@@ -1865,53 +1865,56 @@ impl Store for $store {
         rows.into_iter().map(NotificationRow::into_record).collect()
     }
 
-    async fn record_delivery(
+    async fn record_deliveries(
         &self,
-        seq: i64,
-        attempt: &NotificationAttempt,
-        outcome: DeliveryOutcome,
+        deliveries: &[(i64, NotificationAttempt, DeliveryOutcome)],
     ) -> Result<()> {
-        let (status, next_attempt_at, delivered_at) = match outcome {
-            DeliveryOutcome::Delivered => ("delivered", None, Some(ts(attempt.at))),
-            DeliveryOutcome::RetryAt(at) => ("pending", Some(ts(at)), None),
-            DeliveryOutcome::GiveUp => ("failed", None, None),
-        };
+        if deliveries.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.write_transaction().await?;
-        // A notification delivered by another scheduler (whose claim had run out) stays
-        // delivered whatever this attempt did.
-        let attempts: Option<i64> = sql::query_scalar::<$dialect, _>(
-            "UPDATE notifications SET attempts = attempts + 1, channel = COALESCE(?, channel), \
-             last_status_code = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL, \
-             status = CASE WHEN status = 'delivered' THEN 'delivered' ELSE ? END, \
-             next_attempt_at = COALESCE(?, next_attempt_at), \
-             delivered_at = COALESCE(delivered_at, ?) WHERE seq = ? RETURNING attempts",
-        )
-        .bind(attempt.channel.as_deref())
-        .bind(attempt.status_code.map(i64::from))
-        .bind(attempt.error.as_deref())
-        .bind(status)
-        .bind(next_attempt_at)
-        .bind(delivered_at)
-        .bind(seq)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(number) = attempts else {
-            return Err(StoreError::NotFound(format!("notification {seq}")));
-        };
-        sql::query::<$dialect>(
-            "INSERT INTO notification_attempts (notification_seq, attempt, at, channel, ok, \
-             status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(number)
-        .bind(ts(attempt.at))
-        .bind(attempt.channel.as_deref())
-        .bind(attempt.ok)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(attempt.error.as_deref())
-        .bind(attempt.duration_ms.min(i64::MAX as u64) as i64)
-        .execute(&mut *tx)
-        .await?;
+        for (seq, attempt, outcome) in deliveries {
+            let (status, next_attempt_at, delivered_at) = match outcome {
+                DeliveryOutcome::Delivered => ("delivered", None, Some(ts(attempt.at))),
+                DeliveryOutcome::RetryAt(at) => ("pending", Some(ts(*at)), None),
+                DeliveryOutcome::GiveUp => ("failed", None, None),
+            };
+            // A notification delivered by another scheduler (whose claim had run out) stays
+            // delivered whatever this attempt did.
+            let attempts: Option<i64> = sql::query_scalar::<$dialect, _>(
+                "UPDATE notifications SET attempts = attempts + 1, channel = COALESCE(?, channel), \
+                 last_status_code = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL, \
+                 status = CASE WHEN status = 'delivered' THEN 'delivered' ELSE ? END, \
+                 next_attempt_at = COALESCE(?, next_attempt_at), \
+                 delivered_at = COALESCE(delivered_at, ?) WHERE seq = ? RETURNING attempts",
+            )
+            .bind(attempt.channel.as_deref())
+            .bind(attempt.status_code.map(i64::from))
+            .bind(attempt.error.as_deref())
+            .bind(status)
+            .bind(next_attempt_at)
+            .bind(delivered_at)
+            .bind(*seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(number) = attempts else {
+                return Err(StoreError::NotFound(format!("notification {seq}")));
+            };
+            sql::query::<$dialect>(
+                "INSERT INTO notification_attempts (notification_seq, attempt, at, channel, ok, \
+                 status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(*seq)
+            .bind(number)
+            .bind(ts(attempt.at))
+            .bind(attempt.channel.as_deref())
+            .bind(attempt.ok)
+            .bind(attempt.status_code.map(i64::from))
+            .bind(attempt.error.as_deref())
+            .bind(attempt.duration_ms.min(i64::MAX as u64) as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -1212,7 +1212,7 @@ fn notification(
         what,
         event,
         connection,
-        &run.job_id,
+        (&run.job_id, &run.job_version),
         &run.run_id,
         None,
         "failed",
@@ -1264,7 +1264,7 @@ pub async fn notifications_are_written_with_their_state_change_once(store: &dyn 
     store.finish_try(&finish).await.unwrap();
     // Written again (a write retried after its answer was lost): kept once.
     let mut again = finish.clone();
-    again.notifications[0].id = "another-id".into();
+    again.notifications[0].occurred_at = Utc::now();
     store.finish_try(&again).await.unwrap();
     // A deadline is missed once.
     let deadline = notification(
@@ -1308,7 +1308,7 @@ pub async fn notifications_are_written_with_their_state_change_once(store: &dyn 
         NotifyEvent::Failure,
         "ops",
     );
-    late.dedupe_key = "another key".into();
+    late.reason = Some("a second writer".into());
     store
         .set_run_states_notifying(
             &[(run.run_id.clone(), RunState::Failed)],

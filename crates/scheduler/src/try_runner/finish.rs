@@ -139,6 +139,7 @@ impl TryRunner {
                 task,
                 crate::alerts::RunRef {
                     job_id: &job.id,
+                    job_version: &job.version,
                     run_id: &context.run_id,
                     logical_date: context.logical_date,
                 },

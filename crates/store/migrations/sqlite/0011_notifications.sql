@@ -3,13 +3,13 @@
 -- by whichever scheduler claims it, at least once, always under the same `id`.
 CREATE TABLE notifications (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
-    -- The event's id as receivers see it (a UUIDv7): the same at every delivery attempt.
+    -- The event's id as receivers see it, the same at every delivery attempt; derived from
+    -- what makes the event one, so the same event written twice is kept once.
     id               TEXT NOT NULL UNIQUE,
-    -- What makes the event one: written twice (a write retried after a lost answer), it is
-    -- kept once.
-    dedupe_key       TEXT NOT NULL UNIQUE,
     event            TEXT NOT NULL,
     job_id           TEXT NOT NULL,
+    -- The job version the run ran: whose connections' values its texts are masked against.
+    job_version      TEXT NOT NULL,
     run_id           TEXT NOT NULL,
     task_id          TEXT,
     try_number       INTEGER,
@@ -32,7 +32,6 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_pending ON notifications (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX notifications_run ON notifications (run_id, connection, seq);
-CREATE INDEX notifications_job ON notifications (job_id, seq);
 
 -- Every delivery attempt: when, on which channel, the receiver's answer or the error.
 CREATE TABLE notification_attempts (
@@ -47,6 +46,9 @@ CREATE TABLE notification_attempts (
     PRIMARY KEY (notification_seq, attempt)
 );
 
+-- A job's latest ended runs (`recovery`, `repeated_failure`), found without reading all
+-- of its runs.
+CREATE INDEX runs_job_ended ON runs (job_id, ended_at) WHERE state IN ('success', 'failed');
 -- When a run's `deadline` passed while it had not ended (its `deadline_missed` event made).
 ALTER TABLE runs ADD COLUMN deadline_missed_at TEXT;
 -- A task instance waiting for a backend that does not answer: since when, and its answer.
