@@ -48,9 +48,20 @@ tasks:
     args: [noop]
 YAML
 printf 'id: "<img src=x onerror=alert(1)>"\ntasks: []\n' >"$work/jobs/broken.yaml"
+cat >"$work/jobs/alerting_demo.yaml" <<'YAML'
+id: alerting_demo
+description: a task that fails, and an alert to a receiver that is not there
+notify:
+  - {on: [failure], connection: ops}
+tasks:
+  - id: doomed
+    image: stevedore/synth:0.1.0
+    args: [exit, --code, 3]
+YAML
 
 export STEVEDORE_DB=$work/ui.db STEVEDORE_JOBS=$work/jobs STEVEDORE_WORKSPACE_RETENTION=0s
 token=$($stevedore tokens create browser --role operator 2>/dev/null)
+$stevedore connections add ops --env WEBHOOK_URL=http://127.0.0.1:9/hook >/dev/null
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 $stevedore standalone --port "$port" >"$work/standalone.log" 2>&1 &
 standalone=$!

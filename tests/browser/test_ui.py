@@ -177,6 +177,28 @@ class Ui(unittest.TestCase):
         b.get(f"{URL}/jobs")
         self.shot("jobs")
 
+    def test_a_failing_alert_is_seen_and_sent_again(self):
+        b = self.browser
+        self.log_in()
+        b.get(f"{URL}/jobs/alerting_demo?tab=trigger")
+        b.find_element(By.CSS_SELECTOR, "form.trigger button[type=submit]").click()
+        wait_for("the new run", lambda: "run=" in b.current_url)
+        run_id = b.current_url.split("run=")[1].split("&")[0]
+
+        def failing_row():
+            b.get(f"{URL}/notifications?job=alerting_demo&failed=1")
+            rows = [r for r in self.css("table.notifications tbody tr") if run_id[:13] in r.text]
+            return rows[0] if rows and "failing" in rows[0].text else None
+        row = wait_for("the run's alert to fail its delivery", failing_row, timeout=120, every=1)
+        self.assertIn("failure", row.text)
+        self.assertIn("cannot reach the webhook", row.text)
+        self.shot("alerts")
+        row.find_element(By.XPATH, ".//button[text()='Send again']").click()
+        wait_for("the run page", lambda: b.current_url.endswith(f"/runs/{run_id}"))
+        headings = [h.text for h in self.css("main h2")]
+        self.assertIn("Alerts", headings)
+        self.assertTrue(self.css("table.notifications tbody tr"), "the run's alerts are listed")
+
     def test_user_text_is_never_markup(self):
         b = self.browser
         self.log_in()
@@ -195,7 +217,7 @@ class Ui(unittest.TestCase):
         self.log_in()
         b.set_window_size(390, 844)
         try:
-            for path in ("/jobs", "/jobs/ui_demo", "/pools"):
+            for path in ("/jobs", "/jobs/ui_demo", "/pools", "/notifications"):
                 b.get(f"{URL}{path}")
                 overflow = b.execute_script(
                     "return document.documentElement.scrollWidth - document.documentElement.clientWidth")

@@ -1600,3 +1600,91 @@ fn a_try_on_a_host_that_goes_away_is_lost_and_retried_on_another() {
     let (status, log) = standalone.interrupt();
     assert!(status.success(), "{log}");
 }
+
+/// Issue 17: `jobs validate` checks a job's notify rules against the store's connections;
+/// a failing run's alerts to a receiver that is not there are listed as failing, shown with
+/// their attempts, and sent again on request.
+#[test]
+fn notify_rules_are_validated_and_failing_alerts_listed_shown_and_retried() {
+    let job = "id: alerting\nnotify:\n  - {on: [failure], connection: ops}\ntasks:\n  - id: fail\n    backend: process\n    command: [/bin/sh, -c, \"exit 3\"]\n";
+    let workspace = Workspace::new(&[("alerting.yaml", job)]);
+    // No store yet: the connections cannot be checked, and nothing is created for it.
+    let output = workspace.run(&["jobs", "validate"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not checked: no store"));
+    assert!(!workspace.dir.path().join("stevedore.db").exists());
+    // A connection with no channel: a load error naming the file and line.
+    let added = workspace.run(&["connections", "add", "ops", "--env", "API_KEY=x"]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let output = workspace.run(&["jobs", "validate"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("alerting.yaml:3: notify: connection `ops` has none of WEBHOOK_URL"),
+        "{stderr}"
+    );
+    // A webhook nobody listens to.
+    let added = workspace.run(&[
+        "connections",
+        "add",
+        "ops",
+        "--env",
+        "WEBHOOK_URL=http://127.0.0.1:9/hook",
+    ]);
+    assert!(added.status.success());
+    assert!(workspace.run(&["jobs", "validate"]).status.success());
+
+    let standalone = workspace.standalone(None);
+    let run = workspace.run(&["jobs", "trigger", "alerting", "--wait"]);
+    assert_eq!(run.status.code(), Some(1), "the run failed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failing = loop {
+        let listed = workspace.json(&["notifications", "list", "--failed", "-o", "json"]);
+        if let Some(first) = listed.as_array().and_then(|items| items.first()) {
+            break first.clone();
+        }
+        assert!(Instant::now() < deadline, "no failing alert");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failing["event"], "failure");
+    assert_eq!(failing["job_id"], "alerting");
+    assert_eq!(failing["channel"], "webhook");
+    assert_eq!(failing["status"], "pending");
+    let error = failing["last_error"].as_str().unwrap();
+    assert!(error.starts_with("cannot reach the webhook"), "{error}");
+    assert!(
+        !error.contains("127.0.0.1:9"),
+        "the receiver's address is not told: {error}"
+    );
+    let id = failing["id"].as_str().unwrap().to_owned();
+    let shown = workspace.run(&["notifications", "show", &id[..13]]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("event:        failure"), "{text}");
+    assert!(text.contains("failing:"), "{text}");
+    assert!(text.contains("cannot reach the webhook"), "{text}");
+    let table = workspace.run(&["notifications", "list", "--job", "alerting"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&id));
+    let retried = workspace.run(&["notifications", "retry", &id]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("will be sent again"));
+    let shown = workspace.run(&["runs", "show", run_id_of(&workspace, "alerting").as_str()]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(&id),
+        "runs show lists its alerts"
+    );
+    standalone.interrupt();
+}
+
+/// The newest run of a job.
+fn run_id_of(workspace: &Workspace, job: &str) -> String {
+    let runs = workspace.json(&["runs", "list", "--job", job, "-o", "json"]);
+    runs[0]["run_id"].as_str().unwrap().to_owned()
+}

@@ -1049,8 +1049,13 @@ fn notifications_are_listed_shown_retried_and_counted() {
     assert_eq!(failed[0]["last_status_code"], 503);
     let elsewhere = server.get("/api/v1/notifications?job_id=other", &server.viewer);
     assert_eq!(elsewhere.body["items"], json!([]));
-    let bad = server.get("/api/v1/notifications?cursor=x1", &server.viewer);
-    assert_eq!(bad.status, 400);
+    for cursor in ["x1", ""] {
+        let bad = server.get(
+            &format!("/api/v1/notifications?cursor={cursor}"),
+            &server.viewer,
+        );
+        assert_eq!(bad.status, 400, "cursor `{cursor}`");
+    }
 
     let shown = server.get(
         &format!("/api/v1/notifications/{}", made[1].id),

@@ -51,7 +51,7 @@ pub(super) async fn list_notifications(
 ) -> ApiResult<Json<NotificationsPage>> {
     caller.require(Role::Viewer)?;
     let limit = page_size(query.limit)?;
-    let before_seq = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+    let before_seq = match query.cursor.as_deref() {
         Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
             ApiError::bad_request(format!("cursor `{cursor}` is not one this API gave"))
         })?),
