@@ -377,17 +377,21 @@ async fn emails_and_slack_messages_arrive_and_never_hold_a_task_s_secret() {
 }
 
 /// Issue 17, must show 3: the webhook receiver is down for 30 s while two runs make their
-/// events; once it is back every event arrives, each run's in the order they happened.
+/// events; once it is back every event arrives, each run's in the order they happened. A
+/// second rule's receiver, up all along, gets its events meanwhile: a channel that fails
+/// never holds back the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_thirty_seconds_gets_every_event_in_order_once_back() {
     let mut receiver = Receiver::start(ReceiverKind::Webhook).await;
     receiver.stop().await;
     let down_since = tokio::time::Instant::now();
+    let audit = Receiver::start(ReceiverKind::Webhook).await;
     let job = format!(
-        "id: flaky_feed\nnotify:\n  - {{on: [failure], connection: ops}}\ndefaults:\n  notify:\n    - {{on: [retry, failure], connection: ops}}\ntasks:\n  - id: pull\n    image: {SYNTH}\n    args: [exit, --code, \"2\"]\n    retries: 2\n    retry_delay: 1s\n"
+        "id: flaky_feed\nnotify:\n  - {{on: [failure], connection: ops}}\n  - {{on: [failure], connection: audit}}\ndefaults:\n  notify:\n    - {{on: [retry, failure], connection: ops}}\ntasks:\n  - id: pull\n    image: {SYNTH}\n    args: [exit, --code, \"2\"]\n    retries: 2\n    retry_delay: 1s\n"
     );
     let harness = Harness::start(&[("flaky.yaml", &job)]).await;
     connection(&harness, "ops", &[("WEBHOOK_URL", &receiver.url)]).await;
+    connection(&harness, "audit", &[("WEBHOOK_URL", &audit.url)]).await;
     let first = harness.trigger("flaky_feed").await;
     let second = harness.trigger("flaky_feed").await;
     for run in [&first, &second] {
@@ -406,6 +410,17 @@ async fn a_receiver_down_for_thirty_seconds_gets_every_event_in_order_once_back(
         })
         .await
         .unwrap();
+    // And each run's failure to `audit`, which is up: delivered while `ops` is down.
+    let audited = audit.wait_for(2, MINUTE).await;
+    assert_eq!(event_names(&audited), ["failure", "failure"]);
+    assert!(
+        down_since.elapsed() < Duration::from_secs(30),
+        "too slow to show it"
+    );
+    let outbox: Vec<_> = outbox
+        .into_iter()
+        .filter(|n| n.connection == "ops")
+        .collect();
     assert_eq!(outbox.len(), 8, "{outbox:#?}");
     let failing = outbox.iter().filter(|n| n.attempts > 0).count();
     assert!(
