@@ -158,7 +158,11 @@ async fn a_failing_then_retried_task_keeps_both_tries_and_their_logs() {
         (tries[0].state, tries[0].exit_code),
         (TryState::Failed, Some(1))
     );
-    assert_eq!(tries[0].failure_reason.as_deref(), Some("exit_code: 1"));
+    // synth says why it fails (an `error` message): that is the try's reason.
+    assert_eq!(
+        tries[0].failure_reason.as_deref(),
+        Some("error: simulated failure on try 1 (exit_code: 1)")
+    );
     assert_eq!(
         (tries[1].state, tries[1].exit_code),
         (TryState::Success, Some(0))

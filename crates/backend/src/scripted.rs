@@ -118,6 +118,19 @@ impl Play {
                     Play::exit(0).stdout(format!("ready on try {try_number}"))
                 }
             }
+            "fail" => {
+                let message = args
+                    .iter()
+                    .position(|a| a == "--message")
+                    .and_then(|at| args.get(at + 1))
+                    .cloned()
+                    .unwrap_or_else(|| "failed on purpose".to_owned());
+                let retryable = !args.iter().any(|a| a == "--not-retryable");
+                Play::exit(if retryable { 1 } else { 78 }).stdout(
+                    serde_json::json!({"type": "error", "message": message, "retryable": retryable})
+                        .to_string(),
+                )
+            }
             "exit" => {
                 let code = arg("code").unwrap_or(0);
                 Play::exit(code as i64).stdout(format!("exiting with {code}"))

@@ -411,6 +411,7 @@ pub async fn build(
 pub async fn inspect(
     backend: &DockerBackend,
     reference: &str,
+    timeout: Duration,
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
     let docker = &backend.client()?;
@@ -422,7 +423,7 @@ pub async fn inspect(
         .as_ref()
         .and_then(|c| c.labels.clone())
         .unwrap_or_default();
-    let spec = run_spec(docker, reference).await;
+    let spec = run_spec(docker, reference, timeout).await;
     let value = serde_json::json!({
         "image": reference,
         "id": image.id,
@@ -455,10 +456,20 @@ pub async fn inspect(
 }
 
 /// Runs the image's `spec` command and returns the JSON line it printed.
-async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, stdout, _) = run_once(docker, reference, vec!["spec".to_owned()], &[], false)
-        .await
-        .context("cannot run `spec`")?;
+async fn run_spec(
+    docker: &bollard::Docker,
+    reference: &str,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let (code, stdout, _) = run_once(
+        docker,
+        reference,
+        vec!["spec".to_owned()],
+        &[],
+        false,
+        timeout,
+    )
+    .await?;
     if code != 0 {
         bail!("`spec` exited with {code}");
     }
@@ -469,15 +480,23 @@ async fn run_spec(docker: &bollard::Docker, reference: &str) -> anyhow::Result<s
         .ok_or_else(|| anyhow::anyhow!("`spec` printed no spec message"))
 }
 
+/// The most of a `spec` or `check` call's stdout and of its stderr that is kept; the rest
+/// is read and dropped, so an image that prints without end cannot grow the CLI's memory.
+const MAX_CALL_OUTPUT: usize = 1024 * 1024;
+
 /// Runs one command of the image in a container removed afterwards: its exit code, stdout
-/// and stderr. Without `network` the container has none.
+/// and stderr. Without `network` the container has none. A command still running after
+/// `timeout` (an entrypoint that ignores `spec` and starts a server, say) is an error naming
+/// the command, and its container is removed all the same.
 async fn run_once(
     docker: &bollard::Docker,
     reference: &str,
     cmd: Vec<String>,
     env: &[String],
     network: bool,
+    timeout: Duration,
 ) -> anyhow::Result<(i64, String, String)> {
+    let command = cmd.first().cloned().unwrap_or_default();
     use bollard::query_parameters::{
         AttachContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
     };
@@ -507,14 +526,14 @@ async fn run_once(
         let mut output = docker.attach_container(&id, Some(attach)).await?.output;
         docker.start_container(&id, None).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let keep = |buffer: &mut Vec<u8>, message: &[u8]| {
+            let room = MAX_CALL_OUTPUT.saturating_sub(buffer.len());
+            buffer.extend_from_slice(&message[..message.len().min(room)]);
+        };
         while let Some(chunk) = output.next().await {
             match chunk? {
-                bollard::container::LogOutput::StdOut { message } => {
-                    stdout.extend_from_slice(&message)
-                }
-                bollard::container::LogOutput::StdErr { message } => {
-                    stderr.extend_from_slice(&message)
-                }
+                bollard::container::LogOutput::StdOut { message } => keep(&mut stdout, &message),
+                bollard::container::LogOutput::StdErr { message } => keep(&mut stderr, &message),
                 _ => {}
             }
         }
@@ -537,8 +556,15 @@ async fn run_once(
             String::from_utf8_lossy(&stdout).into_owned(),
             String::from_utf8_lossy(&stderr).into_owned(),
         ))
-    }
-    .await;
+    };
+    let result = match tokio::time::timeout(timeout, result).await {
+        Ok(result) => result.with_context(|| format!("cannot run `{command}`")),
+        Err(_) => Err(anyhow::anyhow!(
+            "`{command}` did not finish within {}: the image does not implement `{command}` \
+             (its entrypoint may start a server or wait for input); its container was removed",
+            stevedore_domain::duration::format_duration(timeout)
+        )),
+    };
     let _ = docker
         .remove_container(
             &id,
@@ -556,6 +582,7 @@ pub async fn check(
     reference: &str,
     connections: BTreeMap<String, String>,
     args: &[String],
+    timeout: Duration,
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
     let docker = &backend.client()?;
@@ -571,9 +598,7 @@ pub async fn check(
     let mask = |text: &str| masker.mask(text);
     let mut cmd = vec!["check".to_owned(), "--".to_owned()];
     cmd.extend(args.iter().cloned());
-    let (code, stdout, stderr) = run_once(docker, reference, cmd, &env, true)
-        .await
-        .context("cannot run `check`")?;
+    let (code, stdout, stderr) = run_once(docker, reference, cmd, &env, true, timeout).await?;
     let (stdout, stderr) = (mask(&stdout), mask(&stderr));
     let verdict = stdout
         .lines()

@@ -309,7 +309,13 @@ pub enum ImagesCommand {
         registry_connection: Option<String>,
     },
     /// An image's identity, labels and `spec`.
-    Inspect { image: String },
+    Inspect {
+        image: String,
+        /// How long `spec` may take before the image is said not to implement it (its
+        /// container is removed).
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
+    },
     /// Runs an image's `check` (does its connection work?) with connections' variables in
     /// its environment and the task's args after `--`.
     Check {
@@ -317,10 +323,19 @@ pub enum ImagesCommand {
         /// A connection whose variables the check gets (repeatable).
         #[arg(long = "connection")]
         connections: Vec<String>,
+        /// How long `check` may take before the image is said not to implement it (its
+        /// container is removed).
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
         /// The task's args, as in the job file.
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+/// A duration such as `30s`, `2m` or `500ms` for `--timeout`.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    stevedore_domain::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -409,6 +424,7 @@ fn main() -> ExitCode {
             Command::Images(ImagesCommand::Check {
                 image,
                 connections,
+                timeout,
                 args,
             }) => {
                 let values = commands::connection_values(&global, &connections).await?;
@@ -417,12 +433,19 @@ fn main() -> ExitCode {
                     &image,
                     values,
                     &args,
+                    timeout,
                     global.output == Format::Json,
                 )
                 .await
             }
-            Command::Images(ImagesCommand::Inspect { image }) => {
-                images::inspect(&global.docker()?, &image, global.output == Format::Json).await
+            Command::Images(ImagesCommand::Inspect { image, timeout }) => {
+                images::inspect(
+                    &global.docker()?,
+                    &image,
+                    timeout,
+                    global.output == Format::Json,
+                )
+                .await
             }
             Command::Db(DbCommand::Migrate) => commands::migrate(&global).await,
         }

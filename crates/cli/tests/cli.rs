@@ -849,6 +849,47 @@ fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
 }
 
 #[test]
+fn spec_and_check_of_an_image_that_ignores_them_end_at_their_timeout() {
+    // demo-api's entrypoint is a server: it ignores `spec` and `check` and never exits.
+    let workspace = Workspace::new(&[]);
+    let image = "stevedore/demo-api:0.1.1";
+    let containers = || {
+        let listed = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("ancestor={image}")])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let before = containers();
+    let started = std::time::Instant::now();
+    let inspected = workspace.json(&["images", "inspect", image, "--timeout", "3s", "-o", "json"]);
+    assert!(inspected["spec"].is_null(), "{inspected}");
+    let error = inspected["spec_error"].as_str().unwrap();
+    assert!(
+        error.contains("`spec` did not finish within 3s")
+            && error.contains("the image does not implement `spec`"),
+        "{error}"
+    );
+    let checked = workspace.run(&["images", "check", image, "--timeout", "2s"]);
+    assert!(!checked.status.success());
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        stderr.contains("`check` did not finish within 2s")
+            && stderr.contains("does not implement `check`"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(
+        containers(),
+        before,
+        "the spec and check containers were removed"
+    );
+}
+
+#[test]
 fn connection_secrets_reach_the_task_and_nowhere_else() {
     const SECRET: &str = "sk_live_9f8e7d6c5b4a";
     let job = "id: uses_secret\ntasks:\n  - id: call_api\n    backend: process\n    command: [/bin/sh, -c, 'echo \"token=$STRIPE_TOKEN\"; echo \"len=${#STRIPE_TOKEN}\" >&2; sleep 2']\n    connections: [stripe]\n";

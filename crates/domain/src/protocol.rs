@@ -106,6 +106,9 @@ pub enum Message {
     Progress { done: f64, total: Option<f64> },
     /// `{"type":"metric","name":"records","value":1000}`
     Metric { name: String, value: f64 },
+    /// `{"type":"error","message":"...","retryable":false}`: why the try is about to fail
+    /// (its failure reason if it then exits non-zero); `retryable` defaults to `true`.
+    Error { message: String, retryable: bool },
 }
 
 /// The limits a try's output is held to, so that no single try can grow the scheduler's
@@ -239,6 +242,17 @@ pub fn read_line(
             })
         }
         Some(progress @ Message::Progress { .. }) => read.message = Some(progress),
+        Some(Message::Error { message, retryable }) => {
+            // Stored as a log line `error: ...` and kept as the try's reason, both masked
+            // and the reason cut like a line.
+            let message = masker.mask(&message);
+            read.is_log = true;
+            stored = Some(format!("error: {message}"));
+            read.message = Some(Message::Error {
+                message: cut_line(message, 2048, 0),
+                retryable,
+            });
+        }
         None => {}
     }
     let masked = stored.unwrap_or_else(|| masker.mask(text));
@@ -292,6 +306,13 @@ pub fn parse_line(line: &str) -> Option<Message> {
         "metric" => Some(Message::Metric {
             name: text(&object, "name")?,
             value: object.get("value")?.as_f64()?,
+        }),
+        "error" => Some(Message::Error {
+            message: text(&object, "message")?,
+            retryable: object
+                .get("retryable")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
         }),
         _ => None,
     }
@@ -351,6 +372,29 @@ mod tests {
             })
         );
         assert!(!output.text.contains("s3cr3t"));
+        let error = read_line(
+            true,
+            r#"{"type":"error","message":"401 for token s3cr3t-value","retryable":false}"#,
+            0,
+            &masker,
+            &limits,
+        );
+        assert!(error.is_log);
+        assert_eq!(error.text, "error: 401 for token ***");
+        assert_eq!(
+            error.message,
+            Some(Message::Error {
+                message: "401 for token ***".into(),
+                retryable: false
+            })
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"error","message":"boom"}"#),
+            Some(Message::Error {
+                message: "boom".into(),
+                retryable: true
+            })
+        );
         // Only stdout carries messages.
         let stderr = read_line(
             false,

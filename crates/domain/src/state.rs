@@ -120,6 +120,10 @@ pub const EXIT_SKIPPED: i64 = 99;
 /// Exit code (EX_TEMPFAIL) of a sensor that is not ready yet.
 pub const EXIT_NOT_READY: i64 = 75;
 
+/// Exit code (EX_CONFIG) of a try that failed in a way no retry can mend (a refused
+/// credential, a config missing a key): it fails once, whatever `retries` says.
+pub const EXIT_NOT_RETRYABLE: i64 = 78;
+
 /// Why a try failed, when the exit code alone does not say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailureReason {
@@ -143,6 +147,52 @@ pub enum FailureReason {
     /// an output over `max_artifact_size`, a store that stayed unreachable. Retried by
     /// policy like any failure.
     Artifact(String),
+    /// The container exited with a failing code after saying why: its last
+    /// `{"type":"error"}` message, masked. `retryable: false` (the message said so, or the
+    /// exit code was 78, EX_CONFIG) fails the task instance without a retry.
+    Reported {
+        exit_code: i64,
+        message: Option<String>,
+        retryable: bool,
+    },
+}
+
+/// What a try's `{"type":"error","message":"...","retryable":false}` message said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedError {
+    pub message: String,
+    /// `false` when the integration says no retry can mend it; `true` when it says nothing.
+    pub retryable: bool,
+}
+
+impl FailureReason {
+    /// The failure of a container that exited with `exit_code` after reporting `error` (its
+    /// last error message), when the code means a failure: `Reported` when the integration
+    /// said why or exited 78, a bare `ExitCode` otherwise. `None` for 0, 99 and 75.
+    pub fn from_exit(exit_code: i64, error: Option<&ReportedError>) -> Option<FailureReason> {
+        if matches!(exit_code, 0 | EXIT_SKIPPED | EXIT_NOT_READY) {
+            return None;
+        }
+        if error.is_none() && exit_code != EXIT_NOT_RETRYABLE {
+            return Some(FailureReason::ExitCode(exit_code));
+        }
+        Some(FailureReason::Reported {
+            exit_code,
+            message: error.map(|e| e.message.clone()),
+            retryable: exit_code != EXIT_NOT_RETRYABLE && error.is_none_or(|e| e.retryable),
+        })
+    }
+
+    /// Whether a retry may mend it (the task's `retries` decide how many).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            FailureReason::Reported {
+                retryable: false,
+                ..
+            }
+        )
+    }
 }
 
 impl FailureReason {
@@ -158,6 +208,17 @@ impl FailureReason {
             FailureReason::Lost(text) => format!("lost: {text}"),
             FailureReason::Protocol(text) => format!("protocol: {text}"),
             FailureReason::Artifact(text) => format!("artifacts: {text}"),
+            FailureReason::Reported {
+                exit_code,
+                message,
+                retryable,
+            } => {
+                let said = message
+                    .as_deref()
+                    .unwrap_or("configuration error (EX_CONFIG)");
+                let head = if *retryable { "error" } else { "not retryable" };
+                format!("{head}: {said} (exit_code: {exit_code})")
+            }
         }
     }
 }
@@ -243,7 +304,9 @@ pub fn state_after_try(outcome: &TryOutcome, failures: u32, retries: u32) -> Tas
         TryOutcome::Success => TaskState::Success,
         TryOutcome::Skipped => TaskState::Skipped,
         TryOutcome::NotReady => TaskState::UpForReschedule,
-        TryOutcome::Failed(_) if failures <= retries => TaskState::UpForRetry,
+        TryOutcome::Failed(reason) if failures <= retries && reason.is_retryable() => {
+            TaskState::UpForRetry
+        }
         TryOutcome::Failed(_) => TaskState::Failed,
     }
 }
@@ -264,6 +327,47 @@ mod tests {
             .parse::<TaskState>()
             .unwrap_err()
             .contains("up_for_retry"));
+    }
+
+    #[test]
+    fn a_failure_the_integration_calls_final_is_not_retried() {
+        let not_retryable = ReportedError {
+            message: "401 from /v1/charges: check the token".into(),
+            retryable: false,
+        };
+        let said = FailureReason::from_exit(1, Some(&not_retryable)).unwrap();
+        assert_eq!(
+            said.to_text(),
+            "not retryable: 401 from /v1/charges: check the token (exit_code: 1)"
+        );
+        let config = FailureReason::from_exit(78, None).unwrap();
+        assert_eq!(
+            config.to_text(),
+            "not retryable: configuration error (EX_CONFIG) (exit_code: 78)"
+        );
+        for reason in [said, config] {
+            assert_eq!(
+                state_after_try(&TryOutcome::Failed(reason), 1, 3),
+                TaskState::Failed
+            );
+        }
+        let retryable = ReportedError {
+            message: "503 from the API".into(),
+            retryable: true,
+        };
+        let reported = FailureReason::from_exit(2, Some(&retryable)).unwrap();
+        assert_eq!(reported.to_text(), "error: 503 from the API (exit_code: 2)");
+        assert_eq!(
+            state_after_try(&TryOutcome::Failed(reported), 1, 3),
+            TaskState::UpForRetry
+        );
+        assert_eq!(
+            FailureReason::from_exit(3, None),
+            Some(FailureReason::ExitCode(3))
+        );
+        for code in [0, 99, 75] {
+            assert_eq!(FailureReason::from_exit(code, Some(&retryable)), None);
+        }
     }
 
     #[test]

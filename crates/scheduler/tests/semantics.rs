@@ -539,3 +539,62 @@ async fn exit_99_skips_and_templates_reach_env_and_image() {
     );
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_the_integration_calls_final_is_tried_once_whatever_its_retries() {
+    let retried = "    retries: 2\n    retry_delay: 1s\n";
+    let job = format!(
+        "id: classified\ntasks:\n{}{}{}",
+        process_task(
+            "refused",
+            "[fail, --message, '401 from /v1/charges: the token was refused', --not-retryable]",
+            retried
+        ),
+        process_task("misconfigured", "[exit, --code, 78]", retried),
+        process_task(
+            "flaky_api",
+            "[fail, --message, '503 from /v1/charges']",
+            retried
+        ),
+    );
+    let harness = Harness::scripted(&[("classified.yaml", &job)]).await;
+    let run = harness.trigger("classified").await;
+    let run = harness.wait_run(&run.run_id, 2 * MINUTE).await;
+    assert_eq!(run.state, RunState::Failed);
+    let refused = harness.tries(&run.run_id, "refused").await;
+    assert_eq!(refused.len(), 1, "not retried: {refused:?}");
+    assert_eq!(refused[0].exit_code, Some(78));
+    assert_eq!(
+        refused[0].failure_reason.as_deref(),
+        Some("not retryable: 401 from /v1/charges: the token was refused (exit_code: 78)")
+    );
+    let misconfigured = harness.tries(&run.run_id, "misconfigured").await;
+    assert_eq!(misconfigured.len(), 1, "not retried: {misconfigured:?}");
+    assert_eq!(
+        misconfigured[0].failure_reason.as_deref(),
+        Some("not retryable: configuration error (EX_CONFIG) (exit_code: 78)")
+    );
+    // A failure the integration explains but does not call final is retried by policy,
+    // and its words are every try's reason.
+    let flaky = harness.tries(&run.run_id, "flaky_api").await;
+    assert_eq!(flaky.len(), 3, "{flaky:?}");
+    for attempt in &flaky {
+        assert_eq!(
+            attempt.failure_reason.as_deref(),
+            Some("error: 503 from /v1/charges (exit_code: 1)")
+        );
+    }
+    let states: Vec<(String, TaskState)> = harness
+        .store
+        .task_instances(&run.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ti| (ti.task_id, ti.state))
+        .collect();
+    assert!(
+        states.iter().all(|(_, s)| *s == TaskState::Failed),
+        "{states:?}"
+    );
+    harness.stop().await;
+}

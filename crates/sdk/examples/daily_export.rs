@@ -7,7 +7,7 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 use stevedore_sdk::{
-    log, metric, output, progress, required_env, state, Context, Integration, Outcome,
+    log, metric, output, progress, required_env, state, Context, Failure, Integration, Outcome,
 };
 
 /// `check -- ARGS`: are the credentials there and well-formed? (A real integration would
@@ -21,8 +21,9 @@ fn check(ctx: &Context) -> Result<String, String> {
     Ok(format!("EXPORT_TOKEN accepted for source `{source}`"))
 }
 
-fn export(ctx: &Context) -> Result<Outcome, String> {
-    check(ctx)?;
+fn export(ctx: &Context) -> Result<Outcome, Failure> {
+    // A missing or malformed token is not mended by a retry: fail once (exit 78).
+    check(ctx).map_err(Failure::not_retryable)?;
     let workspace = ctx
         .workspace
         .as_ref()

@@ -184,7 +184,56 @@ pub fn metric(name: &str, value: f64) {
     emit(json!({"type": "metric", "name": name, "value": value}));
 }
 
-type RunFn = dyn FnOnce(&Context) -> Result<Outcome, String>;
+/// Why a `run` failed: said as the try's `{"type":"error"}` message, so it becomes the try's
+/// failure reason. A `String` or `&str` error converts into a retryable one (`?` works on
+/// them); [`Failure::not_retryable`] fails the task instance once, whatever its `retries`
+/// (a refused credential, a config missing a key: no retry can mend it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl Failure {
+    pub fn not_retryable(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            retryable: true,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_owned())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Exit code of a failure no retry can mend (EX_CONFIG): the scheduler fails the task
+/// instance without retrying it.
+pub const EXIT_NOT_RETRYABLE: i32 = 78;
+
+/// An `error` protocol message: why the try is about to fail.
+pub fn error(message: &str, retryable: bool) {
+    emit(json!({"type": "error", "message": message, "retryable": retryable}));
+}
+
+type RunFn = dyn FnOnce(&Context) -> Result<Outcome, Failure>;
 type CheckFn = dyn Fn(&Context) -> Result<String, String>;
 
 /// An integration: its name, version, the JSON Schema of its params (`spec`) and how it
@@ -222,9 +271,13 @@ impl Integration {
     }
 
     /// Dispatches `spec`, `check` and `run` from the process arguments, and exits.
-    pub fn run(self, run: impl FnOnce(&Context) -> Result<Outcome, String> + 'static) -> ! {
+    /// `run` may fail with a [`Failure`], a `String` or a `&str` (the last two retryable).
+    pub fn run<E: Into<Failure>>(
+        self,
+        run: impl FnOnce(&Context) -> Result<Outcome, E> + 'static,
+    ) -> ! {
         let argv: Vec<String> = std::env::args().skip(1).collect();
-        let code = self.dispatch(&argv, Box::new(run));
+        let code = self.dispatch(&argv, Box::new(|ctx| run(ctx).map_err(Into::into)));
         std::process::exit(code)
     }
 
@@ -282,9 +335,13 @@ impl Integration {
                 context.workspace = workspace();
                 match run(&context) {
                     Ok(outcome) => outcome.exit_code(),
-                    Err(message) => {
-                        log("error", &message);
-                        1
+                    Err(failure) => {
+                        error(&failure.message, failure.retryable);
+                        if failure.retryable {
+                            1
+                        } else {
+                            EXIT_NOT_RETRYABLE
+                        }
                     }
                 }
             }

@@ -179,10 +179,30 @@ fn the_complete_example_speaks_the_whole_contract() {
     std::fs::write(workspace.path().join("upstream.done"), "").unwrap();
     assert_eq!(run(&bin, &sensor, &with_state).code, 0);
 
-    // A failure is a log line at error level and exit 1; bad contract arguments exit 2.
+    // A failure is an `error` message: a missing token is not retryable (exit 78), a
+    // failure to write the file is (exit 1). Bad contract arguments exit 2.
     let no_token = run(&bin, &contract(day, &[]), &[("STEVEDORE_WORKSPACE", ws)]);
-    assert_eq!(no_token.code, 1);
-    assert_eq!(no_token.messages.last().unwrap()["level"], "error");
+    assert_eq!(no_token.code, 78);
+    let said = no_token.messages.last().unwrap();
+    assert_eq!(
+        (&said["type"], &said["retryable"]),
+        (&json!("error"), &json!(false))
+    );
+    assert!(
+        said["message"].as_str().unwrap().contains("EXPORT_TOKEN"),
+        "{said}"
+    );
+    let unwritable = run(
+        &bin,
+        &contract(day, &[]),
+        &[token, ("STEVEDORE_WORKSPACE", "/nonexistent/workspace")],
+    );
+    assert_eq!(unwritable.code, 1);
+    let said = unwritable.messages.last().unwrap();
+    assert_eq!(
+        (&said["type"], &said["retryable"]),
+        (&json!("error"), &json!(true))
+    );
     let bad = run(&bin, &["run", "--job", "orders"], &[token]);
     assert_eq!(bad.code, 2);
     assert!(

@@ -9,6 +9,8 @@
 //! - `sensor --ready-on-try K`: not ready yet (exit 75) while the try number is below K.
 //! - `write --file NAME --text TEXT` / `read --file NAME`: a file in the run's workspace
 //!   (`STEVEDORE_WORKSPACE`), to hand data from one task to the next.
+//! - `fail --message M [--not-retryable]`: fails saying why (an `error` message); with
+//!   `--not-retryable` it says no retry can mend it (exit 78).
 //! - `sleep --seconds S [--tick]` (with `--tick`, a line each second), `exit --code C`, `noop`.
 //! - `spew --lines N`: prints N plain lines as fast as it can (log throughput benchmark).
 //! - `count --lines N [--every-ms M] [--exit C]`: prints `out 1` .. `out N` on stdout, one
@@ -19,7 +21,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::json;
-use stevedore_sdk::{log, metric, output, progress, state, Context, Integration, Outcome};
+use stevedore_sdk::{log, metric, output, progress, state, Context, Failure, Integration, Outcome};
 
 fn number(ctx: &Context, name: &str, default: u64) -> Result<u64, String> {
     match ctx.arg(name) {
@@ -93,12 +95,12 @@ fn spew(ctx: &Context) -> Result<Outcome, String> {
 fn main() {
     Integration::new("synth", env!("CARGO_PKG_VERSION"))
         .params_schema(json!({"type": "object", "additionalProperties": true}))
-        .run(|ctx| {
+        .run(|ctx| -> Result<Outcome, Failure> {
             let mode = ctx.args.first().map(String::as_str).unwrap_or("noop");
             match mode {
-                "extract" => extract(ctx),
-                "load" => load(ctx),
-                "spew" => spew(ctx),
+                "extract" => Ok(extract(ctx)?),
+                "load" => Ok(load(ctx)?),
+                "spew" => Ok(spew(ctx)?),
                 "flaky" => {
                     let until = number(ctx, "fail-until-try", 2)?;
                     if u64::from(ctx.try_number) < until {
@@ -106,7 +108,7 @@ fn main() {
                             "try {} fails on purpose (succeeds from try {until})",
                             ctx.try_number
                         );
-                        return Err(format!("simulated failure on try {}", ctx.try_number));
+                        return Err(format!("simulated failure on try {}", ctx.try_number).into());
                     }
                     println!("try {} succeeds", ctx.try_number);
                     Ok(Outcome::Success)
@@ -190,9 +192,17 @@ fn main() {
                     std::process::exit(code as i32)
                 }
                 "noop" => Ok(Outcome::Success),
-                other => Err(format!(
-                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, measure, sleep, count, exit, spew or noop"
-                )),
+                "fail" => {
+                    let message = ctx.arg("message").unwrap_or("failed on purpose").to_owned();
+                    Err(if ctx.flag("not-retryable") {
+                        Failure::not_retryable(message)
+                    } else {
+                        Failure::from(message)
+                    })
+                }
+                other => Err(Failure::from(format!(
+                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, measure, sleep, count, exit, fail, spew or noop"
+                ))),
             }
         })
 }

@@ -184,6 +184,24 @@ pub(super) fn with_protocol_failure(
     exit
 }
 
+/// A failing exit of a try that said why (its last `error` message) or exited 78 carries
+/// that: its reason, and whether a retry may mend it.
+pub(super) fn with_reported_error(
+    mut exit: TryExit,
+    error: Option<&stevedore_domain::state::ReportedError>,
+) -> TryExit {
+    if exit.failure.is_none() {
+        if let Some(code) = exit.exit_code {
+            if let Some(reported @ FailureReason::Reported { .. }) =
+                FailureReason::from_exit(code, error)
+            {
+                exit.failure = Some(reported);
+            }
+        }
+    }
+    exit
+}
+
 /// What a task instance went through since it was last cleared: its failed tries (all but
 /// `this_try`) and when its first try started.
 pub async fn task_history(

@@ -17,7 +17,7 @@ mod prepare;
 mod sink;
 
 pub use finish::task_history;
-use finish::with_protocol_failure;
+use finish::{with_protocol_failure, with_reported_error};
 use persistence::append;
 pub use persistence::{persist, record_finish};
 use prepare::{render_task, RenderedTask};
@@ -117,6 +117,9 @@ struct Recorded {
     container_id: Option<String>,
     /// Its record, queued and perhaps not written yet (see [`TryRunner::settle_container`]).
     container_write: Option<ContainerWrite>,
+    /// The last `{"type":"error"}` message the try printed: its failure reason if it then
+    /// exits with a failing code.
+    error: Option<stevedore_domain::state::ReportedError>,
 }
 
 /// A try's container record on its way to the store.
@@ -322,6 +325,7 @@ impl TryRunner {
         let error = match result {
             Ok(exit) => {
                 let exit = with_protocol_failure(exit, &kill_rx_probe);
+                let exit = with_reported_error(exit, recorded.error.as_ref());
                 let exit = self
                     .capture_files(
                         &backend,
@@ -479,6 +483,7 @@ impl TryRunner {
         match result {
             Ok(Adopted::Exit(exit)) => {
                 let exit = with_protocol_failure(exit, &kill_probe);
+                let exit = with_reported_error(exit, recorded.error.as_ref());
                 let inputs = self.staged_inputs(&job, &task, &run.run_id).await?;
                 let exit = self
                     .capture_files(

@@ -262,6 +262,10 @@ pub(super) async fn consume_events(
                         })
                         .await?
                     }
+                    Some(Message::Error { message, retryable }) => {
+                        recorded.error =
+                            Some(stevedore_domain::state::ReportedError { message, retryable })
+                    }
                     _ => {}
                 }
                 batch.push(LogLine {
