@@ -82,6 +82,9 @@ enum Command {
     /// Alerts the `notify:` rules made, and their delivery.
     #[command(subcommand)]
     Notifications(NotificationsCommand),
+    /// Incremental state a task committed: show, history, set, clear.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Integration images under images/.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -129,6 +132,13 @@ pub enum JobsCommand {
         /// Waits until the run ends; exits non-zero when it failed.
         #[arg(long)]
         wait: bool,
+        /// Runs the tasks without their committed state (every task, or those of --task),
+        /// as on their first run; what they commit replaces the old state.
+        #[arg(long)]
+        full_refresh: bool,
+        /// With --full-refresh: only this task (repeatable).
+        #[arg(long = "task", requires = "full_refresh")]
+        tasks: Vec<String>,
     },
     /// Creates the runs of every data interval whose start lies in [--from, --to].
     Backfill {
@@ -275,6 +285,30 @@ pub enum NotificationsCommand {
 }
 
 #[derive(Subcommand)]
+pub enum StateCommand {
+    /// The task's committed state now: what its next run's tries get.
+    Show { job: String, task: String },
+    /// Every state the task committed, newest first: each successful run's, each set and
+    /// clear.
+    History {
+        job: String,
+        task: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Sets the task's committed state from a JSON file (`-` reads stdin); the next run's
+    /// tries get it.
+    Set {
+        job: String,
+        task: String,
+        #[arg(long = "from-file", value_name = "FILE")]
+        from_file: PathBuf,
+    },
+    /// Clears the task's committed state: its next run starts from nothing.
+    Clear { job: String, task: String },
+}
+
+#[derive(Subcommand)]
 pub enum PoolsCommand {
     List,
     /// Creates or resizes a pool (a pools file, if it names the pool, wins at the next sync).
@@ -406,6 +440,7 @@ fn main() -> ExitCode {
             Command::Pools(command) => commands::pools(&global, command).await,
             Command::Connections(command) => commands::connections(&global, command).await,
             Command::Notifications(command) => commands::notifications(&global, command).await,
+            Command::State(command) => commands::state(&global, command).await,
             Command::Images(ImagesCommand::Build {
                 names,
                 dir,

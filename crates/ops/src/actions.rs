@@ -12,7 +12,7 @@ use stevedore_domain::state::{RunState, TaskState};
 use stevedore_store::{RunRecord, Store, StoreError};
 
 use crate::jobs_dir::load_jobs_dir;
-use crate::runs::trigger_manual;
+use crate::runs::trigger_manual_refreshing;
 
 /// Why an action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +115,55 @@ pub async fn trigger(
     job_id: &str,
     overrides: &Map<String, Value>,
 ) -> Result<RunRecord> {
+    trigger_refreshing(store, jobs_dir, job_id, overrides, None).await
+}
+
+/// Which tasks of a manual run start without their committed state: `--full-refresh` alone
+/// means every task of the job, `--full-refresh --task T` only T.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FullRefresh {
+    #[default]
+    None,
+    All,
+    Tasks(Vec<String>),
+}
+
+/// [`trigger`], with a full refresh of some or every task: they run without their committed
+/// state, as on their first run (Airbyte's full refresh); the state they commit if the run
+/// succeeds replaces the old one.
+pub async fn trigger_refreshing(
+    store: &dyn Store,
+    jobs_dir: &Path,
+    job_id: &str,
+    overrides: &Map<String, Value>,
+    full_refresh: Option<FullRefresh>,
+) -> Result<RunRecord> {
     let (job, path, source) = load_job(jobs_dir, job_id)?;
     validate_params(&job, overrides)?;
+    let tasks = match full_refresh.unwrap_or_default() {
+        FullRefresh::None => Vec::new(),
+        FullRefresh::All => job.tasks.iter().map(|t| t.id.clone()).collect(),
+        FullRefresh::Tasks(tasks) => {
+            for task in &tasks {
+                if !job.tasks.iter().any(|t| &t.id == task) {
+                    return Err(ActionError::Invalid(format!(
+                        "--full-refresh: job `{}` has no task `{task}` (its tasks: {})",
+                        job.id,
+                        job.tasks
+                            .iter()
+                            .map(|t| t.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            tasks
+        }
+    };
     store
         .upsert_job(&job.id, &job.version, &path, &source)
         .await?;
-    Ok(trigger_manual(store, &job, overrides, Utc::now()).await?)
+    Ok(trigger_manual_refreshing(store, &job, overrides, tasks, Utc::now()).await?)
 }
 
 /// Pauses or unpauses a job (recording it first if the scheduler has not seen it yet).

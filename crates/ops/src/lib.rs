@@ -13,6 +13,7 @@
 //! - [`pools`]: pools set by hand.
 //! - [`jobs_dir`]: reading job files (a bad file never stops the good ones).
 //! - [`runs`]: creating scheduled and manual runs.
+//! - [`state`]: a task's committed state shown, its history, set and cleared by an operator.
 //! - [`views`]: the JSON shapes of runs, task instances and tries, for every door.
 
 pub mod actions;
@@ -23,4 +24,5 @@ pub mod logs;
 pub mod notifications;
 pub mod pools;
 pub mod runs;
+pub mod state;
 pub mod views;

@@ -23,6 +23,7 @@ pub fn new_run(
         data_interval: interval,
         params: Value::Object(params),
         task_ids: job.tasks.iter().map(|task| task.id.clone()).collect(),
+        full_refresh: Vec::new(),
     }
 }
 
@@ -43,16 +44,28 @@ pub async fn trigger_manual(
     overrides: &Map<String, Value>,
     now: DateTime<Utc>,
 ) -> Result<RunRecord, StoreError> {
+    trigger_manual_refreshing(store, job, overrides, Vec::new(), now).await
+}
+
+/// [`trigger_manual`], with `full_refresh` naming the tasks that run without their committed
+/// state (`jobs trigger --full-refresh`).
+pub async fn trigger_manual_refreshing(
+    store: &dyn Store,
+    job: &Job,
+    overrides: &Map<String, Value>,
+    full_refresh: Vec<String>,
+    now: DateTime<Utc>,
+) -> Result<RunRecord, StoreError> {
     let interval = job.timetable.manual_interval(now);
-    store
-        .create_run(new_run(
-            job,
-            RunTrigger::Manual,
-            now,
-            interval,
-            merge_params(job, overrides),
-        ))
-        .await
+    let mut run = new_run(
+        job,
+        RunTrigger::Manual,
+        now,
+        interval,
+        merge_params(job, overrides),
+    );
+    run.full_refresh = full_refresh;
+    store.create_run(run).await
 }
 
 /// Creates every scheduled run that is due at `now` (one without catchup, each missed

@@ -86,6 +86,8 @@ pub struct RunView {
     /// When its job's `deadline` passed while it had not ended.
     #[schema(format = DateTime)]
     pub deadline_missed_at: Option<String>,
+    /// The tasks this run runs without their committed state (a full refresh).
+    pub full_refresh: Vec<String>,
 }
 
 impl From<&RunRecord> for RunView {
@@ -105,6 +107,46 @@ impl From<&RunRecord> for RunView {
             ended_at: run.ended_at.map(time),
             cancel_requested: run.cancel_requested,
             deadline_missed_at: run.deadline_missed_at.map(time),
+            full_refresh: run.full_refresh.clone(),
+        }
+    }
+}
+
+/// One committed state of a task (`state show`, `state history`,
+/// `GET /api/v1/jobs/{job_id}/tasks/{task_id}/state`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = StateEntry)]
+pub struct StateView {
+    pub job_id: String,
+    pub task_id: String,
+    /// The state; `null` when it was cleared (the next run starts from nothing).
+    #[schema(value_type = Object, nullable)]
+    pub value: Option<Value>,
+    /// `run` (a successful run committed it), `set` or `clear` (an operator).
+    #[schema(schema_with = state_action)]
+    pub action: String,
+    /// The run that committed it.
+    pub run_id: Option<String>,
+    /// Who set or cleared it.
+    pub actor: Option<String>,
+    #[schema(format = DateTime)]
+    pub committed_at: String,
+}
+
+fn state_action() -> utoipa::openapi::Object {
+    one_of(["run", "set", "clear"])
+}
+
+impl From<&stevedore_store::StateEntry> for StateView {
+    fn from(entry: &stevedore_store::StateEntry) -> StateView {
+        StateView {
+            job_id: entry.job_id.clone(),
+            task_id: entry.task_id.clone(),
+            value: entry.value.clone(),
+            action: entry.action.clone(),
+            run_id: entry.run_id.clone(),
+            actor: entry.actor.clone(),
+            committed_at: time(entry.committed_at),
         }
     }
 }

@@ -69,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                     params: json!({}),
                     task_ids: job.tasks.iter().map(|t| t.id.clone()).collect(),
+                    full_refresh: Vec::new(),
                 })
                 .await?;
             store

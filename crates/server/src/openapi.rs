@@ -142,6 +142,7 @@ mod tests {
             ended_at: None,
             cancel_requested: false,
             deadline_missed_at: None,
+            full_refresh: vec![],
         })
         .unwrap();
         let mut fields: Vec<&String> = view.as_object().unwrap().keys().collect();

@@ -384,6 +384,23 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<String>>;
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
+    /// A task's committed states, newest first, at most `limit`: each run's commit and each
+    /// operator's set or clear.
+    async fn state_history(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StateEntry>>;
+    /// An operator sets a task's committed state (`None` clears it), recorded in its history
+    /// with `actor`. The next run's try gets it; a run already running keeps what it got.
+    async fn set_committed_state(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        value: Option<&Value>,
+        actor: &str,
+    ) -> Result<StateEntry>;
 
     // Task instances waiting for a backend.
     /// Records which task instances wait for a backend that does not answer (`Some`: since

@@ -59,6 +59,11 @@ fn migrator() -> &'static Migrator {
                 "notifications",
                 include_str!("../migrations/postgres/0005_notifications.sql"),
             ),
+            migration(
+                6,
+                "state operations",
+                include_str!("../migrations/postgres/0006_state_operations.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

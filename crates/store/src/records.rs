@@ -84,6 +84,8 @@ pub struct NewRun {
     pub data_interval: DataInterval,
     pub params: Value,
     pub task_ids: Vec<String>,
+    /// Tasks that run without their committed state (`jobs trigger --full-refresh`).
+    pub full_refresh: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +105,26 @@ pub struct RunRecord {
     pub cancel_requested: bool,
     /// When its job's `deadline` passed while it had not ended.
     pub deadline_missed_at: Option<DateTime<Utc>>,
+    /// Tasks that run without their committed state (`jobs trigger --full-refresh`).
+    pub full_refresh: Vec<String>,
+}
+
+/// One committed state of a task, in its history (`stevedore state history`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateEntry {
+    /// Orders the entries of one task (larger is later).
+    pub seq: i64,
+    pub job_id: String,
+    pub task_id: String,
+    /// `None`: the state was cleared.
+    pub value: Option<Value>,
+    /// The run that committed it (`action` `run`).
+    pub run_id: Option<String>,
+    /// `run`, `set` or `clear`.
+    pub action: String,
+    /// Who set or cleared it.
+    pub actor: Option<String>,
+    pub committed_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

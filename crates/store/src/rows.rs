@@ -92,6 +92,7 @@ pub(crate) struct RunRow {
     ended_at: Option<String>,
     cancel_requested: bool,
     deadline_missed_at: Option<String>,
+    full_refresh: Option<String>,
 }
 
 impl RunRow {
@@ -113,6 +114,11 @@ impl RunRow {
             ended_at: parse_opt_ts(self.ended_at)?,
             cancel_requested: self.cancel_requested,
             deadline_missed_at: parse_opt_ts(self.deadline_missed_at)?,
+            full_refresh: match self.full_refresh {
+                Some(text) => serde_json::from_value(parse_json(&text)?)
+                    .map_err(|e| StoreError::Corrupt(format!("runs.full_refresh: {e}")))?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -215,7 +221,7 @@ impl LogRow {
 
 pub(crate) const RUN_COLUMNS: &str = "run_id, job_id, job_version, run_trigger, logical_date, \
     data_interval_start, data_interval_end, params, state, queued_at, started_at, ended_at, \
-    cancel_requested, deadline_missed_at";
+    cancel_requested, deadline_missed_at, full_refresh";
 pub(crate) const TASK_INSTANCE_COLUMNS: &str = "run_id, task_id, state, try_number, next_try_at, \
     started_at, ended_at, retry_base, waiting_since, waiting_reason";
 pub(crate) const TRY_COLUMNS: &str = "try_id, run_id, task_id, try_number, backend, container_id, \
@@ -329,6 +335,33 @@ impl AttemptRow {
             status_code: self.status_code.and_then(|c| u16::try_from(c).ok()),
             error: self.error,
             duration_ms: self.duration_ms.max(0) as u64,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct StateEntryRow {
+    seq: i64,
+    job_id: String,
+    task_id: String,
+    value: Option<String>,
+    run_id: Option<String>,
+    action: String,
+    actor: Option<String>,
+    committed_at: String,
+}
+
+impl StateEntryRow {
+    pub(crate) fn into_record(self) -> Result<StateEntry> {
+        Ok(StateEntry {
+            seq: self.seq,
+            job_id: self.job_id,
+            task_id: self.task_id,
+            value: self.value.as_deref().map(parse_json).transpose()?,
+            run_id: self.run_id,
+            action: self.action,
+            actor: self.actor,
+            committed_at: parse_ts(&self.committed_at)?,
         })
     }
 }

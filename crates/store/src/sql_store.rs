@@ -347,18 +347,25 @@ impl $store {
             query.push(")");
             query.build().execute(&mut **tx).await?;
             let mut query = QueryBuilder::<Db>::new(
-                "SELECT r.run_id, s.task_id, s.value FROM task_state s JOIN runs r ON r.job_id = s.job_id \
+                "SELECT r.run_id, s.task_id, s.value, r.full_refresh FROM task_state s JOIN runs r ON r.job_id = s.job_id \
                  WHERE (r.run_id, s.task_id) IN (",
             );
             query.push_values(&inserted, |mut row, (_, key, ..)| {
                 row.push_bind(key.run_id.as_str()).push_bind(key.task_id.as_str());
             });
             query.push(")");
-            let states: Vec<(String, String, String)> =
+            let states: Vec<(String, String, String, Option<String>)> =
                 query.build_query_as().fetch_all(&mut **tx).await?;
+            // A task the run refreshes fully starts without its committed state.
             let mut states: HashMap<(String, String), String> = states
                 .into_iter()
-                .map(|(run_id, task_id, value)| ((run_id, task_id), value))
+                .filter(|(_, task_id, _, full_refresh)| {
+                    !full_refresh.as_deref().is_some_and(|list| {
+                        serde_json::from_str::<Vec<String>>(list)
+                            .is_ok_and(|tasks| tasks.iter().any(|t| t == task_id))
+                    })
+                })
+                .map(|(run_id, task_id, value, _)| ((run_id, task_id), value))
                 .collect();
             for (index, key, backend, image_ref, at, try_id) in inserted {
                 let committed_state = states
@@ -661,10 +668,13 @@ impl Store for $store {
             ended_at: None,
             cancel_requested: false,
             deadline_missed_at: None,
+            full_refresh: run.full_refresh,
         };
         let mut tx = self.write_transaction().await?;
+        let full_refresh = (!record.full_refresh.is_empty())
+            .then(|| serde_json::to_string(&record.full_refresh).unwrap_or_default());
         let inserted = sql::query::<$dialect>(&(format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, FALSE, NULL)"
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, FALSE, NULL, ?)"
         )))
         .bind(&record.run_id)
         .bind(&record.job_id)
@@ -676,6 +686,7 @@ impl Store for $store {
         .bind(record.params.to_string())
         .bind(record.state.as_str())
         .bind(ts(record.queued_at))
+        .bind(full_refresh)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -855,6 +866,15 @@ impl Store for $store {
                              JOIN runs ON runs.run_id = p.run_id WHERE p.run_id = ? \
                              ON CONFLICT (job_id, task_id) DO UPDATE SET value = excluded.value, \
                              run_id = excluded.run_id, updated_at = excluded.updated_at",
+                        )
+                        .bind(at.as_str())
+                        .bind(*run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        sql::query::<$dialect>(
+                            "INSERT INTO task_state_history (job_id, task_id, value, run_id, action, actor, committed_at) \
+                             SELECT runs.job_id, p.task_id, p.value, p.run_id, 'run', NULL, ? FROM run_pending_state p \
+                             JOIN runs ON runs.run_id = p.run_id WHERE p.run_id = ? ORDER BY p.task_id",
                         )
                         .bind(at.as_str())
                         .bind(*run_id)
@@ -1734,6 +1754,73 @@ impl Store for $store {
             return Err(StoreError::NotFound(format!("pool `{name}`")));
         }
         Ok(())
+    }
+
+    async fn state_history(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StateEntry>> {
+        let rows: Vec<StateEntryRow> = sql::query_as::<$dialect, StateEntryRow>(
+            "SELECT seq, job_id, task_id, value, run_id, action, actor, committed_at \
+             FROM task_state_history WHERE job_id = ? AND task_id = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(task_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StateEntryRow::into_record).collect()
+    }
+
+    async fn set_committed_state(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        value: Option<&Value>,
+        actor: &str,
+    ) -> Result<StateEntry> {
+        let at = ts(Utc::now());
+        let text = value.map(Value::to_string);
+        let mut tx = self.write_transaction().await?;
+        match &text {
+            Some(text) => {
+                sql::query::<$dialect>(
+                    "INSERT INTO task_state (job_id, task_id, value, run_id, updated_at) \
+                     VALUES (?, ?, ?, '', ?) ON CONFLICT (job_id, task_id) DO UPDATE SET \
+                     value = excluded.value, run_id = excluded.run_id, updated_at = excluded.updated_at",
+                )
+                .bind(job_id)
+                .bind(task_id)
+                .bind(text.as_str())
+                .bind(at.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sql::query::<$dialect>("DELETE FROM task_state WHERE job_id = ? AND task_id = ?")
+                    .bind(job_id)
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let row: StateEntryRow = sql::query_as::<$dialect, StateEntryRow>(
+            "INSERT INTO task_state_history (job_id, task_id, value, run_id, action, actor, committed_at) \
+             VALUES (?, ?, ?, NULL, ?, ?, ?) \
+             RETURNING seq, job_id, task_id, value, run_id, action, actor, committed_at",
+        )
+        .bind(job_id)
+        .bind(task_id)
+        .bind(text.as_deref())
+        .bind(if text.is_some() { "set" } else { "clear" })
+        .bind(actor)
+        .bind(at.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.into_record()
     }
 
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>> {

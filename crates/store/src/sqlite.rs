@@ -41,6 +41,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/sqlite/0011_notifications.sql"),
     ),
+    (
+        12,
+        include_str!("../migrations/sqlite/0012_state_operations.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

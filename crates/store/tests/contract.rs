@@ -2,7 +2,7 @@
 //! with `store_contract_suite!(module_name, async { store })`.
 
 use chrono::{TimeZone, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 use stevedore_domain::notify::NotifyEvent;
 use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
@@ -21,6 +21,7 @@ fn new_run(job_id: &str, day: u32, trigger: RunTrigger) -> NewRun {
         },
         params: json!({"n": 1}),
         task_ids: vec!["extract".to_owned(), "load".to_owned()],
+        full_refresh: Vec::new(),
     }
 }
 
@@ -862,6 +863,150 @@ pub async fn stored_lines_count_container_lines_per_stream(store: &dyn Store) {
     );
 }
 
+/// Operating state: every commit is kept in a task's history (a run's, an operator's set and
+/// clear), and a run's full refresh starts the tasks it names without their committed state.
+pub async fn state_history_keeps_every_commit_and_a_full_refresh_starts_without_state(
+    store: &dyn Store,
+) {
+    let t0 = Utc::now();
+    let run = store
+        .create_run(new_run("ops", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let key = |run_id: &str, task: &str| TryKey {
+        run_id: run_id.to_owned(),
+        task_id: task.to_owned(),
+        try_number: 1,
+    };
+    for (task, cursor) in [("extract", 1), ("load", 10)] {
+        let attempt = store
+            .start_try(&key(&run.run_id, task), "docker", "synth:1", t0)
+            .await
+            .unwrap();
+        store
+            .set_pending_state(attempt.try_id, &json!({"cursor": cursor}))
+            .await
+            .unwrap();
+        store.finish_try(&succeeded(attempt.try_id)).await.unwrap();
+    }
+    store
+        .set_run_state(&run.run_id, RunState::Success, t0)
+        .await
+        .unwrap();
+    let history = store.state_history("ops", "extract", 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            history[0].action.as_str(),
+            history[0].run_id.as_deref(),
+            history[0].value.clone()
+        ),
+        ("run", Some(run.run_id.as_str()), Some(json!({"cursor": 1})))
+    );
+
+    let set = store
+        .set_committed_state("ops", "extract", Some(&json!({"cursor": 0})), "ops-team")
+        .await
+        .unwrap();
+    assert_eq!(
+        (set.action.as_str(), set.actor.as_deref()),
+        ("set", Some("ops-team"))
+    );
+    assert_eq!(
+        store.committed_state("ops", "extract").await.unwrap(),
+        Some(json!({"cursor": 0}))
+    );
+    store
+        .set_committed_state("ops", "extract", None, "ops-team")
+        .await
+        .unwrap();
+    assert_eq!(store.committed_state("ops", "extract").await.unwrap(), None);
+    let history = store.state_history("ops", "extract", 10).await.unwrap();
+    let actions: Vec<(&str, Option<Value>)> = history
+        .iter()
+        .map(|e| (e.action.as_str(), e.value.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("clear", None),
+            ("set", Some(json!({"cursor": 0}))),
+            ("run", Some(json!({"cursor": 1}))),
+        ]
+    );
+    assert!(history.windows(2).all(|w| w[0].seq > w[1].seq));
+    assert_eq!(
+        store
+            .state_history("ops", "extract", 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Another task's history is its own.
+    assert_eq!(
+        store.state_history("ops", "load", 10).await.unwrap().len(),
+        1
+    );
+
+    // A full refresh of `extract`: its try starts without state, `load`'s with its own.
+    store
+        .set_committed_state("ops", "extract", Some(&json!({"cursor": 5})), "ops-team")
+        .await
+        .unwrap();
+    let mut refreshing = new_run("ops", 2, RunTrigger::Manual);
+    refreshing.full_refresh = vec!["extract".to_owned()];
+    let refreshing = store.create_run(refreshing).await.unwrap();
+    assert_eq!(refreshing.full_refresh, ["extract"]);
+    assert_eq!(
+        store
+            .get_run(&refreshing.run_id)
+            .await
+            .unwrap()
+            .full_refresh,
+        ["extract"]
+    );
+    let results = store
+        .write_tries(&[
+            FencedWrite {
+                write: TryWrite::Start {
+                    key: key(&refreshing.run_id, "extract"),
+                    backend: "docker".to_owned(),
+                    image_ref: "synth:1".to_owned(),
+                    at: t0,
+                },
+                fence: None,
+            },
+            FencedWrite {
+                write: TryWrite::Start {
+                    key: key(&refreshing.run_id, "load"),
+                    backend: "docker".to_owned(),
+                    image_ref: "synth:1".to_owned(),
+                    at: t0,
+                },
+                fence: None,
+            },
+        ])
+        .await;
+    let states: Vec<Option<Value>> = results
+        .iter()
+        .map(|result| match result {
+            Ok(TryWritten::Started {
+                committed_state, ..
+            }) => committed_state.clone(),
+            other => panic!("not started: {other:?}"),
+        })
+        .collect();
+    assert_eq!(states, [None, Some(json!({"cursor": 10}))]);
+    // A run without a full refresh has none.
+    assert!(store
+        .get_run(&run.run_id)
+        .await
+        .unwrap()
+        .full_refresh
+        .is_empty());
+}
+
 /// Many tries' writes in one transaction (the scheduler's group commit): each gets the result
 /// it would have had alone, and a write that fails does not take the others with it.
 pub async fn a_group_of_try_writes_keeps_each_result(store: &dyn Store) {
@@ -1623,6 +1768,7 @@ macro_rules! store_contract_suite {
             case!(notifications_are_written_with_their_state_change_once);
             case!(notifications_are_claimed_in_order_and_their_attempts_recorded);
             case!(a_waiting_task_instance_is_given_up_on_once);
+            case!(state_history_keeps_every_commit_and_a_full_refresh_starts_without_state);
         }
     };
 }
@@ -1708,7 +1854,7 @@ async fn a_database_migrated_before_sqlx_ran_the_migrations_is_taken_up_where_it
             .await
             .unwrap();
     // The three carried over, and the newer ones run after them.
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
         .fetch_one(&pool)
         .await

@@ -140,13 +140,31 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
             }
             Ok(ExitCode::SUCCESS)
         }
-        JobsCommand::Trigger { job, params, wait } => {
+        JobsCommand::Trigger {
+            job,
+            params,
+            wait,
+            full_refresh,
+            tasks,
+        } => {
             let overrides: Map<String, Value> = params
                 .iter()
                 .map(|p| parse_param(p))
                 .collect::<anyhow::Result<_>>()?;
             let store = open_store(&global.db).await?;
-            let mut run = actions::trigger(store.as_ref(), &global.jobs, &job, &overrides).await?;
+            let full_refresh = match (full_refresh, tasks.is_empty()) {
+                (false, _) => None,
+                (true, true) => Some(actions::FullRefresh::All),
+                (true, false) => Some(actions::FullRefresh::Tasks(tasks)),
+            };
+            let mut run = actions::trigger_refreshing(
+                store.as_ref(),
+                &global.jobs,
+                &job,
+                &overrides,
+                full_refresh,
+            )
+            .await?;
             if global.output == Format::Table {
                 println!("{}", run.run_id);
             }

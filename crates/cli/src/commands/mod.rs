@@ -33,6 +33,7 @@ mod notifications;
 mod pools;
 mod runs;
 mod serve;
+mod state;
 mod tasks;
 
 pub use connections::{connection_values, connections, registry_auth};
@@ -42,6 +43,7 @@ pub use pools::pools;
 use runs::run_json;
 pub use runs::runs;
 pub use serve::{serve, Serve};
+pub use state::state;
 pub use tasks::tasks;
 
 /// Opens the store named by `--db`: a path, `sqlite://path`, or `postgres://...`.

@@ -148,6 +148,13 @@ pub async fn runs(global: &Global, command: RunsCommand) -> anyhow::Result<ExitC
                     println!();
                     println!("deadline missed at {}", time(Some(at)));
                 }
+                if !run.full_refresh.is_empty() {
+                    println!();
+                    println!(
+                        "full refresh (without committed state): {}",
+                        run.full_refresh.join(", ")
+                    );
+                }
                 let artifacts = store.run_artifacts(&run.run_id).await?;
                 if !artifacts.is_empty() {
                     println!();
