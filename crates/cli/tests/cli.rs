@@ -890,6 +890,124 @@ fn spec_and_check_of_an_image_that_ignores_them_end_at_their_timeout() {
 }
 
 #[test]
+fn state_is_shown_set_cleared_kept_in_history_and_skipped_by_a_full_refresh() {
+    let job = "id: stateful\ntasks:\n  - id: extract\n    image: stevedore/synth:0.1.0\n    args: [extract, --records, 5]\n  - id: load\n    image: stevedore/synth:0.1.0\n    depends_on: [extract]\n    args: [noop]\n";
+    let workspace = Workspace::new(&[("stateful.yaml", job)]);
+    let _standalone = workspace.standalone(None);
+    // Each run: its id, and the cursor its extract started from.
+    let run = |extra: &[&str]| -> (String, String) {
+        let mut args = vec!["jobs", "trigger", "stateful", "--wait", "-o", "json"];
+        args.extend_from_slice(extra);
+        let run = workspace.json(&args);
+        assert_eq!(run["state"], "success", "{run}");
+        let run_id = run["run_id"].as_str().unwrap().to_owned();
+        let logs = workspace.run(&["tasks", "logs", &run_id, "extract"]);
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+        let since = logs
+            .split("last cursor: ")
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or_else(|| panic!("no cursor in {logs}"))
+            .to_owned();
+        (run_id, since)
+    };
+    let none = workspace.run(&["state", "show", "stateful", "extract"]);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("has no committed state"));
+
+    let (first, since) = run(&[]);
+    assert_eq!(since, "the beginning");
+    let shown = workspace.json(&["state", "show", "stateful", "extract", "-o", "json"]);
+    assert_eq!(
+        (shown["action"].as_str(), shown["run_id"].as_str()),
+        (Some("run"), Some(first.as_str()))
+    );
+    let committed = shown["value"]["cursor"].as_str().unwrap().to_owned();
+
+    let file = workspace.dir.path().join("state.json");
+    std::fs::write(&file, r#"{"cursor": "2020-01-01T00:00:00Z"}"#).unwrap();
+    let set = workspace.run(&[
+        "state",
+        "set",
+        "stateful",
+        "extract",
+        "--from-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let (_, since) = run(&[]);
+    assert_eq!(
+        since, "2020-01-01T00:00:00Z",
+        "the set state reached the next try"
+    );
+
+    assert!(workspace
+        .run(&["state", "clear", "stateful", "extract"])
+        .status
+        .success());
+    let (_, since) = run(&[]);
+    assert_eq!(
+        since, "the beginning",
+        "a cleared state: the next run starts from nothing"
+    );
+
+    // The state exists again; a full refresh of extract runs without it, load keeps its own.
+    let (refresh, since) = run(&["--full-refresh", "--task", "extract"]);
+    assert_eq!(since, "the beginning");
+    let shown = workspace.json(&["runs", "show", &refresh, "-o", "json"]);
+    assert_eq!(shown["full_refresh"], serde_json::json!(["extract"]));
+    let after = workspace.json(&["state", "show", "stateful", "extract", "-o", "json"]);
+    assert_eq!(
+        after["run_id"].as_str(),
+        Some(refresh.as_str()),
+        "the refresh's state replaced the old"
+    );
+
+    let history = workspace.json(&["state", "history", "stateful", "extract", "-o", "json"]);
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["run", "run", "clear", "run", "set", "run"]);
+    assert_eq!(
+        history[5]["value"]["cursor"].as_str(),
+        Some(committed.as_str())
+    );
+    assert_eq!(
+        history[4]["actor"].as_str().map(|a| a.starts_with("cli")),
+        Some(true)
+    );
+    let table = workspace.run(&["state", "history", "stateful", "extract"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("(cleared)"));
+
+    // Bad input, each with what is wrong.
+    std::fs::write(&file, "{\"cursor\": ").unwrap();
+    let bad = workspace.run(&[
+        "state",
+        "set",
+        "stateful",
+        "extract",
+        "--from-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not JSON"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let unknown = workspace.run(&["state", "clear", "stateful", "nope"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("has no task `nope`"));
+    let alone = workspace.run(&["jobs", "trigger", "stateful", "--task", "extract"]);
+    assert!(!alone.status.success(), "--task needs --full-refresh");
+}
+
+#[test]
 fn connection_secrets_reach_the_task_and_nowhere_else() {
     const SECRET: &str = "sk_live_9f8e7d6c5b4a";
     let job = "id: uses_secret\ntasks:\n  - id: call_api\n    backend: process\n    command: [/bin/sh, -c, 'echo \"token=$STRIPE_TOKEN\"; echo \"len=${#STRIPE_TOKEN}\" >&2; sleep 2']\n    connections: [stripe]\n";

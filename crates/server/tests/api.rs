@@ -695,8 +695,9 @@ fn the_openapi_document_describes_what_is_served() {
         }
     }
     assert_eq!(
-        operations, 32,
-        "the 29 of before, listNotifications, getNotification and retryNotification"
+        operations, 36,
+        "the 29 of before, listNotifications, getNotification and retryNotification, \
+         getTaskState, listTaskStateHistory, setTaskState and clearTaskState"
     );
 }
 
@@ -1100,4 +1101,107 @@ fn notifications_are_listed_shown_retried_and_counted() {
     ] {
         assert!(metrics.text.contains(line), "{line}: {}", metrics.text);
     }
+}
+
+/// A task's committed state through the API: shown, set and cleared by an operator (not a
+/// viewer), every change in its history; a full refresh named on the trigger.
+#[test]
+fn a_task_s_state_is_shown_set_cleared_and_kept_in_its_history() {
+    let server = Server::start();
+    let state = "/api/v1/jobs/etl/tasks/extract/state";
+    let none = server.get(state, &server.viewer);
+    assert_eq!(none.status, 404, "{}", none.text);
+    assert!(
+        none.text.contains("has no committed state"),
+        "{}",
+        none.text
+    );
+
+    let denied = server.call(
+        "PUT",
+        state,
+        Some(&server.viewer),
+        Some(json!({"value": {"cursor": "2024-01-01"}})),
+    );
+    assert_eq!(denied.status, 403);
+    let set = server.call(
+        "PUT",
+        state,
+        Some(&server.operator),
+        Some(json!({"value": {"cursor": "2024-01-01"}})),
+    );
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.body["action"], "set");
+    let shown = server.get(state, &server.viewer);
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.body["value"], json!({"cursor": "2024-01-01"}));
+    assert_eq!(shown.body["action"], "set");
+    assert!(shown.body["actor"].is_string());
+
+    for (body, status, says) in [
+        (json!({"value": null}), 422, "clear it instead"),
+        (json!({"value": "x".repeat(1_100_000)}), 422, "over"),
+        (json!({"cursor": 1}), 400, "value"),
+    ] {
+        let refused = server.call("PUT", state, Some(&server.operator), Some(body));
+        assert_eq!(refused.status, status, "{}", refused.text);
+        assert!(refused.text.contains(says), "{}", refused.text);
+    }
+    let unknown = server.call(
+        "PUT",
+        "/api/v1/jobs/etl/tasks/nope/state",
+        Some(&server.operator),
+        Some(json!({"value": 1})),
+    );
+    assert_eq!(unknown.status, 422);
+    assert!(
+        unknown.text.contains("has no task `nope`"),
+        "{}",
+        unknown.text
+    );
+
+    let cleared = server.call("DELETE", state, Some(&server.operator), None);
+    assert_eq!(cleared.status, 200, "{}", cleared.text);
+    assert_eq!(cleared.body["action"], "clear");
+    assert_eq!(server.get(state, &server.viewer).status, 404);
+    let history = server.get(&format!("{state}/history"), &server.viewer);
+    assert_eq!(history.status, 200);
+    let actions: Vec<&str> = history
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["clear", "set"]);
+    assert_eq!(
+        server
+            .get(&format!("{state}/history?limit=0"), &server.viewer)
+            .status,
+        400
+    );
+
+    let refreshing = server.post(
+        "/api/v1/jobs/etl/runs",
+        &server.operator,
+        json!({"full_refresh": true, "full_refresh_tasks": ["extract"]}),
+    );
+    assert_eq!(refreshing.status, 201, "{}", refreshing.text);
+    assert_eq!(refreshing.body["full_refresh"], json!(["extract"]));
+    let all = server.post(
+        "/api/v1/jobs/etl/runs",
+        &server.operator,
+        json!({"full_refresh": true}),
+    );
+    assert_eq!(
+        all.body["full_refresh"],
+        json!(["extract", "load", "report"])
+    );
+    let bad = server.post(
+        "/api/v1/jobs/etl/runs",
+        &server.operator,
+        json!({"full_refresh": true, "full_refresh_tasks": ["nope"]}),
+    );
+    assert_eq!(bad.status, 422);
+    assert!(bad.text.contains("no task `nope`"), "{}", bad.text);
 }

@@ -569,3 +569,88 @@ fn the_alerts_page_lists_deliveries_and_an_operator_sends_one_again() {
     );
     assert_eq!(forged.status, 403);
 }
+
+/// The try page shows the task's committed state and its history; an operator sets and
+/// clears it there, a viewer sees no form; the trigger form asks for a full refresh.
+#[test]
+fn the_try_page_shows_the_task_s_state_and_an_operator_sets_and_clears_it() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    server.start_try(&run_id, "extract");
+    let try_page = format!("/runs/{run_id}/tasks/extract/tries/1");
+    let operator = server.login(&server.operator);
+    let page = server.browse("GET", &try_page, Some(&operator), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.html.contains("No committed state"), "{}", page.html);
+    let csrf = csrf_of(&page.html);
+    let set = server.browse(
+        "POST",
+        "/jobs/etl/tasks/extract/state",
+        Some(&operator),
+        &[
+            ("csrf", &csrf),
+            ("value", r#"{"cursor": "2024-05-01T00:00:00Z"}"#),
+            ("back", &try_page),
+        ],
+    );
+    assert_eq!(
+        (set.status, set.location.as_deref()),
+        (303, Some(try_page.as_str())),
+        "{}",
+        set.html
+    );
+    let page = server.browse("GET", &try_page, Some(&operator), &[]);
+    assert!(page.html.contains("2024-05-01T00:00:00Z"), "{}", page.html);
+    assert!(page.html.contains("set by "), "{}", page.html);
+    let not_json = server.browse(
+        "POST",
+        "/jobs/etl/tasks/extract/state",
+        Some(&operator),
+        &[("csrf", &csrf), ("value", "{oops"), ("back", &try_page)],
+    );
+    assert_eq!(not_json.status, 422);
+    assert!(not_json.html.contains("not JSON"), "{}", not_json.html);
+    // A back link to another site is not followed.
+    let cleared = server.browse(
+        "POST",
+        "/jobs/etl/tasks/extract/state/clear",
+        Some(&operator),
+        &[("csrf", &csrf), ("back", "https://elsewhere.example/")],
+    );
+    assert_eq!(
+        (cleared.status, cleared.location.as_deref()),
+        (303, Some("/jobs/etl"))
+    );
+    let page = server.browse("GET", &try_page, Some(&operator), &[]);
+    assert!(page.html.contains("No committed state"), "{}", page.html);
+    assert!(page.html.contains("History (latest 2)"), "{}", page.html);
+
+    let viewer = server.login(&server.viewer);
+    let page = server.browse("GET", &try_page, Some(&viewer), &[]);
+    assert!(!page.html.contains("Set state"), "a viewer gets no form");
+    let refused = server.browse(
+        "POST",
+        "/jobs/etl/tasks/extract/state/clear",
+        Some(&viewer),
+        &[(
+            "csrf",
+            &csrf_of(&server.browse("GET", "/jobs", Some(&viewer), &[]).html),
+        )],
+    );
+    assert_eq!(refused.status, 403);
+
+    let job = server.browse("GET", "/jobs/etl?tab=trigger", Some(&operator), &[]);
+    assert!(job.html.contains("name=\"full_refresh\""), "{}", job.html);
+    let triggered = server.browse(
+        "POST",
+        "/jobs/etl/trigger",
+        Some(&operator),
+        &[("csrf", &csrf_of(&job.html)), ("full_refresh", "true")],
+    );
+    assert_eq!(triggered.status, 303, "{}", triggered.html);
+    let newest = server.get("/api/v1/runs?job_id=etl&limit=1", &server.viewer);
+    assert_eq!(
+        newest.body["items"][0]["full_refresh"],
+        serde_json::json!(["extract", "load", "report"])
+    );
+}

@@ -199,6 +199,14 @@ pub(super) struct TriggerBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     params: Map<String, Value>,
+    /// Runs the tasks without their committed state, as on their first run (every task, or
+    /// those of `full_refresh_tasks`); what they commit replaces the old state.
+    #[serde(default)]
+    #[schema(default = false)]
+    full_refresh: bool,
+    /// With `full_refresh`: only these tasks.
+    #[serde(default)]
+    full_refresh_tasks: Vec<String>,
 }
 
 /// Creates a manual run; params must be the job's own, of their defaults' types
@@ -207,7 +215,7 @@ pub(super) struct TriggerBody {
 #[utoipa::path(post, path = "/api/v1/jobs/{job_id}/runs", operation_id = "triggerRun", params(JobPath), request_body = TriggerBody, responses(
     (status = 201, description = "the run, queued", body = views::RunView),
     (status = 404, description = "no such job", body = ErrorBody),
-    (status = 422, description = "a param is not the job's, or not of its default's type", body = ErrorBody),
+    (status = 422, description = "a param is not the job's, or not of its default's type; a full refresh of a task the job does not have", body = ErrorBody),
 ))]
 pub(super) async fn trigger_run(
     caller: Caller,
@@ -216,8 +224,26 @@ pub(super) async fn trigger_run(
     Body(body): Body<TriggerBody>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Operator)?;
-    let run =
-        actions::trigger(state.store.as_ref(), &state.jobs_dir, &job_id, &body.params).await?;
+    let full_refresh = match (body.full_refresh, body.full_refresh_tasks.is_empty()) {
+        (false, true) => None,
+        (false, false) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "full_refresh_tasks needs full_refresh: true",
+            ))
+        }
+        (true, true) => Some(actions::FullRefresh::All),
+        (true, false) => Some(actions::FullRefresh::Tasks(body.full_refresh_tasks)),
+    };
+    let run = actions::trigger_refreshing(
+        state.store.as_ref(),
+        &state.jobs_dir,
+        &job_id,
+        &body.params,
+        full_refresh,
+    )
+    .await?;
     tracing::info!(run_id = %run.run_id, job_id = %job_id, by = %caller.name, "run triggered");
     Ok((StatusCode::CREATED, Json(views::RunView::from(&run))))
 }

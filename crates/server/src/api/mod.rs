@@ -5,7 +5,7 @@
 //!
 //! The routes, the extractors (bodies, paths and queries with JSON errors) and paging are
 //! here; the handlers are beside it by resource: `jobs.rs`, `runs.rs` (runs and their task
-//! instances), `tries.rs` (tries and logs), `notifications.rs` (alerts), `admin.rs` (pools,
+//! instances), `tries.rs` (tries and logs), `notifications.rs` (alerts), `state.rs` (committed state), `admin.rs` (pools,
 //! connections).
 
 use std::collections::BTreeMap;
@@ -38,6 +38,7 @@ pub(crate) mod artifacts;
 mod jobs;
 mod notifications;
 mod runs;
+mod state;
 pub(crate) mod tries;
 
 use crate::paging::page_size;
@@ -46,6 +47,7 @@ use artifacts::*;
 use jobs::*;
 use notifications::*;
 use runs::*;
+use state::*;
 use tries::*;
 
 pub fn routes() -> Router<AppState> {
@@ -58,6 +60,16 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs/{job_id}/unpause", post(unpause_job))
         .route("/api/v1/jobs/{job_id}/runs", post(trigger_run))
         .route("/api/v1/jobs/{job_id}/backfill", post(backfill_job))
+        .route(
+            "/api/v1/jobs/{job_id}/tasks/{task_id}/state",
+            get(get_task_state)
+                .put(set_task_state)
+                .delete(clear_task_state),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/tasks/{task_id}/state/history",
+            get(list_task_state_history),
+        )
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/runs/{run_id}/cancel", post(cancel_run))
@@ -128,6 +140,10 @@ fn time(at: DateTime<Utc>) -> String {
     unpause_job,
     trigger_run,
     backfill_job,
+    get_task_state,
+    list_task_state_history,
+    set_task_state,
+    clear_task_state,
     list_runs,
     get_run,
     cancel_run,

@@ -38,6 +38,14 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{job_id}/trigger", post(pages::trigger))
         .route("/jobs/{job_id}/backfill", post(pages::backfill))
         .route("/jobs/{job_id}/pause", post(pages::pause))
+        .route(
+            "/jobs/{job_id}/tasks/{task_id}/state",
+            post(pages::set_state),
+        )
+        .route(
+            "/jobs/{job_id}/tasks/{task_id}/state/clear",
+            post(pages::clear_state),
+        )
         .route("/runs/{run_id}", get(pages::run))
         .route("/runs/{run_id}/cancel", post(pages::cancel))
         .route(

@@ -157,6 +157,10 @@ pub(super) fn trigger_form(viewer: &Viewer, job: &Job) -> Markup {
                         other => { input id=(id) type="text" name={ "param." (name) } value=(other.to_string()) title="JSON"; }
                     }
                 }
+                label.check for="full-refresh" {
+                    input #full-refresh type="checkbox" name="full_refresh" value="true";
+                    " Full refresh: every task runs without its committed state"
+                }
                 button type="submit" { "Trigger run" }
             }
         } @else {
@@ -293,7 +297,17 @@ pub async fn trigger(
         Ok(params) => params,
         Err(error) => return Ok(back(error)),
     };
-    match actions::trigger(state.store.as_ref(), &state.jobs_dir, &job.id, &params).await {
+    let full_refresh = (form.get("full_refresh").map(String::as_str) == Some("true"))
+        .then_some(actions::FullRefresh::All);
+    match actions::trigger_refreshing(
+        state.store.as_ref(),
+        &state.jobs_dir,
+        &job.id,
+        &params,
+        full_refresh,
+    )
+    .await
+    {
         Ok(run) => {
             tracing::info!(run_id = %run.run_id, job_id = %job.id, by = %viewer.0.caller.name, "run triggered from the ui");
             Ok(Redirect::to(&format!(

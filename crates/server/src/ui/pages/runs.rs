@@ -207,6 +207,77 @@ pub async fn mark(
     Ok(Redirect::to(&run_link(&run)))
 }
 
+// State.
+
+#[derive(Deserialize)]
+pub struct StateForm {
+    #[serde(default)]
+    csrf: String,
+    /// The state as JSON (set only).
+    #[serde(default)]
+    value: Option<String>,
+    /// The page to return to: one of this server's try pages.
+    #[serde(default)]
+    back: Option<String>,
+}
+
+/// Where a state form returns: the try page it was posted from, never another site.
+fn state_back(back: Option<&str>, job_id: &str) -> String {
+    match back {
+        Some(back) if back.starts_with("/runs/") && !back.contains("//") => back.to_owned(),
+        _ => format!("/jobs/{}", encode(job_id)),
+    }
+}
+
+/// An operator sets a task's committed state from the try page.
+pub async fn set_state(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((job_id, task_id)): Path<(String, String)>,
+    Form(form): Form<StateForm>,
+) -> UiResult<Redirect> {
+    viewer.authorize(&form.csrf, Role::Operator)?;
+    let text = form.value.unwrap_or_default();
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        UiError::Page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the state is not JSON: {e}"),
+        )
+    })?;
+    stevedore_ops::state::set(
+        state.store.as_ref(),
+        &state.jobs_dir,
+        &job_id,
+        &task_id,
+        Some(value),
+        &viewer.0.caller.name,
+    )
+    .await?;
+    tracing::info!(job_id = %job_id, task_id = %task_id, by = %viewer.0.caller.name, "task state set from the ui");
+    Ok(Redirect::to(&state_back(form.back.as_deref(), &job_id)))
+}
+
+/// An operator clears a task's committed state from the try page.
+pub async fn clear_state(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path((job_id, task_id)): Path<(String, String)>,
+    Form(form): Form<StateForm>,
+) -> UiResult<Redirect> {
+    viewer.authorize(&form.csrf, Role::Operator)?;
+    stevedore_ops::state::set(
+        state.store.as_ref(),
+        &state.jobs_dir,
+        &job_id,
+        &task_id,
+        None,
+        &viewer.0.caller.name,
+    )
+    .await?;
+    tracing::info!(job_id = %job_id, task_id = %task_id, by = %viewer.0.caller.name, "task state cleared from the ui");
+    Ok(Redirect::to(&state_back(form.back.as_deref(), &job_id)))
+}
+
 // Tries.
 
 #[derive(Deserialize)]
@@ -266,6 +337,15 @@ pub async fn try_page(
         .find(|ti| ti.task_id == task_id)
         .and_then(|ti| ti.waiting);
     let running = attempt.state == TryState::Running;
+    let committed = stevedore_ops::state::show(state.store.as_ref(), &run.job_id, &task_id).await?;
+    let state_history =
+        stevedore_ops::state::history(state.store.as_ref(), &run.job_id, &task_id, 10).await?;
+    let state_action = format!(
+        "/jobs/{}/tasks/{}/state",
+        encode(&run.job_id),
+        encode(&task_id)
+    );
+    let back = try_link(&run.run_id, &task_id, try_number);
     let follow_url = format!(
         "/api/v1/runs/{}/tasks/{}/tries/{try_number}/logs/follow",
         encode(&run.run_id),
@@ -299,6 +379,63 @@ pub async fn try_page(
         @if !outputs.is_empty() {
             h2 { "Outputs" }
             table.outputs { tbody { @for (key, value) in &outputs { tr { th { (key) } td.mono { (value.to_string()) } } } } }
+        }
+        section #state {
+            h2 { "State" }
+            @match &committed {
+                Some(entry) => {
+                    p.meta {
+                        "The task's committed state (its next run's tries get it), "
+                        @match (entry.action.as_str(), &entry.run_id, &entry.actor) {
+                            ("run", Some(run_id), _) => { "committed by run " a href={ "/runs/" (encode(run_id)) } { (run_id) } }
+                            (action, _, Some(actor)) => { (action) " by " (actor) }
+                            (action, _, None) => { (action) }
+                        }
+                        " at " (entry.committed_at) "."
+                    }
+                    pre.mono #state-value { (entry.value.as_ref().map(|v| serde_json::to_string_pretty(v).unwrap_or_default()).unwrap_or_default()) }
+                }
+                None => { p.muted #state-value { "No committed state: the next run starts from nothing." } }
+            }
+            @if !run.full_refresh.is_empty() && run.full_refresh.contains(&task_id) {
+                p.meta { "This run is a full refresh: its tries started without the committed state." }
+            }
+            @if state_history.len() > 1 {
+                details {
+                    summary { "History (latest " (state_history.len()) ")" }
+                    table.history {
+                        thead { tr { th { "Committed at" } th { "By" } th { "State" } } }
+                        tbody {
+                            @for entry in &state_history {
+                                tr {
+                                    td { (entry.committed_at) }
+                                    td { (entry.action) @if let Some(actor) = &entry.actor { " (" (actor) ")" } @if let Some(run_id) = &entry.run_id { " " a href={ "/runs/" (encode(run_id)) } { (run_id) } } }
+                                    td.mono { (entry.value.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(cleared)".into())) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if viewer.may(Role::Operator) {
+                details.state-edit {
+                    summary { "Set or clear" }
+                    form method="post" action=(state_action) {
+                        (csrf_field(&viewer))
+                        input type="hidden" name="back" value=(back);
+                        label for="state-json" { "State (JSON)" }
+                        textarea #state-json name="value" rows="4" class="mono" required {
+                            (committed.as_ref().and_then(|e| e.value.as_ref()).map(|v| v.to_string()).unwrap_or_default())
+                        }
+                        button type="submit" { "Set state" }
+                    }
+                    form method="post" action={ (state_action) "/clear" } {
+                        (csrf_field(&viewer))
+                        input type="hidden" name="back" value=(back);
+                        button.danger type="submit" { "Clear state" }
+                    }
+                }
+            }
         }
         h2 { "Log" @if running { " " span.live #live { "live" } } }
         @if from > 0 || lines.last().is_some_and(|l| l.seq < last) {
