@@ -136,7 +136,7 @@ def stevedore_side(api_url, warehouse, gateway, work):
         f.write(f"""id: bench_pipeline
 tasks:
   - id: extract
-    image: stevedore/http-extract:0.2.0
+    image: stevedore/http-extract:0.3.0
     connections: [api]
     args: [--url, /v1/charges, --incremental-field, updated_at, --page-size, {PAGE}]
   - id: load

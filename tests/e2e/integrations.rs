@@ -7,7 +7,7 @@ use stevedore_domain::state::{RunState, TryState};
 use stevedore_testkit::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-const HTTP_EXTRACT: &str = "stevedore/http-extract:0.2.0";
+const HTTP_EXTRACT: &str = "stevedore/http-extract:0.3.0";
 
 fn extract_job(api: &DemoApi, connection: &str) -> String {
     format!(
@@ -67,7 +67,7 @@ async fn http_extract_pages_everything_then_only_what_changed() {
     let lines = harness.log_lines(attempt).await;
     assert!(
         lines.iter().any(|(_, t)| t
-            == "info: extracting records with updated_since after 2024-01-01T00:04:10.000000Z"),
+            == "info: extracting records since the cursor: updated_since=2024-01-01T00:04:10.000000Z"),
         "{lines:?}"
     );
     harness.stop().await;
@@ -128,7 +128,9 @@ async fn rate_limits_and_server_errors_are_retried_inside_the_try() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_fails_the_try_at_once_with_a_clear_reason() {
     let api = DemoApi::start(10);
-    let harness = Harness::start(&[("pull.yaml", &extract_job(&api, "wrong_token"))]).await;
+    // With retries left: a refused token is not retryable (exit 78), so it fails once.
+    let job = extract_job(&api, "wrong_token").replace("retries: 0", "retries: 3");
+    let harness = Harness::start(&[("pull.yaml", &job)]).await;
     harness
         .add_connection("wrong_token", &[("API_TOKEN", "not-the-token")])
         .await;
@@ -138,7 +140,12 @@ async fn a_refused_token_fails_the_try_at_once_with_a_clear_reason() {
     let tries = harness.tries(&run.run_id, "extract").await;
     assert_eq!(
         (tries.len(), tries[0].state, tries[0].exit_code),
-        (1, TryState::Failed, Some(1))
+        (1, TryState::Failed, Some(78))
+    );
+    let reason = tries[0].failure_reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.starts_with("not retryable: 401 from ") && reason.ends_with("(exit_code: 78)"),
+        "{reason}"
     );
     let lines = harness.log_lines(&tries[0]).await;
     assert!(

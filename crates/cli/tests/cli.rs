@@ -1221,7 +1221,7 @@ fn images_check_tries_a_connection_through_the_image() {
         let output = workspace.run(&[
             "images",
             "check",
-            "stevedore/http-extract:0.2.0",
+            "stevedore/http-extract:0.3.0",
             "--connection",
             connection,
             "--",

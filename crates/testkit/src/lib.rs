@@ -31,6 +31,7 @@ mod postgres;
 mod receivers;
 mod registry;
 mod s3;
+mod saas_apis;
 mod tls_front;
 
 pub use demo_api::*;
@@ -41,6 +42,7 @@ pub use postgres::*;
 pub use receivers::*;
 pub use registry::*;
 pub use s3::*;
+pub use saas_apis::*;
 /// What a scripted try plays ([`Harness::script`]).
 pub use stevedore_backend::scripted::Play;
 pub use tls_front::TlsFront;

@@ -1,311 +1,309 @@
-//! `http-extract`: a generic REST API extractor. It pages through a JSON API, retries
-//! rate limits and server errors with bounded backoff inside the try, writes every record
-//! as a JSON line into the run's workspace, and keeps an `updated_at`-style cursor in the
-//! task's state so the next run extracts only what changed.
+//! `http-extract`: a REST API extractor configured without code. It pages through a JSON
+//! API in any of the common ways (a cursor, a next-page URL in the body, the `Link` header,
+//! the last record's key, page numbers, offsets), authenticates as APIs ask (bearer, basic,
+//! an API key in a header or the query, OAuth2 client credentials with token refresh),
+//! keeps to a request budget, retries rate limits and server errors inside the try, writes
+//! every record as a JSON line into the run's workspace, and keeps the largest value of an
+//! incremental field as the task's state, so the next run asks only for what changed.
 //!
-//! Task args (after the contract's `--`):
-//!
-//! | arg | default | meaning |
-//! |---|---|---|
-//! | `--url URL` | required | the collection, e.g. `http://api:8080/v1/charges`; a path such as `/v1/charges` is joined to `$API_BASE_URL` |
-//! | `--base-url-env VAR` | `API_BASE_URL` | the variable holding the API's base URL (from a connection) |
-//! | `--records-field F` | `data` | where a page's records are |
-//! | `--auth bearer\|header:NAME\|none` | `bearer` | how the token is sent |
-//! | `--token-env VAR` | `API_TOKEN` | the variable holding the token (from a connection) |
-//! | `--pagination cursor\|offset\|none` | `cursor` | |
-//! | `--cursor-param P`, `--next-cursor-field F` | `cursor`, `next_cursor` | cursor pagination |
-//! | `--offset-param P` | `offset` | offset pagination |
-//! | `--limit-param P`, `--page-size N` | `limit`, `100` | page size |
-//! | `--incremental-field F`, `--since-param P` | none, `updated_since` | incremental extraction |
-//! | `--max-retries N`, `--max-backoff-secs S` | `6`, `30` | per request |
-//! | `--output FILE` | `$STEVEDORE_WORKSPACE/<task>.jsonl` | |
-//!
-//! Outputs: `records_file`, `records`. State: `{"cursor": <largest incremental value>}`.
+//! Every arg is in docs/connectors.md ("http-extract"), with a worked example per pagination
+//! style. Outputs: `records_file`, `records`. State: `{"cursor": <largest value>}`.
 
+mod http;
+mod settings;
+
+use std::cmp::Ordering;
 use std::io::Write;
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{json, Value};
-use stevedore_sdk::{log, metric, output, progress, state, Context, Integration, Outcome};
+use stevedore_sdk::{log, metric, output, progress, state, Context, Failure, Integration, Outcome};
 
-struct Settings {
-    url: String,
-    records_field: String,
-    auth: Auth,
-    pagination: String,
-    cursor_param: String,
-    next_cursor_field: String,
-    offset_param: String,
-    limit_param: String,
-    page_size: u64,
-    incremental_field: Option<String>,
-    since_param: String,
-    max_retries: usize,
-    max_backoff: Duration,
-}
+use http::{resolve, with_query, Client};
+use settings::{settings, Pagination, Settings, SinceFormat};
 
-enum Auth {
-    None,
-    Bearer(String),
-    Header(String, String),
-}
-
-fn settings(ctx: &Context) -> Result<Settings, String> {
-    let text = |name: &str, default: &str| ctx.arg(name).unwrap_or(default).to_owned();
-    let number = |name: &str, default: u64| -> Result<u64, String> {
-        ctx.arg(name).map_or(Ok(default), |v| {
-            v.parse()
-                .map_err(|_| format!("--{name} `{v}` is not a number"))
-        })
-    };
-    let token_env = text("token-env", "API_TOKEN");
-    let token = || {
-        std::env::var(&token_env).map_err(|_| {
-            format!("the token variable {token_env} is not set (add it with a connection)")
-        })
-    };
-    let auth = match text("auth", "bearer").as_str() {
-        "none" => Auth::None,
-        "bearer" => Auth::Bearer(token()?),
-        other => match other.strip_prefix("header:") {
-            Some(name) if !name.is_empty() => Auth::Header(name.to_owned(), token()?),
-            _ => {
-                return Err(format!(
-                    "--auth `{other}` is not bearer, header:NAME or none"
-                ))
-            }
-        },
-    };
-    let pagination = text("pagination", "cursor");
-    if !["cursor", "offset", "none"].contains(&pagination.as_str()) {
-        return Err(format!(
-            "--pagination `{pagination}` is not cursor, offset or none"
-        ));
+/// The value at a dotted path (`paging.next.link`, `items.0.id`); the value itself for an
+/// empty path.
+fn at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    if path.is_empty() {
+        return Some(value);
     }
-    Ok(Settings {
-        url: collection_url(ctx)?,
-        records_field: text("records-field", "data"),
-        auth,
-        pagination,
-        cursor_param: text("cursor-param", "cursor"),
-        next_cursor_field: text("next-cursor-field", "next_cursor"),
-        offset_param: text("offset-param", "offset"),
-        limit_param: text("limit-param", "limit"),
-        page_size: number("page-size", 100)?,
-        incremental_field: ctx.arg("incremental-field").map(str::to_owned),
-        since_param: text("since-param", "updated_since"),
-        max_retries: number("max-retries", 6)? as usize,
-        max_backoff: Duration::from_secs(number("max-backoff-secs", 30)?),
+    path.split('.').try_fold(value, |value, key| match value {
+        Value::Object(map) => map.get(key),
+        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
     })
 }
 
-/// The collection's URL: `--url` as given, or a path (`/v1/charges`) joined to the base URL
-/// in `--base-url-env` (from the API's connection, so job files carry no addresses).
-fn collection_url(ctx: &Context) -> Result<String, String> {
-    let url = ctx.arg("url").ok_or("--url is required")?;
-    if !url.starts_with('/') {
-        return Ok(url.to_owned());
-    }
-    let variable = ctx.arg("base-url-env").unwrap_or("API_BASE_URL");
-    match std::env::var(variable) {
-        Ok(base) if !base.is_empty() => Ok(format!("{}{url}", base.trim_end_matches('/'))),
-        _ => Err(format!(
-            "--url `{url}` is a path but {variable} is not set (put the API's base URL in the task's connection)"
-        )),
+/// A cursor value as a point in time, when it is one: RFC 3339 text, or Unix seconds (or
+/// milliseconds, for numbers too large to be seconds).
+fn as_time(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::String(text) => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|| text.parse::<i64>().ok().and_then(unix)),
+        Value::Number(n) => n.as_i64().and_then(unix),
+        _ => None,
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn page_url(settings: &Settings, params: &[(&str, String)]) -> String {
-    let separator = if settings.url.contains('?') { '&' } else { '?' };
-    let query: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect();
-    format!("{}{separator}{}", settings.url, query.join("&"))
-}
-
-/// One GET with retries: 429 (honouring Retry-After) and 5xx and transport errors are tried
-/// again with bounded exponential backoff; 401/403 and other 4xx fail at once.
-fn fetch(agent: &ureq::Agent, settings: &Settings, url: &str) -> Result<Value, String> {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(settings.max_backoff)
-        .with_max_times(settings.max_retries)
-        .with_jitter()
-        .build();
-    loop {
-        let mut request = agent.get(url);
-        request = match &settings.auth {
-            Auth::None => request,
-            Auth::Bearer(token) => request.header("Authorization", &format!("Bearer {token}")),
-            Auth::Header(name, token) => request.header(name.as_str(), token.as_str()),
-        };
-        let (problem, retry_after) = match request.call() {
-            Ok(mut response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let body = response
-                    .body_mut()
-                    .read_to_string()
-                    .map_err(|e| format!("reading {url}: {e}"))?;
-                match status {
-                    200..=299 => return serde_json::from_str(&body).map_err(|e| format!("{url} did not answer JSON: {e}")),
-                    401 | 403 => {
-                        return Err(format!("{status} from {url}: the API refused the credentials; check the connection's token"))
-                    }
-                    429 | 500..=599 => (format!("{status} from {url}"), retry_after),
-                    _ => return Err(format!("{status} from {url}: {}", body.chars().take(200).collect::<String>())),
-                }
-            }
-            Err(error) => (format!("cannot reach {url}: {error}"), None),
-        };
-        let Some(delay) = backoff.next() else {
-            return Err(format!(
-                "{problem}; gave up after {} retries",
-                settings.max_retries
-            ));
-        };
-        let delay = retry_after.map_or(delay, |asked| asked.min(settings.max_backoff));
-        log(
-            "warn",
-            &format!("{problem}; retrying in {} ms", delay.as_millis()),
-        );
-        std::thread::sleep(delay);
+fn unix(number: i64) -> Option<DateTime<Utc>> {
+    if number > 100_000_000_000 {
+        Utc.timestamp_millis_opt(number).single()
+    } else {
+        Utc.timestamp_opt(number, 0).single()
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
+/// Orders two incremental values: numbers as numbers, times as times, text as text.
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => match (as_time(a), as_time(b)) {
+            (Some(s), Some(t)) => Some(s.cmp(&t)),
+            _ => Some(x.cmp(y)),
+        },
+        _ => None,
+    }
+}
+
+/// The cursor as `--since-param` sends it.
+fn since_text(cursor: &Value, format: SinceFormat) -> Result<String, Failure> {
+    let plain = || match cursor {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    if format == SinceFormat::AsIs {
+        return Ok(plain());
+    }
+    let time = as_time(cursor).ok_or_else(|| {
+        Failure::not_retryable(format!(
+            "the cursor {cursor} is not a time, so --since-format cannot write it; use --since-format as-is"
+        ))
+    })?;
+    Ok(match format {
+        SinceFormat::Iso8601 => time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        SinceFormat::Unix => time.timestamp().to_string(),
+        SinceFormat::UnixMs => time.timestamp_millis().to_string(),
+        SinceFormat::AsIs => unreachable!(),
+    })
 }
 
 /// `check -- ARGS`: one request for one record, with the task's URL and credentials.
 fn check(ctx: &Context) -> Result<String, String> {
     let mut settings = settings(ctx)?;
     settings.max_retries = 1;
-    settings.max_backoff = Duration::from_secs(2);
-    let url = page_url(
-        &settings,
-        &[(settings.limit_param.as_str(), "1".to_owned())],
-    );
-    let page = fetch(&agent(), &settings, &url)?;
-    match page.get(&settings.records_field) {
+    settings.max_backoff = std::time::Duration::from_secs(2);
+    let mut params = Vec::new();
+    if let Some(limit) = &settings.limit_param {
+        params.push((limit.clone(), "1".to_owned()));
+    }
+    let url = with_query(&settings.url, &params);
+    let page = Client::new(&settings)
+        .get(&url)
+        .map_err(|failure| failure.message)?;
+    match at(&page.body, &settings.records_path) {
         Some(Value::Array(_)) => Ok(format!(
-            "{} answered with its records in `{}`",
-            settings.url, settings.records_field
+            "{} answered with its records at `{}`",
+            settings.url, settings.records_path
         )),
         _ => Err(format!(
-            "{} answered, but without an array of records in `{}` (see --records-field)",
-            settings.url, settings.records_field
+            "{} answered, but without an array of records at `{}` (see --records-path)",
+            settings.url, settings.records_path
         )),
     }
 }
 
-fn extract(ctx: &Context) -> Result<Outcome, String> {
-    let settings = settings(ctx)?;
+/// Where the next page is, after a page with `count` records.
+enum Next {
+    Done,
+    /// The same collection URL with these paging params.
+    Params(Vec<(String, String)>),
+    /// A URL the API gave (it carries every param already).
+    Url(String),
+}
+
+fn next_page(
+    settings: &Settings,
+    page: &http::Page,
+    records: &[Value],
+    page_number: &mut u64,
+    offset: &mut u64,
+    current_url: &str,
+) -> Result<Next, Failure> {
+    let short = (records.len() as u64) < settings.page_size;
+    Ok(match &settings.pagination {
+        Pagination::None => Next::Done,
+        Pagination::Cursor { param, next_path } => {
+            match at(&page.body, next_path).filter(|v| !v.is_null() && *v != "") {
+                Some(cursor) if !records.is_empty() => {
+                    let cursor = match cursor {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    Next::Params(vec![(param.clone(), cursor)])
+                }
+                _ => Next::Done,
+            }
+        }
+        Pagination::NextUrl { path } => match at(&page.body, path).and_then(Value::as_str) {
+            Some(next) if !next.is_empty() && !records.is_empty() => {
+                Next::Url(resolve(current_url, next))
+            }
+            _ => Next::Done,
+        },
+        Pagination::LinkHeader => match &page.link_next {
+            Some(next) if !records.is_empty() => Next::Url(resolve(current_url, next)),
+            _ => Next::Done,
+        },
+        Pagination::LastKey {
+            field,
+            param,
+            has_more_path,
+        } => {
+            let more = match has_more_path.as_deref().and_then(|p| at(&page.body, p)) {
+                Some(Value::Bool(more)) => *more,
+                _ => !short,
+            };
+            match records.last().and_then(|r| at(r, field)) {
+                Some(key) if more => {
+                    let key = match key {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    Next::Params(vec![(param.clone(), key)])
+                }
+                None if more => {
+                    return Err(Failure::not_retryable(format!(
+                        "--pagination last-key: the page's last record has no `{field}` (see --last-key-field)"
+                    )))
+                }
+                _ => Next::Done,
+            }
+        }
+        Pagination::Page { param, .. } => {
+            if short {
+                Next::Done
+            } else {
+                *page_number += 1;
+                Next::Params(vec![(param.clone(), page_number.to_string())])
+            }
+        }
+        Pagination::Offset { param } => {
+            *offset += records.len() as u64;
+            if short {
+                Next::Done
+            } else {
+                Next::Params(vec![(param.clone(), offset.to_string())])
+            }
+        }
+    })
+}
+
+fn extract(ctx: &Context) -> Result<Outcome, Failure> {
+    let settings = settings(ctx).map_err(Failure::not_retryable)?;
     let path = match ctx.arg("output") {
         Some(path) => std::path::PathBuf::from(path),
         None => {
-            let workspace = std::env::var("STEVEDORE_WORKSPACE")
-                .map_err(|_| "STEVEDORE_WORKSPACE is not set; give --output")?;
+            let workspace = std::env::var("STEVEDORE_WORKSPACE").map_err(|_| {
+                Failure::not_retryable("STEVEDORE_WORKSPACE is not set; give --output")
+            })?;
             std::path::Path::new(&workspace).join(format!("{}.jsonl", ctx.task_id))
         }
     };
     let file = std::fs::File::create(&path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let mut writer = std::io::BufWriter::new(file);
-    let agent = agent();
+    let mut client = Client::new(&settings);
 
     let previous = ctx
         .state
         .as_ref()
-        .and_then(|s| s["cursor"].as_str())
-        .map(str::to_owned);
+        .map(|s| s["cursor"].clone())
+        .filter(|c| !c.is_null());
     let mut high_water = previous.clone();
-    match &previous {
-        Some(cursor) => log(
-            "info",
-            &format!(
-                "extracting records with {} after {cursor}",
-                settings.since_param
-            ),
-        ),
-        None => log("info", "no cursor yet: extracting every record"),
+    let mut base_params: Vec<(String, String)> = Vec::new();
+    if let Some(limit) = &settings.limit_param {
+        base_params.push((limit.clone(), settings.page_size.to_string()));
     }
-    let mut count: u64 = 0;
-    let mut page_cursor: Option<String> = None;
+    match (&settings.incremental_field, &previous) {
+        (Some(_), Some(cursor)) => {
+            let since = since_text(cursor, settings.since_format)?;
+            log(
+                "info",
+                &format!(
+                    "extracting records since the cursor: {}={since}",
+                    settings.since_param
+                ),
+            );
+            base_params.push((settings.since_param.clone(), since));
+        }
+        (Some(_), None) => log("info", "no cursor yet: extracting every record"),
+        (None, _) => {}
+    }
+    let mut page_number = match &settings.pagination {
+        Pagination::Page { param, first } => {
+            base_params.push((param.clone(), first.to_string()));
+            *first
+        }
+        _ => 0,
+    };
     let mut offset: u64 = 0;
+    if let Pagination::Offset { param } = &settings.pagination {
+        base_params.push((param.clone(), "0".to_owned()));
+    }
+    let mut url = with_query(&settings.url, &base_params);
+    let mut count: u64 = 0;
     loop {
-        let mut params = vec![(
-            settings.limit_param.as_str(),
-            settings.page_size.to_string(),
-        )];
-        if let (Some(_), Some(since)) = (&settings.incremental_field, &previous) {
-            params.push((settings.since_param.as_str(), since.clone()));
-        }
-        match settings.pagination.as_str() {
-            "cursor" => {
-                if let Some(cursor) = &page_cursor {
-                    params.push((settings.cursor_param.as_str(), cursor.clone()));
-                }
-            }
-            "offset" => params.push((settings.offset_param.as_str(), offset.to_string())),
-            _ => {}
-        }
-        let page = fetch(&agent, &settings, &page_url(&settings, &params))?;
-        let records = page[&settings.records_field]
-            .as_array()
-            .ok_or_else(|| format!("the page has no `{}` array", settings.records_field))?;
+        let page = client.get(&url)?;
+        let records = at(&page.body, &settings.records_path)
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                Failure::not_retryable(format!(
+                    "the page of {url} has no array of records at `{}` (see --records-path)",
+                    settings.records_path
+                ))
+            })?;
         for record in records {
             writeln!(writer, "{record}")
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             if let Some(value) = settings
                 .incremental_field
-                .as_ref()
-                .and_then(|f| record[f].as_str())
+                .as_deref()
+                .and_then(|field| at(record, field))
+                .filter(|v| !v.is_null())
             {
-                if high_water.as_deref().is_none_or(|h| value > h) {
-                    high_water = Some(value.to_owned());
+                let newer = match &high_water {
+                    None => true,
+                    Some(high) => compare(value, high) == Some(Ordering::Greater),
+                };
+                if newer {
+                    high_water = Some(value.clone());
                 }
             }
         }
         count += records.len() as u64;
-        offset += records.len() as u64;
-        progress(count, page["total"].as_u64());
-        let more = match settings.pagination.as_str() {
-            "cursor" => {
-                page_cursor = page[&settings.next_cursor_field]
-                    .as_str()
-                    .map(str::to_owned);
-                page_cursor.is_some()
+        progress(count, None);
+        match next_page(
+            &settings,
+            &page,
+            records,
+            &mut page_number,
+            &mut offset,
+            &url,
+        )? {
+            Next::Done => break,
+            Next::Url(next) => url = next,
+            Next::Params(paging) => {
+                let mut params: Vec<(String, String)> = base_params
+                    .iter()
+                    .filter(|(k, _)| !paging.iter().any(|(p, _)| p == k))
+                    .cloned()
+                    .collect();
+                params.extend(paging);
+                url = with_query(&settings.url, &params);
             }
-            "offset" => records.len() as u64 == settings.page_size,
-            _ => false,
-        };
-        if !more || records.is_empty() {
-            break;
         }
     }
     writer
@@ -313,11 +311,16 @@ fn extract(ctx: &Context) -> Result<Outcome, String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     log(
         "info",
-        &format!("extracted {count} records into {}", path.display()),
+        &format!(
+            "extracted {count} records into {} in {} requests",
+            path.display(),
+            client.requests
+        ),
     );
     output("records_file", path.display().to_string());
     output("records", count);
     metric("records", count as f64);
+    metric("requests", client.requests as f64);
     if let Some(cursor) = high_water {
         state(json!({"cursor": cursor}));
     }
@@ -325,8 +328,49 @@ fn extract(ctx: &Context) -> Result<Outcome, String> {
 }
 
 fn main() {
-    Integration::new("http-extract", env!("CARGO_PKG_VERSION"))
+    Integration::new("http-extract", include_str!("../VERSION").trim())
         .params_schema(json!({"type": "object"}))
         .check(check)
         .run(extract)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_reach_into_objects_and_arrays() {
+        let page = json!({"paging": {"next": {"link": "/x?after=3"}}, "items": [{"id": 7}]});
+        assert_eq!(at(&page, "paging.next.link"), Some(&json!("/x?after=3")));
+        assert_eq!(at(&page, "items.0.id"), Some(&json!(7)));
+        assert_eq!(at(&page, ""), Some(&page));
+        assert_eq!(at(&page, "paging.prev"), None);
+    }
+
+    #[test]
+    fn cursors_compare_as_what_they_are() {
+        assert_eq!(compare(&json!(10), &json!(9)), Some(Ordering::Greater));
+        assert_eq!(
+            compare(
+                &json!("2024-01-01T10:00:00+02:00"),
+                &json!("2024-01-01T09:00:00Z")
+            ),
+            Some(Ordering::Less)
+        );
+        assert_eq!(compare(&json!("b"), &json!("a")), Some(Ordering::Greater));
+        assert_eq!(
+            since_text(&json!(1704067200), SinceFormat::Iso8601).unwrap(),
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            since_text(&json!("2024-01-01T00:00:00Z"), SinceFormat::Unix).unwrap(),
+            "1704067200"
+        );
+        assert_eq!(
+            since_text(&json!("2024-01-01T00:00:00.5Z"), SinceFormat::UnixMs).unwrap(),
+            "1704067200500"
+        );
+        assert_eq!(since_text(&json!(17), SinceFormat::AsIs).unwrap(), "17");
+        assert!(since_text(&json!("abc"), SinceFormat::Unix).is_err());
+    }
 }
