@@ -239,7 +239,7 @@ def main():
     warehouse = Warehouse(gateway)
     port = free_port()
     api = run("docker", "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", "-e", f"DEMO_API_RECORDS={RECORDS}",
-              "-e", f"DEMO_API_TOKEN={TOKEN}", "stevedore/demo-api:0.1.1")
+              "-e", f"DEMO_API_TOKEN={TOKEN}", "stevedore/demo-api:0.2.0")
     try:
         api_ip = run("docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", api)
         deadline = time.monotonic() + 30

@@ -92,9 +92,9 @@ echo "host all all $gateway/16 scram-sha-256" | "${as_pg[@]}" tee -a "$warehouse
 cleanups+=("${as_pg[*]} $pg_bin/pg_ctl -D $warehouse/data -m fast stop >/dev/null")
 
 # --- the demo API ----------------------------------------------------------------------
-say "starting the demo API (stevedore/demo-api:0.1.1, 1000 charges) on 127.0.0.1:18080"
+say "starting the demo API (stevedore/demo-api:0.2.0, 1000 charges) on 127.0.0.1:18080"
 docker rm -f stevedore-demo-api >/dev/null 2>&1 || true
-docker run -d --name stevedore-demo-api -p 127.0.0.1:18080:8080 stevedore/demo-api:0.1.1 >/dev/null
+docker run -d --name stevedore-demo-api -p 127.0.0.1:18080:8080 stevedore/demo-api:0.2.0 >/dev/null
 cleanups+=("docker rm -f stevedore-demo-api >/dev/null")
 api_ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' stevedore-demo-api)
 for _ in $(seq 100); do

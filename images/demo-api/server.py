@@ -8,7 +8,8 @@ keep arriving, and failures injected on request.
     GET  /v1/charges?offset=N&limit=N
          -> {"data": [...], "next_cursor": "..." | null, "total": N}
     POST /admin/records?count=N          adds N records updated now
-    POST /admin/faults?status=429&count=N[&retry_after=S]   the next N data requests fail
+    POST /admin/faults?status=429&count=N[&retry_after=S][&after=K]   the next N data requests
+         fail (after K more that succeed: a failure mid-way through paging)
     GET  /health
 
 Environment: DEMO_API_TOKEN (default demo-token), DEMO_API_RECORDS (initial records,
@@ -30,7 +31,7 @@ MAX_LIMIT = 1000
 lock = threading.Lock()
 records = []
 keys = []  # (updated_at, id) of each record, in the same (ascending) order, for bisect
-faults = []  # [(status, retry_after)], consumed one per data request
+faults = []  # [[status, retry_after, after]], consumed one per data request once `after` is 0
 
 
 def iso(moment):
@@ -60,7 +61,7 @@ def add_records(count, at=None):
 
 
 class Handler(BaseHTTPRequestHandler):
-    server_version = "demo-api/0.1.1"
+    server_version = "demo-api/0.2.0"
 
     def log_message(self, format, *args):
         # One line per request on stderr, without the token.
@@ -88,8 +89,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {TOKEN}" and self.headers.get("X-API-Key") != TOKEN:
             return self.reply(401, {"error": "invalid or missing token (Authorization: Bearer, or X-API-Key)"})
         with lock:
-            if faults:
-                status, retry_after = faults.pop(0)
+            if faults and faults[0][2] > 0:
+                faults[0][2] -= 1
+            elif faults:
+                status, retry_after, _ = faults.pop(0)
                 headers = {"Retry-After": str(retry_after)} if status == 429 else {}
                 return self.reply(status, {"error": f"injected {status}"}, headers)
         query = self.query()
@@ -127,7 +130,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/admin/faults":
             status = int(query.get("status", "500"))
             with lock:
-                faults.extend([(status, int(query.get("retry_after", "1")))] * int(query.get("count", "1")))
+                after = int(query.get("after", "0"))
+                for index in range(int(query.get("count", "1"))):
+                    faults.append([status, int(query.get("retry_after", "1")), after if index == 0 else 0])
             return self.reply(200, {"pending_faults": len(faults)})
         self.reply(404, {"error": f"no route {path}"})
 

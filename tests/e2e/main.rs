@@ -12,10 +12,12 @@
 //! - `nomad`: the Nomad backend against the simulator (`stevedore_testkit::nomad_sim`).
 //! - `integrations`, `demo_api`, `registry`: the example integrations, the demo API, pulls
 //!   from a registry that needs a login.
+//! - `connectors`: Singer and Airbyte connectors from PyPI, wrapped unmodified.
 
 mod alerts;
 mod backends;
 mod bench_artifacts;
+mod connectors;
 mod demo_api;
 mod docker;
 mod integrations;

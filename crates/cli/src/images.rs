@@ -24,7 +24,7 @@ use stevedore_backend::docker::registry_credentials;
 use stevedore_backend::{DockerBackend, RegistryAuth};
 use stevedore_domain::image::ImageRef;
 
-const HASH_LABEL: &str = "io.stevedore.context-hash";
+pub(crate) const HASH_LABEL: &str = "io.stevedore.context-hash";
 const NAMESPACE: &str = "stevedore";
 
 struct ImageDir {
@@ -61,6 +61,9 @@ fn discover(dir: &Path) -> anyhow::Result<Vec<ImageDir>> {
             bail!("{} is empty", version_file.display());
         }
         let mut bases = Vec::new();
+        if path.join("connector.yaml").is_file() {
+            bases.push(crate::connectors::BASE_NAME.to_owned());
+        }
         if let Ok(dockerfile) = std::fs::read_to_string(path.join("Dockerfile")) {
             for line in dockerfile.lines() {
                 let words: Vec<&str> = line.split_whitespace().collect();
@@ -226,7 +229,7 @@ pub struct PushTo {
 }
 
 /// Tags `image` as `registry/image` and pushes it; returns the pushed reference.
-async fn push(
+pub(crate) async fn push(
     docker: &bollard::Docker,
     tag: &str,
     to: &PushTo,
@@ -266,12 +269,58 @@ async fn push(
     Ok(format!("{target}:{version}"))
 }
 
+/// Builds `tag` from a build context (a tar), with `labels`; the engine's transcript is shown
+/// on the bar and kept for the error when the build fails.
+pub(crate) async fn engine_build(
+    docker: &bollard::Docker,
+    tag: &str,
+    context: Vec<u8>,
+    labels: &HashMap<String, String>,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let options = BuildImageOptionsBuilder::default()
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(labels)
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut transcript = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = item
+            .map_err(|error| anyhow::anyhow!("building {tag}: {error}\n{}", transcript.join("")))?;
+        if let Some(detail) = info.error_detail {
+            bail!(
+                "building {tag}: {}\n{}",
+                detail.message.unwrap_or_default(),
+                transcript.join("")
+            );
+        }
+        if let Some(text) = info.stream {
+            if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
+                bar.set_message(line.chars().take(70).collect::<String>());
+            }
+            transcript.push(text);
+        }
+    }
+    docker
+        .inspect_image(tag)
+        .await
+        .with_context(|| format!("the engine did not tag {tag}"))?;
+    Ok(())
+}
+
 /// Builds one image; returns what happened ("built", "up to date", "ready").
 async fn build_one(
     docker: &bollard::Docker,
     image: &ImageDir,
     bar: &ProgressBar,
 ) -> anyhow::Result<&'static str> {
+    if image.path.join("connector.yaml").is_file() {
+        let declaration = crate::connectors::Declaration::from_folder(&image.path)?;
+        let shim = crate::connectors::shim_path(None)?;
+        return crate::connectors::build_wrapped(docker, &declaration, &shim, bar).await;
+    }
     run_prepare(image, bar).await?;
     let tag = image.tag();
     if !image.path.join("Dockerfile").is_file() {
@@ -307,36 +356,8 @@ async fn build_one(
             image.name.clone(),
         ),
     ]);
-    let options = BuildImageOptionsBuilder::default()
-        .t(&tag)
-        .rm(true)
-        .forcerm(true)
-        .labels(&labels)
-        .build();
     let body = context_tar(&image.path, &files)?;
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
-    let mut transcript = Vec::new();
-    while let Some(item) = stream.next().await {
-        let info = item
-            .map_err(|error| anyhow::anyhow!("building {tag}: {error}\n{}", transcript.join("")))?;
-        if let Some(detail) = info.error_detail {
-            bail!(
-                "building {tag}: {}\n{}",
-                detail.message.unwrap_or_default(),
-                transcript.join("")
-            );
-        }
-        if let Some(text) = info.stream {
-            if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
-                bar.set_message(line.chars().take(70).collect::<String>());
-            }
-            transcript.push(text);
-        }
-    }
-    docker
-        .inspect_image(&tag)
-        .await
-        .with_context(|| format!("the engine did not tag {tag}"))?;
+    engine_build(docker, &tag, body, &labels, bar).await?;
     Ok("built")
 }
 
@@ -378,7 +399,10 @@ pub async fn build(
         let built = async {
             let outcome = build_one(docker, image, &bar).await?;
             let pushed = match push_to {
-                Some(to) if image.path.join("Dockerfile").is_file() => {
+                Some(to)
+                    if image.path.join("Dockerfile").is_file()
+                        || image.path.join("connector.yaml").is_file() =>
+                {
                     Some(push(docker, &image.tag(), to, &bar).await?)
                 }
                 _ => None,

@@ -3,6 +3,7 @@
 
 mod commands;
 mod config;
+mod connectors;
 mod images;
 mod output;
 mod settings;
@@ -350,6 +351,29 @@ pub enum ImagesCommand {
         #[arg(long, default_value = "30s", value_parser = parse_timeout)]
         timeout: std::time::Duration,
     },
+    /// Wraps a published Singer or Airbyte connector, unmodified, as an integration image
+    /// `stevedore/NAME:VERSION` whose entrypoint (stevedore-shim) speaks the contract.
+    Wrap {
+        /// singer-tap, singer-target, airbyte-source or airbyte-destination.
+        kind: String,
+        /// The package, pinned: PACKAGE==VERSION.
+        package: String,
+        /// The image's name. [default: the package's]
+        #[arg(long)]
+        name: Option<String>,
+        /// The connector's executable in the package. [default: the package's name]
+        #[arg(long)]
+        command: Option<String>,
+        /// The stevedore-shim binary to copy in. [default: beside this executable]
+        #[arg(long, env = "STEVEDORE_SHIM")]
+        shim: Option<PathBuf>,
+        /// Also pushes the image to the registry.
+        #[arg(long)]
+        push: bool,
+        /// The registry `--push` pushes to. [default: 127.0.0.1:5000]
+        #[arg(long, env = "STEVEDORE_REGISTRY")]
+        registry: Option<String>,
+    },
     /// Runs an image's `check` (does its connection work?) with connections' variables in
     /// its environment and the task's args after `--`.
     Check {
@@ -472,6 +496,29 @@ fn main() -> ExitCode {
                     global.output == Format::Json,
                 )
                 .await
+            }
+            Command::Images(ImagesCommand::Wrap {
+                kind,
+                package,
+                name,
+                command,
+                shim,
+                push,
+                registry,
+            }) => {
+                let declaration = connectors::Declaration::new(
+                    &kind,
+                    &package,
+                    name.as_deref(),
+                    command.as_deref(),
+                )?;
+                let shim = connectors::shim_path(shim)?;
+                let registry = registry.unwrap_or_else(|| global.registry.clone());
+                let push = push.then(|| images::PushTo {
+                    registry,
+                    auth: None,
+                });
+                connectors::wrap(&global.docker()?, &declaration, &shim, push.as_ref()).await
             }
             Command::Images(ImagesCommand::Inspect { image, timeout }) => {
                 images::inspect(

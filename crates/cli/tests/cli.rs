@@ -852,7 +852,7 @@ fn images_are_built_with_oci_labels_pushed_to_a_registry_and_inspected() {
 fn spec_and_check_of_an_image_that_ignores_them_end_at_their_timeout() {
     // demo-api's entrypoint is a server: it ignores `spec` and `check` and never exits.
     let workspace = Workspace::new(&[]);
-    let image = "stevedore/demo-api:0.1.1";
+    let image = "stevedore/demo-api:0.2.0";
     let containers = || {
         let listed = std::process::Command::new("docker")
             .args(["ps", "-aq", "--filter", &format!("ancestor={image}")])

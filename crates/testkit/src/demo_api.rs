@@ -21,7 +21,7 @@ impl DemoApi {
                 "127.0.0.1::8080",
                 "-e",
                 &format!("DEMO_API_RECORDS={records}"),
-                "stevedore/demo-api:0.1.1",
+                "stevedore/demo-api:0.2.0",
             ])
             .output()
             .expect("docker run");
