@@ -357,7 +357,7 @@ fn an_airbyte_source_keeps_state_per_stream_and_a_config_error_is_not_retried() 
         "a config_error is not retryable: {}",
         refused.stdout
     );
-    let error = refused.of("error").last().unwrap().clone();
+    let error = (*refused.of("error").last().unwrap()).clone();
     assert_eq!(error["message"], "Invalid API key (config_error)");
     assert_eq!(error["retryable"], false);
     assert!(refused.of("state").is_empty());
