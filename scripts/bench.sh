@@ -10,7 +10,10 @@
 #                               delivered (BENCH_ONLY=alerts: that part alone)
 #   scripts/bench.sh artifacts  the 100,000-record pipeline with a folder and an S3 artifact
 #                               store; 1 GiB between two engines against `docker cp`
-#   scripts/bench.sh            all six
+#   scripts/bench.sh connectors the wrapped tap-rest-api-msdk against the tap alone (the shim's
+#                               cost), wrapped tap -> postgres-load against tap | target-postgres,
+#                               the scheduler's RSS while a wrapped tap sends 1,000,000 records
+#   scripts/bench.sh            all seven
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -22,7 +25,7 @@ if [ "$what" = platform ] || [ "$what" = all ]; then
   printf '\n==> platform benchmark\n'
   python3 scripts/bench.py || status=$?
 fi
-if [ "$what" = pipeline ] || [ "$what" = all ]; then
+if [ "$what" = pipeline ] || [ "$what" = connectors ] || [ "$what" = all ]; then
   # The Singer side, each program in its own virtualenv, at the versions the figures in
   # docs/benchmarks.md were taken with.
   venvs=.stevedore/bench
@@ -34,8 +37,14 @@ if [ "$what" = pipeline ] || [ "$what" = all ]; then
       "$venvs/venv-$name/bin/pip" install -q "$package"
     fi
   done
-  printf '\n==> pipeline benchmark\n'
-  python3 scripts/bench_pipeline.py || status=$?
+  if [ "$what" != connectors ]; then
+    printf '\n==> pipeline benchmark\n'
+    python3 scripts/bench_pipeline.py || status=$?
+  fi
+fi
+if [ "$what" = connectors ] || [ "$what" = all ]; then
+  printf '\n==> connectors benchmark\n'
+  python3 scripts/bench_connectors.py || status=$?
 fi
 if [ "$what" = ui ] || [ "$what" = all ]; then
   command -v wrk >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq wrk >/dev/null; }

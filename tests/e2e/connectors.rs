@@ -381,3 +381,34 @@ tasks:
     assert_eq!(counts(&services.warehouse, "airbyte_charges"), (330, 330));
     harness.stop().await;
 }
+
+/// `check` of a wrapped connector answers in the connector's own words: the Airbyte source's
+/// own validation of a config missing a required key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_missing_a_required_key_fails_check_with_the_connector_s_own_message() {
+    require_connectors().await;
+    let config = serde_json::json!({
+        "__injected_declarative_manifest": demo_manifest(),
+        "api_url": "http://127.0.0.1:9",
+    });
+    // As `stevedore images check` runs it: the image's `check` with the connection's values.
+    let ran = std::process::Command::new("docker")
+        .args(["run", "--rm", "-e"])
+        .arg(format!("CONFIG_JSON={config}"))
+        .args([SOURCE, "check"])
+        .output()
+        .expect("docker run");
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let verdict: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["type"] == "check")
+        .unwrap_or_else(|| panic!("no check verdict: {stdout}"));
+    assert_eq!(ran.status.code(), Some(1), "{stdout}");
+    assert_eq!(verdict["ok"], false);
+    let message = verdict["message"].as_str().unwrap();
+    assert!(
+        message.contains("api_token"),
+        "the connector's own words: {message}"
+    );
+}

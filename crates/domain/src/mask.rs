@@ -16,6 +16,12 @@
 //!   characters that depend on the value's bytes alone are matched, so the value is found
 //!   wherever it sits.
 //!
+//! A value that is a JSON object or list (a wrapped connector's `CONFIG_JSON`) is masked
+//! whole, and each string in it under a key that names a secret (ending in `password`,
+//! `secret`, `token`, `_key`, `apikey`, `credentials`, `passphrase`, or `key` itself; and
+//! everything below such a key) is masked on its own, so a connector that prints its token
+//! alone does not print it.
+//!
 //! Matching is one pass of an Aho-Corasick automaton over all forms of all values; where
 //! matches overlap, their union is masked. Masking is applied to the raw line and again to
 //! the decoded text of a protocol message, so a value escaped in JSON is caught either way.
@@ -31,6 +37,42 @@ pub const MIN_MASKED_LEN: usize = 4;
 pub const MIN_ENCODED_LEN: usize = 6;
 /// What a masked value becomes.
 pub const MASK: &str = "***";
+
+/// Whether a config key names a secret (`bearer_token`, `client_secret`, `X-API-KEY`).
+fn names_a_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('-', "_");
+    key == "key"
+        || [
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "_key",
+            "apikey",
+            "credentials",
+            "passphrase",
+        ]
+        .iter()
+        .any(|end| key.ends_with(end))
+}
+
+/// The strings of `value` under a key that names a secret (`inside`: below one already).
+fn secret_leaves(value: &Value, inside: bool, out: &mut Vec<String>) {
+    match value {
+        Value::String(text) if inside => out.push(text.clone()),
+        Value::Object(map) => {
+            for (key, child) in map {
+                secret_leaves(child, inside || names_a_secret(key), out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                secret_leaves(item, inside, out);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Hides a set of secret values, in the forms listed in the module doc.
 #[derive(Clone, Default)]
@@ -55,7 +97,18 @@ impl Masker {
     {
         let mut forms: Vec<String> = Vec::new();
         for value in values {
-            add_forms(value.as_ref(), &mut forms);
+            let value = value.as_ref();
+            add_forms(value, &mut forms);
+            let trimmed = value.trim_start();
+            if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                if let Ok(json) = serde_json::from_str::<Value>(trimmed) {
+                    let mut leaves = Vec::new();
+                    secret_leaves(&json, false, &mut leaves);
+                    for leaf in leaves {
+                        add_forms(&leaf, &mut forms);
+                    }
+                }
+            }
         }
         forms.sort();
         forms.dedup();
@@ -282,6 +335,32 @@ mod tests {
         );
         let ascii = format!("\"{}\"", json_escaped(secret, true));
         assert_eq!(masker.mask(&ascii), "\"***\"");
+    }
+
+    #[test]
+    fn the_secrets_inside_a_json_config_are_masked_on_their_own() {
+        let config = r#"{"api_url": "http://api.example", "bearer_token": "tok_9f8e7d6c",
+            "oauth": {"client_secret": "cs-1234567"}, "api_keys": {"X-API-KEY": "k-abcdef"},
+            "credentials": {"user": "svc-loader", "extra": ["nested-secret"]},
+            "next_page_token_path": "$.next_cursor", "user": "postgres"}"#;
+        let masker = Masker::new([config]);
+        for secret in [
+            "tok_9f8e7d6c",
+            "cs-1234567",
+            "k-abcdef",
+            "svc-loader",
+            "nested-secret",
+        ] {
+            assert_eq!(
+                masker.mask(&format!("using {secret} now")),
+                "using *** now",
+                "{secret}"
+            );
+        }
+        // What does not name a secret stays readable.
+        let line = "GET http://api.example as postgres, next page at $.next_cursor";
+        assert_eq!(masker.mask(line), line);
+        assert_eq!(masker.mask(config), "***", "the whole value, as before");
     }
 
     #[test]
