@@ -2,11 +2,14 @@
 //! messages, exit with the right code. A whole integration:
 //!
 //! ```no_run
-//! use stevedore_sdk::{Integration, Outcome};
+//! use stevedore_sdk::{Failure, Integration, Outcome};
 //!
 //! fn main() {
 //!     Integration::new("hello", "0.1.0")
-//!         .run(|ctx| {
+//!         .run(|ctx| -> Result<Outcome, Failure> {
+//!             if ctx.interval_start.is_empty() {
+//!                 return Err(Failure::not_retryable("the run has no data interval"));
+//!             }
 //!             stevedore_sdk::log("info", &format!("hello for {}", ctx.interval_start));
 //!             stevedore_sdk::output("greeting", "hello");
 //!             Ok(Outcome::Success)
