@@ -90,49 +90,66 @@ pub fn run_tap(connector: &Connector, ctx: &Context) -> Result<(), Failure> {
     let scratch = Scratch::new()?;
     let config_path = scratch.write("config.json", &Value::Object(config(ctx)?))?;
     let config_arg = config_path.display().to_string();
-    log(
-        "info",
-        &format!("discovering the streams of {}", connector.package),
-    );
-    let (code, lines) = run_short(
-        &connector.command,
-        &[
-            "--config".to_owned(),
-            config_arg.clone(),
-            "--discover".to_owned(),
-        ],
-        DISCOVER_TIMEOUT,
-        MAX_CATALOG_BYTES,
-    )?;
-    if code != 0 {
-        return Err(Failure::from(format!(
-            "the tap's discovery exited with {code} (its log above says why)"
-        )));
-    }
-    let mut catalog: Value = serde_json::from_str(&lines.join("\n")).map_err(|e| {
-        Failure::from(format!(
-            "the tap's discovery did not print a JSON catalog: {e}"
-        ))
-    })?;
     let chosen = chosen_streams(ctx);
-    let selected = select(&mut catalog, chosen.as_deref())?;
-    log(
-        "info",
-        &format!("streams selected: {}", selected.join(", ")),
-    );
-    let catalog_path = scratch.write("catalog.json", &catalog)?;
-    // The catalog is kept with the run's files.
-    let kept_catalog = workspace.join(format!("{}.catalog.json", ctx.task_id));
-    std::fs::write(
-        &kept_catalog,
-        serde_json::to_vec_pretty(&catalog).unwrap_or_default(),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", kept_catalog.display()))?;
-
-    let mut args = vec!["--config".to_owned(), config_arg];
-    let catalog_flag = ctx.arg("catalog-flag").unwrap_or("catalog");
-    args.push(format!("--{catalog_flag}"));
-    args.push(catalog_path.display().to_string());
+    let discover = match ctx.arg("discover").unwrap_or("auto") {
+        "always" => true,
+        "never" => false,
+        // A Meltano SDK tap selects every stream by itself when it gets no catalog, and
+        // discovers on its own: a separate discovery would only start Python twice.
+        "auto" => chosen.is_some() || !is_sdk_tap(&connector.command),
+        other => {
+            return Err(Failure::not_retryable(format!(
+                "--discover `{other}` is not auto, always or never"
+            )))
+        }
+    };
+    let mut args = vec!["--config".to_owned(), config_arg.clone()];
+    let mut selected = Vec::new();
+    let mut kept_catalog = None;
+    if discover {
+        log(
+            "info",
+            &format!("discovering the streams of {}", connector.package),
+        );
+        let (code, lines) = run_short(
+            &connector.command,
+            &["--config".to_owned(), config_arg, "--discover".to_owned()],
+            DISCOVER_TIMEOUT,
+            MAX_CATALOG_BYTES,
+        )?;
+        if code != 0 {
+            return Err(Failure::from(format!(
+                "the tap's discovery exited with {code} (its log above says why)"
+            )));
+        }
+        let mut catalog: Value = serde_json::from_str(&lines.join("\n")).map_err(|e| {
+            Failure::from(format!(
+                "the tap's discovery did not print a JSON catalog: {e}"
+            ))
+        })?;
+        selected = select(&mut catalog, chosen.as_deref())?;
+        log(
+            "info",
+            &format!("streams selected: {}", selected.join(", ")),
+        );
+        let catalog_path = scratch.write("catalog.json", &catalog)?;
+        // The catalog is kept with the run's files.
+        let kept = workspace.join(format!("{}.catalog.json", ctx.task_id));
+        std::fs::write(
+            &kept,
+            serde_json::to_vec_pretty(&catalog).unwrap_or_default(),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", kept.display()))?;
+        kept_catalog = Some(kept);
+        let catalog_flag = ctx.arg("catalog-flag").unwrap_or("catalog");
+        args.push(format!("--{catalog_flag}"));
+        args.push(catalog_path.display().to_string());
+    } else {
+        log(
+            "info",
+            "running the tap without a catalog: it selects and discovers every stream itself",
+        );
+    }
     match &ctx.state {
         Some(previous) => {
             let state_path = scratch.write("state.json", previous)?;
@@ -172,6 +189,8 @@ pub fn run_tap(connector: &Connector, ctx: &Context) -> Result<(), Failure> {
             }
             Some("SCHEMA") => {
                 let stream = message["stream"].as_str().unwrap_or("default").to_owned();
+                // Every stream the tap announces has its file, records or not.
+                files.open(&stream)?;
                 schemas.insert(
                     stream,
                     json!({"schema": message["schema"], "key_properties": message["key_properties"]}),
@@ -195,7 +214,9 @@ pub fn run_tap(connector: &Connector, ctx: &Context) -> Result<(), Failure> {
         .map_err(|e| format!("cannot write {}: {e}", schemas_path.display()))?;
     publish_files(&finished);
     output("schemas_file", schemas_path.display().to_string());
-    output("catalog_file", kept_catalog.display().to_string());
+    if let Some(kept) = &kept_catalog {
+        output("catalog_file", kept.display().to_string());
+    }
     log(
         "info",
         &format!(
@@ -208,6 +229,27 @@ pub fn run_tap(connector: &Connector, ctx: &Context) -> Result<(), Failure> {
         state(value);
     }
     Ok(())
+}
+
+/// Whether the tap is built on the Meltano Singer SDK: its virtualenv (the folder above the
+/// command's `bin`) holds `singer_sdk`.
+pub fn is_sdk_tap(command: &str) -> bool {
+    let Some(venv) = std::path::Path::new(command)
+        .parent()
+        .and_then(|b| b.parent())
+    else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir(venv.join("lib")) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|entry| {
+        entry
+            .path()
+            .join("site-packages")
+            .join("singer_sdk")
+            .is_dir()
+    })
 }
 
 /// The records files a target loads: `--input FILE` (its stream named by `--stream`, else

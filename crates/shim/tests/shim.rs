@@ -200,6 +200,33 @@ fn a_singer_tap_s_records_land_per_stream_and_its_last_state_is_committed() {
 }
 
 #[test]
+fn a_meltano_sdk_tap_runs_without_a_separate_discovery_unless_streams_are_chosen() {
+    // A virtualenv like the wrapped image's: the tap in bin/, singer_sdk installed.
+    let venv = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(venv.path().join("bin")).unwrap();
+    std::fs::create_dir_all(venv.path().join("lib/python3.11/site-packages/singer_sdk")).unwrap();
+    let tap = venv.path().join("bin/tap-fake");
+    std::os::unix::fs::symlink(fake("singer_tap.py"), &tap).unwrap();
+    let tap = tap.display().to_string();
+    let env = [("CONFIG_API_KEY", "k"), ("FAKE_TAP_RECORDS", "4")];
+    let all = shim("singer-tap", &tap, &[], &env, None);
+    assert_eq!(all.code, 0, "{}{}", all.stdout, all.stderr);
+    assert!(all.stderr.contains("no catalog: syncing every stream"), "{}", all.stderr);
+    assert_eq!(all.lines("extract.charges.jsonl").len(), 4);
+    assert_eq!(all.lines("extract.refunds.jsonl").len(), 4);
+    assert_eq!(all.output("catalog_file"), None, "no discovery, no catalog");
+    // Choosing streams needs the catalog: discovered then.
+    let one = shim("singer-tap", &tap, &["--streams", "charges"], &env, None);
+    assert_eq!(one.code, 0, "{}{}", one.stdout, one.stderr);
+    assert!(!one.stderr.contains("no catalog"));
+    assert!(!one.workspace.path().join("extract.refunds.jsonl").exists());
+    let forced = shim("singer-tap", &tap, &["--discover", "always"], &env, None);
+    assert!(forced.output("catalog_file").is_some());
+    let wrong = shim("singer-tap", &tap, &["--discover", "sometimes"], &env, None);
+    assert_eq!(wrong.code, 78);
+}
+
+#[test]
 fn a_tap_that_crashes_mid_stream_commits_no_state_and_a_bad_config_fails_with_the_tap_s_words() {
     let tap = fake("singer_tap.py");
     let crashed = shim(

@@ -18,9 +18,14 @@ if "--discover" in args:
         {"tap_stream_id": s, "stream": s, "schema": {"type": "object", "properties": {"id": {"type": "integer"}}},
          "metadata": [{"breadcrumb": [], "metadata": {"inclusion": "available"}}]} for s in streams]}, indent=1))
     sys.exit(0)
-catalog = json.load(open(arg("--catalog")))
-selected = [s["tap_stream_id"] for s in catalog["streams"]
-            if any(m["breadcrumb"] == [] and m["metadata"].get("selected") for m in s["metadata"])]
+if arg("--catalog"):
+    catalog = json.load(open(arg("--catalog")))
+    selected = [s["tap_stream_id"] for s in catalog["streams"]
+                if any(m["breadcrumb"] == [] and m["metadata"].get("selected") for m in s["metadata"])]
+else:
+    # As a Meltano SDK tap does without a catalog: every stream.
+    print("no catalog: syncing every stream", file=sys.stderr)
+    selected = streams
 state = json.load(open(arg("--state"))) if arg("--state") else {"bookmarks": {}}
 count = int(os.environ.get("FAKE_TAP_RECORDS", "5"))
 crash = int(os.environ.get("FAKE_TAP_CRASH_AFTER", "-1"))
