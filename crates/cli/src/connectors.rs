@@ -203,20 +203,29 @@ impl Declaration {
     }
 }
 
-/// The shim copied into wrapped images: `--shim`, else `STEVEDORE_SHIM`, else
-/// `stevedore-shim` beside this executable (where `cargo build` puts it).
+/// The shim copied into wrapped images: `--shim`, else `STEVEDORE_SHIM`, else a static
+/// release build of this checkout (`target/x86_64-unknown-linux-gnu/release/stevedore-shim`,
+/// which `scripts/setup.sh` makes), else `stevedore-shim` beside this executable.
 pub fn shim_path(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let path = match explicit.or_else(|| std::env::var_os("STEVEDORE_SHIM").map(PathBuf::from)) {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("stevedore-shim"),
-    };
-    if !path.is_file() {
-        bail!(
-            "the shim {} is missing: build it (`cargo build -p stevedore-shim`) or give --shim PATH",
-            path.display()
-        );
+    if let Some(path) = explicit.or_else(|| std::env::var_os("STEVEDORE_SHIM").map(PathBuf::from)) {
+        if !path.is_file() {
+            bail!("the shim {} is missing", path.display());
+        }
+        return Ok(path);
     }
-    Ok(path)
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name("stevedore-shim");
+    let static_build = exe
+        .parent()
+        .and_then(|dir| dir.parent())
+        .map(|target| target.join("x86_64-unknown-linux-gnu/release/stevedore-shim"));
+    match static_build.into_iter().chain([beside.clone()]).find(|p| p.is_file()) {
+        Some(path) => Ok(path),
+        None => bail!(
+            "the shim is missing: build it (scripts/setup.sh builds it static; or `cargo build -p stevedore-shim`, which puts it at {}) or give --shim PATH",
+            beside.display()
+        ),
+    }
 }
 
 /// Fetches the package and everything it needs as wheels into `dir` (pip on this host: the

@@ -211,7 +211,11 @@ fn a_meltano_sdk_tap_runs_without_a_separate_discovery_unless_streams_are_chosen
     let env = [("CONFIG_API_KEY", "k"), ("FAKE_TAP_RECORDS", "4")];
     let all = shim("singer-tap", &tap, &[], &env, None);
     assert_eq!(all.code, 0, "{}{}", all.stdout, all.stderr);
-    assert!(all.stderr.contains("no catalog: syncing every stream"), "{}", all.stderr);
+    assert!(
+        all.stderr.contains("no catalog: syncing every stream"),
+        "{}",
+        all.stderr
+    );
     assert_eq!(all.lines("extract.charges.jsonl").len(), 4);
     assert_eq!(all.lines("extract.refunds.jsonl").len(), 4);
     assert_eq!(all.output("catalog_file"), None, "no discovery, no catalog");
