@@ -48,6 +48,14 @@ tasks:
     args: [noop]
 YAML
 printf 'id: "<img src=x onerror=alert(1)>"\ntasks: []\n' >"$work/jobs/broken.yaml"
+cat >"$work/jobs/state_demo.yaml" <<'YAML'
+id: state_demo
+description: an extract that commits a cursor, for the try page's State section
+tasks:
+  - id: extract
+    image: stevedore/synth:0.1.0
+    args: [extract, --records, "10"]
+YAML
 cat >"$work/jobs/alerting_demo.yaml" <<'YAML'
 id: alerting_demo
 description: a task that fails, and an alert to a receiver that is not there

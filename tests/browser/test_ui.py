@@ -199,6 +199,37 @@ class Ui(unittest.TestCase):
         self.assertIn("Alerts", headings)
         self.assertTrue(self.css("table.notifications tbody tr"), "the run's alerts are listed")
 
+    def test_a_task_s_state_is_seen_set_and_cleared_on_its_try_page(self):
+        b = self.browser
+        self.log_in()
+        b.get(f"{URL}/jobs/state_demo?tab=trigger")
+        b.find_element(By.CSS_SELECTOR, "form.trigger button[type=submit]").click()
+        wait_for("the new run", lambda: "run=" in b.current_url)
+        run_id = b.current_url.split("run=")[1].split("&")[0]
+        try_page = f"{URL}/runs/{run_id}/tasks/extract/tries/1"
+
+        def committed():
+            b.get(try_page)
+            value = self.css("#state-value")
+            return value[0].text if value and "cursor" in value[0].text else None
+        text = wait_for("the run's state to be committed", committed, timeout=120, every=1)
+        self.assertIn("committed by run", b.find_element(By.ID, "state").text)
+        self.assertIn('"cursor"', text)
+
+        b.find_element(By.CSS_SELECTOR, "details.state-edit summary").click()
+        field = b.find_element(By.ID, "state-json")
+        field.clear()
+        field.send_keys('{"cursor": "2020-01-01T00:00:00Z"}')
+        b.find_element(By.XPATH, "//button[text()='Set state']").click()
+        wait_for("the set state", lambda: "2020-01-01T00:00:00Z" in b.find_element(By.ID, "state-value").text)
+        self.assertIn("set by browser", b.find_element(By.ID, "state").text)
+        b.find_element(By.CSS_SELECTOR, "#state details summary").click()
+        self.shot("state")
+        b.find_element(By.CSS_SELECTOR, "details.state-edit summary").click()
+        b.find_element(By.XPATH, "//button[text()='Clear state']").click()
+        wait_for("the cleared state", lambda: "No committed state" in b.find_element(By.ID, "state-value").text)
+        self.assertTrue(b.current_url.startswith(try_page), b.current_url)
+
     def test_user_text_is_never_markup(self):
         b = self.browser
         self.log_in()
