@@ -12,7 +12,7 @@ import time
 import unittest
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -26,8 +26,9 @@ def wait_for(what, condition, timeout=120, every=0.25):
     while True:
         try:
             value = condition()
-        except StaleElementReferenceException:
-            # The page re-rendered between finding an element and reading it: look again.
+        except (StaleElementReferenceException, NoSuchElementException):
+            # The page re-rendered between finding an element and reading it, or the next
+            # page has not arrived yet: look again.
             value = None
         if value:
             return value
@@ -221,13 +222,17 @@ class Ui(unittest.TestCase):
         field.clear()
         field.send_keys('{"cursor": "2020-01-01T00:00:00Z"}')
         b.find_element(By.XPATH, "//button[text()='Set state']").click()
-        wait_for("the set state", lambda: "2020-01-01T00:00:00Z" in b.find_element(By.ID, "state-value").text)
-        self.assertIn("set by browser", b.find_element(By.ID, "state").text)
+        def state_text(needle):
+            # Between the form's post and the page after it, the element may not exist yet.
+            found = self.css("#state-value")
+            return found and needle in found[0].text
+        wait_for("the set state", lambda: state_text("2020-01-01T00:00:00Z"))
+        wait_for("who set it", lambda: any("set by browser" in e.text for e in self.css("#state")))
         b.find_element(By.CSS_SELECTOR, "#state details summary").click()
         self.shot("state")
         b.find_element(By.CSS_SELECTOR, "details.state-edit summary").click()
         b.find_element(By.XPATH, "//button[text()='Clear state']").click()
-        wait_for("the cleared state", lambda: "No committed state" in b.find_element(By.ID, "state-value").text)
+        wait_for("the cleared state", lambda: state_text("No committed state"))
         self.assertTrue(b.current_url.startswith(try_page), b.current_url)
 
     def test_user_text_is_never_markup(self):
