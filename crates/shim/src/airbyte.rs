@@ -5,14 +5,15 @@
 //! destination is fed RECORD messages from records files.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use stevedore_sdk::{error, log, output, state, Context, Failure};
 
 use crate::connector::{
-    config, log_line, publish_files, run_connector, run_short, Connector, Scratch, StreamFiles,
+    config, feed_records, log_line, publish_files, run_connector, run_short, Connector, Scratch,
+    StreamFiles,
 };
 use crate::singer::{chosen_streams, inputs, schema_of};
 
@@ -345,20 +346,13 @@ pub fn run_destination(connector: &Connector, ctx: &Context) -> Result<(), Failu
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
         for (stream, path) in plan {
-            let file = std::fs::File::open(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            for line in BufReader::new(file).lines() {
-                let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let data: Value = serde_json::from_str(&line)
-                    .map_err(|e| format!("{}: a line is not JSON: {e}", path.display()))?;
-                let message = json!({"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": now}});
-                writeln!(stdin, "{message}")
-                    .map_err(|e| format!("the destination stopped reading: {e}"))?;
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            feed_records(
+                stdin,
+                &path,
+                "destination",
+                &counter,
+                |data| json!({"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": now}}),
+            )?;
             let done = json!({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": stream}, "stream_state": {"loaded": true}}}});
             writeln!(stdin, "{done}")
                 .map_err(|e| format!("the destination stopped reading: {e}"))?;

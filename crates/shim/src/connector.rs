@@ -443,6 +443,32 @@ pub fn publish_files(files: &[(String, PathBuf, u64)]) {
     metric("records", total as f64);
 }
 
+/// Writes every record of a records file to a connector's stdin, each as `message(record)`,
+/// a line at a time (never the file whole), counting them in `sent`; blank lines are
+/// skipped. `who` names the connector in the error when it stops reading.
+pub fn feed_records(
+    stdin: &mut dyn Write,
+    path: &Path,
+    who: &str,
+    sent: &std::sync::atomic::AtomicU64,
+    message: impl Fn(Value) -> Value,
+) -> Result<(), String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("{}: a line is not JSON: {e}", path.display()))?;
+        writeln!(stdin, "{}", message(record))
+            .map_err(|e| format!("the {who} stopped reading: {e}"))?;
+        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// The JSON type name of a value, for an inferred schema.
 fn type_of(value: &Value) -> &'static str {
     match value {

@@ -3,7 +3,7 @@
 //! RECORD messages written per stream; a target is fed SCHEMA and RECORD messages from
 //! records files.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use serde_json::{json, Map, Value};
 use stevedore_sdk::{log, output, state, Context, Failure};
 
 use crate::connector::{
-    all_args, config, infer_schema, log_line, publish_files, run_connector, run_short, Connector,
-    Scratch, StreamFiles,
+    all_args, config, feed_records, infer_schema, log_line, publish_files, run_connector,
+    run_short, Connector, Scratch, StreamFiles,
 };
 
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -344,20 +344,13 @@ pub fn run_target(connector: &Connector, ctx: &Context) -> Result<(), Failure> {
         for (stream, path, schema, keys) in plan {
             let schema = json!({"type": "SCHEMA", "stream": stream, "schema": schema, "key_properties": keys});
             writeln!(stdin, "{schema}").map_err(|e| format!("the target stopped reading: {e}"))?;
-            let file = std::fs::File::open(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            for line in BufReader::new(file).lines() {
-                let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let record: Value = serde_json::from_str(&line)
-                    .map_err(|e| format!("{}: a line is not JSON: {e}", path.display()))?;
-                let message = json!({"type": "RECORD", "stream": stream, "record": record});
-                writeln!(stdin, "{message}")
-                    .map_err(|e| format!("the target stopped reading: {e}"))?;
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            feed_records(
+                stdin,
+                &path,
+                "target",
+                &counter,
+                |record| json!({"type": "RECORD", "stream": stream, "record": record}),
+            )?;
         }
         // A STATE message at the end: targets flush what they hold when they see one.
         writeln!(stdin, "{}", json!({"type": "STATE", "value": {}}))
