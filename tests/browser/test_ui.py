@@ -12,7 +12,7 @@ import time
 import unittest
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -26,9 +26,10 @@ def wait_for(what, condition, timeout=120, every=0.25):
     while True:
         try:
             value = condition()
-        except (StaleElementReferenceException, NoSuchElementException):
-            # The page re-rendered between finding an element and reading it, or the next
-            # page has not arrived yet: look again.
+        except WebDriverException:
+            # The page re-rendered between finding an element and reading it, the next page
+            # has not arrived yet, or the old page's document went away mid-read (a stale
+            # element, no such element, a lost node or execution context): look again.
             value = None
         if value:
             return value
