@@ -222,6 +222,9 @@ pub enum TasksCommand {
     Logs {
         run: String,
         task: String,
+        /// One instance of a mapped task (`TASK[N]` works too).
+        #[arg(long)]
+        map_index: Option<u32>,
         #[arg(long = "try")]
         try_number: Option<u32>,
         /// Keeps printing new lines until the try ends.
@@ -232,6 +235,10 @@ pub enum TasksCommand {
     Clear {
         run: String,
         task: String,
+        /// Clears one instance of a mapped task (without it, a mapped task is cleared whole
+        /// and expanded again from its list).
+        #[arg(long)]
+        map_index: Option<u32>,
         /// Clears every task downstream of it too.
         #[arg(long)]
         downstream: bool,
@@ -240,6 +247,9 @@ pub enum TasksCommand {
     Mark {
         run: String,
         task: String,
+        /// Marks one instance of a mapped task.
+        #[arg(long)]
+        map_index: Option<u32>,
         #[arg(value_parser = ["success", "failed"])]
         state: String,
     },

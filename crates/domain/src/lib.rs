@@ -10,6 +10,7 @@
 //! - [`clock`]: where "now" comes from (the system's clock, or a test's).
 //! - [`run`]: what a run does next and when it is over.
 //! - [`trigger`]: trigger rules: whether a task instance runs, waits, skips or fails upstream.
+//! - [`mapping`]: task mapping (`for_each`): task instance keys, expansion, `max_active`.
 //! - [`limits`]: pools, `max_active_tasks` and priority: which ready task instances start.
 //! - [`template`]: `{{ variable }}` rendering of args, env and image.
 //! - [`protocol`]: the entrypoint contract: arguments, environment and stdout messages,
@@ -26,6 +27,7 @@ pub mod duration;
 pub mod image;
 pub mod job;
 pub mod limits;
+pub mod mapping;
 pub mod mask;
 pub mod names;
 pub mod notify;

@@ -50,7 +50,7 @@ pub fn select(
             .cmp(&a.weight)
             .then(a.logical_date.cmp(&b.logical_date))
             .then(a.run_id.cmp(&b.run_id))
-            .then(a.task_id.cmp(&b.task_id))
+            .then(crate::mapping::key_order(&a.task_id, &b.task_id))
     });
     let mut picked = Vec::new();
     let mut held = Vec::new();

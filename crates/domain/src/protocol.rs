@@ -22,6 +22,9 @@ pub struct TryContext {
     pub data_interval: DataInterval,
     /// The run's params (job defaults merged with the trigger's overrides), a JSON object.
     pub params: Value,
+    /// The index of a mapped task instance (`STEVEDORE_MAP_INDEX`); `task_id` is then the
+    /// task's own id.
+    pub map_index: Option<u32>,
 }
 
 /// RFC 3339 in UTC with a `Z`, as every timestamp of the contract is written.
@@ -88,6 +91,9 @@ impl TryContext {
         ];
         if let Some(path) = state_file {
             env.push(("STEVEDORE_STATE_FILE".to_owned(), path.to_owned()));
+        }
+        if let Some(index) = self.map_index {
+            env.push(("STEVEDORE_MAP_INDEX".to_owned(), index.to_string()));
         }
         env
     }
@@ -439,6 +445,7 @@ mod tests {
                 end: Utc.with_ymd_and_hms(2024, 1, 2, 0, 0, 0).unwrap(),
             },
             params: json!({"lookback_days": 1}),
+            map_index: None,
         }
     }
 

@@ -5,40 +5,64 @@
 use std::collections::HashMap;
 
 use crate::job::Job;
+use crate::mapping;
 use crate::state::{RunState, TaskState};
 use crate::trigger::{evaluate, Decision, UpstreamCounts};
 
 /// Task instances in state `none` whose trigger rule can be decided now, with their new
-/// state. `states` is updated in place, so a skip cascades to its downstream tasks in the
-/// same call. Tasks are visited in dependency order.
+/// state. `states` (keyed by task instance key, see [`crate::mapping`]) is updated in place,
+/// so a skip cascades to its downstream tasks in the same call. Tasks are visited in
+/// dependency order; an upstream that is mapped counts with every one of its instances.
 pub fn resolve_waiting(
     job: &Job,
     states: &mut HashMap<String, TaskState>,
 ) -> Vec<(String, TaskState)> {
     let mut changes = Vec::new();
-    for task in topological_order(job) {
-        if states.get(&task.id) != Some(&TaskState::None) {
-            continue;
+    let keys: HashMap<String, Vec<String>> = mapping::instances_by_task(states)
+        .into_iter()
+        .map(|(task, keys)| {
+            (
+                task.to_owned(),
+                keys.into_iter().map(str::to_owned).collect(),
+            )
+        })
+        .collect();
+    let states_of = |states: &HashMap<String, TaskState>, task_id: &str| -> Vec<TaskState> {
+        match keys.get(task_id) {
+            Some(keys) => keys.iter().filter_map(|k| states.get(k).copied()).collect(),
+            None => vec![TaskState::Removed],
         }
-        let upstream = task
-            .depends_on
-            .iter()
-            .map(|id| states.get(id).copied().unwrap_or(TaskState::Removed));
-        let next = match evaluate(task.trigger_rule, UpstreamCounts::from_states(upstream)) {
-            Decision::Wait => continue,
-            Decision::Run => TaskState::Scheduled,
-            Decision::Skip => TaskState::Skipped,
-            Decision::UpstreamFailed => TaskState::UpstreamFailed,
+    };
+    for task in topological_order(job) {
+        let Some(own) = keys.get(&task.id) else {
+            continue;
         };
-        states.insert(task.id.clone(), next);
-        changes.push((task.id.clone(), next));
+        for key in own {
+            if states.get(key) != Some(&TaskState::None) {
+                continue;
+            }
+            let upstream: Vec<TaskState> = task
+                .depends_on
+                .iter()
+                .flat_map(|id| states_of(states, id))
+                .collect();
+            let next = match evaluate(task.trigger_rule, UpstreamCounts::from_states(upstream)) {
+                Decision::Wait => continue,
+                Decision::Run => TaskState::Scheduled,
+                Decision::Skip => TaskState::Skipped,
+                Decision::UpstreamFailed => TaskState::UpstreamFailed,
+            };
+            states.insert(key.clone(), next);
+            changes.push((key.clone(), next));
+        }
     }
     changes
 }
 
 /// The run's outcome once nothing more can happen, `None` while it can still progress.
-/// A run succeeds when every leaf is `success` or `skipped`. A run whose remaining task
-/// instances wait on nothing that can finish (a deadlock) fails.
+/// A run succeeds when every leaf (each instance of a mapped one) is `success` or
+/// `skipped`. A run whose remaining task instances wait on nothing that can finish (a
+/// deadlock) fails.
 pub fn run_outcome(job: &Job, states: &HashMap<String, TaskState>) -> Option<RunState> {
     let in_progress = states
         .values()
@@ -46,11 +70,14 @@ pub fn run_outcome(job: &Job, states: &HashMap<String, TaskState>) -> Option<Run
     if in_progress {
         return None;
     }
+    let by_task = mapping::instances_by_task(states);
     let leaves_ok = job.leaves().iter().all(|leaf| {
-        matches!(
-            states.get(&leaf.id),
-            Some(TaskState::Success | TaskState::Skipped | TaskState::Removed) | None
-        )
+        mapping::states_of(&by_task, states, &leaf.id).all(|state| {
+            matches!(
+                state,
+                TaskState::Success | TaskState::Skipped | TaskState::Removed
+            )
+        })
     });
     let all_finished = states.values().all(|state| state.is_finished());
     Some(if all_finished && leaves_ok {
@@ -185,6 +212,48 @@ mod tests {
         current.insert("load".into(), TaskState::Success);
         current.insert("cleanup".into(), TaskState::Failed);
         assert_eq!(run_outcome(&job, &current), Some(RunState::Failed));
+    }
+
+    #[test]
+    fn a_mapped_upstream_counts_with_every_instance() {
+        let job = parse_job(
+            "m.yaml",
+            "id: m\ntasks:\n  - id: list\n    image: i:1\n  - id: each\n    image: i:1\n    depends_on: [list]\n    for_each: \"{{ outputs.list.ids }}\"\n  - id: load\n    image: i:1\n    depends_on: [each]\n",
+        )
+        .unwrap();
+        let mut current = states(&[
+            ("list", TaskState::Success),
+            ("each", TaskState::None),
+            ("load", TaskState::None),
+        ]);
+        // The unexpanded instance is scheduled; its downstream waits for the expansion.
+        resolve_waiting(&job, &mut current);
+        assert_eq!(current["each"], TaskState::Scheduled);
+        crate::mapping::expand(&mut current, "each", 3);
+        assert!(resolve_waiting(&job, &mut current).is_empty());
+        current.insert("each[0]".into(), TaskState::Success);
+        current.insert("each[1]".into(), TaskState::Success);
+        assert!(
+            resolve_waiting(&job, &mut current).is_empty(),
+            "one instance still runs"
+        );
+        current.insert("each[2]".into(), TaskState::Failed);
+        assert_eq!(
+            resolve_waiting(&job, &mut current),
+            vec![("load".to_string(), TaskState::UpstreamFailed)]
+        );
+        // A failed mapped leaf fails the run; an empty list skips the task and the run
+        // succeeds.
+        assert_eq!(run_outcome(&job, &current), Some(RunState::Failed));
+        let mut empty = states(&[
+            ("list", TaskState::Success),
+            ("each", TaskState::Scheduled),
+            ("load", TaskState::None),
+        ]);
+        crate::mapping::expand(&mut empty, "each", 0);
+        resolve_waiting(&job, &mut empty);
+        assert_eq!(empty["load"], TaskState::Skipped);
+        assert_eq!(run_outcome(&job, &empty), Some(RunState::Success));
     }
 
     #[test]

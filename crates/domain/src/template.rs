@@ -21,8 +21,13 @@ pub enum Variable {
     Context(String),
     /// `params.<name>`.
     Param(String),
-    /// `outputs.<task>.<key>`: an output an upstream try published.
+    /// `outputs.<task>.<key>`: an output an upstream try published (for a mapped upstream,
+    /// the list of every instance's value).
     Output { task: String, key: String },
+    /// `item` or `item.<field>...`: the item a mapped task instance was made for.
+    Item(Vec<String>),
+    /// `map_index`: the index of a mapped task instance (0 for the first item).
+    MapIndex,
 }
 
 impl std::fmt::Display for Variable {
@@ -31,6 +36,9 @@ impl std::fmt::Display for Variable {
             Variable::Context(name) => f.write_str(name),
             Variable::Param(name) => write!(f, "params.{name}"),
             Variable::Output { task, key } => write!(f, "outputs.{task}.{key}"),
+            Variable::Item(path) if path.is_empty() => f.write_str("item"),
+            Variable::Item(path) => write!(f, "item.{}", path.join(".")),
+            Variable::MapIndex => f.write_str("map_index"),
         }
     }
 }
@@ -75,14 +83,18 @@ fn parse_variable(name: &str) -> Result<Variable, String> {
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         [single] if CONTEXT_VARIABLES.contains(single) => Ok(Variable::Context(single.to_string())),
+        ["map_index"] => Ok(Variable::MapIndex),
+        ["item", fields @ ..] if fields.iter().all(|f| is_part(f)) => Ok(Variable::Item(
+            fields.iter().map(|f| f.to_string()).collect(),
+        )),
         ["params", param] if is_part(param) => Ok(Variable::Param(param.to_string())),
         ["outputs", task, key] if is_part(task) && is_part(key) => Ok(Variable::Output {
             task: task.to_string(),
             key: key.to_string(),
         }),
         _ => Err(format!(
-            "`{{{{ {name} }}}}` is not a known variable; use one of {}, params.<name> or \
-             outputs.<task>.<key>",
+            "`{{{{ {name} }}}}` is not a known variable; use one of {}, params.<name>, \
+             outputs.<task>.<key>, or in a mapped task item, item.<field> and map_index",
             CONTEXT_VARIABLES.join(", ")
         )),
     }
@@ -114,6 +126,12 @@ pub fn render(text: &str, lookup: &dyn Fn(&Variable) -> Option<String>) -> Resul
                     ),
                     Variable::Param(name) => format!("`params.{name}` has no value"),
                     Variable::Context(name) => format!("`{name}` has no value"),
+                    Variable::Item(path) if path.is_empty() => "`item` has no value".to_owned(),
+                    Variable::Item(path) => format!(
+                        "`item.{}` has no value: the item has no such field",
+                        path.join(".")
+                    ),
+                    Variable::MapIndex => "`map_index` has no value".to_owned(),
                 })?;
                 out.push_str(&value);
             }
@@ -161,6 +179,19 @@ mod tests {
         assert!(render("{{ outputs.extract.missing }}", &lookup)
             .unwrap_err()
             .contains("did not publish"));
+    }
+
+    #[test]
+    fn items_and_map_index_are_variables() {
+        assert_eq!(
+            variables("{{ item }}/{{ item.account.id }}/{{ map_index }}").unwrap(),
+            vec![
+                Variable::Item(vec![]),
+                Variable::Item(vec!["account".into(), "id".into()]),
+                Variable::MapIndex
+            ]
+        );
+        assert!(variables("{{ item. }}").is_err());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Property tests of the scheduling rules as the scheduler composes them, on random jobs:
 //! random DAGs with random trigger rules, retries, pools and priorities, several runs at
-//! once, random try outcomes. Every run terminates; no task instance starts unless its
-//! trigger rule holds over its upstreams; pool slots and `max_active_tasks` are never
-//! exceeded.
+//! once, random try outcomes, mapped tasks (`for_each`, some over empty lists, some with
+//! `max_active`). Every run terminates; no task instance starts unless its trigger rule
+//! holds over its upstreams (every instance of a mapped one); pool slots,
+//! `max_active_tasks` and `max_active` are never exceeded.
 
 use std::collections::HashMap;
 
@@ -10,6 +11,7 @@ use chrono::TimeZone;
 use proptest::prelude::*;
 use stevedore_domain::job::{parse_job, Job};
 use stevedore_domain::limits::{select, Candidate, Capacity};
+use stevedore_domain::mapping::{self, ForEach};
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
 use stevedore_domain::state::{state_after_try, FailureReason, RunState, TaskState, TryOutcome};
 use stevedore_domain::trigger::TriggerRule;
@@ -49,6 +51,13 @@ fn random_job(rng: &mut Rng) -> Job {
             1 + rng.below(2),
             1 + rng.below(5),
         );
+        if rng.below(3) == 0 {
+            let items: Vec<String> = (0..rng.below(6)).map(|i| i.to_string()).collect();
+            text += &format!("    for_each: [{}]\n", items.join(", "));
+            if rng.below(2) == 0 {
+                text += &format!("    max_active: {}\n", 1 + rng.below(3));
+            }
+        }
     }
     parse_job("random.yaml", &text).expect("generated job is valid")
 }
@@ -112,7 +121,22 @@ fn simulate(seed: u64) -> Result<(), TestCaseError> {
                     *state = TaskState::Scheduled;
                 }
             }
-            resolve_waiting(&job, &mut run.states);
+            loop {
+                resolve_waiting(&job, &mut run.states);
+                let expand: Vec<(String, u32)> = mapping::to_expand(&job, &run.states)
+                    .into_iter()
+                    .map(|task| match &task.for_each {
+                        Some(ForEach::Literal(items)) => (task.id.clone(), items.len() as u32),
+                        _ => unreachable!("the generated jobs map over lists"),
+                    })
+                    .collect();
+                if expand.is_empty() {
+                    break;
+                }
+                for (task_id, count) in expand {
+                    mapping::expand(&mut run.states, &task_id, count);
+                }
+            }
             run.outcome = run_outcome(&job, &run.states);
         }
         if runs.iter().all(|r| r.outcome.is_some()) {
@@ -129,49 +153,78 @@ fn simulate(seed: u64) -> Result<(), TestCaseError> {
             .insert(job.id.clone(), i64::from(job.max_active_tasks));
         let mut candidates = Vec::new();
         for (index, run) in runs.iter().enumerate() {
-            for task in &job.tasks {
-                match run.states[&task.id] {
-                    TaskState::Running => {
-                        *capacity.pools.get_mut(&task.pool).unwrap() -= i64::from(task.pool_slots);
-                        *capacity.jobs.get_mut(&job.id).unwrap() -= 1;
-                    }
-                    TaskState::Scheduled if run.outcome.is_none() => candidates.push(Candidate {
-                        run_id: index.to_string(),
-                        task_id: task.id.clone(),
-                        job_id: job.id.clone(),
-                        pool: task.pool.clone(),
-                        pool_slots: i64::from(task.pool_slots),
-                        weight: weights[&task.id],
-                        logical_date: logical + chrono::TimeDelta::days(index as i64),
-                    }),
-                    _ => {}
+            for (key, state) in &run.states {
+                if *state == TaskState::Running {
+                    let task = job.task_of(key).unwrap();
+                    *capacity.pools.get_mut(&task.pool).unwrap() -= i64::from(task.pool_slots);
+                    *capacity.jobs.get_mut(&job.id).unwrap() -= 1;
                 }
+            }
+            if run.outcome.is_some() {
+                continue;
+            }
+            for key in mapping::startable(&job, &run.states) {
+                let task = job.task_of(&key).unwrap();
+                candidates.push(Candidate {
+                    run_id: index.to_string(),
+                    task_id: key.clone(),
+                    job_id: job.id.clone(),
+                    pool: task.pool.clone(),
+                    pool_slots: i64::from(task.pool_slots),
+                    weight: weights[&task.id],
+                    logical_date: logical + chrono::TimeDelta::days(index as i64),
+                });
             }
         }
         let (picked, _) = select(candidates, &mut capacity);
         for candidate in &picked {
             let run = &mut runs[candidate.run_id.parse::<usize>().unwrap()];
-            let task = job.task(&candidate.task_id).unwrap();
-            // Its trigger rule holds over its upstreams right now.
-            let upstream: Vec<TaskState> = task.depends_on.iter().map(|u| run.states[u]).collect();
+            let task = job.task_of(&candidate.task_id).unwrap();
+            prop_assert!(
+                task.for_each.is_none() || candidate.task_id != task.id,
+                "{} started unexpanded",
+                task.id
+            );
+            // Its trigger rule holds over its upstreams (every instance) right now.
+            let by_task = mapping::instances_by_task(&run.states);
+            let upstream: Vec<TaskState> = task
+                .depends_on
+                .iter()
+                .flat_map(|u| mapping::states_of(&by_task, &run.states, u).collect::<Vec<_>>())
+                .collect();
             prop_assert!(
                 upstream.is_empty() || may_start(task.trigger_rule, &upstream),
                 "{} ({}) started with upstreams {:?}",
-                task.id,
+                candidate.task_id,
                 task.trigger_rule,
                 upstream
             );
-            run.states.insert(task.id.clone(), TaskState::Running);
+            run.states
+                .insert(candidate.task_id.clone(), TaskState::Running);
         }
 
         // Caps hold with everything that runs now.
         let mut used: HashMap<&str, i64> = HashMap::new();
         let mut active = 0;
         for run in &runs {
-            for task in &job.tasks {
-                if run.states[&task.id] == TaskState::Running {
+            let mut per_task: HashMap<&str, u32> = HashMap::new();
+            for (key, state) in &run.states {
+                if *state == TaskState::Running {
+                    let task = job.task_of(key).unwrap();
                     *used.entry(task.pool.as_str()).or_default() += i64::from(task.pool_slots);
+                    *per_task.entry(task.id.as_str()).or_default() += 1;
                     active += 1;
+                }
+            }
+            for (task_id, running) in per_task {
+                if let Some(limit) = job.task(task_id).unwrap().max_active {
+                    prop_assert!(
+                        running <= limit,
+                        "{} instances of {} run at once, over max_active {}",
+                        running,
+                        task_id,
+                        limit
+                    );
                 }
             }
         }
@@ -192,19 +245,27 @@ fn simulate(seed: u64) -> Result<(), TestCaseError> {
 
         // Some running tries end, each with a random outcome.
         for run in runs.iter_mut() {
-            for task in &job.tasks {
-                if run.states[&task.id] != TaskState::Running || rng.below(2) == 0 {
+            let mut running: Vec<String> = run
+                .states
+                .iter()
+                .filter(|(_, state)| **state == TaskState::Running)
+                .map(|(key, _)| key.clone())
+                .collect();
+            running.sort();
+            for key in running {
+                if rng.below(2) == 0 {
                     continue;
                 }
+                let task = job.task_of(&key).unwrap();
                 let outcome = match rng.below(10) {
                     0..=5 => TryOutcome::Success,
                     6 => TryOutcome::Skipped,
                     _ => TryOutcome::Failed(FailureReason::ExitCode(1)),
                 };
-                let failures = run.failures.entry(task.id.clone()).or_default();
+                let failures = run.failures.entry(key.clone()).or_default();
                 *failures += u32::from(matches!(outcome, TryOutcome::Failed(_)));
                 let next = state_after_try(&outcome, *failures, task.retry.retries);
-                run.states.insert(task.id.clone(), next);
+                run.states.insert(key, next);
             }
         }
     }

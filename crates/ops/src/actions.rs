@@ -219,21 +219,29 @@ pub async fn cancel(store: &dyn Store, run: &RunRecord) -> Result<RunRecord> {
 }
 
 /// Clears a task instance (a new try with a fresh retry budget), and with `downstream`
-/// every task downstream of it; the run runs again. Returns the cleared task ids.
+/// every task downstream of it; the run runs again. `key` is a task id, or `task[N]` for
+/// one instance of a mapped task: a mapped task cleared whole is expanded again from its
+/// list as it is then, an instance cleared alone keeps its item. Returns what was cleared.
 pub async fn clear(
     store: &dyn Store,
     run: &RunRecord,
-    task_id: &str,
+    key: &str,
     downstream: bool,
 ) -> Result<Vec<String>> {
     let job = run_job(store, run).await?;
-    if job.task(task_id).is_none() {
+    let (task_id, index) = stevedore_domain::mapping::split_key(key);
+    let Some(task) = job.task(task_id) else {
         return Err(ActionError::NotFound(format!(
             "run {} has no task `{task_id}`",
             run.run_id
         )));
+    };
+    if index.is_some() && task.for_each.is_none() {
+        return Err(ActionError::Invalid(format!(
+            "task `{task_id}` is not mapped: it has no map index"
+        )));
     }
-    let mut cleared = vec![task_id.to_owned()];
+    let mut cleared = vec![key.to_owned()];
     if downstream {
         let edges = job.downstream();
         let mut stack = vec![task_id];
@@ -251,7 +259,8 @@ pub async fn clear(
 }
 
 /// Sets a task instance's state by hand (`success` or `failed`); a running try is stopped
-/// and a finished run decides its outcome again.
+/// and a finished run decides its outcome again. `task_id` is a task instance key
+/// (`task[N]` for an instance of a mapped task).
 pub async fn mark(store: &dyn Store, run: &RunRecord, task_id: &str, state: &str) -> Result<()> {
     let state: TaskState = match state {
         "success" | "failed" => state.parse().map_err(ActionError::Invalid)?,
@@ -261,12 +270,16 @@ pub async fn mark(store: &dyn Store, run: &RunRecord, task_id: &str, state: &str
             )))
         }
     };
-    if !store
-        .task_instances(&run.run_id)
-        .await?
-        .iter()
-        .any(|ti| ti.task_id == task_id)
-    {
+    let instances = store.task_instances(&run.run_id).await?;
+    if !instances.iter().any(|ti| ti.task_id == task_id) {
+        let prefix = format!("{task_id}[");
+        if instances.iter().any(|ti| ti.task_id.starts_with(&prefix)) {
+            return Err(ActionError::Invalid(format!(
+                "task `{task_id}` is mapped in run {}: mark one of its instances (`{task_id}[N]`, \
+                 `--map-index N`)",
+                run.run_id
+            )));
+        }
         return Err(ActionError::NotFound(format!(
             "run {} has no task `{task_id}`",
             run.run_id

@@ -69,7 +69,7 @@ impl Scheduler {
                     (self.job_version(&run.job_id, &run.job_version).await?, run)
                 }
             };
-            let Some(task) = job.task(&record.task_id).cloned() else {
+            let Some(task) = job.instance(&record.task_id) else {
                 continue;
             };
             let fence = held[&record.run_id].clone();

@@ -7,7 +7,7 @@
 //! The scheduler's memory is split by what it is about, each part with its own lock and its
 //! own file: the job cache (`jobs.rs`), backend health (`health.rs`), the lease on the runs
 //! it holds (`lease.rs`), the tries it follows (`followed.rs`), housekeeping (`housekeeping.rs`),
-//! the pass (`pass.rs`) and adoption of tries left running (`adoption.rs`). This file holds
+//! the pass (`pass.rs`), expanding mapped tasks (`expansion.rs`) and adoption of tries left running (`adoption.rs`). This file holds
 //! the configuration and the loop that calls them.
 //!
 //! Everything the scheduler knows lives in the store; its memory holds only caches and
@@ -15,6 +15,7 @@
 
 mod adoption;
 mod alerts;
+mod expansion;
 mod followed;
 pub mod group_commit;
 mod health;
@@ -35,6 +36,7 @@ use stevedore_backend::{Backend, KillSender, StopReason};
 use stevedore_domain::clock::{Clock, SystemClock};
 use stevedore_domain::job::{parse_job, Job, JobError, Task};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
+use stevedore_domain::mapping;
 use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
 use stevedore_domain::state::{FailureReason, RunState, TaskState, TryState};
 use stevedore_store::{

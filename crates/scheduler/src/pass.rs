@@ -213,7 +213,7 @@ impl Scheduler {
             let Some((job, run)) = plan.jobs_of_runs.get(&candidate.run_id) else {
                 continue;
             };
-            let Some(task) = job.task(&candidate.task_id) else {
+            let Some(task) = job.instance(&candidate.task_id) else {
                 continue;
             };
             let try_number = plan
@@ -228,7 +228,7 @@ impl Scheduler {
             self.spawn_try(
                 job.clone(),
                 run.clone(),
-                task.clone(),
+                task,
                 fence.clone(),
                 TryStart::New(try_number),
             );
@@ -362,8 +362,31 @@ impl Scheduler {
                 states.insert(ti.task_id.clone(), TaskState::Scheduled);
             }
         }
-        for (task_id, state) in resolve_waiting(&job, &mut states) {
-            changes.push((run.run_id.clone(), task_id, state));
+        // Trigger rules decided, and mapped tasks they let run expanded, until nothing more
+        // changes (an empty or broken list ends its task, which may decide others).
+        loop {
+            for (task_id, state) in resolve_waiting(&job, &mut states) {
+                changes.push((run.run_id.clone(), task_id, state));
+            }
+            let expanding: Vec<Task> = mapping::to_expand(&job, &states)
+                .into_iter()
+                .cloned()
+                .collect();
+            if expanding.is_empty() {
+                break;
+            }
+            let outputs = self.outputs_for_mapping(run, &expanding, &states).await?;
+            for task in expanding {
+                let ended = self
+                    .expand(&job, run, &task, &outputs, &instances, &mut states, now)
+                    .await?;
+                // What the store now holds of the unexpanded instance wins over the change
+                // that scheduled it.
+                changes.retain(|(_, key, _)| *key != task.id);
+                if let Some(state) = ended {
+                    changes.push((run.run_id.clone(), task.id.clone(), state));
+                }
+            }
         }
 
         let job_free = capacity
@@ -375,20 +398,22 @@ impl Scheduler {
         let mut blocked_for_good = 0;
         let mut waiting = Vec::new();
         let mut give_ups = Vec::new();
-        for (task_id, state) in &states {
-            let Some(task) = job.task(task_id) else {
+        for (key, state) in &states {
+            let Some(task) = job.task_of(key) else {
                 continue;
             };
             if state.is_active() {
                 *job_free -= 1;
                 *capacity.pools.entry(task.pool.clone()).or_insert(0) -= i64::from(task.pool_slots);
-                continue;
             }
-            if *state != TaskState::Scheduled {
+        }
+        // `scheduled` task instances, within each mapped task's `max_active`.
+        for key in mapping::startable(&job, &states) {
+            let Some(task) = job.instance(&key) else {
                 continue;
-            }
+            };
             if task.depends_on_past {
-                match self.past_allows(run, task_id).await? {
+                match self.past_allows(run, &key).await? {
                     Past::Allows => {}
                     Past::NotYet => continue,
                     Past::Never => {
@@ -400,31 +425,31 @@ impl Scheduler {
             // A configured backend that is not ready holds its tries; one that is not
             // configured at all fails them (with a reason saying so) in the try runner.
             let backend = task.backend.as_str();
-            let record = instances.iter().find(|ti| &ti.task_id == task_id);
+            let record = instances.iter().find(|ti| ti.task_id == key);
             let waited = record.and_then(|ti| ti.waiting.clone());
             if self.backends.contains_key(backend) && !self.is_ready(backend) {
                 let reason = self.health.why_not_ready(backend);
                 match waited {
                     Some(since) if self.waited_too_long(since.since, now) => {
                         if let Some(ti) = record {
-                            give_ups.push(self.give_up(&job, task, run, ti, &since, now).await?);
+                            give_ups.push(self.give_up(&job, &task, run, ti, &since, now).await?);
                         }
                     }
                     Some(since) if since.reason == reason => {}
-                    _ => waiting.push((task_id.clone(), Some(Waiting { since: now, reason }))),
+                    _ => waiting.push((key.clone(), Some(Waiting { since: now, reason }))),
                 }
                 continue;
             }
             if waited.is_some() {
-                waiting.push((task_id.clone(), None));
+                waiting.push((key.clone(), None));
             }
             ready.push(Candidate {
                 run_id: run.run_id.clone(),
-                task_id: task_id.clone(),
+                task_id: key.clone(),
                 job_id: job.id.clone(),
                 pool: task.pool.clone(),
                 pool_slots: i64::from(task.pool_slots),
-                weight: weights.get(task_id).copied().unwrap_or(0),
+                weight: weights.get(task.task_id()).copied().unwrap_or(0),
                 logical_date: run.logical_date,
             });
         }
@@ -719,12 +744,19 @@ fn failure_of(job: &Job, states: &HashMap<String, TaskState>, outcome: RunState)
     if outcome != RunState::Failed {
         return None;
     }
-    let failed: Vec<String> = job
-        .tasks
+    let mut failed: Vec<&String> = states
         .iter()
-        .filter(|task| states.get(&task.id) == Some(&TaskState::Failed))
-        .map(|task| format!("`{}`", task.id))
+        .filter(|(key, state)| **state == TaskState::Failed && job.task_of(key).is_some())
+        .map(|(key, _)| key)
         .collect();
+    // In the job file's order, then by map index.
+    let position = |key: &str| {
+        let (task_id, index) = mapping::split_key(key);
+        let at = job.tasks.iter().position(|t| t.id == task_id);
+        (at, index)
+    };
+    failed.sort_by_key(|key| position(key));
+    let failed: Vec<String> = failed.iter().map(|key| format!("`{key}`")).collect();
     Some(match failed.len() {
         0 => "a task it ends with did not succeed (upstream_failed)".to_owned(),
         1 => format!("task {} failed", failed[0]),
@@ -735,7 +767,7 @@ fn failure_of(job: &Job, states: &HashMap<String, TaskState>, outcome: RunState)
 /// Counts `count` active task instances of `task_id` in another scheduler's runs of `job`
 /// against `capacity`.
 fn count_active(job: &Job, task_id: &str, count: i64, capacity: &mut Capacity) {
-    let Some(task) = job.task(task_id) else {
+    let Some(task) = job.task_of(task_id) else {
         return;
     };
     *capacity

@@ -324,6 +324,17 @@ pub trait Store: Send + Sync {
     /// Puts finished task instances back to `none` (a new try follows, with a fresh retry
     /// budget) and a finished run back to `queued`. Refuses running task instances.
     async fn clear_task_instances(&self, run_id: &str, task_ids: &[String]) -> Result<()>;
+    /// Expands mapped task `task_id` of `run_id`, whose unexpanded task instance is
+    /// `scheduled` (or `none`, as the pass deciding so has not written it yet), into `count` (at least 1) instances `task_id[N]`, all `scheduled`: the
+    /// unexpanded instance leaves, an instance an earlier expansion made is reused (its
+    /// tries keep counting) and any beyond `count` becomes `removed`. `false` when the
+    /// unexpanded instance is no longer waiting to start (nothing is changed).
+    async fn expand_task(&self, run_id: &str, task_id: &str, count: u32) -> Result<bool>;
+    /// Fails a task instance that has not started (`none` or `scheduled`) before any
+    /// container: its try is recorded failed with `give_up.reason` (such as a mapped task's
+    /// `for_each` that is not a list), with its events. `false` when it has started or
+    /// ended since.
+    async fn fail_before_start(&self, give_up: &GiveUp) -> Result<bool>;
 
     // Connections.
     async fn put_connection(&self, connection: &ConnectionRecord) -> Result<()>;

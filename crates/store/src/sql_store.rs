@@ -154,6 +154,107 @@ impl $store {
 }
 
 impl $store {
+    /// Clears an expanded mapped task as a whole: its instances become `removed` and its
+    /// unexpanded instance returns, `none`, so the scheduler expands it again (reusing the
+    /// instances, whose tries keep counting). `false` when `task_id` has no instances.
+    async fn clear_expanded(
+        tx: &mut sqlx::Transaction<'_, <$dialect as Dialect>::DB>,
+        run_id: &str,
+        task_id: &str,
+    ) -> Result<bool> {
+        let prefix = format!("{task_id}[");
+        let states: Vec<String> = sql::query_scalar::<$dialect, _>(
+            "SELECT state FROM task_instances WHERE run_id = ? AND substr(task_id, 1, ?) = ?",
+        )
+        .bind(run_id)
+        .bind(prefix.len() as i64)
+        .bind(&prefix)
+        .fetch_all(&mut **tx)
+        .await?;
+        if states.is_empty() {
+            return Ok(false);
+        }
+        if states.iter().any(|s| s == "queued" || s == "running") {
+            return Err(StoreError::Conflict(format!(
+                "task `{task_id}` has instances running in run {run_id}; wait for them or cancel the run"
+            )));
+        }
+        sql::query::<$dialect>(
+            "UPDATE task_instances SET state = 'removed', next_try_at = NULL, \
+             waiting_since = NULL, waiting_reason = NULL \
+             WHERE run_id = ? AND substr(task_id, 1, ?) = ?",
+        )
+        .bind(run_id)
+        .bind(prefix.len() as i64)
+        .bind(&prefix)
+        .execute(&mut **tx)
+        .await?;
+        // Tries of the unexpanded instance (a `for_each` that once failed) keep counting.
+        let tries: i64 = sql::query_scalar::<$dialect, _>(
+            "SELECT COALESCE(MAX(try_number), 0) FROM tries WHERE run_id = ? AND task_id = ?",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        sql::query::<$dialect>(
+            "INSERT INTO task_instances (run_id, task_id, state, try_number, retry_base) \
+             VALUES (?, ?, 'none', ?, ?)",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(tries)
+        .bind(tries)
+        .execute(&mut **tx)
+        .await?;
+        Ok(true)
+    }
+
+    /// [`Store::give_up_waiting`] (`waiting` true) and [`Store::fail_before_start`].
+    async fn fail_scheduled(&self, give_up: &GiveUp, waiting: bool) -> Result<bool> {
+        let mut tx = self.write_transaction().await?;
+        let key = &give_up.key;
+        let at = ts(give_up.at);
+        let done = sql::query::<$dialect>(if waiting {
+            "UPDATE task_instances SET state = ?, try_number = ?, next_try_at = ?, \
+             ended_at = ?, waiting_since = NULL, waiting_reason = NULL \
+             WHERE run_id = ? AND task_id = ? AND waiting_since IS NOT NULL AND state = 'scheduled'"
+        } else {
+            "UPDATE task_instances SET state = ?, try_number = ?, next_try_at = ?, \
+             ended_at = ?, waiting_since = NULL, waiting_reason = NULL \
+             WHERE run_id = ? AND task_id = ? AND state IN ('none', 'scheduled')"
+        })
+        .bind(give_up.task_state.as_str())
+        .bind(i64::from(key.try_number))
+        .bind(give_up.next_try_at.map(ts))
+        .bind(give_up.task_state.is_finished().then(|| at.clone()))
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sql::query::<$dialect>(
+            "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at, \
+             ended_at, failure_reason) VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?)",
+        )
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.try_number))
+        .bind(&give_up.backend)
+        .bind(&give_up.image_ref)
+        .bind(&at)
+        .bind(&at)
+        .bind(&give_up.reason)
+        .execute(&mut *tx)
+        .await?;
+        let notifications: Vec<&NewNotification> = give_up.notifications.iter().collect();
+        Self::insert_notifications(&mut tx, &notifications).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Writes notifications into the outbox; one whose id is there already (the same
     /// event written again) is kept once.
     async fn insert_notifications(
@@ -1495,6 +1596,9 @@ impl Store for $store {
             .bind(task_id)
             .fetch_optional(&mut *tx)
             .await?;
+            if state.is_none() && Self::clear_expanded(&mut tx, run_id, task_id).await? {
+                continue;
+            }
             match state.as_deref() {
                 None => {
                     return Err(StoreError::NotFound(format!(
@@ -1869,41 +1973,74 @@ impl Store for $store {
     }
 
     async fn give_up_waiting(&self, give_up: &GiveUp) -> Result<bool> {
+        self.fail_scheduled(give_up, true).await
+    }
+
+    async fn fail_before_start(&self, give_up: &GiveUp) -> Result<bool> {
+        self.fail_scheduled(give_up, false).await
+    }
+
+    async fn expand_task(&self, run_id: &str, task_id: &str, count: u32) -> Result<bool> {
+        type Db = <$dialect as Dialect>::DB;
         let mut tx = self.write_transaction().await?;
-        let key = &give_up.key;
-        let at = ts(give_up.at);
-        let done = sql::query::<$dialect>(
-            "UPDATE task_instances SET state = ?, try_number = ?, next_try_at = ?, \
-             ended_at = ?, waiting_since = NULL, waiting_reason = NULL \
-             WHERE run_id = ? AND task_id = ? AND waiting_since IS NOT NULL AND state = 'scheduled'",
+        let left = sql::query::<$dialect>(
+            "DELETE FROM task_instances WHERE run_id = ? AND task_id = ? \
+             AND state IN ('none', 'scheduled')",
         )
-        .bind(give_up.task_state.as_str())
-        .bind(i64::from(key.try_number))
-        .bind(give_up.next_try_at.map(ts))
-        .bind(give_up.task_state.is_finished().then(|| at.clone()))
-        .bind(&key.run_id)
-        .bind(&key.task_id)
+        .bind(run_id)
+        .bind(task_id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        if left.rows_affected() == 0 {
             return Ok(false);
         }
-        sql::query::<$dialect>(
-            "INSERT INTO tries (run_id, task_id, try_number, backend, image_ref, state, started_at, \
-             ended_at, failure_reason) VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?)",
+        // Instances an earlier expansion made (an operator cleared the task since).
+        let prefix = format!("{task_id}[");
+        let existing: Vec<String> = sql::query_scalar::<$dialect, _>(
+            "SELECT task_id FROM task_instances WHERE run_id = ? AND substr(task_id, 1, ?) = ?",
         )
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.try_number))
-        .bind(&give_up.backend)
-        .bind(&give_up.image_ref)
-        .bind(&at)
-        .bind(&at)
-        .bind(&give_up.reason)
-        .execute(&mut *tx)
+        .bind(run_id)
+        .bind(prefix.len() as i64)
+        .bind(&prefix)
+        .fetch_all(&mut *tx)
         .await?;
-        let notifications: Vec<&NewNotification> = give_up.notifications.iter().collect();
-        Self::insert_notifications(&mut tx, &notifications).await?;
+        let (reused, beyond): (Vec<String>, Vec<String>) = existing.into_iter().partition(|key| {
+            stevedore_domain::mapping::split_key(key)
+                .1
+                .is_some_and(|index| index < count)
+        });
+        for (keys, state) in [(&reused, "scheduled"), (&beyond, "removed")] {
+            for chunk in keys.chunks(BULK_ROWS) {
+                let mut query = QueryBuilder::<Db>::new("UPDATE task_instances SET state = ");
+                query
+                    .push_bind(state)
+                    .push(", next_try_at = NULL, ended_at = NULL, retry_base = try_number WHERE run_id = ")
+                    .push_bind(run_id)
+                    .push(" AND task_id IN (");
+                let mut list = query.separated(", ");
+                for key in chunk {
+                    list.push_bind(key.as_str());
+                }
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
+            }
+        }
+        let reused: std::collections::HashSet<&str> = reused.iter().map(String::as_str).collect();
+        let new: Vec<String> = (0..count)
+            .map(|index| stevedore_domain::mapping::instance_key(task_id, index))
+            .filter(|key| !reused.contains(key.as_str()))
+            .collect();
+        for chunk in new.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<Db>::new(
+                "INSERT INTO task_instances (run_id, task_id, state) ",
+            );
+            query.push_values(chunk, |mut row, key| {
+                row.push_bind(run_id)
+                    .push_bind(key.as_str())
+                    .push_bind("scheduled");
+            });
+            query.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

@@ -389,5 +389,8 @@ impl Backend for DockerBackend {
 /// A try's container name: derived from the try itself, so the engine refuses a second
 /// container of the same try whoever asks.
 pub fn container_name(job_id: &str, task_id: &str, run_id: &str, try_number: u32) -> String {
-    format!("stevedore-{job_id}-{task_id}-{run_id}-{try_number}")
+    format!(
+        "stevedore-{job_id}-{}-{run_id}-{try_number}",
+        stevedore_domain::mapping::name_part(task_id)
+    )
 }

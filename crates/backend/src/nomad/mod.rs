@@ -71,7 +71,10 @@ pub struct NomadBackend {
 /// A try's Nomad job ID: derived from the try itself (like the docker backend's container
 /// name), so Nomad refuses a second job of the same try.
 pub fn job_id(job_id: &str, task_id: &str, run_id: &str, try_number: u32) -> String {
-    format!("stevedore-{job_id}-{task_id}-{run_id}-{try_number}")
+    format!(
+        "stevedore-{job_id}-{}-{run_id}-{try_number}",
+        stevedore_domain::mapping::name_part(task_id)
+    )
 }
 
 /// Percent-encodes one path segment (job IDs may hold `:` or `+` from run IDs).

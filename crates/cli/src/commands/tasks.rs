@@ -22,25 +22,39 @@ pub(super) async fn ensure_task(
 
 pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
+    // `--map-index N` names instance `TASK[N]` of a mapped task.
+    let key = |task: String, map_index: Option<u32>| match map_index {
+        Some(index) => stevedore_domain::mapping::instance_key(&task, index),
+        None => task,
+    };
     let (run, task, try_number, follow) = match command {
         TasksCommand::Logs {
             run,
             task,
+            map_index,
             try_number,
             follow,
-        } => (run, task, try_number, follow),
+        } => (run, key(task, map_index), try_number, follow),
         TasksCommand::Clear {
             run,
             task,
+            map_index,
             downstream,
         } => {
             let run = store.find_run(&run).await?;
+            let task = key(task, map_index);
             let cleared = actions::clear(store.as_ref(), &run, &task, downstream).await?;
             println!("cleared {} in run {}", cleared.join(", "), run.run_id);
             return Ok(ExitCode::SUCCESS);
         }
-        TasksCommand::Mark { run, task, state } => {
+        TasksCommand::Mark {
+            run,
+            task,
+            map_index,
+            state,
+        } => {
             let run = store.find_run(&run).await?;
+            let task = key(task, map_index);
             actions::mark(store.as_ref(), &run, &task, &state).await?;
             println!("task {task} of run {} marked {state}", run.run_id);
             return Ok(ExitCode::SUCCESS);

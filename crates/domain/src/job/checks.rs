@@ -133,6 +133,20 @@ pub(super) fn check_templates(
             )
         }))
         .collect();
+        let for_each_text = match &task.for_each {
+            Some(ForEach::Variable(variable)) => Some(format!("{{{{ {variable} }}}}")),
+            _ => None,
+        };
+        let fields: Vec<(&str, u64, &str)> = fields
+            .into_iter()
+            .chain(for_each_text.as_deref().map(|text| {
+                (
+                    "for_each",
+                    line_for(raw.value.for_each.as_ref().map(line_of)),
+                    text,
+                )
+            }))
+            .collect();
         for (field, line, text) in fields {
             let variables = match template::variables(text) {
                 Ok(variables) => variables,
@@ -147,18 +161,30 @@ pub(super) fn check_templates(
                 // (any upstream image) may only do that within the job's allow-list.
                 if field == "image"
                     && !images_allowed
-                    && matches!(variable, Variable::Param(_) | Variable::Output { .. })
+                    && matches!(
+                        variable,
+                        Variable::Param(_) | Variable::Output { .. } | Variable::Item(_)
+                    )
                 {
                     problems.at(
                         line,
                         format!(
-                            "task `{}`: image uses `{variable}`: a param or an output may choose the image only among the job's `allowed_images` (list the image names it may render to)",
+                            "task `{}`: image uses `{variable}`: a param, an output or a mapped item may choose the image only among the job's `allowed_images` (list the image names it may render to)",
                             task.id
                         ),
                     );
                     continue;
                 }
                 match variable {
+                    Variable::Item(_) | Variable::MapIndex if task.for_each.is_none() => problems
+                        .at(
+                            line,
+                            format!(
+                                "task `{}`: {field} uses `{variable}`, which only a mapped task \
+                                 (one with `for_each`) has",
+                                task.id
+                            ),
+                        ),
                     Variable::Param(name) if !params.contains_key(&name) => problems.at(
                         line,
                         format!(

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::duration::parse_duration;
 use crate::image::ImageRef;
+use crate::mapping::{ForEach, MAX_MAP_LENGTH};
 use crate::notify::{NotifyEvent, NotifyRule};
 use crate::retry::RetryPolicy;
 use crate::schedule::{local_to_utc, Schedule, Timetable};
@@ -93,6 +94,20 @@ pub struct Task {
     pub max_artifact_size: u64,
     /// The task's `notify:` rules (its own, else the `defaults`'): they hear its events.
     pub notify: Vec<NotifyRule>,
+    /// A mapped task: one task instance per item of this list ([`crate::mapping`]).
+    pub for_each: Option<ForEach>,
+    /// How many instances of a mapped task may be active at once in a run.
+    pub max_active: Option<u32>,
+    /// Set on the [`Job::instance`] of a mapped task, whose `id` is then the instance key
+    /// `task[N]`; `None` in the job itself.
+    pub map_index: Option<u32>,
+}
+
+impl Task {
+    /// The task's id in the job file (an instance's `id` is its key, `task[N]`).
+    pub fn task_id(&self) -> &str {
+        crate::mapping::task_of_key(&self.id)
+    }
 }
 
 /// `max_artifact_size` when a task sets none: 10 GiB.
@@ -133,6 +148,28 @@ pub enum PullPolicy {
 impl Job {
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks.iter().find(|task| task.id == id)
+    }
+
+    /// The task a task instance key (`task` or `task[N]`) belongs to.
+    pub fn task_of(&self, key: &str) -> Option<&Task> {
+        self.task(crate::mapping::task_of_key(key))
+    }
+
+    /// The task as one task instance runs it: the task itself for an unmapped key, and for
+    /// `task[N]` of a mapped task a copy whose `id` is the key and `map_index` is N.
+    pub fn instance(&self, key: &str) -> Option<Task> {
+        let (task_id, index) = crate::mapping::split_key(key);
+        let task = self.task(task_id)?;
+        match index {
+            None => Some(task.clone()),
+            Some(_) if task.for_each.is_none() => None,
+            Some(index) => {
+                let mut instance = task.clone();
+                instance.id = key.to_owned();
+                instance.map_index = Some(index);
+                Some(instance)
+            }
+        }
     }
 
     /// Tasks that no other task depends on: they decide the run's outcome.

@@ -131,6 +131,12 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
                 "defaults may not set `id` or `depends_on`",
             );
         }
+        if spanned.value.for_each.is_some() || spanned.value.max_active.is_some() {
+            problems.at(
+                line_of(spanned),
+                "defaults may not set `for_each` or `max_active`: they belong to one task",
+            );
+        }
     }
 
     if raw.tasks.value.is_empty() {
@@ -549,6 +555,26 @@ pub(super) fn build_task(
     let notify = pick!(notify)
         .map(|rules| build_rules(rules, Some(&id), problems))
         .unwrap_or_default();
+    let for_each = raw
+        .for_each
+        .as_ref()
+        .and_then(|spanned| build_for_each(&id, spanned, problems));
+    let max_active = raw.max_active.as_ref().and_then(|spanned| {
+        let problem = if for_each.is_none() && raw.for_each.is_none() {
+            Some("max_active applies to a mapped task (one with `for_each`)")
+        } else if spanned.value == 0 {
+            Some("max_active must be at least 1")
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                problems.at(line_of(spanned), format!("task `{id}`: {message}"));
+                None
+            }
+            None => Some(spanned.value),
+        }
+    });
     let env = pick!(env).map(scalar_texts).unwrap_or_default();
     let args = pick!(args)
         .map(|spanned| spanned.value.iter().map(|v| v.0.clone()).collect())
@@ -598,7 +624,55 @@ pub(super) fn build_task(
         user,
         max_artifact_size,
         notify,
+        for_each,
+        max_active,
+        map_index: None,
     })
+}
+
+/// `for_each`: a list, or a template naming one upstream output or param and nothing else.
+fn build_for_each(
+    id: &str,
+    spanned: &Spanned<Value>,
+    problems: &mut Problems<'_>,
+) -> Option<ForEach> {
+    let line = line_of(spanned);
+    let wrong = |problems: &mut Problems<'_>, why: &str| {
+        problems.at(
+            line,
+            format!(
+                "task `{id}`: for_each {why}; write a list, or one variable such as                  \"{{{{ outputs.TASK.KEY }}}}\" or \"{{{{ params.NAME }}}}\""
+            ),
+        );
+        None
+    };
+    match &spanned.value {
+        Value::Array(list) if list.len() > MAX_MAP_LENGTH => wrong(
+            problems,
+            &format!(
+                "lists {} items, more than the {MAX_MAP_LENGTH} one mapped task may expand to",
+                list.len()
+            ),
+        ),
+        Value::Array(list) => Some(ForEach::Literal(list.clone())),
+        Value::String(text) => {
+            let trimmed = text.trim();
+            let variables = match template::variables(trimmed) {
+                Ok(variables) => variables,
+                Err(message) => return wrong(problems, &message),
+            };
+            let alone = trimmed.starts_with("{{")
+                && trimmed.ends_with("}}")
+                && trimmed.matches("{{").count() == 1;
+            match variables.as_slice() {
+                [variable @ (Variable::Output { .. } | Variable::Param(_))] if alone => {
+                    Some(ForEach::Variable(variable.clone()))
+                }
+                _ => wrong(problems, &format!("`{text}` is not one output or param")),
+            }
+        }
+        _ => wrong(problems, "is neither a list nor a template"),
+    }
 }
 
 /// A user as Docker and Nomad take it: a name or uid, optionally `:group` or `:gid`.

@@ -97,6 +97,8 @@ pub(super) struct RawTask {
     pub(super) user: Option<Spanned<Scalar>>,
     pub(super) max_artifact_size: Option<Spanned<Scalar>>,
     pub(super) notify: Option<Vec<Spanned<RawRule>>>,
+    pub(super) for_each: Option<Spanned<Value>>,
+    pub(super) max_active: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default, Clone)]

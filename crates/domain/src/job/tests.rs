@@ -293,3 +293,84 @@ fn bad_notify_rules_are_load_errors_naming_the_line() {
         "{errors:?}"
     );
 }
+
+const MAPPED: &str = r#"
+id: per_account
+params: {regions: [eu, us]}
+tasks:
+  - id: list_accounts
+    image: i:1
+  - id: extract
+    image: i:1
+    depends_on: [list_accounts]
+    for_each: "{{ outputs.list_accounts.accounts }}"
+    max_active: 2
+    args: ["--account", "{{ item.id }}", "--part", "{{ map_index }}"]
+  - id: per_region
+    image: i:1
+    for_each: "{{ params.regions }}"
+    env: {REGION: "{{ item }}"}
+  - id: fixed
+    image: i:1
+    for_each: [a, b, c]
+  - id: load
+    image: i:1
+    depends_on: [extract]
+    args: ["{{ outputs.extract.rows }}"]
+"#;
+
+#[test]
+fn mapped_tasks_read_their_list_and_instances_carry_their_key() {
+    use crate::mapping::ForEach;
+    let job = parse_job("jobs/mapped.yaml", MAPPED).unwrap();
+    let extract = job.task("extract").unwrap();
+    assert_eq!(
+        extract.for_each,
+        Some(ForEach::Variable(Variable::Output {
+            task: "list_accounts".into(),
+            key: "accounts".into()
+        }))
+    );
+    assert_eq!(extract.max_active, Some(2));
+    assert_eq!(
+        job.task("per_region").unwrap().for_each,
+        Some(ForEach::Variable(Variable::Param("regions".into())))
+    );
+    assert!(matches!(
+        &job.task("fixed").unwrap().for_each,
+        Some(ForEach::Literal(items)) if items.len() == 3
+    ));
+    let instance = job.instance("extract[3]").unwrap();
+    assert_eq!(
+        (instance.id.as_str(), instance.map_index),
+        ("extract[3]", Some(3))
+    );
+    assert_eq!(instance.task_id(), "extract");
+    assert_eq!(job.task_of("extract[3]").unwrap().id, "extract");
+    assert!(
+        job.instance("load[1]").is_none(),
+        "an unmapped task has no instances"
+    );
+}
+
+#[test]
+fn mapping_mistakes_are_load_errors_naming_the_line() {
+    let mistakes = errors(
+        "id: bad\ndefaults:\n  for_each: [1]\ntasks:\n  - id: a\n    image: i:1\n    max_active: 2\n    args: [\"{{ item }}\"]\n  - id: b\n    image: i:1\n    for_each: \"{{ outputs.c.list }}\"\n  - id: c\n    image: i:1\n    for_each: \"x {{ params.p }}\"\n  - id: d\n    image: i:1\n    for_each: {a: 1}\n  - id: e\n    image: i:1\n    for_each: [1]\n    max_active: 0\n",
+    );
+    let expected = [
+        "jobs/bad.yaml:3: defaults may not set `for_each` or `max_active`",
+        "jobs/bad.yaml:7: task `a`: max_active applies to a mapped task",
+        "jobs/bad.yaml:8: task `a`: args uses `item`, which only a mapped task",
+        "jobs/bad.yaml:11: task `b`: for_each uses outputs of `c`, which is not upstream of it",
+        "jobs/bad.yaml:14: task `c`: for_each `x {{ params.p }}` is not one output or param",
+        "jobs/bad.yaml:17: task `d`: for_each is neither a list nor a template",
+        "jobs/bad.yaml:21: task `e`: max_active must be at least 1",
+    ];
+    for want in expected {
+        assert!(
+            mistakes.iter().any(|m| m.starts_with(want)),
+            "missing `{want}` in {mistakes:#?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 #[allow(unused_imports)]
 use super::*;
 
+use std::collections::BTreeSet;
 use stevedore_backend::{CaptureFailure, CaptureLimits, StagedFile, WorkspaceFile};
 use stevedore_store::CapturedFile;
 
@@ -25,16 +26,19 @@ impl TryRunner {
         if self.artifacts.is_none() {
             return Ok(Vec::new());
         }
-        let ancestors = job.ancestors(&task.id);
+        let ancestors = job.ancestors(task.task_id());
         if ancestors.is_empty() {
             return Ok(Vec::new());
         }
         let artifacts = self.store.run_artifacts(run_id).await?;
+        // The task instances (each instance of a mapped ancestor) that left files.
+        let upstreams: BTreeSet<&str> = artifacts
+            .iter()
+            .map(|a| a.task_id.as_str())
+            .filter(|key| ancestors.contains(mapping::task_of_key(key)))
+            .collect();
         let mut chosen = Vec::new();
-        for upstream in &ancestors {
-            if !artifacts.iter().any(|a| a.task_id == *upstream) {
-                continue;
-            }
+        for upstream in upstreams {
             let tries = self.store.tries(run_id, upstream).await?;
             if let Some(latest) = tries
                 .iter()

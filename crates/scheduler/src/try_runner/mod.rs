@@ -20,7 +20,7 @@ pub use finish::task_history;
 use finish::{with_protocol_failure, with_reported_error};
 use persistence::append;
 pub use persistence::{persist, record_finish};
-use prepare::{render_task, RenderedTask};
+use prepare::{mapped_item, render_task, RenderedTask};
 use sink::{follow, EventPipe, EventTarget};
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +36,7 @@ use stevedore_domain::attempt::{self, Ending, History, Settled, TryIdentity};
 use stevedore_domain::clock::Clock;
 use stevedore_domain::image::ImageRef;
 use stevedore_domain::job::{Job, Task};
+use stevedore_domain::mapping::{self, ForEach};
 use stevedore_domain::mask::Masker;
 use stevedore_domain::protocol::{
     output_as_text, read_line, rfc3339, Message, TryContext, TryLimits,
@@ -145,40 +146,59 @@ impl TryRunner {
     ) -> anyhow::Result<TryEnd> {
         let context = TryContext {
             job_id: job.id.clone(),
-            task_id: task.id.clone(),
+            task_id: task.task_id().to_owned(),
             run_id: run.run_id.clone(),
             try_number,
             logical_date: run.logical_date,
             data_interval: run.data_interval,
             params: run.params.clone(),
+            map_index: task.map_index,
         };
         let key = TryKey {
             run_id: run.run_id.clone(),
             task_id: task.id.clone(),
             try_number,
         };
-        // Upstream outputs are read only for a task whose templates use them.
-        let uses_outputs = std::iter::once(&task.image)
-            .chain(&task.args)
-            .chain(task.env.values())
-            .any(|text| {
-                template::variables(text)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|v| matches!(v, Variable::Output { .. }))
-            });
+        // Upstream outputs are read only for a task whose templates (or whose `for_each`,
+        // for a mapped instance's item) use them.
+        let maps_over_outputs = task.map_index.is_some()
+            && matches!(
+                &task.for_each,
+                Some(ForEach::Variable(Variable::Output { .. }))
+            );
+        let uses_outputs = maps_over_outputs
+            || std::iter::once(&task.image)
+                .chain(&task.args)
+                .chain(task.env.values())
+                .any(|text| {
+                    template::variables(text)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|v| matches!(v, Variable::Output { .. }))
+                });
         let outputs: HashMap<(String, String), Value> = if uses_outputs {
-            self.store
-                .outputs(&run.run_id)
+            let instances: Vec<String> = self
+                .store
+                .task_instances(&run.run_id)
                 .await?
                 .into_iter()
-                .map(|(task, key, value)| ((task, key), value))
-                .collect()
+                .map(|ti| ti.task_id)
+                .collect();
+            mapping::gather_outputs(self.store.outputs(&run.run_id).await?, &instances)
         } else {
             HashMap::new()
         };
+        let item = mapped_item(&task, &run.params, &outputs);
         let inputs = self.staged_inputs(&job, &task, &run.run_id).await?;
-        let rendered = render_task(&task, &job.allowed_images, &context, &outputs);
+        let rendered = item.and_then(|item| {
+            render_task(
+                &task,
+                &job.allowed_images,
+                &context,
+                &outputs,
+                item.as_ref(),
+            )
+        });
         let image_text = rendered
             .as_ref()
             .map(|r| r.image.clone())
@@ -393,12 +413,13 @@ impl TryRunner {
     ) -> anyhow::Result<TryEnd> {
         let context = TryContext {
             job_id: job.id.clone(),
-            task_id: task.id.clone(),
+            task_id: task.task_id().to_owned(),
             run_id: run.run_id.clone(),
             try_number: record.try_number,
             logical_date: run.logical_date,
             data_interval: run.data_interval,
             params: run.params.clone(),
+            map_index: task.map_index,
         };
         let interrupted = |why: &str| TryFinish {
             try_id: record.try_id,

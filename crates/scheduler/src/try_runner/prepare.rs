@@ -58,12 +58,42 @@ pub(super) struct RenderedTask {
     pub(super) env: BTreeMap<String, String>,
 }
 
-/// Renders the task's templates for this try.
+/// The item a mapped task instance was made for (`None` for an unmapped one): its
+/// `for_each` rendered again, as when it was expanded, and the item at its index.
+pub(super) fn mapped_item(
+    task: &Task,
+    params: &Value,
+    outputs: &HashMap<(String, String), Value>,
+) -> Result<Option<Value>, String> {
+    let (Some(index), Some(for_each)) = (task.map_index, &task.for_each) else {
+        return Ok(None);
+    };
+    let value_of = |variable: &Variable| match variable {
+        Variable::Param(name) => params.get(name).cloned(),
+        Variable::Output { task, key } => outputs.get(&(task.clone(), key.clone())).cloned(),
+        _ => None,
+    };
+    let items = mapping::items(for_each, &value_of)?;
+    let count = items.len();
+    items
+        .into_iter()
+        .nth(index as usize)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+            "for_each: instance {index} has no item: the list now has {count} (clear the whole \
+             task to expand it again)"
+        )
+        })
+}
+
+/// Renders the task's templates for this try; `item` is a mapped instance's item.
 pub(super) fn render_task(
     task: &Task,
     allowed_images: &[String],
     context: &TryContext,
     outputs: &HashMap<(String, String), Value>,
+    item: Option<&Value>,
 ) -> Result<RenderedTask, String> {
     let lookup = |variable: &Variable| -> Option<String> {
         match variable {
@@ -81,6 +111,10 @@ pub(super) fn render_task(
             Variable::Output { task, key } => outputs
                 .get(&(task.clone(), key.clone()))
                 .map(output_as_text),
+            Variable::Item(path) => item
+                .and_then(|item| mapping::item_field(item, path))
+                .map(output_as_text),
+            Variable::MapIndex => context.map_index.map(|index| index.to_string()),
         }
     };
     let image = template::render(&task.image, &lookup).map_err(|e| format!("image: {e}"))?;
