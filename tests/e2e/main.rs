@@ -13,6 +13,7 @@
 //! - `integrations`, `demo_api`, `registry`: the example integrations, the demo API, pulls
 //!   from a registry that needs a login.
 //! - `connectors`: Singer and Airbyte connectors from PyPI, wrapped unmodified.
+//! - `mapping`: a mapped task (`for_each`) fanning out into containers.
 
 mod alerts;
 mod backends;
@@ -21,5 +22,6 @@ mod connectors;
 mod demo_api;
 mod docker;
 mod integrations;
+mod mapping;
 mod nomad;
 mod registry;

@@ -296,10 +296,66 @@ pub fn param_value(params: &Map<String, Value>, variable: &Variable) -> Option<V
     }
 }
 
+/// Task states, the most urgent first, as Airflow's grid picks the one that stands for a
+/// mapped task's instances: any failure, then what waits or runs, then success and skips.
+const URGENCY: [TaskState; 11] = [
+    TaskState::Failed,
+    TaskState::UpstreamFailed,
+    TaskState::UpForRetry,
+    TaskState::UpForReschedule,
+    TaskState::Queued,
+    TaskState::Scheduled,
+    TaskState::Running,
+    TaskState::None,
+    TaskState::Skipped,
+    TaskState::Success,
+    TaskState::Removed,
+];
+
+fn urgency(state: TaskState) -> usize {
+    URGENCY
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or(URGENCY.len())
+}
+
+/// The state that stands for a mapped task's instances in a summary (the grid, the graph):
+/// the most urgent of theirs; `removed` only when all are.
+pub fn summary_state(states: impl IntoIterator<Item = TaskState>) -> Option<TaskState> {
+    states.into_iter().min_by_key(|state| urgency(*state))
+}
+
+/// How many instances are in each state, the most urgent first, `removed` left out.
+pub fn state_counts(states: impl IntoIterator<Item = TaskState>) -> Vec<(TaskState, usize)> {
+    let mut counts: Vec<(TaskState, usize)> = Vec::new();
+    for state in states.into_iter().filter(|s| *s != TaskState::Removed) {
+        match counts.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((state, 1)),
+        }
+    }
+    counts.sort_by_key(|(state, _)| urgency(*state));
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_summary_shows_the_most_urgent_state_and_counts_each() {
+        use TaskState::*;
+        assert_eq!(summary_state([Success, Running, Failed]), Some(Failed));
+        assert_eq!(summary_state([Success, Running]), Some(Running));
+        assert_eq!(summary_state([Success, Skipped]), Some(Skipped));
+        assert_eq!(summary_state([Removed, Success]), Some(Success));
+        assert_eq!(summary_state([]), Option::None);
+        assert_eq!(
+            state_counts([Success, Running, Success, Removed, Failed]),
+            vec![(Failed, 1), (Running, 1), (Success, 2)]
+        );
+    }
 
     #[test]
     fn keys_split_and_order_numerically() {

@@ -66,7 +66,8 @@ pub async fn set(
     actor: &str,
 ) -> Result<StateView> {
     let (job, _, _) = load_job(jobs_dir, job_id)?;
-    if !job.tasks.iter().any(|t| t.id == task_id) {
+    // A mapped task's instances each keep their own state, under their key `task[N]`.
+    if job.instance(task_id).is_none() {
         return Err(ActionError::Invalid(format!(
             "job `{job_id}` has no task `{task_id}` (its tasks: {})",
             job.tasks

@@ -10,6 +10,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use stevedore_domain::mapping;
 use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
 use stevedore_store::{
     ConnectionRecord, LogLine, PoolRecord, RunRecord, TaskInstanceRecord, TryRecord,
@@ -157,6 +158,9 @@ impl From<&stevedore_store::StateEntry> for StateView {
 pub struct TryView {
     pub run_id: String,
     pub task_id: String,
+    /// The index of a mapped task's instance (`null` for a task that is not mapped); the
+    /// instance's URLs name it `task_id[map_index]`.
+    pub map_index: Option<u32>,
     #[schema(minimum = 1)]
     pub try_number: u32,
     #[schema(schema_with = try_state)]
@@ -175,9 +179,11 @@ pub struct TryView {
 
 impl From<&TryRecord> for TryView {
     fn from(attempt: &TryRecord) -> TryView {
+        let (task_id, map_index) = mapping::split_key(&attempt.task_id);
         TryView {
             run_id: attempt.run_id.clone(),
-            task_id: attempt.task_id.clone(),
+            task_id: task_id.to_owned(),
+            map_index,
             try_number: attempt.try_number,
             state: attempt.state.as_str().to_owned(),
             backend: attempt.backend.clone(),
@@ -198,6 +204,9 @@ impl From<&TryRecord> for TryView {
 pub struct TaskInstanceView {
     pub run_id: String,
     pub task_id: String,
+    /// The index of a mapped task's instance (`null` for a task that is not mapped, or a
+    /// mapped one not expanded yet); its URLs name it `task_id[map_index]`.
+    pub map_index: Option<u32>,
     #[schema(schema_with = task_state)]
     pub state: String,
     pub try_number: u32,
@@ -221,9 +230,11 @@ pub struct TaskInstanceView {
 impl TaskInstanceView {
     pub fn new(ti: &TaskInstanceRecord, tries: &[TryRecord]) -> TaskInstanceView {
         let last = tries.last();
+        let (task_id, map_index) = mapping::split_key(&ti.task_id);
         TaskInstanceView {
             run_id: ti.run_id.clone(),
-            task_id: ti.task_id.clone(),
+            task_id: task_id.to_owned(),
+            map_index,
             state: ti.state.as_str().to_owned(),
             try_number: ti.try_number,
             next_try_at: ti.next_try_at.map(time),
@@ -262,6 +273,8 @@ pub struct RunDetail {
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct ArtifactView {
     pub task_id: String,
+    /// The index of the mapped task instance that left it (`null` when not mapped).
+    pub map_index: Option<u32>,
     pub try_number: u32,
     /// Its path under the workspace.
     pub path: String,
@@ -276,8 +289,10 @@ pub struct ArtifactView {
 
 impl From<&stevedore_store::ArtifactRecord> for ArtifactView {
     fn from(record: &stevedore_store::ArtifactRecord) -> Self {
+        let (task_id, map_index) = mapping::split_key(&record.task_id);
         ArtifactView {
-            task_id: record.task_id.clone(),
+            task_id: task_id.to_owned(),
+            map_index,
             try_number: record.try_number,
             path: record.path.clone(),
             size: record.size,

@@ -4,7 +4,11 @@
 //!
 //! - `extract [--records N] [--sleep SECS]`: "pulls" N records, reports progress, publishes
 //!   `records` and `checksum` outputs and commits `{"cursor": interval_end}` as state.
-//! - `load --inputs A,B,C`: sums upstream counts and logs the total it "loaded".
+//! - `load --inputs A,B,C`: sums upstream counts (or a JSON list of them, such as a mapped
+//!   task's outputs) and logs the total it "loaded".
+//! - `list --count N [--fail-first-try-at K]`: publishes `accounts`, a list of N accounts
+//!   `{"id": "acct_I", "records": 10*I, "fail_first_try": I == K}`, for a mapped task.
+//! - `extract ... --fail-first-try true`: fails its first try (exit 1), then extracts.
 //! - `flaky --fail-until-try K`: fails (exit 1, on stderr) while the try number is below K.
 //! - `sensor --ready-on-try K`: not ready yet (exit 75) while the try number is below K.
 //! - `write --file NAME --text TEXT` / `read --file NAME`: a file in the run's workspace
@@ -69,8 +73,13 @@ fn extract(ctx: &Context) -> Result<Outcome, String> {
 
 fn load(ctx: &Context) -> Result<Outcome, String> {
     let inputs = ctx.arg("inputs").ok_or("load needs --inputs A,B,...")?;
+    println!("inputs {inputs}");
     let mut total = 0u64;
-    for part in inputs.split(',') {
+    let parts: Vec<String> = match serde_json::from_str::<Vec<serde_json::Value>>(inputs) {
+        Ok(list) => list.iter().map(|v| v.to_string()).collect(),
+        Err(_) => inputs.split(',').map(str::to_owned).collect(),
+    };
+    for part in &parts {
         total += part
             .trim()
             .parse::<u64>()
@@ -78,6 +87,19 @@ fn load(ctx: &Context) -> Result<Outcome, String> {
     }
     println!("loading {total} rows into the warehouse");
     output("loaded", total);
+    Ok(Outcome::Success)
+}
+
+fn list(ctx: &Context) -> Result<Outcome, String> {
+    let count = number(ctx, "count", 5)?;
+    let flaky = number(ctx, "fail-first-try-at", 0)?;
+    let accounts: Vec<serde_json::Value> = (1..=count)
+        .map(
+            |i| json!({"id": format!("acct_{i}"), "records": 10 * i, "fail_first_try": i == flaky}),
+        )
+        .collect();
+    log("info", &format!("listed {count} accounts"));
+    output("accounts", accounts);
     Ok(Outcome::Success)
 }
 
@@ -98,7 +120,12 @@ fn main() {
         .run(|ctx| -> Result<Outcome, Failure> {
             let mode = ctx.args.first().map(String::as_str).unwrap_or("noop");
             match mode {
+                "extract" if ctx.arg("fail-first-try") == Some("true") && ctx.try_number == 1 => {
+                    eprintln!("the API timed out on the first try");
+                    Err(Failure::from("simulated failure on try 1"))
+                }
                 "extract" => Ok(extract(ctx)?),
+                "list" => Ok(list(ctx)?),
                 "load" => Ok(load(ctx)?),
                 "spew" => Ok(spew(ctx)?),
                 "flaky" => {
@@ -201,7 +228,7 @@ fn main() {
                     })
                 }
                 other => Err(Failure::from(format!(
-                    "unknown mode `{other}`; use extract, load, flaky, sensor, write, read, measure, sleep, count, exit, fail, spew or noop"
+                    "unknown mode `{other}`; use extract, list, load, flaky, sensor, write, read, measure, sleep, count, exit, fail, spew or noop"
                 ))),
             }
         })

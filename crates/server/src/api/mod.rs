@@ -195,7 +195,8 @@ pub(super) struct TaskPath {
     /// A run id (in full).
     #[param(min_length = 1)]
     run_id: String,
-    /// A task id of the run's job.
+    /// A task id of the run's job, or `task_id[N]` for instance N of a mapped task
+    /// (`extract[2]`, sent as `extract%5B2%5D`).
     #[param(min_length = 1)]
     task_id: String,
 }
@@ -206,7 +207,7 @@ pub(super) struct TryPath {
     /// A run id (in full).
     #[param(min_length = 1)]
     run_id: String,
-    /// A task id of the run's job.
+    /// A task id of the run's job, or `task_id[N]` for instance N of a mapped task.
     #[param(min_length = 1)]
     task_id: String,
     #[param(minimum = 1)]

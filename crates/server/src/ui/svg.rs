@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 use stevedore_domain::job::Job;
+use stevedore_domain::mapping;
+use stevedore_domain::state::TaskState;
 use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
 
 use super::{encode, state_class};
@@ -38,8 +40,8 @@ pub fn grid(
                 text.label x="4" y=(y + CELL - 5) { (task.id) }
                 @for (column, run) in runs.iter().enumerate() {
                     @let x = LABEL + CELL * column as i64;
-                    @let instance = cells.get(&run.run_id).and_then(|tis| tis.iter().find(|ti| ti.task_id == task.id));
-                    @if let Some(ti) = instance {
+                    @let of_task = instances_of(cells.get(&run.run_id).map(Vec::as_slice).unwrap_or(&[]), &task.id);
+                    @if let [ti] = of_task.as_slice() {
                         @let href = if ti.try_number > 0 {
                             format!("/runs/{}/tasks/{}/tries/{}", encode(&run.run_id), encode(&ti.task_id), ti.try_number)
                         } else {
@@ -50,11 +52,52 @@ pub fn grid(
                                 title { (task.id) " in " (run.run_id) ": " (ti.state) }
                             }
                         }
+                    } @else if !of_task.is_empty() {
+                        // A mapped task: the most urgent state of its instances, and their
+                        // counts; the run page lists them.
+                        @let state = mapping::summary_state(of_task.iter().map(|ti| ti.state)).map_or("none", |s| s.as_str());
+                        a href={ "/runs/" (encode(&run.run_id)) "#task-" (task.id) } data-task=(task.id) data-run=(run.run_id) data-state=(state) data-mapped=(of_task.len()) {
+                            rect class=(state_class(state)) x=(x + 2) y=(y + 2) width=(CELL - 4) height=(CELL - 4) rx="2" {
+                                title { (task.id) " in " (run.run_id) ": " (counts_text(&of_task)) }
+                            }
+                            rect.mapped-mark x=(x + CELL - 7) y=(y + 2) width="5" height="5" {}
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// The instances of `task_id` among a run's task instances: the one of an unmapped task, or
+/// those of a mapped task (its unexpanded instance until it is expanded), in map-index order,
+/// without the `removed` ones an earlier expansion left.
+pub fn instances_of<'a>(
+    instances: &'a [TaskInstanceRecord],
+    task_id: &str,
+) -> Vec<&'a TaskInstanceRecord> {
+    let mut found: Vec<&TaskInstanceRecord> = instances
+        .iter()
+        .filter(|ti| mapping::task_of_key(&ti.task_id) == task_id)
+        .collect();
+    if found.len() > 1 {
+        found.retain(|ti| ti.state != TaskState::Removed);
+    }
+    found.sort_by(|a, b| mapping::key_order(&a.task_id, &b.task_id));
+    found
+}
+
+/// "3 success, 1 failed (4 instances)".
+pub fn counts_text(instances: &[&TaskInstanceRecord]) -> String {
+    let counts: Vec<String> = mapping::state_counts(instances.iter().map(|ti| ti.state))
+        .into_iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    let mapped = instances
+        .iter()
+        .filter(|ti| mapping::split_key(&ti.task_id).1.is_some())
+        .count();
+    format!("{} ({mapped} instances)", counts.join(", "))
 }
 
 /// Each task's layer: the longest path to it from a task without upstream tasks.
@@ -113,12 +156,16 @@ pub fn graph(job: &Job, instances: &[TaskInstanceRecord]) -> Markup {
         .map(|(_, y)| y + NODE_H + 10)
         .max()
         .unwrap_or(60);
+    // A mapped task shows the most urgent state of its instances and their number.
     let state_of = |task: &str| {
-        instances
+        mapping::summary_state(instances_of(instances, task).iter().map(|ti| ti.state))
+            .map_or("none", |state| state.as_str())
+    };
+    let mapped_count = |task: &str| {
+        instances_of(instances, task)
             .iter()
-            .find(|ti| ti.task_id == task)
-            .map(|ti| ti.state.as_str())
-            .unwrap_or("none")
+            .filter(|ti| mapping::split_key(&ti.task_id).1.is_some())
+            .count()
     };
     html! {
         svg.graph xmlns="http://www.w3.org/2000/svg" width=(width) height=(height) role="img" aria-label="the job's tasks and their dependencies" {
@@ -137,11 +184,23 @@ pub fn graph(job: &Job, instances: &[TaskInstanceRecord]) -> Markup {
             @for task in &job.tasks {
                 @if let Some((x, y)) = at.get(task.id.as_str()) {
                     @let state = state_of(&task.id);
-                    g.node data-task=(task.id) data-state=(state) {
-                        rect class=(state_class(state)) x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {
-                            title { (task.id) ": " (state) " · " (task.image) }
+                    @let mapped = mapped_count(&task.id);
+                    g.node data-task=(task.id) data-state=(state) data-mapped=[(task.for_each.is_some()).then_some(mapped)] {
+                        @if task.for_each.is_some() {
+                            // A mapped task is drawn as a stack.
+                            rect class=(state_class(state)) x=(x + 4) y=(y - 4) width=(NODE_W) height=(NODE_H) rx="6" opacity="0.5" {}
                         }
-                        text x=(x + 8) y=(y + 21) { (task.id) }
+                        rect class=(state_class(state)) x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {
+                            title {
+                                (task.id) ": "
+                                @if mapped > 0 { (counts_text(&instances_of(instances, &task.id))) } @else { (state) }
+                                " · " (task.image)
+                            }
+                        }
+                        text x=(x + 8) y=(y + 21) {
+                            (task.id)
+                            @if task.for_each.is_some() { " [" (if mapped > 0 { mapped.to_string() } else { String::new() }) "]" }
+                        }
                     }
                 }
             }
@@ -171,18 +230,18 @@ pub fn gantt(
     let x = |at: DateTime<Utc>| {
         LABEL + (((at - start).num_milliseconds().max(0) as f64 / span) * WIDTH as f64) as i64
     };
-    // When each task's upstream tasks had all ended (its earliest possible start).
-    let ended: HashMap<&str, DateTime<Utc>> = tries
-        .iter()
-        .filter_map(|(ti, attempts)| {
-            attempts
-                .last()
-                .and_then(|t| t.ended_at)
-                .map(|e| (ti.task_id.as_str(), e))
-        })
-        .collect();
+    // When each task's upstream tasks (every instance of a mapped one) had all ended: its
+    // earliest possible start.
+    let mut ended: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for (ti, attempts) in tries {
+        if let Some(end) = attempts.last().and_then(|t| t.ended_at) {
+            let task = mapping::task_of_key(&ti.task_id);
+            let latest = ended.entry(task).or_insert(end);
+            *latest = (*latest).max(end);
+        }
+    }
     let ready_at = |task_id: &str| -> DateTime<Utc> {
-        job.and_then(|job| job.task(task_id))
+        job.and_then(|job| job.task_of(task_id))
             .map(|task| {
                 task.depends_on
                     .iter()

@@ -12,8 +12,9 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use stevedore_domain::job::Job;
+use stevedore_domain::mapping;
 use stevedore_domain::role::Role;
-use stevedore_domain::state::TryState;
+use stevedore_domain::state::{TaskState, TryState};
 use stevedore_ops::actions;
 use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
 

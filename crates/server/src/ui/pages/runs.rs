@@ -58,40 +58,15 @@ pub async fn run(
             table.instances {
                 thead { tr { th { "Task" } th { "State" } th { "Try" } th { "Exit" } th { "Duration" } th { "Image digest" } th { "Reason" } @if operator { th { "Actions" } } } }
                 tbody {
-                    @for (ti, attempts) in &tries {
-                        @let last = attempts.last();
-                        tr {
-                            td {
-                                @if let Some(last) = last {
-                                    a href=(try_link(&run.run_id, &ti.task_id, last.try_number)) { (ti.task_id) }
-                                } @else { (ti.task_id) }
+                    @for (task_id, members) in by_task(job.as_ref(), &tries) {
+                        @if let [(ti, attempts)] = members.as_slice() {
+                            @if mapping::split_key(&ti.task_id).1.is_none() {
+                                (instance_row(&viewer, &run, ti, attempts, operator))
+                            } @else {
+                                (mapped_rows(&viewer, &run, &task_id, &members, operator))
                             }
-                            td { (state_badge(ti.state.as_str())) }
-                            td { (ti.try_number) }
-                            td { (last.and_then(|t| t.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
-                            td { (took(ti.started_at, ti.ended_at)) }
-                            td.mono.digest { (last.and_then(|t| t.image_digest.clone()).unwrap_or_else(|| "–".into())) }
-                            td {
-                                @if let Some(waiting) = &ti.waiting {
-                                    span.waiting { "waiting for its backend since " (when(Some(waiting.since))) ": " (waiting.reason) }
-                                } @else {
-                                    (last.and_then(|t| t.failure_reason.clone()).unwrap_or_default())
-                                }
-                            }
-                            @if operator {
-                                td.actions {
-                                    form.inline method="post" action={ (run_link(&run)) "/tasks/" (encode(&ti.task_id)) "/clear" } {
-                                        (csrf_field(&viewer))
-                                        label.check { input type="checkbox" name="downstream" value="true"; " downstream" }
-                                        button type="submit" { "Clear" }
-                                    }
-                                    form.inline method="post" action={ (run_link(&run)) "/tasks/" (encode(&ti.task_id)) "/mark" } {
-                                        (csrf_field(&viewer))
-                                        button type="submit" name="state" value="success" { "Mark success" }
-                                        button type="submit" name="state" value="failed" { "Mark failed" }
-                                    }
-                                }
-                            }
+                        } @else {
+                            (mapped_rows(&viewer, &run, &task_id, &members, operator))
                         }
                     }
                 }
@@ -152,6 +127,125 @@ pub async fn run(
         }
     };
     Ok(page(&format!("Run {}", run.run_id), &viewer, body))
+}
+
+/// The run's task instances by task, in the job file's order (each mapped task's instances
+/// in map-index order, without those an earlier expansion left `removed`).
+fn by_task<'a>(
+    job: Option<&Job>,
+    tries: &'a [(TaskInstanceRecord, Vec<TryRecord>)],
+) -> Vec<(String, Vec<&'a (TaskInstanceRecord, Vec<TryRecord>)>)> {
+    let mut groups: Vec<(String, Vec<&(TaskInstanceRecord, Vec<TryRecord>)>)> = Vec::new();
+    for entry in tries {
+        let task = mapping::task_of_key(&entry.0.task_id);
+        match groups.iter_mut().find(|(id, _)| id == task) {
+            Some((_, members)) => members.push(entry),
+            None => groups.push((task.to_owned(), vec![entry])),
+        }
+    }
+    for (_, members) in &mut groups {
+        if members.len() > 1 {
+            members.retain(|(ti, _)| ti.state != TaskState::Removed);
+        }
+        members.sort_by(|a, b| mapping::key_order(&a.0.task_id, &b.0.task_id));
+    }
+    let position = |task: &str| job.and_then(|job| job.tasks.iter().position(|t| t.id == task));
+    groups.sort_by_key(|(task, _)| position(task).unwrap_or(usize::MAX));
+    groups
+}
+
+/// One task instance's row: its state, latest try, and the operator's clear and mark.
+fn instance_row(
+    viewer: &Viewer,
+    run: &RunRecord,
+    ti: &TaskInstanceRecord,
+    attempts: &[TryRecord],
+    operator: bool,
+) -> Markup {
+    let last = attempts.last();
+    html! {
+        tr data-instance=(ti.task_id) {
+            td {
+                @if let Some(last) = last {
+                    a href=(try_link(&run.run_id, &ti.task_id, last.try_number)) { (ti.task_id) }
+                } @else { (ti.task_id) }
+            }
+            td { (state_badge(ti.state.as_str())) }
+            td { (ti.try_number) }
+            td { (last.and_then(|t| t.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "–".into())) }
+            td { (took(ti.started_at, ti.ended_at)) }
+            td.mono.digest { (last.and_then(|t| t.image_digest.clone()).unwrap_or_else(|| "–".into())) }
+            td {
+                @if let Some(waiting) = &ti.waiting {
+                    span.waiting { "waiting for its backend since " (when(Some(waiting.since))) ": " (waiting.reason) }
+                } @else {
+                    (last.and_then(|t| t.failure_reason.clone()).unwrap_or_default())
+                }
+            }
+            @if operator {
+                td.actions {
+                    (clear_form(viewer, run, &ti.task_id))
+                    form.inline method="post" action={ (run_link(run)) "/tasks/" (encode(&ti.task_id)) "/mark" } {
+                        (csrf_field(viewer))
+                        button type="submit" name="state" value="success" { "Mark success" }
+                        button type="submit" name="state" value="failed" { "Mark failed" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn clear_form(viewer: &Viewer, run: &RunRecord, key: &str) -> Markup {
+    html! {
+        form.inline method="post" action={ (run_link(run)) "/tasks/" (encode(key)) "/clear" } {
+            (csrf_field(viewer))
+            label.check { input type="checkbox" name="downstream" value="true"; " downstream" }
+            button type="submit" { "Clear" }
+        }
+    }
+}
+
+/// A mapped task: one row with its instances counted by state (and a clear of the whole
+/// task, which expands it again), then its instances, expandable.
+fn mapped_rows(
+    viewer: &Viewer,
+    run: &RunRecord,
+    task_id: &str,
+    members: &[&(TaskInstanceRecord, Vec<TryRecord>)],
+    operator: bool,
+) -> Markup {
+    let states = members.iter().map(|(ti, _)| ti.state);
+    let counts = mapping::state_counts(states.clone());
+    let summary = mapping::summary_state(states).map_or("none", |s| s.as_str());
+    html! {
+        tr.mapped id={ "task-" (task_id) } data-task=(task_id) data-mapped=(members.len()) {
+            td { (task_id) " " span.muted { "mapped × " (members.len()) } }
+            td { (state_badge(summary)) }
+            td colspan="5" {
+                @for (state, n) in &counts {
+                    span.count { (n) " " (state_badge(state.as_str())) } " "
+                }
+            }
+            @if operator {
+                td.actions { (clear_form(viewer, run, task_id)) }
+            }
+        }
+        tr.mapped-instances {
+            td colspan=(if operator { 8 } else { 7 }) {
+                details data-task=(task_id) {
+                    summary { "Show the " (members.len()) " instances of " (task_id) }
+                    table.instances {
+                        tbody {
+                            @for (ti, attempts) in members {
+                                (instance_row(viewer, run, ti, attempts, operator))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
