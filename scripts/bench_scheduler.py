@@ -28,10 +28,12 @@ trips = []
 deliveries = []
 
 
-def measure(*args, alerts=None):
+def measure(*args, alerts=None, shape=None):
     env = dict(os.environ)
     if alerts:
         env["STEVEDORE_BENCH_ALERTS"] = alerts
+    if shape:
+        env["STEVEDORE_BENCH_SHAPE"] = shape
     out = subprocess.run([BENCH, *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
     print("  " + out, flush=True)
     busy = re.search(r"cores (\d+)% busy", out)
@@ -54,6 +56,9 @@ def main():
     alert_rounds = int(os.environ.get("BENCH_ALERT_ROUNDS", "9"))
     if os.environ.get("BENCH_ONLY") == "alerts":
         return alerts(alert_rounds, work)
+    mapping_rounds = int(os.environ.get("BENCH_MAPPING_ROUNDS", "7"))
+    if os.environ.get("BENCH_ONLY") == "mapping":
+        return mapping(mapping_rounds, work)
     configs = [("SQLite, 1 scheduler", None, 1, None)] + [
         (f"PostgreSQL, {n} scheduler{'s' if n > 1 else ''}", "pg", n, None) for n in (1, 2, 3)] + [
         (f"PostgreSQL away, {n} sched.", "pg", n, DELAY_MS) for n in (1, 2, 3)]
@@ -89,7 +94,8 @@ def main():
         print(line)
     print(f"(away: every packet held {DELAY_MS} ms each way, a round trip of "
           f"{statistics.median(trips):.1f} ms measured)" if trips else "")
-    return alerts(alert_rounds, work)
+    alerts(alert_rounds, work)
+    return mapping(mapping_rounds, work)
 
 
 def alerts(rounds, work):
@@ -135,6 +141,42 @@ def alerts(rounds, work):
         print(f"  11,000 events through the outbox to a receiver on 127.0.0.1 ({len(deliveries)} runs):"
               f" {statistics.median(rates):.0f} events/s delivered (range {min(rates):.0f}-{max(rates):.0f}),"
               f" made -> delivered median {statistics.median(medians):.0f} ms, p95 {statistics.median(p95s):.0f} ms")
+    return 0
+
+
+def mapping(rounds, work):
+    """Issue 19: a task mapped over a list of 1,000 items its upstream publishes, expanded at
+    run time into 1,000 instances, against the same work written out as 1,000 tasks after
+    one (20 runs each, 20,020 task instances). Target: mapped / written out >= 0.9, the
+    ratio taken per round as the two run back to back (BENCH_MAPPING_ROUNDS, default 7)."""
+    shapes = [("1,000 tasks", "wide"), ("1 task mapped x 1,000", "mapped")]
+    stores = ["SQLite", "PostgreSQL"]
+    figures = {(store, name): [] for store in stores for name, _ in shapes}
+    server = Warehouse(docker_gateway())
+    try:
+        for round_number in range(rounds):
+            print(f"mapping round {round_number + 1} of {rounds}", flush=True)
+            for store in stores:
+                for index, (name, shape) in enumerate(shapes):
+                    if store == "SQLite":
+                        target = os.path.join(work, f"mapping-{round_number}-{index}.db")
+                    else:
+                        database = f"mapping_{round_number}_{index}"
+                        server.query(f"CREATE DATABASE {database}")
+                        target = f"postgres://postgres@127.0.0.1:{server.port}/{database}"
+                    figures[(store, name)].append(measure(target, shape=shape)[0])
+    finally:
+        server.stop()
+    print(f"\ntask mapping, 1 scheduler, {rounds} rounds (median task instances/s, range; the ratio"
+          " is the median of each round's ratio to that round's 1,000 written-out tasks):")
+    for store in stores:
+        base = figures[(store, shapes[0][0])]
+        for name, _ in shapes:
+            values = figures[(store, name)]
+            median = statistics.median(values)
+            ratio = statistics.median(v / b for v, b in zip(values, base))
+            print(f"  {store:<10} {name:<22} {median:7.0f}  ({min(values):.0f}-{max(values):.0f})"
+                  f"  ratio {ratio:4.2f}" + ("  (target >= 0.9)" if name != shapes[0][0] else ""))
     return 0
 
 

@@ -20,7 +20,7 @@ fi
 
 work=$(mktemp -d /tmp/stevedore-browser.XXXXXX)
 mkdir -p "$work/jobs"
-cp jobs/example_etl.yaml "$work/jobs/"
+cp jobs/example_etl.yaml jobs/per_account.yaml "$work/jobs/"
 cat >"$work/jobs/ui_demo.yaml" <<'YAML'
 id: ui_demo
 description: extract, a slow step that logs every second, a report

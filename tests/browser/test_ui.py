@@ -236,6 +236,48 @@ class Ui(unittest.TestCase):
         wait_for("the cleared state", lambda: state_text("No committed state"))
         self.assertTrue(b.current_url.startswith(try_page), b.current_url)
 
+    def test_a_mapped_task_shows_its_instances_counted_and_expandable(self):
+        b = self.browser
+        self.log_in()
+        b.get(f"{URL}/jobs/per_account?tab=trigger")
+        b.find_element(By.CSS_SELECTOR, "form.trigger button[type=submit]").click()
+        wait_for("the new run", lambda: "run=" in b.current_url)
+        run_id = b.current_url.split("run=")[1].split("&")[0]
+
+        def mapped_cell():
+            # Every cell of the run green, the mapped task's among them.
+            if not self.grid_states("per_account", run_id):
+                return None
+            cells = self.css(f"svg.grid a[data-run='{run_id}'][data-task='extract']")
+            return cells and cells[0].get_attribute("data-mapped")
+        mapped = wait_for("the run's grid to turn green", mapped_cell, timeout=180, every=1)
+        self.assertEqual(mapped, "5")
+
+        b.get(f"{URL}/jobs/per_account?tab=graph&run={run_id}")
+        node = b.find_element(By.CSS_SELECTOR, "svg.graph g.node[data-task='extract']")
+        self.assertEqual(node.get_attribute("data-mapped"), "5")
+        self.assertEqual(node.find_element(By.TAG_NAME, "text").text, "extract [5]")
+
+        b.get(f"{URL}/runs/{run_id}")
+        summary = b.find_element(By.CSS_SELECTOR, "tr.mapped[data-task='extract']")
+        self.assertIn("mapped × 5", summary.text)
+        self.assertIn("5 success", summary.text)
+        instances = self.css("details[data-task='extract'] tr[data-instance]")
+        self.assertFalse(instances[0].is_displayed(), "the instances are folded at first")
+        b.find_element(By.CSS_SELECTOR, "details[data-task='extract'] summary").click()
+        rows = {r.get_attribute("data-instance"): r for r in instances}
+        self.assertEqual(sorted(rows), [f"extract[{i}]" for i in range(5)])
+        self.assertTrue(rows["extract[0]"].is_displayed())
+        # The third account failed once: its instance alone was tried twice.
+        tries = {key: row.find_elements(By.TAG_NAME, "td")[2].text for key, row in rows.items()}
+        self.assertEqual(tries, {"extract[0]": "1", "extract[1]": "1", "extract[2]": "2",
+                                 "extract[3]": "1", "extract[4]": "1"})
+        self.shot("mapping")
+        rows["extract[2]"].find_element(By.TAG_NAME, "a").click()
+        wait_for("the instance's try page", lambda: "/tasks/extract%5B2%5D/tries/2" in b.current_url
+                 or "/tasks/extract[2]/tries/2" in b.current_url)
+        self.assertIn("extracting 30 records", b.find_element(By.TAG_NAME, "main").text)
+
     def test_user_text_is_never_markup(self):
         b = self.browser
         self.log_in()

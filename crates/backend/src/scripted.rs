@@ -7,7 +7,7 @@
 //!
 //! What a try plays is, in order: the [`Play`] scripted for its task
 //! ([`ScriptedBackend::script`]), else the [synth integration's](../../images/synth) modes
-//! read from its args (`sleep --seconds S`, `flaky --fail-until-try K`,
+//! read from its args (`sleep --seconds S`, `flaky --fail-until-try K`, `list --count N`,
 //! `sensor --ready-on-try K`, `exit --code C`, `noop`), printing what synth prints, so a job
 //! file written for synth runs here unchanged. With no args and no script a try succeeds at
 //! once: the scheduling benchmark measures the scheduler alone that way.
@@ -84,6 +84,17 @@ impl Play {
         let try_number = u64::from(try_number);
         match args.first().map(String::as_str).unwrap_or("noop") {
             "noop" => Play::exit(0),
+            "list" => {
+                let count = arg("count").unwrap_or(5);
+                let flaky = arg("fail-first-try-at").unwrap_or(0);
+                let accounts: Vec<serde_json::Value> = (1..=count)
+                    .map(|i| serde_json::json!({"id": format!("acct_{i}"), "records": 10 * i, "fail_first_try": i == flaky}))
+                    .collect();
+                Play::exit(0).stdout(
+                    serde_json::json!({"type": "output", "key": "accounts", "value": accounts})
+                        .to_string(),
+                )
+            }
             "sleep" => {
                 let seconds = arg("seconds").unwrap_or(1);
                 let mut play = Play::exit(0)

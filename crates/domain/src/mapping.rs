@@ -77,36 +77,49 @@ pub fn items(
     for_each: &ForEach,
     value_of: &dyn Fn(&Variable) -> Option<Value>,
 ) -> Result<Vec<Value>, String> {
-    let (value, what) = match for_each {
-        ForEach::Literal(items) => (Value::Array(items.clone()), "the list".to_owned()),
+    let value = match for_each {
+        ForEach::Variable(variable) => value_of(variable),
+        ForEach::Literal(_) => None,
+    };
+    Ok(list(for_each, value.as_ref())?.into_owned())
+}
+
+/// The list `for_each` names; `value` is its variable's value.
+fn list<'a>(
+    for_each: &'a ForEach,
+    value: Option<&'a Value>,
+) -> Result<std::borrow::Cow<'a, [Value]>, String> {
+    use std::borrow::Cow;
+    let (list, what): (Cow<'a, [Value]>, String) = match for_each {
+        ForEach::Literal(items) => (Cow::Borrowed(items.as_slice()), "the list".to_owned()),
         ForEach::Variable(variable) => {
-            let value = value_of(variable).ok_or_else(|| match variable {
+            let what = format!("`{variable}`");
+            let value = value.ok_or_else(|| match variable {
                 Variable::Output { task, key } => format!(
                     "for_each: `outputs.{task}.{key}` has no value: task `{task}` did not \
                      publish an output `{key}`"
                 ),
                 other => format!("for_each: `{other}` has no value"),
             })?;
-            (value, format!("`{variable}`"))
-        }
-    };
-    let list = match value {
-        Value::Array(list) => list,
-        // An integration may publish the list as text holding JSON.
-        Value::String(text) => match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Array(list)) => list,
-            _ => {
-                return Err(format!(
-                    "for_each: {what} is not a JSON list (it is the text `{}`)",
-                    shorten(&text)
-                ))
+            match value {
+                Value::Array(list) => (Cow::Borrowed(list.as_slice()), what),
+                // An integration may publish the list as text holding JSON.
+                Value::String(text) => match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Array(list)) => (Cow::Owned(list), what),
+                    _ => {
+                        return Err(format!(
+                            "for_each: {what} is not a JSON list (it is the text `{}`)",
+                            shorten(text)
+                        ))
+                    }
+                },
+                other => {
+                    return Err(format!(
+                        "for_each: {what} is not a JSON list (it is {})",
+                        kind_of(other)
+                    ))
+                }
             }
-        },
-        other => {
-            return Err(format!(
-                "for_each: {what} is not a JSON list (it is {})",
-                kind_of(&other)
-            ))
         }
     };
     if list.len() > MAX_MAP_LENGTH {

@@ -16,6 +16,11 @@
 //! ends and delivered in the background to a receiver on 127.0.0.1. It prints the
 //! scheduling throughput as without, then how fast the events were delivered and how long
 //! after it happened each one reached the receiver (issue 17).
+//!
+//! With `STEVEDORE_BENCH_SHAPE=wide`, the job is `t0` then 1,000 tasks after it, over
+//! 20 runs; with `STEVEDORE_BENCH_SHAPE=mapped`, `t0` publishes a list of 1,000 accounts
+//! and one task mapped over it expands at run time into as many instances, over 20 runs: the
+//! cost of mapping against the same work written out (issue 19).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +35,10 @@ use stevedore_ops::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::{PostgresStore, SqliteStore, Store};
 
-const RUNS: usize = 1_000;
-const TASKS: usize = 10;
+/// Runs and task instances per run of the default shape (a 10-task fan-out).
+const FANOUT: (usize, usize) = (1_000, 10);
+/// Runs and task instances per run of the `wide` and `mapped` shapes.
+const WIDE: (usize, usize) = (20, 1_001);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,7 +67,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let jobs = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs)?;
-    // A fan-out: t0, then t1..t8 in parallel, then t9.
     let mode = std::env::var("STEVEDORE_BENCH_ALERTS").unwrap_or_default();
     let rules = match mode.as_str() {
         "" => "",
@@ -69,19 +75,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("STEVEDORE_BENCH_ALERTS `{other}`: failures or all").into()),
     };
     let alerts = !rules.is_empty();
-    let expected_events = if mode == "all" { RUNS * (TASKS + 1) } else { 0 };
-    let mut text = format!("id: fanout\nmax_active_runs: {RUNS}\nmax_active_tasks: 100000\n{rules}tasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n");
-    for index in 1..TASKS - 1 {
-        text.push_str(&format!(
-            "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
-        ));
+
+    let shape = std::env::var("STEVEDORE_BENCH_SHAPE").unwrap_or_default();
+    let (runs, tasks) = match shape.as_str() {
+        "" => FANOUT,
+        "wide" | "mapped" => WIDE,
+        other => return Err(format!("STEVEDORE_BENCH_SHAPE `{other}`: wide or mapped").into()),
+    };
+    // In the `mapped` shape, t0 lists the 1,000 items the mapped task expands to.
+    let t0_args = if shape == "mapped" {
+        format!("    args: [list, --count, {}]\n", tasks - 1)
+    } else {
+        String::new()
+    };
+    let mut text = format!("id: fanout\nmax_active_runs: {runs}\nmax_active_tasks: 100000\n{rules}tasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n{t0_args}");
+    match shape.as_str() {
+        "" => {
+            // A fan-out: t0, then t1..t8 in parallel, then t9.
+            for index in 1..tasks - 1 {
+                text.push_str(&format!(
+                    "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
+                ));
+            }
+            let middle: Vec<String> = (1..tasks - 1).map(|i| format!("t{i}")).collect();
+            text.push_str(&format!(
+                "  - id: t{}\n    image: stevedore/synth:0.1.0\n    depends_on: [{}]\n",
+                tasks - 1,
+                middle.join(", ")
+            ));
+        }
+        "wide" => {
+            // The same work as the mapped shape, written out: each task its account.
+            for index in 1..tasks {
+                text.push_str(&format!(
+                    "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n    args: [noop, --account, acct_{index}]\n"
+                ));
+            }
+        }
+        _ => text.push_str(
+            "  - id: each\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n    for_each: \"{{ outputs.t0.accounts }}\"\n    args: [noop, --account, \"{{ item.id }}\"]\n",
+        ),
     }
-    let middle: Vec<String> = (1..TASKS - 1).map(|i| format!("t{i}")).collect();
-    text.push_str(&format!(
-        "  - id: t{}\n    image: stevedore/synth:0.1.0\n    depends_on: [{}]\n",
-        TASKS - 1,
-        middle.join(", ")
-    ));
     std::fs::write(jobs.join("fanout.yaml"), &text)?;
     let job = parse_job("fanout.yaml", &text).map_err(|e| format!("{e:?}"))?;
 
@@ -107,7 +141,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             description: "benchmark: no pool limit".to_owned(),
         })
         .await?;
-    for _ in 0..RUNS {
+    let expected_events = if mode == "all" { runs * (tasks + 1) } else { 0 };
+    for _ in 0..runs {
         trigger_manual(store.as_ref(), &job, &Map::new(), Utc::now()).await?;
     }
     let mut config = SchedulerConfig::new(&jobs);
@@ -167,7 +202,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|(state, _)| state.is_finished())
             .map(|(_, n)| n)
             .sum();
-        if finished as usize >= RUNS {
+        if finished as usize >= runs {
             break;
         }
         if started.elapsed() > Duration::from_secs(1800) {
@@ -201,13 +236,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => String::new(),
     };
     println!(
-        "{kind}, {schedulers} scheduler(s){}: {RUNS} runs × {TASKS} tasks in {elapsed:.2}s = {:.0} task instances/s ({succeeded_now} runs succeeded{busy}{link})",
+        "{kind}, {schedulers} scheduler(s){}{}: {runs} runs × {tasks} task instances in {elapsed:.2}s = {:.0} task instances/s ({succeeded_now} runs succeeded{busy}{link})",
         match mode.as_str() {
             "failures" => " with failure rules",
             "all" => " with rules on every event",
             _ => "",
         },
-        (RUNS * TASKS) as f64 / elapsed
+        match shape.as_str() {
+            "wide" => ", 1,000 tasks after one",
+            "mapped" => ", 1,000 instances of one mapped task",
+            _ => "",
+        },
+        (runs * tasks) as f64 / elapsed
     );
     // The events go on being delivered after the last run ended: wait for every one.
     let delivery = match receiver.as_ref().filter(|_| expected_events > 0) {
@@ -265,8 +305,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .find(|(state, _)| *state == RunState::Success)
         .map_or(0, |(_, n)| *n);
-    if succeeded as usize != RUNS {
-        return Err(format!("{} runs did not succeed", RUNS - succeeded as usize).into());
+    if succeeded as usize != runs {
+        return Err(format!("{} runs did not succeed", runs - succeeded as usize).into());
     }
     Ok(())
 }

@@ -20,20 +20,20 @@ impl Scheduler {
         tasks: &[Task],
         states: &HashMap<String, TaskState>,
     ) -> anyhow::Result<HashMap<(String, String), Value>> {
-        let needed = tasks.iter().any(|task| {
-            matches!(
-                task.for_each,
-                Some(ForEach::Variable(Variable::Output { .. }))
-            )
-        });
-        if !needed {
-            return Ok(HashMap::new());
-        }
         let keys: Vec<String> = states.keys().cloned().collect();
-        Ok(mapping::gather_outputs(
-            self.store.outputs(&run.run_id).await?,
-            &keys,
-        ))
+        let mut outputs = HashMap::new();
+        let sources: std::collections::BTreeSet<&str> = tasks
+            .iter()
+            .filter_map(|task| match &task.for_each {
+                Some(ForEach::Variable(Variable::Output { task, .. })) => Some(task.as_str()),
+                _ => None,
+            })
+            .collect();
+        for source in sources {
+            let found = self.store.task_outputs(&run.run_id, source).await?;
+            outputs.extend(mapping::gather_outputs(found, &keys));
+        }
+        Ok(outputs)
     }
 
     /// Expands mapped `task` in `run` (its unexpanded instance is `scheduled` in `states`),
@@ -66,7 +66,11 @@ impl Scheduler {
             }
             Ok(items) => {
                 let count = items.len() as u32;
-                if !self.store.expand_task(&run.run_id, &task.id, count).await? {
+                if !self
+                    .store
+                    .expand_task(&run.run_id, &task.id, &items)
+                    .await?
+                {
                     anyhow::bail!(
                         "task `{}` changed while it was expanded; the next pass reads it again",
                         task.id

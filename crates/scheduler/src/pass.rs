@@ -209,13 +209,30 @@ impl Scheduler {
             .collect();
         self.store.set_task_states(&queued, now).await?;
         turn.release().await?;
+        // The items of the mapped instances about to start, one read per run.
+        let mut mapped: HashMap<&str, Vec<String>> = HashMap::new();
+        for candidate in &picked {
+            if mapping::split_key(&candidate.task_id).1.is_some() {
+                mapped
+                    .entry(candidate.run_id.as_str())
+                    .or_default()
+                    .push(candidate.task_id.clone());
+            }
+        }
+        let mut items: HashMap<(String, String), serde_json::Value> = HashMap::new();
+        for (run_id, keys) in mapped {
+            for (key, item) in self.store.map_items(run_id, &keys).await? {
+                items.insert((run_id.to_owned(), key), item);
+            }
+        }
         for candidate in picked {
             let Some((job, run)) = plan.jobs_of_runs.get(&candidate.run_id) else {
                 continue;
             };
-            let Some(task) = job.instance(&candidate.task_id) else {
+            let Some(mut task) = job.instance(&candidate.task_id) else {
                 continue;
             };
+            task.map_item = items.remove(&(candidate.run_id.clone(), candidate.task_id.clone()));
             let try_number = plan
                 .last_tries
                 .get(&(candidate.run_id.clone(), candidate.task_id.clone()))

@@ -325,11 +325,19 @@ pub trait Store: Send + Sync {
     /// budget) and a finished run back to `queued`. Refuses running task instances.
     async fn clear_task_instances(&self, run_id: &str, task_ids: &[String]) -> Result<()>;
     /// Expands mapped task `task_id` of `run_id`, whose unexpanded task instance is
-    /// `scheduled` (or `none`, as the pass deciding so has not written it yet), into `count` (at least 1) instances `task_id[N]`, all `scheduled`: the
-    /// unexpanded instance leaves, an instance an earlier expansion made is reused (its
-    /// tries keep counting) and any beyond `count` becomes `removed`. `false` when the
+    /// `scheduled` (or `none`, as the pass deciding so has not written it yet), into one
+    /// instance `task_id[N]` per item (at least one), all `scheduled`, each holding its item:
+    /// the unexpanded instance leaves, an instance an earlier expansion made is reused (its
+    /// tries keep counting) and any beyond the items becomes `removed`. `false` when the
     /// unexpanded instance is no longer waiting to start (nothing is changed).
-    async fn expand_task(&self, run_id: &str, task_id: &str, count: u32) -> Result<bool>;
+    async fn expand_task(&self, run_id: &str, task_id: &str, items: &[Value]) -> Result<bool>;
+    /// The items mapped task instances `keys` (`task[N]`) of `run_id` were made for, by key
+    /// (a key that is not a mapped instance is left out).
+    async fn map_items(
+        &self,
+        run_id: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Value>>;
     /// Fails a task instance that has not started (`none` or `scheduled`) before any
     /// container: its try is recorded failed with `give_up.reason` (such as a mapped task's
     /// `for_each` that is not a list), with its events. `false` when it has started or
@@ -376,6 +384,13 @@ pub trait Store: Send + Sync {
         -> Result<()>;
     /// `(task_id, key, value)` of every output published in the run.
     async fn outputs(&self, run_id: &str) -> Result<Vec<(String, String, Value)>>;
+    /// The outputs of task `task_id` in `run_id`, and of each of its instances `task_id[N]`
+    /// when it is mapped: `(task instance key, key, value)`.
+    async fn task_outputs(
+        &self,
+        run_id: &str,
+        task_id: &str,
+    ) -> Result<Vec<(String, String, Value)>>;
     /// Holds state published by a running try until the try ends.
     async fn set_pending_state(&self, try_id: i64, value: &Value) -> Result<()>;
 

@@ -64,6 +64,11 @@ fn migrator() -> &'static Migrator {
                 "state operations",
                 include_str!("../migrations/postgres/0006_state_operations.sql"),
             ),
+            migration(
+                7,
+                "task mapping",
+                include_str!("../migrations/postgres/0007_task_mapping.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

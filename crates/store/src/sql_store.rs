@@ -167,7 +167,7 @@ impl $store {
             "SELECT state FROM task_instances WHERE run_id = ? AND substr(task_id, 1, ?) = ?",
         )
         .bind(run_id)
-        .bind(prefix.len() as i64)
+        .bind(prefix.len() as i32)
         .bind(&prefix)
         .fetch_all(&mut **tx)
         .await?;
@@ -185,7 +185,7 @@ impl $store {
              WHERE run_id = ? AND substr(task_id, 1, ?) = ?",
         )
         .bind(run_id)
-        .bind(prefix.len() as i64)
+        .bind(prefix.len() as i32)
         .bind(&prefix)
         .execute(&mut **tx)
         .await?;
@@ -1501,6 +1501,27 @@ impl Store for $store {
             .collect()
     }
 
+    async fn task_outputs(
+        &self,
+        run_id: &str,
+        task_id: &str,
+    ) -> Result<Vec<(String, String, Value)>> {
+        let prefix = format!("{task_id}[");
+        let rows: Vec<(String, String, String)> = sql::query_as::<$dialect, _>(
+            "SELECT task_id, key, value FROM outputs WHERE run_id = ? \
+             AND (task_id = ? OR substr(task_id, 1, ?) = ?) ORDER BY task_id, key",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(prefix.len() as i32)
+        .bind(&prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(task, key, value)| Ok((task, key, parse_json(&value)?)))
+            .collect()
+    }
+
     async fn record_artifacts(&self, try_id: i64, files: &[CapturedFile]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for file in files {
@@ -1980,8 +2001,9 @@ impl Store for $store {
         self.fail_scheduled(give_up, false).await
     }
 
-    async fn expand_task(&self, run_id: &str, task_id: &str, count: u32) -> Result<bool> {
+    async fn expand_task(&self, run_id: &str, task_id: &str, items: &[Value]) -> Result<bool> {
         type Db = <$dialect as Dialect>::DB;
+        let count = items.len() as u32;
         let mut tx = self.write_transaction().await?;
         let left = sql::query::<$dialect>(
             "DELETE FROM task_instances WHERE run_id = ? AND task_id = ? \
@@ -2000,49 +2022,86 @@ impl Store for $store {
             "SELECT task_id FROM task_instances WHERE run_id = ? AND substr(task_id, 1, ?) = ?",
         )
         .bind(run_id)
-        .bind(prefix.len() as i64)
+        .bind(prefix.len() as i32)
         .bind(&prefix)
         .fetch_all(&mut *tx)
         .await?;
-        let (reused, beyond): (Vec<String>, Vec<String>) = existing.into_iter().partition(|key| {
-            stevedore_domain::mapping::split_key(key)
-                .1
-                .is_some_and(|index| index < count)
-        });
-        for (keys, state) in [(&reused, "scheduled"), (&beyond, "removed")] {
-            for chunk in keys.chunks(BULK_ROWS) {
-                let mut query = QueryBuilder::<Db>::new("UPDATE task_instances SET state = ");
-                query
-                    .push_bind(state)
-                    .push(", next_try_at = NULL, ended_at = NULL, retry_base = try_number WHERE run_id = ")
-                    .push_bind(run_id)
-                    .push(" AND task_id IN (");
-                let mut list = query.separated(", ");
-                for key in chunk {
-                    list.push_bind(key.as_str());
+        let mut reused = std::collections::HashSet::new();
+        for key in &existing {
+            match stevedore_domain::mapping::split_key(key).1 {
+                Some(index) if index < count => {
+                    sql::query::<$dialect>(
+                        "UPDATE task_instances SET state = 'scheduled', map_item = ?, \
+                         next_try_at = NULL, ended_at = NULL, retry_base = try_number \
+                         WHERE run_id = ? AND task_id = ?",
+                    )
+                    .bind(items[index as usize].to_string())
+                    .bind(run_id)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                    reused.insert(index);
                 }
-                query.push(")");
-                query.build().execute(&mut *tx).await?;
+                _ => {
+                    sql::query::<$dialect>(
+                        "UPDATE task_instances SET state = 'removed', next_try_at = NULL \
+                         WHERE run_id = ? AND task_id = ?",
+                    )
+                    .bind(run_id)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
-        let reused: std::collections::HashSet<&str> = reused.iter().map(String::as_str).collect();
-        let new: Vec<String> = (0..count)
-            .map(|index| stevedore_domain::mapping::instance_key(task_id, index))
-            .filter(|key| !reused.contains(key.as_str()))
+        let new: Vec<(String, String)> = (0..count)
+            .filter(|index| !reused.contains(index))
+            .map(|index| {
+                (
+                    stevedore_domain::mapping::instance_key(task_id, index),
+                    items[index as usize].to_string(),
+                )
+            })
             .collect();
         for chunk in new.chunks(BULK_ROWS) {
             let mut query = QueryBuilder::<Db>::new(
-                "INSERT INTO task_instances (run_id, task_id, state) ",
+                "INSERT INTO task_instances (run_id, task_id, state, map_item) ",
             );
-            query.push_values(chunk, |mut row, key| {
+            query.push_values(chunk, |mut row, (key, item)| {
                 row.push_bind(run_id)
                     .push_bind(key.as_str())
-                    .push_bind("scheduled");
+                    .push_bind("scheduled")
+                    .push_bind(item.as_str());
             });
             query.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn map_items(
+        &self,
+        run_id: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Value>> {
+        type Db = <$dialect as Dialect>::DB;
+        let mut items = std::collections::HashMap::new();
+        for chunk in keys.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<Db>::new(
+                "SELECT task_id, map_item FROM task_instances WHERE map_item IS NOT NULL AND run_id = ",
+            );
+            query.push_bind(run_id).push(" AND task_id IN (");
+            let mut list = query.separated(", ");
+            for key in chunk {
+                list.push_bind(key.as_str());
+            }
+            query.push(")");
+            let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&self.pool).await?;
+            for (key, text) in rows {
+                items.insert(key, parse_json(&text)?);
+            }
+        }
+        Ok(items)
     }
 
     async fn claim_notifications(

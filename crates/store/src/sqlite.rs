@@ -45,6 +45,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         12,
         include_str!("../migrations/sqlite/0012_state_operations.sql"),
     ),
+    (
+        13,
+        include_str!("../migrations/sqlite/0013_task_mapping.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

@@ -1738,6 +1738,161 @@ pub async fn a_waiting_task_instance_is_given_up_on_once(store: &dyn Store) {
     );
 }
 
+pub async fn a_mapped_task_expands_clears_and_expands_again(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("mapped", 5, RunTrigger::Manual))
+        .await
+        .unwrap();
+    async fn states(store: &dyn Store, run_id: &str) -> Vec<(String, TaskState)> {
+        let mut states: Vec<(String, TaskState)> = store
+            .task_instances(run_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ti| (ti.task_id, ti.state))
+            .collect();
+        states.sort();
+        states
+    }
+    // Expanded from `none` too: the pass that scheduled it may not have written it yet.
+    let items = [json!({"id": "a"}), json!("b"), json!(3)];
+    assert!(store
+        .expand_task(&run.run_id, "extract", &items)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .expand_task(&run.run_id, "extract", &items)
+            .await
+            .unwrap(),
+        "once"
+    );
+    assert_eq!(
+        states(store, &run.run_id).await,
+        [
+            ("extract[0]".into(), TaskState::Scheduled),
+            ("extract[1]".into(), TaskState::Scheduled),
+            ("extract[2]".into(), TaskState::Scheduled),
+            ("load".into(), TaskState::None),
+        ]
+    );
+    let keys = ["extract[0]".to_owned(), "extract[2]".into(), "load".into()];
+    let items = store.map_items(&run.run_id, &keys).await.unwrap();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items["extract[0]"], json!({"id": "a"}));
+    assert_eq!(items["extract[2]"], json!(3));
+
+    // A task's outputs are its own and its instances', not another task's.
+    for (key, value) in [("extract[1]", 20), ("extract[0]", 10), ("load", 30)] {
+        store
+            .put_output(&run.run_id, key, "rows", &json!(value))
+            .await
+            .unwrap();
+    }
+    let outputs = store.task_outputs(&run.run_id, "extract").await.unwrap();
+    assert_eq!(
+        outputs,
+        [
+            ("extract[0]".into(), "rows".into(), json!(10)),
+            ("extract[1]".into(), "rows".into(), json!(20)),
+        ]
+    );
+
+    // A try of instance 2, then the whole task cleared: its instances are removed and the
+    // task waits to be expanded again; a shorter list reuses the first instances.
+    let key = TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "extract[2]".into(),
+        try_number: 1,
+    };
+    let started = store
+        .start_try(&key, "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    store.finish_try(&succeeded(started.try_id)).await.unwrap();
+    let done: Vec<(String, String, TaskState)> = (0..3)
+        .map(|i| {
+            (
+                run.run_id.clone(),
+                format!("extract[{i}]"),
+                TaskState::Success,
+            )
+        })
+        .collect();
+    store.set_task_states(&done, Utc::now()).await.unwrap();
+    store
+        .clear_task_instances(&run.run_id, &["extract".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        states(store, &run.run_id).await,
+        [
+            ("extract".into(), TaskState::None),
+            ("extract[0]".into(), TaskState::Removed),
+            ("extract[1]".into(), TaskState::Removed),
+            ("extract[2]".into(), TaskState::Removed),
+            ("load".into(), TaskState::None),
+        ]
+    );
+    assert!(store
+        .expand_task(&run.run_id, "extract", &[json!("x"), json!("y")])
+        .await
+        .unwrap());
+    assert_eq!(
+        states(store, &run.run_id).await,
+        [
+            ("extract[0]".into(), TaskState::Scheduled),
+            ("extract[1]".into(), TaskState::Scheduled),
+            ("extract[2]".into(), TaskState::Removed),
+            ("load".into(), TaskState::None),
+        ]
+    );
+    assert_eq!(
+        store
+            .map_items(&run.run_id, &["extract[1]".into()])
+            .await
+            .unwrap()["extract[1]"],
+        json!("y")
+    );
+    // An instance cleared alone goes back to `none` and keeps its tries.
+    store
+        .clear_task_instances(&run.run_id, &["extract[2]".into()])
+        .await
+        .unwrap();
+    let instances = store.task_instances(&run.run_id).await.unwrap();
+    let third = instances
+        .iter()
+        .find(|ti| ti.task_id == "extract[2]")
+        .unwrap();
+    assert_eq!((third.state, third.try_number), (TaskState::None, 1));
+
+    // A task whose list cannot be made fails before any container, with its reason.
+    let failed = GiveUp {
+        key: TryKey {
+            run_id: run.run_id.clone(),
+            task_id: "load".into(),
+            try_number: 1,
+        },
+        backend: "docker".into(),
+        image_ref: "synth:1".into(),
+        reason: "for_each: `params.ids` is not a JSON list (it is a number)".into(),
+        task_state: TaskState::Failed,
+        next_try_at: None,
+        at: Utc::now(),
+        notifications: Vec::new(),
+    };
+    assert!(store.fail_before_start(&failed).await.unwrap());
+    assert!(!store.fail_before_start(&failed).await.unwrap(), "once");
+    let tries = store.tries(&run.run_id, "load").await.unwrap();
+    assert_eq!(
+        (tries.len(), tries[0].failure_reason.as_deref()),
+        (
+            1,
+            Some("for_each: `params.ids` is not a JSON list (it is a number)")
+        )
+    );
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -1769,6 +1924,7 @@ macro_rules! store_contract_suite {
             case!(notifications_are_claimed_in_order_and_their_attempts_recorded);
             case!(a_waiting_task_instance_is_given_up_on_once);
             case!(state_history_keeps_every_commit_and_a_full_refresh_starts_without_state);
+            case!(a_mapped_task_expands_clears_and_expands_again);
         }
     };
 }
@@ -1854,7 +2010,7 @@ async fn a_database_migrated_before_sqlx_ran_the_migrations_is_taken_up_where_it
             .await
             .unwrap();
     // The three carried over, and the newer ones run after them.
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
     let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
         .fetch_one(&pool)
         .await

@@ -101,6 +101,9 @@ pub struct Task {
     /// Set on the [`Job::instance`] of a mapped task, whose `id` is then the instance key
     /// `task[N]`; `None` in the job itself.
     pub map_index: Option<u32>,
+    /// The item of a mapped instance, when the scheduler read it with the instance (else the
+    /// try reads it from the store); `None` in the job itself.
+    pub map_item: Option<Value>,
 }
 
 impl Task {

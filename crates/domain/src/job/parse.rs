@@ -627,6 +627,7 @@ pub(super) fn build_task(
         for_each,
         max_active,
         map_index: None,
+        map_item: None,
     })
 }
 

@@ -20,10 +20,10 @@ pub use finish::task_history;
 use finish::{with_protocol_failure, with_reported_error};
 use persistence::append;
 pub use persistence::{persist, record_finish};
-use prepare::{mapped_item, render_task, RenderedTask};
+use prepare::{render_task, RenderedTask};
 use sink::{follow, EventPipe, EventTarget};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use stevedore_domain::attempt::{self, Ending, History, Settled, TryIdentity};
 use stevedore_domain::clock::Clock;
 use stevedore_domain::image::ImageRef;
 use stevedore_domain::job::{Job, Task};
-use stevedore_domain::mapping::{self, ForEach};
+use stevedore_domain::mapping;
 use stevedore_domain::mask::Masker;
 use stevedore_domain::protocol::{
     output_as_text, read_line, rfc3339, Message, TryContext, TryLimits,
@@ -159,36 +159,47 @@ impl TryRunner {
             task_id: task.id.clone(),
             try_number,
         };
-        // Upstream outputs are read only for a task whose templates (or whose `for_each`,
-        // for a mapped instance's item) use them.
-        let maps_over_outputs = task.map_index.is_some()
-            && matches!(
-                &task.for_each,
-                Some(ForEach::Variable(Variable::Output { .. }))
-            );
-        let uses_outputs = maps_over_outputs
-            || std::iter::once(&task.image)
-                .chain(&task.args)
-                .chain(task.env.values())
-                .any(|text| {
-                    template::variables(text)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|v| matches!(v, Variable::Output { .. }))
-                });
-        let outputs: HashMap<(String, String), Value> = if uses_outputs {
-            let instances: Vec<String> = self
+        // The outputs of the upstream tasks the task's templates name (and its `for_each`,
+        // for a mapped instance's item), read only for those tasks.
+        let named: BTreeSet<String> = std::iter::once(&task.image)
+            .chain(&task.args)
+            .chain(task.env.values())
+            .flat_map(|text| template::variables(text).unwrap_or_default())
+            .filter_map(|variable| match variable {
+                Variable::Output { task, .. } => Some(task),
+                _ => None,
+            })
+            .collect();
+        let mut outputs: HashMap<(String, String), Value> = HashMap::new();
+        for source in &named {
+            let found = self.store.task_outputs(&run.run_id, source).await?;
+            // A mapped upstream's outputs gather into lists, with a place for each instance.
+            let mapped = job.task(source).is_some_and(|t| t.for_each.is_some());
+            let instances: Vec<String> = if mapped {
+                self.store
+                    .task_instances(&run.run_id)
+                    .await?
+                    .into_iter()
+                    .map(|ti| ti.task_id)
+                    .filter(|key| mapping::task_of_key(key) == source)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            outputs.extend(mapping::gather_outputs(found, &instances));
+        }
+        // A mapped instance's item, as its task's expansion recorded it.
+        let item = match (task.map_index, &task.map_item) {
+            (Some(_), Some(item)) => Ok(Some(item.clone())),
+            (Some(index), None) => self
                 .store
-                .task_instances(&run.run_id)
+                .map_items(&run.run_id, std::slice::from_ref(&task.id))
                 .await?
-                .into_iter()
-                .map(|ti| ti.task_id)
-                .collect();
-            mapping::gather_outputs(self.store.outputs(&run.run_id).await?, &instances)
-        } else {
-            HashMap::new()
+                .remove(&task.id)
+                .map(Some)
+                .ok_or_else(|| format!("for_each: instance {index} has no item")),
+            (None, _) => Ok(None),
         };
-        let item = mapped_item(&task, &run.params, &outputs);
         let inputs = self.staged_inputs(&job, &task, &run.run_id).await?;
         let rendered = item.and_then(|item| {
             render_task(

@@ -58,35 +58,6 @@ pub(super) struct RenderedTask {
     pub(super) env: BTreeMap<String, String>,
 }
 
-/// The item a mapped task instance was made for (`None` for an unmapped one): its
-/// `for_each` rendered again, as when it was expanded, and the item at its index.
-pub(super) fn mapped_item(
-    task: &Task,
-    params: &Value,
-    outputs: &HashMap<(String, String), Value>,
-) -> Result<Option<Value>, String> {
-    let (Some(index), Some(for_each)) = (task.map_index, &task.for_each) else {
-        return Ok(None);
-    };
-    let value_of = |variable: &Variable| match variable {
-        Variable::Param(name) => params.get(name).cloned(),
-        Variable::Output { task, key } => outputs.get(&(task.clone(), key.clone())).cloned(),
-        _ => None,
-    };
-    let items = mapping::items(for_each, &value_of)?;
-    let count = items.len();
-    items
-        .into_iter()
-        .nth(index as usize)
-        .map(Some)
-        .ok_or_else(|| {
-            format!(
-            "for_each: instance {index} has no item: the list now has {count} (clear the whole \
-             task to expand it again)"
-        )
-        })
-}
-
 /// Renders the task's templates for this try; `item` is a mapped instance's item.
 pub(super) fn render_task(
     task: &Task,

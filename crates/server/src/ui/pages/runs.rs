@@ -17,6 +17,14 @@ pub async fn run(
         tries.push((ti, attempts));
     }
     let job = actions::run_job(state.store.as_ref(), &run).await.ok();
+    // In the job file's order, a mapped task's instances by map index.
+    if let Some(job) = &job {
+        let position = |key: &str| {
+            let (task_id, index) = mapping::split_key(key);
+            (job.tasks.iter().position(|t| t.id == task_id), index)
+        };
+        tries.sort_by_key(|(ti, _)| position(&ti.task_id));
+    }
     let operator = viewer.may(Role::Operator);
     let artifacts = state.store.run_artifacts(&run.run_id).await?;
     let mut alerts = state
@@ -129,13 +137,13 @@ pub async fn run(
     Ok(page(&format!("Run {}", run.run_id), &viewer, body))
 }
 
+/// A task instance and its tries.
+type Attempts = (TaskInstanceRecord, Vec<TryRecord>);
+
 /// The run's task instances by task, in the job file's order (each mapped task's instances
 /// in map-index order, without those an earlier expansion left `removed`).
-fn by_task<'a>(
-    job: Option<&Job>,
-    tries: &'a [(TaskInstanceRecord, Vec<TryRecord>)],
-) -> Vec<(String, Vec<&'a (TaskInstanceRecord, Vec<TryRecord>)>)> {
-    let mut groups: Vec<(String, Vec<&(TaskInstanceRecord, Vec<TryRecord>)>)> = Vec::new();
+fn by_task<'a>(job: Option<&Job>, tries: &'a [Attempts]) -> Vec<(String, Vec<&'a Attempts>)> {
+    let mut groups: Vec<(String, Vec<&Attempts>)> = Vec::new();
     for entry in tries {
         let task = mapping::task_of_key(&entry.0.task_id);
         match groups.iter_mut().find(|(id, _)| id == task) {
@@ -212,7 +220,7 @@ fn mapped_rows(
     viewer: &Viewer,
     run: &RunRecord,
     task_id: &str,
-    members: &[&(TaskInstanceRecord, Vec<TryRecord>)],
+    members: &[&Attempts],
     operator: bool,
 ) -> Markup {
     let states = members.iter().map(|(ti, _)| ti.state);
