@@ -83,6 +83,9 @@ enum Command {
     /// Alerts the `notify:` rules made, and their delivery.
     #[command(subcommand)]
     Notifications(NotificationsCommand),
+    /// Assets tasks produce, and the jobs their updates trigger.
+    #[command(subcommand)]
+    Assets(AssetsCommand),
     /// Incremental state a task committed: show, history, set, clear.
     #[command(subcommand)]
     State(StateCommand),
@@ -271,6 +274,18 @@ pub enum ConnectionsCommand {
     List,
     Delete {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AssetsCommand {
+    /// Every asset the job files name or that was updated: producers, consumers, last update.
+    List,
+    /// One asset and its updates, newest first.
+    Show {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
 }
 
@@ -474,6 +489,7 @@ fn main() -> ExitCode {
             Command::Pools(command) => commands::pools(&global, command).await,
             Command::Connections(command) => commands::connections(&global, command).await,
             Command::Notifications(command) => commands::notifications(&global, command).await,
+            Command::Assets(command) => commands::assets(&global, command).await,
             Command::State(command) => commands::state(&global, command).await,
             Command::Images(ImagesCommand::Build {
                 names,

@@ -2,6 +2,7 @@
 //!
 //! - [`job`]: the job file (YAML) parsed and validated into a [`job::Job`], with errors that
 //!   name the file, the line and what is wrong.
+//! - [`assets`]: assets tasks produce and the jobs their updates trigger.
 //! - [`schedule`]: cron schedules and the data intervals they produce, in a job's timezone.
 //! - [`retry`]: when the next try of a failed task instance starts (Airflow's formula).
 //! - [`state`]: run, task-instance and try states, what an exit code means, why a try was
@@ -21,6 +22,7 @@
 //! - [`names`]: the naming rules of ids and environment variables.
 //! - [`notify`]: alert events and the `notify:` rules that route them to connections.
 
+pub mod assets;
 pub mod attempt;
 pub mod clock;
 pub mod duration;

@@ -67,11 +67,13 @@ string_enum! {
 }
 
 string_enum! {
-    /// How a run came to exist.
+    /// How a run came to exist (`asset`: the assets its job's `schedule` names were updated,
+    /// or the jobs its `after` names succeeded).
     RunTrigger {
         Scheduled => "scheduled",
         Manual => "manual",
         Backfill => "backfill",
+        Asset => "asset",
     }
 }
 

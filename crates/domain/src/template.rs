@@ -4,7 +4,7 @@
 //! an empty string at run time) and rendered when a try starts.
 
 /// The context variables every task may use.
-pub const CONTEXT_VARIABLES: [&str; 7] = [
+pub const CONTEXT_VARIABLES: [&str; 8] = [
     "job_id",
     "run_id",
     "task_id",
@@ -12,6 +12,8 @@ pub const CONTEXT_VARIABLES: [&str; 7] = [
     "logical_date",
     "data_interval_start",
     "data_interval_end",
+    // The asset updates that triggered the run (a JSON list, `[]` for other runs).
+    "triggering_asset_events",
 ];
 
 /// A variable named in a template.

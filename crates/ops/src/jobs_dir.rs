@@ -76,7 +76,62 @@ pub fn load_jobs_dir(dir: &Path) -> JobsDir {
             Err(errors) => found.errors.extend(errors),
         }
     }
+    reject_asset_cycles(&mut found);
     found
+}
+
+/// Jobs that trigger each other through assets (or `after:`) in a cycle would run forever:
+/// each of them is an error at its `schedule` line, and none of them loads.
+fn reject_asset_cycles(found: &mut JobsDir) {
+    use std::collections::{BTreeMap, BTreeSet};
+    use stevedore_domain::assets::{job_asset, job_cycles};
+    let produces: BTreeMap<String, BTreeSet<String>> = found
+        .jobs
+        .iter()
+        .map(|loaded| {
+            let job = &loaded.job;
+            let mut made: BTreeSet<String> = job
+                .tasks
+                .iter()
+                .flat_map(|task| task.produces.iter().cloned())
+                .collect();
+            made.insert(job_asset(&job.id));
+            (job.id.clone(), made)
+        })
+        .collect();
+    let triggers: BTreeMap<String, Vec<String>> = found
+        .jobs
+        .iter()
+        .filter_map(|loaded| {
+            let trigger = loaded.job.asset_trigger.as_ref()?;
+            Some((loaded.job.id.clone(), trigger.assets.clone()))
+        })
+        .collect();
+    let cycles = job_cycles(&produces, &triggers);
+    if cycles.is_empty() {
+        return;
+    }
+    let mut rejected: BTreeSet<String> = BTreeSet::new();
+    for cycle in &cycles {
+        let path = cycle.join(" → ");
+        for job_id in &cycle[..cycle.len() - 1] {
+            if !rejected.insert(job_id.clone()) {
+                continue;
+            }
+            if let Some(loaded) = found.get(job_id) {
+                found.errors.push(JobError {
+                    file: loaded.path.display().to_string(),
+                    line: loaded.job.asset_trigger.as_ref().map(|t| t.line),
+                    message: format!(
+                        "job `{job_id}` is in a cycle of jobs triggering each other through assets or after: {path}"
+                    ),
+                });
+            }
+        }
+    }
+    found
+        .jobs
+        .retain(|loaded| !rejected.contains(&loaded.job.id));
 }
 
 /// The largest job (or pools) file read: a job of hundreds of tasks is a few tens of KiB.
@@ -173,5 +228,41 @@ mod tests {
             "{errors:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn jobs_triggering_each_other_in_a_cycle_are_rejected_and_the_rest_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "charges.yaml",
+            "id: charges\nschedule: {after: [models]}\ntasks:\n  - id: load\n    image: i:1\n    produces: [warehouse.charges]\n",
+        );
+        write(
+            "models.yaml",
+            "id: models\ndescription: runs when the charges land\nschedule: {assets: [warehouse.charges]}\ntasks:\n  - id: run\n    image: i:1\n",
+        );
+        write(
+            "report.yaml",
+            "id: report\nschedule: {after: [models]}\ntasks:\n  - id: t\n    image: i:1\n",
+        );
+        let found = load_jobs_dir(dir.path());
+        let ids: Vec<&str> = found.jobs.iter().map(|l| l.job.id.as_str()).collect();
+        assert_eq!(ids, ["report"]);
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors.iter().any(
+                |e| e.contains("charges.yaml:2: job `charges` is in a cycle")
+                    && e.contains("charges → models → charges")
+            ),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("models.yaml:3: job `models` is in a cycle")),
+            "{errors:?}"
+        );
     }
 }

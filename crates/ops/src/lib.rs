@@ -17,6 +17,7 @@
 //! - [`views`]: the JSON shapes of runs, task instances and tries, for every door.
 
 pub mod actions;
+pub mod assets;
 pub mod backfill;
 pub mod connections;
 pub mod jobs_dir;

@@ -68,6 +68,28 @@ pub async fn trigger_manual_refreshing(
     store.create_run(run).await
 }
 
+/// Creates a run of an asset-triggered job (`schedule: {assets: ...}` or `{after: ...}`)
+/// when its assets' updates since its last such run call for one: its params carry them as
+/// `triggering_asset_events`. `None` for a job without such a schedule, or when none is due.
+pub async fn trigger_by_assets(
+    store: &dyn Store,
+    job: &Job,
+    now: DateTime<Utc>,
+) -> Result<Option<RunRecord>, StoreError> {
+    let Some(trigger) = &job.asset_trigger else {
+        return Ok(None);
+    };
+    let interval = job.timetable.manual_interval(now);
+    let run = new_run(
+        job,
+        RunTrigger::Asset,
+        now,
+        interval,
+        merge_params(job, &Map::new()),
+    );
+    store.trigger_asset_run(trigger, run).await
+}
+
 /// Creates every scheduled run that is due at `now` (one without catchup, each missed
 /// interval in order with it, at most `limit` per call). Returns how many were created.
 pub async fn create_due_runs(

@@ -93,6 +93,9 @@ impl Scheduler {
             // same one at once make it once.
             if !record.paused {
                 runs::create_due_runs(self.store.as_ref(), &job, now, 100).await?;
+                if let Some(run) = runs::trigger_by_assets(self.store.as_ref(), &job, now).await? {
+                    info!(run_id = %run.run_id, job_id = %job.id, "run triggered by its assets");
+                }
             }
         }
 

@@ -695,7 +695,7 @@ fn the_openapi_document_describes_what_is_served() {
         }
     }
     assert_eq!(
-        operations, 36,
+        operations, 38,
         "the 29 of before, listNotifications, getNotification and retryNotification, \
          getTaskState, listTaskStateHistory, setTaskState and clearTaskState"
     );

@@ -95,6 +95,19 @@ pub trait Store: Send + Sync {
     /// Creates a queued run and a task instance in state `none` for each task. A second
     /// scheduled run for the same job and logical date is a [`StoreError::Conflict`].
     async fn create_run(&self, run: NewRun) -> Result<RunRecord>;
+    /// Creates a run of an asset-triggered job (`run`, its params given
+    /// `triggering_asset_events`) when the updates of its assets since its last such run are
+    /// enough (`trigger`'s mode), and marks them read, in one transaction: each update
+    /// triggers at most one run, whichever schedulers ask. A job new to an asset reads its
+    /// updates from now on. `None` when no run is due.
+    async fn trigger_asset_run(
+        &self,
+        trigger: &stevedore_domain::assets::AssetTrigger,
+        run: NewRun,
+    ) -> Result<Option<RunRecord>>;
+    /// The updates of `asset`, newest first; without an asset, the latest update of each
+    /// asset, by name.
+    async fn asset_events(&self, asset: Option<&str>, limit: u32) -> Result<Vec<AssetEventRecord>>;
     async fn get_run(&self, run_id: &str) -> Result<RunRecord>;
     /// Finds a run by its id or a unique prefix of it.
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord>;

@@ -69,6 +69,11 @@ fn migrator() -> &'static Migrator {
                 "task mapping",
                 include_str!("../migrations/postgres/0007_task_mapping.sql"),
             ),
+            migration(
+                8,
+                "assets",
+                include_str!("../migrations/postgres/0008_assets.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

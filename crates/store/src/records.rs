@@ -252,6 +252,8 @@ pub struct TryFinish {
     /// The events this end makes (`retry`, `failure`, `success`), written into the outbox
     /// with it.
     pub notifications: Vec<NewNotification>,
+    /// The assets the try's task `produces`: each gets an update event with a success.
+    pub produces: Vec<String>,
 }
 
 /// One write of a try, for [`Store::write_tries`]: what [`Store::start_try_fenced`],
@@ -638,6 +640,18 @@ pub struct GiveUp {
     pub next_try_at: Option<DateTime<Utc>>,
     pub at: DateTime<Utc>,
     pub notifications: Vec<NewNotification>,
+}
+
+/// One update of an asset: a try of a task that `produces` it succeeded (`task_id` is its
+/// task instance), or a run succeeded (`job:ID`, no task).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssetEventRecord {
+    pub seq: i64,
+    pub asset: String,
+    pub job_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A UUID (version 8, RFC 9562's custom kind) made of the first 16 bytes of the key's

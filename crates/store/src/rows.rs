@@ -365,3 +365,26 @@ impl StateEntryRow {
         })
     }
 }
+
+#[derive(FromRow)]
+pub(crate) struct AssetEventRow {
+    seq: i64,
+    asset: String,
+    job_id: String,
+    run_id: String,
+    task_id: Option<String>,
+    created_at: String,
+}
+
+impl AssetEventRow {
+    pub(crate) fn into_record(self) -> Result<AssetEventRecord> {
+        Ok(AssetEventRecord {
+            seq: self.seq,
+            asset: self.asset,
+            job_id: self.job_id,
+            run_id: self.run_id,
+            task_id: self.task_id,
+            created_at: parse_ts(&self.created_at)?,
+        })
+    }
+}

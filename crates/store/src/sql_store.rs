@@ -154,6 +154,72 @@ impl $store {
 }
 
 impl $store {
+    /// Inserts a queued run and its task instances, in the caller's transaction.
+    async fn insert_run(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        run: NewRun,
+    ) -> Result<RunRecord> {
+        let record = RunRecord {
+            run_id: new_run_id(),
+            job_id: run.job_id,
+            job_version: run.job_version,
+            trigger: run.trigger,
+            logical_date: run.logical_date,
+            data_interval: run.data_interval,
+            params: run.params,
+            state: RunState::Queued,
+            queued_at: Utc::now(),
+            started_at: None,
+            ended_at: None,
+            cancel_requested: false,
+            deadline_missed_at: None,
+            full_refresh: run.full_refresh,
+        };
+        let full_refresh = (!record.full_refresh.is_empty())
+            .then(|| serde_json::to_string(&record.full_refresh).unwrap_or_default());
+        let inserted = sql::query::<$dialect>(&(format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, FALSE, NULL, ?)"
+        )))
+        .bind(&record.run_id)
+        .bind(&record.job_id)
+        .bind(&record.job_version)
+        .bind(record.trigger.as_str())
+        .bind(ts(record.logical_date))
+        .bind(ts(record.data_interval.start))
+        .bind(ts(record.data_interval.end))
+        .bind(record.params.to_string())
+        .bind(record.state.as_str())
+        .bind(ts(record.queued_at))
+        .bind(full_refresh)
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "job `{}` already has a run for logical date {}",
+                    record.job_id,
+                    ts(record.logical_date)
+                )));
+            }
+            other => {
+                other?;
+            }
+        }
+        // In the job file's order: the order the task instances list in.
+        for chunk in run.task_ids.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new(
+                "INSERT INTO task_instances (run_id, task_id, state) ",
+            );
+            query.push_values(chunk, |mut row, task_id| {
+                row.push_bind(record.run_id.as_str())
+                    .push_bind(task_id.as_str())
+                    .push_bind("none");
+            });
+            query.build().execute(&mut **tx).await?;
+        }
+        Ok(record)
+    }
+
     /// Clears an expanded mapped task as a whole: its instances become `removed` and its
     /// unexpanded instance returns, `none`, so the scheduler expands it again (reusing the
     /// instances, whose tries keep counting). `false` when `task_id` has no instances.
@@ -645,6 +711,24 @@ impl $store {
                 .flat_map(|(_, finish, ..)| finish.notifications.iter())
                 .collect();
             Self::insert_notifications(tx, &notifications).await?;
+            // The assets a successful try's task produces: one update each.
+            for (_, finish, run_id, task_id, _) in &ending {
+                if finish.state != TryState::Success {
+                    continue;
+                }
+                for asset in &finish.produces {
+                    sql::query::<$dialect>(
+                        "INSERT INTO asset_events (asset, job_id, run_id, task_id, created_at) \
+                         SELECT ?, job_id, run_id, ?, ? FROM runs WHERE run_id = ?",
+                    )
+                    .bind(asset)
+                    .bind(task_id.as_str())
+                    .bind(ts(finish.ended_at))
+                    .bind(run_id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
             let published: Vec<(&str, &str, &str)> = ending
                 .iter()
                 .filter(|(_, finish, ..)| finish.state == TryState::Success)
@@ -755,67 +839,135 @@ impl Store for $store {
     }
 
     async fn create_run(&self, run: NewRun) -> Result<RunRecord> {
-        let record = RunRecord {
-            run_id: new_run_id(),
-            job_id: run.job_id,
-            job_version: run.job_version,
-            trigger: run.trigger,
-            logical_date: run.logical_date,
-            data_interval: run.data_interval,
-            params: run.params,
-            state: RunState::Queued,
-            queued_at: Utc::now(),
-            started_at: None,
-            ended_at: None,
-            cancel_requested: false,
-            deadline_missed_at: None,
-            full_refresh: run.full_refresh,
-        };
         let mut tx = self.write_transaction().await?;
-        let full_refresh = (!record.full_refresh.is_empty())
-            .then(|| serde_json::to_string(&record.full_refresh).unwrap_or_default());
-        let inserted = sql::query::<$dialect>(&(format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, FALSE, NULL, ?)"
-        )))
-        .bind(&record.run_id)
-        .bind(&record.job_id)
-        .bind(&record.job_version)
-        .bind(record.trigger.as_str())
-        .bind(ts(record.logical_date))
-        .bind(ts(record.data_interval.start))
-        .bind(ts(record.data_interval.end))
-        .bind(record.params.to_string())
-        .bind(record.state.as_str())
-        .bind(ts(record.queued_at))
-        .bind(full_refresh)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                return Err(StoreError::Conflict(format!(
-                    "job `{}` already has a run for logical date {}",
-                    record.job_id,
-                    ts(record.logical_date)
-                )));
-            }
-            other => {
-                other?;
-            }
-        }
-        // In the job file's order: the order the task instances list in.
-        for chunk in run.task_ids.chunks(BULK_ROWS) {
-            let mut query = QueryBuilder::<<$dialect as Dialect>::DB>::new(
-                "INSERT INTO task_instances (run_id, task_id, state) ",
-            );
-            query.push_values(chunk, |mut row, task_id| {
-                row.push_bind(record.run_id.as_str())
-                    .push_bind(task_id.as_str())
-                    .push_bind("none");
-            });
-            query.build().execute(&mut *tx).await?;
-        }
+        let record = Self::insert_run(&mut tx, run).await?;
         tx.commit().await?;
         Ok(record)
+    }
+
+    async fn trigger_asset_run(
+        &self,
+        trigger: &stevedore_domain::assets::AssetTrigger,
+        mut run: NewRun,
+    ) -> Result<Option<RunRecord>> {
+        let mut tx = self.write_transaction().await?;
+        let mut pending: std::collections::HashMap<&str, (i64, Vec<AssetEventRecord>)> =
+            std::collections::HashMap::new();
+        for asset in &trigger.assets {
+            let consumed: Option<i64> = sql::query_scalar::<$dialect, _>(
+                "SELECT consumed_seq FROM asset_consumers WHERE job_id = ? AND asset = ?",
+            )
+            .bind(&run.job_id)
+            .bind(asset)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let consumed = match consumed {
+                Some(seq) => seq,
+                None => {
+                    // A job new to an asset reads its updates from now on.
+                    let latest: i64 = sql::query_scalar::<$dialect, _>(
+                        "SELECT COALESCE(MAX(seq), 0) FROM asset_events WHERE asset = ?",
+                    )
+                    .bind(asset)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    sql::query::<$dialect>(
+                        "INSERT INTO asset_consumers (job_id, asset, consumed_seq) VALUES (?, ?, ?) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&run.job_id)
+                    .bind(asset)
+                    .bind(latest)
+                    .execute(&mut *tx)
+                    .await?;
+                    latest
+                }
+            };
+            let events: Vec<AssetEventRecord> = sql::query_as::<$dialect, AssetEventRow>(
+                "SELECT seq, asset, job_id, run_id, task_id, created_at FROM asset_events \
+                 WHERE asset = ? AND seq > ? ORDER BY seq LIMIT 1000",
+            )
+            .bind(asset)
+            .bind(consumed)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(AssetEventRow::into_record)
+            .collect::<Result<_>>()?;
+            pending.insert(asset.as_str(), (consumed, events));
+        }
+        if !trigger.is_due(|asset| pending.get(asset).is_some_and(|(_, e)| !e.is_empty())) {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let mut triggering: Vec<&AssetEventRecord> =
+            pending.values().flat_map(|(_, events)| events.iter()).collect();
+        triggering.sort_by_key(|event| event.seq);
+        let listed: Vec<Value> = triggering
+            .iter()
+            .map(|event| {
+                serde_json::json!({
+                    "asset": event.asset,
+                    "job_id": event.job_id,
+                    "run_id": event.run_id,
+                    "task_id": event.task_id,
+                    "at": ts(event.created_at),
+                })
+            })
+            .collect();
+        if let Value::Object(params) = &mut run.params {
+            params.insert("triggering_asset_events".to_owned(), Value::Array(listed));
+        }
+        // Every asset's updates so far are this run's; two schedulers racing here make one.
+        for (asset, (consumed, events)) in &pending {
+            let Some(last) = events.last() else { continue };
+            let moved = sql::query::<$dialect>(
+                "UPDATE asset_consumers SET consumed_seq = ? WHERE job_id = ? AND asset = ? \
+                 AND consumed_seq = ?",
+            )
+            .bind(last.seq)
+            .bind(&run.job_id)
+            .bind(*asset)
+            .bind(*consumed)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                return Ok(None);
+            }
+        }
+        let record = Self::insert_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn asset_events(
+        &self,
+        asset: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AssetEventRecord>> {
+        let rows: Vec<AssetEventRow> = match asset {
+            Some(asset) => {
+                sql::query_as::<$dialect, AssetEventRow>(
+                    "SELECT seq, asset, job_id, run_id, task_id, created_at FROM asset_events \
+                     WHERE asset = ? ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(asset)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sql::query_as::<$dialect, AssetEventRow>(
+                    "SELECT seq, asset, job_id, run_id, task_id, created_at FROM asset_events \
+                     WHERE seq IN (SELECT MAX(seq) FROM asset_events GROUP BY asset) \
+                     ORDER BY asset LIMIT ?",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.into_iter().map(AssetEventRow::into_record).collect()
     }
 
     async fn get_run(&self, run_id: &str) -> Result<RunRecord> {
@@ -934,6 +1086,19 @@ impl Store for $store {
                 .map(|(run_id, _)| run_id.as_str())
                 .collect();
             for chunk in run_ids.chunks(BULK_ROWS) {
+                if state == RunState::Success {
+                    // A run that succeeds now (not before) updates its job's asset `job:ID`,
+                    // which `schedule: {after: [ID]}` waits for.
+                    let mut query = QueryBuilder::<Db>::new(
+                        "INSERT INTO asset_events (asset, job_id, run_id, task_id, created_at) \
+                         SELECT 'job:' || job_id, job_id, run_id, NULL, ",
+                    );
+                    query
+                        .push_bind(at.as_str())
+                        .push(" FROM runs WHERE state NOT IN ('success', 'failed') AND run_id IN ");
+                    push_bound_list(&mut query, chunk.iter().copied());
+                    query.build().execute(&mut *tx).await?;
+                }
                 let mut query = QueryBuilder::<Db>::new("UPDATE runs SET state = ");
                 query.push_bind(state.as_str());
                 match state {

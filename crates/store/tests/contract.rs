@@ -36,6 +36,7 @@ fn succeeded(try_id: i64) -> TryFinish {
         task_state: TaskState::Success,
         next_try_at: None,
         notifications: Vec::new(),
+        produces: Vec::new(),
     }
 }
 
@@ -260,6 +261,7 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
             task_state: TaskState::UpForRetry,
             next_try_at: Some(Utc::now()),
             notifications: Vec::new(),
+            produces: Vec::new(),
         })
         .await
         .unwrap();
@@ -1155,6 +1157,7 @@ pub async fn a_group_of_try_writes_keeps_each_result(store: &dyn Store) {
                     task_state: TaskState::UpForRetry,
                     next_try_at: Some(t0),
                     notifications: Vec::new(),
+                    produces: Vec::new(),
                 }),
                 fence: own,
             },
@@ -1405,6 +1408,7 @@ pub async fn notifications_are_written_with_their_state_change_once(store: &dyn 
         task_state: TaskState::UpForRetry,
         next_try_at: Some(Utc::now()),
         notifications: vec![retry.clone()],
+        produces: Vec::new(),
     };
     store.finish_try(&finish).await.unwrap();
     // Written again (a write retried after its answer was lost): kept once.
@@ -1893,6 +1897,95 @@ pub async fn a_mapped_task_expands_clears_and_expands_again(store: &dyn Store) {
     );
 }
 
+pub async fn asset_updates_trigger_a_run_once_and_a_new_consumer_reads_from_now(store: &dyn Store) {
+    use stevedore_domain::assets::{AssetMode, AssetTrigger};
+    // An update before the consumer was first seen does not count for it.
+    let early = store
+        .create_run(new_run("producer", 6, RunTrigger::Manual))
+        .await
+        .unwrap();
+    store
+        .set_run_states(&[(early.run_id.clone(), RunState::Success)], Utc::now())
+        .await
+        .unwrap();
+    let trigger = AssetTrigger {
+        assets: vec!["job:producer".into(), "warehouse.charges".into()],
+        mode: AssetMode::All,
+        line: 2,
+    };
+    let consumer = |day| new_run("consumer", day, RunTrigger::Asset);
+    assert!(store
+        .trigger_asset_run(&trigger, consumer(7))
+        .await
+        .unwrap()
+        .is_none());
+
+    // A run that succeeds updates `job:producer` once, however often its end is written; a
+    // try that succeeds updates what its task produces.
+    let run = store
+        .create_run(new_run("producer", 8, RunTrigger::Manual))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        store
+            .set_run_states(&[(run.run_id.clone(), RunState::Success)], Utc::now())
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .trigger_asset_run(&trigger, consumer(9))
+            .await
+            .unwrap()
+            .is_none(),
+        "all: the charges were not updated yet"
+    );
+    let key = TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "load".into(),
+        try_number: 1,
+    };
+    let started = store
+        .start_try(&key, "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    let mut finish = succeeded(started.try_id);
+    finish.produces = vec!["warehouse.charges".into()];
+    store.finish_try(&finish).await.unwrap();
+    let events = store.asset_events(Some("job:producer"), 10).await.unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "the early run's and this run's: {events:?}"
+    );
+
+    let made = store
+        .trigger_asset_run(&trigger, consumer(10))
+        .await
+        .unwrap()
+        .expect("both assets updated");
+    assert_eq!(made.trigger, RunTrigger::Asset);
+    let triggering = made.params["triggering_asset_events"].as_array().unwrap();
+    let assets: Vec<&str> = triggering
+        .iter()
+        .map(|e| e["asset"].as_str().unwrap())
+        .collect();
+    assert_eq!(assets, ["job:producer", "warehouse.charges"]);
+    assert_eq!(triggering[1]["task_id"], "load");
+    assert_eq!(made.params["n"], 1, "the job's own params stay");
+    assert!(
+        store
+            .trigger_asset_run(&trigger, consumer(11))
+            .await
+            .unwrap()
+            .is_none(),
+        "each update triggers one run"
+    );
+    let latest = store.asset_events(None, 10).await.unwrap();
+    let names: Vec<&str> = latest.iter().map(|e| e.asset.as_str()).collect();
+    assert_eq!(names, ["job:producer", "warehouse.charges"]);
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -1925,6 +2018,7 @@ macro_rules! store_contract_suite {
             case!(a_waiting_task_instance_is_given_up_on_once);
             case!(state_history_keeps_every_commit_and_a_full_refresh_starts_without_state);
             case!(a_mapped_task_expands_clears_and_expands_again);
+            case!(asset_updates_trigger_a_run_once_and_a_new_consumer_reads_from_now);
         }
     };
 }
@@ -2010,7 +2104,7 @@ async fn a_database_migrated_before_sqlx_ran_the_migrations_is_taken_up_where_it
             .await
             .unwrap();
     // The three carried over, and the newer ones run after them.
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
     let old: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
         .fetch_one(&pool)
         .await

@@ -27,6 +27,7 @@ use crate::{
     ConnectionsCommand, JobsCommand, PoolsCommand, RunsCommand, TasksCommand, TokensCommand,
 };
 
+mod assets;
 mod connections;
 mod jobs;
 mod notifications;
@@ -36,6 +37,7 @@ mod serve;
 mod state;
 mod tasks;
 
+pub use assets::assets;
 pub use connections::{connection_values, connections, registry_auth};
 pub use jobs::jobs;
 pub use notifications::notifications;

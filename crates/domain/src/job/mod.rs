@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
+use crate::assets::{check_asset_name, job_asset, AssetMode, AssetTrigger};
 use crate::duration::parse_duration;
 use crate::image::ImageRef;
 use crate::mapping::{ForEach, MAX_MAP_LENGTH};
@@ -53,6 +54,9 @@ pub struct Job {
     pub run_timeout: Option<Duration>,
     /// How many failed runs in a row make a `repeated_failure` event (default 3).
     pub repeated_failure_after: u32,
+    /// `schedule: {assets: ...}` or `{after: ...}`: the job runs when they are updated
+    /// ([`crate::assets`]); its timetable is then manual.
+    pub asset_trigger: Option<AssetTrigger>,
 }
 
 /// A task with the job's `defaults` merged in.
@@ -94,6 +98,8 @@ pub struct Task {
     pub max_artifact_size: u64,
     /// The task's `notify:` rules (its own, else the `defaults`'): they hear its events.
     pub notify: Vec<NotifyRule>,
+    /// The assets each successful try of the task updates (`produces`).
+    pub produces: Vec<String>,
     /// A mapped task: one task instance per item of this list ([`crate::mapping`]).
     pub for_each: Option<ForEach>,
     /// How many instances of a mapped task may be active at once in a run.

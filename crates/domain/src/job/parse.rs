@@ -90,10 +90,22 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         }),
     };
 
-    let schedule_text = raw.schedule.as_ref().and_then(|s| s.value.clone());
+    let schedule_line = raw.schedule.as_ref().map(line_of).unwrap_or(1);
+    let (schedule_text, asset_trigger) = match raw.schedule.as_ref().map(|s| &s.value) {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::String(text)) => (Some(text.clone()), None),
+        Some(Value::Object(map)) => (None, build_asset_trigger(map, schedule_line, problems)),
+        Some(_) => {
+            problems.at(
+                schedule_line,
+                "schedule must be a cron expression, a preset such as @daily, null, \
+                 {assets: [...]} or {after: [...]}",
+            );
+            (None, None)
+        }
+    };
     let schedule = Schedule::parse(schedule_text.as_deref()).unwrap_or_else(|message| {
-        let line = raw.schedule.as_ref().map(line_of).unwrap_or(1);
-        problems.at(line, format!("schedule {message}"));
+        problems.at(schedule_line, format!("schedule {message}"));
         Schedule::Manual
     });
 
@@ -131,10 +143,13 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
                 "defaults may not set `id` or `depends_on`",
             );
         }
-        if spanned.value.for_each.is_some() || spanned.value.max_active.is_some() {
+        if spanned.value.for_each.is_some()
+            || spanned.value.max_active.is_some()
+            || spanned.value.produces.is_some()
+        {
             problems.at(
                 line_of(spanned),
-                "defaults may not set `for_each` or `max_active`: they belong to one task",
+                "defaults may not set `for_each`, `max_active` or `produces`: they belong to one task",
             );
         }
     }
@@ -253,6 +268,98 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         deadline,
         run_timeout,
         repeated_failure_after,
+        asset_trigger,
+    }
+}
+
+/// `schedule: {assets: [NAME...], mode: all|any}` or `schedule: {after: [JOB...]}`.
+fn build_asset_trigger(
+    map: &Map<String, Value>,
+    line: u64,
+    problems: &mut Problems<'_>,
+) -> Option<AssetTrigger> {
+    let names = |key: &str, problems: &mut Problems<'_>| -> Option<Vec<String>> {
+        let Some(Value::Array(items)) = map.get(key) else {
+            problems.at(line, format!("schedule: `{key}` must be a list"));
+            return None;
+        };
+        let names: Vec<String> = items
+            .iter()
+            .filter_map(|item| match item {
+                Value::String(name) => Some(name.clone()),
+                other => {
+                    problems.at(line, format!("schedule: `{key}` holds {other}, not a name"));
+                    None
+                }
+            })
+            .collect();
+        if names.is_empty() {
+            problems.at(line, format!("schedule: `{key}` needs at least one name"));
+            return None;
+        }
+        Some(names)
+    };
+    let unknown: Vec<&String> = map
+        .keys()
+        .filter(|key| !["assets", "after", "mode"].contains(&key.as_str()))
+        .collect();
+    if let Some(key) = unknown.first() {
+        problems.at(
+            line,
+            format!(
+                "schedule: unknown field `{key}` (a schedule map holds assets and mode, or after)"
+            ),
+        );
+        return None;
+    }
+    match (map.contains_key("assets"), map.contains_key("after")) {
+        (true, false) => {
+            let assets = names("assets", problems)?;
+            for asset in &assets {
+                if let Err(message) = check_asset_name(asset) {
+                    problems.at(line, format!("schedule: {message}"));
+                }
+            }
+            let mode = match map.get("mode") {
+                None => AssetMode::All,
+                Some(Value::String(mode)) if mode == "all" => AssetMode::All,
+                Some(Value::String(mode)) if mode == "any" => AssetMode::Any,
+                Some(other) => {
+                    problems.at(
+                        line,
+                        format!("schedule: mode {other} is neither all nor any"),
+                    );
+                    AssetMode::All
+                }
+            };
+            Some(AssetTrigger { assets, mode, line })
+        }
+        (false, true) => {
+            if map.contains_key("mode") {
+                problems.at(
+                    line,
+                    "schedule: `after` waits for every job it names; it takes no mode",
+                );
+            }
+            let jobs = names("after", problems)?;
+            for job in &jobs {
+                if !is_identifier(job) {
+                    problems.at(line, format!("schedule: after: `{job}` is not a job id"));
+                }
+            }
+            Some(AssetTrigger {
+                assets: jobs.iter().map(|job| job_asset(job)).collect(),
+                mode: AssetMode::All,
+                line,
+            })
+        }
+        _ => {
+            problems.at(
+                line,
+                "schedule: a schedule map holds either `assets` or `after`",
+            );
+            None
+        }
     }
 }
 
@@ -555,6 +662,21 @@ pub(super) fn build_task(
     let notify = pick!(notify)
         .map(|rules| build_rules(rules, Some(&id), problems))
         .unwrap_or_default();
+    let produces = raw
+        .produces
+        .as_ref()
+        .map(|spanned| {
+            for name in &spanned.value {
+                if let Err(message) = check_asset_name(name) {
+                    problems.at(
+                        line_of(spanned),
+                        format!("task `{id}`: produces: {message}"),
+                    );
+                }
+            }
+            spanned.value.clone()
+        })
+        .unwrap_or_default();
     let for_each = raw
         .for_each
         .as_ref()
@@ -624,6 +746,7 @@ pub(super) fn build_task(
         user,
         max_artifact_size,
         notify,
+        produces,
         for_each,
         max_active,
         map_index: None,

@@ -40,7 +40,8 @@ impl<'de> Deserialize<'de> for Scalar {
 pub(super) struct RawJob {
     pub(super) id: Spanned<String>,
     pub(super) description: Option<String>,
-    pub(super) schedule: Option<Spanned<Option<String>>>,
+    /// A cron expression or preset, `null`, or `{assets: [...], mode: ...}` / `{after: [...]}`.
+    pub(super) schedule: Option<Spanned<Value>>,
     pub(super) timezone: Option<Spanned<String>>,
     pub(super) start_date: Option<Spanned<Scalar>>,
     pub(super) end_date: Option<Spanned<Option<Scalar>>>,
@@ -98,6 +99,7 @@ pub(super) struct RawTask {
     pub(super) max_artifact_size: Option<Spanned<Scalar>>,
     pub(super) notify: Option<Vec<Spanned<RawRule>>>,
     pub(super) for_each: Option<Spanned<Value>>,
+    pub(super) produces: Option<Spanned<Vec<String>>>,
     pub(super) max_active: Option<Spanned<u32>>,
 }
 

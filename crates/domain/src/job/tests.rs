@@ -359,7 +359,7 @@ fn mapping_mistakes_are_load_errors_naming_the_line() {
         "id: bad\ndefaults:\n  for_each: [1]\ntasks:\n  - id: a\n    image: i:1\n    max_active: 2\n    args: [\"{{ item }}\"]\n  - id: b\n    image: i:1\n    for_each: \"{{ outputs.c.list }}\"\n  - id: c\n    image: i:1\n    for_each: \"x {{ params.p }}\"\n  - id: d\n    image: i:1\n    for_each: {a: 1}\n  - id: e\n    image: i:1\n    for_each: [1]\n    max_active: 0\n",
     );
     let expected = [
-        "jobs/bad.yaml:3: defaults may not set `for_each` or `max_active`",
+        "jobs/bad.yaml:3: defaults may not set `for_each`, `max_active` or `produces`",
         "jobs/bad.yaml:7: task `a`: max_active applies to a mapped task",
         "jobs/bad.yaml:8: task `a`: args uses `item`, which only a mapped task",
         "jobs/bad.yaml:11: task `b`: for_each uses outputs of `c`, which is not upstream of it",
@@ -373,4 +373,52 @@ fn mapping_mistakes_are_load_errors_naming_the_line() {
             "missing `{want}` in {mistakes:#?}"
         );
     }
+}
+
+#[test]
+fn asset_schedules_and_produces_are_read() {
+    use crate::assets::{AssetMode, AssetTrigger};
+    let job = parse_job(
+        "jobs/models.yaml",
+        "id: models\nschedule: {assets: [warehouse.charges, warehouse.refunds], mode: any}\ntasks:\n  - id: run\n    image: i:1\n    produces: [marts.revenue]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        job.asset_trigger,
+        Some(AssetTrigger {
+            assets: vec!["warehouse.charges".into(), "warehouse.refunds".into()],
+            mode: AssetMode::Any,
+            line: 2
+        })
+    );
+    assert_eq!(job.task("run").unwrap().produces, ["marts.revenue"]);
+    assert_eq!(job.timetable.schedule, crate::schedule::Schedule::Manual);
+    let after = parse_job(
+        "jobs/report.yaml",
+        "id: report\nschedule: {after: [load, models]}\ntasks:\n  - id: t\n    image: i:1\n",
+    )
+    .unwrap();
+    let trigger = after.asset_trigger.unwrap();
+    assert_eq!(trigger.assets, ["job:load", "job:models"]);
+    assert_eq!(trigger.mode, AssetMode::All);
+}
+
+#[test]
+fn bad_asset_schedules_are_load_errors_naming_the_line() {
+    let mistakes = errors(
+        "id: bad\nschedule: {assets: [\"has space\"], mode: some}\ntasks:\n  - id: t\n    image: i:1\n    produces: [\"job:x\"]\n",
+    );
+    for want in [
+        "jobs/bad.yaml:2: schedule: asset name `has space` may only hold",
+        "jobs/bad.yaml:2: schedule: mode \"some\" is neither all nor any",
+        "jobs/bad.yaml:6: task `t`: produces: asset name `job:x`",
+    ] {
+        assert!(
+            mistakes.iter().any(|m| m.starts_with(want)),
+            "missing `{want}` in {mistakes:#?}"
+        );
+    }
+    let both =
+        errors("id: bad\nschedule: {assets: [a], after: [b]}\ntasks:\n  - id: t\n    image: i:1\n");
+    assert!(both[0].contains("either `assets` or `after`"), "{both:?}");
 }

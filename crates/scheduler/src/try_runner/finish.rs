@@ -161,6 +161,11 @@ impl TryRunner {
             task_state,
             next_try_at,
             notifications,
+            produces: if try_state == TryState::Success {
+                task.produces.clone()
+            } else {
+                Vec::new()
+            },
         };
         match self.record(&finish).await {
             Ok(()) => Ok(TryEnd::Finished(task_state)),

@@ -396,6 +396,7 @@ impl TryRunner {
                     task_state: TaskState::Scheduled,
                     next_try_at: None,
                     notifications: Vec::new(),
+                    produces: Vec::new(),
                 })
                 .await?;
                 Ok(TryEnd::BackendUnavailable(message))
@@ -441,6 +442,7 @@ impl TryRunner {
             task_state: TaskState::Scheduled,
             next_try_at: None,
             notifications: Vec::new(),
+            produces: Vec::new(),
         };
         let backend = match self.backend.clone() {
             Some(backend) if backend.can_adopt() => backend,

@@ -76,6 +76,10 @@ pub(super) fn render_task(
                 "logical_date" => rfc3339(context.logical_date),
                 "data_interval_start" => rfc3339(context.data_interval.start),
                 "data_interval_end" => rfc3339(context.data_interval.end),
+                "triggering_asset_events" => context
+                    .params
+                    .get("triggering_asset_events")
+                    .map_or_else(|| "[]".to_owned(), |events| events.to_string()),
                 _ => return None,
             }),
             Variable::Param(name) => context.params.get(name).map(output_as_text),

@@ -5,7 +5,7 @@
 //!
 //! The routes, the extractors (bodies, paths and queries with JSON errors) and paging are
 //! here; the handlers are beside it by resource: `jobs.rs`, `runs.rs` (runs and their task
-//! instances), `tries.rs` (tries and logs), `notifications.rs` (alerts), `state.rs` (committed state), `admin.rs` (pools,
+//! instances), `tries.rs` (tries and logs), `notifications.rs` (alerts), `assets.rs` (assets), `state.rs` (committed state), `admin.rs` (pools,
 //! connections).
 
 use std::collections::BTreeMap;
@@ -35,6 +35,7 @@ use crate::AppState;
 
 mod admin;
 pub(crate) mod artifacts;
+mod assets;
 mod jobs;
 mod notifications;
 mod runs;
@@ -44,6 +45,7 @@ pub(crate) mod tries;
 use crate::paging::page_size;
 use admin::*;
 use artifacts::*;
+use assets::*;
 use jobs::*;
 use notifications::*;
 use runs::*;
@@ -111,6 +113,8 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/runs/{run_id}/tasks/{task_id}/tries/{try_number}/logs/follow",
             get(follow_logs),
         )
+        .route("/api/v1/assets", get(list_assets))
+        .route("/api/v1/assets/{name}", get(get_asset))
         .route("/api/v1/notifications", get(list_notifications))
         .route("/api/v1/notifications/{id}", get(get_notification))
         .route("/api/v1/notifications/{id}/retry", post(retry_notification))
@@ -158,6 +162,8 @@ fn time(at: DateTime<Utc>) -> String {
     get_try,
     get_logs,
     follow_logs,
+    list_assets,
+    get_asset,
     list_notifications,
     get_notification,
     retry_notification,

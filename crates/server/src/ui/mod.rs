@@ -59,6 +59,8 @@ pub fn routes() -> Router<AppState> {
             get(pages::try_page),
         )
         .route("/pools", get(pages::pools))
+        .route("/assets", get(pages::assets_page))
+        .route("/assets/{name}", get(pages::asset_page))
         .route("/notifications", get(pages::notifications))
         .route("/notifications/{id}/retry", post(pages::retry_notification))
 }
@@ -177,6 +179,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                     nav {
                         a href="/jobs" { "Jobs" }
                         a href="/pools" { "Pools" }
+                        a href="/assets" { "Assets" }
                         a href="/notifications" { "Alerts" }
                     }
                     @if let Some(viewer) = viewer {

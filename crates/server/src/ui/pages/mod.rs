@@ -21,10 +21,12 @@ use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
 use super::{csrf_field, encode, page, state_class, svg, UiError, UiResult, Viewer};
 use crate::AppState;
 
+mod assets;
 mod jobs;
 mod notifications;
 mod runs;
 
+pub use assets::*;
 pub use jobs::*;
 pub use notifications::*;
 pub use runs::*;
