@@ -13,7 +13,9 @@
 #   scripts/bench.sh connectors the wrapped tap-rest-api-msdk against the tap alone (the shim's
 #                               cost), wrapped tap -> postgres-load against tap | target-postgres,
 #                               the scheduler's RSS while a wrapped tap sends 1,000,000 records
-#   scripts/bench.sh            all seven
+#   scripts/bench.sh webhooks   events/s `stevedore server` accepts on SQLite and PostgreSQL
+#                               from 10 clients (JSON lines of 100, and one event a request)
+#   scripts/bench.sh            all eight
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -60,5 +62,9 @@ fi
 if [ "$what" = artifacts ] || [ "$what" = all ]; then
   printf '\n==> artifacts benchmark (tests/e2e/bench_artifacts.rs)\n'
   cargo test --release -p stevedore-e2e --test e2e bench_artifacts -- --ignored --nocapture || status=$?
+fi
+if [ "$what" = webhooks ] || [ "$what" = all ]; then
+  printf '\n==> webhooks benchmark\n'
+  python3 scripts/bench_webhooks.py || status=$?
 fi
 exit $status

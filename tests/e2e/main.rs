@@ -14,6 +14,7 @@
 //!   from a registry that needs a login.
 //! - `connectors`: Singer and Airbyte connectors from PyPI, wrapped unmodified.
 //! - `mapping`: a mapped task (`for_each`) fanning out into containers.
+//! - `webhooks`: posted events given to runs in batches, as `events.jsonl`.
 
 mod alerts;
 mod backends;
@@ -25,3 +26,4 @@ mod integrations;
 mod mapping;
 mod nomad;
 mod registry;
+mod webhooks;

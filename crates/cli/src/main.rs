@@ -126,7 +126,9 @@ pub enum JobsCommand {
     /// Jobs in the jobs folder, with their state in the store.
     List,
     /// Checks job files (a file or a folder; default the jobs folder).
-    Validate { path: Option<PathBuf> },
+    Validate {
+        path: Option<PathBuf>,
+    },
     /// Creates a manual run and prints its id.
     Trigger {
         job: String,
@@ -171,9 +173,18 @@ pub enum JobsCommand {
         from: Option<String>,
     },
     /// Stops creating scheduled runs for a job.
-    Pause { job: String },
+    /// Makes (or replaces) the job's webhook token and prints it once: events posted to
+    /// `POST /api/v1/jobs/JOB/events` with it are taken (the job needs `events:`).
+    WebhookToken {
+        job: String,
+    },
+    Pause {
+        job: String,
+    },
     /// Resumes a paused job.
-    Unpause { job: String },
+    Unpause {
+        job: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1004,3 +1004,172 @@ fn alerts_from_schedulers_killed_at_random_arrive_at_least_once_and_exactly_as_m
     drop(receiver);
     drop(runtime);
 }
+
+/// Webhooks under chaos (issue 19): 10 clients post 1,000 events at once to `stevedore
+/// server` (single events and JSON lines), two schedulers batch them into runs of at most
+/// 100, and one scheduler is SIGKILLed in the middle and started again. In the end every
+/// event is in exactly one run, each run's container read exactly its events from
+/// `events.jsonl`, in order, and every run succeeded.
+#[test]
+fn posted_events_land_in_exactly_one_run_each_while_a_scheduler_is_killed() {
+    const CLIENTS: usize = 10;
+    const PER_CLIENT: usize = 100;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let postgres = Postgres::start_local();
+    let mut cluster = Cluster::new(&postgres, "clicks", Fault::None, None);
+    // Only the webhook's job in the folder.
+    std::fs::remove_file(cluster.dir.path().join("jobs").join("clicks.yaml")).unwrap();
+    std::fs::write(
+        cluster.dir.path().join("jobs").join("clicks.yaml"),
+        "id: clicks\nmax_active_runs: 16\nevents: {max_batch: 100, max_wait: 1s}\ntasks:\n  - id: load\n    image: stevedore/synth:0.1.0\n    args: [read, --file, events.jsonl]\n",
+    )
+    .unwrap();
+    let output = cluster
+        .command(&["jobs", "webhook-token", "clicks"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let port = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let server_log = std::fs::File::create(cluster.dir.path().join("server.log")).unwrap();
+    let mut server = cluster
+        .command(&["server", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(server_log)
+        .spawn()
+        .expect("start the server");
+    let base = format!("http://127.0.0.1:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.get(format!("{base}/api/v1/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.start_registered(&postgres, 2);
+
+    // Each client posts its 100 events: 50 alone, then 5 requests of 10 JSON lines.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (agent, base, token) = (agent.clone(), base.clone(), token.clone());
+            std::thread::spawn(move || {
+                let url = format!("{base}/api/v1/jobs/clicks/events");
+                let event = |i: usize| format!("{{\"client\":{client},\"n\":{i}}}");
+                let post = |body: String, content_type: &str| {
+                    let reply = agent
+                        .post(&url)
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .header("Content-Type", content_type)
+                        .send(body)
+                        .unwrap();
+                    assert_eq!(reply.status().as_u16(), 202);
+                };
+                for i in 0..PER_CLIENT / 2 {
+                    post(event(i), "application/json");
+                }
+                for chunk in (PER_CLIENT / 2..PER_CLIENT).collect::<Vec<_>>().chunks(10) {
+                    let lines: Vec<String> = chunk.iter().map(|i| event(*i)).collect();
+                    post(lines.join("\n"), "application/x-ndjson");
+                }
+            })
+        })
+        .collect();
+    // Kill a scheduler once it has made some runs, and start it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postgres.query("SELECT count(*) FROM runs WHERE job_id = 'clicks'") == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "no run was made{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill(0);
+    for client in clients {
+        client.join().expect("a client");
+    }
+    cluster.start(0);
+
+    // Every event given to a run, and every run ended.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let waiting = postgres.query("SELECT count(*) FROM job_events WHERE run_id IS NULL");
+        let open = postgres.query(
+            "SELECT count(*) FROM runs WHERE job_id = 'clicks' AND state NOT IN ('success', 'failed')",
+        );
+        if waiting == "0" && open == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} events wait, {open} runs open{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.stop_all();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    assert_eq!(
+        postgres.query("SELECT count(*) FROM job_events"),
+        (CLIENTS * PER_CLIENT).to_string(),
+        "every 202 stored once"
+    );
+    assert_eq!(
+        postgres.query("SELECT count(DISTINCT body) FROM job_events"),
+        (CLIENTS * PER_CLIENT).to_string()
+    );
+    assert_eq!(
+        postgres.query("SELECT count(*) FROM runs WHERE job_id = 'clicks' AND state <> 'success'"),
+        "0",
+        "every run succeeded{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        postgres.query(
+            "SELECT count(*) FROM (SELECT run_id FROM job_events GROUP BY run_id HAVING count(*) > 100) t"
+        ),
+        "0",
+        "no run over max_batch"
+    );
+    assert_eq!(
+        postgres.query(
+            "SELECT count(*) FROM runs r WHERE job_id = 'clicks' AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.run_id = r.run_id)"
+        ),
+        "0",
+        "no run without events"
+    );
+    // Each run's container read exactly its events, in arrival order.
+    let runs = postgres.query("SELECT run_id FROM runs WHERE job_id = 'clicks' ORDER BY run_id");
+    let mut read_in_all = 0;
+    for run_id in runs.lines() {
+        let expected = postgres.query(&format!(
+            "SELECT body FROM job_events WHERE run_id = '{run_id}' ORDER BY seq"
+        ));
+        let output = cluster
+            .command(&["tasks", "logs", run_id, "load"])
+            .output()
+            .unwrap();
+        let logs = String::from_utf8_lossy(&output.stdout);
+        let read: Vec<&str> = logs
+            .lines()
+            .filter_map(|line| line.split_once("stdout ").map(|(_, text)| text))
+            .map(|text| text.trim_start_matches("read events.jsonl: "))
+            .filter(|text| !text.is_empty())
+            .collect();
+        let expected: Vec<&str> = expected.lines().collect();
+        assert_eq!(read, expected, "run {run_id}: {logs}");
+        read_in_all += read.len();
+    }
+    assert_eq!(read_in_all, CLIENTS * PER_CLIENT);
+}

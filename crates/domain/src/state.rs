@@ -68,12 +68,14 @@ string_enum! {
 
 string_enum! {
     /// How a run came to exist (`asset`: the assets its job's `schedule` names were updated,
-    /// or the jobs its `after` names succeeded).
+    /// or the jobs its `after` names succeeded; `event`: a batch of the events posted to its
+    /// job).
     RunTrigger {
         Scheduled => "scheduled",
         Manual => "manual",
         Backfill => "backfill",
         Asset => "asset",
+        Event => "event",
     }
 }
 

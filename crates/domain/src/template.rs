@@ -4,7 +4,7 @@
 //! an empty string at run time) and rendered when a try starts.
 
 /// The context variables every task may use.
-pub const CONTEXT_VARIABLES: [&str; 8] = [
+pub const CONTEXT_VARIABLES: [&str; 9] = [
     "job_id",
     "run_id",
     "task_id",
@@ -14,6 +14,8 @@ pub const CONTEXT_VARIABLES: [&str; 8] = [
     "data_interval_end",
     // The asset updates that triggered the run (a JSON list, `[]` for other runs).
     "triggering_asset_events",
+    // How many posted events the run was made for (0 for other runs).
+    "event_count",
 ];
 
 /// A variable named in a template.

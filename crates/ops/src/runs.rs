@@ -90,6 +90,31 @@ pub async fn trigger_by_assets(
     store.trigger_asset_run(trigger, run).await
 }
 
+/// Creates a run of a job with `events:` when a batch of the events posted to it is due:
+/// `max_batch` of them wait, or the oldest has waited `max_wait`. The run gets those events
+/// (its params carry `event_count`). `None` for a job without `events:`, or when none is due.
+pub async fn trigger_by_events(
+    store: &dyn Store,
+    job: &Job,
+    now: DateTime<Utc>,
+) -> Result<Option<RunRecord>, StoreError> {
+    let Some(events) = &job.events else {
+        return Ok(None);
+    };
+    let waited = chrono::TimeDelta::from_std(events.max_wait).unwrap_or(chrono::TimeDelta::MAX);
+    let interval = job.timetable.manual_interval(now);
+    let run = new_run(
+        job,
+        RunTrigger::Event,
+        now,
+        interval,
+        merge_params(job, &Map::new()),
+    );
+    store
+        .batch_events(events.max_batch, now - waited, run)
+        .await
+}
+
 /// Creates every scheduled run that is due at `now` (one without catchup, each missed
 /// interval in order with it, at most `limit` per call). Returns how many were created.
 pub async fn create_due_runs(

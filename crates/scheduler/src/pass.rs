@@ -96,6 +96,15 @@ impl Scheduler {
                 if let Some(run) = runs::trigger_by_assets(self.store.as_ref(), &job, now).await? {
                     info!(run_id = %run.run_id, job_id = %job.id, "run triggered by its assets");
                 }
+                // Every batch of posted events that is due, a bounded number per pass.
+                for _ in 0..100 {
+                    match runs::trigger_by_events(self.store.as_ref(), &job, now).await? {
+                        Some(run) => {
+                            info!(run_id = %run.run_id, job_id = %job.id, events = %run.params["event_count"], "run made for a batch of events");
+                        }
+                        None => break,
+                    }
+                }
             }
         }
 

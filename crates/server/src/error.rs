@@ -15,6 +15,7 @@ pub const CODES: &[&str] = &[
     "not_found",
     "conflict",
     "invalid",
+    "too_large",
     "no_secret_key",
     "unavailable",
     "internal",

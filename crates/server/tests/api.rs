@@ -695,7 +695,7 @@ fn the_openapi_document_describes_what_is_served() {
         }
     }
     assert_eq!(
-        operations, 38,
+        operations, 39,
         "the 29 of before, listNotifications, getNotification and retryNotification, \
          getTaskState, listTaskStateHistory, setTaskState and clearTaskState"
     );
@@ -1204,4 +1204,153 @@ fn a_task_s_state_is_shown_set_cleared_and_kept_in_its_history() {
     );
     assert_eq!(bad.status, 422);
     assert!(bad.text.contains("no task `nope`"), "{}", bad.text);
+}
+
+/// Posts `body` to a job's events webhook with the given headers.
+fn post_events(server: &Server, job: &str, body: &[u8], headers: &[(&str, String)]) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/api/v1/jobs/{job}/events", server.base));
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let mut response = agent.run(request.body(body.to_vec()).unwrap()).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    }
+}
+
+#[test]
+fn a_webhook_takes_events_with_its_token_or_signature_and_refuses_the_rest_storing_nothing() {
+    let server = Server::start();
+    std::fs::write(
+        server.jobs_dir().join("hooks.yaml"),
+        "id: hooks\nevents: {max_batch: 10, max_wait: 1m, max_body: 1Ki, secret_connection: vendor}\ntasks:\n  - id: t\n    image: stevedore/synth:0.1.0\n",
+    )
+    .unwrap();
+    let (token, hash) = stevedore_server::auth::new_token().unwrap();
+    server.runtime.block_on(async {
+        server
+            .store
+            .set_webhook_token("hooks", &hash, chrono::Utc::now())
+            .await
+            .unwrap();
+    });
+    let waiting = || {
+        server
+            .runtime
+            .block_on(async { server.store.waiting_events("hooks").await.unwrap() })
+    };
+    let bearer = |t: &str| ("Authorization", format!("Bearer {t}"));
+    let json = ("Content-Type", "application/json".to_owned());
+    let lines = ("Content-Type", "application/x-ndjson".to_owned());
+
+    // No credentials, a wrong token, a user's token: 401, nothing stored.
+    for headers in [
+        vec![json.clone()],
+        vec![json.clone(), bearer("stv_wrong")],
+        vec![json.clone(), bearer(&server.admin)],
+    ] {
+        let reply = post_events(&server, "hooks", br#"{"id": 1}"#, &headers);
+        assert_eq!(reply.status, 401, "{}", reply.text);
+    }
+    assert_eq!(waiting(), 0);
+
+    // The job's token: one JSON event, then three JSON lines.
+    let reply = post_events(
+        &server,
+        "hooks",
+        br#"{"id": 1}"#,
+        &[json.clone(), bearer(&token)],
+    );
+    assert_eq!(
+        (reply.status, reply.body["accepted"].clone()),
+        (202, json!(1)),
+        "{}",
+        reply.text
+    );
+    let reply = post_events(
+        &server,
+        "hooks",
+        b"{\"id\": 2}\n{\"id\": 3}\n{\"id\": 4}\n",
+        &[lines.clone(), bearer(&token)],
+    );
+    assert_eq!(reply.body["accepted"], 3, "{}", reply.text);
+    assert_eq!(waiting(), 4);
+
+    // Over max_body: 413; a line that is not JSON: 400 naming it; nothing of either kept.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2000));
+    let reply = post_events(
+        &server,
+        "hooks",
+        big.as_bytes(),
+        &[json.clone(), bearer(&token)],
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    let reply = post_events(
+        &server,
+        "hooks",
+        b"{\"id\": 5}\nnot json\n",
+        &[lines, bearer(&token)],
+    );
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("line 2"), "{}", reply.text);
+    assert_eq!(waiting(), 4);
+
+    // An HMAC signature under the secret connection's WEBHOOK_SECRET, instead of the token.
+    let put = server.call(
+        "PUT",
+        "/api/v1/connections/vendor",
+        Some(&server.admin),
+        Some(json!({"values": {"WEBHOOK_SECRET": "shared-secret-123"}})),
+    );
+    assert_eq!(put.status, 200, "{}", put.text);
+    let body = br#"{"id": 6}"#;
+    let signed = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"shared-secret-123").unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let reply = post_events(
+        &server,
+        "hooks",
+        body,
+        &[json.clone(), ("X-Stevedore-Signature", signed.clone())],
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let forged = post_events(
+        &server,
+        "hooks",
+        br#"{"id": 7}"#,
+        &[json.clone(), ("X-Stevedore-Signature", signed)],
+    );
+    assert_eq!(forged.status, 401, "a signature of another body");
+    assert_eq!(waiting(), 5);
+
+    // A paused job: 409, nothing stored. A job without `events:`: 404.
+    assert_eq!(
+        server
+            .post("/api/v1/jobs/hooks/pause", &server.operator, json!({}))
+            .status,
+        200
+    );
+    let reply = post_events(
+        &server,
+        "hooks",
+        br#"{"id": 8}"#,
+        &[json.clone(), bearer(&token)],
+    );
+    assert_eq!(reply.status, 409, "{}", reply.text);
+    assert_eq!(waiting(), 5);
+    let reply = post_events(&server, "etl", br#"{"id": 9}"#, &[json, bearer(&token)]);
+    assert_eq!(reply.status, 404, "{}", reply.text);
 }

@@ -105,6 +105,32 @@ pub trait Store: Send + Sync {
         trigger: &stevedore_domain::assets::AssetTrigger,
         run: NewRun,
     ) -> Result<Option<RunRecord>>;
+    /// Stores events posted to `job_id` (each a JSON text), in order, in one transaction:
+    /// all or none. Returns how many.
+    async fn accept_events(
+        &self,
+        job_id: &str,
+        events: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Creates `run` (its params given `event_count`) and gives it the oldest waiting events
+    /// of its job, at most `max_batch`, when `max_batch` wait or the oldest arrived at or
+    /// before `due_before`; in one transaction, so each event lands in exactly one run.
+    /// `None` when no run is due.
+    async fn batch_events(
+        &self,
+        max_batch: u32,
+        due_before: DateTime<Utc>,
+        run: NewRun,
+    ) -> Result<Option<RunRecord>>;
+    /// The events a run was given, in arrival order.
+    async fn run_events(&self, run_id: &str) -> Result<Vec<String>>;
+    /// How many events wait for a run of `job_id`.
+    async fn waiting_events(&self, job_id: &str) -> Result<u64>;
+    /// Sets (or replaces) the hash of `job_id`'s webhook token.
+    async fn set_webhook_token(&self, job_id: &str, hash: &str, at: DateTime<Utc>) -> Result<()>;
+    /// The hash of `job_id`'s webhook token, if it has one.
+    async fn webhook_token(&self, job_id: &str) -> Result<Option<String>>;
     /// The updates of `asset`, newest first; without an asset, the latest update of each
     /// asset, by name.
     async fn asset_events(&self, asset: Option<&str>, limit: u32) -> Result<Vec<AssetEventRecord>>;

@@ -74,6 +74,11 @@ fn migrator() -> &'static Migrator {
                 "assets",
                 include_str!("../migrations/postgres/0008_assets.sql"),
             ),
+            migration(
+                9,
+                "job events",
+                include_str!("../migrations/postgres/0009_job_events.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

@@ -940,6 +940,114 @@ impl Store for $store {
         Ok(Some(record))
     }
 
+    async fn accept_events(
+        &self,
+        job_id: &str,
+        events: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<u64> {
+        type Db = <$dialect as Dialect>::DB;
+        let at = ts(at);
+        let mut tx = self.write_transaction().await?;
+        for chunk in events.chunks(BULK_ROWS) {
+            let mut query =
+                QueryBuilder::<Db>::new("INSERT INTO job_events (job_id, body, received_at) ");
+            query.push_values(chunk, |mut row, body| {
+                row.push_bind(job_id)
+                    .push_bind(body.as_str())
+                    .push_bind(at.as_str());
+            });
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(events.len() as u64)
+    }
+
+    async fn batch_events(
+        &self,
+        max_batch: u32,
+        due_before: DateTime<Utc>,
+        mut run: NewRun,
+    ) -> Result<Option<RunRecord>> {
+        type Db = <$dialect as Dialect>::DB;
+        let mut tx = self.write_transaction().await?;
+        let waiting: Vec<(i64, String)> = sql::query_as::<$dialect, _>(
+            "SELECT seq, received_at FROM job_events WHERE job_id = ? AND run_id IS NULL \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(&run.job_id)
+        .bind(i64::from(max_batch))
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some((_, oldest)) = waiting.first() else {
+            return Ok(None);
+        };
+        if waiting.len() < max_batch as usize && *oldest > ts(due_before) {
+            return Ok(None);
+        }
+        if let Value::Object(params) = &mut run.params {
+            params.insert("event_count".to_owned(), Value::from(waiting.len()));
+        }
+        let record = Self::insert_run(&mut tx, run).await?;
+        let mut given = 0;
+        for chunk in waiting.chunks(BULK_ROWS) {
+            let mut query = QueryBuilder::<Db>::new("UPDATE job_events SET run_id = ");
+            query
+                .push_bind(record.run_id.as_str())
+                .push(" WHERE run_id IS NULL AND seq IN ");
+            push_bound_list(&mut query, chunk.iter().map(|(seq, _)| *seq));
+            given += query.build().execute(&mut *tx).await?.rows_affected();
+        }
+        if given != waiting.len() as u64 {
+            // Another scheduler gave them to its run first: this one is not made.
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn run_events(&self, run_id: &str) -> Result<Vec<String>> {
+        Ok(sql::query_scalar::<$dialect, String>(
+            "SELECT body FROM job_events WHERE run_id = ? ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn waiting_events(&self, job_id: &str) -> Result<u64> {
+        let count: i64 = sql::query_scalar::<$dialect, _>(
+            "SELECT COUNT(*) FROM job_events WHERE job_id = ? AND run_id IS NULL",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count as u64)
+    }
+
+    async fn set_webhook_token(&self, job_id: &str, hash: &str, at: DateTime<Utc>) -> Result<()> {
+        sql::query::<$dialect>(
+            "INSERT INTO webhook_tokens (job_id, token_hash, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (job_id) DO UPDATE SET token_hash = excluded.token_hash, \
+             created_at = excluded.created_at",
+        )
+        .bind(job_id)
+        .bind(hash)
+        .bind(ts(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_token(&self, job_id: &str) -> Result<Option<String>> {
+        Ok(sql::query_scalar::<$dialect, String>(
+            "SELECT token_hash FROM webhook_tokens WHERE job_id = ?",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn asset_events(
         &self,
         asset: Option<&str>,

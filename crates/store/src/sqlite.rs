@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0013_task_mapping.sql"),
     ),
     (14, include_str!("../migrations/sqlite/0014_assets.sql")),
+    (15, include_str!("../migrations/sqlite/0015_job_events.sql")),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

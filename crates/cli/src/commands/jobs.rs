@@ -234,6 +234,20 @@ pub async fn jobs(global: &Global, command: JobsCommand) -> anyhow::Result<ExitC
             }
             Ok(ExitCode::SUCCESS)
         }
+        JobsCommand::WebhookToken { job } => {
+            let (loaded, _, _) = actions::load_job(&global.jobs, &job)?;
+            if loaded.events.is_none() {
+                bail!("job `{job}` takes no events: add `events:` to its file (docs/webhooks.md)");
+            }
+            let store = open_store(&global.db).await?;
+            let (token, hash) = stevedore_server::auth::new_token().map_err(|e| anyhow!(e))?;
+            store
+                .set_webhook_token(&loaded.id, &hash, Utc::now())
+                .await?;
+            // Only the hash is kept: this is the one time the token is shown.
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
         JobsCommand::Pause { job } => set_paused(global, &job, true).await,
         JobsCommand::Unpause { job } => set_paused(global, &job, false).await,
     }

@@ -57,7 +57,30 @@ pub struct Job {
     /// `schedule: {assets: ...}` or `{after: ...}`: the job runs when they are updated
     /// ([`crate::assets`]); its timetable is then manual.
     pub asset_trigger: Option<AssetTrigger>,
+    /// `events:`: the job accepts events posted to it and runs on batches of them.
+    pub events: Option<EventsConfig>,
 }
+
+/// A job's `events:` ([docs/webhooks.md]): `POST /api/v1/jobs/{job_id}/events` stores
+/// events, and a run starts when `max_batch` wait or the oldest has waited `max_wait`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventsConfig {
+    pub max_batch: u32,
+    pub max_wait: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_body: u64,
+    /// A connection whose `WEBHOOK_SECRET` signs requests (`X-Stevedore-Signature`), as
+    /// another way in than the job's webhook token.
+    pub secret_connection: Option<String>,
+}
+
+/// `events:` defaults: runs of at most 100 events, after at most a minute, bodies of 1 MiB.
+pub const DEFAULT_MAX_BATCH: u32 = 100;
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+/// The largest `max_batch` and `max_body` a job may ask for.
+pub const MAX_BATCH_LIMIT: u32 = 100_000;
+pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// A task with the job's `defaults` merged in.
 #[derive(Clone, Debug, PartialEq)]

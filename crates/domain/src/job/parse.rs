@@ -228,6 +228,10 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
                 }
             }
         };
+    let events = raw
+        .events
+        .as_ref()
+        .map(|spanned| build_events(&spanned.value, line_of(spanned), problems));
     let deadline = job_duration("deadline", &raw.deadline, problems);
     let run_timeout = job_duration("run_timeout", &raw.run_timeout, problems);
     let repeated_failure_after = match &raw.repeated_failure_after {
@@ -269,6 +273,66 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         run_timeout,
         repeated_failure_after,
         asset_trigger,
+        events,
+    }
+}
+
+/// `events: {max_batch, max_wait, max_body, secret_connection}`, each checked.
+fn build_events(raw: &RawEvents, line: u64, problems: &mut Problems<'_>) -> EventsConfig {
+    let max_batch = match &raw.max_batch {
+        None => DEFAULT_MAX_BATCH,
+        Some(spanned) if (1..=MAX_BATCH_LIMIT).contains(&spanned.value) => spanned.value,
+        Some(spanned) => {
+            problems.at(
+                line_of(spanned),
+                format!("events: max_batch must be between 1 and {MAX_BATCH_LIMIT}"),
+            );
+            DEFAULT_MAX_BATCH
+        }
+    };
+    let max_wait = match &raw.max_wait {
+        None => DEFAULT_MAX_WAIT,
+        Some(spanned) => match parse_duration(&spanned.value.0) {
+            Ok(wait) if !wait.is_zero() => wait,
+            Ok(_) => {
+                problems.at(line_of(spanned), "events: max_wait must be above 0");
+                DEFAULT_MAX_WAIT
+            }
+            Err(message) => {
+                problems.at(line_of(spanned), format!("events: max_wait {message}"));
+                DEFAULT_MAX_WAIT
+            }
+        },
+    };
+    let max_body = match &raw.max_body {
+        None => DEFAULT_MAX_BODY,
+        Some(spanned) => match parse_memory(&spanned.value.0) {
+            Ok(bytes) if (1..=MAX_BODY_LIMIT).contains(&bytes) => bytes,
+            Ok(_) => {
+                problems.at(
+                    line_of(spanned),
+                    "events: max_body must be between 1 byte and 64Mi",
+                );
+                DEFAULT_MAX_BODY
+            }
+            Err(message) => {
+                problems.at(line_of(spanned), format!("events: max_body {message}"));
+                DEFAULT_MAX_BODY
+            }
+        },
+    };
+    let secret_connection = raw.secret_connection.as_ref().map(|spanned| {
+        if let Err(message) = crate::names::check_name("connection", &spanned.value) {
+            problems.at(line_of(spanned), format!("events: {message}"));
+        }
+        spanned.value.clone()
+    });
+    let _ = line;
+    EventsConfig {
+        max_batch,
+        max_wait,
+        max_body,
+        secret_connection,
     }
 }
 

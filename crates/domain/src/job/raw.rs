@@ -55,7 +55,18 @@ pub(super) struct RawJob {
     pub(super) deadline: Option<Spanned<Scalar>>,
     pub(super) run_timeout: Option<Spanned<Scalar>>,
     pub(super) repeated_failure_after: Option<Spanned<u32>>,
+    pub(super) events: Option<Spanned<RawEvents>>,
     pub(super) tasks: Spanned<Vec<Spanned<RawTask>>>,
+}
+
+/// `events: {max_batch: 100, max_wait: 1m, max_body: 1Mi, secret_connection: vendor}`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEvents {
+    pub(super) max_batch: Option<Spanned<u32>>,
+    pub(super) max_wait: Option<Spanned<Scalar>>,
+    pub(super) max_body: Option<Spanned<Scalar>>,
+    pub(super) secret_connection: Option<Spanned<String>>,
 }
 
 /// A `notify:` rule as written: `{on: [failure, retry], connection: ops}`.

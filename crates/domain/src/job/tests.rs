@@ -422,3 +422,49 @@ fn bad_asset_schedules_are_load_errors_naming_the_line() {
         errors("id: bad\nschedule: {assets: [a], after: [b]}\ntasks:\n  - id: t\n    image: i:1\n");
     assert!(both[0].contains("either `assets` or `after`"), "{both:?}");
 }
+
+#[test]
+fn events_blocks_are_read_with_defaults_and_checked() {
+    let job = parse_job(
+        "jobs/clicks.yaml",
+        "id: clicks\nevents: {max_batch: 500, max_wait: 30s, secret_connection: vendor}\ntasks:\n  - id: t\n    image: i:1\n",
+    )
+    .unwrap();
+    let events = job.events.unwrap();
+    assert_eq!(
+        (events.max_batch, events.max_wait, events.max_body),
+        (500, Duration::from_secs(30), DEFAULT_MAX_BODY)
+    );
+    assert_eq!(events.secret_connection.as_deref(), Some("vendor"));
+    let defaults = parse_job(
+        "jobs/d.yaml",
+        "id: d\nevents: {}\ntasks:\n  - id: t\n    image: i:1\n",
+    )
+    .unwrap()
+    .events
+    .unwrap();
+    assert_eq!(
+        (defaults.max_batch, defaults.max_wait),
+        (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT)
+    );
+    let mistakes = errors(
+        "id: bad\nevents:\n  max_batch: 0\n  max_wait: 0s\n  max_body: 1Ti\n  bogus: 1\ntasks:\n  - id: t\n    image: i:1\n",
+    );
+    assert!(
+        mistakes.iter().any(|m| m.contains("bogus")),
+        "{mistakes:#?}"
+    );
+    let mistakes = errors(
+        "id: bad\nevents:\n  max_batch: 0\n  max_wait: 0s\n  max_body: 128Gi\ntasks:\n  - id: t\n    image: i:1\n",
+    );
+    for want in [
+        "jobs/bad.yaml:3: events: max_batch must be between 1 and 100000",
+        "jobs/bad.yaml:4: events: max_wait must be above 0",
+        "jobs/bad.yaml:5: events: max_body must be between 1 byte and 64Mi",
+    ] {
+        assert!(
+            mistakes.iter().any(|m| m.starts_with(want)),
+            "missing `{want}` in {mistakes:#?}"
+        );
+    }
+}

@@ -9,6 +9,9 @@ use std::collections::BTreeSet;
 use stevedore_backend::{CaptureFailure, CaptureLimits, StagedFile, WorkspaceFile};
 use stevedore_store::CapturedFile;
 
+/// Where a run made for posted events finds them in its workspace.
+pub const EVENTS_FILE: &str = "events.jsonl";
+
 /// How long a successful try's files are waited for while the artifact store (or the
 /// backend holding them) does not answer, before the try fails for it.
 const CAPTURE_WAIT: Duration = Duration::from_secs(600);
@@ -26,6 +29,51 @@ impl TryRunner {
         if self.artifacts.is_none() {
             return Ok(Vec::new());
         }
+        let mut staged = self.staged_upstream_files(job, task, run_id).await?;
+        if let Some(events) = self.events_file(run_id).await? {
+            staged.push(events);
+        }
+        Ok(staged)
+    }
+
+    /// A run made for posted events (`events:` on its job): `events.jsonl`, one event per
+    /// line in arrival order, put into the artifact store (content-addressed, so every try of
+    /// the run stages the same blob) and staged in every try's workspace.
+    async fn events_file(&self, run_id: &str) -> anyhow::Result<Option<StagedFile>> {
+        let Some(store) = &self.artifacts else {
+            return Ok(None);
+        };
+        let events = self.store.run_events(run_id).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut text = String::with_capacity(events.iter().map(|e| e.len() + 1).sum());
+        for event in &events {
+            text.push_str(event);
+            text.push('\n');
+        }
+        let blob = store
+            .put(run_id, std::io::Cursor::new(text.into_bytes()), u64::MAX)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot store the run's events.jsonl: {e}"))?;
+        Ok(Some(StagedFile {
+            file: WorkspaceFile {
+                path: EVENTS_FILE.to_owned(),
+                size: blob.size,
+                sha256: blob.sha256,
+                modified: 0,
+            },
+            task_id: "events".to_owned(),
+        }))
+    }
+
+    /// The files of the latest successful try of each task `task` depends on.
+    async fn staged_upstream_files(
+        &self,
+        job: &Job,
+        task: &Task,
+        run_id: &str,
+    ) -> anyhow::Result<Vec<StagedFile>> {
         let ancestors = job.ancestors(task.task_id());
         if ancestors.is_empty() {
             return Ok(Vec::new());

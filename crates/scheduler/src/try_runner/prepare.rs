@@ -76,6 +76,10 @@ pub(super) fn render_task(
                 "logical_date" => rfc3339(context.logical_date),
                 "data_interval_start" => rfc3339(context.data_interval.start),
                 "data_interval_end" => rfc3339(context.data_interval.end),
+                "event_count" => context
+                    .params
+                    .get("event_count")
+                    .map_or_else(|| "0".to_owned(), |count| count.to_string()),
                 "triggering_asset_events" => context
                     .params
                     .get("triggering_asset_events")

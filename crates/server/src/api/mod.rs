@@ -36,6 +36,7 @@ use crate::AppState;
 mod admin;
 pub(crate) mod artifacts;
 mod assets;
+mod events;
 mod jobs;
 mod notifications;
 mod runs;
@@ -46,6 +47,7 @@ use crate::paging::page_size;
 use admin::*;
 use artifacts::*;
 use assets::*;
+use events::*;
 use jobs::*;
 use notifications::*;
 use runs::*;
@@ -113,6 +115,7 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/runs/{run_id}/tasks/{task_id}/tries/{try_number}/logs/follow",
             get(follow_logs),
         )
+        .route("/api/v1/jobs/{job_id}/events", post(post_events))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/assets/{name}", get(get_asset))
         .route("/api/v1/notifications", get(list_notifications))
@@ -162,6 +165,7 @@ fn time(at: DateTime<Utc>) -> String {
     get_try,
     get_logs,
     follow_logs,
+    post_events,
     list_assets,
     get_asset,
     list_notifications,
