@@ -654,3 +654,78 @@ fn the_try_page_shows_the_task_s_state_and_an_operator_sets_and_clears_it() {
         serde_json::json!(["extract", "load", "report"])
     );
 }
+
+#[test]
+fn the_assets_pages_show_producers_consumers_and_updates() {
+    let server = Server::start();
+    let write = |name: &str, text: &str| std::fs::write(server.jobs_dir().join(name), text).unwrap();
+    write(
+        "charges.yaml",
+        "id: charges\ntasks:\n  - id: load\n    image: stevedore/synth:0.1.0\n    produces: [warehouse.charges]\n",
+    );
+    write(
+        "models.yaml",
+        "id: models\nschedule: {assets: [warehouse.charges]}\ntasks:\n  - id: run\n    image: stevedore/synth:0.1.0\n",
+    );
+    let cookie = server.login(&server.viewer);
+    let page = server.browse("GET", "/assets", Some(&cookie), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.html.contains("data-asset=\"warehouse.charges\""), "{}", page.html);
+    assert!(page.html.contains("charges.load"));
+    assert!(page.html.contains("href=\"/jobs/models\""));
+    assert!(page.html.contains("never"), "not updated yet");
+
+    // An update: a try of `load` that succeeds.
+    let run_id = server.trigger();
+    server.runtime.block_on(async {
+        let run = server
+            .store
+            .create_run(stevedore_store::NewRun {
+                job_id: "charges".into(),
+                job_version: "v".into(),
+                trigger: stevedore_domain::state::RunTrigger::Manual,
+                logical_date: chrono::Utc::now(),
+                data_interval: server.store.get_run(&run_id).await.unwrap().data_interval,
+                params: serde_json::json!({}),
+                task_ids: vec!["load".into()],
+                full_refresh: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let started = server
+            .store
+            .start_try(
+                &stevedore_store::TryKey {
+                    run_id: run.run_id.clone(),
+                    task_id: "load".into(),
+                    try_number: 1,
+                },
+                "docker",
+                "stevedore/synth:0.1.0",
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        server
+            .store
+            .finish_try(&stevedore_store::TryFinish {
+                try_id: started.try_id,
+                state: TryState::Success,
+                ended_at: chrono::Utc::now(),
+                exit_code: Some(0),
+                failure_reason: None,
+                task_state: stevedore_domain::state::TaskState::Success,
+                next_try_at: None,
+                notifications: Vec::new(),
+                produces: vec!["warehouse.charges".into()],
+            })
+            .await
+            .unwrap();
+    });
+    let page = server.browse("GET", "/assets/warehouse.charges", Some(&cookie), &[]);
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(page.html.contains("table class=\"asset-updates\""), "{}", page.html);
+    assert!(page.html.contains(">load<"), "{}", page.html);
+    let missing = server.browse("GET", "/assets/nothing.here", Some(&cookie), &[]);
+    assert_eq!(missing.status, 404);
+}
