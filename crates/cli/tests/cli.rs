@@ -1847,3 +1847,58 @@ fn run_id_of(workspace: &Workspace, job: &str) -> String {
     let runs = workspace.json(&["runs", "list", "--job", job, "-o", "json"]);
     runs[0]["run_id"].as_str().unwrap().to_owned()
 }
+
+#[test]
+fn assets_are_listed_cycles_are_refused_and_only_an_events_job_gets_a_webhook_token() {
+    let producer = "id: charges\ntasks:\n  - id: load\n    image: stevedore/synth:0.1.0\n    produces: [warehouse.charges]\n";
+    let consumer = "id: models\nschedule: {assets: [warehouse.charges]}\ntasks:\n  - id: run\n    image: stevedore/synth:0.1.0\n";
+    let hooks =
+        "id: hooks\nevents: {max_batch: 10}\ntasks:\n  - id: t\n    image: stevedore/synth:0.1.0\n";
+    let workspace = Workspace::new(&[
+        ("charges.yaml", producer),
+        ("models.yaml", consumer),
+        ("hooks.yaml", hooks),
+    ]);
+    let listed = workspace.json(&["assets", "list", "-o", "json"]);
+    let charges = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "warehouse.charges")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(charges["producers"], serde_json::json!(["charges.load"]));
+    assert_eq!(charges["consumers"], serde_json::json!(["models"]));
+    assert_eq!(charges["last_update"], Value::Null);
+
+    let token = workspace.run(&["jobs", "webhook-token", "hooks"]);
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    assert!(String::from_utf8_lossy(&token.stdout).starts_with("stv_"));
+    let refused = workspace.run(&["jobs", "webhook-token", "models"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("takes no events"));
+
+    // Made into a cycle, both jobs are refused with their files and lines.
+    std::fs::write(
+        workspace.dir.path().join("jobs").join("charges.yaml"),
+        format!(
+            "{}",
+            producer.replace(
+                "id: charges\n",
+                "id: charges\nschedule: {after: [models]}\n"
+            )
+        ),
+    )
+    .unwrap();
+    let output = workspace.run(&["jobs", "validate"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("charges.yaml:2: job `charges` is in a cycle")
+            && stderr.contains("models.yaml:2: job `models` is in a cycle"),
+        "{stderr}"
+    );
+}

@@ -658,7 +658,8 @@ fn the_try_page_shows_the_task_s_state_and_an_operator_sets_and_clears_it() {
 #[test]
 fn the_assets_pages_show_producers_consumers_and_updates() {
     let server = Server::start();
-    let write = |name: &str, text: &str| std::fs::write(server.jobs_dir().join(name), text).unwrap();
+    let write =
+        |name: &str, text: &str| std::fs::write(server.jobs_dir().join(name), text).unwrap();
     write(
         "charges.yaml",
         "id: charges\ntasks:\n  - id: load\n    image: stevedore/synth:0.1.0\n    produces: [warehouse.charges]\n",
@@ -670,7 +671,11 @@ fn the_assets_pages_show_producers_consumers_and_updates() {
     let cookie = server.login(&server.viewer);
     let page = server.browse("GET", "/assets", Some(&cookie), &[]);
     assert_eq!(page.status, 200);
-    assert!(page.html.contains("data-asset=\"warehouse.charges\""), "{}", page.html);
+    assert!(
+        page.html.contains("data-asset=\"warehouse.charges\""),
+        "{}",
+        page.html
+    );
     assert!(page.html.contains("charges.load"));
     assert!(page.html.contains("href=\"/jobs/models\""));
     assert!(page.html.contains("never"), "not updated yet");
@@ -724,7 +729,11 @@ fn the_assets_pages_show_producers_consumers_and_updates() {
     });
     let page = server.browse("GET", "/assets/warehouse.charges", Some(&cookie), &[]);
     assert_eq!(page.status, 200, "{}", page.html);
-    assert!(page.html.contains("table class=\"asset-updates\""), "{}", page.html);
+    assert!(
+        page.html.contains("table class=\"asset-updates\""),
+        "{}",
+        page.html
+    );
     assert!(page.html.contains(">load<"), "{}", page.html);
     let missing = server.browse("GET", "/assets/nothing.here", Some(&cookie), &[]);
     assert_eq!(missing.status, 404);
