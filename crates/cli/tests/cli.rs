@@ -1884,12 +1884,9 @@ fn assets_are_listed_cycles_are_refused_and_only_an_events_job_gets_a_webhook_to
     // Made into a cycle, both jobs are refused with their files and lines.
     std::fs::write(
         workspace.dir.path().join("jobs").join("charges.yaml"),
-        format!(
-            "{}",
-            producer.replace(
-                "id: charges\n",
-                "id: charges\nschedule: {after: [models]}\n"
-            )
+        producer.replace(
+            "id: charges\n",
+            "id: charges\nschedule: {after: [models]}\n",
         ),
     )
     .unwrap();
