@@ -2,12 +2,22 @@
 //!
 //! A cron schedule's fire times `t0 < t1 < t2 ...`, evaluated in the job's timezone, cut
 //! time into data intervals `[t_i, t_i+1)`. A run covers one interval; its logical date is
-//! the interval's start and it is created once the interval has ended. Cron is evaluated
-//! on the local wall clock: a fire time that does not exist on a DST change day runs at the
-//! first valid instant after it, and one that happens twice runs once (croner's behaviour,
-//! which matches Vixie cron).
+//! the interval's start and it is created once the interval has ended.
+//!
+//! Fire times follow Airflow 2.10 (`airflow/timetables/_cron.py`, `CronMixin`) to the
+//! minute, DST changes included:
+//! - A schedule whose hour field names particular hours (`30 2 * * *`) is evaluated on the
+//!   local wall clock. A fire time that does not exist (the spring-forward gap) runs shifted
+//!   forward by the gap's length (02:30 in a 02:00-03:00 gap runs at 03:30); one that
+//!   happens twice (the fall-back overlap) runs once, at the later occurrence.
+//! - A schedule whose hour field covers every hour (`0 * * * *`, `*/15 * * * *`) moves by
+//!   the cron step in absolute time: hourly runs every hour of UTC, both 01:00s of the
+//!   overlap included, and none is lost or doubled in the gap.
+//!
+//! `crates/domain/tests/data/airflow_dst.json` holds the intervals Airflow itself gives
+//! across the transitions of 8 zones, and `tests/airflow_dst.rs` checks ours against them.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -97,44 +107,97 @@ pub struct Timetable {
 }
 
 impl Timetable {
-    /// The first fire time strictly after (or, with `inclusive`, at or after) `time`.
-    fn next_fire(&self, time: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
-        let Schedule::Cron { cron, .. } = &self.schedule else {
-            return None;
-        };
-        let local = time.with_timezone(&self.timezone);
-        cron.find_next_occurrence(&local, inclusive)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+    fn cron(&self) -> Option<&Cron> {
+        match &self.schedule {
+            Schedule::Cron { cron, .. } => Some(cron),
+            _ => None,
+        }
     }
 
-    /// The last fire time strictly before (or, with `inclusive`, at or before) `time`.
-    fn previous_fire(&self, time: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
-        let Schedule::Cron { cron, .. } = &self.schedule else {
-            return None;
-        };
-        let local = time.with_timezone(&self.timezone);
-        cron.find_previous_occurrence(&local, inclusive)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+    /// The first fire time strictly after `time` (Airflow's `_get_next`).
+    fn get_next(&self, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let cron = self.cron()?;
+        let naive = time.with_timezone(&self.timezone).naive_local();
+        let scheduled = naive_occurrence(cron, naive, Direction::Next)?;
+        if covers_every_hour(cron) {
+            Some(time + (scheduled - naive))
+        } else {
+            Some(local_to_utc(scheduled, self.timezone))
+        }
+    }
+
+    /// The last fire time strictly before `time` (Airflow's `_get_prev`). Airflow's can
+    /// answer `time` itself when `time` is a fire time moved forward by a DST gap (02:30
+    /// run at 03:30: the fire time before 03:30 is 02:30, which is 03:30 again); this one
+    /// then looks one fire time further back, so a manual run on that day never gets an
+    /// empty interval. Every other answer is Airflow's.
+    fn get_prev(&self, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let cron = self.cron()?;
+        let naive = time.with_timezone(&self.timezone).naive_local();
+        if covers_every_hour(cron) {
+            let scheduled = naive_occurrence(cron, naive, Direction::Previous)?;
+            return Some(time - (naive - scheduled));
+        }
+        let mut scheduled = naive;
+        for _ in 0..2 {
+            scheduled = naive_occurrence(cron, scheduled, Direction::Previous)?;
+            let at = local_to_utc(scheduled, self.timezone);
+            if at < time {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// `time` if it is a fire time, else the next one (Airflow's `_align_to_next`).
+    fn align_to_next(&self, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let next = self.get_next(time)?;
+        if self.get_prev(next) == Some(time) {
+            Some(time)
+        } else {
+            Some(next)
+        }
+    }
+
+    /// `time` if it is a fire time, else the previous one (Airflow's `_align_to_prev`).
+    fn align_to_prev(&self, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let previous = self.get_prev(time)?;
+        if self.get_next(previous) == Some(time) {
+            Some(time)
+        } else {
+            Some(previous)
+        }
     }
 
     /// The interval that starts at the first fire time at or after `time`.
     pub fn interval_at_or_after(&self, time: DateTime<Utc>) -> Option<DataInterval> {
-        self.interval_starting(self.next_fire(time, true)?)
+        self.interval_starting(self.align_to_next(time)?)
     }
 
-    /// The interval that starts at `start`, itself a fire time (or a previous interval's
-    /// end). Never searched again from `start`: a fire time moved by a DST gap (02:30 run at
-    /// 03:00) would not match the expression a second time.
+    /// The interval that starts at `start`, a fire time.
     fn interval_starting(&self, start: DateTime<Utc>) -> Option<DataInterval> {
-        let end = self.next_fire(start, false)?;
+        let end = self.get_next(start)?;
         Some(DataInterval { start, end })
+    }
+
+    /// The interval after `last`: Airflow starts it at the fire time at or before
+    /// `last.end`, which is `last.end` itself unless the schedule changed since. Should that
+    /// go back to or before `last.start` (a logical date already used), it starts at the
+    /// first fire time at or after `last.end` instead, so no run is made twice.
+    fn interval_after(&self, last: DataInterval) -> Option<DataInterval> {
+        let aligned = self.align_to_prev(last.end)?;
+        let start = if aligned > last.start {
+            aligned
+        } else {
+            self.align_to_next(last.end)?
+        };
+        self.interval_starting(start)
     }
 
     /// The next interval the scheduler should create a run for, after the last scheduled
     /// one (`None` when there was none). The interval may not have ended yet; the run is due
     /// when `interval.end <= now`. Returns `None` when the schedule has no more runs.
+    /// Airflow's `DataIntervalTimetable.next_dagrun_info`.
     pub fn next_interval(
         &self,
         last: Option<DataInterval>,
@@ -150,9 +213,21 @@ impl Timetable {
                 DataInterval { start, end: start }
             }
             Schedule::Cron { .. } => {
-                let following = match (last, self.start_date) {
-                    (Some(last), _) => self.interval_starting(last.end)?,
-                    (None, Some(start)) => self.interval_at_or_after(start)?,
+                let earliest = match self.start_date {
+                    Some(start) => Some(self.align_to_next(start)?),
+                    None => None,
+                };
+                let following = match (last, earliest) {
+                    (Some(last), Some(earliest)) => {
+                        let after = self.interval_after(last)?;
+                        if after.start < earliest {
+                            self.interval_starting(earliest)?
+                        } else {
+                            after
+                        }
+                    }
+                    (Some(last), None) => self.interval_after(last)?,
+                    (None, Some(earliest)) => self.interval_starting(earliest)?,
                     (None, None) => self.latest_complete(now)?,
                 };
                 if self.catchup {
@@ -175,17 +250,18 @@ impl Timetable {
     /// When the schedule next makes a run after `now` (the end of the interval in
     /// progress); `None` for manual and `@once` jobs and after the end date.
     pub fn next_run_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let at = self.next_fire(now, false)?;
+        let at = self.get_next(now)?;
         match self.end_date {
-            Some(end) if self.previous_fire(at, false)? > end => None,
+            Some(end) if self.get_prev(at)? > end => None,
             _ => Some(at),
         }
     }
 
-    /// The most recent interval that has ended at `now`.
+    /// The most recent interval that has ended at `now` (Airflow's
+    /// `infer_manual_data_interval`).
     pub fn latest_complete(&self, now: DateTime<Utc>) -> Option<DataInterval> {
-        let end = self.previous_fire(now, true)?;
-        let start = self.previous_fire(end, false)?;
+        let end = self.align_to_prev(now)?;
+        let start = self.get_prev(end)?;
         Some(DataInterval { start, end })
     }
 
@@ -212,7 +288,7 @@ impl Timetable {
         while intervals.len() < count {
             let next = match intervals.last() {
                 None => self.interval_at_or_after(from),
-                Some(previous) => self.interval_starting(previous.end),
+                Some(previous) => self.interval_after(*previous),
             };
             let Some(interval) = next else { break };
             if self.end_date.is_some_and(|end| interval.start > end) {
@@ -224,20 +300,52 @@ impl Timetable {
     }
 }
 
-/// Interprets a naive local date-time (as written in a job file) in `timezone`. A time in a
-/// DST gap moves forward past the gap; an ambiguous one takes the earlier instant.
-pub fn local_to_utc(naive: chrono::NaiveDateTime, timezone: Tz) -> DateTime<Utc> {
+enum Direction {
+    Next,
+    Previous,
+}
+
+/// The cron's next or previous match strictly after or before a naive wall-clock time,
+/// on a clock without DST (croniter on a naive datetime, as Airflow calls it).
+fn naive_occurrence(
+    cron: &Cron,
+    naive: NaiveDateTime,
+    direction: Direction,
+) -> Option<NaiveDateTime> {
+    let clock = Utc.from_utc_datetime(&naive);
+    let found = match direction {
+        Direction::Next => cron.find_next_occurrence(&clock, false),
+        Direction::Previous => cron.find_previous_occurrence(&clock, false),
+    };
+    found.ok().map(|time| time.naive_utc())
+}
+
+/// Whether the hour field matches every hour (`*`, `*/1`, `0-23`): croniter expands such
+/// a field to `*`, and Airflow then steps in absolute time (`_covers_every_hour`).
+fn covers_every_hour(cron: &Cron) -> bool {
+    (0..24).all(|hour| cron.pattern.hour_match(hour).unwrap_or(false))
+}
+
+/// Interprets a naive local date-time (a fire time, or a date written in a job file) in
+/// `timezone` as Airflow's `make_aware` does with pendulum: a time in a DST gap moves
+/// forward by the gap's length (02:30 in a 02:00-03:00 gap is 03:30), an ambiguous one
+/// takes the later instant (the second 01:30 of a fall-back night).
+pub fn local_to_utc(naive: NaiveDateTime, timezone: Tz) -> DateTime<Utc> {
     match timezone.from_local_datetime(&naive) {
         chrono::LocalResult::Single(time) => time.with_timezone(&Utc),
-        chrono::LocalResult::Ambiguous(early, _) => early.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(_, late) => late.with_timezone(&Utc),
         chrono::LocalResult::None => {
+            // The offset in force before the gap: the last valid wall-clock minute before
+            // `naive` has it. `naive - offset_before` is `naive + gap` on the later offset.
             let mut probe = naive;
-            loop {
-                probe += chrono::TimeDelta::minutes(1);
-                if let Some(time) = timezone.from_local_datetime(&probe).earliest() {
-                    return time.with_timezone(&Utc);
+            for _ in 0..=(48 * 60) {
+                probe -= TimeDelta::minutes(1);
+                if let Some(before) = timezone.from_local_datetime(&probe).latest() {
+                    let offset = before.offset().fix().local_minus_utc();
+                    return Utc.from_utc_datetime(&(naive - TimeDelta::seconds(i64::from(offset))));
                 }
             }
+            Utc.from_utc_datetime(&naive)
         }
     }
 }
@@ -368,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn a_local_time_skipped_by_dst_runs_at_the_first_valid_time_after() {
+    fn a_local_time_skipped_by_dst_runs_shifted_by_the_gap_as_in_airflow() {
         // 02:30 does not exist in Berlin on 2024-03-31 (clocks jump from 02:00 to 03:00).
         let table = timetable(
             "30 2 * * *",
@@ -381,12 +489,12 @@ mod tests {
             .iter()
             .map(|i| i.start)
             .collect();
-        assert_eq!(starts[0], utc(2024, 3, 31, 1, 0)); // 03:00 CEST
+        assert_eq!(starts[0], utc(2024, 3, 31, 1, 30)); // 03:30 CEST
         assert_eq!(starts[1], utc(2024, 4, 1, 0, 30)); // 02:30 CEST
     }
 
     #[test]
-    fn a_local_time_repeated_by_dst_runs_once() {
+    fn a_local_time_repeated_by_dst_runs_once_at_its_later_occurrence() {
         // 02:30 happens twice in Berlin on 2024-10-27 (clocks go back from 03:00 to 02:00).
         let table = timetable(
             "30 2 * * *",
@@ -401,7 +509,7 @@ mod tests {
             .collect();
         assert_eq!(
             starts,
-            vec![utc(2024, 10, 27, 0, 30), utc(2024, 10, 28, 1, 30)]
+            vec![utc(2024, 10, 27, 1, 30), utc(2024, 10, 28, 1, 30)]
         );
     }
 
@@ -432,7 +540,7 @@ mod tests {
 
     proptest! {
         /// A daily schedule has exactly one interval starting on every local day, DST
-        /// changes included (gap days run at the first valid time, repeated hours once).
+        /// changes included (gap days run shifted by the gap, repeated hours once).
         #[test]
         fn daily_schedules_start_once_per_local_day(minute in 0u32..60, hour in 0u32..24, berlin in proptest::bool::ANY) {
             let tz = if berlin { Tz::Europe__Berlin } else { Tz::America__New_York };
