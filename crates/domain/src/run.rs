@@ -7,15 +7,38 @@ use std::collections::HashMap;
 use crate::job::Job;
 use crate::mapping;
 use crate::state::{RunState, TaskState};
-use crate::trigger::{evaluate, Decision, UpstreamCounts};
+use chrono::{DateTime, Utc};
+
+use crate::trigger::{evaluate, Decision, TriggerRule, UpstreamCounts};
 
 /// Task instances in state `none` whose trigger rule can be decided now, with their new
 /// state. `states` (keyed by task instance key, see [`crate::mapping`]) is updated in place,
 /// so a skip cascades to its downstream tasks in the same call. Tasks are visited in
 /// dependency order; an upstream that is mapped counts with every one of its instances.
+/// Every upstream counts as having ended at the same moment; [`resolve_waiting_in_order`]
+/// is the scheduler's, which knows when each ended.
 pub fn resolve_waiting(
     job: &Job,
     states: &mut HashMap<String, TaskState>,
+) -> Vec<(String, TaskState)> {
+    resolve_waiting_in_order(job, states, &mut HashMap::new())
+}
+
+/// [`resolve_waiting`] as Airflow's scheduler decides it, eagerly: a task instance's rule is
+/// decided at the first moment its upstreams' states decide it, with what had ended by
+/// then. `ended` holds when each finished task instance ended (a finished one it lacks
+/// counts as ended before all others); upstreams are taken in that order, and a task
+/// instance decided `skipped` or `upstream_failed` here is put in `ended` at the moment its
+/// deciding upstream ended, so its own downstream tasks are decided in the same order.
+///
+/// This matters only where Airflow's outcome depends on which upstream ends first:
+/// `all_success` with one upstream skipped and another failed (or `upstream_failed`) is
+/// `skipped` when the skip came first and `upstream_failed` when the failure did, however
+/// long the scheduler took to see either. For every other rule the order changes nothing.
+pub fn resolve_waiting_in_order(
+    job: &Job,
+    states: &mut HashMap<String, TaskState>,
+    ended: &mut HashMap<String, DateTime<Utc>>,
 ) -> Vec<(String, TaskState)> {
     let mut changes = Vec::new();
     let keys: HashMap<String, Vec<String>> = mapping::instances_by_task(states)
@@ -27,12 +50,7 @@ pub fn resolve_waiting(
             )
         })
         .collect();
-    let states_of = |states: &HashMap<String, TaskState>, task_id: &str| -> Vec<TaskState> {
-        match keys.get(task_id) {
-            Some(keys) => keys.iter().filter_map(|k| states.get(k).copied()).collect(),
-            None => vec![TaskState::Removed],
-        }
-    };
+    let mut upstream: Vec<(Option<DateTime<Utc>>, TaskState)> = Vec::new();
     for task in topological_order(job) {
         let Some(own) = keys.get(&task.id) else {
             continue;
@@ -41,22 +59,60 @@ pub fn resolve_waiting(
             if states.get(key) != Some(&TaskState::None) {
                 continue;
             }
-            let upstream: Vec<TaskState> = task
-                .depends_on
-                .iter()
-                .flat_map(|id| states_of(states, id))
-                .collect();
-            let next = match evaluate(task.trigger_rule, UpstreamCounts::from_states(upstream)) {
+            upstream.clear();
+            for id in &task.depends_on {
+                match keys.get(id) {
+                    Some(keys) => upstream.extend(keys.iter().filter_map(|k| {
+                        let state = *states.get(k)?;
+                        Some((ended.get(k).copied(), state))
+                    })),
+                    None => upstream.push((None, TaskState::Removed)),
+                }
+            }
+            let (decision, at) = decide_in_order(task.trigger_rule, &mut upstream);
+            let next = match decision {
                 Decision::Wait => continue,
                 Decision::Run => TaskState::Scheduled,
                 Decision::Skip => TaskState::Skipped,
                 Decision::UpstreamFailed => TaskState::UpstreamFailed,
             };
+            if let (TaskState::Skipped | TaskState::UpstreamFailed, Some(at)) = (next, at) {
+                ended.insert(key.clone(), at);
+            }
             states.insert(key.clone(), next);
             changes.push((key.clone(), next));
         }
     }
     changes
+}
+
+/// The first decision `rule` reaches as the finished upstreams are counted in the order
+/// they ended (those ending at the same moment together), and when it was reached.
+fn decide_in_order(
+    rule: TriggerRule,
+    upstream: &mut [(Option<DateTime<Utc>>, TaskState)],
+) -> (Decision, Option<DateTime<Utc>>) {
+    let mut counts = UpstreamCounts {
+        total: upstream.len(),
+        ..UpstreamCounts::default()
+    };
+    if upstream.is_empty() {
+        return (evaluate(rule, counts), None);
+    }
+    upstream.sort_by_key(|(at, state)| (!state.is_finished(), *at));
+    let mut index = 0;
+    while index < upstream.len() && upstream[index].1.is_finished() {
+        let at = upstream[index].0;
+        while index < upstream.len() && upstream[index].1.is_finished() && upstream[index].0 == at {
+            counts.add_finished(upstream[index].1);
+            index += 1;
+        }
+        let decision = evaluate(rule, counts);
+        if decision != Decision::Wait {
+            return (decision, at);
+        }
+    }
+    (evaluate(rule, counts), None)
 }
 
 /// The run's outcome once nothing more can happen, `None` while it can still progress.
@@ -271,7 +327,9 @@ mod tests {
 mod trigger_rule_table {
     use std::collections::HashMap;
 
-    use super::resolve_waiting;
+    use chrono::{DateTime, Utc};
+
+    use super::{resolve_waiting, resolve_waiting_in_order};
     use crate::job::parse_job;
     use crate::state::TaskState::{self, *};
     use crate::trigger::TriggerRule;
@@ -397,6 +455,139 @@ mod trigger_rule_table {
             assert_eq!(
                 states["e"], one_failed,
                 "one_failed after a {outcome} chain"
+            );
+        }
+    }
+
+    // Upstreams that end at different times: u1 ends first, u2 later. Letters as in TABLE,
+    // from Airflow's `trigger_rule_dep.py` evaluated eagerly at each end (its scheduler
+    // decides a task the moment its upstreams' states decide it).
+    const TIMED: [(&str, [TaskState; 2]); 8] = [
+        ("early skip, late failure", [Skipped, Failed]),
+        ("early failure, late skip", [Failed, Skipped]),
+        (
+            "early skip, late upstream_failed",
+            [Skipped, UpstreamFailed],
+        ),
+        (
+            "early upstream_failed, late skip",
+            [UpstreamFailed, Skipped],
+        ),
+        ("early success, late failure", [Success, Failed]),
+        ("early failure, late success", [Failed, Success]),
+        ("early skip, late success", [Skipped, Success]),
+        ("early success, late skip", [Success, Skipped]),
+    ];
+    const TIMED_TABLE: [(&str, &str); 12] = [
+        ("all_success", "KUKUUUKK"),
+        ("all_failed", "KKKKKKKK"),
+        ("all_done", "RRRRRRRR"),
+        ("all_done_min_one_success", "KKKKRRKK"),
+        ("all_skipped", "KKKKKKKK"),
+        ("one_success", "UUUURRRR"),
+        ("one_failed", "RRRRRRKK"),
+        ("one_done", "RRKKRRRR"),
+        ("none_failed", "UUUUUURR"),
+        ("none_failed_min_one_success", "UUUUUURR"),
+        ("none_skipped", "KKKKRRKK"),
+        ("always", "RRRRRRRR"),
+    ];
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap()
+    }
+
+    /// Every rule with upstreams ending at different times decides what Airflow decides,
+    /// whether the scheduler saw each end as it happened or both in one pass (a slow pass,
+    /// a scheduler restarted in between): only `all_success` depends on the order, and
+    /// there the first of the skip and the failure to end wins. The `all_success` child
+    /// follows.
+    #[test]
+    fn upstreams_ending_at_different_times_decide_as_airflow_eagerly_does() {
+        assert_eq!(TIMED_TABLE.len(), TriggerRule::ALL.len());
+        for (rule, expected) in TIMED_TABLE {
+            let job = parse_job(
+                "timed.yaml",
+                &format!(
+                    "id: timed\ntasks:\n  - id: u1\n    image: i:1\n  - id: u2\n    image: i:1\n  - id: task\n    image: i:1\n    depends_on: [u1, u2]\n    trigger_rule: {rule}\n  - id: child\n    image: i:1\n    depends_on: [task]\n"
+                ),
+            )
+            .unwrap();
+            for ((mix, [first, second]), expected) in TIMED.iter().zip(expected.chars()) {
+                let start: HashMap<String, TaskState> = [
+                    ("u1".to_string(), Running),
+                    ("u2".to_string(), Running),
+                    ("task".to_string(), None),
+                    ("child".to_string(), None),
+                ]
+                .into();
+                // Seen as each ended.
+                let mut stepwise = start.clone();
+                let mut ended = HashMap::new();
+                stepwise.insert("u1".into(), *first);
+                ended.insert("u1".to_string(), at(1));
+                resolve_waiting_in_order(&job, &mut stepwise, &mut ended);
+                if stepwise["task"] == None {
+                    stepwise.insert("u2".into(), *second);
+                    ended.insert("u2".to_string(), at(2));
+                    resolve_waiting_in_order(&job, &mut stepwise, &mut ended);
+                }
+                // Both seen in one pass.
+                let mut batched = start.clone();
+                batched.insert("u1".into(), *first);
+                batched.insert("u2".into(), *second);
+                let mut ended: HashMap<String, DateTime<Utc>> =
+                    [("u1".to_string(), at(1)), ("u2".to_string(), at(2))].into();
+                resolve_waiting_in_order(&job, &mut batched, &mut ended);
+                for (how, states) in [("as they ended", stepwise), ("in one pass", batched)] {
+                    assert_eq!(
+                        letter(states["task"]),
+                        expected,
+                        "{rule}, {mix}, seen {how}"
+                    );
+                    let child = match expected {
+                        'K' => Skipped,
+                        'U' => UpstreamFailed,
+                        _ => None,
+                    };
+                    assert_eq!(states["child"], child, "child of {rule}, {mix}, seen {how}");
+                }
+            }
+        }
+    }
+
+    /// The order holds down a chain decided in the same pass: a skip that reached `a` at
+    /// second 1 (through its skipped upstream) and a failure at second 2 make `joined`
+    /// skipped; the failure at second 0 makes it upstream_failed. Ending at the same moment,
+    /// the failure wins, as in Airflow when both are seen together.
+    #[test]
+    fn the_order_of_ends_holds_through_a_cascade_in_one_pass() {
+        let job = parse_job(
+            "cascade.yaml",
+            "id: cascade\ntasks:\n  - id: gate\n    image: i:1\n  - id: a\n    image: i:1\n    depends_on: [gate]\n  - id: broken\n    image: i:1\n  - id: joined\n    image: i:1\n    depends_on: [a, broken]\n  - id: after\n    image: i:1\n    depends_on: [joined]\n",
+        )
+        .unwrap();
+        for (broken_at, expected) in [(2, Skipped), (0, UpstreamFailed), (1, UpstreamFailed)] {
+            let mut states: HashMap<String, TaskState> = [
+                ("gate".to_string(), Skipped),
+                ("a".to_string(), None),
+                ("broken".to_string(), Failed),
+                ("joined".to_string(), None),
+                ("after".to_string(), None),
+            ]
+            .into();
+            let mut ended: HashMap<String, DateTime<Utc>> = [
+                ("gate".to_string(), at(1)),
+                ("broken".to_string(), at(broken_at)),
+            ]
+            .into();
+            resolve_waiting_in_order(&job, &mut states, &mut ended);
+            assert_eq!(states["a"], Skipped);
+            assert_eq!(ended["a"], at(1), "a was skipped when gate was");
+            assert_eq!(
+                (states["joined"], states["after"]),
+                (expected, expected),
+                "broken failed at second {broken_at}"
             );
         }
     }

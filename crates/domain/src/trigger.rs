@@ -107,16 +107,22 @@ impl UpstreamCounts {
         let mut counts = UpstreamCounts::default();
         for state in states {
             counts.total += 1;
-            match state {
-                TaskState::Success => counts.success += 1,
-                TaskState::Skipped => counts.skipped += 1,
-                TaskState::Failed => counts.failed += 1,
-                TaskState::UpstreamFailed => counts.upstream_failed += 1,
-                TaskState::Removed => counts.removed += 1,
-                _ => {}
-            }
+            counts.add_finished(state);
         }
         counts
+    }
+
+    /// Counts one more upstream as ended in `state` (already counted in `total` while it
+    /// was unfinished). An unfinished state adds nothing.
+    pub fn add_finished(&mut self, state: TaskState) {
+        match state {
+            TaskState::Success => self.success += 1,
+            TaskState::Skipped => self.skipped += 1,
+            TaskState::Failed => self.failed += 1,
+            TaskState::UpstreamFailed => self.upstream_failed += 1,
+            TaskState::Removed => self.removed += 1,
+            _ => {}
+        }
     }
 
     fn done(&self) -> usize {

@@ -37,7 +37,7 @@ use stevedore_domain::clock::{Clock, SystemClock};
 use stevedore_domain::job::{parse_job, Job, JobError, Task};
 use stevedore_domain::limits::{self, Candidate, Capacity, Held};
 use stevedore_domain::mapping;
-use stevedore_domain::run::{priority_weights, resolve_waiting, run_outcome};
+use stevedore_domain::run::{priority_weights, resolve_waiting_in_order, run_outcome};
 use stevedore_domain::state::{FailureReason, RunState, TaskState, TryState};
 use stevedore_store::{
     Fence, GiveUp, NewNotification, RunRecord, Store, StoreError, TryKey, TryRecord, Waiting,

@@ -393,8 +393,16 @@ impl Scheduler {
         }
         // Trigger rules decided, and mapped tasks they let run expanded, until nothing more
         // changes (an empty or broken list ends its task, which may decide others).
+        // When each finished task instance ended: rules are decided in that order, as
+        // Airflow's eager evaluation would have decided them (the first of a skip and a
+        // failure to end decides an `all_success` task), however late this pass sees them.
+        let mut ended: HashMap<String, DateTime<Utc>> = instances
+            .iter()
+            .filter(|ti| ti.state.is_finished())
+            .filter_map(|ti| Some((ti.task_id.clone(), ti.ended_at?)))
+            .collect();
         loop {
-            for (task_id, state) in resolve_waiting(&job, &mut states) {
+            for (task_id, state) in resolve_waiting_in_order(&job, &mut states, &mut ended) {
                 changes.push((run.run_id.clone(), task_id, state));
             }
             let expanding: Vec<Task> = mapping::to_expand(&job, &states)

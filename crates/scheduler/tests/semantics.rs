@@ -598,3 +598,64 @@ async fn a_failure_the_integration_calls_final_is_tried_once_whatever_its_retrie
     );
     harness.stop().await;
 }
+
+/// Which outcome wins when a task's upstreams finish at different times, as Airflow's
+/// `trigger_rule_dep.py` decides it: `all_success` is decided the moment one upstream is
+/// skipped or failed, so the first of the two to happen wins (docs/semantics.md's example).
+/// An early skip and a late `upstream_failed`: `report` is `skipped` (and `publish` too); an
+/// early failure and a late skip: `upstream_failed` (and `publish` too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_upstream_to_end_decides_an_all_success_task() {
+    for (gate_seconds, extract_seconds, report, publish, outcome) in [
+        (
+            0,
+            3,
+            TaskState::Skipped,
+            TaskState::Skipped,
+            RunState::Success,
+        ),
+        (
+            3,
+            0,
+            TaskState::UpstreamFailed,
+            TaskState::UpstreamFailed,
+            RunState::Failed,
+        ),
+    ] {
+        let job = format!(
+            "id: timing\ntasks:\n{}{}{}{}{}",
+            process_task("gate", "[exit, --code, 99]", ""),
+            process_task("extract", "[exit, --code, 1]", ""),
+            process_task("load", "[noop]", "    depends_on: [extract]\n"),
+            process_task("report", "[noop]", "    depends_on: [gate, load]\n"),
+            process_task("publish", "[noop]", "    depends_on: [report]\n"),
+        );
+        let harness = Harness::scripted(&[("timing.yaml", &job)]).await;
+        harness.script("gate", move |_| {
+            Play::exit(99).lasting(Duration::from_secs(gate_seconds))
+        });
+        harness.script("extract", move |_| {
+            Play::exit(1).lasting(Duration::from_secs(extract_seconds))
+        });
+        let run = harness.trigger("timing").await;
+        let run = harness.wait_run(&run.run_id, MINUTE).await;
+        let states: std::collections::HashMap<String, TaskState> = harness
+            .store
+            .task_instances(&run.run_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ti| (ti.task_id, ti.state))
+            .collect();
+        let label = format!("gate ends at {gate_seconds} s, extract at {extract_seconds} s");
+        assert_eq!(states["gate"], TaskState::Skipped, "{label}");
+        assert_eq!(states["load"], TaskState::UpstreamFailed, "{label}");
+        assert_eq!(
+            (states["report"], states["publish"]),
+            (report, publish),
+            "{label}"
+        );
+        assert_eq!(run.state, outcome, "{label}");
+        harness.stop().await;
+    }
+}
