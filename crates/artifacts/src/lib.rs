@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 mod error;
+pub mod logs;
 pub mod workspace;
 pub use error::ArtifactError;
 
@@ -271,8 +272,87 @@ impl ArtifactStore {
     pub async fn put(
         &self,
         run_id: &str,
+        source: impl AsyncRead + Unpin,
+        limit: u64,
+    ) -> Result<Blob, ArtifactError> {
+        self.put_object(run_id, source, limit, |sha256| {
+            self.blob_path(run_id, sha256)
+        })
+        .await
+    }
+
+    /// The object of a try's archived log: `<prefix>/logs/<run>/<try>-<sha256>.jsonl.zst`, apart
+    /// from the run's blobs (which `artifact_retention` removes; an archived log is kept as
+    /// long as its run).
+    /// Named by its content too: two schedulers archiving one try at once never overwrite
+    /// the object the other one checked and recorded.
+    fn log_path(&self, run_id: &str, try_id: i64, sha256: &str) -> Path {
+        self.prefix
+            .child("logs")
+            .child(run_id)
+            .child(format!("{try_id}-{sha256}.jsonl.zst"))
+    }
+
+    /// Streams `source` into the archived log of try `try_id` of `run_id` (replacing one
+    /// written before), hashing it on the way; at most `limit` bytes.
+    pub async fn put_log(
+        &self,
+        run_id: &str,
+        try_id: i64,
+        source: impl AsyncRead + Unpin,
+        limit: u64,
+    ) -> Result<Blob, ArtifactError> {
+        self.put_object(run_id, source, limit, |sha256| {
+            self.log_path(run_id, try_id, sha256)
+        })
+        .await
+    }
+
+    /// Bytes `range` of a try's archived log `blob` (a frame of it), without reading the
+    /// rest.
+    pub async fn log_range(
+        &self,
+        run_id: &str,
+        try_id: i64,
+        blob: &Blob,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, ArtifactError> {
+        let path = self.log_path(run_id, try_id, &blob.sha256);
+        match self.store.get_range(&path, range).await {
+            Ok(bytes) => Ok(bytes),
+            Err(object_store::Error::NotFound { .. }) => Err(ArtifactError::Missing {
+                sha256: blob.sha256.clone(),
+            }),
+            Err(error) => Err(self.failed("cannot read an archived log", error)),
+        }
+    }
+
+    /// A try's whole archived log as a stream that ends with an error when the stored
+    /// bytes are not `blob`'s (size or sha256), as [`ArtifactStore::get`].
+    pub async fn get_log(
+        &self,
+        run_id: &str,
+        try_id: i64,
+        blob: &Blob,
+    ) -> Result<impl Stream<Item = Result<Bytes, ArtifactError>> + Send + 'static, ArtifactError>
+    {
+        self.get_object(self.log_path(run_id, try_id, &blob.sha256), blob)
+            .await
+    }
+
+    /// Deletes the archived logs of `run_id`; returns how many there were.
+    pub async fn remove_run_logs(&self, run_id: &str) -> Result<u64, ArtifactError> {
+        self.remove_all(self.prefix.child("logs").child(run_id))
+            .await
+    }
+
+    /// Streams `source` to an upload name, then renames it to `destination(sha256)`.
+    async fn put_object(
+        &self,
+        run_id: &str,
         mut source: impl AsyncRead + Unpin,
         limit: u64,
+        destination: impl Fn(&str) -> Path,
     ) -> Result<Blob, ArtifactError> {
         let upload = self.run_path(run_id).child("uploads").child(upload_name());
         // Parts of 8 MiB, at most two in flight: a file moves with about 24 MiB of buffers
@@ -318,7 +398,7 @@ impl ArtifactStore {
             return Err(cannot_write(error));
         }
         let sha256 = hex::encode(hasher.finalize());
-        let blob = self.blob_path(run_id, &sha256);
+        let blob = destination(&sha256);
         // The same content twice is the same blob: the rename replaces it with itself.
         if let Err(error) = self.store.rename(&upload, &blob).await {
             let _ = self.store.delete(&upload).await;
@@ -336,7 +416,16 @@ impl ArtifactStore {
         blob: &Blob,
     ) -> Result<impl Stream<Item = Result<Bytes, ArtifactError>> + Send + 'static, ArtifactError>
     {
-        let path = self.blob_path(run_id, &blob.sha256);
+        self.get_object(self.blob_path(run_id, &blob.sha256), blob)
+            .await
+    }
+
+    async fn get_object(
+        &self,
+        path: Path,
+        blob: &Blob,
+    ) -> Result<impl Stream<Item = Result<Bytes, ArtifactError>> + Send + 'static, ArtifactError>
+    {
         let answer = match self.store.get(&path).await {
             Ok(answer) => answer,
             Err(object_store::Error::NotFound { .. }) => {
@@ -471,19 +560,23 @@ impl ArtifactStore {
 
     /// Deletes every blob of `run_id`; returns how many there were.
     pub async fn remove_run(&self, run_id: &str) -> Result<u64, ArtifactError> {
-        let prefix = self.run_path(run_id);
+        self.remove_all(self.run_path(run_id)).await
+    }
+
+    /// Deletes every object under `prefix`; returns how many there were.
+    async fn remove_all(&self, prefix: Path) -> Result<u64, ArtifactError> {
         let paths: Vec<Path> = self
             .store
             .list(Some(&prefix))
             .map_ok(|meta| meta.location)
             .try_collect()
             .await
-            .map_err(|e| self.failed("cannot list a run's blobs", e))?;
+            .map_err(|e| self.failed("cannot list objects to delete", e))?;
         let count = paths.len() as u64;
         for path in paths {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(error) => return Err(self.failed("cannot delete a blob", error)),
+                Err(error) => return Err(self.failed("cannot delete an object", error)),
             }
         }
         Ok(count)

@@ -41,6 +41,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "STEVEDORE_ARTIFACT_STORE_SECRET_ACCESS_KEY",
     ),
     ("artifact_retention", "STEVEDORE_ARTIFACT_RETENTION"),
+    ("log_archive_after", "STEVEDORE_LOG_ARCHIVE_AFTER"),
     ("public_url", "STEVEDORE_PUBLIC_URL"),
     ("sweep_every", "STEVEDORE_SWEEP_EVERY"),
     (

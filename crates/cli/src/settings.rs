@@ -48,6 +48,9 @@ pub struct Settings {
     /// Where tries' files travel (`artifact_store` and its S3 settings).
     pub artifact_store: stevedore_artifacts::StoreSettings,
     pub artifact_retention: Option<Duration>,
+    /// How long after a try ends its log moves to the artifact store (`log_archive_after`):
+    /// `Some(None)` for `never`, `None` when not set (the scheduler's default, 1 h).
+    pub log_archive_after: Option<Option<Duration>>,
     /// Where `stevedore server` is reached from outside (`public_url`): the base of the
     /// signed links a folder artifact store gives Nomad clients.
     pub public_url: Option<String>,
@@ -258,6 +261,11 @@ impl Settings {
             artifact_retention: match duration("artifact_retention")? {
                 Some(value) => Some(value),
                 None => duration("workspace_retention")?,
+            },
+            log_archive_after: match get("log_archive_after") {
+                Some(text) if text.trim() == "never" => Some(None),
+                Some(_) => Some(duration("log_archive_after")?),
+                None => None,
             },
             public_url: match get("public_url") {
                 Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {

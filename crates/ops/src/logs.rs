@@ -1,6 +1,7 @@
 //! Reading a try's log as it grows: every stored line in order, then the try's end once it
 //! has ended and every line is out. The API's live log (Server-Sent Events), the UI's and
-//! `stevedore tasks logs --follow` read it through [`follow`].
+//! `stevedore tasks logs --follow` read it through [`follow`], its lines through a
+//! [`LogReader`] (the store's rows, or an archived log read as if it were rows).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use stevedore_domain::state::TryState;
-use stevedore_store::{LogLine, Store, StoreError, TryRecord};
+use stevedore_store::{LogLine, LogReader, Store, StoreError, TryRecord};
 
 /// Lines read from the store at once (a page is also bounded in bytes by the store).
 const PAGE: u32 = 1000;
@@ -35,6 +36,7 @@ pub struct FollowOptions {
 
 struct Following {
     store: Arc<dyn Store>,
+    lines: Arc<dyn LogReader>,
     attempt: TryRecord,
     options: FollowOptions,
     pending: VecDeque<LogEvent>,
@@ -45,11 +47,13 @@ struct Following {
 /// error.
 pub fn follow(
     store: Arc<dyn Store>,
+    lines: Arc<dyn LogReader>,
     attempt: TryRecord,
     options: FollowOptions,
 ) -> impl Stream<Item = Result<LogEvent, StoreError>> {
     let start = Following {
         store,
+        lines,
         attempt,
         options,
         pending: VecDeque::new(),
@@ -87,7 +91,7 @@ impl Following {
             .find(|t| t.try_id == self.attempt.try_id)
             .unwrap_or_else(|| self.attempt.clone());
         let page = self
-            .store
+            .lines
             .log_page(self.attempt.try_id, self.options.after, PAGE)
             .await?;
         let full = page.cut || page.lines.len() == PAGE as usize;

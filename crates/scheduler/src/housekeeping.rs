@@ -1,5 +1,7 @@
 //! Housekeeping: containers of tries whose end is recorded, and the files of runs past
-//! `artifact_retention`, removed at every sweep (`sweep_every`) and at a clean stop.
+//! `artifact_retention`, removed at every sweep (`sweep_every`) and at a clean stop; the
+//! logs of tries that ended `log_archive_after` ago moved to the artifact store, by a task
+//! of its own beside the scheduling loop.
 
 #[allow(unused_imports)]
 use super::*;
@@ -81,5 +83,72 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Where tries' log lines are read: the store's rows, or their archives.
+    pub(crate) fn logs(&self) -> stevedore_artifacts::logs::Logs {
+        stevedore_artifacts::logs::Logs::new(self.store.clone(), self.config.artifacts.clone())
+    }
+
+    /// Archives the logs of tries that ended `log_archive_after` ago, one at a time, until
+    /// the scheduler stops: a backlog (the first start after an upgrade) is worked through
+    /// without pause, otherwise it looks again every `sweep_every`. A try whose archive
+    /// cannot be written keeps its rows and is tried again at the next look.
+    pub(crate) async fn archive_loop(self: Arc<Self>) {
+        let (Some(after), Some(artifacts)) =
+            (self.config.log_archive_after, self.config.artifacts.clone())
+        else {
+            return;
+        };
+        let after = chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
+        loop {
+            let busy = match self.now().checked_sub_signed(after) {
+                Some(cutoff) => self.archive_logs(&artifacts, cutoff).await,
+                None => false,
+            };
+            if !busy {
+                tokio::time::sleep(self.config.sweep_every).await;
+            }
+        }
+    }
+
+    /// One batch of [`Scheduler::archive_loop`]; whether it was full and went through
+    /// without an error (more may be waiting).
+    async fn archive_logs(
+        &self,
+        artifacts: &stevedore_backend::ArtifactStore,
+        cutoff: DateTime<Utc>,
+    ) -> bool {
+        const BATCH: u32 = 20;
+        let tries = match self.store.logs_to_archive(cutoff, BATCH).await {
+            Ok(tries) => tries,
+            Err(error) => {
+                warn!(error = %error, "cannot look for logs to archive");
+                return false;
+            }
+        };
+        for candidate in &tries {
+            match stevedore_artifacts::logs::archive(
+                self.store.as_ref(),
+                artifacts,
+                candidate,
+                self.now(),
+            )
+            .await
+            {
+                Ok(done) => tracing::debug!(
+                    try_id = candidate.try_id,
+                    lines = done.lines,
+                    bytes = done.bytes,
+                    raw_bytes = done.raw_bytes,
+                    "archived a try's log"
+                ),
+                Err(error) => {
+                    warn!(try_id = candidate.try_id, run_id = %candidate.run_id, error = %error, "cannot archive a try's log; its lines stay in the store and it is tried again later");
+                    return false;
+                }
+            }
+        }
+        tries.len() as u32 == BATCH
     }
 }

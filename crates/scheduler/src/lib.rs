@@ -68,6 +68,9 @@ pub struct SchedulerConfig {
     /// How long the files of a run that ended are kept before they are deleted
     /// (`artifact_retention`).
     pub artifact_retention: Duration,
+    /// How long after a try ends its log lines move from the store to the artifact store
+    /// (`log_archive_after`); `None`: never, they stay rows.
+    pub log_archive_after: Option<Duration>,
     /// How often the sweep looks for ended tries' containers and expired files.
     pub sweep_every: Duration,
     /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
@@ -117,6 +120,7 @@ impl SchedulerConfig {
             secret_key: None,
             artifacts: None,
             artifact_retention: Duration::from_secs(7 * 24 * 3600),
+            log_archive_after: Some(Duration::from_secs(3600)),
             sweep_every: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             trigger_poll: Duration::from_millis(100),
@@ -224,6 +228,7 @@ impl Scheduler {
         info!(scheduler_id = %self.id, host, heartbeat_secs = self.config.heartbeat_every.as_secs_f64(), lease_secs = self.config.lease.as_secs_f64(), "scheduler registered");
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
         let notifier = tokio::spawn(self.clone().notify_loop());
+        let archiver = tokio::spawn(self.clone().archive_loop());
         self.sync_jobs().await;
         let mut last_sync = tokio::time::Instant::now();
         // The first pass sweeps: an earlier scheduler may have left containers behind.
@@ -287,6 +292,7 @@ impl Scheduler {
         }
         heartbeat.abort();
         notifier.abort();
+        archiver.abort();
         self.stop_following_tries().await;
         // Containers of tries that ended while the scheduler stopped go with it.
         self.sweep_containers().await;

@@ -20,7 +20,7 @@ use stevedore_domain::mask::Masker;
 use stevedore_domain::notify::Channel;
 use stevedore_notify::{cut, rfc3339, Event, Sender, LOG_TAIL_LINES};
 use stevedore_ops::connections;
-use stevedore_store::{DeliveryOutcome, NotificationAttempt, NotificationRecord};
+use stevedore_store::{DeliveryOutcome, LogReader, NotificationAttempt, NotificationRecord};
 use tracing::{debug, info, warn};
 
 use super::*;
@@ -309,16 +309,16 @@ impl Scheduler {
         let Some(attempt) = tries.iter().find(|t| t.try_number == try_number) else {
             return Vec::new();
         };
-        let Ok(Some(last)) = self.store.last_log_seq(attempt.try_id).await else {
+        let logs = self.logs();
+        let Ok(Some(last)) = logs.last_log_seq(attempt.try_id).await else {
             return Vec::new();
         };
         let after = last - LOG_TAIL_LINES as i64;
-        match self
-            .store
-            .logs(attempt.try_id, Some(after), LOG_TAIL_LINES as u32)
+        match logs
+            .log_page(attempt.try_id, Some(after), LOG_TAIL_LINES as u32)
             .await
         {
-            Ok(lines) => lines.into_iter().map(|line| line.text).collect(),
+            Ok(page) => page.lines.into_iter().map(|line| line.text).collect(),
             Err(error) => {
                 info!(error = %error, "cannot read the try's last lines for an email");
                 Vec::new()

@@ -38,11 +38,14 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Where the runs' files are, for downloads; `None` answers 503 for them.
     pub artifacts: Option<stevedore_artifacts::ArtifactStore>,
+    /// Where tries' log lines are read: rows, or archived logs in `artifacts`.
+    pub logs: Arc<stevedore_artifacts::logs::Logs>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, jobs_dir: PathBuf, secret_key: Option<SecretKey>) -> Self {
         AppState {
+            logs: Arc::new(stevedore_artifacts::logs::Logs::new(store.clone(), None)),
             store,
             jobs_dir,
             secret_key,
@@ -51,8 +54,12 @@ impl AppState {
         }
     }
 
-    /// The artifact store runs' files are downloaded from.
+    /// The artifact store runs' files are downloaded from, and archived logs read from.
     pub fn with_artifacts(mut self, artifacts: stevedore_artifacts::ArtifactStore) -> Self {
+        self.logs = Arc::new(stevedore_artifacts::logs::Logs::new(
+            self.store.clone(),
+            Some(artifacts.clone()),
+        ));
         self.artifacts = Some(artifacts);
         self
     }

@@ -1354,3 +1354,115 @@ fn a_webhook_takes_events_with_its_token_or_signature_and_refuses_the_rest_stori
     let reply = post_events(&server, "etl", br#"{"id": 9}"#, &[json, bearer(&token)]);
     assert_eq!(reply.status, 404, "{}", reply.text);
 }
+
+/// Every event of a try's log followed as Server-Sent Events, to its `end`.
+fn follow_to_end(server: &Server, path: &str) -> Vec<(String, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = agent
+        .get(&format!("{}{path}", server.base))
+        .header("Authorization", format!("Bearer {}", server.viewer))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut events = Vec::new();
+    let mut event = String::new();
+    for line in BufReader::new(response.into_body().into_reader()).lines() {
+        let line = line.unwrap();
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            events.push((event.clone(), data.to_owned()));
+            if event == "end" {
+                break;
+            }
+        }
+    }
+    events
+}
+
+/// A try's log once archived to the artifact store answers the API's pages (from any
+/// line, of any size), its live log (SSE) and the UI's try page exactly as its rows did.
+#[test]
+fn an_archived_log_answers_pages_sse_and_the_try_page_as_its_rows_did() {
+    let server = Server::start();
+    let run = server.trigger();
+    let try_id = server.start_try(&run, "extract");
+    let texts: Vec<String> = (0..12_345)
+        .map(|i| match i {
+            3 => "unicode é 漢字 🚢 \"quoted\" \\ \t tab".to_owned(),
+            _ => format!("line {i}"),
+        })
+        .collect();
+    for (index, chunk) in texts.chunks(1000).enumerate() {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        server.log(try_id, (index * 1000) as i64, &chunk);
+    }
+    server.finish(try_id, TryState::Success);
+    let logs = format!("/api/v1/runs/{run}/tasks/extract/tries/1/logs");
+    let ranges = [
+        "",
+        "?limit=1",
+        "?after=2&limit=5",
+        "?after=9998&limit=4",
+        "?after=10000&limit=5000",
+        "?after=12340",
+        "?after=12344",
+    ];
+    let cookie = server.login(&server.viewer);
+    let read = |server: &Server| -> (Vec<Value>, Vec<(String, String)>, String) {
+        let pages = ranges
+            .iter()
+            .map(|range| {
+                let reply = server.get(&format!("{logs}{range}"), &server.viewer);
+                assert_eq!(reply.status, 200, "{range}: {}", reply.text);
+                reply.body
+            })
+            .collect();
+        let events = follow_to_end(server, &format!("{logs}/follow?after=12000"));
+        let page = server.browse(
+            "GET",
+            &format!("/runs/{run}/tasks/extract/tries/1"),
+            Some(&cookie),
+            &[],
+        );
+        assert_eq!(page.status, 200);
+        (pages, events, page.html)
+    };
+    let (pages, events, html) = read(&server);
+    assert_eq!(events.len(), 345, "344 lines and the end");
+    assert!(html.contains("line 12344"), "the try page opens at the end");
+
+    let due = server
+        .runtime
+        .block_on(
+            server
+                .store
+                .logs_to_archive(chrono::Utc::now() + chrono::TimeDelta::seconds(1), 10),
+        )
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    server
+        .runtime
+        .block_on(stevedore_artifacts::logs::archive(
+            server.store.as_ref(),
+            &server.artifacts,
+            &due[0],
+            chrono::Utc::now(),
+        ))
+        .unwrap();
+    assert!(server
+        .runtime
+        .block_on(server.store.logs(try_id, None, 10))
+        .unwrap()
+        .is_empty());
+
+    let (archived_pages, archived_events, archived_html) = read(&server);
+    for (range, (archived, stored)) in ranges.iter().zip(archived_pages.iter().zip(&pages)) {
+        assert_eq!(archived, stored, "page {range}");
+    }
+    assert_eq!(archived_events, events);
+    assert_eq!(archived_html, html);
+}

@@ -65,6 +65,18 @@ pub fn timestamp(time: DateTime<Utc>) -> String {
 }
 
 /// The metadata store. Methods are small domain operations; each is atomic.
+/// Where a try's log lines are read from: the store's rows, or, once a try's log is
+/// archived, the artifact store (`stevedore_artifacts::logs::Logs` reads both). Every
+/// reader of logs (the API, its live log, the UI, `tasks logs`, the alerts' log tail) goes
+/// through one, so an archived log reads as a stored one.
+#[async_trait]
+pub trait LogReader: Send + Sync {
+    /// As [`Store::log_page`].
+    async fn log_page(&self, try_id: i64, after: Option<i64>, limit: u32) -> Result<LogPage>;
+    /// As [`Store::last_log_seq`].
+    async fn last_log_seq(&self, try_id: i64) -> Result<Option<i64>>;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     // Jobs.
@@ -448,6 +460,26 @@ pub trait Store: Send + Sync {
         ended_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<String>>;
+
+    // Archived logs (see `stevedore_ops::log_archive`).
+    /// Ended tries whose log is still stored as rows and that ended before `ended_before`,
+    /// oldest first, at most `limit`; tries whose archive is recorded but whose rows are not
+    /// all deleted yet come first (`archived: true`).
+    async fn logs_to_archive(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LogToArchive>>;
+    /// Records a try's archived log: from now on its log is read from the archive. Its rows
+    /// are deleted afterwards, a batch at a time ([`Store::delete_archived_rows`]).
+    async fn record_log_archive(&self, archive: &LogArchiveRecord) -> Result<()>;
+    /// Deletes at most `batch` stored lines of try `try_id`, whose log is archived (or that
+    /// has none); once none is left, the try's log counts as archived for good. Returns
+    /// whether none is left.
+    async fn delete_archived_rows(&self, try_id: i64, batch: u32) -> Result<bool>;
+    /// The archive of a try's log, `None` while its lines are rows.
+    async fn log_archive(&self, try_id: i64) -> Result<Option<LogArchiveRecord>>;
+
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
     /// A task's committed states, newest first, at most `limit`: each run's commit and each
     /// operator's set or clear.

@@ -79,6 +79,11 @@ fn migrator() -> &'static Migrator {
                 "job events",
                 include_str!("../migrations/postgres/0009_job_events.sql"),
             ),
+            migration(
+                10,
+                "log archives",
+                include_str!("../migrations/postgres/0010_log_archives.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

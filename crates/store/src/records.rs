@@ -467,6 +467,43 @@ pub struct ArtifactRecord {
     pub modified: i64,
 }
 
+/// A try whose log is to be archived ([`Store::logs_to_archive`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogToArchive {
+    pub try_id: i64,
+    pub run_id: String,
+    /// Its archive is recorded already; only rows are left to delete.
+    pub archived: bool,
+}
+
+/// A try's log in the artifact store: compressed JSON lines in independent frames, so a
+/// page is read by fetching only the frames that hold it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogArchiveRecord {
+    pub try_id: i64,
+    pub run_id: String,
+    /// The object's size in bytes and sha256 (hex).
+    pub size: u64,
+    pub sha256: String,
+    pub lines: u64,
+    /// The size of the JSON lines before compression.
+    pub raw_bytes: u64,
+    pub frames: Vec<LogFrame>,
+    pub archived_at: DateTime<Utc>,
+}
+
+/// One compressed frame of an archived log: the lines from `first_seq` up to the next
+/// frame's, at bytes `offset..offset + length` of the object, `raw_length` bytes once
+/// decompressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogFrame {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub offset: u64,
+    pub length: u64,
+    pub raw_length: u64,
+}
+
 /// One captured file of a try, to record: its path under the workspace, size and sha256.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapturedFile {

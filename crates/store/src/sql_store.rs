@@ -1821,6 +1821,127 @@ impl Store for $store {
         Ok(())
     }
 
+    async fn logs_to_archive(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<LogToArchive>> {
+        let mut found: Vec<LogToArchive> = sql::query_as::<$dialect, (i64, String)>(
+            "SELECT try_id, run_id FROM tries WHERE logs = 'deleting' ORDER BY ended_at LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(try_id, run_id)| LogToArchive { try_id, run_id, archived: true })
+        .collect();
+        let left = i64::from(limit) - found.len() as i64;
+        if left > 0 {
+            found.extend(
+                sql::query_as::<$dialect, (i64, String)>(
+                    "SELECT try_id, run_id FROM tries WHERE logs = 'rows' AND ended_at IS NOT NULL \
+                     AND ended_at < ? AND state <> 'running' ORDER BY ended_at LIMIT ?",
+                )
+                .bind(ts(ended_before))
+                .bind(left)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|(try_id, run_id)| LogToArchive { try_id, run_id, archived: false }),
+            );
+        }
+        Ok(found)
+    }
+
+    async fn record_log_archive(&self, archive: &LogArchiveRecord) -> Result<()> {
+        let number = |value: u64, what: &str| {
+            i64::try_from(value).map_err(|_| {
+                StoreError::Conflict(format!("archived log of try {}: {what} {value} is too large", archive.try_id))
+            })
+        };
+        let frames = serde_json::to_string(&archive.frames)
+            .map_err(|e| StoreError::Corrupt(format!("frames of an archived log: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        sql::query::<$dialect>(
+            "INSERT INTO log_archives (try_id, run_id, size, sha256, lines, raw_bytes, frames, archived_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (try_id) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256, \
+             lines = excluded.lines, raw_bytes = excluded.raw_bytes, frames = excluded.frames, \
+             archived_at = excluded.archived_at",
+        )
+        .bind(archive.try_id)
+        .bind(&archive.run_id)
+        .bind(number(archive.size, "size")?)
+        .bind(&archive.sha256)
+        .bind(number(archive.lines, "line count")?)
+        .bind(number(archive.raw_bytes, "size")?)
+        .bind(frames)
+        .bind(ts(archive.archived_at))
+        .execute(&mut *tx)
+        .await?;
+        let marked = sql::query::<$dialect>(
+            "UPDATE tries SET logs = 'deleting' WHERE try_id = ? AND logs = 'rows'",
+        )
+        .bind(archive.try_id)
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            // Already archived (by another scheduler): its record stands as written.
+            return Ok(());
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_archived_rows(&self, try_id: i64, batch: u32) -> Result<bool> {
+        // The lowest `batch` seqs, by the primary key: a batch never scans the rest.
+        let deleted = sql::query::<$dialect>(
+            "DELETE FROM log_lines WHERE try_id = ? AND seq < \
+             (SELECT coalesce(max(seq), -1) + 1 FROM \
+              (SELECT seq FROM log_lines WHERE try_id = ? ORDER BY seq LIMIT ?) AS first)",
+        )
+        .bind(try_id)
+        .bind(try_id)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?;
+        if deleted.rows_affected() > 0 {
+            return Ok(false);
+        }
+        sql::query::<$dialect>("UPDATE tries SET logs = 'archived' WHERE try_id = ?")
+            .bind(try_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
+    async fn log_archive(&self, try_id: i64) -> Result<Option<LogArchiveRecord>> {
+        let row: Option<(i64, String, i64, String, i64, i64, String, String)> =
+            sql::query_as::<$dialect, _>(
+                "SELECT try_id, run_id, size, sha256, lines, raw_bytes, frames, archived_at \
+                 FROM log_archives WHERE try_id = ?",
+            )
+            .bind(try_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some((try_id, run_id, size, sha256, lines, raw_bytes, frames, archived_at)) = row
+        else {
+            return Ok(None);
+        };
+        let frames: Vec<LogFrame> = serde_json::from_str(&frames)
+            .map_err(|e| StoreError::Corrupt(format!("frames of try {try_id}'s archived log: {e}")))?;
+        Ok(Some(LogArchiveRecord {
+            try_id,
+            run_id,
+            size: size as u64,
+            sha256,
+            lines: lines as u64,
+            raw_bytes: raw_bytes as u64,
+            frames,
+            archived_at: parse_ts(&archived_at)?,
+        }))
+    }
+
     async fn run_artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRecord>> {
         let rows: Vec<ArtifactRow> = sql::query_as::<$dialect, _>(
             "SELECT a.try_id, a.run_id, a.task_id, t.try_number, a.path, a.size, a.sha256, a.mtime \

@@ -51,6 +51,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (14, include_str!("../migrations/sqlite/0014_assets.sql")),
     (15, include_str!("../migrations/sqlite/0015_job_events.sql")),
+    (
+        16,
+        include_str!("../migrations/sqlite/0016_log_archives.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

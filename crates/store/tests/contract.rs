@@ -390,6 +390,128 @@ pub async fn log_lines_keep_their_order_and_streams(store: &dyn Store) {
     assert_eq!(store.last_log_seq(attempt.try_id + 1).await.unwrap(), None);
 }
 
+/// A try's log once archived: listed for archiving only once it has ended before the
+/// cutoff, listed again (as archived) until its rows are all deleted a batch at a time,
+/// its archive record read back as written; a running try is never listed.
+pub async fn archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches(
+    store: &dyn Store,
+) {
+    let run = store
+        .create_run(new_run("demo", 1, RunTrigger::Manual))
+        .await
+        .unwrap();
+    let start = |task: &str| TryKey {
+        run_id: run.run_id.clone(),
+        task_id: task.into(),
+        try_number: 1,
+    };
+    let ended = store
+        .start_try(&start("extract"), "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    let running = store
+        .start_try(&start("load"), "docker", "synth:1", Utc::now())
+        .await
+        .unwrap();
+    let lines = |try_id: i64, count: i64| -> Vec<LogLine> {
+        (0..count)
+            .map(|seq| LogLine {
+                try_id,
+                seq,
+                stream: LogStream::Stdout,
+                timestamp: Utc.timestamp_micros(1_700_000_000_000_000 + seq).unwrap(),
+                text: format!("line {seq}"),
+            })
+            .collect()
+    };
+    store.append_logs(&lines(ended.try_id, 25)).await.unwrap();
+    store.append_logs(&lines(running.try_id, 5)).await.unwrap();
+    let finished = succeeded(ended.try_id);
+    store.finish_try(&finished).await.unwrap();
+    let before_end = finished.ended_at - chrono::TimeDelta::seconds(1);
+    assert!(store
+        .logs_to_archive(before_end, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let after_end = finished.ended_at + chrono::TimeDelta::seconds(1);
+    assert_eq!(
+        store.logs_to_archive(after_end, 10).await.unwrap(),
+        vec![LogToArchive {
+            try_id: ended.try_id,
+            run_id: run.run_id.clone(),
+            archived: false
+        }]
+    );
+    assert_eq!(store.log_archive(ended.try_id).await.unwrap(), None);
+    let record = LogArchiveRecord {
+        try_id: ended.try_id,
+        run_id: run.run_id.clone(),
+        size: 321,
+        sha256: "ab".repeat(32),
+        lines: 25,
+        raw_bytes: 2000,
+        frames: vec![
+            LogFrame {
+                first_seq: 0,
+                last_seq: 9,
+                offset: 0,
+                length: 100,
+                raw_length: 800,
+            },
+            LogFrame {
+                first_seq: 10,
+                last_seq: 24,
+                offset: 100,
+                length: 221,
+                raw_length: 1200,
+            },
+        ],
+        archived_at: Utc.timestamp_micros(1_700_000_000_123_456).unwrap(),
+    };
+    store.record_log_archive(&record).await.unwrap();
+    assert_eq!(
+        store.log_archive(ended.try_id).await.unwrap(),
+        Some(record.clone())
+    );
+    // Recorded again (another scheduler's): the first record stands.
+    store
+        .record_log_archive(&LogArchiveRecord {
+            sha256: "cd".repeat(32),
+            ..record.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.log_archive(ended.try_id).await.unwrap(), Some(record));
+    assert_eq!(
+        store.logs_to_archive(after_end, 10).await.unwrap(),
+        vec![LogToArchive {
+            try_id: ended.try_id,
+            run_id: run.run_id.clone(),
+            archived: true
+        }]
+    );
+    let mut batches = Vec::new();
+    loop {
+        let done = store.delete_archived_rows(ended.try_id, 10).await.unwrap();
+        batches.push(store.logs(ended.try_id, None, 100).await.unwrap().len());
+        if done {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![15, 5, 0, 0]);
+    assert!(store
+        .logs_to_archive(after_end, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The running try's lines are untouched.
+    assert_eq!(
+        store.logs(running.try_id, None, 100).await.unwrap().len(),
+        5
+    );
+}
+
 pub async fn pools_start_with_default_and_can_be_resized(store: &dyn Store) {
     let pools = store.list_pools().await.unwrap();
     assert_eq!(
@@ -2005,6 +2127,7 @@ macro_rules! store_contract_suite {
             case!(runs_are_found_by_prefix_and_listed_newest_first);
             case!(tries_record_results_and_commit_state_only_on_success);
             case!(log_lines_keep_their_order_and_streams);
+            case!(archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches);
             case!(pools_start_with_default_and_can_be_resized);
             case!(connections_keep_only_sealed_values);
             case!(tokens_are_found_by_hash_until_revoked);

@@ -58,6 +58,10 @@ pub struct Harness {
     scripted: Option<Scripted>,
     /// The artifact store, when not a folder of the harness's own.
     artifacts: Option<stevedore_artifacts::ArtifactStore>,
+    /// `log_archive_after`, when not the scheduler's default.
+    log_archive_after: Option<Duration>,
+    /// Where tries' lines are read: rows, or archived logs.
+    pub logs: Arc<stevedore_artifacts::logs::Logs>,
 }
 
 /// What a [`Harness::scripted`] runs on.
@@ -118,6 +122,28 @@ impl Harness {
             SecretKey::generate().unwrap(),
             None,
             artifacts,
+            None,
+        )
+        .await
+    }
+
+    /// A scheduler with the process backend whose tries' logs move to its artifact store
+    /// (a folder of its own) `after` they ended (`log_archive_after`).
+    pub async fn start_archiving_logs(jobs: &[(&str, &str)], after: Duration) -> Harness {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
+        for (name, text) in jobs {
+            std::fs::write(jobs_dir.join(name), text).unwrap();
+        }
+        Harness::run_in(
+            dir,
+            Vec::new(),
+            SecretKey::generate().unwrap(),
+            None,
+            None,
+            Some(after),
         )
         .await
     }
@@ -142,6 +168,7 @@ impl Harness {
             SecretKey::generate().unwrap(),
             None,
             Some(artifacts),
+            None,
         )
         .await
     }
@@ -174,6 +201,7 @@ impl Harness {
             Vec::new(),
             SecretKey::generate().unwrap(),
             Some(scripted),
+            None,
             None,
         )
         .await
@@ -248,6 +276,7 @@ impl Harness {
             SecretKey::generate().unwrap(),
             None,
             None,
+            None,
         )
         .await
     }
@@ -258,6 +287,7 @@ impl Harness {
         secret_key: SecretKey,
         scripted: Option<Scripted>,
         artifacts: Option<stevedore_artifacts::ArtifactStore>,
+        log_archive_after: Option<Duration>,
     ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
@@ -314,6 +344,13 @@ impl Harness {
                 );
             }
         }
+        if let Some(after) = log_archive_after {
+            config.log_archive_after = Some(after);
+        }
+        let logs = Arc::new(stevedore_artifacts::logs::Logs::new(
+            store.clone(),
+            config.artifacts.clone(),
+        ));
         let scheduler = Scheduler::new(store.clone(), backends, config);
         let (shutdown, stop) = oneshot::channel::<()>();
         let running = scheduler.clone();
@@ -336,6 +373,8 @@ impl Harness {
             scheduler,
             scripted,
             artifacts,
+            log_archive_after,
+            logs,
         }
     }
 
@@ -357,6 +396,7 @@ impl Harness {
             self.secret_key.clone(),
             self.scripted.take(),
             self.artifacts.take(),
+            self.log_archive_after,
         )
         .await
     }
@@ -441,10 +481,11 @@ impl Harness {
         let mut after = None;
         loop {
             let page = self
-                .store
-                .logs(attempt.try_id, after, 100_000)
+                .logs
+                .log_page(attempt.try_id, after, 100_000)
                 .await
-                .unwrap();
+                .unwrap()
+                .lines;
             let Some(last) = page.last() else {
                 return lines;
             };

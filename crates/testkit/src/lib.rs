@@ -18,7 +18,7 @@ use stevedore_ops::jobs_dir::load_jobs_dir;
 use stevedore_ops::runs::trigger_manual;
 use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::secrets::SecretKey;
-use stevedore_store::{RunRecord, SqliteStore, Store, TryRecord};
+use stevedore_store::{LogReader, RunRecord, SqliteStore, Store, TryRecord};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

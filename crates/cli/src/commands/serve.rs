@@ -194,6 +194,9 @@ pub(super) async fn scheduler(
     // Events link to their run's page in the web UI: `public_url`, else (standalone) the
     // server in this process.
     config.notifier.public_url = global.public_url.clone().or(own_url);
+    if let Some(after) = global.log_archive_after {
+        config.log_archive_after = after;
+    }
     for (value, setting) in [
         (global.artifact_retention, &mut config.artifact_retention),
         (global.sweep_every, &mut config.sweep_every),

@@ -87,7 +87,16 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         live: follow,
         poll: Duration::from_millis(250),
     };
-    let events = stevedore_ops::logs::follow(store.clone(), attempt, options);
+    // An archived log is read from the artifact store (opened only then).
+    let artifacts = match store.log_archive(attempt.try_id).await? {
+        Some(_) => Some(global.artifacts(None).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let lines = Arc::new(stevedore_artifacts::logs::Logs::new(
+        store.clone(),
+        artifacts,
+    ));
+    let events = stevedore_ops::logs::follow(store.clone(), lines, attempt, options);
     futures_util::pin_mut!(events);
     while let Some(event) = events.next().await {
         let stevedore_ops::logs::LogEvent::Line(line) = event? else {

@@ -26,7 +26,7 @@ use stevedore_domain::job::Job;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::{RunState, TryState};
 use stevedore_ops::{actions, views};
-use stevedore_store::{RunFilter, RunRecord, TaskInstanceRecord, TryRecord};
+use stevedore_store::{LogReader, RunFilter, RunRecord, TaskInstanceRecord, TryRecord};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;

@@ -132,7 +132,7 @@ pub(super) async fn get_logs(
     // A page holds at most `limit` lines and about 4 MiB of text (the store's budget): ask
     // again from `next_after` until `finished`.
     let page = state
-        .store
+        .logs
         .log_page(attempt.try_id, query.after, limit)
         .await?;
     let lines = page.lines;
@@ -185,23 +185,23 @@ pub(super) async fn follow_logs(
         live: true,
         poll: Duration::from_millis(200),
     };
-    let events = stevedore_ops::logs::follow(state.store.clone(), attempt, options).filter_map(
-        |event| async move {
-            match event {
-                Ok(stevedore_ops::logs::LogEvent::Line(line)) => Some(Ok(Event::default()
-                    .event("line")
-                    .id(line.seq.to_string())
-                    .data(json!(views::LogLineView::from(&line)).to_string()))),
-                Ok(stevedore_ops::logs::LogEvent::End(current)) => Some(Ok(Event::default()
-                    .event("end")
-                    .data(json!(views::TryView::from(&current)).to_string()))),
-                Err(error) => {
-                    tracing::warn!(error = %error, "log follow: store unavailable");
-                    None
+    let events =
+        stevedore_ops::logs::follow(state.store.clone(), state.logs.clone(), attempt, options)
+            .filter_map(|event| async move {
+                match event {
+                    Ok(stevedore_ops::logs::LogEvent::Line(line)) => Some(Ok(Event::default()
+                        .event("line")
+                        .id(line.seq.to_string())
+                        .data(json!(views::LogLineView::from(&line)).to_string()))),
+                    Ok(stevedore_ops::logs::LogEvent::End(current)) => Some(Ok(Event::default()
+                        .event("end")
+                        .data(json!(views::TryView::from(&current)).to_string()))),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "log follow: store unavailable");
+                        None
+                    }
                 }
-            }
-        },
-    );
+            });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

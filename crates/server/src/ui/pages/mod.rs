@@ -16,7 +16,7 @@ use stevedore_domain::mapping;
 use stevedore_domain::role::Role;
 use stevedore_domain::state::{TaskState, TryState};
 use stevedore_ops::actions;
-use stevedore_store::{RunRecord, TaskInstanceRecord, TryRecord};
+use stevedore_store::{LogReader, RunRecord, TaskInstanceRecord, TryRecord};
 
 use super::{csrf_field, encode, page, state_class, svg, UiError, UiResult, Viewer};
 use crate::AppState;

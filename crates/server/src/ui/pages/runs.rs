@@ -410,19 +410,16 @@ pub async fn try_page(
             )
         })?;
     // A long log opens at its end (where a failure says why), a page at a time.
-    let last = state
-        .store
-        .last_log_seq(attempt.try_id)
-        .await?
-        .unwrap_or(-1);
+    let last = state.logs.last_log_seq(attempt.try_id).await?.unwrap_or(-1);
     let from = query
         .from
         .unwrap_or(last + 1 - i64::from(PAGE_LINES))
         .clamp(0, last.max(0));
     let lines = state
-        .store
-        .logs(attempt.try_id, Some(from - 1), PAGE_LINES)
-        .await?;
+        .logs
+        .log_page(attempt.try_id, Some(from - 1), PAGE_LINES)
+        .await?
+        .lines;
     let page_link = |from: i64| {
         format!(
             "{}?from={from}",
