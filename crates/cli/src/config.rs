@@ -42,6 +42,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("artifact_retention", "STEVEDORE_ARTIFACT_RETENTION"),
     ("log_archive_after", "STEVEDORE_LOG_ARCHIVE_AFTER"),
+    ("retention", "STEVEDORE_RETENTION"),
     ("public_url", "STEVEDORE_PUBLIC_URL"),
     ("sweep_every", "STEVEDORE_SWEEP_EVERY"),
     (

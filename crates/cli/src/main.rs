@@ -436,6 +436,22 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 pub enum DbCommand {
     /// Creates or upgrades the store's schema.
     Migrate,
+    /// Removes ended runs and all they left (task instances, tries, log lines and archived
+    /// logs, files, outputs, alerts), in batches: what `retention` does daily, on demand.
+    /// Never a run that has not ended, a job's latest scheduled run, the committed state or
+    /// a job version still used.
+    Clean {
+        /// Runs that ended before this date or time (in UTC unless it carries an offset);
+        /// all ended runs without it.
+        #[arg(long)]
+        before: Option<String>,
+        /// This job's runs only.
+        #[arg(long)]
+        job: Option<String>,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn init_tracing(setting: Option<&str>, default: &str) {
@@ -567,6 +583,11 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Db(DbCommand::Migrate) => commands::migrate(&global).await,
+            Command::Db(DbCommand::Clean {
+                before,
+                job,
+                dry_run,
+            }) => commands::clean(&global, before, job, dry_run).await,
         }
     });
     match result {

@@ -51,6 +51,8 @@ pub struct Settings {
     /// How long after a try ends its log moves to the artifact store (`log_archive_after`):
     /// `Some(None)` for `never`, `None` when not set (the scheduler's default, 1 h).
     pub log_archive_after: Option<Option<Duration>>,
+    /// How long ended runs are kept (`retention`): `never` (the default), `90d`, `500 runs`.
+    pub retention: stevedore_domain::retention::Retention,
     /// Where `stevedore server` is reached from outside (`public_url`): the base of the
     /// signed links a folder artifact store gives Nomad clients.
     pub public_url: Option<String>,
@@ -261,6 +263,11 @@ impl Settings {
             artifact_retention: match duration("artifact_retention")? {
                 Some(value) => Some(value),
                 None => duration("workspace_retention")?,
+            },
+            retention: match get("retention") {
+                Some(text) => stevedore_domain::retention::Retention::parse(&text)
+                    .map_err(|e| format!("{}: {e}", describe("retention")))?,
+                None => Default::default(),
             },
             log_archive_after: match get("log_archive_after") {
                 Some(text) if text.trim() == "never" => Some(None),

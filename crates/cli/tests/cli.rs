@@ -565,11 +565,14 @@ fn jobs_next_lists_the_schedules_intervals_in_utc_across_a_dst_change() {
         intervals,
         serde_json::json!([
             {"start": "2024-03-29T01:30:00Z", "end": "2024-03-30T01:30:00Z"},
-            {"start": "2024-03-30T01:30:00Z", "end": "2024-03-31T01:00:00Z"},
-            {"start": "2024-03-31T01:00:00Z", "end": "2024-04-01T00:30:00Z"},
+            // 02:30 does not exist on 03-31: it runs shifted by the gap, at 03:30 CEST, as
+            // in Airflow.
+            {"start": "2024-03-30T01:30:00Z", "end": "2024-03-31T01:30:00Z"},
+            {"start": "2024-03-31T01:30:00Z", "end": "2024-04-01T00:30:00Z"},
         ])
     );
-    // From a date in the job's timezone: the repeated 02:30 of October runs once.
+    // From a date in the job's timezone: the repeated 02:30 of October runs once, at its
+    // later occurrence (CET), as in Airflow.
     let autumn = workspace.json(&[
         "jobs",
         "next",
@@ -581,7 +584,7 @@ fn jobs_next_lists_the_schedules_intervals_in_utc_across_a_dst_change() {
         "-o",
         "json",
     ]);
-    assert_eq!(autumn[0]["start"], "2024-10-27T00:30:00Z");
+    assert_eq!(autumn[0]["start"], "2024-10-27T01:30:00Z");
     assert_eq!(autumn[1]["start"], "2024-10-28T01:30:00Z");
     let manual = workspace.run(&["jobs", "next", "retry_demo"]);
     assert!(!manual.status.success());
@@ -744,6 +747,48 @@ fn backfill_creates_the_runs_of_a_range_in_order_and_reruns_failed_ones() {
         ]
     );
     assert!(backfilled.iter().all(|r| r["state"] == "success"));
+
+    // `db clean`: nothing ended before 2000; a dry run counts what would go and removes
+    // nothing; then the backfilled runs go (the job's latest scheduled run, if the
+    // scheduler made one, stays).
+    let none = workspace.json(&[
+        "db",
+        "clean",
+        "--job",
+        "daily_load",
+        "--before",
+        "2000-01-01",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(none["runs"], 0, "{none}");
+    let dry = workspace.json(&[
+        "db",
+        "clean",
+        "--job",
+        "daily_load",
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert!(dry["runs_found"].as_u64().unwrap() >= 3, "{dry}");
+    assert_eq!(dry["runs"], 0);
+    let runs = workspace.json(&["runs", "list", "--job", "daily_load", "-o", "json"]);
+    assert!(
+        runs.as_array().unwrap().len() >= 3,
+        "a dry run removes nothing"
+    );
+    let cleaned = workspace.json(&["db", "clean", "--job", "daily_load", "-o", "json"]);
+    assert_eq!(cleaned["runs"], dry["runs_found"], "{cleaned}");
+    assert!(cleaned["tries"].as_u64().unwrap() >= 6, "{cleaned}");
+    let runs = workspace.json(&["runs", "list", "--job", "daily_load", "-o", "json"]);
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["trigger"] != "backfill"),
+        "{runs}"
+    );
     standalone.interrupt();
 }
 

@@ -34,6 +34,7 @@ pub mod mask;
 pub mod names;
 pub mod notify;
 pub mod protocol;
+pub mod retention;
 pub mod retry;
 pub mod role;
 pub mod run;

@@ -151,4 +151,70 @@ impl Scheduler {
         }
         tries.len() as u32 == BATCH
     }
+
+    /// Applies the retention (each job's own, else the configuration's) a minute after the
+    /// start (or `retention_every`, if sooner), then every `retention_every`.
+    pub(crate) async fn retention_loop(self: Arc<Self>) {
+        let every = self.config.retention_every;
+        tokio::time::sleep(every.min(Duration::from_secs(60))).await;
+        loop {
+            self.apply_retention().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn apply_retention(&self) {
+        use crate::retention::{clean, filter_of};
+        let dir = self.config.jobs_dir.clone();
+        let jobs = tokio::task::spawn_blocking(move || load_jobs_dir(&dir))
+            .await
+            .unwrap_or_default()
+            .jobs;
+        let now = self.now();
+        let mut own = Vec::new();
+        let mut filters = Vec::new();
+        for loaded in &jobs {
+            if let Some(retention) = loaded.job.retention {
+                own.push(loaded.job.id.clone());
+                if let Some(filter) = filter_of(retention, now) {
+                    filters.push(stevedore_store::CleanFilter {
+                        job_id: Some(loaded.job.id.clone()),
+                        ..filter
+                    });
+                }
+            }
+        }
+        if let Some(filter) = filter_of(self.config.retention, now) {
+            filters.push(stevedore_store::CleanFilter {
+                except_jobs: own,
+                ..filter
+            });
+        }
+        for filter in filters {
+            match clean(
+                self.store.as_ref(),
+                self.config.artifacts.as_ref(),
+                &filter,
+                false,
+                |_| {},
+            )
+            .await
+            {
+                Ok(report) if report.cleaned.runs > 0 => info!(
+                    job_id = filter.job_id.as_deref().unwrap_or("*"),
+                    runs = report.cleaned.runs,
+                    tries = report.cleaned.tries,
+                    log_lines = report.cleaned.log_lines,
+                    objects = report.objects,
+                    size_before = report.size_before,
+                    size_after = report.size_after,
+                    "removed runs past their retention"
+                ),
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(error = %error, "cannot apply the retention; trying again at the next one")
+                }
+            }
+        }
+    }
 }

@@ -24,6 +24,7 @@ mod jobs;
 mod lease;
 pub mod notifier;
 mod pass;
+pub mod retention;
 pub mod try_runner;
 
 use std::collections::{HashMap, HashSet};
@@ -71,6 +72,10 @@ pub struct SchedulerConfig {
     /// How long after a try ends its log lines move from the store to the artifact store
     /// (`log_archive_after`); `None`: never, they stay rows.
     pub log_archive_after: Option<Duration>,
+    /// How long ended runs are kept (`retention`; a job's own `retention` wins for its
+    /// runs), applied every `retention_every`.
+    pub retention: stevedore_domain::retention::Retention,
+    pub retention_every: Duration,
     /// How often the sweep looks for ended tries' containers and expired files.
     pub sweep_every: Duration,
     /// How often the loop makes a full pass when nothing else wakes it (due runs, retries).
@@ -121,6 +126,8 @@ impl SchedulerConfig {
             artifacts: None,
             artifact_retention: Duration::from_secs(7 * 24 * 3600),
             log_archive_after: Some(Duration::from_secs(3600)),
+            retention: Default::default(),
+            retention_every: Duration::from_secs(24 * 3600),
             sweep_every: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             trigger_poll: Duration::from_millis(100),
@@ -229,6 +236,7 @@ impl Scheduler {
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
         let notifier = tokio::spawn(self.clone().notify_loop());
         let archiver = tokio::spawn(self.clone().archive_loop());
+        let retention = tokio::spawn(self.clone().retention_loop());
         self.sync_jobs().await;
         let mut last_sync = tokio::time::Instant::now();
         // The first pass sweeps: an earlier scheduler may have left containers behind.
@@ -293,6 +301,7 @@ impl Scheduler {
         heartbeat.abort();
         notifier.abort();
         archiver.abort();
+        retention.abort();
         self.stop_following_tries().await;
         // Containers of tries that ended while the scheduler stopped go with it.
         self.sweep_containers().await;

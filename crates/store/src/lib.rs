@@ -480,6 +480,28 @@ pub trait Store: Send + Sync {
     /// The archive of a try's log, `None` while its lines are rows.
     async fn log_archive(&self, try_id: i64) -> Result<Option<LogArchiveRecord>>;
 
+    // Retention (`stevedore db clean`, `retention`).
+    /// Ended runs the filter selects, oldest first, at most `limit`. Never a run that has
+    /// not ended, nor the latest scheduled run of its job (the scheduler's next interval
+    /// follows it: without it, the job's past intervals would be run again).
+    async fn runs_to_clean(&self, filter: &CleanFilter, limit: u32) -> Result<Vec<RunToClean>>;
+    /// Deletes ended runs and everything of them the store holds: task instances, tries,
+    /// log lines (a batch at a time, before the rest), outputs, artifact and archive
+    /// records, notifications, posted events, state history rows (a task's newest is
+    /// kept). Their files and archived logs in the artifact store are the caller's to
+    /// delete first. A run not ended is left alone. The committed state itself is never
+    /// touched.
+    async fn delete_runs(&self, run_ids: &[String]) -> Result<Cleaned>;
+    /// Deletes job versions no run uses that are not their job's current version.
+    async fn delete_unused_job_versions(&self) -> Result<u64>;
+    /// The store's size on disk, in bytes (the SQLite file and its WAL; the PostgreSQL
+    /// database).
+    async fn size_bytes(&self) -> Result<u64>;
+    /// Gives free space back to the file system where the database can (SQLite with
+    /// incremental auto-vacuum, which new stores have); PostgreSQL leaves it to autovacuum.
+    /// Returns whether it could.
+    async fn reclaim_space(&self) -> Result<bool>;
+
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
     /// A task's committed states, newest first, at most `limit`: each run's commit and each
     /// operator's set or clear.

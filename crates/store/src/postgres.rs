@@ -210,6 +210,19 @@ sql_store!(PostgresStore, PostgresDialect);
 const SCHEDULING_LOCK: i64 = 0x5374_6576_5061_7373;
 
 impl PostgresStore {
+    async fn database_bytes(&self) -> Result<u64> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(bytes as u64)
+    }
+
+    /// PostgreSQL's autovacuum makes freed space reusable; giving it back to the file
+    /// system (`VACUUM FULL`) would lock every table, so it is left to the operator.
+    async fn give_space_back(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     async fn scheduling_lock(&self) -> Result<SchedulingLock> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -467,6 +467,47 @@ pub struct ArtifactRecord {
     pub modified: i64,
 }
 
+/// Which ended runs [`Store::runs_to_clean`] finds (`db clean`, the retention).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanFilter {
+    /// One job's runs only.
+    pub job_id: Option<String>,
+    /// Runs that ended before this.
+    pub ended_before: Option<DateTime<Utc>>,
+    /// Each job keeps this many of its newest ended runs.
+    pub keep_last: Option<u32>,
+    /// Not these jobs' runs (they have a retention of their own).
+    pub except_jobs: Vec<String>,
+}
+
+/// A run [`Store::runs_to_clean`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunToClean {
+    pub run_id: String,
+    pub job_id: String,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// What [`Store::delete_runs`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    pub runs: u64,
+    pub task_instances: u64,
+    pub tries: u64,
+    pub log_lines: u64,
+    pub notifications: u64,
+}
+
+impl Cleaned {
+    pub fn add(&mut self, other: &Cleaned) {
+        self.runs += other.runs;
+        self.task_instances += other.task_instances;
+        self.tries += other.tries;
+        self.log_lines += other.log_lines;
+        self.notifications += other.notifications;
+    }
+}
+
 /// A try whose log is to be archived ([`Store::logs_to_archive`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogToArchive {

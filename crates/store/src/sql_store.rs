@@ -1821,6 +1821,173 @@ impl Store for $store {
         Ok(())
     }
 
+    async fn runs_to_clean(&self, filter: &CleanFilter, limit: u32) -> Result<Vec<RunToClean>> {
+        // Each ended run, ranked among its job's by end (newest 1); the latest scheduled
+        // run of a job is never taken.
+        let mut text = String::from(
+            "SELECT run_id, job_id, ended_at FROM (\
+             SELECT r.run_id, r.job_id, r.ended_at, r.run_trigger, r.logical_date, \
+             row_number() OVER (PARTITION BY r.job_id ORDER BY r.ended_at DESC, r.run_id DESC) AS newer \
+             FROM runs r WHERE r.state IN ('success', 'failed') AND r.ended_at IS NOT NULL",
+        );
+        if filter.job_id.is_some() {
+            text.push_str(" AND r.job_id = ?");
+        }
+        if !filter.except_jobs.is_empty() {
+            text.push_str(" AND r.job_id NOT IN (");
+            text.push_str(&vec!["?"; filter.except_jobs.len()].join(", "));
+            text.push(')');
+        }
+        text.push_str(") ranked WHERE NOT (run_trigger = 'scheduled' AND NOT EXISTS (\
+             SELECT 1 FROM runs n WHERE n.job_id = ranked.job_id AND n.run_trigger = 'scheduled' \
+             AND n.logical_date > ranked.logical_date))");
+        if filter.ended_before.is_some() {
+            text.push_str(" AND ended_at < ?");
+        }
+        if filter.keep_last.is_some() {
+            text.push_str(" AND newer > ?");
+        }
+        text.push_str(" ORDER BY ended_at, run_id LIMIT ?");
+        let mut query = sql::query_as::<$dialect, (String, String, String)>(&text);
+        if let Some(job_id) = &filter.job_id {
+            query = query.bind(job_id.clone());
+        }
+        for job_id in &filter.except_jobs {
+            query = query.bind(job_id.clone());
+        }
+        if let Some(before) = filter.ended_before {
+            query = query.bind(ts(before));
+        }
+        if let Some(keep) = filter.keep_last {
+            query = query.bind(i64::from(keep));
+        }
+        query
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(run_id, job_id, ended_at)| {
+                Ok(RunToClean {
+                    run_id,
+                    job_id,
+                    ended_at: parse_ts(&ended_at)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_runs(&self, run_ids: &[String]) -> Result<Cleaned> {
+        let mut cleaned = Cleaned::default();
+        for run_id in run_ids {
+            // Only an ended run; its log lines first, a batch at a time, so no statement
+            // holds the store long however much the run printed.
+            let ended: Option<(String,)> = sql::query_as::<$dialect, _>(
+                "SELECT run_id FROM runs WHERE run_id = ? AND state IN ('success', 'failed') AND ended_at IS NOT NULL",
+            )
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if ended.is_none() {
+                continue;
+            }
+            loop {
+                let deleted = sql::query::<$dialect>(
+                    "DELETE FROM log_lines WHERE (try_id, seq) IN (SELECT l.try_id, l.seq FROM log_lines l \
+                     JOIN tries t ON t.try_id = l.try_id WHERE t.run_id = ? LIMIT 10000)",
+                )
+                .bind(run_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                cleaned.log_lines += deleted;
+                if deleted == 0 {
+                    break;
+                }
+            }
+            let mut tx = self.pool.begin().await?;
+            // Still ended, in the transaction that deletes it (a cleared run runs again).
+            let still: Option<(String,)> = sql::query_as::<$dialect, _>(&format!(
+                "SELECT run_id FROM runs WHERE run_id = ? AND state IN ('success', 'failed') AND ended_at IS NOT NULL{}",
+                <$dialect>::ROW_LOCK
+            ))
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if still.is_none() {
+                continue;
+            }
+            sql::query::<$dialect>(
+                "DELETE FROM notification_attempts WHERE notification_seq IN (SELECT seq FROM notifications WHERE run_id = ?)",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            cleaned.notifications += sql::query::<$dialect>("DELETE FROM notifications WHERE run_id = ?")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            // A task's newest state history row stays: it says where its state came from.
+            sql::query::<$dialect>(
+                "DELETE FROM task_state_history WHERE run_id = ? AND seq < \
+                 (SELECT max(h.seq) FROM task_state_history h WHERE h.job_id = task_state_history.job_id \
+                  AND h.task_id = task_state_history.task_id)",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            for table in [
+                "artifacts",
+                "log_archives",
+                "outputs",
+                "run_pending_state",
+                "job_events",
+            ] {
+                sql::query::<$dialect>(&format!("DELETE FROM {table} WHERE run_id = ?"))
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            cleaned.tries += sql::query::<$dialect>("DELETE FROM tries WHERE run_id = ?")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            cleaned.task_instances +=
+                sql::query::<$dialect>("DELETE FROM task_instances WHERE run_id = ?")
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            cleaned.runs += sql::query::<$dialect>("DELETE FROM runs WHERE run_id = ?")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+        }
+        Ok(cleaned)
+    }
+
+    async fn delete_unused_job_versions(&self) -> Result<u64> {
+        Ok(sql::query::<$dialect>(
+            "DELETE FROM job_versions WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.job_id = job_versions.job_id \
+             AND r.job_version = job_versions.version) AND NOT EXISTS (SELECT 1 FROM jobs j \
+             WHERE j.job_id = job_versions.job_id AND j.current_version = job_versions.version)",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        self.database_bytes().await
+    }
+
+    async fn reclaim_space(&self) -> Result<bool> {
+        self.give_space_back().await
+    }
+
     async fn logs_to_archive(
         &self,
         ended_before: DateTime<Utc>,

@@ -131,6 +131,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
+            // A new store gives freed pages back to the file system on `reclaim_space`
+            // (`db clean`, the retention); an older one keeps its mode and reuses them.
+            .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
@@ -222,6 +225,51 @@ impl Dialect for SqliteDialect {
 sql_store!(SqliteStore, SqliteDialect);
 
 impl SqliteStore {
+    /// The file's pages (free ones included) and its write-ahead log.
+    async fn database_bytes(&self) -> Result<u64> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.pool)
+            .await?;
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&self.pool)
+            .await?;
+        let file: Option<String> =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_optional(&self.pool)
+                .await?;
+        let wal = file
+            .and_then(|file| std::fs::metadata(format!("{file}-wal")).ok())
+            .map_or(0, |meta| meta.len());
+        Ok((pages * page_size) as u64 + wal)
+    }
+
+    /// Frees pages back to the file system when the store has incremental auto-vacuum
+    /// (every store created since it existed); an older store reuses them instead.
+    async fn give_space_back(&self) -> Result<bool> {
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&self.pool)
+            .await?;
+        if mode != 2 {
+            return Ok(false);
+        }
+        // A thousand pages at a time (4 MiB): no single statement holds the writer long.
+        loop {
+            let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+                .fetch_one(&self.pool)
+                .await?;
+            if free == 0 {
+                break;
+            }
+            sqlx::query("PRAGMA incremental_vacuum(1000)")
+                .execute(&self.pool)
+                .await?;
+        }
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
     /// One scheduler per SQLite store: nobody to take turns with.
     async fn scheduling_lock(&self) -> Result<SchedulingLock> {
         Ok(SchedulingLock::none())

@@ -512,6 +512,199 @@ pub async fn archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches
     );
 }
 
+/// `db clean` and the retention: only ended runs, never a job's latest scheduled run, by
+/// age, count and job; deleting a run takes its tries, lines and outputs and leaves a
+/// running run, the committed state and the job versions still used.
+pub async fn runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_needed(
+    store: &dyn Store,
+) {
+    store
+        .upsert_job("demo", "v0", "jobs/demo.yaml", "id: demo # v0")
+        .await
+        .unwrap();
+    store
+        .upsert_job("demo", "v1", "jobs/demo.yaml", "id: demo")
+        .await
+        .unwrap();
+    let at = |hour: u32| Utc.with_ymd_and_hms(2024, 2, 1, hour, 0, 0).unwrap();
+    let ended = |trigger: RunTrigger, day: u32, job: &'static str, state: RunState, hour: u32| async move {
+        let run = store.create_run(new_run(job, day, trigger)).await.unwrap();
+        store
+            .set_run_state(&run.run_id, RunState::Running, at(hour))
+            .await
+            .unwrap();
+        store
+            .set_run_state(&run.run_id, state, at(hour))
+            .await
+            .unwrap();
+        run.run_id
+    };
+    // The oldest run left a try with lines, an output and a committed state.
+    let oldest = store
+        .create_run(new_run("demo", 1, RunTrigger::Scheduled))
+        .await
+        .unwrap()
+        .run_id;
+    store
+        .set_run_state(&oldest, RunState::Running, at(1))
+        .await
+        .unwrap();
+    let attempt = store
+        .start_try(
+            &TryKey {
+                run_id: oldest.clone(),
+                task_id: "extract".into(),
+                try_number: 1,
+            },
+            "docker",
+            "synth:1",
+            at(1),
+        )
+        .await
+        .unwrap();
+    let lines: Vec<LogLine> = (0..25_000)
+        .map(|seq| LogLine {
+            try_id: attempt.try_id,
+            seq,
+            stream: LogStream::Stdout,
+            timestamp: at(1),
+            text: format!("line {seq}"),
+        })
+        .collect();
+    store.append_logs(&lines).await.unwrap();
+    store
+        .put_output(&oldest, "extract", "rows", &json!(3))
+        .await
+        .unwrap();
+    store
+        .set_pending_state(attempt.try_id, &json!({"cursor": 9}))
+        .await
+        .unwrap();
+    store.finish_try(&succeeded(attempt.try_id)).await.unwrap();
+    store
+        .set_run_state(&oldest, RunState::Success, at(1))
+        .await
+        .unwrap();
+    let manual = ended(RunTrigger::Manual, 2, "demo", RunState::Failed, 2).await;
+    let latest_scheduled = ended(RunTrigger::Scheduled, 3, "demo", RunState::Success, 3).await;
+    let other = ended(RunTrigger::Scheduled, 1, "other", RunState::Success, 4).await;
+    let running = store
+        .create_run(new_run("demo", 4, RunTrigger::Manual))
+        .await
+        .unwrap()
+        .run_id;
+    store
+        .set_run_state(&running, RunState::Running, at(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.committed_state("demo", "extract").await.unwrap(),
+        Some(json!({"cursor": 9}))
+    );
+    let ids = |runs: Vec<RunToClean>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    let all = CleanFilter::default();
+    // Every ended run but each job's latest scheduled one; the running one never.
+    assert_eq!(
+        ids(store.runs_to_clean(&all, 100).await.unwrap()),
+        vec![oldest.clone(), manual.clone()]
+    );
+    assert_eq!(
+        ids(store.runs_to_clean(&all, 1).await.unwrap()),
+        vec![oldest.clone()]
+    );
+    let before = CleanFilter {
+        ended_before: Some(at(2)),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.runs_to_clean(&before, 100).await.unwrap()),
+        vec![oldest.clone()]
+    );
+    let keep_two = CleanFilter {
+        keep_last: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.runs_to_clean(&keep_two, 100).await.unwrap()),
+        vec![oldest.clone()]
+    );
+    let keep_one = CleanFilter {
+        keep_last: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.runs_to_clean(&keep_one, 100).await.unwrap()),
+        vec![oldest.clone(), manual.clone()]
+    );
+    let other_job = CleanFilter {
+        job_id: Some("other".into()),
+        ..Default::default()
+    };
+    assert!(store
+        .runs_to_clean(&other_job, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let not_demo = CleanFilter {
+        except_jobs: vec!["demo".into()],
+        ..Default::default()
+    };
+    assert!(store
+        .runs_to_clean(&not_demo, 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let cleaned = store
+        .delete_runs(&[oldest.clone(), running.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        cleaned,
+        Cleaned {
+            runs: 1,
+            task_instances: 2,
+            tries: 1,
+            log_lines: 25_000,
+            notifications: 0
+        }
+    );
+    assert!(store.get_run(&oldest).await.is_err());
+    assert!(store
+        .logs(attempt.try_id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.outputs(&oldest).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_run(&running).await.unwrap().state,
+        RunState::Running
+    );
+    // The committed state, and where it came from, stay.
+    assert_eq!(
+        store.committed_state("demo", "extract").await.unwrap(),
+        Some(json!({"cursor": 9}))
+    );
+    assert_eq!(
+        store
+            .state_history("demo", "extract", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // v0 is used by no run and is not current: it goes; v1 stays.
+    assert_eq!(store.delete_unused_job_versions().await.unwrap(), 1);
+    assert!(store.job_source("demo", "v0").await.is_err());
+    assert_eq!(store.job_source("demo", "v1").await.unwrap(), "id: demo");
+    assert_eq!(
+        ids(store.runs_to_clean(&all, 100).await.unwrap()),
+        vec![manual.clone()]
+    );
+    let _ = (latest_scheduled, other);
+    assert!(store.size_bytes().await.unwrap() > 0);
+}
+
 pub async fn pools_start_with_default_and_can_be_resized(store: &dyn Store) {
     let pools = store.list_pools().await.unwrap();
     assert_eq!(
@@ -2127,6 +2320,7 @@ macro_rules! store_contract_suite {
             case!(runs_are_found_by_prefix_and_listed_newest_first);
             case!(tries_record_results_and_commit_state_only_on_success);
             case!(log_lines_keep_their_order_and_streams);
+            case!(runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_needed);
             case!(archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches);
             case!(pools_start_with_default_and_can_be_resized);
             case!(connections_keep_only_sealed_values);

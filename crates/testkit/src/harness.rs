@@ -58,11 +58,14 @@ pub struct Harness {
     scripted: Option<Scripted>,
     /// The artifact store, when not a folder of the harness's own.
     artifacts: Option<stevedore_artifacts::ArtifactStore>,
-    /// `log_archive_after`, when not the scheduler's default.
-    log_archive_after: Option<Duration>,
+    /// What the test changed in the scheduler's configuration, applied again on restart.
+    configure: Option<Configure>,
     /// Where tries' lines are read: rows, or archived logs.
     pub logs: Arc<stevedore_artifacts::logs::Logs>,
 }
+
+/// A change to the scheduler's configuration ([`Harness::start_configured`]).
+pub type Configure = Arc<dyn Fn(&mut SchedulerConfig) + Send + Sync>;
 
 /// What a [`Harness::scripted`] runs on.
 #[derive(Clone)]
@@ -130,6 +133,16 @@ impl Harness {
     /// A scheduler with the process backend whose tries' logs move to its artifact store
     /// (a folder of its own) `after` they ended (`log_archive_after`).
     pub async fn start_archiving_logs(jobs: &[(&str, &str)], after: Duration) -> Harness {
+        Harness::start_configured(
+            jobs,
+            Arc::new(move |config: &mut SchedulerConfig| config.log_archive_after = Some(after)),
+        )
+        .await
+    }
+
+    /// A scheduler with the process backend (and a folder artifact store of its own) whose
+    /// configuration `configure` changes after the harness's own settings.
+    pub async fn start_configured(jobs: &[(&str, &str)], configure: Configure) -> Harness {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let jobs_dir = dir.path().join("jobs");
@@ -143,7 +156,7 @@ impl Harness {
             SecretKey::generate().unwrap(),
             None,
             None,
-            Some(after),
+            Some(configure),
         )
         .await
     }
@@ -287,7 +300,7 @@ impl Harness {
         secret_key: SecretKey,
         scripted: Option<Scripted>,
         artifacts: Option<stevedore_artifacts::ArtifactStore>,
-        log_archive_after: Option<Duration>,
+        configure: Option<Configure>,
     ) -> Harness {
         let jobs_dir = dir.path().join("jobs");
         let store: Arc<dyn Store> = Arc::new(
@@ -344,8 +357,8 @@ impl Harness {
                 );
             }
         }
-        if let Some(after) = log_archive_after {
-            config.log_archive_after = Some(after);
+        if let Some(configure) = &configure {
+            configure(&mut config);
         }
         let logs = Arc::new(stevedore_artifacts::logs::Logs::new(
             store.clone(),
@@ -373,7 +386,7 @@ impl Harness {
             scheduler,
             scripted,
             artifacts,
-            log_archive_after,
+            configure,
             logs,
         }
     }
@@ -396,7 +409,7 @@ impl Harness {
             self.secret_key.clone(),
             self.scripted.take(),
             self.artifacts.take(),
-            self.log_archive_after,
+            self.configure.take(),
         )
         .await
     }

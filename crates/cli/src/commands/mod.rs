@@ -97,6 +97,84 @@ pub async fn migrate(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `db clean`: see [`stevedore_scheduler::retention`].
+pub async fn clean(
+    global: &Global,
+    before: Option<String>,
+    job: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(&global.db).await?;
+    let ended_before = match before {
+        Some(text) => Some(
+            stevedore_domain::job::parse_date(&text, chrono_tz::Tz::UTC)
+                .map_err(|e| anyhow!("--before {e}"))?,
+        ),
+        None => None,
+    };
+    let filter = stevedore_store::CleanFilter {
+        job_id: job,
+        ended_before,
+        ..Default::default()
+    };
+    let artifacts = global.artifacts(None).map_err(|e| anyhow!(e))?;
+    let human = global.output != Format::Json;
+    let report = stevedore_scheduler::retention::clean(
+        store.as_ref(),
+        Some(&artifacts),
+        &filter,
+        dry_run,
+        |so_far| {
+            if human {
+                eprintln!("removed {} runs…", so_far.cleaned.runs);
+            }
+        },
+    )
+    .await?;
+    if !human {
+        print_json(&json!({
+            "dry_run": dry_run,
+            "runs_found": report.runs_found,
+            "runs": report.cleaned.runs,
+            "task_instances": report.cleaned.task_instances,
+            "tries": report.cleaned.tries,
+            "log_lines": report.cleaned.log_lines,
+            "notifications": report.cleaned.notifications,
+            "objects": report.objects,
+            "job_versions": report.job_versions,
+            "size_before": report.size_before,
+            "size_after": report.size_after,
+            "space_given_back": report.space_given_back,
+            "seconds": report.took.as_secs_f64(),
+        }));
+    } else if dry_run {
+        println!(
+            "{} ended runs would be removed (store {} bytes); nothing was removed",
+            report.runs_found, report.size_before
+        );
+    } else {
+        println!(
+            "removed {} runs ({} task instances, {} tries, {} log lines, {} alerts), {} objects from the artifact store and {} unused job versions in {:.1} s; store {} -> {} bytes{}",
+            report.cleaned.runs,
+            report.cleaned.task_instances,
+            report.cleaned.tries,
+            report.cleaned.log_lines,
+            report.cleaned.notifications,
+            report.objects,
+            report.job_versions,
+            report.took.as_secs_f64(),
+            report.size_before,
+            report.size_after,
+            if report.space_given_back || store.size_bytes().await? < report.size_before {
+                ""
+            } else {
+                " (the freed space is reused by the database; a SQLite store made before Stevedore gave space back keeps its file size)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn schedulers(global: &Global) -> anyhow::Result<ExitCode> {
     let store = open_store(&global.db).await?;
     let schedulers = store.list_schedulers().await?;

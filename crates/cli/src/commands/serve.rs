@@ -197,6 +197,7 @@ pub(super) async fn scheduler(
     if let Some(after) = global.log_archive_after {
         config.log_archive_after = after;
     }
+    config.retention = global.retention;
     for (value, setting) in [
         (global.artifact_retention, &mut config.artifact_retention),
         (global.sweep_every, &mut config.sweep_every),

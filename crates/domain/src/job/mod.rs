@@ -49,6 +49,8 @@ pub struct Job {
     /// A run not ended this long after its data interval ended (scheduled runs) or after
     /// it was queued (manual, backfill) makes a `deadline_missed` event, once; it goes on.
     pub deadline: Option<Duration>,
+    /// How long the job's ended runs are kept (`retention`); `None`: the configuration's.
+    pub retention: Option<crate::retention::Retention>,
     /// A run not ended this long after it started is failed, its running tries killed
     /// (reason `run timeout`), as Airflow's `dagrun_timeout`.
     pub run_timeout: Option<Duration>,

@@ -234,6 +234,11 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         .map(|spanned| build_events(&spanned.value, line_of(spanned), problems));
     let deadline = job_duration("deadline", &raw.deadline, problems);
     let run_timeout = job_duration("run_timeout", &raw.run_timeout, problems);
+    let retention = raw.retention.as_ref().and_then(|spanned| {
+        crate::retention::Retention::parse(&spanned.value.0)
+            .map_err(|message| problems.at(line_of(spanned), format!("retention: {message}")))
+            .ok()
+    });
     let repeated_failure_after = match &raw.repeated_failure_after {
         Some(spanned) if spanned.value == 0 => {
             problems.at(
@@ -270,6 +275,7 @@ pub(super) fn build_job(raw: RawJob, text: &str, problems: &mut Problems<'_>) ->
         version: hex(&Sha256::digest(text.as_bytes())),
         notify,
         deadline,
+        retention,
         run_timeout,
         repeated_failure_after,
         asset_trigger,

@@ -53,6 +53,7 @@ pub(super) struct RawJob {
     pub(super) allowed_images: Option<Spanned<Vec<String>>>,
     pub(super) notify: Option<Vec<Spanned<RawRule>>>,
     pub(super) deadline: Option<Spanned<Scalar>>,
+    pub(super) retention: Option<Spanned<Scalar>>,
     pub(super) run_timeout: Option<Spanned<Scalar>>,
     pub(super) repeated_failure_after: Option<Spanned<u32>>,
     pub(super) events: Option<Spanned<RawEvents>>,

@@ -468,3 +468,29 @@ fn events_blocks_are_read_with_defaults_and_checked() {
         );
     }
 }
+
+#[test]
+fn a_job_s_retention_is_a_duration_a_count_or_never_and_a_bad_one_names_its_line() {
+    use crate::retention::Retention;
+    let job = parse_job(
+        "r.yaml",
+        "id: r\nretention: 30d\ntasks:\n  - id: a\n    image: x:1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        job.retention,
+        Some(Retention::Age(Duration::from_secs(30 * 86_400)))
+    );
+    let job = parse_job(
+        "r.yaml",
+        "id: r\nretention: 100 runs\ntasks:\n  - id: a\n    image: x:1\n",
+    )
+    .unwrap();
+    assert_eq!(job.retention, Some(Retention::Runs(100)));
+    let errors = errors("id: r\ntasks:\n  - id: a\n    image: x:1\nretention: lots\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("jobs/bad.yaml:5: retention: `lots` is not a retention"),
+        "{errors:?}"
+    );
+}

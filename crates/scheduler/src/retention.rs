@@ -1,0 +1,131 @@
+//! Removing ended runs: `stevedore db clean` (Airflow's `airflow db clean`) and the
+//! `retention` the scheduler applies once a day.
+//!
+//! Runs go a batch at a time ([`BATCH`] runs): their files and archived logs from the
+//! artifact store first, then their rows ([`Store::delete_runs`]: each run in a
+//! transaction of its own, its log lines before it in batches), so no statement holds the
+//! store's writer for long and a scheduling pass always gets in between. What cannot be
+//! removed (an artifact store that does not answer) stops the clean with nothing of that
+//! run removed; the next clean takes it again. Never removed: a run that has not ended, a
+//! job's latest scheduled run (the next interval follows it), the committed state, the job
+//! versions runs still use.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use stevedore_artifacts::ArtifactStore;
+use stevedore_domain::retention::Retention;
+use stevedore_store::{CleanFilter, Cleaned, RunToClean, Store, StoreError};
+
+/// Runs removed between two looks at what is left.
+pub const BATCH: u32 = 100;
+
+/// What a clean did (or, dry, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// The runs found (all removed unless dry).
+    pub runs_found: u64,
+    pub cleaned: Cleaned,
+    /// Objects deleted from the artifact store: runs' files and archived logs.
+    pub objects: u64,
+    pub job_versions: u64,
+    pub size_before: u64,
+    pub size_after: u64,
+    /// Whether freed space went back to the file system (SQLite with incremental
+    /// auto-vacuum); otherwise the database reuses it.
+    pub space_given_back: bool,
+    pub took: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("run {run_id}: its files could not be deleted from the artifact store, so it was kept: {reason}")]
+    Artifacts { run_id: String, reason: String },
+}
+
+/// The runs `filter` selects, removed unless `dry_run` (see the module doc). `progress` is
+/// told after each batch.
+pub async fn clean(
+    store: &dyn Store,
+    artifacts: Option<&ArtifactStore>,
+    filter: &CleanFilter,
+    dry_run: bool,
+    mut progress: impl FnMut(&CleanReport),
+) -> Result<CleanReport, CleanError> {
+    let started = std::time::Instant::now();
+    let mut report = CleanReport {
+        size_before: store.size_bytes().await?,
+        ..Default::default()
+    };
+    if dry_run {
+        report.runs_found = store.runs_to_clean(filter, u32::MAX).await?.len() as u64;
+        report.size_after = report.size_before;
+        report.took = started.elapsed();
+        return Ok(report);
+    }
+    loop {
+        let runs = store.runs_to_clean(filter, BATCH).await?;
+        if runs.is_empty() {
+            break;
+        }
+        report.runs_found += runs.len() as u64;
+        let mut removed = 0;
+        for run in &runs {
+            // A run's objects, then at once its rows: a run whose files could not be
+            // deleted keeps its rows, and the next clean takes it again.
+            remove_objects(artifacts, run, &mut report).await?;
+            let cleaned = store.delete_runs(std::slice::from_ref(&run.run_id)).await?;
+            removed += cleaned.runs;
+            report.cleaned.add(&cleaned);
+        }
+        progress(&report);
+        if removed == 0 {
+            // Every run of the batch came back to life (cleared) meanwhile.
+            break;
+        }
+        // A pause between batches: the scheduler's writes get in at once.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    report.job_versions = store.delete_unused_job_versions().await?;
+    report.space_given_back = store.reclaim_space().await?;
+    report.size_after = store.size_bytes().await?;
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+async fn remove_objects(
+    artifacts: Option<&ArtifactStore>,
+    run: &RunToClean,
+    report: &mut CleanReport,
+) -> Result<(), CleanError> {
+    let Some(artifacts) = artifacts else {
+        return Ok(());
+    };
+    let failed = |error: stevedore_artifacts::ArtifactError| CleanError::Artifacts {
+        run_id: run.run_id.clone(),
+        reason: error.to_string(),
+    };
+    report.objects += artifacts.remove_run(&run.run_id).await.map_err(failed)?;
+    report.objects += artifacts
+        .remove_run_logs(&run.run_id)
+        .await
+        .map_err(failed)?;
+    Ok(())
+}
+
+/// The filter a retention makes at `now`; `None` keeps everything.
+pub fn filter_of(retention: Retention, now: DateTime<Utc>) -> Option<CleanFilter> {
+    match retention {
+        Retention::Forever => None,
+        Retention::Age(age) => Some(CleanFilter {
+            ended_before: now.checked_sub_signed(chrono::TimeDelta::from_std(age).ok()?),
+            ..Default::default()
+        }),
+        Retention::Runs(keep) => Some(CleanFilter {
+            keep_last: Some(keep),
+            ..Default::default()
+        }),
+    }
+}
