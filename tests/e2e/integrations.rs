@@ -193,6 +193,34 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
             harness.log_lines(load).await
         );
     }
+    // `/metrics`, as Prometheus scrapes it from a server on the same store: the records
+    // the integrations reported, and the job's histograms.
+    let scrape = metrics_scraper(&harness).await;
+    let after_first = scrape().await;
+    assert_eq!(
+        sample(&after_first, "stevedore_task_metric_total{job=\"charges_to_warehouse\",task=\"extract\",name=\"records\"}"),
+        Some(300.0),
+        "{after_first}"
+    );
+    assert_eq!(
+        sample(
+            &after_first,
+            "stevedore_task_metric_total{job=\"charges_to_warehouse\",task=\"load\",name=\"rows\"}"
+        ),
+        Some(300.0),
+        "{after_first}"
+    );
+    let durations_first = sample(
+        &after_first,
+        "stevedore_try_duration_seconds_count{job=\"charges_to_warehouse\"}",
+    )
+    .expect("a try duration histogram");
+    let lags_first = sample(
+        &after_first,
+        "stevedore_run_lag_seconds_count{job=\"charges_to_warehouse\"}",
+    )
+    .expect("a run lag histogram (the first run was scheduled)");
+    assert!(durations_first >= 2.0 && lags_first >= 1.0, "{after_first}");
     // Both images came from the registry, and each try records the digest it ran.
     for task in ["extract", "load"] {
         let attempt = &harness.tries(&first.run_id, task).await[0];
@@ -241,6 +269,38 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
             .unwrap();
     }
     assert_eq!((extracted, loaded), (5, 5));
+    // The totals count every record once, the gauge holds the last run's, and each ended
+    // try moved the duration histogram.
+    let after_second = scrape().await;
+    assert_eq!(
+        sample(
+            &after_second,
+            "stevedore_task_metric_total{job=\"charges_to_warehouse\",task=\"load\",name=\"rows\"}"
+        ),
+        Some(305.0),
+        "{after_second}"
+    );
+    // The gauge: the last extract's count (5, or 0 when an hour's scheduled run came last).
+    let last = sample(
+        &after_second,
+        "stevedore_task_metric{job=\"charges_to_warehouse\",task=\"extract\",name=\"records\"}",
+    );
+    assert!(
+        matches!(last, Some(v) if v == 5.0 || v == 0.0),
+        "{after_second}"
+    );
+    let durations_second = sample(
+        &after_second,
+        "stevedore_try_duration_seconds_count{job=\"charges_to_warehouse\"}",
+    )
+    .unwrap_or_default();
+    assert!(durations_second >= durations_first + 2.0, "{after_second}");
+    assert!(
+        after_second.contains(
+            "stevedore_try_duration_seconds_bucket{job=\"charges_to_warehouse\",le=\"+Inf\"}"
+        ),
+        "{after_second}"
+    );
     assert_eq!(
         warehouse.query("SELECT count(*), count(DISTINCT id), max(id) FROM charges"),
         "305|305|305"
@@ -251,6 +311,51 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
         "amount:bigint,currency:text,customer:text,id:bigint,updated_at:text"
     );
     harness.stop().await;
+}
+
+/// A server on the harness's store, and a closure that scrapes its `/metrics` with a
+/// viewer's token.
+async fn metrics_scraper(
+    harness: &Harness,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> {
+    let (token, hash) = stevedore_server::auth::new_token().unwrap();
+    harness
+        .store
+        .create_token("prometheus", stevedore_domain::role::Role::Viewer, &hash)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let state = stevedore_server::AppState::new(harness.store.clone(), harness.jobs_dir(), None);
+    tokio::spawn(stevedore_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    move || {
+        let (address, token) = (address.clone(), token.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let (status, _, body) = http(
+                    "GET",
+                    &address,
+                    "/metrics",
+                    &[("Authorization", &format!("Bearer {token}"))],
+                );
+                assert_eq!(status, 200, "{body}");
+                body
+            })
+            .await
+            .unwrap()
+        })
+    }
+}
+
+/// The value of one sample of a text exposition (`name{labels}` as written).
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// A load killed half-way commits nothing: no rows, and the extract's cursor does not move

@@ -81,6 +81,7 @@ async fn store_with_an_ended_try(dir: &std::path::Path) -> (Arc<dyn Store>, TryR
             next_try_at: None,
             notifications: Vec::new(),
             produces: Vec::new(),
+            metrics: Vec::new(),
         })
         .await
         .unwrap();

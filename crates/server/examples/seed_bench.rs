@@ -106,6 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         next_try_at: None,
                         notifications: Vec::new(),
                         produces: Vec::new(),
+                        metrics: Vec::new(),
                     })
                     .await?;
                 if log_try.is_none() {

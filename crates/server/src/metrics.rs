@@ -66,6 +66,14 @@ pub async fn count_requests(
     response
 }
 
+/// A label value as the text exposition format writes it: `\`, `"` and line feeds escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Prometheus metrics (text exposition)
 ///
 /// Needs a token with the viewer role.
@@ -128,6 +136,79 @@ pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiRes
             }
         }
     }
+    // What integrations report: the `metric` messages of their tries.
+    let metrics = state.store.task_metrics().await?;
+    let _ = writeln!(
+        text,
+        "# HELP stevedore_task_metric The last value a task's tries reported for a metric (`metric` messages), by job, task and name."
+    );
+    let _ = writeln!(text, "# TYPE stevedore_task_metric gauge");
+    for metric in &metrics {
+        let _ = writeln!(
+            text,
+            "stevedore_task_metric{{job=\"{}\",task=\"{}\",name=\"{}\"}} {}",
+            label(&metric.job_id),
+            label(&metric.task_id),
+            label(&metric.name),
+            metric.last_value
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP stevedore_task_metric_total The sum of the values successful tries reported for a metric (records moved, rows loaded), by job, task and name."
+    );
+    let _ = writeln!(text, "# TYPE stevedore_task_metric_total counter");
+    for metric in &metrics {
+        let _ = writeln!(
+            text,
+            "stevedore_task_metric_total{{job=\"{}\",task=\"{}\",name=\"{}\"}} {}",
+            label(&metric.job_id),
+            label(&metric.task_id),
+            label(&metric.name),
+            metric.total
+        );
+    }
+    let histograms = state.store.job_histograms().await?;
+    for (name, help) in [
+        (
+            "try_duration_seconds",
+            "How long tries ran, from start to end, by job.",
+        ),
+        (
+            "run_lag_seconds",
+            "How long after its data interval ended a scheduled run ended, by job.",
+        ),
+    ] {
+        let metric = format!("stevedore_{name}");
+        let _ = writeln!(text, "# HELP {metric} {help}");
+        let _ = writeln!(text, "# TYPE {metric} histogram");
+        for histogram in histograms.iter().filter(|h| h.name == name) {
+            let job = label(&histogram.job_id);
+            let mut cumulative = 0u64;
+            for (index, count) in histogram.buckets.iter().enumerate() {
+                cumulative += count;
+                let le = stevedore_store::HISTOGRAM_BUCKETS
+                    .get(index)
+                    .map_or("+Inf".to_owned(), |bound| bound.to_string());
+                let _ = writeln!(
+                    text,
+                    "{metric}_bucket{{job=\"{job}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(text, "{metric}_sum{{job=\"{job}\"}} {}", histogram.sum);
+            let _ = writeln!(text, "{metric}_count{{job=\"{job}\"}} {}", histogram.count);
+        }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP stevedore_store_bytes The metadata store's size on disk."
+    );
+    let _ = writeln!(text, "# TYPE stevedore_store_bytes gauge");
+    let _ = writeln!(
+        text,
+        "stevedore_store_bytes {}",
+        state.store.size_bytes().await?
+    );
     let _ = writeln!(
         text,
         "# HELP stevedore_http_requests_total Requests this server answered, by route, method and status."

@@ -723,6 +723,7 @@ fn the_assets_pages_show_producers_consumers_and_updates() {
                 next_try_at: None,
                 notifications: Vec::new(),
                 produces: vec!["warehouse.charges".into()],
+                metrics: Vec::new(),
             })
             .await
             .unwrap();

@@ -480,6 +480,14 @@ pub trait Store: Send + Sync {
     /// The archive of a try's log, `None` while its lines are rows.
     async fn log_archive(&self, try_id: i64) -> Result<Option<LogArchiveRecord>>;
 
+    // Metrics (`/metrics`, the run page).
+    /// Every task's metrics ([`TaskMetric`]).
+    async fn task_metrics(&self) -> Result<Vec<TaskMetric>>;
+    /// Every job's histograms ([`HISTOGRAMS`]).
+    async fn job_histograms(&self) -> Result<Vec<JobHistogram>>;
+    /// The metrics a run's tries reported, by task and try.
+    async fn run_metrics(&self, run_id: &str) -> Result<Vec<RunMetric>>;
+
     // Retention (`stevedore db clean`, `retention`).
     /// Ended runs the filter selects, oldest first, at most `limit`. Never a run that has
     /// not ended, nor the latest scheduled run of its job (the scheduler's next interval

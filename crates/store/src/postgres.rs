@@ -84,6 +84,11 @@ fn migrator() -> &'static Migrator {
                 "log archives",
                 include_str!("../migrations/postgres/0010_log_archives.sql"),
             ),
+            migration(
+                11,
+                "metrics",
+                include_str!("../migrations/postgres/0011_metrics.sql"),
+            ),
         ]);
         // A newer Stevedore may have migrated the database further while this one still
         // runs (a rolling upgrade): its migrations are the newer schema's, not a mismatch.

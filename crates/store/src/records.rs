@@ -254,6 +254,8 @@ pub struct TryFinish {
     pub notifications: Vec<NewNotification>,
     /// The assets the try's task `produces`: each gets an update event with a success.
     pub produces: Vec<String>,
+    /// The last value of each `metric` message the try printed.
+    pub metrics: Vec<(String, f64)>,
 }
 
 /// One write of a try, for [`Store::write_tries`]: what [`Store::start_try_fenced`],
@@ -506,6 +508,52 @@ impl Cleaned {
         self.log_lines += other.log_lines;
         self.notifications += other.notifications;
     }
+}
+
+/// The upper bounds (seconds) of the histograms' buckets (`+Inf` follows the last).
+pub const HISTOGRAM_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
+
+/// The index of the bucket `seconds` falls in ([`HISTOGRAM_BUCKETS`], then `+Inf`).
+pub fn bucket_of(seconds: f64) -> i64 {
+    HISTOGRAM_BUCKETS
+        .iter()
+        .position(|bound| seconds <= *bound)
+        .unwrap_or(HISTOGRAM_BUCKETS.len()) as i64
+}
+
+/// The histograms the store keeps per job.
+pub const HISTOGRAMS: [&str; 2] = ["try_duration_seconds", "run_lag_seconds"];
+
+/// One task's metric (`stevedore_task_metric`): the last value reported, and the total of
+/// successful tries' values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskMetric {
+    pub job_id: String,
+    pub task_id: String,
+    pub name: String,
+    pub last_value: f64,
+    pub total: f64,
+}
+
+/// One job's histogram: counts per bucket (not cumulative; the last is `+Inf`), count, sum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobHistogram {
+    pub job_id: String,
+    pub name: String,
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+/// A metric a try of a run reported (the run page's metrics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunMetric {
+    pub task_id: String,
+    pub try_id: i64,
+    pub name: String,
+    pub value: f64,
 }
 
 /// A try whose log is to be archived ([`Store::logs_to_archive`]).

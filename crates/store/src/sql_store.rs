@@ -323,6 +323,35 @@ impl $store {
 
     /// Writes notifications into the outbox; one whose id is there already (the same
     /// event written again) is kept once.
+    /// Adds one observation to a job's histogram `name` (see `job_histograms`).
+    async fn observe(
+        tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
+        job_id: &str,
+        name: &str,
+        seconds: f64,
+    ) -> Result<()> {
+        sql::query::<$dialect>(
+            "INSERT INTO job_histograms (job_id, name, bucket, count) VALUES (?, ?, ?, 1) \
+             ON CONFLICT (job_id, name, bucket) DO UPDATE SET count = job_histograms.count + 1",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(bucket_of(seconds))
+        .execute(&mut **tx)
+        .await?;
+        sql::query::<$dialect>(
+            "INSERT INTO job_histogram_sums (job_id, name, count, sum) VALUES (?, ?, 1, ?) \
+             ON CONFLICT (job_id, name) DO UPDATE SET count = job_histogram_sums.count + 1, \
+             sum = job_histogram_sums.sum + excluded.sum",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(seconds)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_notifications(
         tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
         notifications: &[&NewNotification],
@@ -654,14 +683,25 @@ impl $store {
             .collect();
         for chunk in finishes.chunks(BULK_ROWS) {
             let mut query =
-                QueryBuilder::<Db>::new("SELECT try_id, run_id, task_id, pending_state FROM tries WHERE try_id IN ");
+                QueryBuilder::<Db>::new("SELECT t.try_id, t.run_id, t.task_id, t.pending_state, t.started_at, r.job_id, t.state FROM tries t JOIN runs r ON r.run_id = t.run_id WHERE t.try_id IN ");
             push_bound_list(&mut query, chunk.iter().map(|(_, finish)| finish.try_id));
-            let rows: Vec<(i64, String, String, Option<String>)> =
+            let rows: Vec<(i64, String, String, Option<String>, String, String, String)> =
                 query.build_query_as().fetch_all(&mut **tx).await?;
-            let mut found: HashMap<i64, (String, String, Option<String>)> = rows
-                .into_iter()
-                .map(|(try_id, run_id, task_id, pending)| (try_id, (run_id, task_id, pending)))
-                .collect();
+            let mut found: HashMap<i64, (String, String, Option<String>)> = HashMap::new();
+            let mut durations: Vec<(String, f64)> = Vec::new();
+            for (try_id, run_id, task_id, pending, started_at, job_id, state) in rows {
+                // A try's duration, observed once: when it ends the first time.
+                if state == "running" {
+                    if let Some(finish) = chunk.iter().find(|(_, f)| f.try_id == try_id) {
+                        let seconds = (finish.1.ended_at - parse_ts(&started_at)?).num_milliseconds() as f64 / 1000.0;
+                        durations.push((job_id, seconds.max(0.0)));
+                    }
+                }
+                found.insert(try_id, (run_id, task_id, pending));
+            }
+            for (job_id, seconds) in &durations {
+                Self::observe(tx, job_id, "try_duration_seconds", *seconds).await?;
+            }
             let mut ending = Vec::with_capacity(chunk.len());
             for (index, finish) in chunk {
                 match found.remove(&finish.try_id) {
@@ -723,6 +763,38 @@ impl $store {
                     )
                     .bind(asset)
                     .bind(task_id.as_str())
+                    .bind(ts(finish.ended_at))
+                    .bind(run_id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+            // The try's metrics: kept per try, and per task the last value and the total
+            // of successful tries.
+            for (_, finish, run_id, task_id, _) in &ending {
+                for (name, value) in &finish.metrics {
+                    sql::query::<$dialect>(
+                        "INSERT INTO try_metrics (try_id, run_id, task_id, name, value) VALUES (?, ?, ?, ?, ?) \
+                         ON CONFLICT (try_id, name) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(finish.try_id)
+                    .bind(run_id.as_str())
+                    .bind(task_id.as_str())
+                    .bind(name.as_str())
+                    .bind(*value)
+                    .execute(&mut **tx)
+                    .await?;
+                    let counted = if finish.state == TryState::Success { *value } else { 0.0 };
+                    sql::query::<$dialect>(
+                        "INSERT INTO task_metrics (job_id, task_id, name, last_value, total, updated_at) \
+                         SELECT job_id, ?, ?, ?, ?, ? FROM runs WHERE run_id = ? \
+                         ON CONFLICT (job_id, task_id, name) DO UPDATE SET last_value = excluded.last_value, \
+                         total = task_metrics.total + excluded.total, updated_at = excluded.updated_at",
+                    )
+                    .bind(task_id.as_str())
+                    .bind(name.as_str())
+                    .bind(*value)
+                    .bind(counted)
                     .bind(ts(finish.ended_at))
                     .bind(run_id.as_str())
                     .execute(&mut **tx)
@@ -1194,6 +1266,21 @@ impl Store for $store {
                 .map(|(run_id, _)| run_id.as_str())
                 .collect();
             for chunk in run_ids.chunks(BULK_ROWS) {
+                if state.is_finished() {
+                    // How late a scheduled run ending now ended: from its interval's end.
+                    let mut query = QueryBuilder::<Db>::new(
+                        "SELECT job_id, data_interval_end FROM runs WHERE run_trigger = 'scheduled' \
+                         AND state NOT IN ('success', 'failed') AND run_id IN ",
+                    );
+                    push_bound_list(&mut query, chunk.iter().copied());
+                    let ending: Vec<(String, String)> =
+                        query.build_query_as().fetch_all(&mut *tx).await?;
+                    let ended_at = parse_ts(&at)?;
+                    for (job_id, interval_end) in ending {
+                        let lag = (ended_at - parse_ts(&interval_end)?).num_milliseconds() as f64 / 1000.0;
+                        Self::observe(&mut tx, &job_id, "run_lag_seconds", lag.max(0.0)).await?;
+                    }
+                }
                 if state == RunState::Success {
                     // A run that succeeds now (not before) updates its job's asset `job:ID`,
                     // which `schedule: {after: [ID]}` waits for.
@@ -1821,6 +1908,76 @@ impl Store for $store {
         Ok(())
     }
 
+    async fn task_metrics(&self) -> Result<Vec<TaskMetric>> {
+        let rows: Vec<(String, String, String, f64, f64)> = sql::query_as::<$dialect, _>(
+            "SELECT job_id, task_id, name, last_value, total FROM task_metrics ORDER BY job_id, task_id, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job_id, task_id, name, last_value, total)| TaskMetric {
+                job_id,
+                task_id,
+                name,
+                last_value,
+                total,
+            })
+            .collect())
+    }
+
+    async fn job_histograms(&self) -> Result<Vec<JobHistogram>> {
+        let sums: Vec<(String, String, i64, f64)> = sql::query_as::<$dialect, _>(
+            "SELECT job_id, name, count, sum FROM job_histogram_sums ORDER BY job_id, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let buckets: Vec<(String, String, i64, i64)> = sql::query_as::<$dialect, _>(
+            "SELECT job_id, name, bucket, count FROM job_histograms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(sums
+            .into_iter()
+            .map(|(job_id, name, count, sum)| {
+                let mut counts = vec![0u64; HISTOGRAM_BUCKETS.len() + 1];
+                for (_, _, bucket, n) in buckets
+                    .iter()
+                    .filter(|(j, m, ..)| *j == job_id && *m == name)
+                {
+                    if let Some(slot) = counts.get_mut(*bucket as usize) {
+                        *slot += *n as u64;
+                    }
+                }
+                JobHistogram {
+                    job_id,
+                    name,
+                    buckets: counts,
+                    count: count as u64,
+                    sum,
+                }
+            })
+            .collect())
+    }
+
+    async fn run_metrics(&self, run_id: &str) -> Result<Vec<RunMetric>> {
+        let rows: Vec<(String, i64, String, f64)> = sql::query_as::<$dialect, _>(
+            "SELECT task_id, try_id, name, value FROM try_metrics WHERE run_id = ? ORDER BY task_id, try_id, name",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(task_id, try_id, name, value)| RunMetric {
+                task_id,
+                try_id,
+                name,
+                value,
+            })
+            .collect())
+    }
+
     async fn runs_to_clean(&self, filter: &CleanFilter, limit: u32) -> Result<Vec<RunToClean>> {
         // Each ended run, ranked among its job's by end (newest 1); the latest scheduled
         // run of a job is never taken.
@@ -1938,6 +2095,7 @@ impl Store for $store {
             .await?;
             for table in [
                 "artifacts",
+                "try_metrics",
                 "log_archives",
                 "outputs",
                 "run_pending_state",

@@ -55,6 +55,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         16,
         include_str!("../migrations/sqlite/0016_log_archives.sql"),
     ),
+    (17, include_str!("../migrations/sqlite/0017_metrics.sql")),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).

@@ -37,6 +37,7 @@ fn succeeded(try_id: i64) -> TryFinish {
         next_try_at: None,
         notifications: Vec::new(),
         produces: Vec::new(),
+        metrics: Vec::new(),
     }
 }
 
@@ -262,6 +263,7 @@ pub async fn tries_record_results_and_commit_state_only_on_success(store: &dyn S
             next_try_at: Some(Utc::now()),
             notifications: Vec::new(),
             produces: Vec::new(),
+            metrics: Vec::new(),
         })
         .await
         .unwrap();
@@ -703,6 +705,97 @@ pub async fn runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_neede
     );
     let _ = (latest_scheduled, other);
     assert!(store.size_bytes().await.unwrap() > 0);
+}
+
+/// What tries report (`metric` messages) is kept per try and per task (the last value,
+/// the total of successful tries); try durations and scheduled runs' lags fill the job's
+/// histograms, once per end.
+pub async fn metrics_are_kept_per_try_and_task_and_histograms_count_each_end(store: &dyn Store) {
+    let run = store
+        .create_run(new_run("demo", 1, RunTrigger::Scheduled))
+        .await
+        .unwrap();
+    store
+        .set_run_state(&run.run_id, RunState::Running, Utc::now())
+        .await
+        .unwrap();
+    let key = |try_number| TryKey {
+        run_id: run.run_id.clone(),
+        task_id: "extract".into(),
+        try_number,
+    };
+    let started = Utc::now() - chrono::TimeDelta::seconds(20);
+    let first = store
+        .start_try(&key(1), "docker", "synth:1", started)
+        .await
+        .unwrap();
+    store
+        .finish_try(&TryFinish {
+            state: TryState::Failed,
+            task_state: TaskState::UpForRetry,
+            metrics: vec![("records".into(), 40.0)],
+            ..succeeded(first.try_id)
+        })
+        .await
+        .unwrap();
+    let second = store
+        .start_try(&key(2), "docker", "synth:1", started)
+        .await
+        .unwrap();
+    store
+        .finish_try(&TryFinish {
+            metrics: vec![("records".into(), 100.0), ("requests".into(), 3.0)],
+            ..succeeded(second.try_id)
+        })
+        .await
+        .unwrap();
+    let metrics = store.task_metrics().await.unwrap();
+    let records = metrics.iter().find(|m| m.name == "records").unwrap();
+    assert_eq!(
+        (
+            records.job_id.as_str(),
+            records.task_id.as_str(),
+            records.last_value,
+            records.total
+        ),
+        ("demo", "extract", 100.0, 100.0),
+        "the failed try's 40 is not counted"
+    );
+    assert_eq!(metrics.len(), 2);
+    let per_run = store.run_metrics(&run.run_id).await.unwrap();
+    assert_eq!(per_run.len(), 3);
+    assert_eq!((per_run[0].try_id, per_run[0].value), (first.try_id, 40.0));
+    store
+        .set_run_state(&run.run_id, RunState::Success, Utc::now())
+        .await
+        .unwrap();
+    let histograms = store.job_histograms().await.unwrap();
+    let durations = histograms
+        .iter()
+        .find(|h| h.name == "try_duration_seconds")
+        .unwrap();
+    assert_eq!(durations.count, 2);
+    assert!((durations.sum - 40.0).abs() < 2.0, "{durations:?}");
+    assert_eq!(durations.buckets[bucket_of(20.0) as usize], 2);
+    let lag = histograms
+        .iter()
+        .find(|h| h.name == "run_lag_seconds")
+        .unwrap();
+    assert_eq!(lag.count, 1);
+    // A run already ended is not observed again.
+    store
+        .set_run_state(&run.run_id, RunState::Success, Utc::now())
+        .await
+        .unwrap();
+    let again = store.job_histograms().await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .find(|h| h.name == "run_lag_seconds")
+            .unwrap()
+            .count,
+        1
+    );
 }
 
 pub async fn pools_start_with_default_and_can_be_resized(store: &dyn Store) {
@@ -1473,6 +1566,7 @@ pub async fn a_group_of_try_writes_keeps_each_result(store: &dyn Store) {
                     next_try_at: Some(t0),
                     notifications: Vec::new(),
                     produces: Vec::new(),
+                    metrics: Vec::new(),
                 }),
                 fence: own,
             },
@@ -1724,6 +1818,7 @@ pub async fn notifications_are_written_with_their_state_change_once(store: &dyn 
         next_try_at: Some(Utc::now()),
         notifications: vec![retry.clone()],
         produces: Vec::new(),
+        metrics: Vec::new(),
     };
     store.finish_try(&finish).await.unwrap();
     // Written again (a write retried after its answer was lost): kept once.
@@ -2320,6 +2415,7 @@ macro_rules! store_contract_suite {
             case!(runs_are_found_by_prefix_and_listed_newest_first);
             case!(tries_record_results_and_commit_state_only_on_success);
             case!(log_lines_keep_their_order_and_streams);
+            case!(metrics_are_kept_per_try_and_task_and_histograms_count_each_end);
             case!(runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_needed);
             case!(archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches);
             case!(pools_start_with_default_and_can_be_resized);

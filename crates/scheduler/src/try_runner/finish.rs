@@ -45,7 +45,8 @@ impl TryRunner {
                 "{message}; the try was stopped without reading its output, since its connection values could not be masked"
             ))),
         };
-        self.finish(job, task, context, record.try_id, exit).await
+        self.finish(job, task, context, record.try_id, exit, Vec::new())
+            .await
     }
 
     /// Records a try's end, fenced by this runner's claim.
@@ -107,6 +108,7 @@ impl TryRunner {
         context: &TryContext,
         try_id: i64,
         exit: TryExit,
+        metrics: Vec<(String, f64)>,
     ) -> anyhow::Result<TryEnd> {
         let now = self.clock.now();
         let ending = Ending {
@@ -166,6 +168,7 @@ impl TryRunner {
             } else {
                 Vec::new()
             },
+            metrics,
         };
         match self.record(&finish).await {
             Ok(()) => Ok(TryEnd::Finished(task_state)),

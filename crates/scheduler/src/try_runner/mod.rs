@@ -121,6 +121,8 @@ struct Recorded {
     /// The last `{"type":"error"}` message the try printed: its failure reason if it then
     /// exits with a failing code.
     error: Option<stevedore_domain::state::ReportedError>,
+    /// The last value of each `metric` the try printed (at most [`sink::MAX_METRICS`]).
+    metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// A try's container record on its way to the store.
@@ -242,7 +244,7 @@ impl TryRunner {
                     failure: Some(FailureReason::Backend(format!("template {message}"))),
                 };
                 return self
-                    .finish(&job, &task, &context, started.try_id, exit)
+                    .finish(&job, &task, &context, started.try_id, exit, Vec::new())
                     .await;
             }
         };
@@ -259,7 +261,7 @@ impl TryRunner {
                 })),
             };
             return self
-                .finish(&job, &task, &context, started.try_id, exit)
+                .finish(&job, &task, &context, started.try_id, exit, Vec::new())
                 .await;
         };
         let (connection_env, masker) = match self.connection_env(&task).await {
@@ -270,7 +272,7 @@ impl TryRunner {
                     failure: Some(FailureReason::Backend(message)),
                 };
                 return self
-                    .finish(&job, &task, &context, started.try_id, exit)
+                    .finish(&job, &task, &context, started.try_id, exit, Vec::new())
                     .await;
             }
         };
@@ -283,7 +285,7 @@ impl TryRunner {
                     failure: Some(FailureReason::Backend(message)),
                 };
                 return self
-                    .finish(&job, &task, &context, started.try_id, exit)
+                    .finish(&job, &task, &context, started.try_id, exit, Vec::new())
                     .await;
             }
         };
@@ -370,7 +372,14 @@ impl TryRunner {
                     .await?;
                 // The end is queued behind the container's record, often into the same group.
                 let end = self
-                    .finish(&job, &task, &context, started.try_id, exit)
+                    .finish(
+                        &job,
+                        &task,
+                        &context,
+                        started.try_id,
+                        exit,
+                        std::mem::take(&mut recorded.metrics).into_iter().collect(),
+                    )
                     .await?;
                 if let Some(message) = self.settle_container(&mut recorded).await? {
                     return Ok(TryEnd::Fenced(message));
@@ -397,6 +406,7 @@ impl TryRunner {
                     next_try_at: None,
                     notifications: Vec::new(),
                     produces: Vec::new(),
+                    metrics: Vec::new(),
                 })
                 .await?;
                 Ok(TryEnd::BackendUnavailable(message))
@@ -443,6 +453,7 @@ impl TryRunner {
             next_try_at: None,
             notifications: Vec::new(),
             produces: Vec::new(),
+            metrics: Vec::new(),
         };
         let backend = match self.backend.clone() {
             Some(backend) if backend.can_adopt() => backend,
@@ -531,7 +542,14 @@ impl TryRunner {
                     )
                     .await?;
                 let end = self
-                    .finish(&job, &task, &context, record.try_id, exit)
+                    .finish(
+                        &job,
+                        &task,
+                        &context,
+                        record.try_id,
+                        exit,
+                        std::mem::take(&mut recorded.metrics).into_iter().collect(),
+                    )
                     .await?;
                 self.discard(&backend, recorded.container_id.as_deref())
                     .await;
@@ -562,7 +580,7 @@ impl TryRunner {
                     exit_code: None,
                     failure: Some(FailureReason::Lost(reason)),
                 };
-                self.finish(&job, &task, &context, record.try_id, exit)
+                self.finish(&job, &task, &context, record.try_id, exit, Vec::new())
                     .await
             }
             Ok(Adopted::Missing) => {
@@ -574,7 +592,7 @@ impl TryRunner {
                         record.container_id.as_deref().unwrap_or_default()
                     ))),
                 };
-                self.finish(&job, &task, &context, record.try_id, exit)
+                self.finish(&job, &task, &context, record.try_id, exit, Vec::new())
                     .await
             }
             Err(BackendError::Unavailable(message) | BackendError::Disconnected(message)) => {

@@ -266,6 +266,16 @@ pub(super) async fn consume_events(
                         recorded.error =
                             Some(stevedore_domain::state::ReportedError { message, retryable })
                     }
+                    // A metric's last value, for the store at the try's end: a bounded
+                    // number of names, each of bounded length, finite values only.
+                    Some(Message::Metric { name, value }) if !broken && value.is_finite() => {
+                        let fits = name.len() <= MAX_METRIC_NAME
+                            && (recorded.metrics.contains_key(&name)
+                                || recorded.metrics.len() < MAX_METRICS);
+                        if fits {
+                            recorded.metrics.insert(name, value);
+                        }
+                    }
                     _ => {}
                 }
                 batch.push(LogLine {
@@ -290,6 +300,11 @@ pub(super) async fn consume_events(
     append(&writes, &batch, fence).await?;
     Ok(recorded)
 }
+
+/// The most metric names one try reports (more are logged, not kept as metrics).
+pub(super) const MAX_METRICS: usize = 50;
+/// The longest metric name kept.
+const MAX_METRIC_NAME: usize = 100;
 
 /// Aborts a task when dropped (a finished task is left as it is).
 struct AbortOnDrop(tokio::task::AbortHandle);

@@ -221,6 +221,7 @@ impl Server {
             next_try_at: None,
             notifications: Vec::new(),
             produces: Vec::new(),
+            metrics: Vec::new(),
         };
         self.runtime
             .block_on(self.store.finish_try(&finish))

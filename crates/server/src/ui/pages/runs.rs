@@ -27,6 +27,12 @@ pub async fn run(
     }
     let operator = viewer.may(Role::Operator);
     let artifacts = state.store.run_artifacts(&run.run_id).await?;
+    // What each try reported (`metric` messages): records moved, rows loaded.
+    let try_numbers: std::collections::HashMap<i64, u32> = tries
+        .iter()
+        .flat_map(|(_, attempts)| attempts.iter().map(|a| (a.try_id, a.try_number)))
+        .collect();
+    let metrics = state.store.run_metrics(&run.run_id).await?;
     let mut alerts = state
         .store
         .list_notifications(&stevedore_store::NotificationFilter {
@@ -95,6 +101,26 @@ pub async fn run(
                                 td { (took(Some(attempt.started_at), attempt.ended_at)) }
                                 td.mono { (attempt.image_ref) }
                                 td.mono.digest { (attempt.image_digest.clone().unwrap_or_else(|| "–".into())) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Metrics" }
+        @if metrics.is_empty() {
+            p.meta { "No try of this run reported a metric (" code { "{\"type\":\"metric\"}" } " messages)." }
+        } @else {
+            div.table-wrap {
+                table.metrics {
+                    thead { tr { th { "Task" } th { "Try" } th { "Metric" } th.num { "Value" } } }
+                    tbody {
+                        @for metric in &metrics {
+                            tr {
+                                td { (metric.task_id) }
+                                td { (try_numbers.get(&metric.try_id).map_or("–".to_owned(), |n| n.to_string())) }
+                                td.mono { (metric.name) }
+                                td.num { (metric.value) }
                             }
                         }
                     }
