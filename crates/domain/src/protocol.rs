@@ -281,6 +281,21 @@ fn looks_like_message(text: &str) -> bool {
 
 /// Reads a stdout line: `Some` for a protocol message, `None` for a plain log line (any line
 /// that is not a JSON object with a known `type` and the fields that type needs).
+/// A `progress` message's line as people read it: `progress: 300 of 1200 (25%)`, or
+/// `progress: 300` without a total; `None` for any other line.
+pub fn progress_text(line: &str) -> Option<String> {
+    let Some(Message::Progress { done, total }) = parse_line(line) else {
+        return None;
+    };
+    Some(match total {
+        Some(total) if total > 0.0 => format!(
+            "progress: {done} of {total} ({:.0}%)",
+            (done / total * 100.0).clamp(0.0, 100.0)
+        ),
+        _ => format!("progress: {done}"),
+    })
+}
+
 pub fn parse_line(line: &str) -> Option<Message> {
     let trimmed = line.trim_start();
     if !trimmed.starts_with('{') {
@@ -518,5 +533,22 @@ mod tests {
         assert_eq!(parse_line(r#"{"type":"output","value":1}"#), None);
         assert_eq!(parse_line(r#"{"type":"unknown"}"#), None);
         assert_eq!(parse_line("{not json"), None);
+    }
+
+    #[test]
+    fn a_progress_line_reads_as_a_fraction() {
+        assert_eq!(
+            progress_text(r#"{"done":300,"total":1200,"type":"progress"}"#).as_deref(),
+            Some("progress: 300 of 1200 (25%)")
+        );
+        assert_eq!(
+            progress_text(r#"{"type":"progress","done":7}"#).as_deref(),
+            Some("progress: 7")
+        );
+        assert_eq!(
+            progress_text(r#"{"type":"metric","name":"x","value":1}"#),
+            None
+        );
+        assert_eq!(progress_text("plain text"), None);
     }
 }

@@ -339,6 +339,45 @@ fn a_long_log_opens_at_its_end_a_page_at_a_time() {
     assert!(first.html.contains(&format!("{path}?from=5000\">Later")));
 }
 
+/// The try page shows the latest `progress` message above the log (the live log keeps it
+/// up to date); a try that reported none shows no bar.
+#[test]
+fn the_try_page_shows_the_latest_progress() {
+    let server = Server::start();
+    let run_id = server.trigger();
+    let try_id = server.start_try(&run_id, "extract");
+    let cookie = server.login(&server.viewer);
+    let path = format!("/runs/{run_id}/tasks/extract/tries/1");
+    server.log(try_id, 0, &["starting", "no progress yet"]);
+    let before = server.browse("GET", &path, Some(&cookie), &[]);
+    assert!(
+        before.html.contains("id=\"progress\" hidden"),
+        "no bar before any progress"
+    );
+    // Even positions are stdout (see `Server::log`).
+    server.log(
+        try_id,
+        2,
+        &[
+            r#"{"type":"progress","done":300,"total":1200}"#,
+            "a line on stderr",
+            r#"{"done":600,"total":1200,"type":"progress"}"#,
+        ],
+    );
+    let page = server.browse("GET", &path, Some(&cookie), &[]);
+    assert!(
+        !page.html.contains("id=\"progress\" hidden"),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("600 of 1200 (50%)"), "{}", page.html);
+    assert!(
+        page.html.contains("value=\"600\" max=\"1200\""),
+        "{}",
+        page.html
+    );
+}
+
 /// Issue 14: cancelling an ended run answered with an error in the CLI, a 409 in the API
 /// and silence in the UI. The one action (`stevedore_ops::actions::cancel`) now answers the
 /// same at every door: a 409 naming the run and its state.

@@ -105,11 +105,15 @@ pub async fn tasks(global: &Global, command: TasksCommand) -> anyhow::Result<Exi
         if global.output == Format::Json {
             println!("{}", json!(stevedore_ops::views::LogLineView::from(&line)));
         } else {
+            // A progress message reads as one: `progress: 300 of 1200 (25%)`.
+            let progress = (line.stream == stevedore_store::LogStream::Stdout)
+                .then(|| stevedore_domain::protocol::progress_text(&line.text))
+                .flatten();
             println!(
                 "{} {:<6} {}",
                 line.timestamp.format("%H:%M:%S%.3f"),
                 line.stream.as_str(),
-                line.text
+                progress.as_deref().unwrap_or(&line.text)
             );
         }
     }

@@ -562,6 +562,15 @@ pub async fn try_page(
                 }
             }
         }
+        @let progress = lines.iter().rev().filter(|l| l.stream == stevedore_store::LogStream::Stdout).find_map(|l| match stevedore_domain::protocol::parse_line(&l.text) {
+            Some(stevedore_domain::protocol::Message::Progress { done, total }) => Some((done, total)),
+            _ => None,
+        });
+        // The latest `progress` message: kept up to date by the live log (app.js).
+        div.progress #progress hidden[progress.is_none()] {
+            progress #progress-bar value=[progress.map(|(done, _)| done)] max=[progress.and_then(|(_, total)| total)] {}
+            " " span #progress-text { (progress.map(|(done, total)| match total { Some(total) if total > 0.0 => format!("{done} of {total} ({:.0}%)", (done / total * 100.0).clamp(0.0, 100.0)), _ => done.to_string() }).unwrap_or_default()) }
+        }
         h2 { "Log" @if running { " " span.live #live { "live" } } }
         @if from > 0 || lines.last().is_some_and(|l| l.seq < last) {
             p.pager {
