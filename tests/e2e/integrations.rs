@@ -220,7 +220,15 @@ async fn the_pipeline_loads_every_record_once_and_then_only_changes() {
         "stevedore_run_lag_seconds_count{job=\"charges_to_warehouse\"}",
     )
     .expect("a run lag histogram (the first run was scheduled)");
-    assert!(durations_first >= 2.0 && lags_first >= 1.0, "{after_first}");
+    let waits_first = sample(
+        &after_first,
+        "stevedore_queue_wait_seconds_count{job=\"charges_to_warehouse\"}",
+    )
+    .unwrap_or_else(|| panic!("a queue wait histogram: {after_first}"));
+    assert!(
+        durations_first >= 2.0 && lags_first >= 1.0 && waits_first >= 2.0,
+        "{after_first}"
+    );
     // Both images came from the registry, and each try records the digest it ran.
     for task in ["extract", "load"] {
         let attempt = &harness.tries(&first.run_id, task).await[0];

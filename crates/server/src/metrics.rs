@@ -175,6 +175,10 @@ pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiRes
             "How long tries ran, from start to end, by job.",
         ),
         (
+            "queue_wait_seconds",
+            "How long task instances waited from ready (their trigger rule held, a retry fell due) to their try's start, by job.",
+        ),
+        (
             "run_lag_seconds",
             "How long after its data interval ended a scheduled run ended, by job.",
         ),

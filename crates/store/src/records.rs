@@ -524,7 +524,11 @@ pub fn bucket_of(seconds: f64) -> i64 {
 }
 
 /// The histograms the store keeps per job.
-pub const HISTOGRAMS: [&str; 2] = ["try_duration_seconds", "run_lag_seconds"];
+pub const HISTOGRAMS: [&str; 3] = [
+    "try_duration_seconds",
+    "queue_wait_seconds",
+    "run_lag_seconds",
+];
 
 /// One task's metric (`stevedore_task_metric`): the last value reported, and the total of
 /// successful tries' values.

@@ -323,32 +323,47 @@ impl $store {
 
     /// Writes notifications into the outbox; one whose id is there already (the same
     /// event written again) is kept once.
-    /// Adds one observation to a job's histogram `name` (see `job_histograms`).
+    /// Adds observations `(job, seconds)` to the jobs' histograms `name` (see
+    /// `job_histograms`), one statement per job and bucket.
     async fn observe(
         tx: &mut sqlx::Transaction<'static, <$dialect as Dialect>::DB>,
-        job_id: &str,
         name: &str,
-        seconds: f64,
+        observations: &[(String, f64)],
     ) -> Result<()> {
-        sql::query::<$dialect>(
-            "INSERT INTO job_histograms (job_id, name, bucket, count) VALUES (?, ?, ?, 1) \
-             ON CONFLICT (job_id, name, bucket) DO UPDATE SET count = job_histograms.count + 1",
-        )
-        .bind(job_id)
-        .bind(name)
-        .bind(bucket_of(seconds))
-        .execute(&mut **tx)
-        .await?;
-        sql::query::<$dialect>(
-            "INSERT INTO job_histogram_sums (job_id, name, count, sum) VALUES (?, ?, 1, ?) \
-             ON CONFLICT (job_id, name) DO UPDATE SET count = job_histogram_sums.count + 1, \
-             sum = job_histogram_sums.sum + excluded.sum",
-        )
-        .bind(job_id)
-        .bind(name)
-        .bind(seconds)
-        .execute(&mut **tx)
-        .await?;
+        use std::collections::BTreeMap;
+        let mut buckets: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        let mut sums: BTreeMap<&str, (i64, f64)> = BTreeMap::new();
+        for (job_id, seconds) in observations {
+            *buckets.entry((job_id.as_str(), bucket_of(*seconds))).or_default() += 1;
+            let sum = sums.entry(job_id.as_str()).or_default();
+            sum.0 += 1;
+            sum.1 += seconds;
+        }
+        for ((job_id, bucket), count) in buckets {
+            sql::query::<$dialect>(
+                "INSERT INTO job_histograms (job_id, name, bucket, count) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (job_id, name, bucket) DO UPDATE SET count = job_histograms.count + excluded.count",
+            )
+            .bind(job_id)
+            .bind(name)
+            .bind(bucket)
+            .bind(count)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for (job_id, (count, sum)) in sums {
+            sql::query::<$dialect>(
+                "INSERT INTO job_histogram_sums (job_id, name, count, sum) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (job_id, name) DO UPDATE SET count = job_histogram_sums.count + excluded.count, \
+                 sum = job_histogram_sums.sum + excluded.sum",
+            )
+            .bind(job_id)
+            .bind(name)
+            .bind(count)
+            .bind(sum)
+            .execute(&mut **tx)
+            .await?;
+        }
         Ok(())
     }
 
@@ -522,6 +537,28 @@ impl $store {
             if inserted.is_empty() {
                 continue;
             }
+            // How long each waited from ready to started.
+            let mut query = QueryBuilder::<Db>::new(
+                "SELECT r.job_id, ti.run_id, ti.task_id, ti.ready_at FROM task_instances ti JOIN runs r ON r.run_id = ti.run_id \
+                 WHERE ti.ready_at IS NOT NULL AND (ti.run_id, ti.task_id) IN (",
+            );
+            query.push_values(&inserted, |mut row, (_, key, ..)| {
+                row.push_bind(key.run_id.as_str()).push_bind(key.task_id.as_str());
+            });
+            query.push(")");
+            let ready: Vec<(String, String, String, String)> =
+                query.build_query_as().fetch_all(&mut **tx).await?;
+            let mut waits = Vec::with_capacity(ready.len());
+            for (job_id, run_id, task_id, ready_at) in ready {
+                if let Some((.., at, _)) = inserted
+                    .iter()
+                    .find(|(_, key, ..)| key.run_id == run_id && key.task_id == task_id)
+                {
+                    let wait = (parse_ts(at)? - parse_ts(&ready_at)?).num_milliseconds() as f64 / 1000.0;
+                    waits.push((job_id, wait.max(0.0)));
+                }
+            }
+            Self::observe(tx, "queue_wait_seconds", &waits).await?;
             let mut query = QueryBuilder::<Db>::new("WITH v (run_id, task_id, try_number, at) AS (");
             query.push_values(&inserted, |mut row, (_, key, _, _, at, _)| {
                 row.push_bind(key.run_id.as_str())
@@ -530,7 +567,7 @@ impl $store {
                     .push_bind(*at);
             });
             query.push(
-                ") UPDATE task_instances SET state = 'running', try_number = v.try_number, \
+                ") UPDATE task_instances SET state = 'running', try_number = v.try_number, ready_at = NULL, \
                  next_try_at = NULL, started_at = COALESCE(task_instances.started_at, v.at), ended_at = NULL, \
                  waiting_since = NULL, waiting_reason = NULL \
                  FROM v WHERE task_instances.run_id = v.run_id AND task_instances.task_id = v.task_id",
@@ -699,9 +736,7 @@ impl $store {
                 }
                 found.insert(try_id, (run_id, task_id, pending));
             }
-            for (job_id, seconds) in &durations {
-                Self::observe(tx, job_id, "try_duration_seconds", *seconds).await?;
-            }
+            Self::observe(tx, "try_duration_seconds", &durations).await?;
             let mut ending = Vec::with_capacity(chunk.len());
             for (index, finish) in chunk {
                 match found.remove(&finish.try_id) {
@@ -1276,10 +1311,12 @@ impl Store for $store {
                     let ending: Vec<(String, String)> =
                         query.build_query_as().fetch_all(&mut *tx).await?;
                     let ended_at = parse_ts(&at)?;
+                    let mut lags = Vec::with_capacity(ending.len());
                     for (job_id, interval_end) in ending {
                         let lag = (ended_at - parse_ts(&interval_end)?).num_milliseconds() as f64 / 1000.0;
-                        Self::observe(&mut tx, &job_id, "run_lag_seconds", lag.max(0.0)).await?;
+                        lags.push((job_id, lag.max(0.0)));
                     }
+                    Self::observe(&mut tx, "run_lag_seconds", &lags).await?;
                 }
                 if state == RunState::Success {
                     // A run that succeeds now (not before) updates its job's asset `job:ID`,
@@ -1575,6 +1612,14 @@ impl Store for $store {
                 query.push_bind(state.as_str());
                 if state.is_finished() {
                     query.push(", ended_at = ").push_bind(ended.as_str());
+                }
+                // Ready since now, unless it was already (scheduled and queued in one
+                // write keep only the last change; the start clears it).
+                if matches!(state, TaskState::Scheduled | TaskState::Queued) {
+                    query
+                        .push(", ready_at = COALESCE(ready_at, ")
+                        .push_bind(ended.as_str())
+                        .push(")");
                 }
                 if !matches!(state, TaskState::UpForRetry | TaskState::UpForReschedule) {
                     query.push(", next_try_at = NULL");

@@ -725,6 +725,14 @@ pub async fn metrics_are_kept_per_try_and_task_and_histograms_count_each_end(sto
         try_number,
     };
     let started = Utc::now() - chrono::TimeDelta::seconds(20);
+    // Ready 7 s before it started.
+    store
+        .set_task_states(
+            &[(run.run_id.clone(), "extract".into(), TaskState::Scheduled)],
+            started - chrono::TimeDelta::seconds(7),
+        )
+        .await
+        .unwrap();
     let first = store
         .start_try(&key(1), "docker", "synth:1", started)
         .await
@@ -777,6 +785,15 @@ pub async fn metrics_are_kept_per_try_and_task_and_histograms_count_each_end(sto
     assert_eq!(durations.count, 2);
     assert!((durations.sum - 40.0).abs() < 2.0, "{durations:?}");
     assert_eq!(durations.buckets[bucket_of(20.0) as usize], 2);
+    let waits = histograms
+        .iter()
+        .find(|h| h.name == "queue_wait_seconds")
+        .unwrap();
+    assert_eq!(
+        waits.count, 1,
+        "the second try was never made ready: {waits:?}"
+    );
+    assert!((waits.sum - 7.0).abs() < 0.01, "{waits:?}");
     let lag = histograms
         .iter()
         .find(|h| h.name == "run_lag_seconds")

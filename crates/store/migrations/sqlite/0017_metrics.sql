@@ -38,3 +38,7 @@ CREATE TABLE job_histogram_sums (
     sum    DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (job_id, name)
 );
+
+-- When a task instance last became ready (`scheduled`): its next try's start observes the
+-- queue wait (ready -> started) in the job's histogram.
+ALTER TABLE task_instances ADD COLUMN ready_at TEXT;
