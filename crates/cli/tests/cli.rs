@@ -83,10 +83,13 @@ impl Workspace {
 
     /// `standalone` with one more environment variable.
     fn standalone_with(&self, variable: Option<(&str, &str)>) -> Standalone {
+        self.standalone_envs(variable.as_slice())
+    }
+
+    /// `standalone` with these environment variables.
+    fn standalone_envs(&self, variables: &[(&str, &str)]) -> Standalone {
         let mut command = self.command(&["standalone", "--port", "0"]);
-        if let Some((name, value)) = variable {
-            command.env(name, value);
-        }
+        command.envs(variables.iter().copied());
         let log = std::fs::File::create(self.dir.path().join("standalone.log")).unwrap();
         let child = command
             .stdout(Stdio::null())
@@ -1943,4 +1946,137 @@ fn assets_are_listed_cycles_are_refused_and_only_an_events_job_gets_a_webhook_to
             && stderr.contains("models.yaml:2: job `models` is in a cycle"),
         "{stderr}"
     );
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1: every body posted to `/v1/traces` (JSON), answered
+/// `200 {}` as a collector answers.
+struct OtlpReceiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl OtlpReceiver {
+    fn start() -> OtlpReceiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    // Requests one after another on a kept-alive connection.
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if request_line.starts_with("POST /v1/traces") {
+                            if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                                kept.lock().unwrap().push(value);
+                            }
+                        }
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                        );
+                    }
+                });
+            }
+        });
+        OtlpReceiver { url, bodies }
+    }
+
+    /// Every span received: `(trace id, span id, parent span id, name)`.
+    fn spans(&self) -> Vec<(String, String, String, String)> {
+        let mut spans = Vec::new();
+        for body in self.bodies.lock().unwrap().iter() {
+            for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+                for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                    for span in scope["spans"].as_array().into_iter().flatten() {
+                        let text = |key: &str| span[key].as_str().unwrap_or("").to_owned();
+                        spans.push((
+                            text("traceId"),
+                            text("spanId"),
+                            text("parentSpanId"),
+                            text("name"),
+                        ));
+                    }
+                }
+            }
+        }
+        spans
+    }
+}
+
+/// The main job's run reaches an OTLP receiver as one trace: the run's span (its trace id
+/// the run id), a span per try under it, and each try's dispatch and backend start under
+/// the try's.
+#[test]
+fn a_run_of_the_example_job_reaches_an_otlp_receiver_as_one_trace() {
+    let receiver = OtlpReceiver::start();
+    let workspace = Workspace::with_examples(&[]);
+    let standalone = workspace.standalone_envs(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_SERVICE_NAME", "stevedore-test"),
+    ]);
+    let run = workspace.json(&["jobs", "trigger", "example_etl", "--wait", "-o", "json"]);
+    assert_eq!(run["state"], "success", "{run}");
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    // A clean stop sends what is batched.
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "{log}");
+    let trace_id = run_id.replace('-', "");
+    let spans: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|(trace, ..)| *trace == trace_id)
+        .collect();
+    let runs: Vec<_> = spans.iter().filter(|s| s.3 == "run example_etl").collect();
+    assert_eq!(runs.len(), 1, "{spans:#?}");
+    let run_span = &runs[0].1;
+    assert_eq!(runs[0].2, "", "the run's span is the root");
+    let tries: Vec<_> = spans.iter().filter(|s| s.3.starts_with("try ")).collect();
+    assert_eq!(tries.len(), 5, "a span per try: {spans:#?}");
+    assert!(
+        tries.iter().all(|t| t.2 == *run_span),
+        "tries under the run: {spans:#?}"
+    );
+    for try_span in &tries {
+        let children: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.2 == try_span.1)
+            .map(|s| s.3.as_str())
+            .collect();
+        assert!(
+            children.contains(&"dispatch") && children.contains(&"backend start"),
+            "{}: {children:?}",
+            try_span.3
+        );
+    }
+    let body = serde_json::to_string(&*receiver.bodies.lock().unwrap()).unwrap();
+    assert!(body.contains("stevedore-test"), "the service name");
 }

@@ -168,6 +168,7 @@ impl Scheduler {
                 defaults: scheduler.config.try_defaults.clone(),
                 clock: scheduler.config.clock.clone(),
                 artifacts: scheduler.config.artifacts.clone(),
+                traces: scheduler.traces.clone(),
             };
             let registry = scheduler.clone();
             let registered_key = key.clone();

@@ -25,6 +25,7 @@ mod lease;
 pub mod notifier;
 mod pass;
 pub mod retention;
+pub mod traces;
 pub mod try_runner;
 
 use std::collections::{HashMap, HashSet};
@@ -115,6 +116,9 @@ pub struct SchedulerConfig {
     pub backend_unavailable_timeout: Duration,
     /// How notifications are delivered (`public_url`, `notification_give_up_after`).
     pub notifier: notifier::NotifierConfig,
+    /// Where traces of runs and tries go (the `OTEL_EXPORTER_OTLP_*` variables); `None`:
+    /// no traces.
+    pub traces: Option<traces::TracesConfig>,
 }
 
 impl SchedulerConfig {
@@ -144,6 +148,7 @@ impl SchedulerConfig {
             },
             clock: Arc::new(SystemClock),
             backend_unavailable_timeout: Duration::from_secs(600),
+            traces: None,
             notifier: Default::default(),
         }
     }
@@ -180,6 +185,8 @@ pub struct Scheduler {
     passes: std::sync::atomic::AtomicU64,
     /// Woken when events may have entered the outbox, so the notifier looks at once.
     notifications_waiting: tokio::sync::Notify,
+    /// The OTLP exporter of runs' and tries' spans, when configured.
+    traces: Option<Arc<traces::Traces>>,
 }
 
 impl Scheduler {
@@ -189,7 +196,22 @@ impl Scheduler {
         config: SchedulerConfig,
     ) -> Arc<Scheduler> {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let traces =
+            config
+                .traces
+                .as_ref()
+                .and_then(|traces| match traces::Traces::start(traces) {
+                    Ok(started) => {
+                        info!(endpoint = %traces.endpoint, "exporting traces over OTLP");
+                        Some(Arc::new(started))
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "no traces: the OTLP exporter could not be made");
+                        None
+                    }
+                });
         Arc::new(Scheduler {
+            traces,
             id: uuid::Uuid::now_v7().to_string(),
             writes: group_commit::GroupCommit::start(store.clone()),
             store,
@@ -300,6 +322,9 @@ impl Scheduler {
         }
         heartbeat.abort();
         notifier.abort();
+        if let Some(traces) = &self.traces {
+            traces.flush();
+        }
         archiver.abort();
         retention.abort();
         self.stop_following_tries().await;

@@ -32,6 +32,8 @@ struct Plan {
     waiting_changes: Vec<(String, String, Option<Waiting>)>,
     /// Task instances that waited for their backend too long.
     give_ups: Vec<GiveUp>,
+    /// The runs that end, for their spans once their ends are written.
+    ended_runs: Vec<(RunRecord, RunState)>,
 }
 
 /// What a pass decided for one run (see [`Scheduler::advance_run`]).
@@ -273,9 +275,23 @@ impl Scheduler {
         now: chrono::DateTime<Utc>,
     ) -> anyhow::Result<()> {
         self.store.set_task_states(&plan.task_changes, now).await?;
+        let ended_at = self.now();
         self.store
-            .set_run_states_notifying(&plan.run_changes, &plan.run_notifications, self.now())
+            .set_run_states_notifying(&plan.run_changes, &plan.run_notifications, ended_at)
             .await?;
+        if let Some(traces) = &self.traces {
+            for (run, outcome) in plan.ended_runs.drain(..) {
+                traces.run(&crate::traces::RunSpan {
+                    job_id: &run.job_id,
+                    run_id: &run.run_id,
+                    trigger: run.trigger.as_str(),
+                    logical_date: run.logical_date,
+                    state: outcome.as_str(),
+                    started_at: run.started_at.unwrap_or(run.queued_at),
+                    ended_at,
+                });
+            }
+        }
         if !plan.run_notifications.is_empty() {
             self.notifications_waiting.notify_one();
         }
@@ -320,6 +336,9 @@ impl Scheduler {
                 if let Some((outcome, reason)) = advanced.outcome {
                     info!(run_id = %run.run_id, job_id = %run.job_id, state = %outcome, "run finished");
                     plan.run_changes.push((run.run_id.clone(), outcome));
+                    if self.traces.is_some() {
+                        plan.ended_runs.push((run.clone(), outcome));
+                    }
                     match self
                         .run_end_notifications(&advanced.job, &run, outcome, reason)
                         .await

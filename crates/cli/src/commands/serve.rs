@@ -198,6 +198,10 @@ pub(super) async fn scheduler(
         config.log_archive_after = after;
     }
     config.retention = global.retention;
+    // Traces over OTLP, from the standard OpenTelemetry variables (docs/tracing.md).
+    config.traces =
+        stevedore_scheduler::traces::TracesConfig::from_env(|name| std::env::var(name).ok())
+            .map_err(|e| anyhow!(e))?;
     for (value, setting) in [
         (global.artifact_retention, &mut config.artifact_retention),
         (global.sweep_every, &mut config.sweep_every),

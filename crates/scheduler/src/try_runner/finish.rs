@@ -45,7 +45,7 @@ impl TryRunner {
                 "{message}; the try was stopped without reading its output, since its connection values could not be masked"
             ))),
         };
-        self.finish(job, task, context, record.try_id, exit, Vec::new())
+        self.finish(job, task, context, record.try_id, exit, Observed::default())
             .await
     }
 
@@ -108,7 +108,7 @@ impl TryRunner {
         context: &TryContext,
         try_id: i64,
         exit: TryExit,
-        metrics: Vec<(String, f64)>,
+        observed: Observed,
     ) -> anyhow::Result<TryEnd> {
         let now = self.clock.now();
         let ending = Ending {
@@ -168,15 +168,80 @@ impl TryRunner {
             } else {
                 Vec::new()
             },
-            metrics,
+            metrics: observed.metrics,
         };
         match self.record(&finish).await {
-            Ok(()) => Ok(TryEnd::Finished(task_state)),
+            Ok(()) => {
+                self.trace(
+                    job,
+                    context,
+                    try_id,
+                    observed.launch_requested_at,
+                    observed.launched_at,
+                )
+                .await;
+                Ok(TryEnd::Finished(task_state))
+            }
             Err(error) => match fenced(&error) {
                 Some(message) => Ok(TryEnd::Fenced(message)),
                 None => Err(error),
             },
         }
+    }
+}
+
+/// What the try runner saw of a try besides its exit: its metrics, and when the backend was
+/// asked to run it and said it runs (for its spans).
+#[derive(Default)]
+pub(super) struct Observed {
+    pub metrics: Vec<(String, f64)>,
+    pub launch_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub launched_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TryRunner {
+    /// The try's spans, once its end is recorded (when traces are exported): read back as
+    /// recorded, so the span says what the store says.
+    async fn trace(
+        &self,
+        job: &Job,
+        context: &TryContext,
+        try_id: i64,
+        launch_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+        launched_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let Some(traces) = &self.traces else {
+            return;
+        };
+        let task_key = match context.map_index {
+            Some(index) => stevedore_domain::mapping::instance_key(&context.task_id, index),
+            None => context.task_id.clone(),
+        };
+        let Ok(tries) = self.store.tries(&context.run_id, &task_key).await else {
+            return;
+        };
+        let Some(record) = tries.iter().find(|t| t.try_id == try_id) else {
+            return;
+        };
+        let Some(ended_at) = record.ended_at else {
+            return;
+        };
+        traces.attempt(&crate::traces::TrySpan {
+            job_id: &job.id,
+            run_id: &context.run_id,
+            task_id: &task_key,
+            try_id,
+            try_number: record.try_number,
+            backend: &record.backend,
+            image: &record.image_ref,
+            state: record.state.as_str(),
+            exit_code: record.exit_code,
+            reason: record.failure_reason.as_deref(),
+            started_at: record.started_at,
+            ended_at,
+            launch_requested_at,
+            launched_at,
+        });
     }
 }
 

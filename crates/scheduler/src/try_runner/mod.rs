@@ -91,6 +91,8 @@ pub struct TryRunner {
     /// Where tries' files travel between them; `None`: each try's workspace starts empty
     /// and nothing of it is kept.
     pub artifacts: Option<ArtifactStore>,
+    /// Where the try's span goes, when traces are exported.
+    pub traces: Option<Arc<crate::traces::Traces>>,
 }
 
 /// The scheduler's defaults for what a task does not set itself.
@@ -123,6 +125,8 @@ struct Recorded {
     error: Option<stevedore_domain::state::ReportedError>,
     /// The last value of each `metric` the try printed (at most [`sink::MAX_METRICS`]).
     metrics: std::collections::BTreeMap<String, f64>,
+    /// When the backend said the try runs (its `backend start` span ends there).
+    launched_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A try's container record on its way to the store.
@@ -244,7 +248,14 @@ impl TryRunner {
                     failure: Some(FailureReason::Backend(format!("template {message}"))),
                 };
                 return self
-                    .finish(&job, &task, &context, started.try_id, exit, Vec::new())
+                    .finish(
+                        &job,
+                        &task,
+                        &context,
+                        started.try_id,
+                        exit,
+                        finish::Observed::default(),
+                    )
                     .await;
             }
         };
@@ -261,7 +272,14 @@ impl TryRunner {
                 })),
             };
             return self
-                .finish(&job, &task, &context, started.try_id, exit, Vec::new())
+                .finish(
+                    &job,
+                    &task,
+                    &context,
+                    started.try_id,
+                    exit,
+                    finish::Observed::default(),
+                )
                 .await;
         };
         let (connection_env, masker) = match self.connection_env(&task).await {
@@ -272,7 +290,14 @@ impl TryRunner {
                     failure: Some(FailureReason::Backend(message)),
                 };
                 return self
-                    .finish(&job, &task, &context, started.try_id, exit, Vec::new())
+                    .finish(
+                        &job,
+                        &task,
+                        &context,
+                        started.try_id,
+                        exit,
+                        finish::Observed::default(),
+                    )
                     .await;
             }
         };
@@ -285,7 +310,14 @@ impl TryRunner {
                     failure: Some(FailureReason::Backend(message)),
                 };
                 return self
-                    .finish(&job, &task, &context, started.try_id, exit, Vec::new())
+                    .finish(
+                        &job,
+                        &task,
+                        &context,
+                        started.try_id,
+                        exit,
+                        finish::Observed::default(),
+                    )
                     .await;
             }
         };
@@ -345,6 +377,7 @@ impl TryRunner {
         );
         info!(run_id = %run.run_id, task_id = %task.id, try_number, image = %spec.image, "try started");
         let kill_rx_probe = kill_probe;
+        let launch_requested_at = Some(chrono::Utc::now());
         let followed = follow(
             backend.execute(spec, events_tx, kill_rx),
             sink,
@@ -378,7 +411,11 @@ impl TryRunner {
                         &context,
                         started.try_id,
                         exit,
-                        std::mem::take(&mut recorded.metrics).into_iter().collect(),
+                        finish::Observed {
+                            metrics: std::mem::take(&mut recorded.metrics).into_iter().collect(),
+                            launch_requested_at,
+                            launched_at: recorded.launched_at,
+                        },
                     )
                     .await?;
                 if let Some(message) = self.settle_container(&mut recorded).await? {
@@ -548,7 +585,11 @@ impl TryRunner {
                         &context,
                         record.try_id,
                         exit,
-                        std::mem::take(&mut recorded.metrics).into_iter().collect(),
+                        finish::Observed {
+                            metrics: std::mem::take(&mut recorded.metrics).into_iter().collect(),
+                            launch_requested_at: None,
+                            launched_at: recorded.launched_at,
+                        },
                     )
                     .await?;
                 self.discard(&backend, recorded.container_id.as_deref())
@@ -580,8 +621,15 @@ impl TryRunner {
                     exit_code: None,
                     failure: Some(FailureReason::Lost(reason)),
                 };
-                self.finish(&job, &task, &context, record.try_id, exit, Vec::new())
-                    .await
+                self.finish(
+                    &job,
+                    &task,
+                    &context,
+                    record.try_id,
+                    exit,
+                    finish::Observed::default(),
+                )
+                .await
             }
             Ok(Adopted::Missing) => {
                 warn!(run_id = %run.run_id, task_id = %task.id, try_number = record.try_number, "the try's container vanished while no scheduler watched it");
@@ -592,8 +640,15 @@ impl TryRunner {
                         record.container_id.as_deref().unwrap_or_default()
                     ))),
                 };
-                self.finish(&job, &task, &context, record.try_id, exit, Vec::new())
-                    .await
+                self.finish(
+                    &job,
+                    &task,
+                    &context,
+                    record.try_id,
+                    exit,
+                    finish::Observed::default(),
+                )
+                .await
             }
             Err(BackendError::Unavailable(message) | BackendError::Disconnected(message)) => {
                 // Leave the try as it is: it is adopted again once the backend is back.

@@ -201,6 +201,7 @@ pub(super) async fn consume_events(
                     log_seq: seq,
                 });
                 recorded.container_id = Some(container_id);
+                recorded.launched_at = Some(chrono::Utc::now());
             }
             TryEvent::Note(text) => {
                 batch.push(LogLine {
