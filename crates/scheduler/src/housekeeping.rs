@@ -119,7 +119,8 @@ impl Scheduler {
         artifacts: &stevedore_backend::ArtifactStore,
         cutoff: DateTime<Utc>,
     ) -> bool {
-        const BATCH: u32 = 20;
+        const BATCH: u32 = 40;
+        const ARCHIVING_AT_ONCE: usize = 4;
         let tries = match self.store.logs_to_archive(cutoff, BATCH).await {
             Ok(tries) => tries,
             Err(error) => {
@@ -127,15 +128,31 @@ impl Scheduler {
                 return false;
             }
         };
-        for candidate in &tries {
-            match stevedore_artifacts::logs::archive(
-                self.store.as_ref(),
-                artifacts,
-                candidate,
-                self.now(),
-            )
-            .await
-            {
+        // A few at a time: an upload waits on the network, not on this scheduler.
+        use futures_util::StreamExt;
+        let store = self.store.clone();
+        let now = self.now();
+        let results: Vec<(stevedore_store::LogToArchive, Result<_, _>)> =
+            futures_util::stream::iter(tries.clone())
+                .map(|candidate| {
+                    let (store, artifacts) = (store.clone(), artifacts.clone());
+                    async move {
+                        let result = stevedore_artifacts::logs::archive(
+                            store.as_ref(),
+                            &artifacts,
+                            &candidate,
+                            now,
+                        )
+                        .await;
+                        (candidate, result)
+                    }
+                })
+                .buffer_unordered(ARCHIVING_AT_ONCE)
+                .collect()
+                .await;
+        let mut all_done = true;
+        for (candidate, result) in results {
+            match result {
                 Ok(done) => tracing::debug!(
                     try_id = candidate.try_id,
                     lines = done.lines,
@@ -144,12 +161,12 @@ impl Scheduler {
                     "archived a try's log"
                 ),
                 Err(error) => {
+                    all_done = false;
                     warn!(try_id = candidate.try_id, run_id = %candidate.run_id, error = %error, "cannot archive a try's log; its lines stay in the store and it is tried again later");
-                    return false;
                 }
             }
         }
-        tries.len() as u32 == BATCH
+        all_done && tries.len() as u32 == BATCH
     }
 
     /// Applies the retention (each job's own, else the configuration's) a minute after the
