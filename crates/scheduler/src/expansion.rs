@@ -9,7 +9,7 @@ use super::*;
 use serde_json::Value;
 use stevedore_domain::mapping::{self, ForEach};
 use stevedore_domain::template::Variable;
-use stevedore_store::{GiveUp, TaskInstanceRecord, TryKey};
+use stevedore_store::{GiveUp, TaskInstanceRecord};
 
 impl Scheduler {
     /// The run's outputs as `for_each` sees them (a mapped upstream's gathered into a list),
@@ -21,7 +21,6 @@ impl Scheduler {
         states: &HashMap<String, TaskState>,
     ) -> anyhow::Result<HashMap<(String, String), Value>> {
         let keys: Vec<String> = states.keys().cloned().collect();
-        let mut outputs = HashMap::new();
         let sources: std::collections::BTreeSet<&str> = tasks
             .iter()
             .filter_map(|task| match &task.for_each {
@@ -29,11 +28,7 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        for source in sources {
-            let found = self.store.task_outputs(&run.run_id, source).await?;
-            outputs.extend(mapping::gather_outputs(found, &keys));
-        }
-        Ok(outputs)
+        source_outputs(self.store.as_ref(), &run.run_id, sources, &keys).await
     }
 
     /// Expands mapped `task` in `run` (its unexpanded instance is `scheduled` in `states`),
@@ -128,19 +123,32 @@ impl Scheduler {
                 )
             })
             .unwrap_or_default();
-        GiveUp {
-            key: TryKey {
-                run_id: run.run_id.clone(),
-                task_id: task.id.clone(),
-                try_number,
-            },
-            backend: task.backend.as_str().to_owned(),
-            image_ref: task.image.clone(),
+        crate::pass::give_up(
+            run,
+            task,
+            try_number,
             reason,
-            task_state: TaskState::Failed,
-            next_try_at: None,
-            at: now,
+            (TaskState::Failed, None),
+            now,
             notifications,
-        }
+        )
     }
+}
+
+/// The outputs of the tasks `sources` in run `run_id`, as templates and `for_each` see
+/// them: a mapped task's gathered into a list in map-index order, with a place for each of
+/// its instances among `keys` (the run's task instance keys; none needed when no source is
+/// mapped).
+pub(crate) async fn source_outputs<'a>(
+    store: &dyn Store,
+    run_id: &str,
+    sources: impl IntoIterator<Item = &'a str>,
+    keys: &[String],
+) -> anyhow::Result<HashMap<(String, String), Value>> {
+    let mut outputs = HashMap::new();
+    for source in sources {
+        let found = store.task_outputs(run_id, source).await?;
+        outputs.extend(mapping::gather_outputs(found, keys));
+    }
+    Ok(outputs)
 }

@@ -778,20 +778,43 @@ impl Scheduler {
                 now,
             ));
         }
-        Ok(GiveUp {
-            key: TryKey {
-                run_id: run.run_id.clone(),
-                task_id: task.id.clone(),
-                try_number,
-            },
-            backend: task.backend.as_str().to_owned(),
-            image_ref: task.image.clone(),
+        Ok(give_up(
+            run,
+            task,
+            try_number,
             reason,
-            task_state: settled.task_state,
-            next_try_at: settled.next_try_at,
-            at: now,
+            (settled.task_state, settled.next_try_at),
+            now,
             notifications,
-        })
+        ))
+    }
+}
+
+/// A try of `task` given up before it started (recorded failed with `reason`; its task
+/// instance moves to `state`, retried at the time with it, if any): a backend that never
+/// answered, a mapped task whose list is broken.
+pub(crate) fn give_up(
+    run: &RunRecord,
+    task: &Task,
+    try_number: u32,
+    reason: String,
+    (task_state, next_try_at): (TaskState, Option<DateTime<Utc>>),
+    at: DateTime<Utc>,
+    notifications: Vec<NewNotification>,
+) -> GiveUp {
+    GiveUp {
+        key: TryKey {
+            run_id: run.run_id.clone(),
+            task_id: task.id.clone(),
+            try_number,
+        },
+        backend: task.backend.as_str().to_owned(),
+        image_ref: task.image.clone(),
+        reason,
+        task_state,
+        next_try_at,
+        at,
+        notifications,
     }
 }
 

@@ -176,24 +176,27 @@ impl TryRunner {
                 _ => None,
             })
             .collect();
-        let mut outputs: HashMap<(String, String), Value> = HashMap::new();
-        for source in &named {
-            let found = self.store.task_outputs(&run.run_id, source).await?;
-            // A mapped upstream's outputs gather into lists, with a place for each instance.
-            let mapped = job.task(source).is_some_and(|t| t.for_each.is_some());
-            let instances: Vec<String> = if mapped {
-                self.store
-                    .task_instances(&run.run_id)
-                    .await?
-                    .into_iter()
-                    .map(|ti| ti.task_id)
-                    .filter(|key| mapping::task_of_key(key) == source)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            outputs.extend(mapping::gather_outputs(found, &instances));
-        }
+        // A mapped upstream's outputs gather into lists, with a place for each instance.
+        let keys: Vec<String> = if named
+            .iter()
+            .any(|source| job.task(source).is_some_and(|t| t.for_each.is_some()))
+        {
+            self.store
+                .task_instances(&run.run_id)
+                .await?
+                .into_iter()
+                .map(|ti| ti.task_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let outputs = crate::expansion::source_outputs(
+            self.store.as_ref(),
+            &run.run_id,
+            named.iter().map(String::as_str),
+            &keys,
+        )
+        .await?;
         // A mapped instance's item, as its task's expansion recorded it.
         let item = match (task.map_index, &task.map_item) {
             (Some(_), Some(item)) => Ok(Some(item.clone())),
