@@ -15,7 +15,10 @@
 #                               the scheduler's RSS while a wrapped tap sends 1,000,000 records
 #   scripts/bench.sh webhooks   events/s `stevedore server` accepts on SQLite and PostgreSQL
 #                               from 10 clients (JSON lines of 100, and one event a request)
-#   scripts/bench.sh            all eight
+#   scripts/bench.sh archive    a year of hourly runs: 100,000 runs x 10 tasks, their logs
+#                               archived to S3 (moto), the UI's pages on it (wrk), db clean
+#                               of 90% (BENCH_RUNS=... for a smaller store)
+#   scripts/bench.sh            all nine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -62,6 +65,12 @@ fi
 if [ "$what" = artifacts ] || [ "$what" = all ]; then
   printf '\n==> artifacts benchmark (tests/e2e/bench_artifacts.rs)\n'
   cargo test --release -p stevedore-e2e --test e2e bench_artifacts -- --ignored --nocapture || status=$?
+fi
+if [ "$what" = archive ] || [ "$what" = all ]; then
+  command -v wrk >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq wrk >/dev/null; }
+  cargo build --release -p stevedore-scheduler --example archive_bench
+  printf '\n==> archive and retention benchmark\n'
+  python3 scripts/bench_archive.py || status=$?
 fi
 if [ "$what" = webhooks ] || [ "$what" = all ]; then
   printf '\n==> webhooks benchmark\n'
