@@ -112,20 +112,22 @@ def main():
         server.terminate()
         server.wait(timeout=30)
         server = None
+        # The pages' figures first: the clean against moto is slow (it lists a prefix by
+        # scanning the bucket), and its figures come after.
+        print(f"machine: {os.cpu_count()} cores; release build; SQLite store; S3: moto {endpoint}")
+        baseline = results[0][1]
+        ok = True
+        for name, median, p90, worst, count in results:
+            print(f"{name:<52} median {median:7.2f} ms  p90 {p90:7.2f} ms  max {worst:7.2f} ms  "
+                  f"({median / baseline if baseline else 0:5.1f}x baseline, {int(count)} requests)", flush=True)
+            if not name.startswith("baseline"):
+                ok = ok and median < 200 and int(count) == REQUESTS
+        print("target: every median under 200 ms:", "met" if ok else "NOT met", flush=True)
         step("db clean of 90% of the runs", [BENCH, "clean", db, "s3://bench/year", endpoint, "90"], env)
     finally:
         if server:
             server.terminate()
         moto.terminate()
-    print(f"machine: {os.cpu_count()} cores; release build; SQLite store; S3: moto {endpoint}")
-    baseline = results[0][1]
-    ok = True
-    for name, median, p90, worst, count in results:
-        print(f"{name:<52} median {median:7.2f} ms  p90 {p90:7.2f} ms  max {worst:7.2f} ms  "
-              f"({median / baseline if baseline else 0:5.1f}x baseline, {int(count)} requests)")
-        if not name.startswith("baseline"):
-            ok = ok and median < 200 and int(count) == REQUESTS
-    print("target: every median under 200 ms:", "met" if ok else "NOT met")
     return 0 if ok else 1
 
 
