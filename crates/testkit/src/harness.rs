@@ -64,6 +64,17 @@ pub struct Harness {
     pub logs: Arc<stevedore_artifacts::logs::Logs>,
 }
 
+/// A temporary folder holding `jobs/` with these job files, for a harness to run in.
+fn folder_with_jobs(jobs: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jobs_dir = dir.path().join("jobs");
+    std::fs::create_dir_all(&jobs_dir).unwrap();
+    for (name, text) in jobs {
+        std::fs::write(jobs_dir.join(name), text).unwrap();
+    }
+    dir
+}
+
 /// A change to the scheduler's configuration ([`Harness::start_configured`]).
 pub type Configure = Arc<dyn Fn(&mut SchedulerConfig) + Send + Sync>;
 
@@ -110,12 +121,7 @@ impl Harness {
         artifacts: Option<stevedore_artifacts::StoreSettings>,
     ) -> Harness {
         init_logging();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let jobs_dir = dir.path().join("jobs");
-        std::fs::create_dir_all(&jobs_dir).unwrap();
-        for (name, text) in jobs {
-            std::fs::write(jobs_dir.join(name), text).unwrap();
-        }
+        let dir = folder_with_jobs(jobs);
         let artifacts = artifacts.map(|settings| {
             stevedore_artifacts::ArtifactStore::open(&settings).expect("the artifact store")
         });
@@ -144,12 +150,7 @@ impl Harness {
     /// configuration `configure` changes after the harness's own settings.
     pub async fn start_configured(jobs: &[(&str, &str)], configure: Configure) -> Harness {
         init_logging();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let jobs_dir = dir.path().join("jobs");
-        std::fs::create_dir_all(&jobs_dir).unwrap();
-        for (name, text) in jobs {
-            std::fs::write(jobs_dir.join(name), text).unwrap();
-        }
+        let dir = folder_with_jobs(jobs);
         Harness::run_in(
             dir,
             Vec::new(),
@@ -169,12 +170,7 @@ impl Harness {
         artifacts: stevedore_artifacts::ArtifactStore,
     ) -> Harness {
         init_logging();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let jobs_dir = dir.path().join("jobs");
-        std::fs::create_dir_all(&jobs_dir).unwrap();
-        for (name, text) in jobs {
-            std::fs::write(jobs_dir.join(name), text).unwrap();
-        }
+        let dir = folder_with_jobs(jobs);
         Harness::run_in(
             dir,
             backends,
@@ -190,12 +186,7 @@ impl Harness {
     /// (see the module doc): each try plays its task's script ([`Harness::script`]) or the
     /// synth modes its args name.
     pub async fn scripted(jobs: &[(&str, &str)]) -> Harness {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let jobs_dir = dir.path().join("jobs");
-        std::fs::create_dir_all(&jobs_dir).unwrap();
-        for (name, text) in jobs {
-            std::fs::write(jobs_dir.join(name), text).unwrap();
-        }
+        let dir = folder_with_jobs(jobs);
         Harness::scripted_in(dir).await
     }
 
