@@ -16,8 +16,8 @@
 #   scripts/bench.sh webhooks   events/s `stevedore server` accepts on SQLite and PostgreSQL
 #                               from 10 clients (JSON lines of 100, and one event a request)
 #   scripts/bench.sh archive    a year of hourly runs: 100,000 runs x 10 tasks, their logs
-#                               archived to S3 (moto), the UI's pages on it (wrk), db clean
-#                               of 90% (BENCH_RUNS=... for a smaller store)
+#                               archived to S3 (s3s-fs), the UI's pages on it (wrk), db clean
+#                               of 90% beside a scheduler (BENCH_RUNS=... for a smaller store)
 #   scripts/bench.sh            all nine
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +69,9 @@ fi
 if [ "$what" = archive ] || [ "$what" = all ]; then
   command -v wrk >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq wrk >/dev/null; }
   cargo build --release -p stevedore-scheduler --example archive_bench
+  # An S3 server on a folder, in Rust (crates.io): moto's one Python process would bound
+  # archiving at about 100 tries/s (BENCH_S3=moto to use it all the same).
+  [ -x .stevedore/s3s/bin/s3s-fs ] || cargo install -q s3s-fs@0.14.1 --features binary --root .stevedore/s3s
   printf '\n==> archive and retention benchmark\n'
   python3 scripts/bench_archive.py || status=$?
 fi

@@ -36,6 +36,8 @@ const UPLOAD_PART: usize = 8 * 1024 * 1024;
 
 /// How much of a blob is read from its source at a time.
 const CHUNK: usize = 256 * 1024;
+/// Prefixes listed at once when several runs' files are removed.
+const LIST_CONCURRENCY: usize = 8;
 
 /// A stored blob: its sha256 (hex) and size in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,12 +342,6 @@ impl ArtifactStore {
             .await
     }
 
-    /// Deletes the archived logs of `run_id`; returns how many there were.
-    pub async fn remove_run_logs(&self, run_id: &str) -> Result<u64, ArtifactError> {
-        self.remove_all(self.prefix.child("logs").child(run_id))
-            .await
-    }
-
     /// Streams `source` to an upload name, then renames it to `destination(sha256)`.
     async fn put_object(
         &self,
@@ -563,19 +559,61 @@ impl ArtifactStore {
         self.remove_all(self.run_path(run_id)).await
     }
 
+    /// Deletes the objects of some runs as the store knows them (`db clean`): each archived
+    /// log by its name, and the files of the runs that have some by listing their prefix (a
+    /// few at a time); everything in bulk (S3's `DeleteObjects`, 1,000 keys a request).
+    /// Returns how many objects there were. An error leaves some of them in place; deleting
+    /// again finishes the job.
+    pub async fn remove_run_objects(
+        &self,
+        objects: &stevedore_store::RunObjects,
+    ) -> Result<u64, ArtifactError> {
+        let prefixes: Vec<Path> = objects
+            .with_files
+            .iter()
+            .map(|run_id| self.run_path(run_id))
+            .collect();
+        let listed: Vec<Vec<Path>> = futures_util::stream::iter(prefixes)
+            .map(|prefix| self.list_all(prefix))
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut paths: Vec<Path> = listed.into_iter().flatten().collect();
+        paths.extend(
+            objects
+                .archived_logs
+                .iter()
+                .map(|(run_id, try_id, sha256)| self.log_path(run_id, *try_id, sha256)),
+        );
+        self.delete_all(paths).await
+    }
+
     /// Deletes every object under `prefix`; returns how many there were.
     async fn remove_all(&self, prefix: Path) -> Result<u64, ArtifactError> {
-        let paths: Vec<Path> = self
-            .store
+        let paths = self.list_all(prefix).await?;
+        self.delete_all(paths).await
+    }
+
+    async fn list_all(&self, prefix: Path) -> Result<Vec<Path>, ArtifactError> {
+        self.store
             .list(Some(&prefix))
             .map_ok(|meta| meta.location)
             .try_collect()
             .await
-            .map_err(|e| self.failed("cannot list objects to delete", e))?;
+            .map_err(|e| self.failed("cannot list objects to delete", e))
+    }
+
+    /// Deletes `paths` in bulk (an object already gone counts as deleted).
+    async fn delete_all(&self, paths: Vec<Path>) -> Result<u64, ArtifactError> {
         let count = paths.len() as u64;
-        for path in paths {
-            match self.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        if count == 0 {
+            return Ok(0);
+        }
+        let locations = futures_util::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(error) => return Err(self.failed("cannot delete an object", error)),
             }
         }

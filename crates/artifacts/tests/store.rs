@@ -93,6 +93,63 @@ async fn round_trip(store: &ArtifactStore) {
     assert!(missing.to_string().contains(&blob.sha256), "{missing}");
     assert_eq!(store.remove_run("run-1").await.unwrap(), 3);
     assert!(store.blobs("run-1").await.unwrap().is_empty());
+
+    // Several runs' files and archived logs at once, as `db clean` removes them (the logs
+    // by the names the store recorded); the runs not named keep theirs.
+    let mut logs = Vec::new();
+    for (n, run) in ["run-a", "run-b", "run-c"].into_iter().enumerate() {
+        for seed in 0..3 {
+            store
+                .put(run, &data(100, 10 * n as u64 + seed)[..], u64::MAX)
+                .await
+                .unwrap();
+        }
+        for try_id in 1..=2 {
+            let blob = store
+                .put_log(run, try_id, &data(50, try_id as u64)[..], u64::MAX)
+                .await
+                .unwrap();
+            logs.push((run.to_owned(), try_id, blob));
+        }
+    }
+    let objects = |runs: &[&str]| stevedore_store::RunObjects {
+        with_files: runs.iter().map(|run| run.to_string()).collect(),
+        archived_logs: logs
+            .iter()
+            .filter(|(run, _, _)| runs.contains(&run.as_str()))
+            .map(|(run, try_id, blob)| (run.clone(), *try_id, blob.sha256.clone()))
+            .collect(),
+    };
+    assert_eq!(
+        store
+            .remove_run_objects(&objects(&["run-a", "run-b"]))
+            .await
+            .unwrap(),
+        2 * (3 + 2)
+    );
+    assert!(store.blobs("run-a").await.unwrap().is_empty());
+    assert!(store.blobs("run-b").await.unwrap().is_empty());
+    assert_eq!(store.blobs("run-c").await.unwrap().len(), 3);
+    for (run, try_id, blob) in &logs {
+        let read = store.log_range(run, *try_id, blob, 0..10).await;
+        if run == "run-c" {
+            assert_eq!(read.unwrap().len(), 10, "{run} keeps its archived logs");
+        } else {
+            assert_eq!(
+                read.unwrap_err(),
+                ArtifactError::Missing {
+                    sha256: blob.sha256.clone()
+                },
+                "{run}'s archived log went"
+            );
+        }
+    }
+    // Again: nothing is left to list, and a log already gone is no error.
+    store
+        .remove_run_objects(&objects(&["run-a", "run-b"]))
+        .await
+        .unwrap();
+    assert_eq!(store.remove_run("run-c").await.unwrap(), 3);
 }
 
 #[tokio::test]

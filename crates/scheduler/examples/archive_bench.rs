@@ -16,15 +16,20 @@
 //! `STEVEDORE_ARTIFACT_STORE_ACCESS_KEY_ID` / `..._SECRET_ACCESS_KEY`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, TimeZone, Utc};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Map};
 use stevedore_artifacts::{ArtifactStore, StoreSettings};
+use stevedore_backend::scripted::ScriptedBackend;
+use stevedore_backend::Backend;
 use stevedore_domain::job::parse_job;
 use stevedore_domain::schedule::DataInterval;
 use stevedore_domain::state::{RunState, RunTrigger, TaskState, TryState};
+use stevedore_ops::runs::trigger_manual;
+use stevedore_scheduler::retention::CleanReport;
+use stevedore_scheduler::{Scheduler, SchedulerConfig};
 use stevedore_store::{
     CleanFilter, FencedWrite, LogLine, LogStream, NewRun, SqliteStore, Store, TryFinish, TryKey,
     TryWrite, TryWritten,
@@ -271,25 +276,98 @@ async fn clean(args: &[String]) -> Result<(), String> {
         _ => return Err("clean STORE.db ARTIFACT_URL [S3_ENDPOINT] PERCENT".into()),
     };
     let percent: u64 = percent.parse().map_err(|e| format!("{percent}: {e}"))?;
-    let store = SqliteStore::open(db).await.map_err(|e| e.to_string())?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(db).await.map_err(|e| e.to_string())?);
     let artifacts = artifacts(url, endpoint)?;
+    // The year's runs (not the load's, from an earlier try), oldest first.
+    let year = CleanFilter {
+        job_id: Some("bench_hourly".to_owned()),
+        ..Default::default()
+    };
     let all = store
-        .runs_to_clean(&CleanFilter::default(), u32::MAX)
+        .runs_to_clean(&year, u32::MAX)
         .await
         .map_err(|e| e.to_string())?;
     let cut = all
         .get((all.len() as u64 * percent / 100) as usize)
         .map(|run| run.ended_at)
         .ok_or("no runs")?;
+    drop(all);
     let filter = CleanFilter {
         ended_before: Some(cut),
         ..Default::default()
     };
-    let report =
-        stevedore_scheduler::retention::clean(&store, Some(&artifacts), &filter, false, |_| {})
-            .await
+
+    if std::env::var_os("BENCH_NO_LOAD").is_some() {
+        let report = stevedore_scheduler::retention::clean(
+            store.as_ref(),
+            Some(&artifacts),
+            &filter,
+            false,
+            |_| {},
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        println!("{}", cleaned(&cut, &report));
+        return Ok(());
+    }
+    // A scheduler on the same store, its throughput measured in rounds before, during and
+    // after the clean.
+    let load = Load::start(store.clone()).await?;
+    let mut without = Vec::new();
+    for _ in 0..ROUNDS {
+        without.push(load.round().await?);
+    }
+    // The clean as `stevedore db clean` runs it: another process, its own connections.
+    let clean_db = db.clone();
+    let cleaning = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
             .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let store = SqliteStore::open(&clean_db)
+                .await
+                .map_err(|e| e.to_string())?;
+            stevedore_scheduler::retention::clean(&store, Some(&artifacts), &filter, false, |_| {})
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    let mut during = Vec::new();
+    while !cleaning.is_finished() {
+        let figure = load.round().await?;
+        // Only the rounds that ended with the clean still going.
+        if !cleaning.is_finished() {
+            during.push(figure);
+        }
+    }
+    let report = cleaning.join().map_err(|_| "the clean panicked")??;
+    for _ in 0..ROUNDS {
+        without.push(load.round().await?);
+    }
+    load.stop().await?;
+    println!("{}", cleaned(&cut, &report));
+    let (base, base_low, base_high) = median_range(&without);
+    if during.is_empty() {
+        println!(
+            "scheduling throughput without a clean {base:.0} task instances/s ({base_low:.0}-{base_high:.0}, {} rounds); the clean ended before a round did",
+            without.len()
+        );
+        return Ok(());
+    }
+    let (busy, busy_low, busy_high) = median_range(&during);
     println!(
+        "scheduling throughput ({LOAD_RUNS} runs x {LOAD_TASKS} task instances a round, instant backend, one scheduler on the same store): without a clean {base:.0} task instances/s ({base_low:.0}-{base_high:.0}, {} rounds before and after), while it runs {busy:.0} ({busy_low:.0}-{busy_high:.0}, {} rounds); ratio {:.2} (target >= 0.8)",
+        without.len(),
+        during.len(),
+        busy / base
+    );
+    Ok(())
+}
+
+fn cleaned(cut: &chrono::DateTime<Utc>, report: &CleanReport) -> String {
+    format!(
         "db clean --before {cut}: {} runs, {} tries, {} log rows, {} objects removed in {:.1} s; store {} before, {} after",
         report.cleaned.runs,
         report.cleaned.tries,
@@ -298,8 +376,129 @@ async fn clean(args: &[String]) -> Result<(), String> {
         report.took.as_secs_f64(),
         mb(report.size_before),
         mb(report.size_after)
-    );
-    Ok(())
+    )
+}
+
+/// Rounds of the scheduling load measured before and after the clean (each).
+const ROUNDS: usize = 3;
+/// Runs of a round, and task instances of each (a fan-out: one, eight, one).
+const LOAD_RUNS: usize = 300;
+const LOAD_TASKS: usize = 10;
+
+/// One scheduler with an instant backend (every try ends at once) over its own job folder,
+/// the benchmark's `fanout` job: what `scripts/bench.sh scheduler` measures, here on the
+/// year's store.
+struct Load {
+    store: Arc<dyn Store>,
+    job: stevedore_domain::job::Job,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _jobs: tempfile::TempDir,
+}
+
+impl Load {
+    async fn start(store: Arc<dyn Store>) -> Result<Load, String> {
+        let jobs = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut text = format!(
+            "id: fanout\nmax_active_runs: {LOAD_RUNS}\nmax_active_tasks: 100000\ntasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n"
+        );
+        let middle: Vec<String> = (1..LOAD_TASKS - 1).map(|i| format!("t{i}")).collect();
+        for task in &middle {
+            text.push_str(&format!(
+                "  - id: {task}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
+            ));
+        }
+        text.push_str(&format!(
+            "  - id: t{}\n    image: stevedore/synth:0.1.0\n    depends_on: [{}]\n",
+            LOAD_TASKS - 1,
+            middle.join(", ")
+        ));
+        let path = jobs.path().join("fanout.yaml");
+        std::fs::write(&path, &text).map_err(|e| e.to_string())?;
+        let job = parse_job("fanout.yaml", &text).map_err(|e| format!("{e:?}"))?;
+        store
+            .upsert_job(&job.id, &job.version, &path.display().to_string(), &text)
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .set_pool(&stevedore_store::PoolRecord {
+                name: "default".to_owned(),
+                slots: 100_000,
+                description: "benchmark: no pool limit".to_owned(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut config = SchedulerConfig::new(jobs.path());
+        config.tick = Duration::from_millis(200);
+        config.sweep_every = Duration::from_secs(3600);
+        config.exclusive = true;
+        let backend: Arc<dyn Backend> = Arc::new(ScriptedBackend::instant("docker"));
+        let scheduler = Scheduler::new(store.clone(), vec![backend], config);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(scheduler.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        Ok(Load {
+            store,
+            job,
+            stop,
+            running,
+            _jobs: jobs,
+        })
+    }
+
+    /// Task instances a second through `LOAD_RUNS` manual runs, from their trigger to the
+    /// last one's end.
+    async fn round(&self) -> Result<f64, String> {
+        let started = Instant::now();
+        let mut runs = Vec::with_capacity(LOAD_RUNS);
+        for _ in 0..LOAD_RUNS {
+            let run = trigger_manual(self.store.as_ref(), &self.job, &Map::new(), Utc::now())
+                .await
+                .map_err(|e| e.to_string())?;
+            runs.push(run.run_id);
+        }
+        // The runs end in about the order they began: wait for each in turn.
+        for run_id in &runs {
+            loop {
+                let run = self
+                    .store
+                    .get_run(run_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if run.state.is_finished() {
+                    if run.state != RunState::Success {
+                        return Err(format!("run {run_id} ended {}", run.state));
+                    }
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(600) {
+                    return Err("a round's runs did not end in 10 minutes".into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok((LOAD_RUNS * LOAD_TASKS) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.running
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Median, lowest and highest of `figures` (not empty).
+fn median_range(figures: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! `retention` the scheduler applies once a day.
 //!
 //! Runs go a batch at a time ([`BATCH`] runs): their files and archived logs from the
-//! artifact store first, then their rows ([`Store::delete_runs`]: each run in a
+//! artifact store first (the archived logs by the names the store recorded, the files of
+//! runs that have some by listing their prefix; deleted in bulk), then their rows ([`Store::delete_runs`]: each run in a
 //! transaction of its own, its log lines before it in batches), so no statement holds the
 //! store's writer for long and a scheduling pass always gets in between. What cannot be
 //! removed (an artifact store that does not answer) stops the clean with nothing of that
@@ -15,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use stevedore_artifacts::ArtifactStore;
 use stevedore_domain::retention::Retention;
-use stevedore_store::{CleanFilter, Cleaned, RunToClean, Store, StoreError};
+use stevedore_store::{CleanFilter, Cleaned, Store, StoreError};
 
 /// Runs removed between two looks at what is left.
 pub const BATCH: u32 = 100;
@@ -41,8 +42,12 @@ pub struct CleanReport {
 pub enum CleanError {
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error("run {run_id}: its files could not be deleted from the artifact store, so it was kept: {reason}")]
-    Artifacts { run_id: String, reason: String },
+    #[error("{runs} runs from {first}: their files could not be deleted from the artifact store, so their rows were kept: {reason}")]
+    Artifacts {
+        runs: usize,
+        first: String,
+        reason: String,
+    },
 }
 
 /// The runs `filter` selects, removed unless `dry_run` (see the module doc). `progress` is
@@ -71,12 +76,14 @@ pub async fn clean(
             break;
         }
         report.runs_found += runs.len() as u64;
+        // The batch's objects, then its rows: runs whose files could not be deleted keep
+        // their rows, and the next clean takes them again.
+        let run_ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
+        remove_objects(store, artifacts, &run_ids, &mut report).await?;
         let mut removed = 0;
-        for run in &runs {
-            // A run's objects, then at once its rows: a run whose files could not be
-            // deleted keeps its rows, and the next clean takes it again.
-            remove_objects(artifacts, run, &mut report).await?;
-            let cleaned = store.delete_runs(std::slice::from_ref(&run.run_id)).await?;
+        for run_id in &run_ids {
+            // A transaction a run: the scheduler's writes get in between.
+            let cleaned = store.delete_runs(std::slice::from_ref(run_id)).await?;
             removed += cleaned.runs;
             report.cleaned.add(&cleaned);
         }
@@ -96,22 +103,23 @@ pub async fn clean(
 }
 
 async fn remove_objects(
+    store: &dyn Store,
     artifacts: Option<&ArtifactStore>,
-    run: &RunToClean,
+    run_ids: &[String],
     report: &mut CleanReport,
 ) -> Result<(), CleanError> {
     let Some(artifacts) = artifacts else {
         return Ok(());
     };
-    let failed = |error: stevedore_artifacts::ArtifactError| CleanError::Artifacts {
-        run_id: run.run_id.clone(),
-        reason: error.to_string(),
-    };
-    report.objects += artifacts.remove_run(&run.run_id).await.map_err(failed)?;
+    let objects = store.run_objects(run_ids).await?;
     report.objects += artifacts
-        .remove_run_logs(&run.run_id)
+        .remove_run_objects(&objects)
         .await
-        .map_err(failed)?;
+        .map_err(|error| CleanError::Artifacts {
+            runs: run_ids.len(),
+            first: run_ids.first().cloned().unwrap_or_default(),
+            reason: error.to_string(),
+        })?;
     Ok(())
 }
 

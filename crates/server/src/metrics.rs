@@ -15,6 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use stevedore_domain::role::Role;
+use stevedore_store::LogTotals;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -26,6 +27,27 @@ pub struct Metrics {
     /// (route, method, status) → requests. Routes are the router's templates and methods
     /// one of [`METHODS`], so the map has a bounded number of keys.
     requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// The store's log totals and when they were counted: counted at most once every
+    /// [`LOG_TOTALS_EVERY`], however often /metrics is scraped.
+    log_totals: tokio::sync::Mutex<Option<(std::time::Instant, LogTotals)>>,
+}
+
+/// How long counted log totals are served before they are counted again: a count is an
+/// index seek or two per try that still has rows and a sum over the archived logs.
+pub const LOG_TOTALS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Metrics {
+    async fn log_totals(&self, store: &dyn stevedore_store::Store) -> ApiResult<LogTotals> {
+        let mut cached = self.log_totals.lock().await;
+        if let Some((at, totals)) = *cached {
+            if at.elapsed() < LOG_TOTALS_EVERY {
+                return Ok(totals);
+            }
+        }
+        let totals = store.log_totals().await?;
+        *cached = Some((std::time::Instant::now(), totals));
+        Ok(totals)
+    }
 }
 
 /// The methods counted by name; any other is `other`.
@@ -213,6 +235,28 @@ pub async fn exposition(caller: Caller, State(state): State<AppState>) -> ApiRes
         "stevedore_store_bytes {}",
         state.store.size_bytes().await?
     );
+    let logs = state.metrics.log_totals(state.store.as_ref()).await?;
+    for (name, help, value) in [
+        (
+            "stevedore_log_rows",
+            "Log lines held as rows in the metadata store (counted at most once a minute).",
+            logs.rows,
+        ),
+        (
+            "stevedore_archived_log_lines",
+            "Log lines in logs archived to the artifact store (counted at most once a minute).",
+            logs.archived_lines,
+        ),
+        (
+            "stevedore_archived_log_bytes",
+            "Compressed bytes of the logs archived to the artifact store (counted at most once a minute).",
+            logs.archived_bytes,
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} gauge");
+        let _ = writeln!(text, "{name} {value}");
+    }
     let _ = writeln!(
         text,
         "# HELP stevedore_http_requests_total Requests this server answered, by route, method and status."

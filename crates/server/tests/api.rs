@@ -1465,4 +1465,22 @@ fn an_archived_log_answers_pages_sse_and_the_try_page_as_its_rows_did() {
     }
     assert_eq!(archived_events, events);
     assert_eq!(archived_html, html);
+
+    // /metrics counts where the lines are now.
+    let archive = server
+        .runtime
+        .block_on(server.store.log_archive(try_id))
+        .unwrap()
+        .unwrap();
+    let metrics = server.get("/metrics", &server.viewer).text;
+    for series in [
+        "stevedore_log_rows 0".to_owned(),
+        "stevedore_archived_log_lines 12345".to_owned(),
+        format!("stevedore_archived_log_bytes {}", archive.size),
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series}: {metrics}"
+        );
+    }
 }

@@ -509,6 +509,13 @@ pub trait Store: Send + Sync {
     /// incremental auto-vacuum, which new stores have); PostgreSQL leaves it to autovacuum.
     /// Returns whether it could.
     async fn reclaim_space(&self) -> Result<bool>;
+    /// Log lines held as rows, and the archived logs' lines and compressed bytes. The rows
+    /// are counted from each try's first and last sequence numbers (index seeks, not a scan
+    /// of the lines; exact, as a try's lines are numbered without gaps).
+    async fn log_totals(&self) -> Result<LogTotals>;
+    /// What the runs `run_ids` hold in the artifact store: the runs with files recorded,
+    /// and every archived log.
+    async fn run_objects(&self, run_ids: &[String]) -> Result<RunObjects>;
 
     async fn committed_state(&self, job_id: &str, task_id: &str) -> Result<Option<Value>>;
     /// A task's committed states, newest first, at most `limit`: each run's commit and each

@@ -560,6 +560,26 @@ pub struct RunMetric {
     pub value: f64,
 }
 
+/// The objects of some runs in the artifact store, as the store knows them
+/// ([`Store::run_objects`]): what `db clean` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunObjects {
+    /// The runs that have files recorded (their `runs/<run>/` prefix is listed).
+    pub with_files: Vec<String>,
+    /// Every archived log of the runs: `(run_id, try_id, sha256)`.
+    pub archived_logs: Vec<(String, i64, String)>,
+}
+
+/// Where the store's log lines are ([`Store::log_totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogTotals {
+    /// Lines held as rows (`log_lines`).
+    pub rows: u64,
+    /// Lines in archived logs, and those logs' compressed size.
+    pub archived_lines: u64,
+    pub archived_bytes: u64,
+}
+
 /// A try whose log is to be archived ([`Store::logs_to_archive`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogToArchive {

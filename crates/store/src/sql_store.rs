@@ -2106,7 +2106,9 @@ impl Store for $store {
                     break;
                 }
             }
-            let mut tx = self.pool.begin().await?;
+            // The write lock at once: a transaction that read first would fail on SQLite
+            // when the scheduler wrote in between (`database is locked`, not waited for).
+            let mut tx = self.write_transaction().await?;
             // Still ended, in the transaction that deletes it (a cleared run runs again).
             let still: Option<(String,)> = sql::query_as::<$dialect, _>(&format!(
                 "SELECT run_id FROM runs WHERE run_id = ? AND state IN ('success', 'failed') AND ended_at IS NOT NULL{}",
@@ -2189,6 +2191,54 @@ impl Store for $store {
 
     async fn reclaim_space(&self) -> Result<bool> {
         self.give_space_back().await
+    }
+
+    async fn run_objects(&self, run_ids: &[String]) -> Result<RunObjects> {
+        let mut objects = RunObjects::default();
+        // At most 500 runs a statement (bound parameters are limited).
+        for chunk in run_ids.chunks(500) {
+            let list = vec!["?"; chunk.len()].join(", ");
+            let text = format!("SELECT DISTINCT run_id FROM artifacts WHERE run_id IN ({list}) ORDER BY run_id");
+            let mut query = sql::query_as::<$dialect, (String,)>(&text);
+            for run_id in chunk {
+                query = query.bind(run_id);
+            }
+            objects
+                .with_files
+                .extend(query.fetch_all(&self.pool).await?.into_iter().map(|(run_id,)| run_id));
+            let text = format!(
+                "SELECT run_id, try_id, sha256 FROM log_archives WHERE run_id IN ({list}) ORDER BY try_id"
+            );
+            let mut query = sql::query_as::<$dialect, (String, i64, String)>(&text);
+            for run_id in chunk {
+                query = query.bind(run_id);
+            }
+            objects.archived_logs.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(objects)
+    }
+
+    async fn log_totals(&self) -> Result<LogTotals> {
+        // Two index seeks a try that still has rows (the tries_logs index finds them).
+        let (rows,): (i64,) = sql::query_as::<$dialect, (i64,)>(
+            "SELECT CAST(COALESCE(SUM( \
+                 (SELECT MAX(seq) FROM log_lines l WHERE l.try_id = t.try_id) \
+               - (SELECT MIN(seq) FROM log_lines l WHERE l.try_id = t.try_id) + 1), 0) AS BIGINT) \
+             FROM tries t WHERE t.logs IN ('rows', 'deleting')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let (archived_lines, archived_bytes): (i64, i64) = sql::query_as::<$dialect, (i64, i64)>(
+            "SELECT CAST(COALESCE(SUM(lines), 0) AS BIGINT), CAST(COALESCE(SUM(size), 0) AS BIGINT) \
+             FROM log_archives",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(LogTotals {
+            rows: rows.max(0) as u64,
+            archived_lines: archived_lines.max(0) as u64,
+            archived_bytes: archived_bytes.max(0) as u64,
+        })
     }
 
     async fn logs_to_archive(

@@ -144,7 +144,10 @@ impl SqliteStore {
             // connection, the file mapped for reads, sorts in memory.
             .pragma("cache_size", "-16384")
             .pragma("mmap_size", "268435456")
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // A WAL grown by a big write (a clean's vacuum) is cut back to 64 MiB when it
+            // restarts after a checkpoint, instead of keeping its largest size.
+            .pragma("journal_size_limit", "67108864");
         // Two processes opening a brand-new file at once (a scheduler and the CLI) race to
         // switch it to WAL, which SQLite refuses without waiting: try again briefly.
         let mut delay = Duration::from_millis(50);
@@ -254,18 +257,31 @@ impl SqliteStore {
             return Ok(false);
         }
         // A thousand pages at a time (4 MiB): no single statement holds the writer long.
-        loop {
-            let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        // Bounded by the pages free at the start: a scheduler writing meanwhile frees
+        // pages of its own, and the loop must not chase them.
+        let free_pages = || async {
+            sqlx::query_scalar::<_, i64>("PRAGMA freelist_count")
                 .fetch_one(&self.pool)
-                .await?;
+                .await
+        };
+        let mut free = free_pages().await?;
+        for _ in 0..free / 1000 + 2 {
             if free == 0 {
                 break;
             }
             sqlx::query("PRAGMA incremental_vacuum(1000)")
                 .execute(&self.pool)
                 .await?;
+            let left = free_pages().await?;
+            if left >= free {
+                break;
+            }
+            free = left;
         }
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        // The vacuumed pages go back to the file as the WAL is checkpointed: a passive
+        // checkpoint now (a truncating one would hold new writers back while it waits
+        // for the scheduler), and `journal_size_limit` shrinks the WAL when it restarts.
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&self.pool)
             .await?;
         Ok(true)

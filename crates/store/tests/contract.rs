@@ -428,6 +428,12 @@ pub async fn archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches
     };
     store.append_logs(&lines(ended.try_id, 25)).await.unwrap();
     store.append_logs(&lines(running.try_id, 5)).await.unwrap();
+    let totals = |rows, archived_lines, archived_bytes| LogTotals {
+        rows,
+        archived_lines,
+        archived_bytes,
+    };
+    assert_eq!(store.log_totals().await.unwrap(), totals(30, 0, 0));
     let finished = succeeded(ended.try_id);
     store.finish_try(&finished).await.unwrap();
     let before_end = finished.ended_at - chrono::TimeDelta::seconds(1);
@@ -485,6 +491,8 @@ pub async fn archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches
         .await
         .unwrap();
     assert_eq!(store.log_archive(ended.try_id).await.unwrap(), Some(record));
+    // Archived, its rows not yet deleted: both counts hold it for a while.
+    assert_eq!(store.log_totals().await.unwrap(), totals(30, 25, 321));
     assert_eq!(
         store.logs_to_archive(after_end, 10).await.unwrap(),
         vec![LogToArchive {
@@ -502,6 +510,11 @@ pub async fn archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches
         }
     }
     assert_eq!(batches, vec![15, 5, 0, 0]);
+    assert_eq!(
+        store.log_totals().await.unwrap(),
+        totals(5, 25, 321),
+        "the archived try's lines are counted once, as archived"
+    );
     assert!(store
         .logs_to_archive(after_end, 10)
         .await
@@ -574,6 +587,18 @@ pub async fn runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_neede
         })
         .collect();
     store.append_logs(&lines).await.unwrap();
+    store
+        .record_artifacts(
+            attempt.try_id,
+            &[CapturedFile {
+                path: "records.jsonl".into(),
+                size: 10,
+                sha256: "aa".repeat(32),
+                modified: 1_700_000_000,
+            }],
+        )
+        .await
+        .unwrap();
     store
         .put_output(&oldest, "extract", "rows", &json!(3))
         .await
@@ -657,6 +682,29 @@ pub async fn runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_neede
         .unwrap()
         .is_empty());
 
+    // What db clean deletes from the artifact store first: the runs with files, and
+    // every archived log by its name.
+    store
+        .record_log_archive(&LogArchiveRecord {
+            try_id: attempt.try_id,
+            run_id: oldest.clone(),
+            size: 10,
+            sha256: "bb".repeat(32),
+            lines: 25_000,
+            raw_bytes: 100,
+            frames: Vec::new(),
+            archived_at: at(2),
+        })
+        .await
+        .unwrap();
+    let both = [oldest.clone(), manual.clone(), running.clone()];
+    assert_eq!(
+        store.run_objects(&both).await.unwrap(),
+        RunObjects {
+            with_files: vec![oldest.clone()],
+            archived_logs: vec![(oldest.clone(), attempt.try_id, "bb".repeat(32))],
+        }
+    );
     let cleaned = store
         .delete_runs(&[oldest.clone(), running.clone()])
         .await
@@ -672,6 +720,10 @@ pub async fn runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_neede
         }
     );
     assert!(store.get_run(&oldest).await.is_err());
+    assert_eq!(
+        store.run_objects(&both).await.unwrap(),
+        RunObjects::default()
+    );
     assert!(store
         .logs(attempt.try_id, None, 10)
         .await
@@ -2492,6 +2544,70 @@ async fn a_new_sqlite_store_is_readable_by_its_owner_only() {
         seen >= 3,
         "the store file, its WAL and the lock: {seen} files"
     );
+}
+
+/// Issue 20's benchmark found it: `db clean` beside a working scheduler on SQLite. A
+/// run's delete read before it wrote, in a deferred transaction, and failed with `database
+/// is locked` (not waited for) whenever the scheduler wrote in between; giving the space
+/// back chased the pages the scheduler kept freeing. Two stores on one file, as two
+/// processes: one writes without pause while the other deletes 200 runs and gives the
+/// space back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_beside_a_writing_scheduler_neither_fails_nor_waits_forever() {
+    let (cleaner, dir) = sqlite_store().await;
+    let writer = SqliteStore::open(dir.path().join("stevedore.db"))
+        .await
+        .unwrap();
+    let mut old = Vec::new();
+    for day in 0..200 {
+        let run = cleaner
+            .create_run(new_run("demo", 1 + day % 28, RunTrigger::Manual))
+            .await
+            .unwrap();
+        cleaner
+            .set_run_state(&run.run_id, RunState::Success, Utc::now())
+            .await
+            .unwrap();
+        old.push(run.run_id);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut writes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let run = writer
+                    .create_run(new_run("busy", 1 + writes % 28, RunTrigger::Manual))
+                    .await
+                    .unwrap();
+                writer
+                    .set_run_state(&run.run_id, RunState::Running, Utc::now())
+                    .await
+                    .unwrap();
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let cleaning = async {
+        let mut removed = 0;
+        for run_id in &old {
+            removed += cleaner
+                .delete_runs(std::slice::from_ref(run_id))
+                .await
+                .unwrap()
+                .runs;
+        }
+        assert!(cleaner.reclaim_space().await.unwrap());
+        removed
+    };
+    let removed = tokio::time::timeout(std::time::Duration::from_secs(60), cleaning)
+        .await
+        .expect("the clean ended");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writing.await.unwrap();
+    assert_eq!(removed, 200);
+    assert!(writes > 0);
 }
 
 /// A store on a throwaway PostgreSQL server (`stevedore_testkit::Postgres`, 127.0.0.1 only).
