@@ -295,19 +295,67 @@ impl ArtifactStore {
             .child(format!("{try_id}-{sha256}.jsonl.zst"))
     }
 
-    /// Streams `source` into the archived log of try `try_id` of `run_id` (replacing one
-    /// written before), hashing it on the way; at most `limit` bytes.
+    /// Streams `source`, whose size and sha256 are `blob`'s (the archive was written and
+    /// hashed first), straight to the archived log's name of try `try_id` of `run_id`: one
+    /// `PUT` (a multipart upload over 8 MiB), nothing to rename. A name made of the
+    /// content is never half-written: a single `PUT` or a multipart upload appears whole
+    /// or not at all, and two schedulers writing it write the same bytes. Bytes that turn
+    /// out other than `blob` are deleted again and refused.
     pub async fn put_log(
         &self,
         run_id: &str,
         try_id: i64,
-        source: impl AsyncRead + Unpin,
-        limit: u64,
+        mut source: impl AsyncRead + Unpin,
+        blob: &Blob,
     ) -> Result<Blob, ArtifactError> {
-        self.put_object(run_id, source, limit, |sha256| {
-            self.log_path(run_id, try_id, sha256)
-        })
-        .await
+        let path = self.log_path(run_id, try_id, &blob.sha256);
+        let mut writer = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            path.clone(),
+            UPLOAD_PART,
+        )
+        .with_max_concurrency(2);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut buffer = vec![0u8; CHUNK];
+        let cannot_write = |e: std::io::Error| {
+            ArtifactError::Unreachable(format!("artifact store {}: cannot write: {e}", self.url))
+        };
+        let written: Result<(), ArtifactError> = async {
+            loop {
+                let n = source
+                    .read(&mut buffer)
+                    .await
+                    .map_err(|e| ArtifactError::Source(e.to_string()))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                size += n as u64;
+                if size > blob.size {
+                    return Err(ArtifactError::TooLarge {
+                        limit: blob.size,
+                        size,
+                    });
+                }
+                hasher.update(&buffer[..n]);
+                writer.write_all(&buffer[..n]).await.map_err(cannot_write)?;
+            }
+        }
+        .await;
+        if let Err(error) = written {
+            let _ = writer.abort().await;
+            return Err(error);
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if sha256 != blob.sha256 || size != blob.size {
+            let _ = writer.abort().await;
+            return Err(ArtifactError::Source(format!(
+                "the archive changed while it was uploaded: {size} bytes with sha256 {sha256}, not {} with {}",
+                blob.size, blob.sha256
+            )));
+        }
+        writer.shutdown().await.map_err(cannot_write)?;
+        Ok(Blob { sha256, size })
     }
 
     /// Bytes `range` of a try's archived log `blob` (a frame of it), without reading the

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use stevedore_store::{
     LogArchiveRecord, LogFrame, LogLine, LogPage, LogReader, LogStream, LogToArchive, Store,
     StoreError, LOG_PAGE_BYTES, MAX_LINE_READ,
@@ -87,6 +88,8 @@ impl ArchivedLine {
 /// Writes lines as frames to a file, keeping the frame index.
 struct FrameWriter {
     file: std::fs::File,
+    /// Of every byte written to `file`: the archive's name.
+    hasher: Sha256,
     raw: Vec<u8>,
     frame_lines: usize,
     first_seq: i64,
@@ -101,6 +104,7 @@ impl FrameWriter {
     fn new(file: std::fs::File) -> FrameWriter {
         FrameWriter {
             file,
+            hasher: Sha256::new(),
             raw: Vec::with_capacity(FRAME_RAW_BYTES + 4096),
             frame_lines: 0,
             first_seq: 0,
@@ -135,6 +139,7 @@ impl FrameWriter {
         compressor.include_checksum(true)?;
         let compressed = compressor.compress(&self.raw)?;
         self.file.write_all(&compressed)?;
+        self.hasher.update(&compressed);
         self.frames.push(LogFrame {
             first_seq: self.first_seq,
             last_seq: self.last_seq,
@@ -290,8 +295,12 @@ async fn write_archive(
         return Ok(None);
     }
     let file = tokio::fs::File::from_std(writer.file.try_clone()?);
+    let written = Blob {
+        sha256: hex::encode(writer.hasher.clone().finalize()),
+        size: writer.offset,
+    };
     let blob = artifacts
-        .put_log(&try_.run_id, try_.try_id, file, u64::MAX)
+        .put_log(&try_.run_id, try_.try_id, file, &written)
         .await?;
     check(artifacts, try_, &blob, &writer.frames, writer.lines).await?;
     Ok(Some(LogArchiveRecord {

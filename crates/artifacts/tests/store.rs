@@ -105,10 +105,16 @@ async fn round_trip(store: &ArtifactStore) {
                 .unwrap();
         }
         for try_id in 1..=2 {
+            let bytes = data(50, try_id as u64);
+            let written = Blob {
+                sha256: sha256(&bytes),
+                size: bytes.len() as u64,
+            };
             let blob = store
-                .put_log(run, try_id, &data(50, try_id as u64)[..], u64::MAX)
+                .put_log(run, try_id, &bytes[..], &written)
                 .await
                 .unwrap();
+            assert_eq!(blob, written);
             logs.push((run.to_owned(), try_id, blob));
         }
     }
@@ -144,6 +150,20 @@ async fn round_trip(store: &ArtifactStore) {
             );
         }
     }
+    // Bytes other than the archive's name says are refused, and nothing is left of them.
+    let said = Blob {
+        sha256: sha256(b"other"),
+        size: 5,
+    };
+    let refused = store
+        .put_log("run-c", 9, &b"bytes"[..], &said)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, ArtifactError::Source(_)), "{refused:?}");
+    assert!(matches!(
+        store.log_range("run-c", 9, &said, 0..5).await,
+        Err(ArtifactError::Missing { .. })
+    ));
     // Again: nothing is left to list, and a log already gone is no error.
     store
         .remove_run_objects(&objects(&["run-a", "run-b"]))

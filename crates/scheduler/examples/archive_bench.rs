@@ -236,7 +236,12 @@ async fn archive(args: &[String]) -> Result<(), String> {
                     .await
                 }
             })
-            .buffer_unordered(8)
+            .buffer_unordered(
+                std::env::var("BENCH_ARCHIVE_CONCURRENCY")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(32),
+            )
             .collect()
             .await;
         for result in done {
@@ -348,6 +353,21 @@ async fn clean(args: &[String]) -> Result<(), String> {
     }
     load.stop().await?;
     println!("{}", cleaned(&cut, &report));
+    // The store's size after the clean with the load's runs taken out again (they came
+    // during the clean).
+    let load_runs = CleanFilter {
+        job_id: Some("fanout".to_owned()),
+        ..Default::default()
+    };
+    let removed =
+        stevedore_scheduler::retention::clean(store.as_ref(), None, &load_runs, false, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+    println!(
+        "store {} after the clean and the load's {} runs removed again",
+        mb(removed.size_after),
+        removed.cleaned.runs
+    );
     let (base, base_low, base_high) = median_range(&without);
     if during.is_empty() {
         println!(
@@ -380,7 +400,7 @@ fn cleaned(cut: &chrono::DateTime<Utc>, report: &CleanReport) -> String {
 }
 
 /// Rounds of the scheduling load measured before and after the clean (each).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Runs of a round, and task instances of each (a fan-out: one, eight, one).
 const LOAD_RUNS: usize = 300;
 const LOAD_TASKS: usize = 10;

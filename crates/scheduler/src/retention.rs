@@ -3,13 +3,15 @@
 //!
 //! Runs go a batch at a time ([`BATCH`] runs): their files and archived logs from the
 //! artifact store first (the archived logs by the names the store recorded, the files of
-//! runs that have some by listing their prefix; deleted in bulk), then their rows ([`Store::delete_runs`]: each run in a
-//! transaction of its own, its log lines before it in batches), so no statement holds the
-//! store's writer for long and a scheduling pass always gets in between. What cannot be
-//! removed (an artifact store that does not answer) stops the clean with nothing of that
-//! run removed; the next clean takes it again. Never removed: a run that has not ended, a
-//! job's latest scheduled run (the next interval follows it), the committed state, the job
-//! versions runs still use.
+//! runs that have some by listing their prefix; deleted in bulk), then their rows
+//! ([`Store::delete_runs`]: [`RUNS_A_TRANSACTION`] runs a transaction, log lines before
+//! them in batches), so no statement holds the store's writer for long and a scheduling
+//! pass always gets in between. What cannot be removed (an artifact store that does not
+//! answer) stops the clean with nothing of that batch's rows removed; the next clean takes
+//! it again. After each batch the clean pauses as long as the batch took, so a scheduler
+//! beside it keeps most of its throughput (docs/benchmarks.md, section 11). Never removed:
+//! a run that has not ended, a job's latest scheduled run (the next interval follows it),
+//! the committed state, the job versions runs still use.
 
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ use stevedore_store::{CleanFilter, Cleaned, Store, StoreError};
 
 /// Runs removed between two looks at what is left.
 pub const BATCH: u32 = 100;
+/// Runs whose rows go in one transaction.
+pub const RUNS_A_TRANSACTION: usize = 10;
 
 /// What a clean did (or, dry, would do).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +75,7 @@ pub async fn clean(
         return Ok(report);
     }
     loop {
+        let batch_started = std::time::Instant::now();
         let runs = store.runs_to_clean(filter, BATCH).await?;
         if runs.is_empty() {
             break;
@@ -81,9 +86,11 @@ pub async fn clean(
         let run_ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
         remove_objects(store, artifacts, &run_ids, &mut report).await?;
         let mut removed = 0;
-        for run_id in &run_ids {
-            // A transaction a run: the scheduler's writes get in between.
-            let cleaned = store.delete_runs(std::slice::from_ref(run_id)).await?;
+        for chunk in run_ids.chunks(RUNS_A_TRANSACTION) {
+            // A transaction a few runs: the scheduler's writes get in between, and the
+            // clean asks for the writer a tenth as often as with one run each (on SQLite,
+            // a busy scheduler leaves it few turns).
+            let cleaned = store.delete_runs(chunk).await?;
             removed += cleaned.runs;
             report.cleaned.add(&cleaned);
         }
@@ -92,8 +99,9 @@ pub async fn clean(
             // Every run of the batch came back to life (cleared) meanwhile.
             break;
         }
-        // A pause between batches: the scheduler's writes get in at once.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A pause between batches as long as the batch took: the clean has at most half
+        // of the store's writer (and of the machine), the scheduler the rest.
+        tokio::time::sleep(batch_started.elapsed().max(Duration::from_millis(5))).await;
     }
     report.job_versions = store.delete_unused_job_versions().await?;
     report.space_given_back = store.reclaim_space().await?;

@@ -498,7 +498,7 @@ pub trait Store: Send + Sync {
     /// records, notifications, posted events, state history rows (a task's newest is
     /// kept). Their files and archived logs in the artifact store are the caller's to
     /// delete first. A run not ended is left alone. The committed state itself is never
-    /// touched.
+    /// touched. The runs' rows go in one transaction (after their log lines): pass a few.
     async fn delete_runs(&self, run_ids: &[String]) -> Result<Cleaned>;
     /// Deletes job versions no run uses that are not their job's current version.
     async fn delete_unused_job_versions(&self) -> Result<u64>;

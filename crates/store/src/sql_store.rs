@@ -2080,9 +2080,11 @@ impl Store for $store {
 
     async fn delete_runs(&self, run_ids: &[String]) -> Result<Cleaned> {
         let mut cleaned = Cleaned::default();
+        let mut ended_runs = Vec::with_capacity(run_ids.len());
         for run_id in run_ids {
             // Only an ended run; its log lines first, a batch at a time, so no statement
-            // holds the store long however much the run printed.
+            // holds the store long however much the run printed (a read first: an archived
+            // run has none, and asks nothing of the writer).
             let ended: Option<(String,)> = sql::query_as::<$dialect, _>(
                 "SELECT run_id FROM runs WHERE run_id = ? AND state IN ('success', 'failed') AND ended_at IS NOT NULL",
             )
@@ -2092,7 +2094,14 @@ impl Store for $store {
             if ended.is_none() {
                 continue;
             }
-            loop {
+            ended_runs.push(run_id);
+            let (has_lines,): (bool,) = sql::query_as::<$dialect, (bool,)>(
+                "SELECT EXISTS (SELECT 1 FROM log_lines l JOIN tries t ON t.try_id = l.try_id WHERE t.run_id = ?)",
+            )
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await?;
+            while has_lines {
                 let deleted = sql::query::<$dialect>(
                     "DELETE FROM log_lines WHERE (try_id, seq) IN (SELECT l.try_id, l.seq FROM log_lines l \
                      JOIN tries t ON t.try_id = l.try_id WHERE t.run_id = ? LIMIT 10000)",
@@ -2106,9 +2115,15 @@ impl Store for $store {
                     break;
                 }
             }
-            // The write lock at once: a transaction that read first would fail on SQLite
-            // when the scheduler wrote in between (`database is locked`, not waited for).
-            let mut tx = self.write_transaction().await?;
+        }
+        if ended_runs.is_empty() {
+            return Ok(cleaned);
+        }
+        // The runs' rows in one transaction, which takes the write lock at once: one that
+        // read first would fail on SQLite when the scheduler wrote in between (`database is
+        // locked`, not waited for). Callers pass a few runs at a time (`db clean`: 10).
+        let mut tx = self.write_transaction().await?;
+        for run_id in ended_runs {
             // Still ended, in the transaction that deletes it (a cleared run runs again).
             let still: Option<(String,)> = sql::query_as::<$dialect, _>(&format!(
                 "SELECT run_id FROM runs WHERE run_id = ? AND state IN ('success', 'failed') AND ended_at IS NOT NULL{}",
@@ -2169,8 +2184,8 @@ impl Store for $store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(cleaned)
     }
 

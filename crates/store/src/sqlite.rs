@@ -278,10 +278,11 @@ impl SqliteStore {
             }
             free = left;
         }
-        // The vacuumed pages go back to the file as the WAL is checkpointed: a passive
-        // checkpoint now (a truncating one would hold new writers back while it waits
-        // for the scheduler), and `journal_size_limit` shrinks the WAL when it restarts.
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        // The vacuumed pages go back to the file as the WAL is checkpointed, and the WAL
+        // itself is cut to nothing: new writers wait while it is pending (a scheduler's
+        // transaction or two); a WAL still in use is left as it is (`journal_size_limit`
+        // cuts it when it restarts).
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&self.pool)
             .await?;
         Ok(true)
