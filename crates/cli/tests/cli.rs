@@ -2080,3 +2080,58 @@ fn a_run_of_the_example_job_reaches_an_otlp_receiver_as_one_trace() {
     let body = serde_json::to_string(&*receiver.bodies.lock().unwrap()).unwrap();
     assert!(body.contains("stevedore-test"), "the service name");
 }
+
+/// A run an operator cancels is ended by the scheduler's stop, not a pass's plan: it has
+/// its span too, with the stopped try's under it.
+#[test]
+fn a_cancelled_run_is_one_trace_too() {
+    let receiver = OtlpReceiver::start();
+    let job = "id: slow\ntasks:\n  - id: wait\n    backend: process\n    command: [/bin/sh, -c, \"echo started; sleep 60\"]\n";
+    let workspace = Workspace::new(&[("slow.yaml", job)]);
+    let standalone = workspace.standalone_envs(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ]);
+    let run = workspace.json(&["jobs", "trigger", "slow", "-o", "json"]);
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let state = |workspace: &Workspace| {
+        workspace.json(&["runs", "show", &run_id, "-o", "json"])["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    while state(&workspace) != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    workspace.run(&["runs", "cancel", &run_id]);
+    while state(&workspace) != "failed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancel never ended the run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, log) = standalone.interrupt();
+    assert!(status.success(), "{log}");
+    let trace_id = run_id.replace('-', "");
+    let spans: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|(trace, ..)| *trace == trace_id)
+        .collect();
+    let runs: Vec<_> = spans.iter().filter(|s| s.3 == "run slow").collect();
+    assert_eq!(runs.len(), 1, "{spans:#?}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.3.starts_with("try wait") && s.2 == runs[0].1),
+        "the stopped try under the run: {spans:#?}"
+    );
+    let body = serde_json::to_string(&*receiver.bodies.lock().unwrap()).unwrap();
+    assert!(body.contains("failed"), "the run's state: {body}");
+}

@@ -636,6 +636,19 @@ impl Scheduler {
                 now,
             )
             .await?;
+        // An operator's cancel and a run timeout end the run here, not in a pass's plan:
+        // its span too.
+        if let Some(traces) = &self.traces {
+            traces.run(&crate::traces::RunSpan {
+                job_id: &run.job_id,
+                run_id: &run.run_id,
+                trigger: run.trigger.as_str(),
+                logical_date: run.logical_date,
+                state: RunState::Failed.as_str(),
+                started_at: run.started_at.unwrap_or(run.queued_at),
+                ended_at: now,
+            });
+        }
         info!(run_id = %run.run_id, job_id = %run.job_id, killed = switches.len(), reason = %why.as_failure().to_text(), "run stopped");
         Ok(())
     }
