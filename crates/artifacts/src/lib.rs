@@ -300,53 +300,17 @@ impl ArtifactStore {
     /// `PUT` (a multipart upload over 8 MiB), nothing to rename. A name made of the
     /// content is never half-written: a single `PUT` or a multipart upload appears whole
     /// or not at all, and two schedulers writing it write the same bytes. Bytes that turn
-    /// out other than `blob` are deleted again and refused.
+    /// out other than `blob` are refused, and nothing of them is kept.
     pub async fn put_log(
         &self,
         run_id: &str,
         try_id: i64,
-        mut source: impl AsyncRead + Unpin,
+        source: impl AsyncRead + Unpin,
         blob: &Blob,
     ) -> Result<Blob, ArtifactError> {
         let path = self.log_path(run_id, try_id, &blob.sha256);
-        let mut writer = object_store::buffered::BufWriter::with_capacity(
-            self.store.clone(),
-            path.clone(),
-            UPLOAD_PART,
-        )
-        .with_max_concurrency(2);
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
-        let mut buffer = vec![0u8; CHUNK];
-        let cannot_write = |e: std::io::Error| {
-            ArtifactError::Unreachable(format!("artifact store {}: cannot write: {e}", self.url))
-        };
-        let written: Result<(), ArtifactError> = async {
-            loop {
-                let n = source
-                    .read(&mut buffer)
-                    .await
-                    .map_err(|e| ArtifactError::Source(e.to_string()))?;
-                if n == 0 {
-                    return Ok(());
-                }
-                size += n as u64;
-                if size > blob.size {
-                    return Err(ArtifactError::TooLarge {
-                        limit: blob.size,
-                        size,
-                    });
-                }
-                hasher.update(&buffer[..n]);
-                writer.write_all(&buffer[..n]).await.map_err(cannot_write)?;
-            }
-        }
-        .await;
-        if let Err(error) = written {
-            let _ = writer.abort().await;
-            return Err(error);
-        }
-        let sha256 = hex::encode(hasher.finalize());
+        let mut writer = self.writer(path);
+        let (sha256, size) = self.stream_into(&mut writer, source, blob.size).await?;
         if sha256 != blob.sha256 || size != blob.size {
             let _ = writer.abort().await;
             return Err(ArtifactError::Source(format!(
@@ -354,7 +318,7 @@ impl ArtifactStore {
                 blob.size, blob.sha256
             )));
         }
-        writer.shutdown().await.map_err(cannot_write)?;
+        writer.shutdown().await.map_err(|e| self.cannot_write(e))?;
         Ok(Blob { sha256, size })
     }
 
@@ -390,29 +354,33 @@ impl ArtifactStore {
             .await
     }
 
-    /// Streams `source` to an upload name, then renames it to `destination(sha256)`.
-    async fn put_object(
+    /// A buffered upload to `path`: parts of 8 MiB, at most two in flight, so a file moves
+    /// with about 24 MiB of buffers whatever its size (object_store's default, 8 parts of
+    /// 10 MiB, would hold 80).
+    fn writer(&self, path: Path) -> object_store::buffered::BufWriter {
+        object_store::buffered::BufWriter::with_capacity(self.store.clone(), path, UPLOAD_PART)
+            .with_max_concurrency(2)
+    }
+
+    fn cannot_write(&self, error: std::io::Error) -> ArtifactError {
+        ArtifactError::Unreachable(format!(
+            "artifact store {}: cannot write: {error}",
+            self.url
+        ))
+    }
+
+    /// Streams `source` into `writer`, hashing it on the way: its sha256 and size. More
+    /// than `limit` bytes, or an error, abandons the upload (a multipart upload begun is
+    /// aborted) and says why.
+    async fn stream_into(
         &self,
-        run_id: &str,
+        writer: &mut object_store::buffered::BufWriter,
         mut source: impl AsyncRead + Unpin,
         limit: u64,
-        destination: impl Fn(&str) -> Path,
-    ) -> Result<Blob, ArtifactError> {
-        let upload = self.run_path(run_id).child("uploads").child(upload_name());
-        // Parts of 8 MiB, at most two in flight: a file moves with about 24 MiB of buffers
-        // whatever its size (object_store's default, 8 parts of 10 MiB, would hold 80).
-        let mut writer = object_store::buffered::BufWriter::with_capacity(
-            self.store.clone(),
-            upload.clone(),
-            UPLOAD_PART,
-        )
-        .with_max_concurrency(2);
+    ) -> Result<(String, u64), ArtifactError> {
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut buffer = vec![0u8; CHUNK];
-        let cannot_write = |e: std::io::Error| {
-            ArtifactError::Unreachable(format!("artifact store {}: cannot write: {e}", self.url))
-        };
         let written: Result<(), ArtifactError> = async {
             loop {
                 let n = source
@@ -427,21 +395,42 @@ impl ArtifactStore {
                     return Err(ArtifactError::TooLarge { limit, size });
                 }
                 hasher.update(&buffer[..n]);
-                writer.write_all(&buffer[..n]).await.map_err(cannot_write)?;
+                writer
+                    .write_all(&buffer[..n])
+                    .await
+                    .map_err(|e| self.cannot_write(e))?;
             }
         }
         .await;
         if let Err(error) = written {
-            // Abandons a multipart upload begun; nothing of the file is kept.
             let _ = writer.abort().await;
-            let _ = self.store.delete(&upload).await;
             return Err(error);
         }
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+
+    /// Streams `source` to an upload name, then renames it to `destination(sha256)`.
+    async fn put_object(
+        &self,
+        run_id: &str,
+        source: impl AsyncRead + Unpin,
+        limit: u64,
+        destination: impl Fn(&str) -> Path,
+    ) -> Result<Blob, ArtifactError> {
+        let upload = self.run_path(run_id).child("uploads").child(upload_name());
+        let mut writer = self.writer(upload.clone());
+        let streamed = self.stream_into(&mut writer, source, limit).await;
+        let (sha256, size) = match streamed {
+            Ok(streamed) => streamed,
+            Err(error) => {
+                let _ = self.store.delete(&upload).await;
+                return Err(error);
+            }
+        };
         if let Err(error) = writer.shutdown().await {
             let _ = self.store.delete(&upload).await;
-            return Err(cannot_write(error));
+            return Err(self.cannot_write(error));
         }
-        let sha256 = hex::encode(hasher.finalize());
         let blob = destination(&sha256);
         // The same content twice is the same blob: the rename replaces it with itself.
         if let Err(error) = self.store.rename(&upload, &blob).await {

@@ -2010,6 +2010,15 @@ impl OtlpReceiver {
     }
 
     /// Every span received: `(trace id, span id, parent span id, name)`.
+    /// The spans of a run's trace (its trace id is the run id).
+    fn trace(&self, run_id: &str) -> Vec<(String, String, String, String)> {
+        let trace_id = run_id.replace('-', "");
+        self.spans()
+            .into_iter()
+            .filter(|(trace, ..)| *trace == trace_id)
+            .collect()
+    }
+
     fn spans(&self) -> Vec<(String, String, String, String)> {
         let mut spans = Vec::new();
         for body in self.bodies.lock().unwrap().iter() {
@@ -2049,12 +2058,7 @@ fn a_run_of_the_example_job_reaches_an_otlp_receiver_as_one_trace() {
     // A clean stop sends what is batched.
     let (status, log) = standalone.interrupt();
     assert!(status.success(), "{log}");
-    let trace_id = run_id.replace('-', "");
-    let spans: Vec<_> = receiver
-        .spans()
-        .into_iter()
-        .filter(|(trace, ..)| *trace == trace_id)
-        .collect();
+    let spans = receiver.trace(&run_id);
     let runs: Vec<_> = spans.iter().filter(|s| s.3 == "run example_etl").collect();
     assert_eq!(runs.len(), 1, "{spans:#?}");
     let run_span = &runs[0].1;
@@ -2118,12 +2122,7 @@ fn a_cancelled_run_is_one_trace_too() {
     }
     let (status, log) = standalone.interrupt();
     assert!(status.success(), "{log}");
-    let trace_id = run_id.replace('-', "");
-    let spans: Vec<_> = receiver
-        .spans()
-        .into_iter()
-        .filter(|(trace, ..)| *trace == trace_id)
-        .collect();
+    let spans = receiver.trace(&run_id);
     let runs: Vec<_> = spans.iter().filter(|s| s.3 == "run slow").collect();
     assert_eq!(runs.len(), 1, "{spans:#?}");
     assert!(
