@@ -15,6 +15,9 @@
 //! scheduler's group commit writes them. S3 credentials come from
 //! `STEVEDORE_ARTIFACT_STORE_ACCESS_KEY_ID` / `..._SECRET_ACCESS_KEY`.
 
+#[path = "common/fanout.rs"]
+mod fanout;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -419,20 +422,10 @@ struct Load {
 impl Load {
     async fn start(store: Arc<dyn Store>) -> Result<Load, String> {
         let jobs = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut text = format!(
-            "id: fanout\nmax_active_runs: {LOAD_RUNS}\nmax_active_tasks: 100000\ntasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n"
+        let text = format!(
+            "id: fanout\nmax_active_runs: {LOAD_RUNS}\nmax_active_tasks: 100000\n{}",
+            fanout::fanout_tasks(LOAD_TASKS)
         );
-        let middle: Vec<String> = (1..LOAD_TASKS - 1).map(|i| format!("t{i}")).collect();
-        for task in &middle {
-            text.push_str(&format!(
-                "  - id: {task}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
-            ));
-        }
-        text.push_str(&format!(
-            "  - id: t{}\n    image: stevedore/synth:0.1.0\n    depends_on: [{}]\n",
-            LOAD_TASKS - 1,
-            middle.join(", ")
-        ));
         let path = jobs.path().join("fanout.yaml");
         std::fs::write(&path, &text).map_err(|e| e.to_string())?;
         let job = parse_job("fanout.yaml", &text).map_err(|e| format!("{e:?}"))?;

@@ -22,6 +22,9 @@
 //! and one task mapped over it expands at run time into as many instances, over 20 runs: the
 //! cost of mapping against the same work written out (issue 19).
 
+#[path = "common/fanout.rs"]
+mod fanout;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,22 +91,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         String::new()
     };
-    let mut text = format!("id: fanout\nmax_active_runs: {runs}\nmax_active_tasks: 100000\n{rules}tasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n{t0_args}");
+    let mut text =
+        format!("id: fanout\nmax_active_runs: {runs}\nmax_active_tasks: 100000\n{rules}");
+    if shape.is_empty() {
+        // A fan-out: t0, then t1..t8 in parallel, then t9.
+        text.push_str(&fanout::fanout_tasks(tasks));
+    } else {
+        text.push_str(&format!(
+            "tasks:\n  - id: t0\n    image: stevedore/synth:0.1.0\n{t0_args}"
+        ));
+    }
     match shape.as_str() {
-        "" => {
-            // A fan-out: t0, then t1..t8 in parallel, then t9.
-            for index in 1..tasks - 1 {
-                text.push_str(&format!(
-                    "  - id: t{index}\n    image: stevedore/synth:0.1.0\n    depends_on: [t0]\n"
-                ));
-            }
-            let middle: Vec<String> = (1..tasks - 1).map(|i| format!("t{i}")).collect();
-            text.push_str(&format!(
-                "  - id: t{}\n    image: stevedore/synth:0.1.0\n    depends_on: [{}]\n",
-                tasks - 1,
-                middle.join(", ")
-            ));
-        }
+        "" => {}
         "wide" => {
             // The same work as the mapped shape, written out: each task its account.
             for index in 1..tasks {

@@ -74,31 +74,29 @@ pub async fn clean(
         report.took = started.elapsed();
         return Ok(report);
     }
+    // Each batch starts where the previous one stopped: a run it kept (cleared
+    // meanwhile, say) is not read again, and no batch reads more than about a batch of
+    // the store's runs.
+    let mut filter = filter.clone();
     loop {
         let batch_started = std::time::Instant::now();
-        let runs = store.runs_to_clean(filter, BATCH).await?;
-        if runs.is_empty() {
+        let runs = store.runs_to_clean(&filter, BATCH).await?;
+        let Some(last) = runs.last() else {
             break;
-        }
+        };
+        filter.after = Some(last.into());
         report.runs_found += runs.len() as u64;
         // The batch's objects, then its rows: runs whose files could not be deleted keep
         // their rows, and the next clean takes them again.
         let run_ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
         remove_objects(store, artifacts, &run_ids, &mut report).await?;
-        let mut removed = 0;
         for chunk in run_ids.chunks(RUNS_A_TRANSACTION) {
             // A transaction a few runs: the scheduler's writes get in between, and the
             // clean asks for the writer a tenth as often as with one run each (on SQLite,
             // a busy scheduler leaves it few turns).
-            let cleaned = store.delete_runs(chunk).await?;
-            removed += cleaned.runs;
-            report.cleaned.add(&cleaned);
+            report.cleaned.add(&store.delete_runs(chunk).await?);
         }
         progress(&report);
-        if removed == 0 {
-            // Every run of the batch came back to life (cleared) meanwhile.
-            break;
-        }
         // A pause between batches as long as the batch took: the clean has at most half
         // of the store's writer (and of the machine), the scheduler the rest.
         tokio::time::sleep(batch_started.elapsed().max(Duration::from_millis(5))).await;

@@ -489,7 +489,8 @@ pub trait Store: Send + Sync {
     async fn run_metrics(&self, run_id: &str) -> Result<Vec<RunMetric>>;
 
     // Retention (`stevedore db clean`, `retention`).
-    /// Ended runs the filter selects, oldest first, at most `limit`. Never a run that has
+    /// Ended runs the filter selects, oldest first (by end, then id; after
+    /// [`CleanFilter::after`] when it is set), at most `limit`. Never a run that has
     /// not ended, nor the latest scheduled run of its job (the scheduler's next interval
     /// follows it: without it, the job's past intervals would be run again).
     async fn runs_to_clean(&self, filter: &CleanFilter, limit: u32) -> Result<Vec<RunToClean>>;

@@ -480,6 +480,26 @@ pub struct CleanFilter {
     pub keep_last: Option<u32>,
     /// Not these jobs' runs (they have a retention of their own).
     pub except_jobs: Vec<String>,
+    /// Only runs after this one in the order runs are found (their end, then their id):
+    /// where the previous batch of a clean stopped, so each batch reads about a batch of
+    /// rows however many runs the store holds.
+    pub after: Option<CleanCursor>,
+}
+
+/// A place in the order [`Store::runs_to_clean`] finds runs: a run's end and its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanCursor {
+    pub ended_at: DateTime<Utc>,
+    pub run_id: String,
+}
+
+impl From<&RunToClean> for CleanCursor {
+    fn from(run: &RunToClean) -> Self {
+        Self {
+            ended_at: run.ended_at,
+            run_id: run.run_id.clone(),
+        }
+    }
 }
 
 /// A run [`Store::runs_to_clean`] found.

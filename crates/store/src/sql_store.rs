@@ -25,6 +25,10 @@ pub(crate) trait Dialect {
     /// Appended to a `SELECT` of rows the transaction is about to change, so a second
     /// writer waits for the first (SQLite's writers take turns anyway).
     const ROW_LOCK: &'static str;
+    /// Appended to `runs r` where every ended run is read in the order of `runs_ended`
+    /// (their end, then their id): SQLite's planner, without statistics, would take the
+    /// `runs_state` index and sort every ended run for a batch of 100.
+    const BY_END: &'static str;
     /// See [`Store::write_concurrency`].
     const WRITE_CONCURRENCY: usize;
     /// A statement written with `?` and `?N` placeholders, in this database's syntax.
@@ -2024,13 +2028,16 @@ impl Store for $store {
     }
 
     async fn runs_to_clean(&self, filter: &CleanFilter, limit: u32) -> Result<Vec<RunToClean>> {
-        // Ended runs oldest first, filtered before they are sorted (no window over every
-        // run: a batch of 100 from 135,000 runs takes 40 ms, where ranking them all took
-        // seconds); never a job's latest scheduled run (the partial index on job and
-        // logical date answers that).
-        let mut text = String::from(
-            "SELECT r.run_id, r.job_id, r.ended_at FROM runs r \
-             WHERE r.state IN ('success', 'failed') AND r.ended_at IS NOT NULL",
+        // Ended runs oldest first, read in that order from the (end, id) index from where
+        // the previous batch stopped, so a batch reads about a batch of rows however many
+        // runs the store holds (sorting every ended run took 0.3 s a batch at 110,000
+        // runs; a window ranking them all, seconds); never a job's latest scheduled run
+        // (the partial index on job and logical date answers that).
+        // One job's runs come from its (job, end) index instead.
+        let by_end = if filter.job_id.is_some() { "" } else { <$dialect>::BY_END };
+        let mut text = format!(
+            "SELECT r.run_id, r.job_id, r.ended_at FROM runs r{by_end} \
+             WHERE r.state IN ('success', 'failed') AND r.ended_at IS NOT NULL"
         );
         if filter.job_id.is_some() {
             text.push_str(" AND r.job_id = ?");
@@ -2042,6 +2049,10 @@ impl Store for $store {
         }
         if filter.ended_before.is_some() {
             text.push_str(" AND r.ended_at < ?");
+        }
+        if filter.after.is_some() {
+            // Where the previous batch stopped: a range of the (end, id) index.
+            text.push_str(" AND (r.ended_at, r.run_id) > (?, ?)");
         }
         // Keeping none is no condition.
         let keep_last = filter.keep_last.filter(|keep| *keep > 0);
@@ -2070,6 +2081,9 @@ impl Store for $store {
         }
         if let Some(before) = filter.ended_before {
             query = query.bind(ts(before));
+        }
+        if let Some(after) = &filter.after {
+            query = query.bind(ts(after.ended_at)).bind(after.run_id.clone());
         }
         if let Some(keep) = keep_last {
             // OFFSET counts from 0: the Nth newest is at N - 1.

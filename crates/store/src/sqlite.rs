@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0016_log_archives.sql"),
     ),
     (17, include_str!("../migrations/sqlite/0017_metrics.sql")),
+    (
+        18,
+        include_str!("../migrations/sqlite/0018_clean_index.sql"),
+    ),
 ];
 
 /// Rows per multi-row INSERT of log lines (5 values each, well under SQLite's 32766).
@@ -218,6 +222,7 @@ impl Dialect for SqliteDialect {
     const SHARE_LOCK: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
     const ROW_LOCK: &'static str = "";
+    const BY_END: &'static str = " INDEXED BY runs_ended";
     // One writer at a time: a second would only wait for the lock.
     const WRITE_CONCURRENCY: usize = 1;
 

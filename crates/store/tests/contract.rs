@@ -635,10 +635,24 @@ pub async fn runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_neede
         ids(store.runs_to_clean(&all, 100).await.unwrap()),
         vec![oldest.clone(), manual.clone()]
     );
-    assert_eq!(
-        ids(store.runs_to_clean(&all, 1).await.unwrap()),
-        vec![oldest.clone()]
-    );
+    let first = store.runs_to_clean(&all, 1).await.unwrap();
+    assert_eq!(ids(first.clone()), vec![oldest.clone()]);
+    // The next batch starts after the last one found, and the one after that finds none.
+    let next = CleanFilter {
+        after: Some((&first[0]).into()),
+        ..Default::default()
+    };
+    let second = store.runs_to_clean(&next, 100).await.unwrap();
+    assert_eq!(ids(second.clone()), vec![manual.clone()]);
+    let past_the_end = CleanFilter {
+        after: Some((&second[0]).into()),
+        ..Default::default()
+    };
+    assert!(store
+        .runs_to_clean(&past_the_end, 100)
+        .await
+        .unwrap()
+        .is_empty());
     let before = CleanFilter {
         ended_before: Some(at(2)),
         ..Default::default()
@@ -2465,6 +2479,55 @@ pub async fn asset_updates_trigger_a_run_once_and_a_new_consumer_reads_from_now(
     assert_eq!(names, ["job:producer", "warehouse.charges"]);
 }
 
+/// Runs that ended at the same instant are found in the order of their ids, so a clean's
+/// batches (each after the previous one's last run) take every one of them once, however
+/// the batches cut them.
+pub async fn runs_ending_together_are_found_once_across_batches(store: &dyn Store) {
+    store
+        .upsert_job("tied", "v1", "jobs/tied.yaml", "id: tied")
+        .await
+        .unwrap();
+    let end = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap();
+    let mut made = Vec::new();
+    for day in 1..=5 {
+        let run_id = store
+            .create_run(new_run("tied", day, RunTrigger::Manual))
+            .await
+            .unwrap()
+            .run_id;
+        store
+            .set_run_state(&run_id, RunState::Running, end)
+            .await
+            .unwrap();
+        store
+            .set_run_state(&run_id, RunState::Success, end)
+            .await
+            .unwrap();
+        made.push(run_id);
+    }
+    // In the order the store sorts ids (PostgreSQL's collation may not be byte order).
+    let in_one_batch: Vec<String> = store
+        .runs_to_clean(&CleanFilter::default(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|run| run.run_id)
+        .collect();
+    made.sort();
+    let mut sorted_found = in_one_batch.clone();
+    sorted_found.sort();
+    assert_eq!(sorted_found, made);
+    let mut filter = CleanFilter::default();
+    let mut found = Vec::new();
+    loop {
+        let batch = store.runs_to_clean(&filter, 2).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        filter.after = Some(last.into());
+        found.extend(batch.into_iter().map(|run| run.run_id));
+    }
+    assert_eq!(found, in_one_batch);
+}
+
 #[macro_export]
 macro_rules! store_contract_suite {
     ($name:ident, $make:expr) => {
@@ -2486,6 +2549,7 @@ macro_rules! store_contract_suite {
             case!(log_lines_keep_their_order_and_streams);
             case!(metrics_are_kept_per_try_and_task_and_histograms_count_each_end);
             case!(runs_are_cleaned_by_age_count_and_job_and_never_what_is_still_needed);
+            case!(runs_ending_together_are_found_once_across_batches);
             case!(archived_logs_are_listed_recorded_and_their_rows_deleted_in_batches);
             case!(pools_start_with_default_and_can_be_resized);
             case!(connections_keep_only_sealed_values);
