@@ -21,7 +21,7 @@ mod fanout;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, TimeZone, Utc};
+use chrono::{TimeDelta, Utc};
 use futures_util::StreamExt;
 use serde_json::{json, Map};
 use stevedore_artifacts::{ArtifactStore, StoreSettings};
@@ -74,8 +74,17 @@ async fn seed(args: &[String]) -> Result<(), String> {
     let number = |text: &String| text.parse::<u64>().map_err(|e| format!("{text}: {e}"));
     let (runs, tasks, lines, big) = (number(runs)?, number(tasks)?, number(lines)?, number(big)?);
     std::fs::create_dir_all(jobs).map_err(|e| e.to_string())?;
-    let mut text =
-        String::from("id: bench_hourly\nschedule: \"@hourly\"\nstart_date: 2020-01-01\ntasks:\n");
+    // Hourly runs that all ended before today (they are archived and cleaned as past runs,
+    // and the clean's cut falls before the runs a scheduler beside it makes now).
+    let first = (Utc::now() - TimeDelta::hours(runs as i64 + 48))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .ok_or("midnight")?
+        .and_utc();
+    let mut text = format!(
+        "id: bench_hourly\nschedule: \"@hourly\"\nstart_date: {}\ntasks:\n",
+        first.format("%Y-%m-%d")
+    );
     for index in 0..tasks {
         text.push_str(&format!(
             "  - id: task_{index:02}\n    image: stevedore/synth:0.1.0\n"
@@ -93,7 +102,6 @@ async fn seed(args: &[String]) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let first = Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap();
     let mut written_lines: u64 = 0;
     for index in 0..runs {
         let start = first + TimeDelta::hours(index as i64);
