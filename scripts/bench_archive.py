@@ -54,23 +54,52 @@ def wait_for(url):
 def step(title, args, env):
     print(f"--- {title}", flush=True)
     started = time.monotonic()
-    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout.strip()
-    print(out, flush=True)
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{title} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    print(done.stdout.strip(), flush=True)
     return time.monotonic() - started
 
 
+def s3s_folder(work):
+    """s3s-fs keeps two files per object (its metadata and checksums) in its root folder,
+    with names of about 180 characters: ext4 without the large_dir feature refuses new
+    names in one folder at about two million of them ("Directory index full", reported as
+    "No space left on device"), about 900,000 objects. Above 400,000 objects the folder is an
+    ext4 image with large_dir, mounted here (root, e2fsprogs) and unmounted at the end."""
+    root = os.path.join(work, "s3")
+    if os.path.ismount(root):
+        return root, None
+    os.makedirs(root, exist_ok=True)
+    if RUNS * TASKS <= 400_000:
+        return root, None
+    if os.geteuid() != 0:
+        sys.exit(f"{RUNS * TASKS} objects need a folder ext4 can hold them in: run as root, "
+                 f"or mount a filesystem with large_dir (or XFS) at {root} first")
+    image = os.path.join(work, "s3.img")
+    size = max(8, RUNS * TASKS * 16 // 1_000_000)  # GB: three 4 KiB blocks an object, and room
+    subprocess.run(["truncate", "-s", f"{size}G", image], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "large_dir", "-i", "4096", image], check=True)
+    subprocess.run(["mount", "-o", "loop", image, root], check=True)
+    return root, image
+
+
 def main():
-    work = tempfile.mkdtemp(prefix="stevedore-bench-archive-")
+    # BENCH_WORK: a folder of an earlier run to take up (its seeded store is kept, and the
+    # archiving goes on where it stopped).
+    work = os.environ.get("BENCH_WORK") or tempfile.mkdtemp(prefix="stevedore-bench-archive-")
     db, jobs = os.path.join(work, "year.db"), os.path.join(work, "jobs")
+    seeded = os.path.exists(db)
+    s3_root, s3_image = s3s_folder(work) if S3 != "moto" else (None, None)
     s3_port = free_port()
     endpoint = f"http://127.0.0.1:{s3_port}"
     if S3 == "moto":
         s3_args = [MOTO, "-H", "127.0.0.1", "-p", str(s3_port)]
     else:
         # s3s-fs keeps a bucket as a folder of its root.
-        os.makedirs(os.path.join(work, "s3", "bench"))
+        os.makedirs(os.path.join(s3_root, "bench"), exist_ok=True)
         s3_args = [S3S, "--host", "127.0.0.1", "--port", str(s3_port),
-                   "--access-key", KEY, "--secret-key", SECRET, os.path.join(work, "s3")]
+                   "--access-key", KEY, "--secret-key", SECRET, s3_root]
     s3 = subprocess.Popen(s3_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = None
     try:
@@ -85,7 +114,10 @@ def main():
                    STEVEDORE_ARTIFACT_STORE_ACCESS_KEY_ID=KEY,
                    STEVEDORE_ARTIFACT_STORE_SECRET_ACCESS_KEY=SECRET)
         print(f"scale: {RUNS} runs x {TASKS} tasks, {LINES} lines a try, one log of {BIG} lines")
-        step("seed", [BENCH, "seed", db, jobs, str(RUNS), str(TASKS), str(LINES), str(BIG)], env)
+        if seeded:
+            print(f"--- seed: taken up from {work} (the archiving goes on where it stopped)")
+        else:
+            step("seed", [BENCH, "seed", db, jobs, str(RUNS), str(TASKS), str(LINES), str(BIG)], env)
         step(f"archive to S3 ({S3})", [BENCH, "archive", db, "s3://bench/year", endpoint], env)
 
         token = subprocess.run([BIN, "tokens", "create", "bench", "--role", "viewer"], env=env, check=True,
@@ -147,6 +179,9 @@ def main():
         if server:
             server.terminate()
         s3.terminate()
+        s3.wait(timeout=30)
+        if s3_image:
+            subprocess.run(["umount", s3_root], check=False)
     return 0 if ok else 1
 
 
